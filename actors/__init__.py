@@ -1,0 +1,37 @@
+"""The actor runtime: pykka actors in many OS processes, talking over ZeroMQ.
+
+``ActorSystem`` hosts actors in one process and gives references (local or
+remote, the same ``tell``/``ask``) to actors anywhere; ``Supervisor`` runs
+and restarts the processes that host them; ``Persister`` keeps what an actor
+must not lose across a restart.
+"""
+
+from actors.actor import Actor
+from actors.address import Address
+from actors.errors import ActorDeadError, AskTimeout, CorruptStateError, Failure, RemoteError, SystemStopped
+from actors.future import ReplyFuture
+from actors.persister import Persister
+from actors.supervisor import ChildSpec, GaveUp, Supervisor, SupervisorEvent
+from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
+
+__all__ = [
+    "Actor",
+    "ActorDeadError",
+    "ActorSystem",
+    "Address",
+    "AskTimeout",
+    "ChildSpec",
+    "CorruptStateError",
+    "Failure",
+    "GaveUp",
+    "LocalRef",
+    "NodeControl",
+    "Persister",
+    "RemoteError",
+    "RemoteRef",
+    "ReplyFuture",
+    "RestartLimit",
+    "Supervisor",
+    "SupervisorEvent",
+    "SystemStopped",
+]

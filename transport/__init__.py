@@ -1,0 +1,36 @@
+"""ZeroMQ messaging between OS processes, with the lab network's faults built in.
+
+Knows nothing about actors: it moves :class:`Envelope` objects addressed to a
+name on a node. See :mod:`transport.node` for the usage summary.
+"""
+
+from transport.codec import DEFAULT_MAX_FRAME_BYTES, CodecError, FrameTooLarge, MalformedFrame, decode, encode
+from transport.counters import Counters
+from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
+from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
+from transport.node import ControlRequest, Node, Timer, default_endpoint
+
+__all__ = [
+    "CONTROL_NAME",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "CodecError",
+    "ControlRequest",
+    "Counters",
+    "Envelope",
+    "Failure",
+    "FaultRule",
+    "FaultTable",
+    "FrameTooLarge",
+    "Kind",
+    "MalformedFrame",
+    "Node",
+    "RemoteError",
+    "Timer",
+    "decode",
+    "default_endpoint",
+    "disconnected",
+    "encode",
+    "long_reordering",
+    "message_type",
+    "unreliable",
+]

@@ -1,0 +1,339 @@
+"""A supervisor: starts child processes that host actors and restarts them when they die.
+
+Usage summary::
+
+    with Supervisor(max_restarts=5, within=10.0) as sup:
+        sup.start_child(ChildSpec("counter", serve_counter, (endpoint, state_path)))
+        sup.kill("counter")                       # SIGKILL, as a test or an operator would
+        sup.wait_for(lambda: sup.restarts("counter") >= 1, timeout=5)
+
+Children are forked from a preloaded fork server (the runtime and its
+dependencies already imported), so a restart costs a fork, not an interpreter
+start. A monitor thread waits on every child's sentinel; a death for any
+reason (exit, exception, kill -9) is seen at once. A restart waits a back-off
+that grows with the number of recent restarts (the first one is immediate);
+more than ``max_restarts`` deaths within ``within`` seconds and the
+supervisor gives up on that child and reports it (status ``"failed"``, an
+event, and the ``on_give_up`` callback), as Erlang and Akka do, instead of
+restarting a crash loop forever.
+
+Restart kinds, per child: ``permanent`` (always restarted), ``transient``
+(restarted only after an abnormal exit: non-zero code or a signal),
+``temporary`` (never restarted).
+
+Children are killed if the supervisor's process dies: each asks the kernel
+for SIGKILL when its parent (the fork server, which exits with the
+supervisor's process) goes away.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+RestartKind = Literal["permanent", "transient", "temporary"]
+
+PRELOAD = ("zmq", "pykka", "cloudpickle", "transport", "actors", "actors.system", "actors.supervisor", "actors.testing")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to run in a child: a module-level function (picklable by reference) and its arguments."""
+
+    name: str
+    target: Callable[..., Any]
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    restart: RestartKind = "permanent"
+
+    def __post_init__(self) -> None:
+        if self.restart not in ("permanent", "transient", "temporary"):
+            raise ValueError(f"restart must be permanent, transient or temporary, not {self.restart!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorEvent:
+    time: float
+    child: str
+    kind: str  # started, exited, gave_up, stopped
+    pid: int | None = None
+    exitcode: int | None = None
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    process: Any = None
+    status: str = "starting"  # running, restarting, failed, exited, stopped
+    restarts: int = 0
+    deaths: deque = field(default_factory=deque)
+    restart_at: float | None = None
+
+
+class GaveUp(RuntimeError):
+    """A child died more often than the restart intensity allows."""
+
+
+def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any]) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the fork server
+        except (OSError, AttributeError):
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    target(*args, **dict(kwargs))
+
+
+class Supervisor:
+    """Starts, watches and restarts child processes; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_restarts: int = 5,
+        within: float = 10.0,
+        backoff_step: float = 0.05,
+        backoff_max: float = 2.0,
+        preload: Iterable[str] = (),
+        on_give_up: Callable[[str], None] | None = None,
+    ) -> None:
+        if max_restarts < 0 or within <= 0 or backoff_step < 0 or backoff_max < 0:
+            raise ValueError("need max_restarts >= 0, within > 0 and non-negative back-off times")
+        self.max_restarts = max_restarts
+        self.within = within
+        self.backoff_step = backoff_step
+        self.backoff_max = backoff_max
+        self._on_give_up = on_give_up
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload([*PRELOAD, *preload])
+        self._children: dict[str, _Child] = {}
+        self.events: list[SupervisorEvent] = []
+        self._cond = threading.Condition()
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._stopping = False
+        self._monitor = threading.Thread(target=self._watch, name="zactor-supervisor", daemon=True)
+        self._monitor.start()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- the public face ----------------------------------------------------
+
+    def start_child(self, spec: ChildSpec) -> int:
+        """Start ``spec`` now; returns its pid."""
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the supervisor is stopping")
+            if spec.name in self._children and self._children[spec.name].status not in ("exited", "stopped", "failed"):
+                raise ValueError(f"a child named {spec.name!r} is already supervised")
+            child = _Child(spec)
+            self._children[spec.name] = child
+            self._spawn(child)
+            pid = child.process.pid
+        self._poke()
+        return pid
+
+    def stop_child(self, name: str, grace: float = 3.0) -> None:
+        """Stop one child for good (SIGTERM, then SIGKILL after ``grace``)."""
+        with self._cond:
+            child = self._children[name]
+            child.status = "stopped"
+            child.restart_at = None
+            proc = child.process
+        self._terminate([proc], grace)
+        self._record(name, "stopped", proc.pid if proc else None, proc.exitcode if proc else None)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to the child's current process (default kill -9); returns its pid."""
+        with self._cond:
+            proc = self._children[name].process
+        if proc is None or proc.pid is None:
+            raise RuntimeError(f"child {name!r} has no running process")
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        return proc.pid
+
+    def pid(self, name: str) -> int | None:
+        with self._cond:
+            child = self._children.get(name)
+            if child is None or child.status != "running":
+                return None
+            return child.process.pid
+
+    def restarts(self, name: str) -> int:
+        with self._cond:
+            return self._children[name].restarts
+
+    def status(self, name: str) -> str:
+        with self._cond:
+            return self._children[name].status
+
+    def children(self) -> list[str]:
+        with self._cond:
+            return list(self._children)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked at every supervisor event."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return True
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop every child and the monitor; idempotent."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+            procs = [c.process for c in self._children.values() if c.process is not None]
+            for child in self._children.values():
+                child.restart_at = None
+                if child.status in ("running", "restarting", "starting"):
+                    child.status = "stopped"
+        self._poke()
+        self._terminate(procs, grace)
+        self._monitor.join(timeout=5.0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ---- internals -----------------------------------------------------------
+
+    def _spawn(self, child: _Child) -> None:
+        spec = child.spec
+        proc = self._ctx.Process(target=_child_main, args=(spec.target, spec.args, spec.kwargs), name=f"zactor:{spec.name}", daemon=True)
+        proc.start()
+        child.process = proc
+        child.status = "running"
+        child.restart_at = None
+        self._record_locked(spec.name, "started", proc.pid, None)
+
+    def _poke(self) -> None:
+        try:
+            self._wake_w.send_bytes(b"x")
+        except (OSError, ValueError):
+            pass
+
+    def _record(self, name: str, kind: str, pid: int | None, exitcode: int | None) -> None:
+        with self._cond:
+            self._record_locked(name, kind, pid, exitcode)
+
+    def _record_locked(self, name: str, kind: str, pid: int | None, exitcode: int | None) -> None:
+        self.events.append(SupervisorEvent(time.monotonic(), name, kind, pid, exitcode))
+        self._cond.notify_all()
+
+    def _terminate(self, procs: list[Any], grace: float) -> None:
+        for proc in procs:
+            if proc is not None and proc.exitcode is None:
+                try:
+                    proc.terminate()
+                except (OSError, AttributeError):
+                    pass
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            if proc is None:
+                continue
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if proc.exitcode is None:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+                proc.join(timeout=2.0)
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                sentinels = {c.process.sentinel: c for c in self._children.values() if c.status == "running"}
+                due = [c.restart_at for c in self._children.values() if c.restart_at is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            try:
+                ready = multiprocessing.connection.wait([*sentinels, self._wake_r], timeout)
+            except OSError:
+                ready = []
+            if self._wake_r in ready:
+                try:
+                    while self._wake_r.poll():
+                        self._wake_r.recv_bytes()
+                except (OSError, EOFError):
+                    return
+            for sentinel in ready:
+                if sentinel in sentinels:
+                    self._on_death(sentinels[sentinel])
+            self._restart_due()
+
+    def _on_death(self, child: _Child) -> None:
+        proc = child.process
+        proc.join(timeout=1.0)
+        code = proc.exitcode
+        name = child.spec.name
+        with self._cond:
+            if child.status != "running" or self._stopping:
+                return
+            self._record_locked(name, "exited", proc.pid, code)
+            abnormal = code != 0
+            kind = child.spec.restart
+            if kind == "temporary" or (kind == "transient" and not abnormal):
+                child.status = "exited"
+                return
+            now = time.monotonic()
+            child.deaths.append(now)
+            while child.deaths and child.deaths[0] < now - self.within:
+                child.deaths.popleft()
+            if len(child.deaths) > self.max_restarts:
+                child.status = "failed"
+                self._record_locked(name, "gave_up", proc.pid, code)
+                log.error(
+                    "child %s died %d times within %.1f s (last exit code %s); giving up on it",
+                    name, len(child.deaths), self.within, code,
+                )
+                callback = self._on_give_up
+            else:
+                recent = len(child.deaths)
+                delay = 0.0 if recent <= 1 else min(self.backoff_max, self.backoff_step * 2 ** (recent - 2))
+                child.status = "restarting"
+                child.restart_at = now + delay
+                log.warning("child %s (pid %s) exited with %s; restarting in %.3f s", name, proc.pid, code, delay)
+                callback = None
+        if callback is not None:
+            try:
+                callback(name)
+            except Exception:
+                log.exception("on_give_up callback failed for %s", name)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            for child in self._children.values():
+                if child.restart_at is not None and child.restart_at <= now and not self._stopping:
+                    child.restarts += 1
+                    try:
+                        self._spawn(child)
+                    except Exception:
+                        log.exception("could not restart child %s", child.spec.name)
+                        child.restart_at = now + max(self.backoff_step, 0.1)

@@ -1,0 +1,115 @@
+"""The ``zactor`` command: one entry point, a subcommand per system.
+
+Subcommands import their module only when chosen, so ``zactor --help`` is
+instant and a broken optional part cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from benchmarks import BENCHMARKS
+
+DESCRIPTION = """\
+zactor: multiprocess actors over ZeroMQ, and the distributed systems built on them.
+
+First use: `zactor bench` measures every benchmark on generated data and
+prints a table. Each benchmark compares zactor with a baseline in the same run.
+"""
+
+EPILOG = """\
+examples:
+  zactor bench                       run every benchmark, print a table
+  zactor bench transport --json      one benchmark, one JSON object
+  zactor bench transport --help      that benchmark's own options
+"""
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    names = ", ".join(BENCHMARKS)
+    p = sub.add_parser(
+        "bench",
+        help="run benchmarks (all, or one by name)",
+        description=f"Run benchmarks side by side with their baselines. Available: {names}. "
+        "Options after the name go to that benchmark (see `zactor bench NAME --help`).",
+    )
+    p.add_argument("name", nargs="?", choices=[*BENCHMARKS, "all"], default="all", help="which benchmark (default: all)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.name != "all":
+        return importlib.import_module(BENCHMARKS[args.name]).main(args.args)
+    want_json = "--json" in args.args
+    unknown = [a for a in args.args if a != "--json"]
+    if unknown:
+        print(f"zactor bench: options {' '.join(unknown)} need a benchmark name", file=sys.stderr)
+        return 2
+    results: dict[str, dict] = {}
+    for i, (name, module_name) in enumerate(BENCHMARKS.items(), 1):
+        if not want_json:
+            print(f"[{i}/{len(BENCHMARKS)}] {name} ...", file=sys.stderr, flush=True)
+        module = importlib.import_module(module_name)
+        started = time.monotonic()
+        results[name] = module.run()
+        if not want_json:
+            print(module.report(results[name]), flush=True)
+            print(f"  ({time.monotonic() - started:.1f} s)\n", flush=True)
+    if want_json:
+        print(json.dumps(results))
+    return 0
+
+
+def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).main(args.args)
+
+    return run
+
+
+def _add_delegate(sub: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_delegate(module))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zactor", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_bench(sub)
+    for name, module, help_text in SUBCOMMANDS:
+        _add_delegate(sub, name, module, help_text)
+    return parser
+
+
+SUBCOMMANDS: list[tuple[str, str, str]] = []
+"""(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.ERROR, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

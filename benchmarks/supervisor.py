@@ -1,0 +1,118 @@
+"""Supervisor restart latency: kill -9 of a child until its restarted actor answers an ask.
+
+zactor restarts children from a preloaded fork server. The baseline, in the
+same run, restarts the same child the usual way: a fresh interpreter
+(multiprocessing's spawn) that imports the runtime before it can serve. Both
+measure the time from SIGKILL to the first successful ``ask`` of the
+restarted PersistentCounter, which must also have reloaded its persisted
+value.
+
+    python -m benchmarks.supervisor [--json] [--restarts N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
+from actors.testing import Get, Incr, serve_counter
+
+
+def _await_answer(ref: Any, expect: int, limit: float = 10.0) -> float:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            value = ref.ask(Get(), timeout=0.02)
+        except (AskTimeout, ActorDeadError):
+            continue
+        if value != expect:
+            raise RuntimeError(f"restarted counter says {value}, expected its persisted {expect}")
+        return time.perf_counter()
+    raise RuntimeError(f"no answer within {limit} s of the kill")
+
+
+def _measure_supervisor(system: ActorSystem, tmp: str, restarts: int) -> list[float]:
+    endpoint = f"ipc://{tmp}/sup.sock"
+    # No back-off and a generous limit: this measures the restart itself.
+    with Supervisor(max_restarts=restarts + 5, within=3600.0, backoff_step=0.0) as sup:
+        sup.start_child(ChildSpec("counter", serve_counter, (endpoint, f"{tmp}/sup.state")))
+        ref = system.ref(endpoint, "counter")
+        expect = ref.ask(Incr(7), timeout=10.0)
+        samples = []
+        for _ in range(restarts):
+            t0 = time.perf_counter()
+            sup.kill("counter")
+            samples.append(_await_answer(ref, expect) - t0)
+        return samples
+
+
+def _measure_fresh_interpreter(system: ActorSystem, tmp: str, restarts: int) -> list[float]:
+    endpoint = f"ipc://{tmp}/fresh.sock"
+    ctx = multiprocessing.get_context("spawn")
+    ref = system.ref(endpoint, "counter")
+    proc = ctx.Process(target=serve_counter, args=(endpoint, f"{tmp}/fresh.state"), daemon=True)
+    proc.start()
+    samples = []
+    try:
+        expect = ref.ask(Incr(7), timeout=30.0)
+        for _ in range(restarts):
+            t0 = time.perf_counter()
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+            proc = ctx.Process(target=serve_counter, args=(endpoint, f"{tmp}/fresh.state"), daemon=True)
+            proc.start()
+            samples.append(_await_answer(ref, expect) - t0)
+    finally:
+        proc.kill()
+        proc.join()
+    return samples
+
+
+def run(restarts: int = 20) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="zactor-bench-") as tmp, ActorSystem() as system:
+        ours = _measure_supervisor(system, tmp, restarts)
+        base = _measure_fresh_interpreter(system, tmp, max(3, restarts // 4))
+    out = {
+        "restarts": restarts,
+        "restart_p50_ms": round(statistics.median(ours) * 1000, 1),
+        "restart_max_ms": round(max(ours) * 1000, 1),
+        "fresh_interpreter_p50_ms": round(statistics.median(base) * 1000, 1),
+    }
+    out["speedup"] = round(out["fresh_interpreter_p50_ms"] / out["restart_p50_ms"], 1)
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"supervisor: kill -9 -> restarted actor answers, {result['restarts']} restarts",
+            f"  {'':24}{'fork server':>14}{'fresh interp.':>14}{'ratio':>8}   target",
+            f"  {'median restart (ms)':24}{result['restart_p50_ms']:>14.1f}{result['fresh_interpreter_p50_ms']:>14.1f}"
+            f"{result['speedup']:>7.1f}x   zactor <= 100 ms",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zactor bench supervisor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--restarts", type=int, default=20, help="kills to measure (default 20)")
+    args = parser.parse_args(argv)
+    if args.restarts < 1:
+        parser.error("--restarts must be positive")
+    result = run(args.restarts)
+    print(json.dumps(result) if args.json else report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The actor runtime inside and across processes: refs, errors, rebuilds, timers."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pykka
+import pytest
+
+from actors import Actor, ActorDeadError, ActorSystem, AskTimeout, RemoteError, RestartLimit
+from actors.testing import Collector, Count, Echo, Fail, Received
+from tests.conftest import wait_until
+
+
+class Flaky(Actor):
+    """Raises on a told Fail; counts how many instances were built."""
+
+    built = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        Flaky.built += 1
+        self.seen: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Fail):
+            raise RuntimeError(message.why)
+        if message == "seen":
+            return list(self.seen)
+        self.seen.append(message)
+        return None
+
+
+class Ticker(Actor):
+    def __init__(self, done: threading.Event, repeats: int) -> None:
+        super().__init__()
+        self.done, self.repeats, self.ticks = done, repeats, 0
+        self.timer = None
+
+    def on_start(self) -> None:
+        self.schedule(0.02, "once")
+        self.timer = self.schedule_every(0.01, "tick")
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "tick":
+            self.ticks += 1
+            if self.ticks == self.repeats:
+                self.timer.cancel()
+                self.done.set()
+        if message == "ticks":
+            return self.ticks
+        return message
+
+
+class Unpicklable(Actor):
+    def on_receive(self, message: Any) -> Any:
+        return threading.Lock()
+
+
+def test_local_ref_has_the_same_face_as_a_remote_one(system: ActorSystem, remote: str) -> None:
+    local = system.spawn(Echo, name="echo")
+    far = system.ref(remote, "echo")
+    for ref in (local, far):
+        assert ref.ask(("x", 1), timeout=5) == ("x", 1)
+        assert ref.ask(2, block=False, timeout=5).get() == 2
+        ref.tell("fire and forget")
+    assert system.ref(str(local.address)) .name == "echo"
+
+
+def test_exception_in_a_remote_ask_comes_back_and_the_actor_goes_on(system: ActorSystem, remote: str) -> None:
+    echo = system.ref(remote, "echo")
+    with pytest.raises(RuntimeError, match="boom"):
+        echo.ask(Fail("boom"), timeout=5)
+    assert echo.ask("alive", timeout=5) == "alive"
+
+
+def test_unpicklable_reply_becomes_a_clear_error(system: ActorSystem) -> None:
+    with ActorSystem() as other:
+        other.spawn(Unpicklable, name="u")
+        with pytest.raises((TypeError, RemoteError), match="pickle"):
+            system.ref(other.endpoint, "u").ask("give me a lock", timeout=5)
+
+
+def test_local_ask_timeout_is_an_ask_timeout(system: ActorSystem) -> None:
+    class Slow(Actor):
+        def on_receive(self, message: Any) -> Any:
+            threading.Event().wait(0.5)
+
+    slow = system.spawn(Slow, name="slow")
+    with pytest.raises(AskTimeout):
+        slow.ask("x", timeout=0.05)
+    with pytest.raises(pykka.Timeout):  # one except catches both kinds
+        slow.ask("x", timeout=0.05)
+
+
+def test_actor_that_raises_on_a_tell_is_rebuilt_from_its_factory(system: ActorSystem) -> None:
+    Flaky.built = 0
+    ref = system.spawn(Flaky, name="flaky")
+    ref.tell("a")
+    ref.tell(Fail("crash"))
+    assert wait_until(lambda: system.restarts("flaky") == 1, 5)
+    assert ref.ask("seen", timeout=5) == []  # a fresh instance, same name, same ref
+    assert Flaky.built == 2
+
+
+def test_rebuilds_stop_at_the_restart_limit(system: ActorSystem) -> None:
+    ref = system.spawn(Flaky, name="fragile", restart=RestartLimit(max_restarts=2, within=60))
+    for _ in range(3):
+        before = system.restarts("fragile")
+        ref.tell(Fail("again"))
+        wait_until(lambda: system.restarts("fragile") > before or not ref.is_alive(), 5)
+    assert wait_until(lambda: not ref.is_alive(), 5)
+    assert system.restarts("fragile") == 2
+    with pytest.raises(ActorDeadError, match="gave up after repeated failures"):
+        ref.ask("seen", timeout=1)
+
+
+def test_spawn_rejects_duplicate_names_and_non_actors(system: ActorSystem) -> None:
+    system.spawn(Echo, name="one")
+    with pytest.raises(ValueError, match="already runs"):
+        system.spawn(Echo, name="one")
+    with pytest.raises(TypeError, match="pykka.Actor"):
+        system.spawn(dict, name="two")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="without '#'"):
+        system.spawn(Echo, name="a#b")
+
+
+def test_timers_deliver_into_the_mailbox_and_cancel(system: ActorSystem) -> None:
+    done = threading.Event()
+    ref = system.spawn(Ticker, done, 5, name="ticker")
+    assert done.wait(5)
+    ticks = ref.ask("ticks")
+    assert ticks == 5
+    assert ref.ask("once") == "once"
+
+
+def test_messages_between_two_systems_in_one_process(system: ActorSystem) -> None:
+    with ActorSystem("tcp://127.0.0.1:0") as other:
+        box = other.spawn(Collector, name="box")
+        far = system.ref(other.endpoint, "box")
+        for i in range(5):
+            far.tell(i)
+        assert far.ask(Received(), timeout=5) == [0, 1, 2, 3, 4]
+        assert box.ask(Count()) == 5
+
+
+def test_stopped_system_fails_pending_and_new_asks(system: ActorSystem) -> None:
+    with ActorSystem() as other:
+        endpoint = other.endpoint
+    with pytest.raises(AskTimeout):
+        system.ref(endpoint, "x").ask(1, timeout=0.2)
+    from actors import SystemStopped
+
+    with pytest.raises(SystemStopped):
+        other.spawn(Echo, name="late")

@@ -1,0 +1,54 @@
+"""The ``zactor`` command as a user runs it: a real subprocess of the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def zactor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    out = zactor("--help")
+    assert out.returncode == 0
+    assert "bench" in out.stdout and "zactor bench" in out.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    out = zactor("frobnicate")
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr
+
+
+def test_unknown_benchmark_is_a_usage_error() -> None:
+    out = zactor("bench", "nope")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_bad_benchmark_flag_is_a_usage_error() -> None:
+    out = zactor("bench", "transport", "--trials", "0")
+    assert out.returncode == 2 and "--trials" in out.stderr
+
+
+@pytest.mark.slow
+def test_bench_transport_json_has_the_promised_fields() -> None:
+    out = zactor("bench", "transport", "--json", "--trials", "1", "--messages", "100")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("zmq_rtt_us", "actor_rtt_us", "zmq_msgs_per_s", "actor_msgs_per_s"):
+        assert result[key] > 0
+
+
+@pytest.mark.slow
+def test_bench_supervisor_json_reports_restart_latency() -> None:
+    out = zactor("bench", "supervisor", "--json", "--restarts", "3")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["restarts"] == 3 and result["restart_p50_ms"] > 0

@@ -1,0 +1,55 @@
+"""Per-node traffic counters, so tests can bound RPC counts and bytes."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counters:
+    """What one node sent, per message type, and what it dropped or refused.
+
+    ``sent`` counts every message the node was asked to send, whether or not
+    a fault rule then dropped it (as the lab network counts every call).
+    """
+
+    sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    sent_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    received: int = 0
+    dropped_by_faults: int = 0
+    malformed: int = 0
+    unknown_actor: int = 0
+    send_failures: int = 0
+    control: int = 0
+    """Control traffic (faults, counters, pings), kept out of ``sent``."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count_sent(self, mtype: str, nbytes: int) -> None:
+        # Only the node's I/O thread writes; the lock is for readers' consistent copies.
+        self.sent[mtype] += 1
+        self.sent_bytes[mtype] += nbytes
+
+    def snapshot(self) -> dict:
+        """A plain, picklable copy for a remote reader."""
+        with self._lock:
+            return {
+                "sent": dict(self.sent),
+                "sent_bytes": dict(self.sent_bytes),
+                "received": self.received,
+                "dropped_by_faults": self.dropped_by_faults,
+                "malformed": self.malformed,
+                "unknown_actor": self.unknown_actor,
+                "send_failures": self.send_failures,
+                "control": self.control,
+                "messages_total": sum(self.sent.values()),
+                "bytes_total": sum(self.sent_bytes.values()),
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self.sent.clear()
+            self.sent_bytes.clear()
+            self.received = self.dropped_by_faults = self.malformed = 0
+            self.unknown_actor = self.send_failures = self.control = 0

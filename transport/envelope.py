@@ -1,0 +1,98 @@
+"""The unit of traffic between nodes, and the kinds of traffic there are.
+
+An envelope is addressed to an actor *name* on a node and says which node
+(endpoint) it came from, so a reply, a fault rule or a counter can refer to
+the other side without any knowledge of actors.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import traceback
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+class Kind(enum.IntEnum):
+    """What an envelope is for; fault rules select on requests vs replies."""
+
+    TELL = 1
+    ASK = 2
+    REPLY = 3
+    ERROR = 4
+
+    @property
+    def is_reply(self) -> bool:
+        return self >= Kind.REPLY
+
+
+CONTROL_NAME = "$node"
+"""Reserved destination name: the node itself (fault rules, counters, ping).
+
+Traffic to or from it is never subject to fault injection, so a test can
+always reach a node whose actors it has cut off.
+"""
+
+
+class Envelope(NamedTuple):
+    """A NamedTuple rather than a dataclass: several are built per message, and tuples build fastest."""
+
+    kind: Kind
+    dest: str
+    """Actor name on the destination node ("" for a reply to a future)."""
+    src: str
+    """Endpoint of the sending node: where replies go and what rules match."""
+    corr: int
+    """Correlation id of an ask; its reply carries the same number."""
+    body: Any
+    sender: str = ""
+    """Actor name of the sender, when it has one (informational)."""
+
+    @property
+    def is_control(self) -> bool:
+        return self.dest == CONTROL_NAME or self.sender == CONTROL_NAME
+
+    @property
+    def is_reply(self) -> bool:
+        return self.kind >= Kind.REPLY
+
+
+def message_type(body: Any) -> str:
+    """The name counters file a message under: its class name."""
+    return type(body).__name__
+
+
+class RemoteError(RuntimeError):
+    """An exception raised on another node that could not travel back as itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An exception on the wire: the original if it pickles, and always its text."""
+
+    type_name: str
+    message: str
+    remote_traceback: str
+    pickled: bytes | None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Failure:
+        try:
+            pickled: bytes | None = pickle.dumps(exc)
+            pickle.loads(pickled)  # some exceptions pickle but do not unpickle
+        except Exception:
+            pickled = None
+        text = "".join(traceback.format_exception(exc))
+        return cls(type(exc).__qualname__, str(exc), text, pickled)
+
+    def to_exception(self) -> BaseException:
+        if self.pickled is not None:
+            try:
+                exc = pickle.loads(self.pickled)
+                if isinstance(exc, BaseException):
+                    exc.add_note(f"raised remotely:\n{self.remote_traceback}")
+                    return exc
+            except Exception:
+                pass
+        return RemoteError(f"{self.type_name}: {self.message}\n--- remote traceback ---\n{self.remote_traceback}")
