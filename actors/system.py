@@ -23,8 +23,10 @@ drops expired ones, so lost replies never accumulate.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
+import os
 import random
 import signal
 import threading
@@ -47,6 +49,9 @@ from transport.codec import DEFAULT_MAX_FRAME_BYTES
 log = logging.getLogger(__name__)
 
 DEFAULT_ASK_TIMEOUT = 30.0
+
+_shared: dict[int, ActorSystem] = {}
+_shared_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,24 @@ class ActorSystem:
     def start(self) -> None:
         """Start handling traffic (only needed after ``ActorSystem(..., start=False)``)."""
         self._node.start()
+
+    @classmethod
+    def shared(cls) -> ActorSystem:
+        """This process's shared system, made on first use and stopped at exit.
+
+        For clients that only talk to actors elsewhere (a KV clerk, a CLI
+        command): every such object in a process shares one node, one I/O
+        thread and one connection per peer, so a hundred thousand of them
+        cost no more sockets than one. Keyed by pid, so a forked child makes
+        its own.
+        """
+        pid = os.getpid()
+        with _shared_lock:
+            system = _shared.get(pid)
+            if system is None or system.stopped:
+                system = _shared[pid] = cls()
+                atexit.register(system.stop)
+            return system
 
     # ---- lifecycle --------------------------------------------------------
 

@@ -92,15 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS: list[tuple[str, str, str]] = []
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("kv", "apps.kvsrv.cli", "run a KV server, or get/put/append against one"),
+]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = 0
+    while argv and argv[0] in ("-v", "-vv", "--verbose"):
+        verbose += 2 if argv.pop(0) == "-vv" else 1
+    level = [logging.ERROR, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    delegates = {name: module for name, module, _ in SUBCOMMANDS}
+    if argv and argv[0] in delegates:
+        # Handed over whole, --help included: each system's command has its own parser.
+        try:
+            return int(importlib.import_module(delegates[argv[0]]).main(argv[1:]) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.ERROR, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.command:
         parser.print_help()
         return 2

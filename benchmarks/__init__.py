@@ -8,5 +8,6 @@ calls ``main``, plain ``zactor bench`` runs them all and prints a table.
 BENCHMARKS: dict[str, str] = {
     "transport": "benchmarks.transport",
     "supervisor": "benchmarks.supervisor",
+    "kv": "benchmarks.kvsrv",
 }
 """Name on the command line -> module."""

@@ -1,0 +1,62 @@
+"""``zactor kv``: run a KV server, or talk to one from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from apps.kvsrv.client import Clerk, KVUnavailable
+from apps.kvsrv.server import serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zactor kv",
+        description="An exactly-once, linearizable key/value server, and its command-line clients.",
+        epilog="example: zactor kv serve --endpoint tcp://127.0.0.1:5555 &  "
+        "zactor kv put --server tcp://127.0.0.1:5555 k hello",
+    )
+    sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
+    p = sub.add_parser("serve", help="run a server in the foreground until Ctrl-C or SIGTERM")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="where to listen (default tcp://127.0.0.1:5555)")
+    for op, help_text, nargs in (("get", "print a key's value", 0), ("put", "set a key", 1), ("append", "append to a key, print the old value", 1)):
+        p = sub.add_parser(op, help=help_text)
+        p.add_argument("--server", required=True, help="the server's endpoint, e.g. tcp://127.0.0.1:5555")
+        p.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds (default 10)")
+        p.add_argument("key")
+        if nargs:
+            p.add_argument("value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.op == "serve":
+        print(f"KV server listening on {args.endpoint} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        try:
+            serve(args.endpoint)
+        except OSError as exc:
+            print(f"zactor kv serve: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.timeout <= 0:
+        print("zactor kv: --timeout must be positive", file=sys.stderr)
+        return 2
+    try:
+        clerk = Clerk(args.server, give_up_after=args.timeout)
+        if args.op == "get":
+            print(clerk.get(args.key))
+        elif args.op == "put":
+            clerk.put(args.key, args.value)
+        else:
+            print(clerk.append(args.key, args.value))
+    except (KVUnavailable, ValueError) as exc:
+        print(f"zactor kv {args.op}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The clerk: a KV client that retries through lost requests and replies until it gets an answer.
+
+A clerk is cheap (an id, a counter and a reference): every clerk in a
+process shares the process's actor system and its one connection to the
+server, so tests can make a hundred thousand of them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from actors import ActorDeadError, ActorSystem, AskTimeout
+from apps.kvsrv.messages import Append, BadRequest, Get, Put
+
+SERVER_NAME = "kv"
+
+
+class KVUnavailable(RuntimeError):
+    """The server did not answer within the clerk's ``give_up_after``."""
+
+
+class Clerk:
+    """``get``, ``put`` and ``append`` against the KV server at ``endpoint``.
+
+    Each try waits ``try_timeout`` seconds for a reply, then the same request
+    (same sequence number) is sent again. By default a clerk retries for ever,
+    as the lab's clerk does; ``give_up_after`` bounds that for interactive use.
+    """
+
+    __slots__ = ("_server", "client_id", "_seq", "try_timeout", "give_up_after")
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        system: ActorSystem | None = None,
+        try_timeout: float = 0.1,
+        give_up_after: float | None = None,
+    ) -> None:
+        if try_timeout <= 0:
+            raise ValueError(f"try_timeout must be positive seconds, got {try_timeout}")
+        self._server = (system or ActorSystem.shared()).ref(endpoint, SERVER_NAME)
+        self.client_id = random.getrandbits(62)
+        self._seq = 0
+        self.try_timeout = try_timeout
+        self.give_up_after = give_up_after
+
+    def get(self, key: str) -> str:
+        return self._call(Get(key))
+
+    def put(self, key: str, value: str) -> None:
+        self._seq += 1
+        self._call(Put(key, value, self.client_id, self._seq))
+
+    def append(self, key: str, value: str) -> str:
+        """Append ``value`` to ``key``; returns the value before the append."""
+        self._seq += 1
+        return self._call(Append(key, value, self.client_id, self._seq))
+
+    def _call(self, request: Any) -> Any:
+        deadline = None if self.give_up_after is None else time.monotonic() + self.give_up_after
+        while True:
+            try:
+                reply = self._server.ask(request, timeout=self.try_timeout)
+            except AskTimeout:
+                reply = _NO_REPLY
+            except ActorDeadError:  # server process up but its actor not (yet): wait a try, then again
+                time.sleep(self.try_timeout)
+                reply = _NO_REPLY
+            if reply is not _NO_REPLY:
+                if isinstance(reply, BadRequest):
+                    raise ValueError(f"the KV server refused {type(request).__name__}: {reply.reason}")
+                return reply
+            if deadline is not None and time.monotonic() > deadline:
+                raise KVUnavailable(
+                    f"no answer from the KV server at {self._server.address.endpoint} within {self.give_up_after} s"
+                )
+
+
+_NO_REPLY = object()
