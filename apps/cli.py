@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("kv", "apps.kvsrv.cli", "run a KV server, or get/put/append against one"),
+    ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
 ]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""
 

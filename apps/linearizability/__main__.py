@@ -1,0 +1,5 @@
+import sys
+
+from apps.linearizability.cli import main
+
+sys.exit(main())
