@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("mr", "apps.mapreduce.cli", "run a MapReduce job, or its coordinator / workers"),
     ("kv", "apps.kvsrv.cli", "run a KV server, or get/put/append against one"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
 ]

@@ -9,5 +9,6 @@ BENCHMARKS: dict[str, str] = {
     "transport": "benchmarks.transport",
     "supervisor": "benchmarks.supervisor",
     "kv": "benchmarks.kvsrv",
+    "mr": "benchmarks.mapreduce",
 }
 """Name on the command line -> module."""

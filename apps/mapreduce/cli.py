@@ -1,0 +1,138 @@
+"""``zactor mr``: run a MapReduce job, or its coordinator and workers as separate processes (the lab's shape)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from actors import ActorSystem
+from apps.mapreduce.app import AppError, load_app
+from apps.mapreduce.coordinator import Coordinator, JobConfig
+from apps.mapreduce.job import JobFailed, Progress, run_job
+from apps.mapreduce.protocol import Status
+from apps.mapreduce.worker import worker_main
+
+DEFAULT_ENDPOINT = f"ipc://{tempfile.gettempdir()}/zactor-mr-{os.getuid()}.sock"
+APPS_HELP = "built-in (wc, indexer, mtiming, rtiming, jobcount, early_exit, crash, nocrash), package.module, or a .py file"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zactor mr",
+        description="MapReduce on the actor runtime: a coordinator hands map and reduce tasks to worker processes.",
+        epilog="example: zactor mr run --app wc --workers 4 --out out data/*.txt",
+    )
+    sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
+    run = sub.add_parser("run", help="run a whole job: coordinator and N supervised workers, with progress")
+    run.add_argument("--app", required=True, help=APPS_HELP)
+    run.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    _job_options(run)
+    run.add_argument("--backup-tasks", action="store_true", help="re-run the last stragglers on idle workers")
+    run.add_argument("--no-combiner", action="store_true", help="ignore the app's combiner")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    co = sub.add_parser("coordinator", help="run only the coordinator (workers started separately)")
+    co.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"where to listen (default {DEFAULT_ENDPOINT})")
+    _job_options(co)
+    wo = sub.add_parser("worker", help="run one worker against a coordinator")
+    wo.add_argument("--coordinator", default=DEFAULT_ENDPOINT, help=f"the coordinator's endpoint (default {DEFAULT_ENDPOINT})")
+    wo.add_argument("--app", required=True, help=APPS_HELP)
+    return parser
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reduce-tasks", type=int, default=10, help="number of reduce tasks and output files (default 10)")
+    p.add_argument("--out", default=".", help="directory for mr-out-* (default: the current directory)")
+    p.add_argument("--task-timeout", type=float, default=10.0, help="seconds before a task is handed to another worker (default 10)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="input files, one map task each")
+
+
+def _check_inputs(files: list[str]) -> str | None:
+    missing = [f for f in files if not Path(f).is_file()]
+    return f"input files not found: {', '.join(missing[:5])}" if missing else None
+
+
+def _progress_printer(interactive: bool):
+    last = [0.0]
+
+    def show(p: Progress) -> None:
+        s = p.status
+        line = (
+            f"map {s.maps_done}/{s.maps_total}  reduce {s.reduces_done}/{s.reduces_total}  "
+            f"workers alive {p.workers_alive}  restarts {p.restarts}  reassigned {s.reassigned}  {p.elapsed:.1f}s"
+        )
+        if interactive:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif p.elapsed - last[0] >= 2.0 or s.phase in ("done", "failed"):
+            last[0] = p.elapsed
+            print(line, file=sys.stderr, flush=True)
+
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "reduce_tasks", 1) < 1 or getattr(args, "task_timeout", 1) <= 0:
+        parser.error("--reduce-tasks must be at least 1 and --task-timeout positive")
+    if args.op == "worker":
+        try:
+            load_app(args.app)
+        except AppError as exc:
+            print(f"zactor mr worker: {exc}", file=sys.stderr)
+            return 2
+        worker_main(args.coordinator, args.app)
+        return 0
+    problem = _check_inputs(args.files)
+    if problem:
+        print(f"zactor mr {args.op}: {problem}", file=sys.stderr)
+        return 2
+    if args.op == "run":
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        interactive = sys.stderr.isatty() and not args.quiet
+        try:
+            result = run_job(
+                args.app, args.files, workers=args.workers, n_reduce=args.reduce_tasks, outdir=args.out,
+                task_timeout=args.task_timeout, backup_tasks=args.backup_tasks, use_combiner=not args.no_combiner,
+                progress=None if args.quiet else _progress_printer(interactive),
+            )
+        except AppError as exc:
+            print(f"zactor mr run: {exc}", file=sys.stderr)
+            return 2
+        except JobFailed as exc:
+            print(f"\nzactor mr run: job failed: {exc}", file=sys.stderr)
+            return 1
+        if interactive:
+            print(file=sys.stderr)
+        print(f"done in {result.seconds:.2f} s: {len(result.outputs)} output files in {Path(args.out).resolve()}", file=sys.stderr)
+        return 0
+    return _coordinator(args)
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    config = JobConfig(
+        tuple(str(Path(f).resolve()) for f in args.files), n_reduce=args.reduce_tasks,
+        workdir=str(Path(args.out).resolve()), outdir=str(Path(args.out).resolve()), task_timeout=args.task_timeout,
+    )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    try:
+        system = ActorSystem(args.endpoint)
+    except OSError as exc:
+        print(f"zactor mr coordinator: {exc}", file=sys.stderr)
+        return 1
+    with system:
+        coordinator = system.spawn(Coordinator, config, name="coordinator")
+        while True:
+            status = coordinator.ask(Status(), timeout=10)
+            if status.phase in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        time.sleep(config.linger)  # keep answering Exit so the workers leave promptly
+    if status.phase == "failed":
+        print(f"zactor mr coordinator: job failed: {status.error}", file=sys.stderr)
+        return 1
+    return 0

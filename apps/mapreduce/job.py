@@ -1,0 +1,120 @@
+"""Run a whole MapReduce job from Python: a coordinator actor here, supervised worker processes.
+
+    from apps.mapreduce import run_job
+    result = run_job("wc", files, workers=4, outdir="out")     # or run_job(App(...)) / (map_fn, reduce_fn)
+
+The application travels to the workers with cloudpickle, so functions
+defined in a script or a notebook work. A worker that dies (kill -9, a crash
+inside the user's code) is restarted by the supervisor and its task, after
+the task timeout, goes to another worker. ``run_job`` returns when every
+reduce output is written, or raises :class:`JobFailed` naming what failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from actors import ActorSystem, ChildSpec, Supervisor
+from apps.mapreduce.app import App, load_app
+from apps.mapreduce.coordinator import Coordinator, JobConfig
+from apps.mapreduce.protocol import JobStatus, Status
+from apps.mapreduce.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """The job could not finish: a task failed too often, or every worker gave up."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: JobStatus
+    workers_alive: int
+    restarts: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outputs: list[Path]
+    status: JobStatus
+    seconds: float
+    restarts: int
+
+
+def run_job(
+    app: str | App | Any,
+    files: Sequence[str | Path],
+    *,
+    workers: int = 2,
+    n_reduce: int = 10,
+    outdir: str | Path = ".",
+    task_timeout: float = 10.0,
+    max_attempts: int = 3,
+    backup_tasks: bool = False,
+    use_combiner: bool = True,
+    progress: Callable[[Progress], None] | None = None,
+    timeout: float | None = None,
+) -> JobResult:
+    """Run ``app`` over ``files``; returns when ``outdir/mr-out-*`` are complete."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"input files not found: {', '.join(missing[:5])}")
+    loaded = app if isinstance(app, App) else load_app(app)
+    if not use_combiner and loaded.combine is not None:
+        loaded = App(loaded.name, loaded.map, loaded.reduce, None)
+    blob = cloudpickle.dumps(loaded)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("mr-out-*"):
+        stale.unlink()
+    workdir = Path(tempfile.mkdtemp(prefix=".mr-work-", dir=out))
+    config = JobConfig(
+        tuple(str(Path(f).resolve()) for f in files),
+        n_reduce=n_reduce,
+        workdir=str(workdir),
+        outdir=str(out.resolve()),
+        task_timeout=task_timeout,
+        max_attempts=max_attempts,
+        backup_tasks=backup_tasks,
+    )
+    started = time.monotonic()
+    names = [f"worker-{i}" for i in range(workers)]
+    try:
+        with ActorSystem() as system, Supervisor(max_restarts=10, within=10.0) as sup:
+            coordinator = system.spawn(Coordinator, config, name="coordinator")
+            for name in names:
+                sup.start_child(ChildSpec(name, worker_main, (system.endpoint, blob), restart="transient"))
+            while True:
+                status: JobStatus = coordinator.ask(Status(), timeout=10)
+                alive = sum(sup.status(n) == "running" for n in names)
+                restarts = sum(sup.restarts(n) for n in names)
+                if progress is not None:
+                    progress(Progress(status, alive, restarts, time.monotonic() - started))
+                if status.phase in ("done", "failed"):
+                    break
+                if all(sup.status(n) == "failed" for n in names):
+                    raise JobFailed(f"every worker crashed too often and was given up (phase {status.phase})")
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise JobFailed(f"the job did not finish within {timeout} s (phase {status.phase})")
+                time.sleep(0.05)
+            # Workers hear Exit on their next request and leave on their own.
+            sup.wait_for(lambda: all(sup.status(n) != "running" for n in names), config.linger + 2.0)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if status.phase == "failed":
+        raise JobFailed(status.error or "the job failed")
+    outputs = sorted(out.glob("mr-out-*"))
+    return JobResult(outputs, status, time.monotonic() - started, restarts)

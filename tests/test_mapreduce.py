@@ -1,0 +1,237 @@
+"""MapReduce parts and features beyond the lab script: apps, loading, task files, failures, backups."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from apps.mapreduce import App, AppError, JobFailed, load_app, read_output_lines, run_job, run_sequential
+from apps.mapreduce import files as mrfiles
+from apps.mapreduce.corpus import generate_corpus
+from apps.mapreduce.tasks import TaskError, run_map, run_reduce
+from apps.mapreduce.text import words
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return [str(p) for p in generate_corpus(tmp_path_factory.mktemp("in"), total_bytes=300_000, n_files=6, seed=3)]
+
+
+def test_words_are_exactly_runs_of_isalpha_over_all_of_unicode() -> None:
+    for cp in range(0x110000):
+        ch = chr(cp)
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        assert words(f"1{ch}2") == ([ch] if ch.isalpha() else []), f"U+{cp:04X}"
+    assert words("Ça va? x_y 3rd ²abc½ Ⅻ日本") == ["Ça", "va", "x", "y", "rd", "abc", "日本"]
+
+
+def test_corpus_is_deterministic_and_has_the_odd_files(tmp_path: Path) -> None:
+    a = generate_corpus(tmp_path / "a", total_bytes=50_000, n_files=8, seed=9)
+    b = generate_corpus(tmp_path / "b", total_bytes=50_000, n_files=8, seed=9)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    sizes = [p.stat().st_size for p in a]
+    assert sizes.count(0) == 1 and len(set(sizes)) == 8
+    assert any(b"\xff" in p.read_bytes() for p in a)
+    assert {p.name for p in a} >= {"pg-sherlock_holmes.txt", "pg-tom_sawyer.txt"}
+
+
+@pytest.mark.parametrize("n_reduce", [1, 10])
+@pytest.mark.parametrize("combine", [True, False])
+def test_tasks_equal_the_sequential_reference(tmp_path: Path, corpus: list[str], n_reduce: int, combine: bool) -> None:
+    app = load_app("wc")
+    if not combine:
+        app = App(app.name, app.map, app.reduce, None)
+    for m, f in enumerate(corpus):
+        run_map(app, m, f, n_reduce, tmp_path / "work")
+    outs = [run_reduce(app, r, len(corpus), tmp_path / "work", tmp_path / "out").path for r in range(n_reduce)]
+    ref = run_sequential(load_app("wc"), corpus, tmp_path / "ref.txt")
+    assert read_output_lines(outs) == read_output_lines([ref])
+
+
+def test_combiner_leaves_one_value_per_key(tmp_path: Path, corpus: list[str]) -> None:
+    app = load_app("wc")
+    source = next(f for f in corpus if os.path.getsize(f))
+    run_map(app, 0, source, 1, tmp_path / "with")
+    run_map(App(app.name, app.map, app.reduce, None), 0, source, 1, tmp_path / "without")
+    combined = mrfiles.load_groups(tmp_path / "with" / "mr-0-0")
+    raw = mrfiles.load_groups(tmp_path / "without" / "mr-0-0")
+    n_words = len(words(open(source, encoding="utf-8", errors="replace").read()))
+    assert all(len(values) == 1 for _, values in combined)
+    assert sum(len(values) for _, values in raw) == n_words > len(combined)
+    assert (tmp_path / "with" / "mr-0-0").stat().st_size < (tmp_path / "without" / "mr-0-0").stat().st_size
+
+
+def test_partition_is_the_same_in_every_process() -> None:
+    keys = ["a", "hello", "日本", "ß", "x" * 100]
+    code = f"from apps.mapreduce.files import partition; print([partition(k, 10) for k in {keys!r}])"
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert outs == {f"{[mrfiles.partition(k, 10) for k in keys]}\n"}
+
+
+def test_invalid_utf8_and_empty_inputs_are_read(tmp_path: Path) -> None:
+    bad, empty = tmp_path / "bad.txt", tmp_path / "empty.txt"
+    bad.write_bytes(b"good \xff\xfe words \xc3")
+    empty.write_bytes(b"")
+    app = load_app("wc")
+    for m, f in enumerate((bad, empty)):
+        run_map(app, m, str(f), 1, tmp_path)
+    out = run_reduce(app, 0, 2, tmp_path, tmp_path).path
+    assert read_output_lines([out]) == ["good 1", "words 1"]
+
+
+def test_a_crash_while_writing_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "mr-out-0"
+
+    def die(*args: object) -> None:
+        raise KeyboardInterrupt  # stands for the process dying between write and rename
+
+    monkeypatch.setattr(os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        mrfiles.write_atomically(target, b"half")
+    assert os.listdir(tmp_path) == []
+
+
+def test_raising_map_is_a_task_error_with_traceback_and_input(tmp_path: Path) -> None:
+    def boom(filename: str, contents: str) -> list:
+        raise ZeroDivisionError("user bug")
+
+    (tmp_path / "in.txt").write_text("x")
+    with pytest.raises(TaskError, match=r"map task 3 \(input .*in.txt\)") as info:
+        run_map(App("boom", boom, lambda k, v: ""), 3, str(tmp_path / "in.txt"), 2, tmp_path)
+    assert "ZeroDivisionError: user bug" in str(info.value) and "Traceback" in str(info.value)
+
+
+def test_missing_intermediate_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="mr-0-1"):
+        run_reduce(load_app("wc"), 1, 1, tmp_path, tmp_path)
+
+
+# ---- loading applications ---------------------------------------------------------------
+
+
+def test_load_every_builtin_and_each_spec_form(tmp_path: Path) -> None:
+    for name in ("wc", "indexer", "mtiming", "rtiming", "jobcount", "early_exit", "crash", "nocrash"):
+        assert callable(load_app(name).map)
+    assert load_app("apps.mapreduce.apps.indexer").reduce("w", ["b", "a"]) == "2 a,b"
+    user = tmp_path / "myapp.py"
+    user.write_text("def map(f, c):\n    return [('n', str(len(c)))]\ndef reduce(k, v):\n    return '+'.join(v)\n")
+    assert load_app(str(user)).map("f", "abc") == [("n", "3")]
+    assert load_app((len, str)).map is len
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_app_anywhere", "no application"),
+        ("/nowhere/app.py", "not found"),
+        ("json", "has no map"),
+        ((len,), "must be"),
+    ],
+)
+def test_load_errors_say_what_is_wrong(spec: object, message: str) -> None:
+    with pytest.raises(AppError, match=message):
+        load_app(spec)
+
+
+def test_app_from_a_file_travels_to_another_process(tmp_path: Path) -> None:
+    user = tmp_path / "shout.py"
+    user.write_text("def map(f, c):\n    return [(w.upper(), '1') for w in c.split()]\ndef reduce(k, v):\n    return str(len(v))\n")
+    import cloudpickle
+
+    blob = cloudpickle.dumps(load_app(str(user)))
+    (tmp_path / "blob").write_bytes(blob)
+    os.rename(user, tmp_path / "gone.py")  # the other side cannot import it: it must travel by value
+    code = f"import cloudpickle; app = cloudpickle.loads(open({str(tmp_path / 'blob')!r}, 'rb').read()); print(app.map('f', 'a b'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[('A', '1'), ('B', '1')]", out.stderr
+
+
+# ---- whole jobs ----------------------------------------------------------------------------
+
+
+def test_run_job_with_functions_defined_here(tmp_path: Path, corpus: list[str]) -> None:
+    def first_letters(filename: str, contents: str) -> list[tuple[str, str]]:
+        return [(w[0].lower(), "1") for w in words(contents)]
+
+    def count(key: str, values: list[str]) -> str:
+        return str(len(values))
+
+    result = run_job((first_letters, count), corpus, workers=2, n_reduce=3, outdir=tmp_path)
+    ref = run_sequential(App("x", first_letters, count), corpus, tmp_path / "ref.txt")
+    assert read_output_lines(result.outputs) == read_output_lines([ref])
+    assert result.status.phase == "done" and len(result.outputs) == 3
+
+
+def test_a_map_that_always_raises_fails_the_job_naming_the_input(tmp_path: Path) -> None:
+    (tmp_path / "fine.txt").write_text("fine")
+    (tmp_path / "poison.txt").write_text("poison")
+
+    def picky(filename: str, contents: str) -> list:
+        if "poison" in filename:
+            raise ValueError("cannot digest this")
+        return [("ok", "1")]
+
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match=r"(?s)map task \d \(input .*poison.txt\) failed 3 times.*ValueError: cannot digest"):
+        run_job((picky, lambda k, v: str(len(v))), [tmp_path / "fine.txt", tmp_path / "poison.txt"], workers=2, outdir=tmp_path / "out")
+    assert time.monotonic() - started < 30
+
+
+def test_cli_run_reports_failure_and_bad_arguments(tmp_path: Path) -> None:
+    def zactor(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "apps.cli", "mr", *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    bad_app = tmp_path / "bad.py"
+    bad_app.write_text("def map(f, c):\n    raise RuntimeError('broken map')\ndef reduce(k, v):\n    return ''\n")
+    (tmp_path / "in.txt").write_text("words")
+    out = zactor("run", "--app", str(bad_app), "--workers", "1", "--quiet", "in.txt")
+    assert out.returncode == 1 and "broken map" in out.stderr and "in.txt" in out.stderr
+    assert zactor("run", "--app", "wc", "missing.txt").returncode == 2
+    assert zactor("run", "--app", "nonesuch", "in.txt").returncode == 2
+    assert zactor("run", "--app", "wc", "--workers", "0", "in.txt").returncode == 2
+    ok = zactor("run", "--app", "wc", "--quiet", "--out", "o", "in.txt")
+    assert ok.returncode == 0, ok.stderr
+    assert read_output_lines(sorted((tmp_path / "o").glob("mr-out-*"))) == ["words 1"]
+
+
+SLOW = 8.0
+
+
+def straggler_map(filename: str, contents: str) -> list[tuple[str, str]]:
+    """The first attempt at the "slow" file stalls, as on a sick machine; later attempts are quick."""
+    if filename.endswith("slow.txt"):
+        try:
+            fd = os.open(Path(filename).with_suffix(".claimed"), os.O_CREAT | os.O_EXCL)
+            os.close(fd)
+            time.sleep(SLOW)
+        except FileExistsError:
+            pass
+    return [("n", "1")]
+
+
+@pytest.mark.parametrize("backups", [False, True])
+def test_backup_tasks_take_the_straggler_off_the_critical_path(tmp_path: Path, backups: bool) -> None:
+    inputs = []
+    for name in ("a.txt", "b.txt", "slow.txt"):
+        (tmp_path / name).write_text(name)
+        inputs.append(tmp_path / name)
+    result = run_job(
+        (straggler_map, lambda k, v: str(len(v))), inputs, workers=3, n_reduce=2,
+        outdir=tmp_path / "out", task_timeout=60, backup_tasks=backups,
+    )
+    assert read_output_lines(result.outputs) == ["n 3"]
+    if backups:
+        assert result.status.backups >= 1
+        assert result.seconds < SLOW, f"the job waited for the straggler ({result.seconds:.1f} s)"
+    else:
+        assert result.status.backups == 0
+        assert result.seconds >= SLOW
