@@ -1,0 +1,493 @@
+"""Raft as a pure state machine: messages and ticks in, a Ready batch out.
+
+Nothing here touches a socket, a clock, a thread or a disk. The shell that
+runs a peer (``apps.raft.peer``) loops::
+
+    core.step(message) / core.tick() / core.propose(command)
+    while core.has_ready():
+        rd = core.ready()
+        persist rd.hard_state, rd.snapshot, rd.entries (fsync if rd.must_sync)
+        send rd.messages and rd.messages_after_persist; deliver rd.apply
+        core.advance(rd)
+
+Durable before acknowledged is a property of the Ready, not a convention:
+vote grants, append acknowledgements and a candidate's requests for votes
+sit in ``messages_after_persist``, and a leader counts its own entries
+toward a majority only after ``advance`` says they are on disk. Everything
+proposed between two Readys is persisted by one write (group commit).
+
+Divergences from Figure 2, all standard: fast backtracking (a rejecting
+follower names the conflicting term and its first index, so the leader
+skips a term per round trip); a leader sends every entry a follower lacks in
+one AppendEntries (up to ``max_batch``) with at most ``max_inflight``
+unanswered ones per follower, and retransmits on each heartbeat; no no-op
+entry at the start of a term (the lab's tests expect commands at exact
+indexes), so a new leader commits older entries with its first command.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from apps.raft.log import InvariantError, RaftLog
+from apps.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    ApplyMsg,
+    Entry,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Timing in ticks (the shell decides how long a tick is; 10 ms by default).
+
+    The lab allows at most ten heartbeats a second and wants a new leader
+    within five seconds of a failure; elections must time out well after a
+    heartbeat is due, or a healthy leader would be deposed.
+    """
+
+    election_ticks_min: int = 40
+    election_ticks_max: int = 80
+    heartbeat_ticks: int = 10
+    max_batch: int = 512
+    """Most entries in one AppendEntries."""
+    max_inflight: int = 2
+    """Most unanswered AppendEntries carrying entries, per follower."""
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_ticks < 1:
+            raise ValueError(f"heartbeat_ticks must be at least 1, got {self.heartbeat_ticks}")
+        if self.election_ticks_min <= 2 * self.heartbeat_ticks:
+            raise ValueError(
+                f"election_ticks_min ({self.election_ticks_min}) must exceed twice heartbeat_ticks ({self.heartbeat_ticks})"
+            )
+        if self.election_ticks_max < self.election_ticks_min:
+            raise ValueError("election_ticks_max must be at least election_ticks_min")
+        if self.max_batch < 1 or self.max_inflight < 1:
+            raise ValueError("max_batch and max_inflight must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    term: int
+    voted_for: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a restarted peer read back from its storage."""
+
+    hard_state: HardState
+    snapshot: Snapshot | None
+    entries: tuple[Entry, ...]
+
+
+@dataclass(slots=True)
+class Ready:
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    """To persist: first drop stored entries at index >= entries[0].index, then append these."""
+    snapshot: Snapshot | None
+    """To persist: replaces the stored log through snapshot.index."""
+    messages: tuple[Message, ...]
+    messages_after_persist: tuple[Message, ...]
+    apply: tuple[ApplyMsg, ...]
+    must_sync: bool
+
+
+@dataclass
+class _Progress:
+    next_index: int
+    match_index: int = 0
+    inflight: int = 0
+
+
+@dataclass
+class _Pending:
+    messages: list = field(default_factory=list)
+    after: list = field(default_factory=list)
+    apply: list = field(default_factory=list)
+
+
+class RaftCore:
+    def __init__(self, me: int, n: int, config: Config, rng: random.Random, restored: Restored | None = None) -> None:
+        if not 0 <= me < n:
+            raise ValueError(f"peer {me} is not among 0..{n - 1}")
+        self.me, self.n, self.config, self.rng = me, n, config, rng
+        self.term = 0
+        self.voted_for: int | None = None
+        self.log = RaftLog()
+        self.snapshot_data = b""
+        if restored is not None:
+            self.term = restored.hard_state.term
+            self.voted_for = restored.hard_state.voted_for
+            snap = restored.snapshot
+            if snap is not None:
+                self.log = RaftLog(snap.index, snap.term, restored.entries)
+                self.snapshot_data = snap.data
+            else:
+                self.log = RaftLog(0, 0, restored.entries)
+        self.commit_index = self.log.snapshot_index
+        self.last_applied = self.log.snapshot_index
+        self.role = Role.FOLLOWER
+        self.leader_hint: int | None = None
+        self.votes: set[int] = set()
+        self.progress: dict[int, _Progress] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.election_timeout = self._random_timeout()
+        self._pending = _Pending()
+        self._hs_dirty = False
+        self._unstable_from = self.log.last_index + 1  # entries from here on are not yet durable
+        self._persisted_index = self.log.last_index
+        self._snapshot_to_persist: Snapshot | None = None
+        self._must_sync = False
+        self._replicate = False
+        if self.log.snapshot_index > 0:
+            # A restarted peer gives its service the snapshot first, then what follows.
+            self._pending.apply.append(
+                ApplyMsg(snapshot_valid=True, snapshot=self.snapshot_data, snapshot_term=self.log.snapshot_term, snapshot_index=self.log.snapshot_index)
+            )
+
+    # ---- queries -----------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    @property
+    def last_index(self) -> int:
+        return self.log.last_index
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.voted_for)
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self.heartbeat_elapsed += 1
+            if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+                self.heartbeat_elapsed = 0
+                for peer in self._others():
+                    prog = self.progress[peer]
+                    if prog.inflight:  # unanswered: assume lost, resend from what is known to match
+                        prog.inflight = 0
+                        prog.next_index = prog.match_index + 1
+                    self._send_append(peer, heartbeat=True)
+            return
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.election_timeout:
+            self._campaign()
+
+    def propose(self, command: Any) -> tuple[int, int, bool]:
+        """Append ``command`` if this peer leads; returns (index, term, is_leader) at once."""
+        if self.role is not Role.LEADER:
+            return -1, self.term, False
+        entry = Entry(self.term, self.log.last_index + 1, command)
+        self.log.append(entry)
+        self._must_sync = True
+        self._replicate = True  # sent when the Ready is taken: one AppendEntries for all new entries
+        if self.n == 1:
+            self._maybe_commit()
+        return entry.index, self.term, True
+
+    def snapshot(self, index: int, data: bytes) -> None:
+        """The service has a snapshot of everything through ``index``; drop the log up to there."""
+        if index <= self.log.snapshot_index:
+            return
+        if index > self.last_applied:
+            raise InvariantError(f"service snapshot at {index}, but only {self.last_applied} was applied")
+        term = self.log.term_at(index)
+        if term is None:
+            raise InvariantError(f"no entry at {index} to snapshot")
+        self.log.compact(index, term)
+        self.snapshot_data = bytes(data)
+        self._snapshot_to_persist = Snapshot(index, term, self.snapshot_data)
+        self._must_sync = True
+
+    def step(self, msg: Message) -> None:
+        if msg.dst != self.me or not 0 <= msg.src < self.n or msg.src == self.me:
+            log.warning("peer %d: dropped a misaddressed %s", self.me, type(msg).__name__)
+            return
+        if msg.term > self.term:
+            self._become_follower(msg.term, msg.src if isinstance(msg, (AppendEntries, InstallSnapshot)) else None)
+        if isinstance(msg, RequestVote):
+            self._on_request_vote(msg)
+        elif isinstance(msg, RequestVoteReply):
+            self._on_vote_reply(msg)
+        elif isinstance(msg, AppendEntries):
+            self._on_append(msg)
+        elif isinstance(msg, AppendEntriesReply):
+            self._on_append_reply(msg)
+        elif isinstance(msg, InstallSnapshot):
+            self._on_install_snapshot(msg)
+        elif isinstance(msg, InstallSnapshotReply):
+            self._on_install_snapshot_reply(msg)
+
+    # ---- the Ready cycle ----------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        p = self._pending
+        return bool(
+            self._replicate
+            or self._hs_dirty
+            or self._snapshot_to_persist is not None
+            or self._unstable_from <= self.log.last_index
+            or p.messages
+            or p.after
+            or p.apply
+            or self.last_applied < min(self.commit_index, self.log.last_index)
+        )
+
+    def ready(self) -> Ready:
+        if self._replicate and self.role is Role.LEADER:
+            for peer in self._others():
+                self._send_append(peer)
+        self._replicate = False
+        self._collect_applies()
+        unstable = tuple(self.log.slice(max(self._unstable_from, self.log.snapshot_index + 1), self.log.last_index + 1))
+        rd = Ready(
+            hard_state=self.hard_state if self._hs_dirty else None,
+            entries=unstable,
+            snapshot=self._snapshot_to_persist,
+            messages=tuple(self._pending.messages),
+            messages_after_persist=tuple(self._pending.after),
+            apply=tuple(self._pending.apply),
+            must_sync=self._must_sync or self._hs_dirty or bool(unstable) or self._snapshot_to_persist is not None,
+        )
+        self._pending = _Pending()
+        self._hs_dirty = False
+        self._snapshot_to_persist = None
+        self._must_sync = False
+        self._unstable_from = self.log.last_index + 1
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """``rd`` is durable (and its messages sent): count the leader's own entries now."""
+        durable = self._persisted_index
+        if rd.snapshot is not None:
+            durable = max(durable, rd.snapshot.index)
+        if rd.entries:
+            durable = rd.entries[-1].index
+        self._persisted_index = min(durable, self.log.last_index)
+        if self.role is Role.LEADER:
+            self._maybe_commit()
+
+    # ---- elections --------------------------------------------------------------------------
+
+    def _random_timeout(self) -> int:
+        return self.rng.randint(self.config.election_ticks_min, self.config.election_ticks_max)
+
+    def _others(self) -> range | list[int]:
+        return [p for p in range(self.n) if p != self.me]
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        if term > self.term:
+            self.term = term
+            self.voted_for = None
+            self._hs_dirty = True
+        self.role = Role.FOLLOWER
+        self.leader_hint = leader
+        self.votes = set()
+        self.progress = {}
+
+    def _campaign(self) -> None:
+        self.term += 1
+        self.role = Role.CANDIDATE
+        self.voted_for = self.me
+        self.leader_hint = None
+        self.votes = {self.me}
+        self._hs_dirty = True
+        self.election_elapsed = 0
+        self.election_timeout = self._random_timeout()
+        if len(self.votes) * 2 > self.n:
+            self._become_leader()
+            return
+        for peer in self._others():
+            # After the write: this term and this vote must be durable before anyone counts them.
+            self._pending.after.append(RequestVote(self.term, self.me, peer, self.log.last_index, self.log.last_term))
+
+    def _on_request_vote(self, m: RequestVote) -> None:
+        up_to_date = (m.last_log_term, m.last_log_index) >= (self.log.last_term, self.log.last_index)
+        granted = m.term == self.term and self.voted_for in (None, m.src) and up_to_date
+        if granted:
+            if self.voted_for != m.src:
+                self.voted_for = m.src
+                self._hs_dirty = True
+            self.election_elapsed = 0
+        self._pending.after.append(RequestVoteReply(self.term, self.me, m.src, granted))
+
+    def _on_vote_reply(self, m: RequestVoteReply) -> None:
+        if self.role is not Role.CANDIDATE or m.term != self.term or not m.granted:
+            return
+        self.votes.add(m.src)
+        if len(self.votes) * 2 > self.n:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader_hint = self.me
+        self.heartbeat_elapsed = 0
+        self.progress = {p: _Progress(next_index=self.log.last_index + 1) for p in self._others()}
+        log.info("peer %d: leader of term %d", self.me, self.term)
+        for peer in self._others():
+            self._send_append(peer, heartbeat=True)
+
+    # ---- replication ---------------------------------------------------------------------------
+
+    def _send_append(self, peer: int, heartbeat: bool = False) -> None:
+        prog = self.progress[peer]
+        if prog.next_index <= self.log.snapshot_index:
+            if heartbeat or prog.inflight == 0:
+                prog.inflight = 1
+                self._pending.messages.append(
+                    InstallSnapshot(self.term, self.me, peer, self.log.snapshot_index, self.log.snapshot_term, self.snapshot_data)
+                )
+            return
+        has_new = prog.next_index <= self.log.last_index
+        if not heartbeat and (not has_new or prog.inflight >= self.config.max_inflight):
+            return
+        prev = prog.next_index - 1
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            raise InvariantError(f"leader {self.me} has no term for index {prev}")
+        entries = tuple(self.log.slice(prog.next_index, prog.next_index + self.config.max_batch))
+        if entries:
+            prog.inflight += 1
+            prog.next_index = entries[-1].index + 1  # optimistic: pipelines the next batch
+        self._pending.messages.append(AppendEntries(self.term, self.me, peer, prev, prev_term, entries, self.commit_index))
+
+    def _on_append(self, m: AppendEntries) -> None:
+        if m.term < self.term:
+            self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0))
+            return
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(m.term, m.src)
+        self.leader_hint = m.src
+        self.election_elapsed = 0
+        prev, prev_term, entries = m.prev_log_index, m.prev_log_term, m.entries
+        if prev < self.log.snapshot_index:
+            # Entries through the snapshot are committed, so they match; skip them.
+            entries = tuple(e for e in entries if e.index > self.log.snapshot_index)
+            prev, prev_term = self.log.snapshot_index, self.log.snapshot_term
+            if m.prev_log_index + len(m.entries) < self.log.snapshot_index:
+                entries = ()
+        if prev > self.log.last_index:
+            self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, self.log.last_index + 1))
+            return
+        mine = self.log.term_at(prev)
+        if mine != prev_term:
+            assert mine is not None
+            first = self.log.first_index_of_term(prev)
+            self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, mine, first))
+            return
+        for entry in entries:
+            have = self.log.term_at(entry.index)
+            if have == entry.term:
+                continue
+            if have is not None:
+                if entry.index <= self.commit_index:
+                    raise InvariantError(f"peer {self.me}: leader {m.src} overwrites committed entry {entry.index}")
+                self.log.truncate_from(entry.index)
+                self._unstable_from = min(self._unstable_from, entry.index)
+                self._persisted_index = min(self._persisted_index, entry.index - 1)
+            self.log.append(entry)
+        last_new = prev + len(entries)
+        if m.leader_commit > self.commit_index:
+            self.commit_index = max(self.commit_index, min(m.leader_commit, last_new))
+        self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, True, last_new, 0, 0))
+
+    def _on_append_reply(self, m: AppendEntriesReply) -> None:
+        if self.role is not Role.LEADER or m.term != self.term:
+            return
+        prog = self.progress[m.src]
+        if m.success:
+            if m.match_index > prog.match_index:
+                prog.match_index = m.match_index
+            prog.next_index = max(prog.next_index, prog.match_index + 1)
+            prog.inflight = max(0, prog.inflight - 1)
+            self._maybe_commit()
+            self._send_append(m.src)
+            return
+        if m.conflict_term:
+            last = self.log.last_index_of_term(m.conflict_term)
+            next_index = last + 1 if last is not None else m.conflict_index
+        else:
+            next_index = m.conflict_index
+        prog.next_index = max(prog.match_index + 1, min(next_index, self.log.last_index + 1), 1)
+        prog.inflight = 0
+        self._send_append(m.src, heartbeat=True)
+
+    def _maybe_commit(self) -> None:
+        matches = sorted([self._persisted_index] + [p.match_index for p in self.progress.values()], reverse=True)
+        candidate = matches[self.n // 2]  # the highest index a majority holds
+        # Only an entry of the current term commits by counting replicas (Figure 8).
+        if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
+            self.commit_index = candidate
+
+    # ---- snapshots --------------------------------------------------------------------------------
+
+    def _on_install_snapshot(self, m: InstallSnapshot) -> None:
+        if m.term < self.term:
+            self._pending.messages.append(InstallSnapshotReply(self.term, self.me, m.src, 0))
+            return
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(m.term, m.src)
+        self.leader_hint = m.src
+        self.election_elapsed = 0
+        if m.last_included_index > self.commit_index:
+            self._collect_applies()  # what was committed before goes to the service first
+            self.log.compact(m.last_included_index, m.last_included_term)
+            self.snapshot_data = m.data
+            self.commit_index = m.last_included_index
+            self.last_applied = m.last_included_index
+            self._unstable_from = max(self._unstable_from, m.last_included_index + 1)
+            self._persisted_index = min(self._persisted_index, self.log.last_index)
+            self._snapshot_to_persist = Snapshot(m.last_included_index, m.last_included_term, m.data)
+            self._pending.apply.append(
+                ApplyMsg(snapshot_valid=True, snapshot=m.data, snapshot_term=m.last_included_term, snapshot_index=m.last_included_index)
+            )
+        self._pending.after.append(InstallSnapshotReply(self.term, self.me, m.src, m.last_included_index))
+
+    def _on_install_snapshot_reply(self, m: InstallSnapshotReply) -> None:
+        if self.role is not Role.LEADER or m.term != self.term:
+            return
+        prog = self.progress[m.src]
+        prog.inflight = 0
+        prog.match_index = max(prog.match_index, m.last_included_index)
+        prog.next_index = max(prog.next_index, prog.match_index + 1)
+        self._send_append(m.src)
+
+    def _collect_applies(self) -> None:
+        upto = min(self.commit_index, self.log.last_index)
+        for index in range(self.last_applied + 1, upto + 1):
+            entry = self.log.entry(index)
+            self._pending.apply.append(ApplyMsg(command_valid=True, command=entry.command, command_index=index, command_term=entry.term))
+        self.last_applied = max(self.last_applied, upto)

@@ -1,0 +1,92 @@
+"""Raft's messages (Figure 2 of the extended paper, plus InstallSnapshot) and the apply stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    term: int
+    index: int
+    command: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    term: int
+    src: int
+    dst: int
+    last_log_index: int
+    last_log_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteReply:
+    term: int
+    src: int
+    dst: int
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    term: int
+    src: int
+    dst: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesReply:
+    term: int
+    src: int
+    dst: int
+    success: bool
+    match_index: int
+    """On success: the last index now known to match the leader's log."""
+    conflict_term: int
+    """On failure: the term of the follower's entry at prev_log_index (0: it has none there)."""
+    conflict_index: int
+    """On failure: the first index of conflict_term in the follower's log, or its log length + 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    term: int
+    src: int
+    dst: int
+    last_included_index: int
+    last_included_term: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotReply:
+    term: int
+    src: int
+    dst: int
+    last_included_index: int
+
+
+Message = RequestVote | RequestVoteReply | AppendEntries | AppendEntriesReply | InstallSnapshot | InstallSnapshotReply
+REQUEST_TYPES = ("RequestVote", "AppendEntries", "InstallSnapshot")
+REPLY_TYPES = ("RequestVoteReply", "AppendEntriesReply", "InstallSnapshotReply")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyMsg:
+    """What the service receives, in index order, exactly once each (the lab's fields)."""
+
+    command_valid: bool = False
+    command: Any = None
+    command_index: int = 0
+    command_term: int = 0
+    snapshot_valid: bool = False
+    snapshot: bytes = b""
+    snapshot_term: int = 0
+    snapshot_index: int = 0
