@@ -83,6 +83,12 @@ def test_fault_table_matches_peer_direction_and_kind() -> None:
     assert table.decide("ipc://b", "in", is_reply=True) == 0
 
 
+def test_fault_rule_can_select_message_types() -> None:
+    table = FaultTable([FaultRule(connected=False, types=("AppendEntriesReply",))], seed=1)
+    assert table.decide("p", "out", False, "AppendEntriesReply") < 0
+    assert table.decide("p", "out", False, "AppendEntries") == 0
+
+
 def test_lab_profiles_have_the_lab_numbers() -> None:
     requests, replies = unreliable()
     assert (requests.drop, requests.delay, requests.applies_to) == (0.1, (0.0, 0.026), "requests")

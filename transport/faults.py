@@ -40,6 +40,9 @@ class FaultRule:
     """Uniform extra delay in seconds, (low, high)."""
     reorder: float = 0.0
     """Probability that a matching message is held back 0.2 + U(0, U(0, 2)) s."""
+    types: tuple[str, ...] = ()
+    """Only messages of these type names (class names), when given: a protocol that
+    sends its replies as tells (Raft) marks them as replies this way."""
 
     def __post_init__(self) -> None:
         if self.direction not in ("out", "in", "both"):
@@ -56,10 +59,12 @@ class FaultRule:
         if not 0.0 <= lo <= hi:
             raise ValueError(f"delay must be (low, high) seconds with 0 <= low <= high, got {self.delay}")
 
-    def matches(self, peer: str, direction: str, is_reply: bool) -> bool:
+    def matches(self, peer: str, direction: str, is_reply: bool, mtype: str = "") -> bool:
         if self.peer != "*" and self.peer != peer:
             return False
         if self.direction != "both" and self.direction != direction:
+            return False
+        if self.types and mtype not in self.types:
             return False
         if self.applies_to == "requests":
             return not is_reply
@@ -103,14 +108,14 @@ class FaultTable:
                 raise TypeError(f"fault rules must be FaultRule, not {type(rule).__name__}")
         self._rules = tuple(rules)
 
-    def decide(self, peer: str, direction: str, is_reply: bool) -> float:
+    def decide(self, peer: str, direction: str, is_reply: bool, mtype: str = "") -> float:
         """Seconds to hold the message back (0 = now), or DROP."""
         if not self._rules:
             return 0.0
         rng = self._rng
         delay = 0.0
         for rule in self._rules:
-            if not rule.matches(peer, direction, is_reply):
+            if not rule.matches(peer, direction, is_reply, mtype):
                 continue
             if not rule.connected:
                 return DROP

@@ -270,7 +270,7 @@ class Node:
             self.counters.control += 1
         else:
             self.counters.count_sent(mtype, len(frame))
-            hold = self._faults.decide(dest, "out", is_reply)
+            hold = self._faults.decide(dest, "out", is_reply, mtype)
             if hold == DROP:
                 self.counters.dropped_by_faults += 1
                 return None
@@ -344,7 +344,7 @@ class Node:
             self._control(env)
             return
         if not env.is_control:
-            hold = self._faults.decide(env.src, "in", env.is_reply)
+            hold = self._faults.decide(env.src, "in", env.is_reply, message_type(env.body))
             if hold == DROP:
                 self.counters.dropped_by_faults += 1
                 return

@@ -1,0 +1,157 @@
+"""The Raft peer actor: the shell that runs a RaftCore on the actor runtime, one peer per process.
+
+It owns the I/O the core must not do: a tick timer, persistence (an fsync'd
+save of every Ready that changes durable state, before any of that Ready's
+messages leave), sending to the other peers, and delivering apply messages,
+in order, to the service (an actor, told ``Applied`` batches). The service
+talks to it with ``Start``, ``GetState`` and ``TakeSnapshot`` asks, the lab's
+``Start()``, ``GetState()`` and ``Snapshot()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from actors import Actor, ActorSystem
+from apps.raft.core import Config, RaftCore
+from apps.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    ApplyMsg,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    RequestVote,
+    RequestVoteReply,
+)
+from apps.raft.storage import RaftStorage
+from transport import FaultRule
+
+log = logging.getLogger(__name__)
+
+PEER_NAME = "raft"
+_PROTOCOL = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply, InstallSnapshot, InstallSnapshotReply)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    command: Any
+
+
+@dataclass(frozen=True, slots=True)
+class GetState:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    me: int
+    term: int
+    role: str
+    leader: int | None
+    commit_index: int
+    last_index: int
+    raft_state_size: int
+    snapshot_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    peer: int
+    incarnation: int
+    msgs: tuple[ApplyMsg, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    me: int
+    endpoints: tuple[str, ...]
+    data_dir: str
+    apply_to: str | None = None
+    """Address (``endpoint#name``) of the service actor that receives ``Applied``."""
+    incarnation: int = 0
+    raft: Config = Config()
+    tick: float = 0.01
+    """Seconds per core tick."""
+    fsync: bool = True
+
+
+class RaftPeer(Actor):
+    def __init__(self, config: PeerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.storage = RaftStorage(config.data_dir, fsync=config.fsync)
+        restored = self.storage.load()  # a damaged state file fails the spawn, loudly
+        self.core = RaftCore(config.me, len(config.endpoints), config.raft, random.Random(), restored)
+        assert self.actor_system is not None
+        self.peers = {i: self.actor_system.ref(ep, PEER_NAME) for i, ep in enumerate(config.endpoints) if i != config.me}
+        self.service = self.actor_system.ref(config.apply_to) if config.apply_to else None
+
+    def on_start(self) -> None:
+        self.schedule_every(self.config.tick, _Tick())
+        self._process()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Tick):
+            self.core.tick()
+        elif isinstance(message, _PROTOCOL):
+            self.core.step(message)
+        elif isinstance(message, Start):
+            result = self.core.propose(message.command)
+            self._process()
+            return result
+        elif isinstance(message, GetState):
+            return self.core.term, self.core.is_leader
+        elif isinstance(message, TakeSnapshot):
+            self.core.snapshot(message.index, message.data)
+        elif isinstance(message, Status):
+            c = self.core
+            return PeerStatus(c.me, c.term, c.role.value, c.leader_hint, c.commit_index, c.last_index,
+                              self.storage.raft_state_size, self.storage.snapshot_size)
+        else:
+            log.warning("raft peer %d: ignored a %s", self.config.me, type(message).__name__)
+            return None
+        self._process()
+        return None
+
+    def _process(self) -> None:
+        core = self.core
+        while core.has_ready():
+            rd = core.ready()
+            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                self.storage.save(core)  # durable before anything of this Ready is sent or applied
+            for msg in rd.messages:
+                self.peers[msg.dst].tell(msg)
+            for msg in rd.messages_after_persist:
+                self.peers[msg.dst].tell(msg)
+            if rd.apply and self.service is not None:
+                self.service.tell(Applied(self.config.me, self.config.incarnation, rd.apply))
+            core.advance(rd)
+
+
+def serve_peer(config: PeerConfig, faults: list[FaultRule] | None = None) -> None:
+    """Child-process target: one Raft peer at ``config.endpoints[config.me]`` until stopped."""
+    with ActorSystem(config.endpoints[config.me], start=False) as system:
+        if faults:
+            system.node.set_faults(faults)
+        system.spawn(RaftPeer, config, name=PEER_NAME)
+        system.start()
+        system.run_until_stopped()

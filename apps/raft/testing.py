@@ -1,0 +1,417 @@
+"""The lab's Raft test harness, for real peers in real processes.
+
+    with Cluster(3, reliable=True, snapshot=False) as cfg:
+        leader = cfg.check_one_leader()
+        index = cfg.one(101, 3, retry=False)
+        cfg.disconnect(leader); cfg.crash(1); cfg.start(1); cfg.connect(1)
+
+Each peer runs in its own OS process (started from the supervisor's fork
+server, never restarted behind the harness's back). The network is the
+transport with fault rules: the link between peers i and j works only while
+both are connected; ``set_unreliable`` and ``set_long_reordering`` give the
+lab's numbers, with Raft's reply messages treated as replies. ``crash(i)``
+is SIGKILL of the peer's process; ``start(i)`` starts a new process that
+reads what the old one persisted.
+
+Every apply message of every peer comes to the harness's applier and is
+checked as the lab checks it: the same command at the same index on every
+peer, in order, nothing skipped; in snapshot mode the applier also asks the
+peer to snapshot every tenth index and rebuilds its view of a peer from an
+installed snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors import Actor, ActorSystem, AskTimeout, ChildSpec, Supervisor
+from actors.errors import ActorDeadError
+from apps.raft.core import Config
+from apps.raft.messages import REPLY_TYPES, REQUEST_TYPES
+from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, PeerStatus, Start, Status, TakeSnapshot, serve_peer
+from transport import FaultRule
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_INTERVAL = 10
+
+
+class HarnessFailure(AssertionError):
+    """What the lab's tester would report with t.Fatalf."""
+
+
+def _protocol_bytes(counts: dict) -> int:
+    return sum(counts["sent_bytes"].get(t, 0) for t in (*REQUEST_TYPES, *REPLY_TYPES))
+
+
+class _Applier(Actor):
+    """Receives every peer's apply messages and checks them."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Applied):
+            self.cluster._applied(message)
+        return None
+
+
+class PeerHandle:
+    """``start`` and ``get_state`` of one peer, as the lab's tests call them on a Raft object."""
+
+    def __init__(self, cluster: Cluster, i: int) -> None:
+        self._ref = cluster._system.ref(cluster.endpoints[i], PEER_NAME)
+
+    def start(self, command: Any) -> tuple[int, int, bool]:
+        try:
+            return self._ref.ask(Start(command), timeout=2.0)
+        except (AskTimeout, ActorDeadError):
+            return -1, -1, False
+
+    def get_state(self) -> tuple[int, bool]:
+        return self._ref.ask(GetState(), timeout=2.0)
+
+    def status(self) -> PeerStatus:
+        return self._ref.ask(Status(), timeout=2.0)
+
+
+class Cluster:
+    def __init__(
+        self,
+        n: int,
+        reliable: bool = True,
+        snapshot: bool = False,
+        *,
+        config: Config | None = None,
+        tick: float = 0.01,
+        seed: int | None = None,
+    ) -> None:
+        self.n = n
+        self.snapshot_mode = snapshot
+        self.config = config or Config()
+        self.tick = tick
+        self.rng = random.Random(seed)
+        self._dir = Path(tempfile.mkdtemp(prefix="zactor-raft-"))
+        self.endpoints = tuple(f"ipc://{self._dir}/peer-{i}.sock" for i in range(n))
+        self.connected = [False] * n
+        self.running = [False] * n
+        self.incarnation = [0] * n
+        self.reliable = reliable
+        self.long_reordering = False
+        self.logs: list[dict[int, Any]] = [{} for _ in range(n)]
+        self.last_applied = [0] * n
+        self.max_index = 0
+        self.errors: list[str] = []
+        self._lock = threading.Condition()
+        self._dead_counts = {"rpcs": 0, "bytes": 0}
+        self._sup = Supervisor(max_restarts=1000, within=1.0)
+        self._system = ActorSystem(ask_timeout=5.0)
+        self._applier = self._system.spawn(_Applier, self, name="applier")
+        self.started_at = time.monotonic()
+
+    def __enter__(self) -> Cluster:
+        try:
+            for i in range(self.n):
+                self.start(i)
+            for i in range(self.n):
+                self.connect(i)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        self._sup.stop(grace=1.0)
+        self._system.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ---- peers and the network ---------------------------------------------------------
+
+    def peer(self, i: int) -> PeerHandle:
+        return PeerHandle(self, i)
+
+    def _rules_for(self, i: int) -> list[FaultRule]:
+        rules: list[FaultRule] = []
+        for j in range(self.n):
+            if j == i:
+                continue
+            peer = self.endpoints[j]
+            if not (self.connected[i] and self.connected[j]):
+                rules.append(FaultRule(peer, "both", connected=False))
+                continue
+            if not self.reliable:
+                rules.append(FaultRule(peer, "out", types=REQUEST_TYPES, drop=0.1, delay=(0.0, 0.026)))
+                rules.append(FaultRule(peer, "out", types=REPLY_TYPES, drop=0.1))
+            if self.long_reordering:
+                rules.append(FaultRule(peer, "out", types=REPLY_TYPES, reorder=600 / 900))
+        return rules
+
+    def _apply_rules(self) -> None:
+        for i in range(self.n):
+            if self.running[i]:
+                try:
+                    self._system.control(self.endpoints[i], timeout=2.0).set_faults(self._rules_for(i))
+                except AskTimeout:
+                    log.warning("harness: peer %d did not take its fault rules", i)
+
+    def connect(self, i: int) -> None:
+        self.connected[i] = True
+        self._apply_rules()
+
+    def disconnect(self, i: int) -> None:
+        self.connected[i] = False
+        self._apply_rules()
+
+    def set_unreliable(self, unreliable: bool) -> None:
+        self.reliable = not unreliable
+        self._apply_rules()
+
+    def set_long_reordering(self, on: bool) -> None:
+        self.long_reordering = on
+        self._apply_rules()
+
+    def crash(self, i: int) -> None:
+        """Cut peer i off and kill its process (SIGKILL): only what it persisted survives."""
+        self.connected[i] = False
+        if self.running[i]:
+            self._remember_counters(i)
+            self._sup.kill(f"peer-{i}")
+            self._sup.wait_for(lambda: self._sup.status(f"peer-{i}") == "exited", 5.0)
+            self.running[i] = False
+        self._apply_rules()
+
+    def start(self, i: int) -> None:
+        """A new process for peer i, from its persisted state (crashing the old one first)."""
+        self.crash(i)
+        with self._lock:
+            self.incarnation[i] += 1
+            self.last_applied[i] = 0
+        config = PeerConfig(
+            me=i,
+            endpoints=self.endpoints,
+            data_dir=str(self._dir / f"data-{i}"),
+            apply_to=str(self._applier.address),
+            incarnation=self.incarnation[i],
+            raft=self.config,
+            tick=self.tick,
+        )
+        self._sup.start_child(ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary"))
+        self.running[i] = True
+        deadline = time.monotonic() + 10.0
+        while True:  # the process is up when its actor answers
+            try:
+                self.peer(i).get_state()
+                break
+            except (AskTimeout, ActorDeadError):
+                if time.monotonic() > deadline or self._sup.status(f"peer-{i}") != "running":
+                    raise HarnessFailure(f"peer {i} did not start") from None
+
+    def _remember_counters(self, i: int) -> None:
+        try:
+            counts = self._system.control(self.endpoints[i], timeout=1.0).counters()
+        except AskTimeout:
+            return
+        self._dead_counts["rpcs"] += sum(counts["sent"].get(t, 0) for t in REQUEST_TYPES)
+        self._dead_counts["bytes"] += _protocol_bytes(counts)
+
+    def _counters(self) -> list[dict]:
+        out = []
+        for i in range(self.n):
+            if self.running[i]:
+                try:
+                    out.append(self._system.control(self.endpoints[i], timeout=2.0).counters())
+                except AskTimeout:
+                    pass
+        return out
+
+    def rpc_total(self) -> int:
+        """Requests (RequestVote, AppendEntries, InstallSnapshot) sent by all peers so far."""
+        return self._dead_counts["rpcs"] + sum(sum(c["sent"].get(t, 0) for t in REQUEST_TYPES) for c in self._counters())
+
+    def bytes_total(self) -> int:
+        """Bytes of every Raft request and reply sent by all peers so far (not the harness's own traffic)."""
+        return self._dead_counts["bytes"] + sum(_protocol_bytes(c) for c in self._counters())
+
+    def max_log_size(self) -> int:
+        """The largest persisted raft state (without the snapshot) over the running peers."""
+        return max((self.peer(i).status().raft_state_size for i in range(self.n) if self.running[i]), default=0)
+
+    # ---- the applier's checks ------------------------------------------------------------------
+
+    def _applied(self, batch: Applied) -> None:
+        i = batch.peer
+        with self._lock:
+            if batch.incarnation != self.incarnation[i]:
+                return  # from a process that has since been killed
+            for m in batch.msgs:
+                if m.snapshot_valid:
+                    self._ingest_snapshot(i, m.snapshot, m.snapshot_index)
+                elif m.command_valid:
+                    self._check_apply(i, m.command_index, m.command)
+            self._lock.notify_all()
+
+    def _check_apply(self, i: int, index: int, command: Any) -> None:
+        if self.snapshot_mode and index != self.last_applied[i] + 1:
+            self.errors.append(f"server {i} apply out of order, expected index {self.last_applied[i] + 1}, got {index}")
+            return
+        for j in range(self.n):
+            old = self.logs[j].get(index)
+            if index in self.logs[j] and old != command:
+                self.errors.append(f"commit index={index} server={i} {command!r} != server={j} {old!r}")
+        if not self.snapshot_mode and index > 1 and (index - 1) not in self.logs[i]:
+            self.errors.append(f"server {i} apply out of order {index}")
+        self.logs[i][index] = command
+        self.last_applied[i] = index
+        self.max_index = max(self.max_index, index)
+        if self.snapshot_mode and (index + 1) % SNAPSHOT_INTERVAL == 0:
+            commands = [self.logs[i].get(k) for k in range(index + 1)]
+            self._system.ref(self.endpoints[i], PEER_NAME).tell(TakeSnapshot(index, pickle.dumps((index, commands))))
+
+    def _ingest_snapshot(self, i: int, data: bytes, index: int) -> None:
+        try:
+            last, commands = pickle.loads(data)
+        except Exception as exc:  # a snapshot the harness did not write
+            self.errors.append(f"server {i}: undecodable snapshot: {exc!r}")
+            return
+        if last != index:
+            self.errors.append(f"server {i} snapshot index {index} does not match its content ({last})")
+            return
+        self.logs[i] = {k: c for k, c in enumerate(commands) if k > 0}
+        self.last_applied[i] = index
+
+    # ---- the lab's helpers ----------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        raise HarnessFailure(message)
+
+    def check_no_errors(self) -> None:
+        with self._lock:
+            if self.errors:
+                self._fail("apply error: " + self.errors[0])
+
+    def _state(self, i: int) -> tuple[int, bool] | None:
+        try:
+            return self.peer(i).get_state()
+        except (AskTimeout, ActorDeadError):
+            return None
+
+    def check_one_leader(self) -> int:
+        for _ in range(10):
+            time.sleep(self.rng.uniform(0.45, 0.55))
+            leaders: dict[int, list[int]] = {}
+            for i in range(self.n):
+                if self.connected[i] and self.running[i]:
+                    state = self._state(i)
+                    if state is not None and state[1]:
+                        leaders.setdefault(state[0], []).append(i)
+            for term, who in leaders.items():
+                if len(who) > 1:
+                    self._fail(f"term {term} has {len(who)} (>1) leaders: {who}")
+            if leaders:
+                return leaders[max(leaders)][0]
+        self._fail("expected one leader, got none")
+        return -1
+
+    def check_terms(self) -> int:
+        term = -1
+        for i in range(self.n):
+            if self.connected[i] and self.running[i]:
+                state = self._state(i)
+                if state is None:
+                    continue
+                if term == -1:
+                    term = state[0]
+                elif term != state[0]:
+                    self._fail("servers disagree on term")
+        return term
+
+    def check_no_leader(self) -> None:
+        for i in range(self.n):
+            if self.connected[i] and self.running[i]:
+                state = self._state(i)
+                if state is not None and state[1]:
+                    self._fail(f"expected no leader among connected servers, but {i} claims to be leader")
+
+    def n_committed(self, index: int) -> tuple[int, Any]:
+        with self._lock:
+            if self.errors:
+                self._fail("apply error: " + self.errors[0])
+            count, command = 0, None
+            for i in range(self.n):
+                if index in self.logs[i]:
+                    cmd = self.logs[i][index]
+                    if count > 0 and cmd != command:
+                        self._fail(f"committed values do not match: index {index}, {command!r}, {cmd!r}")
+                    count, command = count + 1, cmd
+            return count, command
+
+    def _wait_applied(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until the applier's view satisfies ``predicate`` (woken by every apply)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+            return True
+
+    def wait(self, index: int, n: int, start_term: int) -> Any:
+        delay = 0.01
+        for _ in range(30):
+            count, _ = self.n_committed(index)
+            if count >= n:
+                break
+            self._wait_applied(lambda: self.n_committed(index)[0] >= n, delay)
+            if delay < 1.0:
+                delay *= 2
+            if start_term > -1:
+                for i in range(self.n):
+                    if self.running[i]:
+                        state = self._state(i)
+                        if state is not None and state[0] > start_term:
+                            return -1  # someone moved on: the caller should retry
+        count, command = self.n_committed(index)
+        if count < n:
+            self._fail(f"only {count} decided for index {index}; wanted {n}")
+        return command
+
+    def one(self, command: Any, expected_servers: int, retry: bool = False) -> int:
+        t0 = time.monotonic()
+        starts = 0
+        while time.monotonic() - t0 < 10.0:
+            index = -1
+            for _ in range(self.n):
+                starts = (starts + 1) % self.n
+                if self.connected[starts] and self.running[starts]:
+                    index1, _, ok = self.peer(starts).start(command)
+                    if ok:
+                        index = index1
+                        break
+            if index != -1:
+
+                def agreed() -> bool:
+                    count, cmd = self.n_committed(index)
+                    return count > 0 and count >= expected_servers and cmd == command
+
+                if self._wait_applied(agreed, 2.0):
+                    return index
+                if not retry:
+                    self._fail(f"one({command!r}) failed to reach agreement")
+            else:
+                time.sleep(0.05)
+        self._fail(f"one({command!r}) failed to reach agreement")
+        return -1
