@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("mr", "apps.mapreduce.cli", "run a MapReduce job, or its coordinator / workers"),
     ("kv", "apps.kvsrv.cli", "run a KV server, or get/put/append against one"),
+    ("raft", "apps.raft.cli", "run a local Raft cluster and watch its leader"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
 ]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""

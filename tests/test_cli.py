@@ -52,3 +52,16 @@ def test_bench_supervisor_json_reports_restart_latency() -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["restarts"] == 3 and result["restart_p50_ms"] > 0
+
+
+def test_raft_cluster_prints_its_leader_and_stops() -> None:
+    out = zactor("raft", "cluster", "--peers", "3", "--for", "3")
+    assert out.returncode == 0, out.stderr
+    assert "3 peers running" in out.stdout
+    assert " leader " in out.stdout and "term " in out.stdout and out.stdout.rstrip().endswith("stopped")
+
+
+def test_system_commands_have_their_own_help() -> None:
+    for command in ("mr", "kv", "raft", "check"):
+        out = zactor(command, "--help")
+        assert out.returncode == 0 and f"zactor {command}" in out.stdout, command

@@ -1,0 +1,80 @@
+"""``zactor raft cluster``: run a local supervised Raft cluster and watch who leads."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from actors import ActorSystem, AskTimeout, ChildSpec, Supervisor
+from actors.errors import ActorDeadError
+from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zactor raft",
+        description="Raft on the actor runtime. `cluster` runs N peers as supervised processes on this machine "
+        "and prints who leads, with term and commit index, whenever that changes.",
+    )
+    sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
+    p = sub.add_parser("cluster", help="run a local cluster until Ctrl-C")
+    p.add_argument("--peers", type=int, default=3, help="number of peers (default 3)")
+    p.add_argument("--data-dir", help="where peers persist their state (default: a temporary directory, removed at exit)")
+    p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds instead of at Ctrl-C")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.peers < 1:
+        parser.error("--peers must be at least 1")
+    temporary = args.data_dir is None
+    root = Path(args.data_dir or tempfile.mkdtemp(prefix="zactor-raft-"))
+    root.mkdir(parents=True, exist_ok=True)
+    endpoints = tuple(f"ipc://{root}/peer-{i}.sock" for i in range(args.peers))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.monotonic()
+    try:
+        with Supervisor(max_restarts=20, within=10.0) as sup, ActorSystem() as system:
+            for i in range(args.peers):
+                config = PeerConfig(me=i, endpoints=endpoints, data_dir=str(root / f"data-{i}"))
+                sup.start_child(ChildSpec(f"peer-{i}", serve_peer, (config,)))
+            print(f"{args.peers} peers running, state in {root} (Ctrl-C stops everything)", flush=True)
+            last = None
+            while not stop.wait(0.2):
+                if args.duration is not None and time.monotonic() - started > args.duration:
+                    break
+                seen = []
+                for i, ep in enumerate(endpoints):
+                    try:
+                        seen.append(system.ref(ep, PEER_NAME).ask(Status(), timeout=0.5))
+                    except (AskTimeout, ActorDeadError):
+                        pass
+                leaders = [s for s in seen if s.role == "leader"]
+                top = max(leaders, key=lambda s: s.term) if leaders else None
+                view = (top.me, top.term, top.commit_index) if top else (None, max((s.term for s in seen), default=0), None)
+                if view != last:
+                    last = view
+                    stamp = f"{time.monotonic() - started:7.2f}s"
+                    if top:
+                        print(f"{stamp}  leader {top.me}  term {top.term}  commit index {top.commit_index}  peers up {len(seen)}/{args.peers}", flush=True)
+                    else:
+                        print(f"{stamp}  no leader  (highest term {view[1]})  peers up {len(seen)}/{args.peers}", flush=True)
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
