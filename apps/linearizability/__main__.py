@@ -1,3 +1,5 @@
+"""``python -m apps.linearizability HISTORY_FILE ...``: the same as ``zactor check``."""
+
 import sys
 
 from apps.linearizability.cli import main
