@@ -11,7 +11,7 @@ from actors.address import Address
 from actors.errors import ActorDeadError, AskTimeout, CorruptStateError, Failure, RemoteError, SystemStopped
 from actors.future import ReplyFuture
 from actors.persister import Persister
-from actors.supervisor import ChildSpec, GaveUp, Supervisor, SupervisorEvent
+from actors.supervisor import ChildSpec, Supervisor, SupervisorEvent
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "ChildSpec",
     "CorruptStateError",
     "Failure",
-    "GaveUp",
     "LocalRef",
     "NodeControl",
     "Persister",

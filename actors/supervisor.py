@@ -83,10 +83,6 @@ class _Child:
     restart_at: float | None = None
 
 
-class GaveUp(RuntimeError):
-    """A child died more often than the restart intensity allows."""
-
-
 def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any]) -> None:
     if sys.platform.startswith("linux"):
         try:

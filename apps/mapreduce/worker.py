@@ -22,7 +22,7 @@ import cloudpickle
 
 from actors import ActorDeadError, ActorSystem, AskTimeout, Actor
 from apps.mapreduce.app import App, load_app
-from apps.mapreduce.protocol import Exit, MapTask, ReduceTask, RequestTask, TaskDone, TaskFailed, Wait
+from apps.mapreduce.protocol import Exit, MapTask, RequestTask, TaskDone, TaskFailed, Wait
 from apps.mapreduce.tasks import TaskError, run_map, run_reduce
 
 log = logging.getLogger(__name__)

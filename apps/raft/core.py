@@ -118,6 +118,7 @@ class Ready:
     messages_after_persist: tuple[Message, ...]
     apply: tuple[ApplyMsg, ...]
     must_sync: bool
+    """Whether anything above must be written (and fsync'd) before the messages go out."""
 
 
 @dataclass
@@ -139,6 +140,7 @@ class RaftCore:
         if not 0 <= me < n:
             raise ValueError(f"peer {me} is not among 0..{n - 1}")
         self.me, self.n, self.config, self.rng = me, n, config, rng
+        self._peers = tuple(p for p in range(n) if p != me)
         self.term = 0
         self.voted_for: int | None = None
         self.log = RaftLog()
@@ -166,7 +168,6 @@ class RaftCore:
         self._unstable_from = self.log.last_index + 1  # entries from here on are not yet durable
         self._persisted_index = self.log.last_index
         self._snapshot_to_persist: Snapshot | None = None
-        self._must_sync = False
         self._replicate = False
         if self.log.snapshot_index > 0:
             # A restarted peer gives its service the snapshot first, then what follows.
@@ -195,7 +196,7 @@ class RaftCore:
             self.heartbeat_elapsed += 1
             if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
                 self.heartbeat_elapsed = 0
-                for peer in self._others():
+                for peer in self._peers:
                     prog = self.progress[peer]
                     if prog.inflight:  # unanswered: assume lost, resend from what is known to match
                         prog.inflight = 0
@@ -212,7 +213,6 @@ class RaftCore:
             return -1, self.term, False
         entry = Entry(self.term, self.log.last_index + 1, command)
         self.log.append(entry)
-        self._must_sync = True
         self._replicate = True  # sent when the Ready is taken: one AppendEntries for all new entries
         if self.n == 1:
             self._maybe_commit()
@@ -230,7 +230,6 @@ class RaftCore:
         self.log.compact(index, term)
         self.snapshot_data = bytes(data)
         self._snapshot_to_persist = Snapshot(index, term, self.snapshot_data)
-        self._must_sync = True
 
     def step(self, msg: Message) -> None:
         if msg.dst != self.me or not 0 <= msg.src < self.n or msg.src == self.me:
@@ -268,7 +267,7 @@ class RaftCore:
 
     def ready(self) -> Ready:
         if self._replicate and self.role is Role.LEADER:
-            for peer in self._others():
+            for peer in self._peers:
                 self._send_append(peer)
         self._replicate = False
         self._collect_applies()
@@ -280,12 +279,11 @@ class RaftCore:
             messages=tuple(self._pending.messages),
             messages_after_persist=tuple(self._pending.after),
             apply=tuple(self._pending.apply),
-            must_sync=self._must_sync or self._hs_dirty or bool(unstable) or self._snapshot_to_persist is not None,
+            must_sync=self._hs_dirty or bool(unstable) or self._snapshot_to_persist is not None,
         )
         self._pending = _Pending()
         self._hs_dirty = False
         self._snapshot_to_persist = None
-        self._must_sync = False
         self._unstable_from = self.log.last_index + 1
         return rd
 
@@ -304,9 +302,6 @@ class RaftCore:
 
     def _random_timeout(self) -> int:
         return self.rng.randint(self.config.election_ticks_min, self.config.election_ticks_max)
-
-    def _others(self) -> range | list[int]:
-        return [p for p in range(self.n) if p != self.me]
 
     def _become_follower(self, term: int, leader: int | None) -> None:
         if term > self.term:
@@ -330,7 +325,7 @@ class RaftCore:
         if len(self.votes) * 2 > self.n:
             self._become_leader()
             return
-        for peer in self._others():
+        for peer in self._peers:
             # After the write: this term and this vote must be durable before anyone counts them.
             self._pending.after.append(RequestVote(self.term, self.me, peer, self.log.last_index, self.log.last_term))
 
@@ -355,9 +350,9 @@ class RaftCore:
         self.role = Role.LEADER
         self.leader_hint = self.me
         self.heartbeat_elapsed = 0
-        self.progress = {p: _Progress(next_index=self.log.last_index + 1) for p in self._others()}
+        self.progress = {p: _Progress(next_index=self.log.last_index + 1) for p in self._peers}
         log.info("peer %d: leader of term %d", self.me, self.term)
-        for peer in self._others():
+        for peer in self._peers:
             self._send_append(peer, heartbeat=True)
 
     # ---- replication ---------------------------------------------------------------------------

@@ -136,7 +136,7 @@ class RaftPeer(Actor):
         core = self.core
         while core.has_ready():
             rd = core.ready()
-            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+            if rd.must_sync:
                 self.storage.save(core)  # durable before anything of this Ready is sent or applied
             for msg in rd.messages:
                 self.peers[msg.dst].tell(msg)

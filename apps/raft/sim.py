@@ -60,19 +60,18 @@ class SimCluster:
         self.rng = random.Random(seed)
         self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3)
         self.disks = [_Disk(HardState(0, None), None, ()) for _ in range(n)]
+        self.applied_upto = [0] * n
         self.cores: list[RaftCore | None] = [self._boot(i) for i in range(n)]
         self.net: list[Message] = []
         self.cut: set[frozenset[int]] = set()
         self.leaders: dict[int, int] = {}
         self.committed: dict[int, tuple[int, object]] = {}  # index -> (term, command), as committed anywhere
         self.applied: dict[int, object] = {}  # index -> command, as applied anywhere
-        self.applied_upto = [0] * n
         self.step_no = 0
         self.next_command = 0
 
     def _boot(self, i: int) -> RaftCore:
-        if hasattr(self, "applied_upto"):
-            self.applied_upto[i] = 0  # a new incarnation applies from its snapshot (or 1) again
+        self.applied_upto[i] = 0  # a new incarnation applies from its snapshot (or 1) again
         return RaftCore(i, self.n, self.config, random.Random(self.rng.random()), self.disks[i].restored())
 
     def fail(self, what: str) -> None:
