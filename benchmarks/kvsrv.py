@@ -30,10 +30,11 @@ from apps.kvsrv.server import serve
 from benchmarks.transport import zmq_echo_server
 
 
-def _kv_client(endpoint: str, cid: int, start: Any, seconds: float, out: Any) -> None:
+def _kv_client(endpoint: str, cid: int, ready: Any, start: Any, seconds: float, out: Any) -> None:
     clerk = Clerk(endpoint, try_timeout=5.0)
     key, value = f"key-{cid}", "v" * 16
     clerk.put(key, value)  # connection set up before the clock starts
+    ready.put(cid)
     start.wait()
     lat = []
     deadline = time.perf_counter() + seconds
@@ -48,7 +49,7 @@ def _kv_client(endpoint: str, cid: int, start: Any, seconds: float, out: Any) ->
     out.put(lat)
 
 
-def _echo_client(endpoint: str, cid: int, start: Any, seconds: float, out: Any) -> None:
+def _echo_client(endpoint: str, cid: int, ready: Any, start: Any, seconds: float, out: Any) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -56,6 +57,7 @@ def _echo_client(endpoint: str, cid: int, start: Any, seconds: float, out: Any) 
     request = ("put", f"key-{cid}", "v" * 16, cid, 0)
     sock.send(pickle.dumps(request))
     sock.recv()
+    ready.put(cid)
     start.wait()
     lat = []
     deadline = time.perf_counter() + seconds
@@ -69,11 +71,12 @@ def _echo_client(endpoint: str, cid: int, start: Any, seconds: float, out: Any) 
 
 def _run_clients(target: Any, endpoint: str, n: int, seconds: float) -> dict[str, float]:
     ctx = multiprocessing.get_context("forkserver")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(endpoint, i, start, seconds, out), daemon=True) for i in range(n)]
+    ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(endpoint, i, ready, start, seconds, out), daemon=True) for i in range(n)]
     for p in procs:
         p.start()
-    time.sleep(0.5 + 0.05 * n)  # let every client connect; its first request waits at the barrier
+    for _ in procs:  # every client has connected and been answered once
+        ready.get(timeout=60)
     start.set()
     lat: list[float] = []
     for _ in procs:

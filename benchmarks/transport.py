@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import deque
 import multiprocessing
 import os
 import pickle
@@ -90,14 +91,14 @@ def _measure_actor(system: ActorSystem, endpoint: str, n: int, window: int) -> t
     rtt_us = statistics.median(samples) * 1e6
     total = n * 4
     t0 = time.perf_counter()
-    in_flight: list[Any] = []
+    in_flight: deque[Any] = deque()
     done = 0
     sent = 0
     while done < total:
         while sent < total and len(in_flight) < window:
             in_flight.append(echo.ask(PAYLOAD, block=False, timeout=10.0))
             sent += 1
-        in_flight.pop(0).get()
+        in_flight.popleft().get()
         done += 1
     rate = total / (time.perf_counter() - t0)
     return rtt_us, rate
