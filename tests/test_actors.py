@@ -8,7 +8,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors import Actor, ActorDeadError, ActorSystem, AskTimeout, RemoteError, RestartLimit
+from actors import Actor, ActorDeadError, ActorSystem, AskTimeout, RemoteError, RestartLimit, SystemStopped
 from actors.testing import Collector, Count, Echo, Fail, Received
 from tests.conftest import wait_until
 
@@ -65,7 +65,7 @@ def test_local_ref_has_the_same_face_as_a_remote_one(system: ActorSystem, remote
         assert ref.ask(("x", 1), timeout=5) == ("x", 1)
         assert ref.ask(2, block=False, timeout=5).get() == 2
         ref.tell("fire and forget")
-    assert system.ref(str(local.address)) .name == "echo"
+    assert system.ref(str(local.address)).name == "echo"
 
 
 def test_exception_in_a_remote_ask_comes_back_and_the_actor_goes_on(system: ActorSystem, remote: str) -> None:
@@ -150,7 +150,5 @@ def test_stopped_system_fails_pending_and_new_asks(system: ActorSystem) -> None:
         endpoint = other.endpoint
     with pytest.raises(AskTimeout):
         system.ref(endpoint, "x").ask(1, timeout=0.2)
-    from actors import SystemStopped
-
     with pytest.raises(SystemStopped):
         other.spawn(Echo, name="late")
