@@ -2,14 +2,15 @@
 
 ``ActorSystem`` hosts actors in one process and gives references (local or
 remote, the same ``tell``/``ask``) to actors anywhere; ``Supervisor`` runs
-and restarts the processes that host them; ``Persister`` keeps what an actor
-must not lose across a restart.
+and restarts the processes that host them; ``Persister`` and ``Journal``
+keep what an actor must not lose across a restart.
 """
 
 from actors.actor import Actor
 from actors.address import Address
 from actors.errors import ActorDeadError, AskTimeout, CorruptStateError, Failure, RemoteError, SystemStopped
 from actors.future import ReplyFuture
+from actors.journal import Journal
 from actors.persister import Persister
 from actors.supervisor import ChildSpec, Supervisor, SupervisorEvent
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
@@ -23,6 +24,7 @@ __all__ = [
     "ChildSpec",
     "CorruptStateError",
     "Failure",
+    "Journal",
     "LocalRef",
     "NodeControl",
     "Persister",

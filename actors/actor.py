@@ -66,6 +66,15 @@ class Actor(pykka.ThreadingActor):
         system.call_later(interval, fire)
         return handle
 
+    def more_waiting(self) -> bool:
+        """Whether more messages wait in the mailbox already.
+
+        An actor that does expensive work per state change (an fsync, a
+        network flush) can defer it while this is true and do it once for the
+        whole run of messages: that is how group commit is built.
+        """
+        return not self.actor_inbox.empty()
+
     def on_failure(
         self,
         exception_type: type[BaseException] | None,

@@ -38,24 +38,7 @@ class Persister:
         """Replace the stored state with ``data``, durably (see the module docstring)."""
         payload = bytes(data)
         header = _HEADER.pack(_MAGIC, _VERSION, len(payload), zlib.crc32(payload))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(header + payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        if self.fsync:
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        replace_atomically(self.path, header + payload, fsync=self.fsync)
         self._size = len(payload)
 
     def load(self) -> bytes | None:
@@ -92,3 +75,34 @@ class Persister:
             except CorruptStateError:
                 return self.path.stat().st_size
         return self._size or 0
+
+
+def replace_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Make ``data`` the contents of ``path`` so that a crash at any instant leaves old or new, never a mix.
+
+    A temporary file beside the target is written and fsync'd, renamed over
+    the target, and the directory is fsync'd so the rename itself survives.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if fsync:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

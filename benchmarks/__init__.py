@@ -10,5 +10,6 @@ BENCHMARKS: dict[str, str] = {
     "supervisor": "benchmarks.supervisor",
     "kv": "benchmarks.kvsrv",
     "mr": "benchmarks.mapreduce",
+    "raft": "benchmarks.raft",
 }
 """Name on the command line -> module."""

@@ -54,6 +54,23 @@ def test_bench_supervisor_json_reports_restart_latency() -> None:
     assert result["restarts"] == 3 and result["restart_p50_ms"] > 0
 
 
+@pytest.mark.slow
+def test_bench_raft_json_has_both_systems_at_each_size() -> None:
+    out = zactor("bench", "raft", "--json", "--seconds", "0.5", "--window", "200", "--sizes", "10,1000")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["zactor_fsync"] is True and result["pysyncobj_fsync"] is False
+    assert [r["size_bytes"] for r in result["runs"]] == [10, 1000]
+    for run in result["runs"]:
+        for key in ("zactor_ops_per_s", "pysyncobj_ops_per_s", "zactor_p50_ms", "pysyncobj_p50_ms"):
+            assert run[key] > 0, key
+
+
+def test_bench_raft_rejects_a_command_too_small_for_its_sequence_number() -> None:
+    out = zactor("bench", "raft", "--sizes", "4")
+    assert out.returncode == 2 and "at least 8 bytes" in out.stderr
+
+
 def test_raft_cluster_prints_its_leader_and_stops() -> None:
     out = zactor("raft", "cluster", "--peers", "3", "--for", "3")
     assert out.returncode == 0, out.stderr

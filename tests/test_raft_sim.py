@@ -6,6 +6,8 @@ replays it exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from apps.raft.sim import SimCluster
@@ -29,3 +31,13 @@ def test_a_seed_replays_the_same_run() -> None:
     a = SimCluster(5, 1234, snapshots=True).run(STEPS)
     b = SimCluster(5, 1234, snapshots=True).run(STEPS)
     assert a.committed == b.committed and a.leaders == b.leaders and a.applied_upto == b.applied_upto
+
+
+@pytest.mark.parametrize("snapshots", [False, True], ids=["log", "snapshots"])
+def test_the_journal_replays_exactly_what_each_peer_made_durable(tmp_path: Path, snapshots: bool) -> None:
+    restarts = 0
+    for seed in range(100):
+        cluster = SimCluster(3, seed, snapshots=snapshots, storage_dir=tmp_path / f"seed-{seed}").run(STEPS)
+        cluster.settle()  # every restart compares the journal's replay with the durable state
+        restarts += cluster.restarts
+    assert restarts > 50  # the schedules did crash and restart peers

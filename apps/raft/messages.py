@@ -12,6 +12,12 @@ class Entry:
     index: int
     command: Any
 
+    def __reduce__(self) -> tuple[type[Entry], tuple[int, int, Any]]:
+        # Entries cross the wire by the thousand. A frozen slots dataclass
+        # otherwise pickles through dataclasses' Python-level get/setstate,
+        # about three times slower each way.
+        return (Entry, (self.term, self.index, self.command))
+
 
 @dataclass(frozen=True, slots=True)
 class RequestVote:

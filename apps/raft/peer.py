@@ -1,8 +1,9 @@
 """The Raft peer actor: the shell that runs a RaftCore on the actor runtime, one peer per process.
 
 It owns the I/O the core must not do: a tick timer, persistence (an fsync'd
-save of every Ready that changes durable state, before any of that Ready's
-messages leave), sending to the other peers, and delivering apply messages,
+append of every Ready that changes durable state, before any of that Ready's
+messages leave; the Ready is taken only once the mailbox is empty, or every
+``_MAX_DEFERRED`` messages, so requests that arrive together share one fsync), sending to the other peers, and delivering apply messages,
 in order, to the service (an actor, told ``Applied`` batches). The service
 talks to it with ``Start``, ``GetState`` and ``TakeSnapshot`` asks, the lab's
 ``Start()``, ``GetState()`` and ``Snapshot()``.
@@ -32,6 +33,7 @@ from transport import FaultRule
 log = logging.getLogger(__name__)
 
 PEER_NAME = "raft"
+_MAX_DEFERRED = 256
 _PROTOCOL = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply, InstallSnapshot, InstallSnapshotReply)
 
 
@@ -104,10 +106,14 @@ class RaftPeer(Actor):
         assert self.actor_system is not None
         self.peers = {i: self.actor_system.ref(ep, PEER_NAME) for i, ep in enumerate(config.endpoints) if i != config.me}
         self.service = self.actor_system.ref(config.apply_to) if config.apply_to else None
+        self._deferred = 0
 
     def on_start(self) -> None:
         self.schedule_every(self.config.tick, _Tick())
         self._process()
+
+    def on_stop(self) -> None:
+        self.storage.close()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Tick):
@@ -116,7 +122,7 @@ class RaftPeer(Actor):
             self.core.step(message)
         elif isinstance(message, Start):
             result = self.core.propose(message.command)
-            self._process()
+            self._process_when_idle()
             return result
         elif isinstance(message, GetState):
             return self.core.term, self.core.is_leader
@@ -129,15 +135,21 @@ class RaftPeer(Actor):
         else:
             log.warning("raft peer %d: ignored a %s", self.config.me, type(message).__name__)
             return None
-        self._process()
+        self._process_when_idle()
         return None
 
+    def _process_when_idle(self) -> None:
+        self._deferred += 1
+        if self._deferred >= _MAX_DEFERRED or not self.more_waiting():
+            self._process()
+
     def _process(self) -> None:
+        self._deferred = 0
         core = self.core
         while core.has_ready():
             rd = core.ready()
             if rd.must_sync:
-                self.storage.save(core)  # durable before anything of this Ready is sent or applied
+                self.storage.save(rd, core)  # durable before anything of this Ready is sent or applied
             for msg in rd.messages:
                 self.peers[msg.dst].tell(msg)
             for msg in rd.messages_after_persist:

@@ -13,6 +13,10 @@ step the safety properties of the Raft paper are checked:
 - state machine safety: no two peers apply different commands at an index,
   and each applies in order without gaps.
 
+With ``storage_dir``, every peer also writes its Readys through the real
+:class:`~apps.raft.storage.RaftStorage` (fsync off), and each restart checks
+that what the journal replays equals what the peer made durable.
+
 A violation raises ``SimulationFailure`` naming the seed and step;
 ``SimCluster(n, seed, ...).run(steps)`` replays exactly the same run.
 """
@@ -22,9 +26,11 @@ from __future__ import annotations
 import pickle
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from apps.raft.core import Config, HardState, RaftCore, Restored, Role, Snapshot
 from apps.raft.messages import Entry, Message
+from apps.raft.storage import RaftStorage
 
 
 class SimulationFailure(AssertionError):
@@ -55,12 +61,17 @@ class _Disk:
 
 
 class SimCluster:
-    def __init__(self, n: int, seed: int, config: Config | None = None, snapshots: bool = False) -> None:
+    def __init__(
+        self, n: int, seed: int, config: Config | None = None, snapshots: bool = False, storage_dir: Path | None = None
+    ) -> None:
         self.n, self.seed, self.snapshots = n, seed, snapshots
+        self.storage_dir = storage_dir
+        self.storages: list[RaftStorage | None] = [None] * n
         self.rng = random.Random(seed)
         self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3)
         self.disks = [_Disk(HardState(0, None), None, ()) for _ in range(n)]
         self.applied_upto = [0] * n
+        self.boots = 0
         self.cores: list[RaftCore | None] = [self._boot(i) for i in range(n)]
         self.net: list[Message] = []
         self.cut: set[frozenset[int]] = set()
@@ -71,8 +82,27 @@ class SimCluster:
         self.next_command = 0
 
     def _boot(self, i: int) -> RaftCore:
+        self.boots += 1
         self.applied_upto[i] = 0  # a new incarnation applies from its snapshot (or 1) again
+        if self.storage_dir is not None:
+            old = self.storages[i]
+            if old is not None:
+                old.close()
+            self.storages[i] = self._replay_journal(i)
         return RaftCore(i, self.n, self.config, random.Random(self.rng.random()), self.disks[i].restored())
+
+    def _replay_journal(self, i: int) -> RaftStorage:
+        """Peer ``i``'s storage, freshly loaded; fails the run unless it replays what ``i`` made durable."""
+        assert self.storage_dir is not None
+        storage = RaftStorage(self.storage_dir / f"peer-{i}", fsync=False)
+        replayed = storage.load() or Restored(HardState(0, None), None, ())
+        if replayed != self.disks[i].restored():
+            self.fail(f"peer {i}'s journal replays {replayed}, but it made {self.disks[i].restored()} durable")
+        return storage
+
+    @property
+    def restarts(self) -> int:
+        return self.boots - self.n
 
     def fail(self, what: str) -> None:
         raise SimulationFailure(f"seed {self.seed}, step {self.step_no}: {what}")
@@ -83,7 +113,11 @@ class SimCluster:
         core = self.cores[i]
         while core is not None and core.has_ready():
             rd = core.ready()
-            self.disks[i] = _Disk.of(core)
+            if rd.must_sync:
+                self.disks[i] = _Disk.of(core)
+                storage = self.storages[i]
+                if storage is not None:
+                    storage.save(rd, core)
             self.net.extend(rd.messages)
             self.net.extend(rd.messages_after_persist)
             for msg in rd.apply:
@@ -234,6 +268,9 @@ class SimCluster:
                     target, proposer = index, (leaders[0], term)
                     self._process(leaders[0].me)
             if target is not None and all(u >= target for u in self.applied_upto):
+                if self.storage_dir is not None:
+                    for i in range(self.n):
+                        self._replay_journal(i).close()
                 return step
         self.fail(f"no progress after the faults stopped ({max_steps} steps): applied {self.applied_upto}, target {target}")
         return max_steps

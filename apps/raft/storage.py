@@ -1,12 +1,18 @@
-"""A peer's durable state: term, vote, log and snapshot, saved together and atomically.
+"""A peer's durable state: term, vote, log and snapshot, in one append-only journal.
 
-Each save writes the whole persistent state through the runtime's Persister
-(temporary file, fsync, rename, fsync of the directory), so after a kill -9
-at any instant the file holds the state of one complete save: a torn write is
-impossible, and a damaged file is refused with CorruptStateError rather than
-read as a fresh peer. The raft state (term, vote, log, snapshot position) and
-the snapshot's bytes are two sections, so their sizes can be reported apart
-(the lab bounds the first).
+Each Ready that changes durable state becomes one append to the runtime's
+:class:`~actors.Journal`: a record for a new term or vote, a record for the
+entries it adds, written together and fsync'd once, so entries that arrive
+together share one fsync and a save costs what is new, not the whole log. An
+entries record starting at or below the last stored index replaces the stored
+entries from there on, as Raft's log truncation does.
+
+A snapshot rewrites the journal atomically: the snapshot, then the term and
+vote, then the entries after the snapshot. That is also how superseded
+records (old votes, truncated entries) are dropped when they add up. On load
+the records are replayed in order; a torn last append is cut by the journal
+(it was never acknowledged), and anything worse raises CorruptStateError,
+which stops the peer instead of letting it start with a wrong state.
 """
 
 from __future__ import annotations
@@ -15,41 +21,126 @@ import pickle
 import struct
 from pathlib import Path
 
-from actors import CorruptStateError, Persister
-from apps.raft.core import HardState, RaftCore, Restored, Snapshot
+from actors import CorruptStateError, Journal
+from apps.raft.core import HardState, RaftCore, Ready, Restored, Snapshot
+from apps.raft.messages import Entry
 
-_SECTIONS = struct.Struct(">QQ")
+JOURNAL_NAME = "raft-journal"
+_HARD_STATE, _ENTRIES, _SNAPSHOT = b"H", b"E", b"S"
+_SNAPSHOT_HEAD = struct.Struct(">QQ")
+_MIN_GARBAGE_FOR_REWRITE = 1 << 20
 
 
 class RaftStorage:
     def __init__(self, directory: str | Path, *, fsync: bool = True) -> None:
         self.directory = Path(directory)
-        self.persister = Persister(self.directory / "raft-state", fsync=fsync)
-        self.raft_state_size = 0
+        self.journal = Journal(self.directory / JOURNAL_NAME, fsync=fsync)
         self.snapshot_size = 0
+        """Bytes of the service's snapshot."""
+        self._snapshot_record = 0  # bytes the snapshot takes in the journal
+        self._hard_state_record = 0  # bytes of the record that holds the current term and vote
+        self._entry_records: list[tuple[int, int]] = []  # (first index, bytes) of each entries record
+        self._last_index = 0
+        self._garbage = 0  # bytes of records that later records superseded
 
-    def save(self, core: RaftCore) -> None:
-        state = pickle.dumps(
-            (core.term, core.voted_for, core.log.snapshot_index, core.log.snapshot_term, tuple(core.log.entries)),
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
-        snapshot = core.snapshot_data
-        self.persister.save(_SECTIONS.pack(len(state), len(snapshot)) + state + snapshot)
-        self.raft_state_size, self.snapshot_size = len(state), len(snapshot)
+    @property
+    def raft_state_size(self) -> int:
+        """Bytes of term, vote and log on disk: the journal without the snapshot's bytes."""
+        return max(0, self.journal.size() - self._snapshot_record)
+
+    def save(self, rd: Ready, core: RaftCore) -> None:
+        """Make what ``rd`` asks to persist durable; ``core`` is the state it was taken from."""
+        if rd.snapshot is not None or self._garbage > max(_MIN_GARBAGE_FOR_REWRITE, self.journal.size() // 2):
+            self._rewrite(core)
+            return
+        records = []
+        if rd.hard_state is not None:
+            records.append(_HARD_STATE + pickle.dumps((rd.hard_state.term, rd.hard_state.voted_for)))
+            self._note_hard_state(len(records[-1]))
+        if rd.entries:
+            records.append(_encode_entries(rd.entries))
+            self._note_entries(rd.entries[0].index, rd.entries[-1].index, len(records[-1]))
+        self.journal.append(records)
 
     def load(self) -> Restored | None:
-        """What was saved last, or None for a peer that never saved anything."""
-        raw = self.persister.load()
-        if raw is None:
+        """What was saved, or None for a peer that never saved anything."""
+        if (self.directory / "raft-state").exists():
+            raise CorruptStateError(
+                f"{self.directory} holds a raft-state file of an older zactor release; "
+                "this release keeps a raft-journal and cannot read it"
+            )
+        records = self.journal.load()
+        if not records:
             return None
-        try:
-            n_state, n_snap = _SECTIONS.unpack_from(raw)
-            body = raw[_SECTIONS.size :]
-            if len(body) != n_state + n_snap:
-                raise ValueError("section lengths do not add up")
-            term, voted_for, snap_index, snap_term, entries = pickle.loads(body[:n_state])
-        except (ValueError, struct.error, pickle.UnpicklingError, EOFError, TypeError) as exc:
-            raise CorruptStateError(f"raft state in {self.persister.path} is unreadable: {exc}") from exc
-        self.raft_state_size, self.snapshot_size = n_state, n_snap
-        snapshot = Snapshot(snap_index, snap_term, body[n_state:]) if snap_index else None
+        term, voted_for = 0, None
+        snapshot: Snapshot | None = None
+        entries: list[Entry] = []
+        base = 0  # index of the last entry the snapshot covers
+        for number, record in enumerate(records, 1):
+            kind, body = record[:1], record[1:]
+            try:
+                if kind == _HARD_STATE:
+                    term, voted_for = pickle.loads(body)
+                    self._note_hard_state(len(record))
+                elif kind == _SNAPSHOT:
+                    index, snap_term = _SNAPSHOT_HEAD.unpack_from(body)
+                    snapshot = Snapshot(index, snap_term, bytes(body[_SNAPSHOT_HEAD.size :]))
+                    entries = _after_snapshot(entries, base, index, snap_term)
+                    base = index
+                    self._snapshot_record, self.snapshot_size = len(record), len(snapshot.data)
+                elif kind == _ENTRIES:
+                    new = [Entry(t, i, c) for t, i, c in pickle.loads(body) if i > base]
+                    if new:
+                        first = new[0].index
+                        if first > base + len(entries) + 1:
+                            raise ValueError(f"entries from {first} leave a gap after {base + len(entries)}")
+                        del entries[first - base - 1 :]
+                        entries.extend(new)
+                        self._note_entries(first, new[-1].index, len(record))
+                else:
+                    raise ValueError(f"unknown record kind {kind!r}")
+            except (ValueError, TypeError, struct.error, pickle.UnpicklingError, EOFError) as exc:
+                raise CorruptStateError(f"raft journal {self.journal.path}, record {number}: {exc}") from exc
+        self._last_index = base + len(entries)
         return Restored(HardState(term, voted_for), snapshot, tuple(entries))
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def _rewrite(self, core: RaftCore) -> None:
+        records = []
+        if core.log.snapshot_index:
+            records.append(_SNAPSHOT + _SNAPSHOT_HEAD.pack(core.log.snapshot_index, core.log.snapshot_term) + core.snapshot_data)
+        records.append(_HARD_STATE + pickle.dumps((core.term, core.voted_for)))
+        if core.log.entries:
+            records.append(_encode_entries(core.log.entries))
+        self.journal.rewrite(records)
+        self._snapshot_record = len(records[0]) if core.log.snapshot_index else 0
+        self.snapshot_size = len(core.snapshot_data) if core.log.snapshot_index else 0
+        self._hard_state_record = 0
+        self._entry_records = []
+        self._garbage = 0
+        self._last_index = core.log.last_index
+
+    def _note_hard_state(self, size: int) -> None:
+        self._garbage += self._hard_state_record
+        self._hard_state_record = size
+
+    def _note_entries(self, first: int, last: int, size: int) -> None:
+        if first <= self._last_index:  # a truncation: records wholly at or after `first` are dead now
+            while self._entry_records and self._entry_records[-1][0] >= first:
+                self._garbage += self._entry_records.pop()[1]
+        self._entry_records.append((first, size))
+        self._last_index = last
+
+
+def _encode_entries(entries: tuple[Entry, ...] | list[Entry]) -> bytes:
+    return _ENTRIES + pickle.dumps(tuple((e.term, e.index, e.command) for e in entries), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _after_snapshot(entries: list[Entry], base: int, index: int, term: int) -> list[Entry]:
+    """The entries that stay once a snapshot through ``index`` (of ``term``) replaces the log's start."""
+    position = index - base - 1
+    if 0 <= position < len(entries) and entries[position].term == term:
+        return entries[position + 1 :]
+    return []

@@ -1,0 +1,378 @@
+"""Raft: committed commands per second and one-command latency, zactor against PySyncObj.
+
+Both systems run a 3-peer cluster, one OS process per peer, on this machine.
+The load comes from inside the leader's process in both (PySyncObj has no
+client protocol, so that is how its own benchmark drives it): for a fixed time
+a driver keeps ``window`` commands in flight, issuing a new one each time one
+is applied on the leader, then lets the rest drain; then it issues one command
+at a time to measure latency (from issue to applied on the leader). Commands
+are ``size`` bytes. zactor's peers fsync each append before answering or
+counting it; PySyncObj runs with its file journal, which it writes through
+mmap and never fsyncs.
+
+    python -m benchmarks.raft [--json] [--seconds S] [--window W] [--sizes 10,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import queue
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from actors import Actor, ActorSystem, ChildSpec, Supervisor
+from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, RaftPeer, Start
+
+PEERS = 3
+_LEADER_WAIT = 30.0
+
+
+class Load:
+    """Keeps ``window`` commands in flight for ``seconds``, then lets the ones in flight drain.
+
+    The same bookkeeping drives both systems, so they are measured alike:
+    ``start`` and ``done`` return the commands to issue next.
+    """
+
+    def __init__(self, size: int, window: int, seconds: float) -> None:
+        if size < 8:
+            raise ValueError("commands carry an 8-byte sequence number, so size must be at least 8")
+        self.size, self.window, self.seconds = size, window, seconds
+        self._pad = b"x" * (size - 8)
+        self._sent: dict[int, float] = {}
+        self._next = 0
+        self._deadline = 0.0
+        self.latencies: list[float] = []
+
+    def start(self) -> list[bytes]:
+        self._deadline = time.perf_counter() + self.seconds
+        return [self._command() for _ in range(self.window)]
+
+    def done(self, command: Any) -> list[bytes]:
+        if not isinstance(command, bytes) or len(command) != self.size:
+            return []
+        sent = self._sent.pop(int.from_bytes(command[:8], "big"), None)
+        if sent is None:
+            return []  # another run's command, or a duplicate
+        now = time.perf_counter()
+        if now > self._deadline:
+            return []
+        self.latencies.append(now - sent)
+        return [self._command()]
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._deadline) and not self._sent
+
+    def result(self) -> dict[str, float]:
+        lat = sorted(self.latencies)
+        if not lat:
+            return {"ops_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+        return {
+            "ops_per_s": round(len(lat) / self.seconds, 1),
+            "p50_ms": round(statistics.median(lat) * 1e3, 3),
+            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 3),
+        }
+
+    def _command(self) -> bytes:
+        seq = self._next
+        self._next += 1
+        self._sent[seq] = time.perf_counter()
+        return seq.to_bytes(8, "big") + self._pad
+
+
+# ---- zactor ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IsLeader:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    size: int
+    window: int
+    seconds: float
+    report_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    result: dict[str, float]
+
+
+class Driver(Actor):
+    """The service of a benchmark peer: issues Starts to its own peer and counts what it applies."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        assert self.actor_system is not None
+        self.peer = self.actor_system.ref(endpoint, PEER_NAME)
+        self.load: Load | None = None
+        self.report_to: Any = None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Applied):
+            if self.load is not None:
+                for msg in message.msgs:
+                    if msg.command_valid:
+                        for command in self.load.done(msg.command):
+                            self.peer.tell(Start(command))
+                if self.load.finished:
+                    self.report_to.tell(Finished(self.load.result()))
+                    self.load = None
+        elif isinstance(message, IsLeader):
+            return self.peer.ask(GetState(), timeout=5.0)[1]
+        elif isinstance(message, Run):
+            assert self.actor_system is not None
+            self.load = Load(message.size, message.window, message.seconds)
+            self.report_to = self.actor_system.ref(message.report_to)
+            for command in self.load.start():
+                self.peer.tell(Start(command))
+        return None
+
+
+class _Sink(Actor):
+    """In the benchmark's own process: hands what drivers report to the waiting main thread."""
+
+    def __init__(self, inbox: queue.Queue) -> None:
+        super().__init__()
+        self.inbox = inbox
+
+    def on_receive(self, message: Any) -> None:
+        self.inbox.put(message)
+
+
+def serve_bench_peer(config: PeerConfig) -> None:
+    """Child-process target: a Raft peer with a Driver as its service."""
+    endpoint = config.endpoints[config.me]
+    with ActorSystem(endpoint, start=False) as system:
+        system.spawn(Driver, endpoint, name="driver")
+        system.spawn(RaftPeer, config, name=PEER_NAME)
+        system.start()
+        system.run_until_stopped()
+
+
+def _await_leader(is_leader: Any, what: str) -> int:
+    """Index of the peer that says it leads; polls, since neither system announces it."""
+    deadline = time.monotonic() + _LEADER_WAIT
+    while time.monotonic() < deadline:
+        for i in range(PEERS):
+            try:
+                if is_leader(i):
+                    return i
+            except Exception:  # noqa: BLE001 - a peer still starting up
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what}: no leader within {_LEADER_WAIT} s")
+
+
+def run_zactor(phases: list[tuple[int, int, float]], tmp: str) -> list[dict[str, float]]:
+    endpoints = tuple(f"ipc://{tmp}/zactor-{i}.sock" for i in range(PEERS))
+    inbox: queue.Queue = queue.Queue()
+    results = []
+    with ActorSystem(f"ipc://{tmp}/bench.sock") as system, Supervisor() as sup:
+        system.spawn(_Sink, inbox, name="sink")
+        for i in range(PEERS):
+            config = PeerConfig(i, endpoints, f"{tmp}/zactor-data-{i}", apply_to=f"{endpoints[i]}#driver", fsync=True)
+            sup.start_child(ChildSpec(f"peer-{i}", serve_bench_peer, (config,)))
+        drivers = [system.ref(ep, "driver") for ep in endpoints]
+        for size, window, seconds in phases:
+            leader = _await_leader(lambda i: drivers[i].ask(IsLeader(), timeout=1.0), "zactor")
+            drivers[leader].tell(Run(size, window, seconds, f"{system.endpoint}#sink"))
+            try:
+                finished = inbox.get(timeout=seconds + 60)
+            except queue.Empty:
+                raise RuntimeError(f"zactor: a {size}-byte run did not finish (leader lost?)") from None
+            results.append(finished.result)
+    return results
+
+
+# ---- PySyncObj -------------------------------------------------------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, replies: Any) -> None:
+    """Child-process target: one PySyncObj peer; answers requests from the benchmark over queues."""
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+    class Applier(SyncObj):
+        @replicated
+        def apply(self, command: bytes) -> bytes:
+            return command
+
+    conf = SyncObjConf(journalFile=journal)
+    obj = Applier(addresses[me], [a for i, a in enumerate(addresses) if i != me], conf)
+    try:
+        while (request := requests.get()) is not None:
+            if request == "leader?":
+                replies.put(obj._isLeader())
+                continue
+            size, window, seconds = request
+            load, lock, finished = Load(size, window, seconds), threading.Lock(), threading.Event()
+            failures: list[Any] = []
+
+            def applied(result: Any, error: Any) -> None:
+                with lock:
+                    if error != FAIL_REASON.SUCCESS:
+                        failures.append(error)
+                        finished.set()
+                        return
+                    for command in load.done(result):
+                        obj.apply(command, callback=applied)
+                    if load.finished:
+                        finished.set()
+
+            with lock:
+                for command in load.start():
+                    obj.apply(command, callback=applied)
+            if not finished.wait(seconds + 60) or failures:
+                replies.put(RuntimeError(f"PySyncObj run failed: {failures[:3] or 'timed out'}"))
+            else:
+                replies.put(load.result())
+    finally:
+        obj.destroy()
+
+
+def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> list[dict[str, float]]:
+    ctx = multiprocessing.get_context("forkserver")
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(PEERS)]
+    requests = [ctx.Queue() for _ in range(PEERS)]
+    replies = [ctx.Queue() for _ in range(PEERS)]
+    procs = [
+        ctx.Process(target=_pysyncobj_peer, args=(i, addresses, f"{tmp}/pysyncobj-{i}.journal", requests[i], replies[i]), daemon=True)
+        for i in range(PEERS)
+    ]
+    for p in procs:
+        p.start()
+    try:
+
+        def is_leader(i: int) -> bool:
+            requests[i].put("leader?")
+            return bool(replies[i].get(timeout=5.0))
+
+        results = []
+        for size, window, seconds in phases:
+            leader = _await_leader(is_leader, "PySyncObj")
+            requests[leader].put((size, window, seconds))
+            reply = replies[leader].get(timeout=seconds + 90)
+            if isinstance(reply, Exception):
+                raise reply
+            results.append(reply)
+        return results
+    finally:
+        for q in requests:
+            q.put(None)
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+
+
+# ---- the benchmark ---------------------------------------------------------------------------
+
+
+def run(sizes: tuple[int, ...] = (10, 1000), seconds: float = 3.0, window: int = 10000, progress: bool = False) -> dict[str, Any]:
+    try:
+        import pysyncobj  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit("the raft benchmark compares against PySyncObj: pip install -e '.[bench]'") from exc
+    latency_seconds = max(seconds / 2, 0.2)
+    phases = []
+    for size in sizes:
+        phases += [(size, window, seconds), (size, 1, latency_seconds)]
+    measured = {}
+    with tempfile.TemporaryDirectory(prefix="zactor-bench-raft-") as tmp:
+        for name, runner in (("zactor", run_zactor), ("pysyncobj", run_pysyncobj)):
+            measured[name] = runner(phases, tmp)
+            if progress:
+                print(f"  {name} done", file=sys.stderr, flush=True)
+    runs = []
+    for k, size in enumerate(sizes):
+        z_tp, z_lat = measured["zactor"][2 * k], measured["zactor"][2 * k + 1]
+        p_tp, p_lat = measured["pysyncobj"][2 * k], measured["pysyncobj"][2 * k + 1]
+        runs.append(
+            {
+                "size_bytes": size,
+                "zactor_ops_per_s": z_tp["ops_per_s"],
+                "pysyncobj_ops_per_s": p_tp["ops_per_s"],
+                "ratio": round(z_tp["ops_per_s"] / p_tp["ops_per_s"], 2) if p_tp["ops_per_s"] else None,
+                "zactor_p50_ms": z_lat["p50_ms"],
+                "zactor_p99_ms": z_lat["p99_ms"],
+                "pysyncobj_p50_ms": p_lat["p50_ms"],
+                "pysyncobj_p99_ms": p_lat["p99_ms"],
+                "zactor_window_p50_ms": z_tp["p50_ms"],
+                "pysyncobj_window_p50_ms": p_tp["p50_ms"],
+            }
+        )
+    return {
+        "peers": PEERS,
+        "seconds": seconds,
+        "window": window,
+        "zactor_fsync": True,
+        "pysyncobj_fsync": False,
+        "cpus": os.cpu_count(),
+        "runs": runs,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"raft: {result['peers']} peers in separate processes, {result['window']} commands in flight for "
+        f"{result['seconds']} s, then one at a time; zactor fsyncs, PySyncObj does not",
+        f"  {'bytes':>6}{'zactor ops/s':>14}{'pysyncobj ops/s':>17}{'ratio':>7}"
+        f"{'zactor p50 ms':>15}{'p99':>8}{'pysyncobj p50 ms':>18}{'p99':>8}",
+    ]
+    for r in result["runs"]:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        lines.append(
+            f"  {r['size_bytes']:>6}{r['zactor_ops_per_s']:>14.0f}{r['pysyncobj_ops_per_s']:>17.0f}{ratio:>7}"
+            f"{r['zactor_p50_ms']:>15.2f}{r['zactor_p99_ms']:>8.2f}{r['pysyncobj_p50_ms']:>18.2f}{r['pysyncobj_p99_ms']:>8.2f}"
+        )
+    lines.append("  target: ratio >= 1.00 at every size")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zactor bench raft", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run (default 3)")
+    parser.add_argument("--window", type=int, default=10000, help="commands in flight during throughput runs (default 10000)")
+    parser.add_argument("--sizes", default="10,1000", help="comma-separated command sizes in bytes, each >= 8 (default 10,1000)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated integers, not {args.sizes!r}")
+    if not sizes or min(sizes) < 8:
+        parser.error("every command size must be at least 8 bytes (they carry a sequence number)")
+    if args.seconds <= 0 or args.window < 1:
+        parser.error("--seconds and --window must be positive")
+    result = run(sizes, args.seconds, args.window, progress=not args.json)
+    print(json.dumps(result) if args.json else report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
