@@ -6,7 +6,11 @@ import random
 import threading
 import time
 
-from apps.raft.testing import Cluster
+import pytest
+
+from actors import CorruptStateError
+from apps.raft.storage import JOURNAL_NAME, RaftStorage
+from apps.raft.testing import Cluster, HarnessFailure
 
 ELECTION_TIMEOUT = 1.0
 
@@ -272,3 +276,38 @@ def test_sigkill_during_append_bursts_keeps_every_committed_entry() -> None:
         assert len(acknowledged) > 20, "the bursts committed too little to mean anything"
         for index, command in sorted(acknowledged.items()):
             assert cfg.wait(index, 3, -1) == command, f"committed entry {index} changed or vanished"
+
+
+def test_a_torn_journal_tail_is_cut_and_the_peer_keeps_what_it_acknowledged() -> None:
+    with Cluster(3) as cfg:
+        for k in range(1, 6):
+            cfg.one(100 + k, 3, retry=True)
+        term = cfg.peer(0).status().term
+        cfg.crash(0)
+        with open(cfg.data_dir(0) / JOURNAL_NAME, "ab") as f:
+            f.write((5000).to_bytes(4, "big") + b"\0\0\0\0" + b"half an append")  # claims 5000 bytes, holds 14
+        cfg.start(0)  # still cut off from the others: what it knows now came from its own disk
+        status = cfg.peer(0).status()
+        assert status.last_index == 5 and status.term >= term
+        cfg.connect(0)
+        index = cfg.one(106, 3, retry=True)
+        for k in range(1, index + 1):
+            assert cfg.wait(k, 3, -1) == 100 + k
+
+
+def test_a_journal_damaged_before_its_tail_stops_the_peer_and_keeps_the_file() -> None:
+    with Cluster(3) as cfg:
+        for k in range(1, 4):
+            cfg.one(200 + k, 3, retry=True)
+        cfg.crash(1)
+        journal = cfg.data_dir(1) / JOURNAL_NAME
+        damaged = bytearray(journal.read_bytes())
+        damaged[4 + 8 + 2] ^= 0xFF  # inside the first record, with good records after it
+        journal.write_bytes(bytes(damaged))
+        with pytest.raises(HarnessFailure, match="peer 1 did not start"):
+            cfg.start(1)
+        assert cfg.exit_code(1) not in (None, 0, -9)  # it exited on its own, with an error
+        assert journal.read_bytes() == bytes(damaged)  # nothing was cut or rewritten
+        with pytest.raises(CorruptStateError, match=f"{JOURNAL_NAME} is damaged at byte 4"):
+            RaftStorage(cfg.data_dir(1)).load()
+        cfg.one(204, 2, retry=True)  # the others go on without it

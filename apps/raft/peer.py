@@ -116,14 +116,20 @@ class RaftPeer(Actor):
         self.storage.close()
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._handle(message)
+        finally:
+            # Every message ends here, so a Ready deferred while others were
+            # queued is taken by whichever message empties the mailbox.
+            self._process_when_idle()
+
+    def _handle(self, message: Any) -> Any:
         if isinstance(message, _Tick):
             self.core.tick()
         elif isinstance(message, _PROTOCOL):
             self.core.step(message)
         elif isinstance(message, Start):
-            result = self.core.propose(message.command)
-            self._process_when_idle()
-            return result
+            return self.core.propose(message.command)
         elif isinstance(message, GetState):
             return self.core.term, self.core.is_leader
         elif isinstance(message, TakeSnapshot):
@@ -134,8 +140,6 @@ class RaftPeer(Actor):
                               self.storage.raft_state_size, self.storage.snapshot_size)
         else:
             log.warning("raft peer %d: ignored a %s", self.config.me, type(message).__name__)
-            return None
-        self._process_when_idle()
         return None
 
     def _process_when_idle(self) -> None:

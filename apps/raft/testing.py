@@ -202,7 +202,7 @@ class Cluster:
         config = PeerConfig(
             me=i,
             endpoints=self.endpoints,
-            data_dir=str(self._dir / f"data-{i}"),
+            data_dir=str(self.data_dir(i)),
             apply_to=str(self._applier.address),
             incarnation=self.incarnation[i],
             raft=self.config,
@@ -218,6 +218,15 @@ class Cluster:
             except (AskTimeout, ActorDeadError):
                 if time.monotonic() > deadline or self._sup.status(f"peer-{i}") != "running":
                     raise HarnessFailure(f"peer {i} did not start") from None
+
+    def data_dir(self, i: int) -> Path:
+        """Where peer i keeps its journal (for tests that damage it between a crash and a start)."""
+        return self._dir / f"data-{i}"
+
+    def exit_code(self, i: int) -> int | None:
+        """The exit code of peer i's last process to exit (-9 after a crash), None if none has."""
+        codes = [e.exitcode for e in self._sup.events if e.child == f"peer-{i}" and e.kind == "exited"]
+        return codes[-1] if codes else None
 
     def _remember_counters(self, i: int) -> None:
         try:
