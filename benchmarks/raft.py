@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing
 import os
 import queue
@@ -221,12 +222,23 @@ def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, 
         def apply(self, command: bytes) -> bytes:
             return command
 
+    # PySyncObj logs its troubles; keep them for the report instead of the terminal.
+    logged: list[str] = []
+    keeper = logging.Handler(logging.WARNING)
+    keeper.emit = lambda record: logged.append(f"peer {me}: {record.getMessage()}")  # type: ignore[method-assign]
+    pysyncobj_log = logging.getLogger("pysyncobj")
+    pysyncobj_log.addHandler(keeper)
+    pysyncobj_log.propagate = False
+
     conf = SyncObjConf(journalFile=journal)
     obj = Applier(addresses[me], [a for i, a in enumerate(addresses) if i != me], conf)
     try:
         while (request := requests.get()) is not None:
             if request == "leader?":
                 replies.put(obj._isLeader())
+                continue
+            if request == "logged?":
+                replies.put(list(logged))
                 continue
             size, window, seconds = request
             load, lock, finished = Load(size, window, seconds), threading.Lock(), threading.Event()
@@ -254,7 +266,8 @@ def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, 
         obj.destroy()
 
 
-def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> list[dict[str, float]]:
+def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> tuple[list[dict[str, float]], list[str]]:
+    """Results per phase, and the warnings PySyncObj's peers logged meanwhile."""
     ctx = multiprocessing.get_context("forkserver")
     addresses = [f"127.0.0.1:{port}" for port in _free_ports(PEERS)]
     requests = [ctx.Queue() for _ in range(PEERS)]
@@ -279,7 +292,11 @@ def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> list[dict[s
             if isinstance(reply, Exception):
                 raise reply
             results.append(reply)
-        return results
+        logged = []
+        for i in range(PEERS):
+            requests[i].put("logged?")
+            logged += replies[i].get(timeout=5.0)
+        return results, logged
     finally:
         for q in requests:
             q.put(None)
@@ -304,10 +321,12 @@ def run(sizes: tuple[int, ...] = (10, 1000), seconds: float = 3.0, window: int =
         phases += [(size, window, seconds), (size, 1, latency_seconds)]
     measured = {}
     with tempfile.TemporaryDirectory(prefix="zactor-bench-raft-") as tmp:
-        for name, runner in (("zactor", run_zactor), ("pysyncobj", run_pysyncobj)):
-            measured[name] = runner(phases, tmp)
-            if progress:
-                print(f"  {name} done", file=sys.stderr, flush=True)
+        measured["zactor"] = run_zactor(phases, tmp)
+        if progress:
+            print("  zactor done", file=sys.stderr, flush=True)
+        measured["pysyncobj"], pysyncobj_logged = run_pysyncobj(phases, tmp)
+        if progress:
+            print("  pysyncobj done", file=sys.stderr, flush=True)
     runs = []
     for k, size in enumerate(sizes):
         z_tp, z_lat = measured["zactor"][2 * k], measured["zactor"][2 * k + 1]
@@ -334,6 +353,8 @@ def run(sizes: tuple[int, ...] = (10, 1000), seconds: float = 3.0, window: int =
         "pysyncobj_fsync": False,
         "cpus": os.cpu_count(),
         "runs": runs,
+        "pysyncobj_warnings": len(pysyncobj_logged),
+        "pysyncobj_warning_samples": pysyncobj_logged[:5],
     }
 
 
@@ -350,6 +371,9 @@ def report(result: dict[str, Any]) -> str:
             f"  {r['size_bytes']:>6}{r['zactor_ops_per_s']:>14.0f}{r['pysyncobj_ops_per_s']:>17.0f}{ratio:>7}"
             f"{r['zactor_p50_ms']:>15.2f}{r['zactor_p99_ms']:>8.2f}{r['pysyncobj_p50_ms']:>18.2f}{r['pysyncobj_p99_ms']:>8.2f}"
         )
+    if result["pysyncobj_warnings"]:
+        lines.append(f"  PySyncObj logged {result['pysyncobj_warnings']} warnings, for example:")
+        lines += [f"    {text[:150]}" for text in result["pysyncobj_warning_samples"][:3]]
     lines.append("  target: ratio >= 1.00 at every size")
     return "\n".join(lines)
 
