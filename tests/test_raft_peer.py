@@ -1,0 +1,57 @@
+"""The peer shell in one process: proposals that arrive together share one journal append (group commit)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import ActorSystem
+from apps.raft.core import RaftCore, Ready
+from apps.raft.peer import PEER_NAME, GetState, PeerConfig, RaftPeer, Start, Status
+from apps.raft.storage import RaftStorage
+from tests.conftest import wait_until
+
+
+def test_proposals_queued_during_an_fsync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saves: list[int] = []  # entries written by each save that wrote entries
+    release = threading.Event()
+    save = RaftStorage.save
+
+    def held_save(self: RaftStorage, rd: Ready, core: RaftCore) -> None:
+        save(self, rd, core)
+        if rd.entries:
+            saves.append(len(rd.entries))
+            release.wait(10)  # a slow disk: the proposals below queue up meanwhile
+
+    monkeypatch.setattr(RaftStorage, "save", held_save)
+    endpoint = f"ipc://{tmp_path}/peer.sock"
+    with ActorSystem(endpoint, ask_timeout=10.0) as system:
+        system.spawn(RaftPeer, PeerConfig(0, (endpoint,), str(tmp_path / "data")), name=PEER_NAME)
+        peer = system.ref(endpoint, PEER_NAME)
+        assert wait_until(lambda: peer.ask(GetState())[1], 10), "a one-peer cluster elects itself"
+        for k in range(100):
+            peer.tell(Start(k))
+        release.set()
+        assert wait_until(lambda: peer.ask(Status()).commit_index == 100, 10)
+    assert sum(saves) == 100
+    # The first save holds what had arrived when the peer first found its mailbox
+    # empty; everything told while it was held went out in one more.
+    assert len(saves) <= 2, saves
+
+
+def test_every_proposal_is_in_the_journal_after_the_peer_stops(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/peer.sock"
+    commands: list[Any] = [f"command {k}" for k in range(300)]
+    with ActorSystem(endpoint, ask_timeout=10.0) as system:
+        system.spawn(RaftPeer, PeerConfig(0, (endpoint,), str(tmp_path / "data")), name=PEER_NAME)
+        peer = system.ref(endpoint, PEER_NAME)
+        assert wait_until(lambda: peer.ask(GetState())[1], 10)
+        for command in commands:
+            peer.tell(Start(command))
+        assert wait_until(lambda: peer.ask(Status()).commit_index == len(commands), 10)
+    restored = RaftStorage(tmp_path / "data").load()
+    assert restored is not None
+    assert [e.command for e in restored.entries] == commands
