@@ -113,9 +113,18 @@ class Journal:
         if not data:
             return
         fd = self._open()
-        write_all(fd, data)
-        if self.fsync:
-            os.fdatasync(fd)
+        try:
+            write_all(fd, data)
+            if self.fsync:
+                os.fdatasync(fd)
+        except BaseException:
+            # A failed append (a full disk, say) must not stay behind as a
+            # bad record that later appends would bury in the middle.
+            try:
+                os.ftruncate(fd, self._size)
+            except OSError:
+                pass
+            raise
         self._size += len(data)
 
     def rewrite(self, records: Iterable[bytes]) -> None:

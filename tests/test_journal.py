@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -94,3 +95,23 @@ def test_a_torn_first_write_reads_as_empty(tmp_path: Path) -> None:
     assert j.load() == [] and j.cut_bytes == 2
     j.append([b"ok"])
     assert Journal(tmp_path / "j").load() == [b"ok"]
+
+
+def test_a_failed_append_leaves_no_partial_record_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = Journal(tmp_path / "j")
+    j.append([b"before"])
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        monkeypatch.setattr(os, "write", disk_full)
+        return real_write(fd, bytes(data[:5]))  # part of the record lands, then the disk is full
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        j.append([b"this one fails"])
+    monkeypatch.setattr(os, "write", real_write)
+    j.append([b"after"])
+    assert Journal(tmp_path / "j").load() == [b"before", b"after"]
