@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from actors import ActorSystem
+from actors import ActorSystem, CorruptStateError
 from apps.raft.core import RaftCore, Ready
 from apps.raft.peer import PEER_NAME, GetState, PeerConfig, RaftPeer, Start, Status
 from apps.raft.storage import RaftStorage
@@ -55,3 +55,9 @@ def test_every_proposal_is_in_the_journal_after_the_peer_stops(tmp_path: Path) -
     restored = RaftStorage(tmp_path / "data").load()
     assert restored is not None
     assert [e.command for e in restored.entries] == commands
+
+
+def test_a_data_directory_of_the_older_format_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "raft-state").write_bytes(b"ZST\x01 whatever an older release wrote")
+    with pytest.raises(CorruptStateError, match="raft-state file of an older zactor release"):
+        RaftStorage(tmp_path).load()
