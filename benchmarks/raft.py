@@ -10,7 +10,7 @@ are ``size`` bytes. zactor's peers fsync each append before answering or
 counting it; PySyncObj runs with its file journal, which it writes through
 mmap and never fsyncs.
 
-    python -m benchmarks.raft [--json] [--seconds S] [--window W] [--sizes 10,1000]
+    python -m benchmarks.raft [--json] [--seconds S] [--window W] [--sizes 10,1000] [--trials N]
 """
 
 from __future__ import annotations
@@ -310,7 +310,10 @@ def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> tuple[list[
 # ---- the benchmark ---------------------------------------------------------------------------
 
 
-def run(sizes: tuple[int, ...] = (10, 1000), seconds: float = 3.0, window: int = 10000, progress: bool = False) -> dict[str, Any]:
+def run(
+    sizes: tuple[int, ...] = (10, 1000), seconds: float = 3.0, window: int = 10000, trials: int = 1, progress: bool = False
+) -> dict[str, Any]:
+    """Each trial runs zactor's cluster, then PySyncObj's; every figure reported is the median over trials."""
     try:
         import pysyncobj  # noqa: F401
     except ImportError as exc:
@@ -319,49 +322,64 @@ def run(sizes: tuple[int, ...] = (10, 1000), seconds: float = 3.0, window: int =
     phases = []
     for size in sizes:
         phases += [(size, window, seconds), (size, 1, latency_seconds)]
-    measured = {}
+    zactor: list[list[dict[str, float]]] = []
+    pysyncobj: list[list[dict[str, float]]] = []
+    logged: list[str] = []
     with tempfile.TemporaryDirectory(prefix="zactor-bench-raft-") as tmp:
-        measured["zactor"] = run_zactor(phases, tmp)
-        if progress:
-            print("  zactor done", file=sys.stderr, flush=True)
-        measured["pysyncobj"], pysyncobj_logged = run_pysyncobj(phases, tmp)
-        if progress:
-            print("  pysyncobj done", file=sys.stderr, flush=True)
+        for trial in range(trials):
+            trial_dir = os.path.join(tmp, str(trial))
+            os.mkdir(trial_dir)
+            zactor.append(run_zactor(phases, trial_dir))
+            results, trial_logged = run_pysyncobj(phases, trial_dir)
+            pysyncobj.append(results)
+            logged += trial_logged
+            if progress:
+                print(f"  trial {trial + 1}/{trials} done", file=sys.stderr, flush=True)
+
+    def median(measured: list[list[dict[str, float]]], phase: int, field: str) -> float:
+        return round(statistics.median(trial[phase][field] for trial in measured), 3)
+
     runs = []
     for k, size in enumerate(sizes):
-        z_tp, z_lat = measured["zactor"][2 * k], measured["zactor"][2 * k + 1]
-        p_tp, p_lat = measured["pysyncobj"][2 * k], measured["pysyncobj"][2 * k + 1]
+        tp, lat = 2 * k, 2 * k + 1
+        z_ops, p_ops = median(zactor, tp, "ops_per_s"), median(pysyncobj, tp, "ops_per_s")
         runs.append(
             {
                 "size_bytes": size,
-                "zactor_ops_per_s": z_tp["ops_per_s"],
-                "pysyncobj_ops_per_s": p_tp["ops_per_s"],
-                "ratio": round(z_tp["ops_per_s"] / p_tp["ops_per_s"], 2) if p_tp["ops_per_s"] else None,
-                "zactor_p50_ms": z_lat["p50_ms"],
-                "zactor_p99_ms": z_lat["p99_ms"],
-                "pysyncobj_p50_ms": p_lat["p50_ms"],
-                "pysyncobj_p99_ms": p_lat["p99_ms"],
-                "zactor_window_p50_ms": z_tp["p50_ms"],
-                "pysyncobj_window_p50_ms": p_tp["p50_ms"],
+                "zactor_ops_per_s": z_ops,
+                "pysyncobj_ops_per_s": p_ops,
+                "ratio": round(z_ops / p_ops, 2) if p_ops else None,
+                "trial_ratios": [
+                    round(z[tp]["ops_per_s"] / p[tp]["ops_per_s"], 2) if p[tp]["ops_per_s"] else None
+                    for z, p in zip(zactor, pysyncobj)
+                ],
+                "zactor_p50_ms": median(zactor, lat, "p50_ms"),
+                "zactor_p99_ms": median(zactor, lat, "p99_ms"),
+                "pysyncobj_p50_ms": median(pysyncobj, lat, "p50_ms"),
+                "pysyncobj_p99_ms": median(pysyncobj, lat, "p99_ms"),
+                "zactor_window_p50_ms": median(zactor, tp, "p50_ms"),
+                "pysyncobj_window_p50_ms": median(pysyncobj, tp, "p50_ms"),
             }
         )
     return {
         "peers": PEERS,
         "seconds": seconds,
         "window": window,
+        "trials": trials,
         "zactor_fsync": True,
         "pysyncobj_fsync": False,
         "cpus": os.cpu_count(),
         "runs": runs,
-        "pysyncobj_warnings": len(pysyncobj_logged),
-        "pysyncobj_warning_samples": pysyncobj_logged[:5],
+        "pysyncobj_warnings": len(logged),
+        "pysyncobj_warning_samples": logged[:5],
     }
 
 
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"raft: {result['peers']} peers in separate processes, {result['window']} commands in flight for "
-        f"{result['seconds']} s, then one at a time; zactor fsyncs, PySyncObj does not",
+        f"{result['seconds']} s, then one at a time; zactor fsyncs, PySyncObj does not; "
+        f"median of {result['trials']} trial(s)",
         f"  {'bytes':>6}{'zactor ops/s':>14}{'pysyncobj ops/s':>17}{'ratio':>7}"
         f"{'zactor p50 ms':>15}{'p99':>8}{'pysyncobj p50 ms':>18}{'p99':>8}",
     ]
@@ -374,6 +392,9 @@ def report(result: dict[str, Any]) -> str:
     if result["pysyncobj_warnings"]:
         lines.append(f"  PySyncObj logged {result['pysyncobj_warnings']} warnings, for example:")
         lines += [f"    {text[:150]}" for text in result["pysyncobj_warning_samples"][:3]]
+    if result["trials"] > 1:
+        for r in result["runs"]:
+            lines.append(f"  {r['size_bytes']}-byte ratio in each trial: {', '.join(str(x) for x in r['trial_ratios'])}")
     lines.append("  target: ratio >= 1.00 at every size")
     return "\n".join(lines)
 
@@ -383,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run (default 3)")
     parser.add_argument("--window", type=int, default=10000, help="commands in flight during throughput runs (default 10000)")
+    parser.add_argument("--trials", type=int, default=1, help="run both systems this many times and report medians (default 1)")
     parser.add_argument("--sizes", default="10,1000", help="comma-separated command sizes in bytes, each >= 8 (default 10,1000)")
     args = parser.parse_args(argv)
     try:
@@ -391,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes must be comma-separated integers, not {args.sizes!r}")
     if not sizes or min(sizes) < 8:
         parser.error("every command size must be at least 8 bytes (they carry a sequence number)")
-    if args.seconds <= 0 or args.window < 1:
-        parser.error("--seconds and --window must be positive")
-    result = run(sizes, args.seconds, args.window, progress=not args.json)
+    if args.seconds <= 0 or args.window < 1 or args.trials < 1:
+        parser.error("--seconds, --window and --trials must be positive")
+    result = run(sizes, args.seconds, args.window, args.trials, progress=not args.json)
     print(json.dumps(result) if args.json else report(result))
     return 0
 

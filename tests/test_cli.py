@@ -56,13 +56,14 @@ def test_bench_supervisor_json_reports_restart_latency() -> None:
 
 @pytest.mark.slow
 def test_bench_raft_json_has_both_systems_at_each_size() -> None:
-    out = zactor("bench", "raft", "--json", "--seconds", "0.5", "--window", "200", "--sizes", "10,1000")
+    out = zactor("bench", "raft", "--json", "--seconds", "0.5", "--window", "200", "--sizes", "10,1000", "--trials", "2")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["zactor_fsync"] is True and result["pysyncobj_fsync"] is False
     assert result["pysyncobj_warnings"] == len(result["pysyncobj_warning_samples"]) or result["pysyncobj_warnings"] > 5
-    assert [r["size_bytes"] for r in result["runs"]] == [10, 1000]
+    assert [r["size_bytes"] for r in result["runs"]] == [10, 1000] and result["trials"] == 2
     for run in result["runs"]:
+        assert len(run["trial_ratios"]) == 2
         for key in ("zactor_ops_per_s", "pysyncobj_ops_per_s", "zactor_p50_ms", "pysyncobj_p50_ms"):
             assert run[key] > 0, key
 
