@@ -167,7 +167,6 @@ def _record_at(raw: bytes, pos: int) -> bytes | None:
 def _next_valid_record(raw: bytes, start: int) -> int | None:
     """Where the first valid record at or after ``start`` begins, if any (a scan of the damaged tail)."""
     for pos in range(start, len(raw) - _RECORD.size + 1):
-        length = int.from_bytes(raw[pos : pos + 4], "big")
-        if pos + _RECORD.size + length <= len(raw) and _record_at(raw, pos) is not None:
+        if _record_at(raw, pos) is not None:
             return pos
     return None
