@@ -7,8 +7,8 @@ together share one fsync and a save costs what is new, not the whole log. An
 entries record starting at or below the last stored index replaces the stored
 entries from there on, as Raft's log truncation does.
 
-A snapshot rewrites the journal atomically: the snapshot, then the term and
-vote, then the entries after the snapshot. That is also how superseded
+A snapshot rewrites the journal atomically: the snapshot (always the first
+record), then the term and vote, then the entries after the snapshot. That is also how superseded
 records (old votes, truncated entries) are dropped when they add up. On load
 the records are replayed in order; a torn last append is cut by the journal
 (it was never acknowledged), and anything worse raises CorruptStateError,
@@ -55,7 +55,7 @@ class RaftStorage:
             return
         records = []
         if rd.hard_state is not None:
-            records.append(_HARD_STATE + pickle.dumps((rd.hard_state.term, rd.hard_state.voted_for)))
+            records.append(_encode_hard_state(rd.hard_state))
             self._note_hard_state(len(records[-1]))
         if rd.entries:
             records.append(_encode_entries(rd.entries))
@@ -83,9 +83,10 @@ class RaftStorage:
                     term, voted_for = pickle.loads(body)
                     self._note_hard_state(len(record))
                 elif kind == _SNAPSHOT:
+                    if number != 1:
+                        raise ValueError("a snapshot record is only ever written first, by a rewrite")
                     index, snap_term = _SNAPSHOT_HEAD.unpack_from(body)
                     snapshot = Snapshot(index, snap_term, bytes(body[_SNAPSHOT_HEAD.size :]))
-                    entries = _after_snapshot(entries, base, index, snap_term)
                     base = index
                     self._snapshot_record, self.snapshot_size = len(record), len(snapshot.data)
                 elif kind == _ENTRIES:
@@ -109,14 +110,14 @@ class RaftStorage:
 
     def _rewrite(self, core: RaftCore) -> None:
         records = []
+        self._snapshot_record = self.snapshot_size = 0
         if core.log.snapshot_index:
             records.append(_SNAPSHOT + _SNAPSHOT_HEAD.pack(core.log.snapshot_index, core.log.snapshot_term) + core.snapshot_data)
-        records.append(_HARD_STATE + pickle.dumps((core.term, core.voted_for)))
+            self._snapshot_record, self.snapshot_size = len(records[0]), len(core.snapshot_data)
+        records.append(_encode_hard_state(core.hard_state))
         if core.log.entries:
             records.append(_encode_entries(core.log.entries))
         self.journal.rewrite(records)
-        self._snapshot_record = len(records[0]) if core.log.snapshot_index else 0
-        self.snapshot_size = len(core.snapshot_data) if core.log.snapshot_index else 0
         self._hard_state_record = 0
         self._entry_records = []
         self._garbage = 0
@@ -134,13 +135,9 @@ class RaftStorage:
         self._last_index = last
 
 
+def _encode_hard_state(hard_state: HardState) -> bytes:
+    return _HARD_STATE + pickle.dumps((hard_state.term, hard_state.voted_for))
+
+
 def _encode_entries(entries: tuple[Entry, ...] | list[Entry]) -> bytes:
     return _ENTRIES + pickle.dumps(tuple((e.term, e.index, e.command) for e in entries), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _after_snapshot(entries: list[Entry], base: int, index: int, term: int) -> list[Entry]:
-    """The entries that stay once a snapshot through ``index`` (of ``term``) replaces the log's start."""
-    position = index - base - 1
-    if 0 <= position < len(entries) and entries[position].term == term:
-        return entries[position + 1 :]
-    return []
