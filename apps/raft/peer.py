@@ -2,9 +2,10 @@
 
 It owns the I/O the core must not do: a tick timer, persistence (an fsync'd
 append of every Ready that changes durable state, before any of that Ready's
-messages leave; the Ready is taken only once the mailbox is empty, or every
-``_MAX_DEFERRED`` messages, so requests that arrive together share one fsync), sending to the other peers, and delivering apply messages,
-in order, to the service (an actor, told ``Applied`` batches). The service
+messages leave), sending to the other peers, and delivering apply messages,
+in order, to the service (an actor, told ``Applied`` batches). A Ready is
+taken only once the mailbox is empty, or every ``_MAX_DEFERRED`` messages, so
+requests that arrive together share one fsync: group commit. The service
 talks to it with ``Start``, ``GetState`` and ``TakeSnapshot`` asks, the lab's
 ``Start()``, ``GetState()`` and ``Snapshot()``.
 """
@@ -116,12 +117,11 @@ class RaftPeer(Actor):
         self.storage.close()
 
     def on_receive(self, message: Any) -> Any:
-        try:
-            return self._handle(message)
-        finally:
-            # Every message ends here, so a Ready deferred while others were
-            # queued is taken by whichever message empties the mailbox.
-            self._process_when_idle()
+        result = self._handle(message)
+        # Every message ends here, so a Ready deferred while others were
+        # queued is taken by whichever message empties the mailbox.
+        self._process_when_idle()
+        return result
 
     def _handle(self, message: Any) -> Any:
         if isinstance(message, _Tick):
