@@ -16,7 +16,6 @@ import argparse
 import json
 import multiprocessing
 import pickle
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import zmq
 from actors import ChildSpec, Supervisor
 from apps.kvsrv import Clerk
 from apps.kvsrv.server import serve
+from benchmarks.percentiles import p50_p99
 from benchmarks.transport import zmq_echo_server
 
 
@@ -83,11 +83,11 @@ def _run_clients(target: Any, endpoint: str, n: int, seconds: float) -> dict[str
         lat.extend(out.get(timeout=seconds + 60))
     for p in procs:
         p.join(timeout=10)
-    lat.sort()
+    p50, p99 = p50_p99(lat)
     return {
         "ops_per_s": round(len(lat) / seconds, 1),
-        "p50_us": round(statistics.median(lat) * 1e6, 1),
-        "p99_us": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6, 1),
+        "p50_us": round(p50 * 1e6, 1),
+        "p99_us": round(p99 * 1e6, 1),
     }
 
 

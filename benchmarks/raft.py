@@ -32,6 +32,7 @@ from typing import Any
 
 from actors import Actor, ActorSystem, ChildSpec, Supervisor
 from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, RaftPeer, Start
+from benchmarks.percentiles import p50_p99
 
 PEERS = 3
 _LEADER_WAIT = 30.0
@@ -75,13 +76,13 @@ class Load:
         return bool(self._deadline) and not self._sent
 
     def result(self) -> dict[str, float]:
-        lat = sorted(self.latencies)
-        if not lat:
+        if not self.latencies:
             return {"ops_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+        p50, p99 = p50_p99(self.latencies)
         return {
-            "ops_per_s": round(len(lat) / self.seconds, 1),
-            "p50_ms": round(statistics.median(lat) * 1e3, 3),
-            "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, 3),
+            "ops_per_s": round(len(self.latencies) / self.seconds, 1),
+            "p50_ms": round(p50 * 1e3, 3),
+            "p99_ms": round(p99 * 1e3, 3),
         }
 
     def _command(self) -> bytes:
