@@ -418,3 +418,27 @@ def test_ipc_default_endpoints_live_in_a_private_directory() -> None:
         path = Path(system.endpoint.removeprefix("ipc://"))
         assert (path.parent.stat().st_mode & 0o777) == 0o700
         assert path.parent.stat().st_uid == os.getuid()
+
+
+def test_keys_cli_manages_a_keyring(tmp_path: Path) -> None:
+    ring = tmp_path / "ring"
+
+    def keys(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "apps.cli", "keys", *args], capture_output=True, text=True, timeout=60)
+
+    init = keys("init", str(ring))
+    assert init.returncode == 0, init.stderr
+    mine = init.stdout.strip()
+    assert keys("show", "--keys", str(ring)).stdout.strip() == mine == (ring / "public.key").read_text().strip()
+    other = zmq.curve_keypair()[0].decode()
+    assert keys("add", "b", other, "--host", "127.0.0.2", "--keys", str(ring)).returncode == 0
+    listed = keys("list", "--keys", str(ring)).stdout
+    assert f"b {other} 127.0.0.2" in listed and mine in listed
+    assert Keyring(ring).server_key("tcp://127.0.0.2:7000") == other.encode()
+    assert Keyring(ring).server_key("tcp://127.0.0.1:7000") == mine.encode()  # loopback: this machine's key
+    bad = keys("add", "c", "not-a-key", "--keys", str(ring))
+    assert bad.returncode == 1 and "not a CURVE public key" in bad.stderr
+    assert keys("revoke", "b", "--keys", str(ring)).returncode == 0
+    assert not Keyring(ring).allows(other.encode())
+    missing = keys("revoke", "b", "--keys", str(ring))
+    assert missing.returncode == 1 and "no member named 'b'" in missing.stderr
