@@ -13,6 +13,7 @@ from actors.future import ReplyFuture
 from actors.journal import Journal
 from actors.persister import Persister
 from actors.supervisor import ChildSpec, Supervisor, SupervisorEvent
+from actors.spawn import ClassRef, ProcessDied, ProcessRef, RestartLimitReached
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Address",
     "AskTimeout",
     "ChildSpec",
+    "ClassRef",
     "CorruptStateError",
     "Failure",
     "MailboxFull",
@@ -29,10 +31,13 @@ __all__ = [
     "LocalRef",
     "NodeControl",
     "Persister",
+    "ProcessDied",
+    "ProcessRef",
     "RemoteError",
     "RemoteRef",
     "ReplyFuture",
     "RestartLimit",
+    "RestartLimitReached",
     "Supervisor",
     "SupervisorEvent",
     "SystemStopped",

@@ -70,10 +70,15 @@ class ChildSpec:
     args: tuple = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     restart: RestartKind = "permanent"
+    max_restarts: int | None = None
+    """This child's own restart intensity (deaths within ``within`` s); None: the supervisor's."""
+    within: float | None = None
 
     def __post_init__(self) -> None:
         if self.restart not in ("permanent", "transient", "temporary"):
             raise ValueError(f"restart must be permanent, transient or temporary, not {self.restart!r}")
+        if (self.max_restarts is not None and self.max_restarts < 0) or (self.within is not None and self.within <= 0):
+            raise ValueError(f"need max_restarts >= 0 and within > 0, got {self.max_restarts} and {self.within}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,7 @@ class Supervisor:
         self._ctx.set_forkserver_preload([*PRELOAD, *preload])
         self._children: dict[str, _Child] = {}
         self.events: list[SupervisorEvent] = []
+        self._listeners: list[Callable[[SupervisorEvent], None]] = []
         self._cond = threading.Condition()
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._stopping = False
@@ -169,6 +175,21 @@ class Supervisor:
             pid = child.process.pid
         self._poke()
         return pid
+
+    def add_listener(self, listener: Callable[[SupervisorEvent], None]) -> None:
+        """Call ``listener(event)`` at every event, on the thread that records it, with the
+        supervisor's lock held: keep it short and never call back into the supervisor."""
+        with self._cond:
+            self._listeners.append(listener)
+
+    def uptime(self, name: str) -> float | None:
+        """Seconds since the child's current process started (None if it is not running)."""
+        with self._cond:
+            child = self._children[name]
+            if child.status != "running":
+                return None
+            started = [e.time for e in self.events if e.child == name and e.kind == "started"]
+            return time.monotonic() - started[-1] if started else None
 
     def stop_child(self, name: str, grace: float = 3.0) -> None:
         """Stop one child for good (SIGTERM, then SIGKILL after ``grace``)."""
@@ -269,8 +290,14 @@ class Supervisor:
             self._record_locked(name, kind, pid, exitcode)
 
     def _record_locked(self, name: str, kind: str, pid: int | None, exitcode: int | None) -> None:
-        self.events.append(SupervisorEvent(time.monotonic(), name, kind, pid, exitcode))
+        event = SupervisorEvent(time.monotonic(), name, kind, pid, exitcode)
+        self.events.append(event)
         self._cond.notify_all()
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("supervisor listener failed on %s", event)
 
     def _terminate(self, procs: list[Any], grace: float) -> None:
         for proc in procs:
@@ -330,14 +357,16 @@ class Supervisor:
                 return
             now = time.monotonic()
             child.deaths.append(now)
-            while child.deaths and child.deaths[0] < now - self.within:
+            within = child.spec.within if child.spec.within is not None else self.within
+            limit = child.spec.max_restarts if child.spec.max_restarts is not None else self.max_restarts
+            while child.deaths and child.deaths[0] < now - within:
                 child.deaths.popleft()
-            if len(child.deaths) > self.max_restarts:
+            if len(child.deaths) > limit:
                 child.status = "failed"
                 self._record_locked(name, "gave_up", proc.pid, code)
                 log.error(
                     "child %s died %d times within %.1f s (last exit code %s); giving up on it",
-                    name, len(child.deaths), self.within, code,
+                    name, len(child.deaths), within, code,
                 )
                 callback = self._on_give_up
             else:

@@ -191,8 +191,11 @@ class ActorSystem:
         keys: str | os.PathLike[str] | Keyring | None = None,
         secure: bool | None = None,
         mailbox_limit: int = DEFAULT_MAILBOX_LIMIT,
+        nodes: Sequence[str] = (),
     ) -> None:
-        """``start=False`` binds the endpoint but handles no traffic until ``start()``:
+        """``nodes``: node agents' endpoints that ``lookup`` searches (``join`` adds more).
+
+        ``start=False`` binds the endpoint but handles no traffic until ``start()``:
         a process that hosts actors spawns them first, so a message that was
         waiting for the restarted process never finds an empty system."""
         if ask_timeout <= 0:
@@ -209,6 +212,8 @@ class ActorSystem:
         self._corr = itertools.count(random.getrandbits(48) << 16)
         self._names = itertools.count(1)
         self._stopped = threading.Event()
+        self.nodes: list[str] = list(nodes)
+        self._extensions: dict[str, Any] = {}  # helpers made on first use (spawn_process's supervisor), closed by stop()
         self._node = Node(
             endpoint,
             on_message=self._on_message,
@@ -269,6 +274,8 @@ class ActorSystem:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        for extension in list(self._extensions.values()):
+            extension.close()
         with self._lock:
             refs = [h.ref for h in self._hosted.values() if h.ref is not None]
             self._hosted.clear()
@@ -324,6 +331,29 @@ class ActorSystem:
                 self._hosted.pop(name, None)
             raise
         return LocalRef(self, name)
+
+    def spawn_process(self, factory: type[pykka.Actor], *args: Any, name: str | None = None, node: str | None = None, **options: Any) -> Any:
+        """Start ``factory(*args)`` in a supervised process of its own (or on the node agent ``node``).
+
+        Returns a ``ProcessRef`` at once, valid across the process's restarts;
+        options: ``restart``, ``max_restarts``, ``within``, ``persist_dir``, and
+        keyword arguments for the factory. See :mod:`actors.spawn`.
+        """
+        from actors.spawn import spawn_process
+
+        return spawn_process(self, factory, *args, name=name, node=node, **options)
+
+    def lookup(self, name: str, timeout: float = 5.0) -> Any:
+        """A ref to the actor ``name`` here, in a process this system spawned, or on a known node."""
+        from actors.agent import lookup
+
+        return lookup(self, name, timeout)
+
+    def join(self, node: str) -> None:
+        """Add the node agent at ``node`` to those ``lookup`` searches."""
+        from actors.agent import join
+
+        join(self, node)
 
     def _start(self, name: str, hosted: _Hosted) -> pykka.ActorRef:
         token = _spawning.set((self, name))

@@ -12,7 +12,7 @@ from typing import Any
 
 from actors.actor import Actor
 from actors.persister import Persister
-from actors.system import ActorSystem
+from actors.spawn import Hosted, host
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,23 +102,14 @@ class PersistentCounter(Actor):
         raise TypeError(f"PersistentCounter does not understand {type(message).__name__}")
 
 
-def serve(endpoint: str, actors: list[tuple[str, type, tuple]]) -> None:
-    """Child-process target: host ``actors`` ((name, class, args) each) at ``endpoint`` until stopped."""
-    with ActorSystem(endpoint, start=False) as system:
-        for name, cls, args in actors:
-            system.spawn(cls, *args, name=name)
-        system.start()
-        system.run_until_stopped()
-
-
 def serve_counter(endpoint: str, path: str) -> None:
     """Child-process target: a PersistentCounter named ``counter`` at ``endpoint``."""
-    serve(endpoint, [("counter", PersistentCounter, (path,))])
+    host(endpoint, [Hosted("counter", PersistentCounter, (path,))])
 
 
 def serve_echo(endpoint: str) -> None:
     """Child-process target: an Echo named ``echo`` and a Collector named ``collector`` at ``endpoint``."""
-    serve(endpoint, [("echo", Echo, ()), ("collector", Collector, ())])
+    host(endpoint, [Hosted("echo", Echo), Hosted("collector", Collector)])
 
 
 def crash_at_once(code: int = 3) -> None:

@@ -106,6 +106,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("raft", "apps.raft.cli", "run a local Raft cluster and watch its leader"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
     ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),
+    ("node", "apps.node_cli", "run a node agent that hosts actors for the cluster, or list what one hosts"),
 ]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""
 

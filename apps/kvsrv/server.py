@@ -24,11 +24,11 @@ from __future__ import annotations
 import gc
 import logging
 import resource
-import sys
 import tracemalloc
 from typing import Any
 
-from actors import Actor, ActorSystem
+from actors import Actor
+from actors.spawn import Hosted, host
 from apps.kvsrv.messages import Append, BadRequest, Get, MemoryUsage, Put
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,5 @@ def serve(endpoint: str, trace_memory: bool = False, announce: bool = False) -> 
 
     ``announce`` says on stderr where it listens, once the endpoint is bound (a bind error comes first).
     """
-    with ActorSystem(endpoint, start=False) as system:
-        system.spawn(KVServer, trace_memory, name="kv")
-        system.start()
-        if announce:
-            print(f"KV server listening on {system.endpoint} (Ctrl-C stops it)", file=sys.stderr, flush=True)
-        system.run_until_stopped()
+    announcement = "KV server listening on {endpoint} (Ctrl-C stops it)" if announce else None
+    host(endpoint, [Hosted("kv", KVServer, (trace_memory,))], announce=announcement)

@@ -17,7 +17,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from actors import Actor, ActorSystem
+from actors import Actor
+from actors.spawn import Hosted, host
 from apps.raft.core import Config, RaftCore
 from apps.raft.messages import (
     AppendEntries,
@@ -165,9 +166,4 @@ class RaftPeer(Actor):
 
 def serve_peer(config: PeerConfig, faults: list[FaultRule] | None = None) -> None:
     """Child-process target: one Raft peer at ``config.endpoints[config.me]`` until stopped."""
-    with ActorSystem(config.endpoints[config.me], start=False) as system:
-        if faults:
-            system.node.set_faults(faults)
-        system.spawn(RaftPeer, config, name=PEER_NAME)
-        system.start()
-        system.run_until_stopped()
+    host(config.endpoints[config.me], [Hosted(PEER_NAME, RaftPeer, (config,))], faults=faults)

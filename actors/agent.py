@@ -1,0 +1,341 @@
+"""The node agent: a supervisor on another machine that hosts what authenticated peers ask for.
+
+Usage summary::
+
+    zactor node --endpoint tcp://10.0.0.2:7070 --dir /srv/zactor     # on the other machine
+    system.spawn_process(Counter, name="c", node="tcp://10.0.0.2:7070") # from anywhere in the cluster
+    zactor node list --node tcp://10.0.0.2:7070                       # what it hosts
+
+The agent is an actor named ``zactor.agent`` in an ``ActorSystem`` bound to
+the given endpoint. Only peers whose key is in the agent's keyring can
+reach it at all: the transport refuses a stranger's connection before any
+frame is decoded (see :mod:`transport.keys`), so a spawn request, which is
+a pickle and so code, only ever comes from a member of the cluster.
+
+Each spawned actor runs in a child of the agent's ``Supervisor`` (the one
+child host, :func:`actors.spawn.host`) at ``tcp://HOST:PORT`` on the agent's
+host, with the port chosen once: the address outlives restarts. The child's
+working directory is ``persist_dir`` under the agent's directory (default:
+the actor's name), so its relative state paths survive it. The agent tells
+each spawner's watcher (``zactor.spawn-watch``) of every death of what it
+spawned, so asks in flight fail at once on the caller's side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from actors.actor import Actor
+from actors.address import Address
+from actors.spawn import ClassRef, ProcessRef, Spawner, host_one, spawner_of
+from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
+from transport.keys import endpoint_host
+
+if TYPE_CHECKING:
+    from actors.system import ActorSystem
+
+log = logging.getLogger(__name__)
+
+AGENT_NAME = "zactor.agent"
+"""The agent actor's name on its node."""
+
+
+# ---- messages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    name: str
+    cls: ClassRef
+    args: tuple
+    kwargs: dict
+    restart: RestartKind = "permanent"
+    max_restarts: int = 5
+    within: float = 10.0
+    persist_dir: str | None = None
+    watcher: str | None = None
+    """``endpoint#name`` to tell of this actor's deaths (a spawner's DeathWatcher)."""
+
+
+@dataclass(frozen=True)
+class Spawned:
+    name: str
+    endpoint: str
+    via: str
+
+
+@dataclass(frozen=True)
+class ListChildren:
+    pass
+
+
+@dataclass(frozen=True)
+class ChildInfo:
+    name: str
+    endpoint: str
+    cls: str
+    via: str
+    status: str
+    pid: int | None
+    restarts: int
+    uptime: float | None
+
+
+@dataclass(frozen=True)
+class StopChild:
+    name: str
+
+
+@dataclass(frozen=True)
+class Lookup:
+    name: str
+    watcher: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildDied:
+    """Told by an agent to a spawner's watcher: ``gave_up`` says why it is not restarted."""
+
+    node: str
+    name: str
+    exitcode: int | None
+    gave_up: str | None = None
+
+
+# ---- the agent -----------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    endpoint: str
+    cls: str
+    via: str
+    limit: int
+    within: float
+    watchers: set[str]
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now; the child binds it at each start, so its address is stable."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class NodeAgent(Actor):
+    """Hosts actors in supervised children on request; see the module docstring."""
+
+    def __init__(self, workdir: str, max_children: int = 256) -> None:
+        super().__init__()
+        self.workdir = Path(workdir).absolute()
+        self.max_children = max_children
+        self.sup = Supervisor()
+        self.sup.add_listener(self._on_event)
+        self.entries: dict[str, _Entry] = {}
+
+    def on_stop(self) -> None:
+        self.sup.stop()
+
+    def _node(self) -> str:
+        assert self.actor_system is not None
+        return self.actor_system.endpoint
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, SpawnRequest):
+            return self._spawn(message)
+        if isinstance(message, ListChildren):
+            return self._list()
+        if isinstance(message, StopChild):
+            if message.name not in self.entries:
+                raise LookupError(f"node {self._node()} hosts no actor named {message.name!r}")
+            self.sup.stop_child(message.name)
+            del self.entries[message.name]
+            return None
+        if isinstance(message, Lookup):
+            entry = self.entries.get(message.name)
+            if entry is None:
+                return None
+            if message.watcher:
+                entry.watchers.add(message.watcher)
+            return Spawned(message.name, entry.endpoint, entry.via)
+        raise TypeError(f"the node agent does not understand {type(message).__name__}")
+
+    def _spawn(self, req: SpawnRequest) -> Spawned:
+        if not isinstance(req.cls, ClassRef) or not isinstance(req.args, tuple) or not isinstance(req.kwargs, dict):
+            raise TypeError("a SpawnRequest needs a ClassRef, a tuple of args and a dict of kwargs")
+        Address("ipc://x", req.name)  # validates the name
+        if req.name in self.entries:
+            raise ValueError(f"node {self._node()} already hosts an actor named {req.name!r}")
+        if len(self.entries) >= self.max_children:
+            raise RuntimeError(f"node {self._node()} hosts {self.max_children} actors, its limit")
+        cls, via = req.cls.load()  # here first: a class this node cannot load is the caller's error, at once
+        workdir = (self.workdir / (req.persist_dir or req.name)).resolve()
+        if not workdir.is_relative_to(self.workdir):
+            raise ValueError(f"persist_dir {req.persist_dir!r} leaves the node's directory {self.workdir}")
+        host = endpoint_host(self._node())
+        if host is None:  # an ipc:// agent: its children live beside it
+            endpoint = f"ipc://{self.workdir}/{req.name}.sock"
+        else:
+            endpoint = f"tcp://{host}:{_free_port(host)}"
+        cls_ref = ClassRef(req.cls.path, None) if via == "import" else ClassRef(None, req.cls.blob)
+        watchers = {req.watcher} if req.watcher else set()
+        self.entries[req.name] = _Entry(endpoint, req.cls.describe if via == "import" else cls.__qualname__, via, req.max_restarts, req.within, watchers)
+        try:
+            self.sup.start_child(ChildSpec(
+                req.name, host_one, (endpoint, req.name, cls_ref, req.args, req.kwargs, str(workdir)),
+                restart=req.restart, max_restarts=req.max_restarts, within=req.within,
+            ))
+        except BaseException:
+            del self.entries[req.name]
+            raise
+        log.info("node %s: spawned %s (%s, class by %s) at %s", self._node(), req.name, cls.__qualname__, via, endpoint)
+        return Spawned(req.name, endpoint, via)
+
+    def _list(self) -> list[ChildInfo]:
+        out = []
+        for name, e in self.entries.items():
+            status = self.sup.status(name)
+            out.append(ChildInfo(name, e.endpoint, e.cls, e.via, status, self.sup.pid(name), self.sup.restarts(name), self.sup.uptime(name)))
+        return out
+
+    def _on_event(self, event: SupervisorEvent) -> None:
+        """Supervisor listener (its lock held, its thread): tell the watchers of a death."""
+        entry = self.entries.get(event.child)
+        if entry is None or event.kind not in ("exited", "gave_up") or self.actor_system is None:
+            return
+        gave_up = None
+        if event.kind == "gave_up":
+            gave_up = (
+                f"node {self._node()} gave up on {event.child!r}: its process died more than {entry.limit} "
+                f"times within {entry.within:g} s (last exit code {event.exitcode}); it is not restarted"
+            )
+        notice = ChildDied(self._node(), event.child, event.exitcode, gave_up)
+        for watcher in list(entry.watchers):
+            try:
+                self.actor_system.ref(watcher).tell(notice)
+            except Exception as exc:  # the spawner is gone: its watch goes too
+                log.info("node %s: watcher %s unreachable (%s); dropping it", self._node(), watcher, exc)
+                entry.watchers.discard(watcher)
+
+
+class DeathWatcher(Actor):
+    """In a system that spawned onto node agents: fails in-flight asks when an agent reports a death."""
+
+    def __init__(self, spawner: Spawner) -> None:
+        super().__init__()
+        self.spawner = spawner
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, ChildDied):
+            self.spawner.remote_died(message.node, message.name, message.exitcode, message.gave_up)
+            return None
+        raise TypeError(f"the spawn watcher does not understand {type(message).__name__}")
+
+
+def run_agent(endpoint: str, workdir: str | os.PathLike[str], *, announce: bool = False) -> None:
+    """Run a node agent in this process until SIGTERM or SIGINT (what ``zactor node`` does)."""
+    from actors.system import ActorSystem
+
+    directory = Path(workdir).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    with ActorSystem(endpoint, start=False) as system:
+        system.spawn(NodeAgent, str(directory), name=AGENT_NAME)
+        system.start()
+        if announce:
+            import sys
+
+            print(f"node agent listening on {system.endpoint}, directory {directory} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        system.run_until_stopped()
+
+
+# ---- the caller's side ----------------------------------------------------------------
+
+
+def _agent(system: ActorSystem, node: str) -> Any:
+    return system.ref(Address(node, AGENT_NAME))
+
+
+def spawn_on_node(
+    system: ActorSystem,
+    node: str,
+    actor_class: type,
+    args: tuple,
+    kwargs: dict,
+    *,
+    name: str,
+    restart: RestartKind,
+    max_restarts: int,
+    within: float,
+    persist_dir: str | None,
+    timeout: float,
+) -> ProcessRef:
+    """Ask the agent at ``node`` to host the actor; the ref is watched for deaths."""
+    spawner = spawner_of(system)
+    watcher = spawner.watcher()
+    req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), restart, max_restarts, within, persist_dir, watcher)
+    done: Spawned = _agent(system, node).ask(req, timeout=timeout)
+    join(system, node)
+    return spawner.remember_remote(ProcessRef(system, Address(done.endpoint, name), node=node, via=done.via))
+
+
+def node_children(system: ActorSystem, node: str, timeout: float = 5.0) -> list[ChildInfo]:
+    """What the agent at ``node`` hosts."""
+    return _agent(system, node).ask(ListChildren(), timeout=timeout)
+
+
+def stop_on_node(system: ActorSystem, node: str, name: str, timeout: float = 5.0) -> None:
+    _agent(system, node).ask(StopChild(name), timeout=timeout + 5.0)
+
+
+def join(system: ActorSystem, node: str) -> None:
+    """Remember ``node`` so ``lookup`` searches it."""
+    Address(node, AGENT_NAME)  # validates the endpoint
+    if node not in system.nodes:
+        system.nodes.append(node)
+
+
+def lookup(system: ActorSystem, name: str, timeout: float = 5.0) -> Any:
+    """A ref to the actor ``name``: this system's own, then its spawned processes, then each known node's.
+
+    Raises ``LookupError`` naming where it looked.
+    """
+    try:
+        system._pykka_ref(name)
+        return system.ref(system.endpoint, name)
+    except Exception:
+        pass
+    spawner = spawner_of(system)
+    local = spawner.local_ref(name)
+    if local is not None:
+        return local
+    unreachable = []
+    for node in list(system.nodes):
+        try:
+            found = _agent(system, node).ask(Lookup(name, spawner.watcher()), timeout=timeout)
+        except Exception as exc:  # a node down must not hide the others
+            unreachable.append(f"{node} ({type(exc).__name__})")
+            continue
+        if found is not None:
+            return spawner.remember_remote(ProcessRef(system, Address(found.endpoint, name), node=node, via=found.via))
+    where = ", ".join(system.nodes) or "no nodes"
+    down = f"; unreachable: {', '.join(unreachable)}" if unreachable else ""
+    raise LookupError(f"no actor named {name!r} on {system.endpoint} or its nodes ({where}){down}")
+
+
+def wait_for_node(system: ActorSystem, node: str, timeout: float = 10.0) -> None:
+    """Block until the agent at ``node`` answers (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            node_children(system, node, timeout=min(1.0, max(0.05, deadline - time.monotonic())))
+            return
+        except Exception as exc:
+            last = exc
+    raise TimeoutError(f"node agent at {node} did not answer within {timeout} s ({last!r})")

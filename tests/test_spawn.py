@@ -1,0 +1,181 @@
+"""spawn_process: an actor in a supervised process of its own, on real processes and kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import (
+    Actor,
+    ActorDeadError,
+    ActorSystem,
+    AskTimeout,
+    ClassRef,
+    Persister,
+    ProcessDied,
+    RestartLimitReached,
+)
+from actors.spawn import spawner_of
+from actors.testing import Get, Incr, PersistentCounter
+
+
+def make_tally_class() -> type:
+    """A class defined in this test module but not importable by name (made in a function): cloudpickle carries it."""
+
+    class Tally(Actor):
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self.persister = Persister(path)
+            data = self.persister.load()
+            self.value = struct.unpack(">q", data)[0] if data is not None else 0
+
+        def on_receive(self, message: Any) -> Any:
+            if isinstance(message, tuple) and message[0] == "sleep":
+                time.sleep(message[1])
+                return "slept"
+            if isinstance(message, Incr):
+                self.value += message.by
+                self.persister.save(struct.pack(">q", self.value))
+            return (os.getpid(), self.value)
+
+    return Tally
+
+
+@pytest.fixture
+def system() -> Iterator[ActorSystem]:
+    with ActorSystem(ask_timeout=10.0) as s:
+        yield s
+
+
+def _answer_after_kill(ref: Any, message: Any, limit: float) -> tuple[Any, float]:
+    """Ask until an answer comes (bounded by ``limit`` s); the answer and the seconds it took."""
+    t0 = time.monotonic()
+    deadline = t0 + limit
+    while True:
+        try:
+            return ref.ask(message, timeout=max(0.01, min(0.2, deadline - time.monotonic()))), time.monotonic() - t0
+        except (AskTimeout, ActorDeadError):
+            if time.monotonic() >= deadline:
+                raise
+
+
+def test_class_ref_by_import_path_or_by_value() -> None:
+    importable = ClassRef.of(PersistentCounter)
+    assert importable.path == "actors.testing:PersistentCounter" and importable.blob is None
+    assert importable.load() == (PersistentCounter, "import")
+    local = ClassRef.of(make_tally_class())
+    assert local.path is None and local.blob
+    cls, via = local.load()
+    assert via == "cloudpickle" and cls.__name__ == "Tally"
+    both = ClassRef.of(PersistentCounter, with_blob=True)
+    assert both.path and both.blob
+    fallback = ClassRef("no_such_module_anywhere:PersistentCounter", both.blob)
+    cls, via = fallback.load()
+    assert via == "cloudpickle" and cls.__name__ == "PersistentCounter"
+    with pytest.raises(ImportError, match="no_such_module_anywhere"):
+        ClassRef("no_such_module_anywhere:X").load()
+    with pytest.raises(TypeError):
+        ClassRef.of(int)
+
+
+def test_importable_class_survives_kill_9_with_its_state(system: ActorSystem, tmp_path: Path) -> None:
+    counter = system.spawn_process(PersistentCounter, "counter.state", name="counter", persist_dir=tmp_path / "c")
+    assert counter.via == "import"
+    assert counter.ask(Incr(5)) == 5
+    assert counter.ask(Incr(2)) == 7
+    assert (tmp_path / "c" / "counter.state").exists()  # relative state lands in persist_dir
+    spawner = spawner_of(system)
+    pid = spawner.pid(counter)
+    assert pid is not None and pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    value, took = _answer_after_kill(counter, Get(), limit=1.0)
+    assert value == 7, "the restarted process reloads its persisted state"
+    assert took < 1.0
+    assert spawner.pid(counter) != pid and spawner.restarts(counter) == 1
+    assert counter.ask(Incr(1)) == 8
+
+
+def test_class_from_the_test_module_travels_by_cloudpickle_and_in_flight_asks_fail_clearly(
+    system: ActorSystem, tmp_path: Path
+) -> None:
+    tally = system.spawn_process(make_tally_class(), "tally.state", name="tally", persist_dir=tmp_path / "t")
+    assert tally.via == "cloudpickle"
+    first_pid, value = tally.ask(Incr(3))
+    assert value == 3 and first_pid != os.getpid()
+    in_flight = tally.ask(("sleep", 60.0), block=False, timeout=30.0)
+    time.sleep(0.05)  # let the ask reach the actor's handler (its reply cannot come for 60 s anyway)
+    os.kill(first_pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(ProcessDied, match="died .* while this ask was in flight"):
+        in_flight.get(timeout=5.0)
+    assert time.monotonic() - t0 < 5.0  # the death, not the 30 s timeout, ended it
+    (pid, value), took = _answer_after_kill(tally, Get(), limit=1.0)
+    assert value == 3 and pid != first_pid
+    assert took < 1.0
+
+
+def test_restart_limit_gives_up_with_a_clear_error(system: ActorSystem, tmp_path: Path) -> None:
+    counter = system.spawn_process(PersistentCounter, "c.state", name="fragile", max_restarts=1, within=60.0, persist_dir=tmp_path)
+    assert counter.ask(Incr(1)) == 1
+    spawner = spawner_of(system)
+    os.kill(spawner.pid(counter), signal.SIGKILL)
+    assert _answer_after_kill(counter, Get(), limit=5.0)[0] == 1
+    os.kill(spawner.pid(counter), signal.SIGKILL)  # the second death within the window: over the limit
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            counter.ask(Get(), timeout=0.2)
+        except RestartLimitReached as exc:
+            assert "gave up" in str(exc) and "fragile" in str(exc)
+            break
+        except (AskTimeout, ProcessDied):
+            pass
+    else:
+        pytest.fail("the caller never learned that the supervisor gave up")
+    with pytest.raises(RestartLimitReached):
+        counter.tell(Incr(1))
+
+
+def test_stop_ends_the_process_for_good(system: ActorSystem, tmp_path: Path) -> None:
+    counter = system.spawn_process(PersistentCounter, "c.state", name="short", persist_dir=tmp_path)
+    assert counter.ask(Incr(1)) == 1
+    pid = spawner_of(system).pid(counter)
+    counter.stop()
+    with pytest.raises(ActorDeadError):
+        counter.ask(Get(), timeout=1.0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_lookup_finds_a_spawned_process_and_a_local_actor_by_name(system: ActorSystem, tmp_path: Path) -> None:
+    system.spawn_process(PersistentCounter, "c.state", name="named", persist_dir=tmp_path)
+    assert system.lookup("named").ask(Incr(4)) == 4
+    system.spawn(PersistentCounter, str(tmp_path / "local.state"), name="local")
+    assert system.lookup("local").ask(Incr(2)) == 2
+    with pytest.raises(LookupError, match="nobody"):
+        system.lookup("nobody")
+
+
+def test_bad_arguments_are_clear_errors(system: ActorSystem) -> None:
+    with pytest.raises(TypeError, match="pykka.Actor"):
+        system.spawn_process(dict, name="x")
+    with pytest.raises(ValueError, match="max_restarts"):
+        system.spawn_process(PersistentCounter, "c", name="y", max_restarts=-1)
+    with pytest.raises(ValueError, match="name"):
+        system.spawn_process(PersistentCounter, "c", name="a#b")
+
+
+def test_system_stop_stops_spawned_processes(tmp_path: Path) -> None:
+    with ActorSystem() as system:
+        counter = system.spawn_process(PersistentCounter, "c.state", name="c", persist_dir=tmp_path)
+        counter.ask(Incr(1), timeout=10.0)
+        pid = spawner_of(system).pid(counter)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
