@@ -1,0 +1,210 @@
+"""The node agent: "another machine" is an agent bound to 127.0.0.2 in its own working directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from actors import Actor, ActorDeadError, ActorSystem, AskTimeout, ProcessDied, RestartLimitReached
+from actors.agent import AGENT_NAME, SpawnRequest, node_children, wait_for_node
+from actors.spawn import ClassRef
+from actors.testing import Get, Incr, PersistentCounter
+from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, write_members
+
+AGENT_HOST = "127.0.0.2"
+
+
+class Greeter(Actor):
+    """Defined in this test module, which the agent (another directory, no tests package) cannot import."""
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, tuple) and message[0] == "sleep":
+            time.sleep(message[1])
+        return f"hello {message} from {os.getcwd()}"
+
+
+class Marker(Actor):
+    """Creating one leaves a file: proof that a spawn request ran."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        Path(marker).touch()
+
+
+class EvilClass:
+    """Unpickling this (as a spawn request's class) runs a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A node agent in its own process and working directory, on 127.0.0.2; stopped after the test."""
+    workdir = tmp_path / "machine-b"
+    workdir.mkdir()
+    endpoint = f"tcp://{AGENT_HOST}:{free_port(AGENT_HOST)}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "node", "--endpoint", endpoint, "--dir", str(workdir)],
+        cwd=workdir,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with ActorSystem() as probe:
+            wait_for_node(probe, endpoint, timeout=30.0)
+        yield endpoint, workdir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        proc.stderr.close()
+
+
+@pytest.fixture
+def system() -> Iterator[ActorSystem]:
+    with ActorSystem(ask_timeout=10.0) as s:
+        yield s
+
+
+def _child(system: ActorSystem, node: str, name: str) -> Any:
+    return {c.name: c for c in node_children(system, node)}[name]
+
+
+def _answer(ref: Any, message: Any, limit: float) -> tuple[Any, float]:
+    t0 = time.monotonic()
+    deadline = t0 + limit
+    while True:
+        try:
+            return ref.ask(message, timeout=max(0.01, min(0.2, deadline - time.monotonic()))), time.monotonic() - t0
+        except (AskTimeout, ActorDeadError):
+            if time.monotonic() >= deadline:
+                raise
+
+
+def test_spawn_on_another_machine_look_up_kill_and_restart(system: ActorSystem, node: tuple[str, Path]) -> None:
+    endpoint, workdir = node
+    counter = system.spawn_process(PersistentCounter, "counter.state", name="counter", node=endpoint)
+    assert counter.via == "import" and counter.address.endpoint.startswith(f"tcp://{AGENT_HOST}:")
+    assert counter.ask(Incr(3)) == 3
+    assert (workdir / "counter" / "counter.state").exists(), "state lives in the agent's directory"
+
+    with ActorSystem(nodes=[endpoint]) as other:  # another program that knows only the node and the name
+        found = other.lookup("counter")
+        assert found.ask(Incr(1), timeout=10.0) == 4
+        first = _child(other, endpoint, "counter")
+        assert first.status == "running" and first.restarts == 0 and first.uptime is not None
+        os.kill(first.pid, signal.SIGKILL)  # "another machine" is this one: its pid is ours to kill
+        value, took = _answer(found, Get(), limit=1.0)
+        assert value == 4 and took < 1.0
+        assert _answer(counter, Get(), limit=1.0)[0] == 4  # the spawner's ref too
+        again = _child(other, endpoint, "counter")
+        assert again.restarts == 1 and again.pid != first.pid
+
+
+def test_class_not_importable_on_the_node_travels_by_cloudpickle_and_in_flight_asks_fail(
+    system: ActorSystem, node: tuple[str, Path]
+) -> None:
+    endpoint, workdir = node
+    greeter = system.spawn_process(Greeter, name="greeter", node=endpoint, persist_dir="greeter-home")
+    assert greeter.via == "cloudpickle"
+    assert greeter.ask("you") == f"hello you from {workdir / 'greeter-home'}"
+    in_flight = greeter.ask(("sleep", 60.0), block=False, timeout=30.0)
+    time.sleep(0.05)
+    os.kill(_child(system, endpoint, "greeter").pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(ProcessDied):
+        in_flight.get(timeout=10.0)
+    assert time.monotonic() - t0 < 10.0
+    assert _answer(greeter, "again", limit=1.0)[0].startswith("hello again")
+
+
+def test_restart_limit_on_a_node_reaches_the_caller(system: ActorSystem, node: tuple[str, Path]) -> None:
+    endpoint, _ = node
+    ref = system.spawn_process(Greeter, name="fragile", node=endpoint, max_restarts=0)
+    assert ref.ask("x").startswith("hello")
+    os.kill(_child(system, endpoint, "fragile").pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            ref.ask("x", timeout=0.2)
+        except RestartLimitReached as exc:
+            assert "gave up" in str(exc)
+            break
+        except (AskTimeout, ProcessDied):
+            pass
+    else:
+        pytest.fail("the node's give-up never reached the caller")
+    assert _child(system, endpoint, "fragile").status == "failed"
+
+
+def test_node_list_cli_shows_restarts_and_uptime(system: ActorSystem, node: tuple[str, Path]) -> None:
+    endpoint, _ = node
+    system.spawn_process(PersistentCounter, "c.state", name="listed", node=endpoint).ask(Incr(1))
+    out = subprocess.run([sys.executable, "-m", "apps.cli", "node", "list", "--node", endpoint], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "STATUS", "PID", "RESTARTS", "UPTIME"]
+    assert row.split()[0] == "listed" and row.split()[1] == "running" and row.split()[3] == "0"
+    assert "actors.testing:PersistentCounter (import)" in row
+
+
+def test_node_cli_errors_are_clear(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "apps.cli", "node", "list"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--node" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "apps.cli", "node"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--endpoint" in out.stderr
+    port = free_port("127.0.0.1")
+    out = subprocess.run(
+        [sys.executable, "-m", "apps.cli", "node", "list", "--node", f"tcp://127.0.0.1:{port}", "--timeout", "0.5"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1 and "no answer" in out.stderr
+
+
+def test_a_stranger_cannot_make_the_agent_spawn_anything(node: tuple[str, Path], tmp_path: Path, test_keyring: Path) -> None:
+    """A key pair not in the agent's keyring: the handshake fails, nothing is decoded, no code runs."""
+    endpoint, _ = node
+    agent_public = Keyring(test_keyring).public
+    stranger = Keyring(init_keyring(tmp_path / "stranger"))
+    write_members(stranger.members_path, [Member("agent", agent_public, (AGENT_HOST,))])  # the agent's key is public
+    unpickled = tmp_path / "unpickled"
+    constructed = tmp_path / "constructed"
+    with ActorSystem("tcp://127.0.0.1:0", keys=stranger.directory) as outsider:
+        with pytest.raises(AskTimeout):
+            outsider.spawn_process(Marker, str(constructed), name="intruder", node=endpoint, timeout=2.0)
+        evil = SpawnRequest("evil", ClassRef(None, cloudpickle.dumps(EvilClass(unpickled))), (), {})
+        with pytest.raises(AskTimeout):
+            outsider.ref(endpoint, AGENT_NAME).ask(evil, timeout=2.0)
+    with ActorSystem() as member:
+        assert member.control(endpoint).counters()["rejected"] > 0
+        assert node_children(member, endpoint) == []
+    assert not unpickled.exists() and not constructed.exists()
+    with ActorSystem() as member:  # the control: a member's same request does run
+        member.spawn_process(Marker, str(constructed), name="welcome", node=endpoint)
+        deadline = time.monotonic() + 10.0
+        while not constructed.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert constructed.exists()
