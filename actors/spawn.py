@@ -273,6 +273,14 @@ class ProcessRef:
             if not future.done:
                 future.set_exception((ProcessDied, error, None))
 
+    def pid(self) -> int | None:
+        """The pid of the process hosting the actor now (on its node's machine), None if none runs."""
+        return spawner_of(self._system).pid(self)
+
+    def restarts(self) -> int:
+        """How many times its supervisor (or node agent) has restarted the process."""
+        return spawner_of(self._system).restarts(self)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the process for good (it is not restarted)."""
         spawner_of(self._system).stop(self, timeout)
