@@ -179,3 +179,19 @@ def test_system_stop_stops_spawned_processes(tmp_path: Path) -> None:
         pid = spawner_of(system).pid(counter)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_bench_supervisor_reports_spawn_process_latency_beside_its_baseline() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "apps.cli", "bench", "supervisor", "--json", "--restarts", "2", "--spawns", "3"],
+        capture_output=True, text=True, timeout=170,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["spawns"] == 3 and result["spawn_process_p50_ms"] > 0 and result["mp_process_pipe_p50_ms"] > 0
+    assert 0 < result["spawn_ratio_q1"] <= result["spawn_ratio_p50"] <= result["spawn_ratio_q3"]
