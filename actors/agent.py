@@ -280,6 +280,8 @@ def spawn_on_node(
     watcher = spawner.watcher()
     req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), restart, max_restarts, within, persist_dir, watcher)
     done: Spawned = _agent(system, node).ask(req, timeout=timeout)
+    from actors.directory import join
+
     join(system, node)
     return spawner.remember_remote(ProcessRef(system, Address(done.endpoint, name), node=node, via=done.via))
 
@@ -291,41 +293,6 @@ def node_children(system: ActorSystem, node: str, timeout: float = 5.0) -> list[
 
 def stop_on_node(system: ActorSystem, node: str, name: str, timeout: float = 5.0) -> None:
     _agent(system, node).ask(StopChild(name), timeout=timeout + 5.0)
-
-
-def join(system: ActorSystem, node: str) -> None:
-    """Remember ``node`` so ``lookup`` searches it."""
-    Address(node, AGENT_NAME)  # validates the endpoint
-    if node not in system.nodes:
-        system.nodes.append(node)
-
-
-def lookup(system: ActorSystem, name: str, timeout: float = 5.0) -> Any:
-    """A ref to the actor ``name``: this system's own, then its spawned processes, then each known node's.
-
-    Raises ``LookupError`` naming where it looked.
-    """
-    try:
-        system._pykka_ref(name)
-        return system.ref(system.endpoint, name)
-    except Exception:
-        pass
-    spawner = spawner_of(system)
-    local = spawner.local_ref(name)
-    if local is not None:
-        return local
-    unreachable = []
-    for node in list(system.nodes):
-        try:
-            found = _agent(system, node).ask(Lookup(name, spawner.watcher()), timeout=timeout)
-        except Exception as exc:  # a node down must not hide the others
-            unreachable.append(f"{node} ({type(exc).__name__})")
-            continue
-        if found is not None:
-            return spawner.remember_remote(ProcessRef(system, Address(found.endpoint, name), node=node, via=found.via))
-    where = ", ".join(system.nodes) or "no nodes"
-    down = f"; unreachable: {', '.join(unreachable)}" if unreachable else ""
-    raise LookupError(f"no actor named {name!r} on {system.endpoint} or its nodes ({where}){down}")
 
 
 def wait_for_node(system: ActorSystem, node: str, timeout: float = 10.0) -> None:

@@ -345,13 +345,13 @@ class ActorSystem:
 
     def lookup(self, name: str, timeout: float = 5.0) -> Any:
         """A ref to the actor ``name`` here, in a process this system spawned, or on a known node."""
-        from actors.agent import lookup
+        from actors.directory import lookup
 
         return lookup(self, name, timeout)
 
     def join(self, node: str) -> None:
         """Add the node agent at ``node`` to those ``lookup`` searches."""
-        from actors.agent import join
+        from actors.directory import join
 
         join(self, node)
 
