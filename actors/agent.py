@@ -261,24 +261,11 @@ def _agent(system: ActorSystem, node: str) -> Any:
     return system.ref(Address(node, AGENT_NAME))
 
 
-def spawn_on_node(
-    system: ActorSystem,
-    node: str,
-    actor_class: type,
-    args: tuple,
-    kwargs: dict,
-    *,
-    name: str,
-    restart: RestartKind,
-    max_restarts: int,
-    within: float,
-    persist_dir: str | None,
-    timeout: float,
-) -> ProcessRef:
+def spawn_on_node(system: ActorSystem, node: str, actor_class: type, args: tuple, kwargs: dict, *, name: str, timeout: float, **options: Any) -> ProcessRef:
     """Ask the agent at ``node`` to host the actor; the ref is watched for deaths."""
     spawner = spawner_of(system)
     watcher = spawner.watcher()
-    req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), restart, max_restarts, within, persist_dir, watcher)
+    req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), watcher=watcher, **options)
     done: Spawned = _agent(system, node).ask(req, timeout=timeout)
     from actors.directory import join
 

@@ -19,6 +19,7 @@ from actors import Actor, ActorDeadError, ActorSystem, AskTimeout, ProcessDied, 
 from actors.agent import AGENT_NAME, SpawnRequest, node_children, wait_for_node
 from actors.spawn import ClassRef
 from actors.testing import Get, Incr, PersistentCounter
+from tests.test_spawn import answer_after_kill
 from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, write_members
 
 AGENT_HOST = "127.0.0.2"
@@ -93,17 +94,6 @@ def _child(system: ActorSystem, node: str, name: str) -> Any:
     return {c.name: c for c in node_children(system, node)}[name]
 
 
-def _answer(ref: Any, message: Any, limit: float) -> tuple[Any, float]:
-    t0 = time.monotonic()
-    deadline = t0 + limit
-    while True:
-        try:
-            return ref.ask(message, timeout=max(0.01, min(0.2, deadline - time.monotonic()))), time.monotonic() - t0
-        except (AskTimeout, ActorDeadError):
-            if time.monotonic() >= deadline:
-                raise
-
-
 def test_spawn_on_another_machine_look_up_kill_and_restart(system: ActorSystem, node: tuple[str, Path]) -> None:
     endpoint, workdir = node
     counter = system.spawn_process(PersistentCounter, "counter.state", name="counter", node=endpoint)
@@ -117,9 +107,9 @@ def test_spawn_on_another_machine_look_up_kill_and_restart(system: ActorSystem, 
         first = _child(other, endpoint, "counter")
         assert first.status == "running" and first.restarts == 0 and first.uptime is not None
         os.kill(first.pid, signal.SIGKILL)  # "another machine" is this one: its pid is ours to kill
-        value, took = _answer(found, Get(), limit=1.0)
+        value, took = answer_after_kill(found, Get(), limit=1.0)
         assert value == 4 and took < 1.0
-        assert _answer(counter, Get(), limit=1.0)[0] == 4  # the spawner's ref too
+        assert answer_after_kill(counter, Get(), limit=1.0)[0] == 4  # the spawner's ref too
         again = _child(other, endpoint, "counter")
         assert again.restarts == 1 and again.pid != first.pid
 
@@ -138,7 +128,7 @@ def test_class_not_importable_on_the_node_travels_by_cloudpickle_and_in_flight_a
     with pytest.raises(ProcessDied):
         in_flight.get(timeout=10.0)
     assert time.monotonic() - t0 < 10.0
-    assert _answer(greeter, "again", limit=1.0)[0].startswith("hello again")
+    assert answer_after_kill(greeter, "again", limit=1.0)[0].startswith("hello again")
 
 
 def test_restart_limit_on_a_node_reaches_the_caller(system: ActorSystem, node: tuple[str, Path]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,10 @@ from typing import Any
 import pytest
 
 from actors import (
-    Actor,
     ActorDeadError,
     ActorSystem,
     AskTimeout,
     ClassRef,
-    Persister,
     ProcessDied,
     RestartLimitReached,
 )
@@ -29,21 +26,12 @@ from actors.testing import Get, Incr, PersistentCounter
 def make_tally_class() -> type:
     """A class defined in this test module but not importable by name (made in a function): cloudpickle carries it."""
 
-    class Tally(Actor):
-        def __init__(self, path: str) -> None:
-            super().__init__()
-            self.persister = Persister(path)
-            data = self.persister.load()
-            self.value = struct.unpack(">q", data)[0] if data is not None else 0
-
+    class Tally(PersistentCounter):
         def on_receive(self, message: Any) -> Any:
             if isinstance(message, tuple) and message[0] == "sleep":
                 time.sleep(message[1])
                 return "slept"
-            if isinstance(message, Incr):
-                self.value += message.by
-                self.persister.save(struct.pack(">q", self.value))
-            return (os.getpid(), self.value)
+            return (os.getpid(), super().on_receive(message))
 
     return Tally
 
@@ -54,7 +42,7 @@ def system() -> Iterator[ActorSystem]:
         yield s
 
 
-def _answer_after_kill(ref: Any, message: Any, limit: float) -> tuple[Any, float]:
+def answer_after_kill(ref: Any, message: Any, limit: float) -> tuple[Any, float]:
     """Ask until an answer comes (bounded by ``limit`` s); the answer and the seconds it took."""
     t0 = time.monotonic()
     deadline = t0 + limit
@@ -95,7 +83,7 @@ def test_importable_class_survives_kill_9_with_its_state(system: ActorSystem, tm
     pid = spawner.pid(counter)
     assert pid is not None and pid != os.getpid()
     os.kill(pid, signal.SIGKILL)
-    value, took = _answer_after_kill(counter, Get(), limit=1.0)
+    value, took = answer_after_kill(counter, Get(), limit=1.0)
     assert value == 7, "the restarted process reloads its persisted state"
     assert took < 1.0
     assert spawner.pid(counter) != pid and spawner.restarts(counter) == 1
@@ -116,7 +104,7 @@ def test_class_from_the_test_module_travels_by_cloudpickle_and_in_flight_asks_fa
     with pytest.raises(ProcessDied, match="died .* while this ask was in flight"):
         in_flight.get(timeout=5.0)
     assert time.monotonic() - t0 < 5.0  # the death, not the 30 s timeout, ended it
-    (pid, value), took = _answer_after_kill(tally, Get(), limit=1.0)
+    (pid, value), took = answer_after_kill(tally, Get(), limit=1.0)
     assert value == 3 and pid != first_pid
     assert took < 1.0
 
@@ -126,7 +114,7 @@ def test_restart_limit_gives_up_with_a_clear_error(system: ActorSystem, tmp_path
     assert counter.ask(Incr(1)) == 1
     spawner = spawner_of(system)
     os.kill(spawner.pid(counter), signal.SIGKILL)
-    assert _answer_after_kill(counter, Get(), limit=5.0)[0] == 1
+    assert answer_after_kill(counter, Get(), limit=5.0)[0] == 1
     os.kill(spawner.pid(counter), signal.SIGKILL)  # the second death within the window: over the limit
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
