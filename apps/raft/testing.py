@@ -199,16 +199,7 @@ class Cluster:
         with self._lock:
             self.incarnation[i] += 1
             self.last_applied[i] = 0
-        config = PeerConfig(
-            me=i,
-            endpoints=self.endpoints,
-            data_dir=str(self.data_dir(i)),
-            apply_to=str(self._applier.address),
-            incarnation=self.incarnation[i],
-            raft=self.config,
-            tick=self.tick,
-        )
-        self._sup.start_child(ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary"))
+        self._sup.start_child(self._child_spec(i))
         self.running[i] = True
         deadline = time.monotonic() + 10.0
         while True:  # the process is up when its actor answers
@@ -218,6 +209,19 @@ class Cluster:
             except (AskTimeout, ActorDeadError):
                 if time.monotonic() > deadline or self._sup.status(f"peer-{i}") != "running":
                     raise HarnessFailure(f"peer {i} did not start") from None
+
+    def _child_spec(self, i: int) -> ChildSpec:
+        """What runs in peer i's process: a Raft peer whose applies come to the harness (a subclass may host more)."""
+        config = PeerConfig(
+            me=i,
+            endpoints=self.endpoints,
+            data_dir=str(self.data_dir(i)),
+            apply_to=str(self._applier.address),
+            incarnation=self.incarnation[i],
+            raft=self.config,
+            tick=self.tick,
+        )
+        return ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary")
 
     def data_dir(self, i: int) -> Path:
         """Where peer i keeps its journal (for tests that damage it between a crash and a start)."""
