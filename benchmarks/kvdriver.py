@@ -63,7 +63,7 @@ def connect(target: Target) -> Any:
     if target.kind == "zactor":
         from apps.kvraft import Clerk
 
-        return Clerk(list(target.endpoints))
+        return Clerk(list(target.endpoints), give_up_after=30.0)
     if target.kind == "etcd":
         from benchmarks.etcd import EtcdClient
 
