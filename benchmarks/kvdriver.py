@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import array
 import multiprocessing
+import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.percentiles import p50_p99
@@ -130,18 +132,20 @@ def _run_job(conn: Any, wid: int, job: Job, clients: dict[tuple, Any]) -> None:
         deadline[0] = 0.0
         go.set()
         return
+    cpu_before = time.process_time()  # every thread of this process: clients, and the client library's own
     deadline[0] = time.perf_counter() + job.seconds
     go.set()
     join_by = time.monotonic() + job.seconds + _DONE_WAIT
     for th in threads:
         th.join(timeout=max(0.0, join_by - time.monotonic()))
+    cpu = time.process_time() - cpu_before
     if any(th.is_alive() for th in threads):
         errors.append(f"worker {wid}: a {job.target.name} request did not return within {_DONE_WAIT} s")
     joined = array.array("d")
     for lat in latencies:
         if lat is not None:
             joined.extend(lat)
-    conn.send(("done", joined.tobytes(), errors))
+    conn.send(("done", joined.tobytes(), errors, cpu))
 
 
 def _run_appends(conn: Any, job: Appends, clients: dict[tuple, Any]) -> None:
@@ -179,17 +183,52 @@ def _worker(conn: Any, wid: int) -> None:
                 close()
 
 
-def summarize(latencies: array.array, seconds: float) -> dict[str, Any]:
-    """Requests per second over ``seconds`` of measuring, and the p50 and p99 latency in ms."""
-    if not latencies:
-        return {"ops": 0, "ops_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
-    p50, p99 = p50_p99(list(latencies))
-    return {
-        "ops": len(latencies),
-        "ops_per_s": round(len(latencies) / seconds, 1),
-        "p50_ms": round(p50 * 1e3, 3),
-        "p99_ms": round(p99 * 1e3, 3),
-    }
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time used so far by every thread of ``pids``, in seconds (nanosecond counters, not clock ticks)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # gone: it has nothing more to count
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # the thread ended meanwhile
+    return total / 1e9
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one measured batch (or several, merged with ``+=``) produced."""
+
+    latencies: array.array = field(default_factory=lambda: array.array("d"))
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    def __iadd__(self, other: Batch) -> Batch:
+        self.latencies.extend(other.latencies)
+        self.server_cpu += other.server_cpu
+        self.client_cpu += other.client_cpu
+        return self
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """Requests per second over ``seconds`` of measuring, p50 and p99 latency in ms, CPU per request in µs."""
+        n = len(self.latencies)
+        if not n:
+            return {"ops": 0, "ops_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"),
+                    "server_cpu_us_per_op": float("nan"), "client_cpu_us_per_op": float("nan")}
+        p50, p99 = p50_p99(list(self.latencies))
+        return {
+            "ops": n,
+            "ops_per_s": round(n / seconds, 1),
+            "p50_ms": round(p50 * 1e3, 3),
+            "p99_ms": round(p99 * 1e3, 3),
+            "server_cpu_us_per_op": round(self.server_cpu / n * 1e6, 1),
+            "client_cpu_us_per_op": round(self.client_cpu / n * 1e6, 1),
+        }
 
 
 class DriverError(RuntimeError):
@@ -233,8 +272,14 @@ class DriverPool:
             raise DriverError(f"client process {i} did not answer within {timeout:.0f} s")
         return self._conns[i].recv()
 
-    def measure(self, target: Target, op: str, value_bytes: int, clients: int, warmup: float, seconds: float) -> array.array:
-        """``clients`` request loops against ``target`` for ``seconds``: the latency of every request, in seconds."""
+    def measure(
+        self, target: Target, op: str, value_bytes: int, clients: int, warmup: float, seconds: float, server_pids: Sequence[int] = ()
+    ) -> Batch:
+        """``clients`` request loops against ``target`` for ``seconds``: every request's latency, and the CPU spent.
+
+        CPU is counted over the measured time only (not the warm-up): in the
+        client processes, and in ``server_pids`` (all their threads).
+        """
         used = min(clients, self.procs)
         shares = [clients // used + (1 if i < clients % used else 0) for i in range(used)]
         for i, share in enumerate(shares):
@@ -244,18 +289,21 @@ class DriverPool:
             kind, errs = self._recv(i, _READY_WAIT + warmup + 5)
             errors += errs
         verdict = "abort" if errors else "go"
+        server_cpu = -cpu_seconds(server_pids)
         for i in range(used):
             self._conns[i].send(verdict)
         if errors:
             raise DriverError("; ".join(errors[:3]))
-        latencies = array.array("d")
+        batch = Batch()
         for i in range(used):
-            kind, data, errs = self._recv(i, seconds + _DONE_WAIT + 5)
-            latencies.frombytes(data)
+            kind, data, errs, cpu = self._recv(i, seconds + _DONE_WAIT + 5)
+            batch.latencies.frombytes(data)
+            batch.client_cpu += cpu
             errors += errs
+        batch.server_cpu = server_cpu + cpu_seconds(server_pids)
         if errors:
             raise DriverError("; ".join(errors[:3]))
-        return latencies
+        return batch
 
     def appends(self, target: Target, count: int, key: str) -> float:
         """Average milliseconds of ``count`` sequential one-byte appends by one clerk (checked afterwards)."""

@@ -23,6 +23,11 @@ What each system does with a write before it answers:
              (``appendEntriesUseBatch=False``): its batching default waits
              for the 100 ms append period, capping a client at ~10 ops/s.
 
+Besides ops/s and latency, each measurement counts the CPU time the
+servers' processes and the client processes spent per request (all their
+threads, measured time only): on a machine with fewer cores than processes
+that, more than wall-clock speed, says where the time goes.
+
 Also measured: 1000 sequential appends by one zactor clerk (the lab's speed
 scenario; the target is <= 3 ms each).
 
@@ -32,7 +37,6 @@ scenario; the target is <= 3 ms each).
 from __future__ import annotations
 
 import argparse
-import array
 import contextlib
 import json
 import os
@@ -43,7 +47,7 @@ import time
 from typing import Any
 
 from benchmarks.etcd import EtcdCluster
-from benchmarks.kvdriver import DriverPool, Target, summarize
+from benchmarks.kvdriver import Batch, DriverPool, Target
 from benchmarks.pysyncobj_kv import PySyncObjCluster
 
 SERVERS = 3
@@ -60,6 +64,14 @@ def _zactor_cluster(data_dir: str, read: str) -> Any:
 
     with KVCluster(SERVERS, data_dir=data_dir, maxraftstate=-1, read=read) as cluster:
         yield cluster
+
+
+def _server_pids(cluster: Any) -> list[int]:
+    """The server processes of a cluster, for counting their CPU."""
+    if hasattr(cluster, "pids"):
+        return list(cluster.pids)
+    # KVCluster names no pids itself; its supervisor (apps.raft.testing.Cluster._sup) knows them.
+    return [pid for i in range(cluster.n) if (pid := cluster._sup.pid(f"peer-{i}")) is not None]
 
 
 def _targets(systems: tuple[str, ...], clusters: dict[str, Any]) -> dict[str, Target]:
@@ -116,6 +128,7 @@ def run(
             os.makedirs(os.path.join(tmp, LOG_READS))
             clusters[LOG_READS] = stack.enter_context(_zactor_cluster(os.path.join(tmp, LOG_READS), "log"))
         pool = stack.enter_context(DriverPool(procs))
+        pids = {name: _server_pids(cluster) for name, cluster in clusters.items()}
         if progress:
             print(f"  clusters up: {', '.join(clusters)}; {procs} client processes", file=sys.stderr, flush=True)
         turn = 0
@@ -124,13 +137,15 @@ def run(
             for op, size, n in measurements:
                 names = list(systems) + ([LOG_READS] if with_log and op == "get" else [])
                 targets = _targets(tuple(names), clusters)
-                latencies: dict[str, array.array] = {name: array.array("d") for name in names}
+                batches = {name: Batch() for name in names}
                 for r in range(rounds):
                     order = names[turn % len(names) :] + names[: turn % len(names)]
                     turn += 1
                     for name in order:  # clients stay connected, so only the first slice needs a warm-up
-                        latencies[name] += pool.measure(targets[name], op, size, n, warmup if r == 0 else 0.0, seconds / rounds)
-                by_measurement[(op, size, n)] = {name: summarize(latencies[name], seconds) for name in names}
+                        batches[name] += pool.measure(
+                            targets[name], op, size, n, warmup if r == 0 else 0.0, seconds / rounds, pids[name]
+                        )
+                by_measurement[(op, size, n)] = {name: batches[name].summary(seconds) for name in names}
                 for name, figures in by_measurement[(op, size, n)].items():
                     if not figures["ops"]:
                         raise RuntimeError(f"{name}: no {op} of {size} B completed in {seconds} s with {n} clients")
@@ -185,7 +200,7 @@ def _row(measured: list, op: str, size: int, n: int, systems: tuple[str, ...], w
     row: dict[str, Any] = {"op": op, "value_bytes": size, "clients": n}
     names = list(systems) + ([LOG_READS] if with_log and op == "get" else [])
     for name in names:
-        for field in ("ops_per_s", "p50_ms", "p99_ms"):
+        for field in ("ops_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_op", "client_cpu_us_per_op"):
             row[f"{name}_{field}"] = round(statistics.median(trial[key][name][field] for trial in measured), 3)
     if "zactor" in systems:
         for base in ("etcd", "pysyncobj"):
@@ -219,6 +234,12 @@ def report(result: dict[str, Any]) -> str:
                 ratio = r.get(f"ratio_vs_{base}")
                 line += f"{ratio if ratio is not None else '-':>{9 if base == 'etcd' else 8}}"
         lines.append(line)
+    lines.append("  CPU per request, us, servers + clients (all processes, all threads, measured time only):")
+    for r in result["rows"]:
+        lines.append(
+            f"    {r['op']:<4}{r['value_bytes']:>5} B{r['clients']:>4} clients: "
+            + "; ".join(f"{name} {r[name + '_server_cpu_us_per_op']:.0f} + {r[name + '_client_cpu_us_per_op']:.0f}" for name in systems)
+        )
     log_rows = [r for r in result["rows"] if f"{LOG_READS}_ops_per_s" in r]
     if log_rows:
         lines.append("  zactor Gets through the log instead of ReadIndex:")

@@ -117,6 +117,8 @@ def test_every_system_served_every_measurement(short_run: dict) -> None:
         for system in SYSTEMS:
             assert row[f"{system}_ops_per_s"] > 0, (system, row)
             assert 0 < row[f"{system}_p50_ms"] <= row[f"{system}_p99_ms"], (system, row)
+            # CPU is counted in the servers' and the clients' processes while they work.
+            assert row[f"{system}_server_cpu_us_per_op"] > 0 and row[f"{system}_client_cpu_us_per_op"] > 0, (system, row)
         assert row["ratio_vs_etcd"] == round(row["zactor_ops_per_s"] / row["etcd_ops_per_s"], 2)
         assert row["ratio_vs_pysyncobj"] == round(row["zactor_ops_per_s"] / row["pysyncobj_ops_per_s"], 2)
         assert len(row["trial_ratios_vs_etcd"]) == 1
