@@ -134,7 +134,7 @@ class EtcdCluster:
         while pending and time.monotonic() < deadline:
             for i, p in enumerate(self.procs):
                 if p.poll() is not None:
-                    raise RuntimeError(f"etcd member {i} exited with {p.returncode}; see {self.data_dir}/etcd-{i}.log")
+                    raise RuntimeError(f"etcd member {i} exited with {p.returncode}: {self._log_tail(i)}")
             for i in list(pending):
                 try:
                     conn = http.client.HTTPConnection(*self.endpoints[i], timeout=1.0)
@@ -148,6 +148,16 @@ class EtcdCluster:
                 time.sleep(0.1)
         if pending:
             raise RuntimeError(f"etcd members {sorted(pending)} not healthy within {_HEALTH_WAIT} s")
+
+    def _log_tail(self, i: int) -> str:
+        """The end of member i's log: the data directory, log included, goes away with the run."""
+        try:
+            with open(os.path.join(self.data_dir, f"etcd-{i}.log"), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 600))
+                return f.read().decode(errors="replace").strip() or "(its log is empty)"
+        except OSError as exc:
+            return f"(no log: {exc})"
 
     def leader(self) -> int:
         """Index of the member that leads now (bounded wait for an election)."""

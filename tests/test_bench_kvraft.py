@@ -157,3 +157,19 @@ def test_bad_flag_is_a_clear_error() -> None:
     )
     assert proc.returncode == 2
     assert "--clients must be comma-separated integers" in proc.stderr
+
+
+def test_an_etcd_member_that_cannot_start_is_a_clear_error_and_the_others_are_stopped(tmp_path: Path) -> None:
+    import socket
+
+    from benchmarks.etcd import EtcdCluster
+
+    cluster = EtcdCluster(str(tmp_path))
+    with socket.socket() as squatter:  # member 1's client port is taken
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(cluster.endpoints[1])
+        squatter.listen()
+        with pytest.raises(RuntimeError, match=r"etcd member 1 exited .*address already in use"):
+            with cluster:
+                pass
+    assert cluster.procs and all(p.poll() is not None for p in cluster.procs)
