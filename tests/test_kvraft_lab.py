@@ -50,9 +50,10 @@ def generic(
     maxraftstate: int = -1,
     randomkeys: bool = False,
     read: str = "index",
+    rounds: int = 3,
 ) -> None:
     with KVCluster(nservers, maxraftstate=maxraftstate, unreliable=unreliable, read=read) as cluster:
-        for rnd in range(3):
+        for rnd in range(rounds):
             stop = threading.Event()
             errors: list[str] = []
             counts = [0] * nclients
@@ -87,11 +88,9 @@ def generic(
                 prng = random.Random(rnd)
                 if stop.wait(1.0):
                     return
-                while not stop.is_set():
-                    members = list(range(nservers))
-                    prng.shuffle(members)
-                    cut = prng.randrange(nservers + 1)
-                    cluster.partition([members[:cut], members[cut:]])
+                while not stop.is_set():  # as the lab's partitioner: each server to one of two groups by a coin
+                    side = [prng.randrange(2) for _ in range(nservers)]
+                    cluster.partition([[i for i in range(nservers) if side[i] == g] for g in (0, 1)])
                     stop.wait(1.0 + prng.uniform(0.0, 0.2))
 
             threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(nclients)]
