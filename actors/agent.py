@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.actor import Actor
 from actors.address import Address
-from actors.spawn import ClassRef, ProcessRef, Spawner, host_one, spawner_of
+from actors.spawn import ClassRef, Hosted, ProcessRef, Spawner, host, host_one, spawner_of
 from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
 from transport.keys import endpoint_host
 
@@ -240,18 +240,11 @@ class DeathWatcher(Actor):
 
 def run_agent(endpoint: str, workdir: str | os.PathLike[str], *, announce: bool = False) -> None:
     """Run a node agent in this process until SIGTERM or SIGINT (what ``zactor node`` does)."""
-    from actors.system import ActorSystem
-
     directory = Path(workdir).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    with ActorSystem(endpoint, start=False) as system:
-        system.spawn(NodeAgent, str(directory), name=AGENT_NAME)
-        system.start()
-        if announce:
-            import sys
-
-            print(f"node agent listening on {system.endpoint}, directory {directory} (Ctrl-C stops it)", file=sys.stderr, flush=True)
-        system.run_until_stopped()
+    shown = str(directory).replace("{", "{{").replace("}", "}}")  # the announcement is a format string
+    announcement = f"node agent listening on {{endpoint}}, directory {shown} (Ctrl-C stops it)" if announce else None
+    host(endpoint, [Hosted(AGENT_NAME, NodeAgent, (str(directory),))], announce=announcement)
 
 
 # ---- the caller's side ----------------------------------------------------------------

@@ -166,21 +166,21 @@ def host(
     faults: list[FaultRule] | None = None,
     workdir: str | None = None,
     announce: str | None = None,
-    mailbox_limit: int | None = None,
+    **system_options: Any,
 ) -> None:
     """Child-process target: host ``actors`` at ``endpoint`` until SIGTERM, SIGINT or ``stop()``.
 
     ``workdir`` (made if missing) becomes the process's working directory
     first, so an actor's relative state paths land there. ``announce`` is
     printed to stderr once the endpoint is bound, ``{endpoint}`` filled in.
+    ``system_options`` go to the ``ActorSystem`` (``secure``, ``keys``, ``mailbox_limit``...).
     """
     from actors.system import ActorSystem  # the system imports this module for spawn_process
 
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
         os.chdir(workdir)
-    options = {} if mailbox_limit is None else {"mailbox_limit": mailbox_limit}
-    with ActorSystem(endpoint, start=False, **options) as system:
+    with ActorSystem(endpoint, start=False, **system_options) as system:
         if faults:
             system.node.set_faults(faults)
         for actor in actors:

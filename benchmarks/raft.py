@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors import Actor, ActorSystem, ChildSpec, Supervisor
+from actors.spawn import Hosted, host
 from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, RaftPeer, Start
 from benchmarks.percentiles import p50_p99
 from benchmarks.ports import free_ports
@@ -158,11 +159,7 @@ class _Sink(Actor):
 def serve_bench_peer(config: PeerConfig) -> None:
     """Child-process target: a Raft peer with a Driver as its service."""
     endpoint = config.endpoints[config.me]
-    with ActorSystem(endpoint, start=False) as system:
-        system.spawn(Driver, endpoint, name="driver")
-        system.spawn(RaftPeer, config, name=PEER_NAME)
-        system.start()
-        system.run_until_stopped()
+    host(endpoint, [Hosted("driver", Driver, (endpoint,)), Hosted(PEER_NAME, RaftPeer, (config,))])
 
 
 def _await_leader(is_leader: Any, what: str) -> int:

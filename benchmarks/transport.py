@@ -35,6 +35,7 @@ from typing import Any
 import zmq
 
 from actors import ActorSystem
+from actors.spawn import Hosted, host
 from actors.testing import Echo
 from transport.keys import SecurityWarning, resolve_keyring
 
@@ -62,10 +63,7 @@ def zmq_echo_server(endpoint: str, keys: str | None) -> None:
 def actor_echo_host(endpoint: str, secure: bool, keys: str | None) -> None:
     """Child process: an Echo actor on a node with or without security."""
     warnings.simplefilter("ignore", SecurityWarning)
-    with ActorSystem(endpoint, start=False, secure=secure, keys=keys) as system:
-        system.spawn(Echo, name="echo")
-        system.start()
-        system.run_until_stopped()
+    host(endpoint, [Hosted("echo", Echo)], secure=secure, keys=keys)
 
 
 class _RawClient:

@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors import Actor, ActorSystem
+from actors import Actor
+from actors.spawn import Hosted, host
 from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Reply, Request
 from apps.kvraft.state import KVState
 from apps.kvsrv.server import _check as check_write
@@ -269,19 +270,13 @@ def _bad(reason: str) -> BadRequest:
 def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
     """Child-process target: the KV server ``config.me``, its Raft peer beside it, until stopped."""
     endpoint = config.endpoints[config.me]
-    with ActorSystem(endpoint, start=False) as system:
-        if faults:
-            system.node.set_faults(faults)
-        system.spawn(KVRaftServer, config, name=SERVER_NAME)
-        peer = PeerConfig(
-            me=config.me,
-            endpoints=config.endpoints,
-            data_dir=config.data_dir,
-            apply_to=f"{endpoint}#{SERVER_NAME}",
-            raft=config.raft,
-            tick=config.tick,
-            fsync=config.fsync,
-        )
-        system.spawn(RaftPeer, peer, name=PEER_NAME)
-        system.start()
-        system.run_until_stopped()
+    peer = PeerConfig(
+        me=config.me,
+        endpoints=config.endpoints,
+        data_dir=config.data_dir,
+        apply_to=f"{endpoint}#{SERVER_NAME}",
+        raft=config.raft,
+        tick=config.tick,
+        fsync=config.fsync,
+    )
+    host(endpoint, [Hosted(SERVER_NAME, KVRaftServer, (config,)), Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)
