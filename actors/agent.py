@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.actor import Actor
 from actors.address import Address
-from actors.spawn import ClassRef, Hosted, ProcessRef, Spawner, host, host_one, spawner_of
+from actors.spawn import ClassRef, Hosted, ProcessRef, Spawner, host, host_one, not_restarted, spawner_of
 from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
 from transport.keys import endpoint_host
 
@@ -118,6 +118,7 @@ class _Entry:
     via: str
     limit: int
     within: float
+    restart: RestartKind
     watchers: set[str]
 
 
@@ -185,7 +186,7 @@ class NodeAgent(Actor):
             endpoint = f"tcp://{host}:{_free_port(host)}"
         cls_ref = ClassRef(req.cls.path, None) if via == "import" else ClassRef(None, req.cls.blob)
         watchers = {req.watcher} if req.watcher else set()
-        self.entries[req.name] = _Entry(endpoint, req.cls.describe if via == "import" else cls.__qualname__, via, req.max_restarts, req.within, watchers)
+        self.entries[req.name] = _Entry(endpoint, req.cls.describe if via == "import" else cls.__qualname__, via, req.max_restarts, req.within, req.restart, watchers)
         try:
             self.sup.start_child(ChildSpec(
                 req.name, host_one, (endpoint, req.name, cls_ref, req.args, req.kwargs, str(workdir)),
@@ -210,7 +211,9 @@ class NodeAgent(Actor):
         if entry is None or event.kind not in ("exited", "gave_up") or self.actor_system is None:
             return
         gave_up = None
-        if event.kind == "gave_up":
+        if event.kind == "exited" and not_restarted(entry.restart, event.exitcode):
+            gave_up = f"{event.child!r} on node {self._node()} exited with {event.exitcode} and is not restarted (restart={entry.restart!r})"
+        elif event.kind == "gave_up":
             gave_up = (
                 f"node {self._node()} gave up on {event.child!r}: its process died more than {entry.limit} "
                 f"times within {entry.within:g} s (last exit code {event.exitcode}); it is not restarted"

@@ -32,6 +32,7 @@ it cannot, or as a fall-back for a node that cannot import it.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import os
 import shutil
@@ -65,7 +66,8 @@ class ProcessDied(ActorDeadError):
 
 
 class RestartLimitReached(ActorDeadError):
-    """The supervisor gave up on the actor's process: it died too often; it is not restarted."""
+    """The actor's process is down for good: it died too often (the restart limit), it exited
+    cleanly under ``restart="transient"`` (or at all under ``"temporary"``), or it was stopped."""
 
 
 # ---- the class, by import path or by value -----------------------------------------
@@ -294,6 +296,12 @@ class _Local:
     ref: ProcessRef
     limit: int
     within: float
+    restart: RestartKind
+
+
+def not_restarted(restart: RestartKind, exitcode: int | None) -> bool:
+    """Whether a child of this restart kind that exited with ``exitcode`` stays down (as the supervisor decides)."""
+    return restart == "temporary" or (restart == "transient" and exitcode == 0)
 
 
 class Spawner:
@@ -339,7 +347,7 @@ class Spawner:
             self._count += 1
             endpoint = f"ipc://{self._dir}/{self._count}.sock"
             ref = ProcessRef(self._system, Address(endpoint, name), via="import" if ref_class.path else "cloudpickle")
-            self._local[name] = _Local(ref, max_restarts, within)
+            self._local[name] = _Local(ref, max_restarts, within, restart)
         workdir = str(Path(persist_dir).absolute()) if persist_dir is not None else None
         spec = ChildSpec(name, host_one, (endpoint, name, ref_class, args, kwargs, workdir), restart=restart, max_restarts=max_restarts, within=within)
         try:
@@ -356,7 +364,10 @@ class Spawner:
         if entry is None:
             return
         if event.kind == "exited":
-            entry.ref._died(event.exitcode, None)
+            final = None
+            if not_restarted(entry.restart, event.exitcode):
+                final = RestartLimitReached(f"{event.child!r} exited with {event.exitcode} and is not restarted (restart={entry.restart!r})")
+            entry.ref._died(event.exitcode, final)
         elif event.kind == "gave_up":
             entry.ref._died(event.exitcode, RestartLimitReached(
                 f"the supervisor gave up on {event.child!r}: its process died more than {entry.limit} times "
@@ -433,7 +444,7 @@ class Spawner:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-_spawners: dict[int, Spawner] = {}
+_unnamed = itertools.count(1)
 _spawners_lock = threading.Lock()
 
 
@@ -462,7 +473,7 @@ def spawn_process(
     """What ``ActorSystem.spawn_process`` does; see the module docstring."""
     if max_restarts < 0 or within <= 0:
         raise ValueError(f"need max_restarts >= 0 and within > 0, got {max_restarts} and {within}")
-    name = name or f"{actor_class.__name__}-{os.getpid()}-{id(args) & 0xFFFF}"
+    name = name or f"{getattr(actor_class, '__name__', 'actor')}-{next(_unnamed)}"
     Address("ipc://x", name)  # validates the name
     if node is None:
         return spawner_of(system).spawn_local(

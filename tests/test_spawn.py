@@ -183,3 +183,21 @@ def test_bench_supervisor_reports_spawn_process_latency_beside_its_baseline() ->
     result = json.loads(out.stdout)
     assert result["spawns"] == 3 and result["spawn_process_p50_ms"] > 0 and result["mp_process_pipe_p50_ms"] > 0
     assert 0 < result["spawn_ratio_q1"] <= result["spawn_ratio_p50"] <= result["spawn_ratio_q3"]
+
+
+class Quitter(PersistentCounter):
+    """Exits its process cleanly when told "quit"."""
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "quit":
+            os._exit(0)
+        return super().on_receive(message)
+
+
+def test_a_transient_process_that_exits_cleanly_stays_down_and_says_so(system: ActorSystem, tmp_path: Path) -> None:
+    ref = system.spawn_process(Quitter, "q.state", name="quitter", restart="transient", persist_dir=tmp_path)
+    assert ref.ask(Incr(1)) == 1
+    with pytest.raises(ProcessDied):
+        ref.ask("quit", timeout=10.0)
+    with pytest.raises(RestartLimitReached, match="not restarted"):
+        ref.ask(Get(), timeout=1.0)
