@@ -19,7 +19,9 @@ restarting a crash loop forever.
 
 Restart kinds, per child: ``permanent`` (always restarted), ``transient``
 (restarted only after an abnormal exit: non-zero code or a signal),
-``temporary`` (never restarted).
+``temporary`` (never restarted). A ``ChildSpec`` may carry its own restart
+intensity; ``add_listener`` hears every event as it is recorded (what
+``spawn_process`` uses to fail asks in flight when a child dies).
 
 Children inherit the parent's keyring with no code of theirs: the keyring
 this process resolved (``ActorSystem(keys=DIR)``, ``$ZACTOR_KEYS`` or the
