@@ -13,7 +13,7 @@ import pytest
 from apps.mapreduce import App, AppError, JobFailed, load_app, read_output_lines, run_job, run_sequential
 from apps.mapreduce import files as mrfiles
 from apps.mapreduce.corpus import generate_corpus
-from apps.mapreduce.tasks import TaskError, run_map, run_reduce
+from apps.mapreduce.tasks import TaskError, run_map, run_reduce, shared_runs
 from apps.mapreduce.text import words
 
 
@@ -49,7 +49,7 @@ def test_tasks_equal_the_sequential_reference(tmp_path: Path, corpus: list[str],
         app = App(app.name, app.map, app.reduce, None)
     for m, f in enumerate(corpus):
         run_map(app, m, f, n_reduce, tmp_path / "work")
-    outs = [run_reduce(app, r, len(corpus), tmp_path / "work", tmp_path / "out").path for r in range(n_reduce)]
+    outs = [run_reduce(app, r, shared_runs(tmp_path / "work", r, len(corpus)), tmp_path / "out").path for r in range(n_reduce)]
     ref = run_sequential(load_app("wc"), corpus, tmp_path / "ref.txt")
     assert read_output_lines(outs) == read_output_lines([ref])
 
@@ -59,8 +59,8 @@ def test_combiner_leaves_one_value_per_key(tmp_path: Path, corpus: list[str]) ->
     source = next(f for f in corpus if os.path.getsize(f))
     run_map(app, 0, source, 1, tmp_path / "with")
     run_map(App(app.name, app.map, app.reduce, None), 0, source, 1, tmp_path / "without")
-    combined = mrfiles.load_groups(tmp_path / "with" / "mr-0-0")
-    raw = mrfiles.load_groups(tmp_path / "without" / "mr-0-0")
+    combined = list(mrfiles.read_run(tmp_path / "with" / "mr-0-0"))
+    raw = list(mrfiles.read_run(tmp_path / "without" / "mr-0-0"))
     n_words = len(words(open(source, encoding="utf-8", errors="replace").read()))
     assert all(len(values) == 1 for _, values in combined)
     assert sum(len(values) for _, values in raw) == n_words > len(combined)
@@ -84,7 +84,7 @@ def test_invalid_utf8_and_empty_inputs_are_read(tmp_path: Path) -> None:
     app = load_app("wc")
     for m, f in enumerate((bad, empty)):
         run_map(app, m, str(f), 1, tmp_path)
-    out = run_reduce(app, 0, 2, tmp_path, tmp_path).path
+    out = run_reduce(app, 0, shared_runs(tmp_path, 0, 2), tmp_path).path
     assert read_output_lines([out]) == ["good 1", "words 1"]
 
 
@@ -112,7 +112,7 @@ def test_raising_map_is_a_task_error_with_traceback_and_input(tmp_path: Path) ->
 
 def test_missing_intermediate_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="mr-0-1"):
-        run_reduce(load_app("wc"), 1, 1, tmp_path, tmp_path)
+        run_reduce(load_app("wc"), 1, shared_runs(tmp_path, 1, 1), tmp_path)
 
 
 # ---- loading applications ---------------------------------------------------------------
