@@ -235,3 +235,81 @@ def test_backup_tasks_take_the_straggler_off_the_critical_path(tmp_path: Path, b
     else:
         assert result.status.backups == 0
         assert result.seconds >= SLOW
+
+
+# ---- splits, spills, the fast path, the file server ----------------------------------------
+
+
+@pytest.mark.parametrize("split_bytes", [1, 7, 100, 4096, 10**9])
+def test_splits_cover_every_line_exactly_once(tmp_path: Path, split_bytes: int) -> None:
+    path = tmp_path / "in.txt"
+    data = b"first line\n\nshort\n" + "ünïcödé wörds here\n".encode() * 50 + b"no newline at the end"
+    path.write_bytes(data)
+    splits = mrfiles.make_splits([str(path)], split_bytes)
+    read_at, close = mrfiles.local_reader(str(path))
+    try:
+        parts = [mrfiles.read_split(s, read_at) for s in splits]
+    finally:
+        close()
+    assert b"".join(parts) == data
+    assert all(p == b"" or p.startswith(tuple(line + b"\n" for line in data.split(b"\n")) + (b"no newline",)) for p in parts)
+    for p in parts:
+        p.decode("utf-8")  # a split never cuts a character
+
+
+def test_an_empty_file_is_one_map_of_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    (splits,) = [mrfiles.make_splits([str(tmp_path / "empty")], 10)]
+    assert len(splits) == 1
+    assert mrfiles.read_split(splits[0], lambda o, n: b"") == b""
+
+
+@pytest.mark.parametrize("combine", [True, False])
+def test_a_small_buffer_spills_runs_that_merge_to_the_same_output(tmp_path: Path, corpus: list[str], combine: bool) -> None:
+    app = load_app("wc")
+    if not combine:
+        app = App(app.name, app.map, app.reduce, None)
+    source = max(corpus, key=os.path.getsize)
+    whole = run_map(app, 0, source, 3, tmp_path / "whole")
+    spilled = run_map(app, 0, source, 3, tmp_path / "spilled", buffer_records=1000)
+    assert whole.counters["spills"] == 1 and spilled.counters["spills"] > 3
+    assert spilled.counters["spilled_records"] > whole.counters["spilled_records"]
+    for r in range(3):
+        a = list(mrfiles.read_run(tmp_path / "whole" / f"mr-0-{r}"))
+        b = list(mrfiles.read_run(tmp_path / "spilled" / f"mr-0-{r}"))
+        assert [k for k, _ in a] == sorted(k for k, _ in a)
+        assert {k: sum(map(int, v)) for k, v in a} == {k: sum(map(int, v)) for k, v in b}
+    assert not list((tmp_path / "spilled").glob(".spill-*")), "spill files left behind"
+
+
+def test_a_map_returning_counts_takes_the_fast_path_and_reduce_sees_the_same(tmp_path: Path, corpus: list[str]) -> None:
+    fast = load_app("wordcount")
+    for m, f in enumerate(corpus):
+        result = run_map(fast, m, f, 2, tmp_path / "work")
+        assert result.counters["combine_input_records"] == 0  # nothing left to combine
+    outs = [run_reduce(fast, r, shared_runs(tmp_path / "work", r, len(corpus)), tmp_path / "out").path for r in range(2)]
+    ref = run_sequential(load_app("wc"), corpus, tmp_path / "ref.txt")
+    assert read_output_lines(outs) == read_output_lines([ref])
+    assert read_output_lines([run_sequential(fast, corpus, tmp_path / "ref2.txt")]) == read_output_lines([ref])
+
+
+def test_file_server_serves_runs_in_chunks_and_refuses_other_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import ActorSystem
+    from apps.mapreduce import shuffle
+
+    monkeypatch.setattr(shuffle, "CHUNK", 1000)  # many chunks for a small file
+    data = os.urandom(5500)
+    (tmp_path / "mr-3-1").write_bytes(data)
+    (tmp_path / "secret").write_bytes(b"no")
+    with ActorSystem() as server_side, ActorSystem() as client_side:
+        server_side.spawn(shuffle.FileServer, shuffle.intermediate_resolver(tmp_path), name="files")
+        ref = client_side.ref(server_side.endpoint, "files")
+        assert shuffle.fetch_to_file(ref, "mr-3-1", tmp_path / "copy", timeout=5) == 5500
+        assert (tmp_path / "copy").read_bytes() == data
+        for name in ("secret", "../mr-3-1", "mr-9-9"):
+            with pytest.raises(shuffle.FetchError):
+                shuffle.fetch_to_file(ref, name, tmp_path / "nope", timeout=5)
+        assert not (tmp_path / "nope").exists() and not list(tmp_path.glob(".nope*"))
+        gone = client_side.ref("ipc:///nonexistent/zactor-none.sock", "files")
+        with pytest.raises(shuffle.FetchError, match="did not answer"):
+            shuffle.fetch_to_file(gone, "mr-3-1", tmp_path / "x", timeout=0.3)

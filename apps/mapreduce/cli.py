@@ -18,7 +18,7 @@ from apps.mapreduce.report import job_report
 from apps.mapreduce.worker import worker_main
 
 DEFAULT_ENDPOINT = f"ipc://{tempfile.gettempdir()}/zactor-mr-{os.getuid()}.sock"
-APPS_HELP = "built-in (wc, indexer, mtiming, rtiming, jobcount, early_exit, crash, nocrash), package.module, or a .py file"
+APPS_HELP = "built-in (wc, wordcount, indexer, mtiming, rtiming, jobcount, early_exit, crash, nocrash), package.module, or a .py file"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -178,7 +178,7 @@ def run_map(
             groups: dict[str, list[Any]] = defaultdict(list)
             buffered = 0
             while True:
-                chunk = list(itertools.islice(pairs, 65536))
+                chunk = list(itertools.islice(pairs, min(65536, buffer_records)))
                 if not chunk:
                     break
                 for key, value in chunk:

@@ -105,7 +105,7 @@ class Worker(Actor):
             return answer
         return GONE
 
-    def _stop(self, reason: str) -> None:
+    def _leave(self, reason: str) -> None:
         log.info("worker %s: stopping (%s)", self.worker_id, reason)
         self.outcome.reason = reason
         self.finished.set()
@@ -113,7 +113,7 @@ class Worker(Actor):
     def _step(self) -> None:
         task = self._ask(RequestTask(self.worker_id))
         if task is GONE or isinstance(task, Exit):
-            self._stop("coordinator unreachable" if task is GONE else task.reason)
+            self._leave("coordinator unreachable" if task is GONE else task.reason)
             return
         if isinstance(task, Wait):
             self.schedule(task.seconds, _Next())
@@ -129,7 +129,7 @@ class Worker(Actor):
         if isinstance(report, TaskDone):
             self.tasks_done += 1
         if self._ask(report) is GONE:
-            self._stop("coordinator unreachable")
+            self._leave("coordinator unreachable")
             return
         self.actor_ref.tell(_Next())
 
