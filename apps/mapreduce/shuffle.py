@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 CHUNK = 4 << 20
 """Bytes per fetch ask: far below the transport's frame limit, big enough that asks are few."""
 
+MAX_READ = 16 << 20
+"""The most a server reads for one ask; a bigger request is refused, never silently shortened."""
+
 INTERMEDIATE = re.compile(r"mr-\d+-\d+")
 
 
@@ -32,7 +35,12 @@ class FetchError(RuntimeError):
 
 
 class FileServer(Actor):
-    """Serves byte ranges of the files ``resolve`` names; anything it does not name is refused."""
+    """Serves byte ranges of the files ``resolve`` names; anything it does not name is refused.
+
+    A read returns fewer bytes than asked for only at the end of the file
+    (the files it serves are complete: written under a temporary name and
+    renamed), so a reader stops at the first short read.
+    """
 
     def __init__(self, resolve: Callable[[str], Path | None]) -> None:
         super().__init__()
@@ -44,11 +52,13 @@ class FileServer(Actor):
         path = self.resolve(message.name) if isinstance(message.name, str) else None
         if path is None:
             raise FileNotFoundError(f"no such file here: {message.name!r}")
-        if not (isinstance(message.offset, int) and isinstance(message.size, int)) or message.offset < 0 or message.size < 0:
-            raise ValueError(f"bad range {message.offset!r}+{message.size!r}")
+        if not (isinstance(message.offset, int) and isinstance(message.size, int)) or not (
+            0 <= message.offset and 0 <= message.size <= MAX_READ
+        ):
+            raise ValueError(f"bad range {message.offset!r}+{message.size!r} (at most {MAX_READ} bytes an ask)")
         with open(path, "rb") as f:
             f.seek(message.offset)
-            return f.read(min(message.size, CHUNK))
+            return f.read(message.size)
 
 
 def intermediate_resolver(workdir: Path) -> Callable[[str], Path | None]:
@@ -76,12 +86,13 @@ def remote_reader(server: Any, name: str, timeout: float) -> Callable[[int, int]
     def read_at(offset: int, n: int) -> bytes:
         parts = []
         while n > 0:
-            chunk = _ask(server, ReadChunk(name, offset, min(n, CHUNK)), timeout)
-            if not chunk:
-                break
+            want = min(n, CHUNK)
+            chunk = _ask(server, ReadChunk(name, offset, want), timeout)
             parts.append(chunk)
             offset += len(chunk)
             n -= len(chunk)
+            if len(chunk) < want:  # a short read is the end of the file
+                break
         return b"".join(parts)
 
     return read_at
@@ -95,10 +106,10 @@ def fetch_to_file(server: Any, name: str, dest: Path, timeout: float) -> int:
         with open(tmp, "wb") as f:
             while True:
                 chunk = _ask(server, ReadChunk(name, offset, CHUNK), timeout)
-                if not chunk:
-                    break
                 f.write(chunk)
                 offset += len(chunk)
+                if len(chunk) < CHUNK:  # a short read is the end of the file
+                    break
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
