@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     wo.add_argument("--coordinator", default=DEFAULT_ENDPOINT, help=f"the coordinator's endpoint (default {DEFAULT_ENDPOINT})")
     wo.add_argument("--app", required=True, help=APPS_HELP)
     wo.add_argument("--workdir", help="keep map output here and serve it to reducers (default: the coordinator's shared directory)")
-    wo.add_argument("--endpoint", help="where this worker serves its map output, e.g. tcp://THIS-HOST:0 (default: an ipc endpoint)")
+    wo.add_argument("--endpoint", help="where this worker serves its map output, e.g. tcp://THIS-HOST:0 (default with --workdir: "
+                    "tcp on the address that reaches a tcp coordinator, any free port; ipc for an ipc one)")
     wo.add_argument("--give-up-after", type=float, default=3.0, help="seconds without an answer from the coordinator before leaving (default 3)")
     return parser
 
@@ -133,8 +135,11 @@ def _worker(args: argparse.Namespace) -> int:
     except AppError as exc:
         print(f"zactor mr worker: {exc}", file=sys.stderr)
         return 2
+    endpoint = args.endpoint
+    if endpoint is None and args.workdir is not None:
+        endpoint = _reachable_endpoint(args.coordinator)
     try:
-        outcome = worker_main(args.coordinator, args.app, args.give_up_after, args.workdir, args.endpoint)
+        outcome = worker_main(args.coordinator, args.app, args.give_up_after, args.workdir, endpoint)
     except OSError as exc:
         print(f"zactor mr worker: {exc}", file=sys.stderr)
         return 1
@@ -142,6 +147,19 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"zactor mr worker: no coordinator answered at {args.coordinator} within {args.give_up_after:g} s", file=sys.stderr)
         return 1
     return 0
+
+
+def _reachable_endpoint(coordinator: str) -> str | None:
+    """tcp on this machine's address toward a tcp coordinator (so reducers elsewhere can reach us); else None."""
+    if not coordinator.startswith("tcp://"):
+        return None
+    host = coordinator[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))  # no packet is sent: this only picks the route
+            return f"tcp://{s.getsockname()[0]}:0"
+    except OSError:
+        return None
 
 
 def _coordinator(args: argparse.Namespace) -> int:
