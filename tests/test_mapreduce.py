@@ -169,6 +169,11 @@ def test_run_job_with_functions_defined_here(tmp_path: Path, corpus: list[str]) 
     ref = run_sequential(App("x", first_letters, count), corpus, tmp_path / "ref.txt")
     assert read_output_lines(result.outputs) == read_output_lines([ref])
     assert result.status.phase == "done" and len(result.outputs) == 3
+    counters = result.status.counters
+    assert counters["input_bytes"] == sum(os.path.getsize(f) for f in corpus)
+    assert counters["map_output_records"] == counters["reduce_input_records"] > 0
+    assert counters["shuffle_bytes"] > 0 and counters["reexecuted_maps"] == 0
+    assert result.status.worker_peak_rss and all(10e6 < v < 1e9 for v in result.status.worker_peak_rss.values())
 
 
 def test_a_map_that_always_raises_fails_the_job_naming_the_input(tmp_path: Path) -> None:
@@ -201,6 +206,14 @@ def test_cli_run_reports_failure_and_bad_arguments(tmp_path: Path) -> None:
     ok = zactor("run", "--app", "wc", "--quiet", "--out", "o", "in.txt")
     assert ok.returncode == 0, ok.stderr
     assert read_output_lines(sorted((tmp_path / "o").glob("mr-out-*"))) == ["words 1"]
+    (tmp_path / "big.txt").write_text("one two two\n" * 5000)
+    reported = zactor("run", "--app", "wc", "--split-mb", "0.01", "--out", "r", "big.txt")
+    assert reported.returncode == 0, reported.stderr
+    assert read_output_lines(sorted((tmp_path / "r").glob("mr-out-*"))) == ["one 5000", "two 10000"]
+    assert "Job done: 6 map tasks, 10 reduce tasks" in reported.stderr  # 60 000 bytes in 10 000-byte splits
+    assert "Map output records=15000" in reported.stderr and "Combine output records=" in reported.stderr
+    assert "Peak RSS per worker (MB)" in reported.stderr
+    assert zactor("run", "--app", "wc", "--split-mb", "0", "in.txt").returncode == 2
 
 
 SLOW = 8.0
