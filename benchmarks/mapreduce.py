@@ -134,7 +134,7 @@ def run(
     return result
 
 
-def report(result: dict[str, Any], rss_bound_mb: float) -> str:
+def report(result: dict[str, Any], rss_bound_mb: float = 300.0) -> str:
     lines = [
         f"mapreduce: word count over {result['mb']} MB in {result['files']} files, {result['workers']} workers, "
         f"median of {result['repeats']} interleaved rounds",
