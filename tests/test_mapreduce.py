@@ -295,6 +295,19 @@ def test_a_small_buffer_spills_runs_that_merge_to_the_same_output(tmp_path: Path
     assert not list((tmp_path / "spilled").glob(".spill-*")), "spill files left behind"
 
 
+def test_many_runs_are_merged_in_passes_with_the_same_result(tmp_path: Path, corpus: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from apps.mapreduce import tasks
+
+    app = load_app("wc")
+    for m, f in enumerate(corpus):
+        run_map(app, m, f, 1, tmp_path / "work")
+    direct = run_reduce(app, 0, shared_runs(tmp_path / "work", 0, len(corpus)), tmp_path / "direct").path
+    monkeypatch.setattr(tasks, "MAX_FAN_IN", 2)  # 6 runs: 3, then 2, then the final merge
+    passes = run_reduce(app, 0, shared_runs(tmp_path / "work", 0, len(corpus)), tmp_path / "passes").path
+    assert passes.read_bytes() == direct.read_bytes()
+    assert not list((tmp_path / "work").glob(".merge-*")), "merge scratch left behind"
+
+
 def test_a_map_returning_counts_takes_the_fast_path_and_reduce_sees_the_same(tmp_path: Path, corpus: list[str]) -> None:
     fast = load_app("wordcount")
     for m, f in enumerate(corpus):

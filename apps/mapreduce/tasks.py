@@ -45,6 +45,9 @@ DEFAULT_BUFFER_RECORDS = 1_000_000
 
 _KEY = itemgetter(0)
 
+MAX_FAN_IN = 100
+"""Runs a reduce merges at once (each an open file); more are first merged in passes."""
+
 
 class TaskError(RuntimeError):
     """The user's Map or Reduce raised; the message carries the task, the input and the traceback."""
@@ -101,7 +104,7 @@ class _Spiller:
         k = len(self.spills)
         for r, bucket in enumerate(buckets):
             bucket.sort(key=_KEY)
-            path = self.workdir / f".spill-{self.map_id}-{k}-{r}"
+            path = self.workdir / f".spill-{self.map_id}-{os.getpid()}-{k}-{r}"  # two attempts may share a directory
             records, _ = write_run(path, bucket)
             self.c["spilled_records"] += records
             paths.append(path)
@@ -211,11 +214,44 @@ def run_reduce(app: App, reduce_id: int, runs: list[Path], outdir: Path) -> Redu
     c = _counters("reduce_input_groups", "reduce_input_records", "reduce_output_records")
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / output_name(reduce_id)
-    merged = heapq.merge(*(read_run(p) for p in runs), key=_KEY)
+    runs, scratch = _fan_in(runs, runs[0].parent if runs else outdir, reduce_id)
+    try:
+        _reduce_runs(app, reduce_id, runs, path, c)
+    finally:
+        for tmp in scratch:
+            tmp.unlink(missing_ok=True)
+    c["reduce_output_records"] = c["reduce_input_groups"]
+    return ReduceResult(c["reduce_input_groups"], path, c)
+
+
+def _concatenated(runs: list[Path]) -> Iterator[tuple[str, list[Any]]]:
+    """The runs merged into one sorted stream, each key once with all its values."""
+    for key, groups in itertools.groupby(heapq.merge(*(read_run(p) for p in runs), key=_KEY), key=_KEY):
+        yield key, [v for _, vs in groups for v in vs]
+
+
+def _fan_in(runs: list[Path], scratch_dir: Path, reduce_id: int) -> tuple[list[Path], list[Path]]:
+    """Merge runs in groups of MAX_FAN_IN until that many remain (bounds open files); returns (runs, scratch)."""
+    scratch: list[Path] = []
+    while len(runs) > MAX_FAN_IN:
+        merged = []
+        for i in range(0, len(runs), MAX_FAN_IN):
+            group = runs[i : i + MAX_FAN_IN]
+            if len(group) == 1:
+                merged.append(group[0])
+                continue
+            tmp = scratch_dir / f".merge-{reduce_id}-{os.getpid()}-{len(scratch)}"
+            write_run(tmp, _concatenated(group))
+            scratch.append(tmp)
+            merged.append(tmp)
+        runs = merged
+    return runs, scratch
+
+
+def _reduce_runs(app: App, reduce_id: int, runs: list[Path], path: Path, c: dict[str, int]) -> None:
     with atomic_writer(path) as f:
         lines: list[str] = []
-        for key, groups in itertools.groupby(merged, key=_KEY):
-            values = [v for _, vs in groups for v in vs]
+        for key, values in _concatenated(runs):
             c["reduce_input_groups"] += 1
             c["reduce_input_records"] += len(values)
             try:
@@ -227,8 +263,6 @@ def run_reduce(app: App, reduce_id: int, runs: list[Path], outdir: Path) -> Redu
                 f.write("".join(lines).encode("utf-8", "surrogatepass"))
                 lines = []
         f.write("".join(lines).encode("utf-8", "surrogatepass"))
-    c["reduce_output_records"] = c["reduce_input_groups"]
-    return ReduceResult(c["reduce_input_groups"], path, c)
 
 
 def shared_runs(workdir: Path, reduce_id: int, n_map: int) -> list[Path]:
