@@ -155,7 +155,7 @@ def test_workers_on_separate_addresses_and_directories_equal_the_sequential_refe
 
 
 def test_a_mapper_killed_before_the_reduces_fetched_has_its_maps_run_again(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
-    coord = cluster.coordinator(books, "--split-mb", "0.1", "--hold-reduces", "--fetch-timeout", "1")
+    coord = cluster.coordinator(books, "--split-mb", "0.1", "--hold-reduces", "--fetch-timeout", "2")
     for n in range(3):
         cluster.worker(n)
     held = cluster.wait_for(lambda s: s.held, "every map done, reduces held")
