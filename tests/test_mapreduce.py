@@ -322,6 +322,7 @@ def test_a_map_returning_counts_takes_the_fast_path_and_reduce_sees_the_same(tmp
 def test_file_server_serves_runs_in_chunks_and_refuses_other_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from actors import ActorSystem
     from apps.mapreduce import shuffle
+    from apps.mapreduce.protocol import ReadChunk
 
     monkeypatch.setattr(shuffle, "CHUNK", 1000)  # many chunks for a small file
     data = os.urandom(5500)
@@ -336,6 +337,10 @@ def test_file_server_serves_runs_in_chunks_and_refuses_other_names(tmp_path: Pat
             with pytest.raises(shuffle.FetchError):
                 shuffle.fetch_to_file(ref, name, tmp_path / "nope", timeout=5)
         assert not (tmp_path / "nope").exists() and not list(tmp_path.glob(".nope*"))
+        for bad in (ReadChunk("mr-3-1", -1, 10), ReadChunk("mr-3-1", 0, 1 << 40), "junk"):
+            assert isinstance(ref.ask(bad, timeout=5), shuffle.Refused)
+        ref.tell("junk")  # a bad tell neither kills the server nor stops it serving
+        assert ref.ask(ReadChunk("mr-3-1", 5000, 1000), timeout=5) == data[5000:]
         gone = client_side.ref("ipc:///nonexistent/zactor-none.sock", "files")
         with pytest.raises(shuffle.FetchError, match="did not answer"):
             shuffle.fetch_to_file(gone, "mr-3-1", tmp_path / "x", timeout=0.3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ class FetchError(RuntimeError):
     """The serving side did not answer (it is gone) or refused the read."""
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A file server's answer to a read it will not serve: no such file, a bad range."""
+
+    reason: str
+
+
 class FileServer(Actor):
     """Serves byte ranges of the files ``resolve`` names; anything it does not name is refused.
 
@@ -46,19 +54,24 @@ class FileServer(Actor):
         super().__init__()
         self.resolve = resolve
 
-    def on_receive(self, message: Any) -> Any:
+    def on_receive(self, message: Any) -> bytes | Refused:
+        # Never raises: a raising tell would stop the actor, and a stranger's bad request must not.
         if not isinstance(message, ReadChunk):
-            raise TypeError(f"a file server reads files; got a {type(message).__name__}")
+            log.warning("file server: ignored a %s", type(message).__name__)
+            return Refused(f"a file server reads files; got a {type(message).__name__}")
         path = self.resolve(message.name) if isinstance(message.name, str) else None
         if path is None:
-            raise FileNotFoundError(f"no such file here: {message.name!r}")
+            return Refused(f"no such file here: {message.name!r}")
         if not (isinstance(message.offset, int) and isinstance(message.size, int)) or not (
             0 <= message.offset and 0 <= message.size <= MAX_READ
         ):
-            raise ValueError(f"bad range {message.offset!r}+{message.size!r} (at most {MAX_READ} bytes an ask)")
-        with open(path, "rb") as f:
-            f.seek(message.offset)
-            return f.read(message.size)
+            return Refused(f"bad range {message.offset!r}+{message.size!r} (at most {MAX_READ} bytes an ask)")
+        try:
+            with open(path, "rb") as f:
+                f.seek(message.offset)
+                return f.read(message.size)
+        except OSError as exc:
+            return Refused(f"cannot read {message.name}: {exc}")
 
 
 def intermediate_resolver(workdir: Path) -> Callable[[str], Path | None]:
@@ -126,8 +139,8 @@ def _ask(server: Any, message: ReadChunk, timeout: float) -> bytes:
         except (AskTimeout, ActorDeadError) as exc:
             last = exc
             continue
-        except Exception as exc:  # the server refused: the file is not there (a restarted worker)
-            raise FetchError(f"{server!r} refused {message.name}: {exc}") from exc
+        if isinstance(chunk, Refused):  # the file is not there (a restarted worker) or the read was bad
+            raise FetchError(f"{server!r} refused {message.name}: {chunk.reason}")
         if not isinstance(chunk, bytes):
             raise FetchError(f"{server!r} answered {type(chunk).__name__} for {message.name}")
         return chunk
