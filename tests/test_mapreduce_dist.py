@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -45,7 +46,7 @@ class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.endpoint = ""  # the coordinator's, once it said where it listens
         self.workers: dict[str, subprocess.Popen] = {}  # host -> process
         self.system = ActorSystem("tcp://127.0.0.1:0", ask_timeout=5.0)
 
@@ -59,12 +60,21 @@ class Cluster:
         return proc
 
     def coordinator(self, files: list[Path], *extra: str) -> subprocess.Popen:
-        proc = self.start("coordinator", "--endpoint", self.endpoint, "--out", str(self.tmp / "out"), *extra,
+        """Start it on a port of its choosing (no race for a free port) and read where it listens."""
+        proc = self.start("coordinator", "--endpoint", "tcp://127.0.0.1:0", "--out", str(self.tmp / "out"), *extra,
                           *map(str, files), cwd=self.tmp / "coordinator")
+        assert proc.stderr is not None
         deadline = time.monotonic() + 30
-        while self.status(timeout=0.5) is None:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "the coordinator died"
-            assert time.monotonic() < deadline, "the coordinator never answered"
+        while not self.endpoint:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "the coordinator never said where it listens"
+            if select.select([proc.stderr], [], [], remaining)[0]:
+                line = proc.stderr.readline().decode()
+                assert line, "the coordinator exited before it listened"
+                m = re.search(r"listening on (tcp://\S+)", line)
+                if m:
+                    self.endpoint = m.group(1)
+        assert self.status(timeout=10) is not None, "the coordinator does not answer"
         return proc
 
     def worker(self, n: int, app: str = "wc") -> subprocess.Popen:
@@ -138,7 +148,7 @@ def counter(report: str, label: str) -> int:
 
 
 def test_workers_on_separate_addresses_and_directories_equal_the_sequential_reference(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
-    coord = cluster.coordinator(books, "--split-mb", "0.1")
+    coord = cluster.coordinator(books, "--split-mb", "0.1", "--min-workers", "3")
     for n in range(3):
         cluster.worker(n)
     report = cluster.finish(coord)
@@ -155,7 +165,7 @@ def test_workers_on_separate_addresses_and_directories_equal_the_sequential_refe
 
 
 def test_a_mapper_killed_before_the_reduces_fetched_has_its_maps_run_again(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
-    coord = cluster.coordinator(books, "--split-mb", "0.1", "--hold-reduces", "--fetch-timeout", "2")
+    coord = cluster.coordinator(books, "--split-mb", "0.1", "--min-workers", "3", "--hold-reduces", "--fetch-timeout", "2")
     for n in range(3):
         cluster.worker(n)
     held = cluster.wait_for(lambda s: s.held, "every map done, reduces held")
@@ -175,7 +185,7 @@ def test_a_mapper_killed_before_the_reduces_fetched_has_its_maps_run_again(clust
 
 
 def test_inputs_shipped_by_the_coordinator(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
-    coord = cluster.coordinator(books, "--ship-input", "--split-mb", "0.2")
+    coord = cluster.coordinator(books, "--ship-input", "--split-mb", "0.2", "--min-workers", "2")
     for n in range(2):
         cluster.worker(n)
     cluster.wait_for(lambda s: s.maps_done == s.maps_total, "the maps")

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"where to listen, ipc:// or tcp://HOST:PORT (default {DEFAULT_ENDPOINT})")
     co.add_argument("--ship-input", action="store_true", help="serve the input files to workers (they need not see the paths)")
     co.add_argument("--fetch-timeout", type=float, default=5.0, help="seconds a reducer waits on a mapper before reporting it gone (default 5)")
+    co.add_argument("--min-workers", type=int, default=1, help="hand out no task until this many workers have asked (default 1)")
     co.add_argument("--hold-reduces", action="store_true", help=argparse.SUPPRESS)  # a test's hook: reduces wait for Release
     _job_options(co)
     wo = sub.add_parser(
@@ -167,7 +168,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         tuple(str(Path(f).resolve()) for f in args.files), n_reduce=args.reduce_tasks,
         workdir=str(Path(args.out).resolve()), outdir=str(Path(args.out).resolve()), task_timeout=args.task_timeout,
         split_bytes=int(args.split_mb * 1e6), ship_input=args.ship_input, fetch_timeout=args.fetch_timeout,
-        hold_reduces=args.hold_reduces,
+        hold_reduces=args.hold_reduces, min_workers=args.min_workers,
     )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     try:
@@ -177,6 +178,8 @@ def _coordinator(args: argparse.Namespace) -> int:
         return 1
     with system:
         coordinator = start_coordinator(system, config)
+        # The bound endpoint (a :0 port is resolved here), so a script can start workers against it.
+        print(f"zactor mr coordinator: listening on {system.endpoint}", file=sys.stderr, flush=True)
         while True:
             status: JobStatus = coordinator.ask(Status(), timeout=10)
             if status.phase in ("done", "failed"):

@@ -92,6 +92,8 @@ class JobConfig:
     """Workers read inputs from the coordinator's file server instead of by path."""
     fetch_timeout: float = 5.0
     """Seconds a reducer waits for one chunk from a mapper before it reports the mapper gone."""
+    min_workers: int = 1
+    """Hand out nothing until this many workers have asked, so early ones do not take every map."""
     hold_reduces: bool = False
     """Hand out no reduce until a ``Release`` message arrives: a test's hook to act in between."""
 
@@ -210,7 +212,7 @@ class Coordinator(Actor):
         phase = self.phase
         if phase in ("done", "failed"):
             return Exit("job failed" if phase == "failed" else "job done")
-        if phase == "reduce" and self.held:
+        if (phase == "reduce" and self.held) or len(self.workers) < self.config.min_workers:
             return Wait(0.1)
         pool = self.maps if phase == "map" else self.reduces
         task = next((t for t in pool if not t.done and not t.started), None)
