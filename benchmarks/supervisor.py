@@ -163,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zactor bench supervisor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--restarts", type=int, default=20, help="kills to measure (default 20)")
-    parser.add_argument("--spawns", type=int, default=20, help="spawn_process calls to measure, each paired with a baseline (default 20)")
+    parser.add_argument("--spawns", type=int, help="spawn_process calls to measure, each paired with a baseline (default: as many as --restarts)")
     args = parser.parse_args(argv)
-    if args.restarts < 1 or args.spawns < 1:
+    spawns = args.restarts if args.spawns is None else args.spawns
+    if args.restarts < 1 or spawns < 1:
         parser.error("--restarts and --spawns must be positive")
-    result = run(args.restarts, args.spawns)
+    result = run(args.restarts, spawns)
     print(json.dumps(result) if args.json else report(result))
     return 0
 
