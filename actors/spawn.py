@@ -269,7 +269,7 @@ class ProcessRef:
             pending, self._inflight = list(self._inflight.values()), {}
         error = ProcessDied(
             f"the process hosting {self.address.name!r} died (exit code {exitcode}) while this ask was in flight"
-            + ("" if final is not None else "; it is being restarted, later asks reach the new process")
+            + ("" if final is not None else "; unless its restart limit is reached it is restarted, and later asks reach the new process")
         )
         for future in pending:
             if not future.done:
