@@ -482,3 +482,19 @@ def test_cli_keys_option_selects_the_keyring(tmp_path: Path, placement: str) -> 
     # No key serves 192.0.2.9 in that keyring (only 192.0.2.1): refused before any connection, with the fix named.
     assert out.returncode == 1
     assert f"no key in {ring} serves host '192.0.2.9'" in out.stderr and "zactor keys add" in out.stderr, out.stderr
+
+
+def test_idle_sending_sockets_are_closed_and_reopened(remote: str) -> None:
+    from transport import Node
+
+    got: list[Envelope] = []
+    node = Node(on_message=got.append, peer_idle=0.2)
+    try:
+        node.send(remote, Envelope(Kind.ASK, "echo", node.endpoint, 1, "first"))
+        assert wait_until(lambda: len(got) == 1, 10)
+        assert wait_until(lambda: node.open_peers == 0, 5), "the idle socket stayed open"
+        node.send(remote, Envelope(Kind.ASK, "echo", node.endpoint, 2, "again"))
+        assert wait_until(lambda: len(got) == 2, 10)
+        assert [e.body for e in got] == ["first", "again"]
+    finally:
+        node.close()
