@@ -28,8 +28,9 @@ in the caller, with a clear error); the I/O thread polls each DEALER's raw
 ZMQ_FD and reads it under the same lock. ZMQ_FD is edge-triggered (a send
 may consume the signal of a reply that has just arrived), so every send
 re-checks ZMQ_EVENTS and wakes the I/O thread when input is waiting. At most
-``max_peers`` DEALERs stay open: the least recently used one is closed (by
-the I/O thread, which is the only one polling their descriptors). Replies
+``max_peers`` DEALERs stay open: the least recently used one is closed, and
+so is one unused for ``peer_idle`` seconds (by the I/O thread, the only one
+polling their descriptors). Replies
 never open a socket: a frame's claimed ``src`` is only a label for fault
 rules and counters, never an address a reply goes to.
 
