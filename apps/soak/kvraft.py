@@ -224,13 +224,44 @@ class KVRaftTarget:
         return [None if d is None else list(d) for d in digests]
 
 
-def make_client_factory(cluster: KVCluster) -> Any:
+class WanderingClerk:
+    """A clerk that now and then starts its next call at another server, as clients behind a load balancer do.
+
+    A clerk that stays with the server that last answered never asks a leader
+    that was deposed behind its back; Jepsen's clients are bound to nodes for
+    the same reason. A correct server only costs one redirect for it.
+    """
+
+    WANDER = 0.2
+
+    def __init__(self, cluster: KVCluster, seed: str) -> None:
+        self.cluster = cluster
+        self.clerk = cluster.make_clerk(record=False)
+        self.clerk.give_up_after = GIVE_UP
+        self.rng = random.Random(seed)
+
+    def _wander(self) -> None:
+        if self.rng.random() < self.WANDER:
+            self.cluster.connect_clerk(self.clerk, self.rng.sample(range(self.cluster.n), self.cluster.n))
+
+    def get(self, key: str) -> str:
+        self._wander()
+        return self.clerk.get(key)
+
+    def put(self, key: str, value: str) -> None:
+        self._wander()
+        self.clerk.put(key, value)
+
+    def append(self, key: str, value: str) -> str:
+        self._wander()
+        return self.clerk.append(key, value)
+
+
+def make_client_factory(cluster: KVCluster, seed: int) -> Any:
     """Clerks on the harness's node, so the ``net`` nemesis reaches their traffic too; the workload records them."""
 
-    def make(_c: int) -> Clerk:
-        clerk = cluster.make_clerk(record=False)
-        clerk.give_up_after = GIVE_UP
-        return clerk
+    def make(c: int) -> WanderingClerk:
+        return WanderingClerk(cluster, f"{seed}-wander-{c}")
 
     return make
 
@@ -249,7 +280,7 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     stop = threading.Event()
     with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
-        workload = Workload(make_client_factory(cluster), config.clients, config.window, config.seed)
+        workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
         checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0)
         workload.start()
         checker.start()
