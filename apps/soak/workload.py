@@ -127,9 +127,20 @@ class Workload:
             log.exception("soak client %d could not start", c)
             return
         n = 0
+        session = 0
         while not self._stop.is_set():
             n += 1
             w = self.current_window()
+            if w.number != session:
+                # A new client session each window (a fresh client id), as client
+                # processes come and go: the servers' duplicate tables then hold
+                # retired clients too, which every replica must agree on.
+                session = w.number
+                try:
+                    client = self.make_client(c)
+                except Exception:
+                    log.exception("soak client %d could not start a new session", c)
+                    return
             key = rng.choice(w.keys(kind))
             if kind == "register":
                 op = "get" if rng.random() < 0.5 else "put"
