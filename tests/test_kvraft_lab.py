@@ -50,9 +50,10 @@ def generic(
     maxraftstate: int = -1,
     randomkeys: bool = False,
     read: str = "index",
+    rounds: int = 3,
 ) -> None:
     with KVCluster(nservers, maxraftstate=maxraftstate, unreliable=unreliable, read=read) as cluster:
-        for rnd in range(3):
+        for rnd in range(rounds):
             stop = threading.Event()
             errors: list[str] = []
             counts = [0] * nclients

@@ -95,7 +95,7 @@ class Clerk:
         servers: Sequence[str],
         *,
         system: ActorSystem | None = None,
-        try_timeout: float = 0.3,
+        try_timeout: float = 0.1,
         give_up_after: float | None = None,
     ) -> None:
         if not servers:

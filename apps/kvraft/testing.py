@@ -118,16 +118,9 @@ class KVCluster(Cluster):
         self.start(i)
         self.connect(i)
 
-    def crash_all(self) -> None:
-        for i in range(self.n):
-            self.crash(i)
-
     def restart_all(self) -> None:
-        for i in range(self.n):
-            self.start(i)
-        for i in range(self.n):
-            self.connected[i] = True
-        self._apply_rules()
+        """Every crashed server back, from what it persisted, connected to the network."""
+        self.start_all(connect=True)
 
     def leader(self) -> int | None:
         """The running, connected server that leads in the highest term, if any."""

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+import apps.kvraft as kvraft
+from apps.kvraft import cli as kvraft_cli
 from apps.kvsrv.client import Clerk, KVUnavailable
 from apps.kvsrv.server import serve
 
@@ -13,16 +15,22 @@ from apps.kvsrv.server import serve
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zactor kv",
-        description="An exactly-once, linearizable key/value server, and its command-line clients.",
-        epilog="example: zactor kv serve --endpoint tcp://127.0.0.1:5555 &  "
-        "zactor kv put --server tcp://127.0.0.1:5555 k hello",
+        description="An exactly-once, linearizable key/value server (`serve`, one process), its replicated "
+        "version on Raft (`cluster`), and command-line clients for either.",
+        epilog="examples: zactor kv serve --endpoint tcp://127.0.0.1:5555 &  "
+        "zactor kv put --server tcp://127.0.0.1:5555 k hello;  "
+        "zactor kv cluster --servers 3 &  "
+        "zactor kv put --servers tcp://127.0.0.1:7001,tcp://127.0.0.1:7002,tcp://127.0.0.1:7003 k hello",
     )
     sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
     p = sub.add_parser("serve", help="run a server in the foreground until Ctrl-C or SIGTERM")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="where to listen (default tcp://127.0.0.1:5555)")
+    kvraft_cli.add_cluster_parser(sub)
     for op, help_text, nargs in (("get", "print a key's value", 0), ("put", "set a key", 1), ("append", "append to a key, print the old value", 1)):
         p = sub.add_parser(op, help=help_text)
-        p.add_argument("--server", required=True, help="the server's endpoint, e.g. tcp://127.0.0.1:5555")
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--server", help="a single KV server's endpoint (`zactor kv serve`), e.g. tcp://127.0.0.1:5555")
+        where.add_argument("--servers", help="a replicated cluster's endpoints, comma-separated (`zactor kv cluster` prints them)")
         p.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds (default 10)")
         p.add_argument("key")
         if nargs:
@@ -31,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.op == "cluster":
+        return kvraft_cli.run_cluster(args, parser)
     if args.op == "serve":
         print(f"KV server listening on {args.endpoint} (Ctrl-C stops it)", file=sys.stderr, flush=True)
         try:
@@ -44,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         print("zactor kv: --timeout must be positive", file=sys.stderr)
         return 2
     try:
-        clerk = Clerk(args.server, give_up_after=args.timeout)
+        if args.servers is not None:
+            clerk = kvraft.Clerk(kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout)
+        else:
+            clerk = Clerk(args.server, give_up_after=args.timeout)
         if args.op == "get":
             print(clerk.get(args.key))
         elif args.op == "put":

@@ -191,8 +191,7 @@ class RaftCore:
         self._acked_round: dict[int, int] = {}
         self._reads_need_commit: list[Any] = []
         self._reads_unsent: list[ReadState] = []
-        self._reads_in_round: list[ReadState] = []
-        self._round_of_reads = 0
+        self._reads_in_round: list[tuple[int, ReadState]] = []  # (round, read), rounds ascending
         if self.log.snapshot_index > 0:
             # A restarted peer gives its service the snapshot first, then what follows.
             self._pending.apply.append(
@@ -303,7 +302,7 @@ class RaftCore:
             or p.apply
             or p.reads
             or self.last_applied < min(self.commit_index, self.log.last_index)
-            or bool(self._reads_unsent and not self._reads_in_round and self.role is Role.LEADER)
+            or bool(self._reads_unsent and self.role is Role.LEADER)
         )
 
     def ready(self) -> Ready:
@@ -311,7 +310,7 @@ class RaftCore:
             for peer in self._peers:
                 self._send_append(peer)
         self._replicate = False
-        if self._reads_unsent and not self._reads_in_round and self.role is Role.LEADER:
+        if self._reads_unsent and self.role is Role.LEADER:
             self._start_read_round()
         self._collect_applies()
         unstable = tuple(self.log.slice(max(self._unstable_from, self.log.snapshot_index + 1), self.log.last_index + 1))
@@ -506,10 +505,14 @@ class RaftCore:
     # ---- ReadIndex --------------------------------------------------------------------------
 
     def _start_read_round(self) -> None:
-        """One round of heartbeats confirms leadership for every read waiting now."""
+        """One round of heartbeats confirms leadership for every read waiting now.
+
+        Rounds may overlap: a lost round does not hold up the reads of the
+        next, whose answers confirm it too (a later round implies an earlier).
+        """
         self._read_round += 1
-        self._round_of_reads = self._read_round
-        self._reads_in_round, self._reads_unsent = self._reads_unsent, []
+        self._reads_in_round.extend((self._read_round, rs) for rs in self._reads_unsent)
+        self._reads_unsent = []
         for peer in self._peers:
             if self.progress[peer].next_index > self.log.snapshot_index:  # never resend a snapshot for a read
                 self._send_append(peer, heartbeat=True)
@@ -518,10 +521,15 @@ class RaftCore:
     def _confirm_reads(self) -> None:
         if not self._reads_in_round:
             return
-        acks = 1 + sum(1 for r in self._acked_round.values() if r >= self._round_of_reads)
-        if acks * 2 > self.n:
-            self._pending.reads.extend(self._reads_in_round)
-            self._reads_in_round = []
+        # The highest round a majority (this leader included) has answered.
+        rounds = sorted([self._read_round] + [self._acked_round.get(p, 0) for p in self._peers], reverse=True)
+        confirmed = rounds[self.n // 2]
+        done = 0
+        while done < len(self._reads_in_round) and self._reads_in_round[done][0] <= confirmed:
+            done += 1
+        if done:
+            self._pending.reads.extend(rs for _, rs in self._reads_in_round[:done])
+            del self._reads_in_round[:done]
 
     def _drop_reads(self) -> None:
         if self._reads_need_commit or self._reads_unsent or self._reads_in_round:

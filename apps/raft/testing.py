@@ -196,11 +196,41 @@ class Cluster:
     def start(self, i: int) -> None:
         """A new process for peer i, from its persisted state (crashing the old one first)."""
         self.crash(i)
+        self._launch(i)
+        self._await_up(i)
+
+    def crash_all(self) -> None:
+        """Every peer cut off and SIGKILLed at once (not one by one, which would take turns)."""
+        for i in range(self.n):
+            self.connected[i] = False
+            if self.running[i]:
+                self._remember_counters(i)
+                self._sup.kill(f"peer-{i}")
+        for i in range(self.n):
+            if self.running[i]:
+                self._sup.wait_for(lambda i=i: self._sup.status(f"peer-{i}") == "exited", 5.0)
+                self.running[i] = False
+
+    def start_all(self, connect: bool = True) -> None:
+        """A new process for every crashed peer, all launched before waiting for any."""
+        down = [i for i in range(self.n) if not self.running[i]]
+        if connect:
+            for i in range(self.n):
+                self.connected[i] = True
+        for i in down:
+            self._launch(i)
+        for i in down:
+            self._await_up(i)
+        self._apply_rules()
+
+    def _launch(self, i: int) -> None:
         with self._lock:
             self.incarnation[i] += 1
             self.last_applied[i] = 0
         self._sup.start_child(self._child_spec(i))
         self.running[i] = True
+
+    def _await_up(self, i: int) -> None:
         deadline = time.monotonic() + 10.0
         while True:  # the process is up when its actor answers
             try:
