@@ -64,8 +64,11 @@ class KVRaftTarget:
         targets = list(fault.targets) or [self._leader_or_any()]
         event.targets = targets
         if fault.kind == "kill" or (fault.kind == "disk" and fault.variant.startswith("lose-unsynced")):
-            for i in targets:
-                c.crash(i)
+            if len(targets) == c.n:
+                c.crash_all()  # all at once: a power cut, not one server after another
+            else:
+                for i in targets:
+                    c.crash(i)
         elif fault.kind == "pause":
             for i in targets:
                 pid = c.pid(i)
