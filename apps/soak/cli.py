@@ -16,7 +16,7 @@ from apps.soak.verdict import EXIT_NAMES, INVALID
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = {"kvraft": ("kill", "pause", "partition", "net", "disk"), "mr": ("kill",)}
+SYSTEMS = {"kvraft": ("kill", "pause", "partition", "net", "disk"), "mr": ("kill",), "etcd": ("kill", "pause", "partition")}
 """Each system and the nemeses it takes."""
 BREAKS = ("ack-before-fsync", "stale-reads", "no-dedup-in-snapshot")
 
@@ -28,7 +28,8 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   net        the lab's unreliable network, and long reordering
   disk       servers on a lazy disk (writes reach the file only at fsync): kills that lose the
              unsynced tail; a flipped bit in a stopped server's journal, which it must refuse
-  (mr takes kill only: workers killed every few seconds)
+  (mr takes kill only: workers killed every few seconds; etcd takes kill, pause, partition,
+   its partitions through a TCP proxy in front of each member's peer port)
 
 exit codes: 0 pass, 1 violation, 2 invalid run (too little traffic, or no verdict)
 
@@ -36,6 +37,7 @@ examples:
   zactor soak kvraft --minutes 10 --out soak-out        every nemesis, ten minutes
   zactor soak kvraft --minutes 1 --nemesis kill,disk --seed 7
   zactor soak mr --minutes 3
+  zactor soak etcd --minutes 3                          the same workloads and verdict against etcd
 """
 
 
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=_positive(int), default=8, help="workload client threads (default 8)")
     p.add_argument("--out", default=None, help="report directory (default soak-SYSTEM-SEED)")
     p.add_argument("--min-throughput", type=float, default=None,
-                   help="answered calls per second below which the run is invalid (default: 100 for kvraft, 0 for mr)")
+                   help="answered calls per second below which the run is invalid (default: 100; 0 for mr)")
     p.add_argument("--window", type=_positive(float), default=15.0, help="seconds of history per checked window (default 15)")
     p.add_argument("--maxraftstate", type=int, default=4000, help="kvraft: snapshot at this many bytes of Raft state (default 4000)")
     p.add_argument("--schedule-only", action="store_true", help="print the fault schedule as JSON and exit")
@@ -103,15 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         servers = 5 if args.system == "kvraft" else 3
         print(json.dumps([f.to_json() for f in make_schedule(seed, seconds, nemeses, servers)], indent=1))
         return 0
-    if args.system == "kvraft":
-        from apps.soak import report
+    from apps.soak import report
 
-        try:
-            report.require_plotly()
-        except RuntimeError as exc:
-            print(f"zactor soak: {exc}", file=sys.stderr)
-            return INVALID
-    min_tp = args.min_throughput if args.min_throughput is not None else (100.0 if args.system == "kvraft" else 0.0)
+    try:
+        report.require_plotly()
+    except RuntimeError as exc:
+        print(f"zactor soak: {exc}", file=sys.stderr)
+        return INVALID
+    min_tp = args.min_throughput if args.min_throughput is not None else (0.0 if args.system == "mr" else 100.0)
     config = SoakConfig(
         system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
         min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
@@ -136,6 +137,10 @@ def run(config: SoakConfig) -> int:
         from apps.soak.kvraft import run_kvraft
 
         findings, extra = run_kvraft(config, status)
+    elif config.system == "etcd":
+        from apps.soak.etcd import run_etcd
+
+        findings, extra = run_etcd(config, status)
     else:
         from apps.soak.mr import run_mr
 
