@@ -76,3 +76,10 @@ def test_mr_soak_with_workers_killed_passes(tmp_path):
     assert code == 0, err[-3000:]
     assert summary["jobs"] and all(j["ok"] for j in summary["jobs"])
     assert summary["worker_kills"] > 0
+
+
+def test_raft_soak_with_every_nemesis_passes(tmp_path):
+    code, summary, err = soak(tmp_path, "raft", "--minutes", "0.5", "--seed", "31", "--nemesis", "all")
+    assert code == 0, err[-3000:]
+    assert summary["checked_commands"] > 0 and summary["final_index"] > summary["checked_commands"] - 1
+    assert summary["events"]

@@ -16,7 +16,12 @@ from apps.soak.verdict import EXIT_NAMES, INVALID
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = {"kvraft": ("kill", "pause", "partition", "net", "disk"), "mr": ("kill",), "etcd": ("kill", "pause", "partition")}
+SYSTEMS = {
+    "kvraft": ("kill", "pause", "partition", "net", "disk"),
+    "raft": ("kill", "pause", "partition", "net", "disk"),
+    "mr": ("kill",),
+    "etcd": ("kill", "pause", "partition"),
+}
 """Each system and the nemeses it takes."""
 BREAKS = ("ack-before-fsync", "stale-reads", "no-dedup-in-snapshot")
 
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.schedule_only:
         import json
 
-        servers = 5 if args.system == "kvraft" else 3
+        servers = 5 if args.system in ("kvraft", "raft") else 3
         print(json.dumps([f.to_json() for f in make_schedule(seed, seconds, nemeses, servers)], indent=1))
         return 0
     from apps.soak import report
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SoakConfig(
         system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
         min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
-        servers=5 if args.system == "kvraft" else 3,
+        servers=5 if args.system in ("kvraft", "raft") else 3,
     )
     if broken:
         print(f"zactor soak: WARNING: the broken variant {broken} is switched on (test-only)", file=sys.stderr)
@@ -137,6 +142,10 @@ def run(config: SoakConfig) -> int:
         from apps.soak.kvraft import run_kvraft
 
         findings, extra = run_kvraft(config, status)
+    elif config.system == "raft":
+        from apps.soak.raft import run_raft
+
+        findings, extra = run_raft(config, status)
     elif config.system == "etcd":
         from apps.soak.etcd import run_etcd
 
