@@ -165,3 +165,10 @@ def test_cli_unknown_broken_variant_is_refused():
     r = _soak("kvraft", env={"ZACTOR_SOAK_BREAK": "everything"})
     assert r.returncode == 2
     assert "not a known broken variant" in r.stderr
+
+
+def test_cli_asks_for_plotly_by_name_when_it_is_missing():
+    code = "import sys; sys.modules['plotly'] = None; from apps.cli import main; sys.exit(main(['soak', 'kvraft', '--minutes', '0.1']))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 2
+    assert "needs plotly: pip install 'zactor[soak]'" in r.stderr

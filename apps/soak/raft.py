@@ -114,6 +114,9 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                 except HarnessFailure:
                     with lock:
                         counts["errors"] += 1
+                    with cluster._lock:
+                        if cluster.errors:  # the applier saw a violation: every later one() fails at once
+                            return
                 end = time.monotonic()
                 with lock:
                     samples.append(Sample(end - started, end - began, ok, "start"))
