@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.soak.proxy import PeerProxy
-from apps.soak.run import FaultEvent, play
+from apps.soak.run import FaultEvent, play, status_line
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings, WindowChecker, check_appends
 from apps.soak.workload import Workload
@@ -387,8 +387,6 @@ def _retry(call: Any, seconds: float) -> Any:
 
 
 def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
-    from apps.soak.kvraft import _line
-
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, MEMBERS)
     events: list[FaultEvent] = []
@@ -402,7 +400,7 @@ def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
             checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0)
             workload.start()
             checker.start()
-            status.start(lambda: _line(config, workload, status, findings))
+            status.start(lambda: status_line(config, workload, status, findings))
             nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), daemon=True)
             nemesis.start()
             try:

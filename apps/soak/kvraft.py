@@ -32,9 +32,10 @@ from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
 from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
-from apps.soak.run import FaultEvent
-from apps.soak.schedule import Fault
-from apps.soak.verdict import Findings, check_appends
+from apps.soak.run import FaultEvent, play, status_line
+from apps.soak.schedule import Fault, make_schedule
+from apps.soak.verdict import Findings, WindowChecker, check_appends
+from apps.soak.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +272,6 @@ def make_client_factory(cluster: KVCluster, seed: int) -> Any:
 
 def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     """The whole run: cluster up, schedule and workload, final heal and checks; always tears the cluster down."""
-    from apps.soak.run import play
-    from apps.soak.schedule import make_schedule
-    from apps.soak.verdict import WindowChecker
-    from apps.soak.workload import Workload
-
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
     events: list[FaultEvent] = []
@@ -287,7 +283,7 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0)
         workload.start()
         checker.start()
-        status.start(lambda: _line(config, workload, status, findings))
+        status.start(lambda: status_line(config, workload, status, findings))
         nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), name="soak-nemesis", daemon=True)
         nemesis.start()
         try:
@@ -313,19 +309,3 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     extra["error_kinds"] = workload.error_kinds
     extra["windows"] = [vars(w) for w in findings.windows]
     return findings, extra
-
-
-def _line(config: Any, workload: Any, status: Any, findings: Findings) -> str:
-    t = workload.elapsed()
-    ops = workload.ops()
-    bad = len(findings.violations)
-    return (
-        f"soak {config.system} {status.phase} {_mmss(t)}/{_mmss(config.seconds)}  ops {ops} ({ops / max(t, 1e-9):.0f}/s)  "
-        f"faults {status.faults}  errors {workload.errors}  windows checked {len(findings.windows)}"
-        + (f"  VIOLATIONS {bad}" if bad else "")
-    )
-
-
-def _mmss(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 60:02d}:{s % 60:02d}"

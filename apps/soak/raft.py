@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 from apps.raft.testing import Cluster, HarnessFailure
-from apps.soak.kvraft import KVRaftTarget, _line
-from apps.soak.run import FaultEvent, play
+from apps.soak.kvraft import KVRaftTarget
+from apps.soak.run import FaultEvent, play, status_line
 from apps.soak.schedule import make_schedule
 from apps.soak.verdict import Findings
 from apps.soak.workload import Sample
@@ -139,7 +139,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         threads = [threading.Thread(target=client, args=(c,), name=f"soak-raft-client-{c}", daemon=True) for c in range(config.clients)]
         for t in threads:
             t.start()
-        status.start(lambda: _line(config, _Progress(), status, findings))
+        status.start(lambda: status_line(config, _Progress(), status, findings))
         nemesis = threading.Thread(target=play, args=(schedule, target, clock, stop, events, status), name="soak-nemesis", daemon=True)
         nemesis.start()
         try:

@@ -29,7 +29,6 @@ _COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#ff7f0e", "net":
 def require_plotly() -> Any:
     """plotly, or a RuntimeError that says how to get it."""
     try:
-        import plotly  # noqa: F401
         import plotly.graph_objects as go
     except ImportError:
         raise RuntimeError("the soak report needs plotly: pip install 'zactor[soak]' (or pip install plotly)") from None

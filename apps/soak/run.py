@@ -133,3 +133,20 @@ def play(schedule: list[Fault], target: Target, clock: Any, stop: threading.Even
             log.warning("heal of %s/%s failed: %s", fault.kind, fault.variant, exc)
             event.error += f" heal: {type(exc).__name__}: {exc}"
         event.healed = clock()
+
+
+def status_line(config: Any, workload: Any, status: Any, findings: Findings) -> str:
+    """The live status: phase, elapsed of planned time, answered calls and rate, faults, errors, windows, violations."""
+    t = workload.elapsed()
+    ops = workload.ops()
+    bad = len(findings.violations)
+    return (
+        f"soak {config.system} {status.phase} {_mmss(t)}/{_mmss(config.seconds)}  ops {ops} ({ops / max(t, 1e-9):.0f}/s)  "
+        f"faults {status.faults}  errors {workload.errors}  windows checked {len(findings.windows)}"
+        + (f"  VIOLATIONS {bad}" if bad else "")
+    )
+
+
+def _mmss(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 60:02d}:{s % 60:02d}"
