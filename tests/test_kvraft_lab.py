@@ -88,11 +88,9 @@ def generic(
                 prng = random.Random(rnd)
                 if stop.wait(1.0):
                     return
-                while not stop.is_set():
-                    members = list(range(nservers))
-                    prng.shuffle(members)
-                    cut = prng.randrange(nservers + 1)
-                    cluster.partition([members[:cut], members[cut:]])
+                while not stop.is_set():  # as the lab's partitioner: each server to one of two groups by a coin
+                    side = [prng.randrange(2) for _ in range(nservers)]
+                    cluster.partition([[i for i in range(nservers) if side[i] == g] for g in (0, 1)])
                     stop.wait(1.0 + prng.uniform(0.0, 0.2))
 
             threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(nclients)]

@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import pickle
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,22 @@ class _Sweep:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """Asked of a server: what it has applied and what waits on Raft (for harnesses and operators)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    me: int
+    term: int
+    leading: bool
+    applied: int
+    snapshot_index: int
+    waiting_writes: int
+    waiting_reads: int
+
+
 class KVRaftServer(Actor):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__()
@@ -104,6 +121,13 @@ class KVRaftServer(Actor):
     def on_start(self) -> None:
         self.schedule_every(_SWEEP_EVERY, _Sweep())
 
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # Rebuilding this actor alone would give it an empty state while its
+        # peer goes on from where it was: stop the whole process instead, so
+        # that it starts again (under a supervisor) from snapshot and log.
+        log.critical("kvraft server %d failed (%r); stopping its process", self.config.me, exception_value)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Request):
             self._request(message)
@@ -113,6 +137,9 @@ class KVRaftServer(Actor):
             self._role_changed(message)
         elif isinstance(message, _Sweep):
             self._sweep()
+        elif isinstance(message, ServerStatus):
+            return ServerState(self.config.me, self.term, self.leading, self.applied, self.snapshot_index,
+                               len(self._writes), len(self._reads))
         elif isinstance(message, StateDigest):
             return self.applied, _digest(self.state)
         else:
