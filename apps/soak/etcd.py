@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.soak.proxy import PeerProxy
-from apps.soak.run import FaultEvent, play, status_line
+from apps.soak.run import FaultEvent, heal_everything, play, status_line
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings, WindowChecker, check_appends
 from apps.soak.workload import Workload
@@ -130,12 +130,14 @@ def _die_with_parent() -> None:
 class EtcdMembers:
     """Three etcd members behind peer proxies; kill, restart, pause, resume, partition."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, logs: Path | None = None) -> None:
         from benchmarks.etcd import etcd_binary
         from benchmarks.ports import free_ports
 
         self.binary = etcd_binary()
         self.directory = directory
+        self.logs = logs or directory
+        self.logs.mkdir(parents=True, exist_ok=True)
         ports = free_ports(3 * MEMBERS)
         self.client_ports = ports[:MEMBERS]
         self.peer_ports = ports[MEMBERS : 2 * MEMBERS]
@@ -151,7 +153,7 @@ class EtcdMembers:
             for i in range(MEMBERS):
                 self.start(i, wait=False)
             for i in range(MEMBERS):
-                self._await_healthy(i)
+                self.await_healthy(i)
             self._learn_ids()
         except BaseException:
             self.stop()
@@ -174,13 +176,13 @@ class EtcdMembers:
         ]
 
     def start(self, i: int, wait: bool = True) -> None:
-        with open(self.directory / f"member-{i}.log", "ab") as out:
+        with open(self.logs / f"etcd-member-{i}.log", "ab") as out:
             self.procs[i] = subprocess.Popen(self._args(i), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              preexec_fn=_die_with_parent)
         if wait:
-            self._await_healthy(i)
+            self.await_healthy(i)
 
-    def _await_healthy(self, i: int) -> None:
+    def await_healthy(self, i: int) -> None:
         deadline = time.monotonic() + _START_WAIT
         while time.monotonic() < deadline:
             proc = self.procs[i]
@@ -296,11 +298,17 @@ class EtcdTarget:
         else:
             raise ValueError(f"etcd takes no {fault.kind} nemesis")
 
+    def _restart(self, members: list[int]) -> None:
+        """Start every one of ``members`` that is down, then wait for them: alone, a member never becomes healthy."""
+        down = [i for i in members if not self.m.running(i)]
+        for i in down:
+            self.m.start(i, wait=False)
+        for i in down:
+            self.m.await_healthy(i)
+
     def heal(self, fault: Fault, event: FaultEvent) -> None:
         if fault.kind == "kill":
-            for i in event.targets:
-                if not self.m.running(i):
-                    self.m.start(i)
+            self._restart(event.targets)
         elif fault.kind == "pause":
             self.m.resume_all()
         elif fault.kind == "partition":
@@ -309,9 +317,7 @@ class EtcdTarget:
     def heal_all(self) -> None:
         self.m.resume_all()
         self.m.heal()
-        for i in range(MEMBERS):
-            if not self.m.running(i):
-                self.m.start(i)
+        self._restart(list(range(MEMBERS)))
 
     def final_checks(self, workload: Any, findings: Findings) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -394,7 +400,7 @@ def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     directory = Path(tempfile.mkdtemp(prefix="zactor-soak-etcd-"))
     extra: dict[str, Any] = {}
     try:
-        with EtcdMembers(directory) as members:
+        with EtcdMembers(directory, logs=Path(config.out)) as members:
             target = EtcdTarget(members, config.seed)
             workload = Workload(lambda c: EtcdKV(members.client_ports, c), config.clients, config.window, config.seed)
             checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0)
@@ -412,9 +418,9 @@ def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                 ran = workload.elapsed()
                 workload.stop()
                 status.phase = "final heal"
-                target.heal_all()
-                status.phase = "final reads"
-                extra = target.final_checks(workload, findings)
+                if heal_everything(target, findings):
+                    status.phase = "final reads"
+                    extra = target.final_checks(workload, findings)
                 status.phase = "checking"
                 checker.finish()
                 status.stop()

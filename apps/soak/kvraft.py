@@ -32,7 +32,7 @@ from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
 from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
-from apps.soak.run import FaultEvent, play, status_line
+from apps.soak.run import FaultEvent, heal_everything, play, status_line
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings, WindowChecker, check_appends
 from apps.soak.workload import Workload
@@ -295,9 +295,9 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
             ran = workload.elapsed()
             workload.stop()
             status.phase = "final heal"
-            target.heal_all()
-            status.phase = "final reads"
-            extra = target.final_checks(workload, findings)
+            if heal_everything(target, findings):
+                status.phase = "final reads"
+                extra = target.final_checks(workload, findings)
             status.phase = "checking"
             checker.finish()
             status.stop()

@@ -20,7 +20,7 @@ from typing import Any
 
 from apps.raft.testing import Cluster, HarnessFailure
 from apps.soak.kvraft import KVRaftTarget
-from apps.soak.run import FaultEvent, play, status_line
+from apps.soak.run import FaultEvent, heal_everything, play, status_line
 from apps.soak.schedule import make_schedule
 from apps.soak.verdict import Findings
 from apps.soak.workload import Sample
@@ -153,9 +153,10 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
             for t in threads:
                 t.join(15.0)
             status.phase = "final heal"
-            target.heal_all()
-            status.phase = "final check"
-            final = _final_check(cluster, acked, findings)
+            final: dict[str, Any] = {}
+            if heal_everything(target, findings):
+                status.phase = "final check"
+                final = _final_check(cluster, acked, findings)
             status.stop()
     extra: dict[str, Any] = {
         "seconds": round(ran, 2),

@@ -135,6 +135,17 @@ def play(schedule: list[Fault], target: Target, clock: Any, stop: threading.Even
         event.healed = clock()
 
 
+def heal_everything(target: Target, findings: Any) -> bool:
+    """The final heal; a system that cannot be brought back makes the run invalid (and the report still gets written)."""
+    try:
+        target.heal_all()
+    except Exception as exc:
+        log.error("the final heal failed: %s", exc)
+        findings.invalid.append(f"the final heal failed: {type(exc).__name__}: {exc}")
+        return False
+    return True
+
+
 def status_line(config: Any, workload: Any, status: Any, findings: Findings) -> str:
     """The live status: phase, elapsed of planned time, answered calls and rate, faults, errors, windows, violations."""
     t = workload.elapsed()
