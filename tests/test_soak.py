@@ -172,3 +172,37 @@ def test_cli_asks_for_plotly_by_name_when_it_is_missing():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=Path(__file__).parent.parent)
     assert r.returncode == 2
     assert "needs plotly: pip install 'zactor[soak]'" in r.stderr
+
+
+def test_per_second_keeps_four_numbers_per_closed_second():
+    from apps.soak.workload import PerSecond, Sample
+
+    stats = PerSecond()
+    for i in range(100):
+        stats.add(Sample(0.5, (i + 1) / 1000.0, True, "get"))
+    stats.add(Sample(0.7, 1.0, False, "put"))
+    stats.add(Sample(20.2, 0.002, True, "get"))  # closes second 0
+    stats.add(Sample(0.9, 0.5, True, "get"))  # a late call in a closed second still counts
+    series = stats.series(21)
+    assert series["ok"][0] == 101 and series["failed"][0] == 1 and series["ok"][20] == 1
+    assert series["p50"][0] == 51.0 and series["p99"][0] == 100.0
+    assert series["ok"][5] == 0 and series["p50"][5] is None
+    assert stats.answered == 102 and stats.failed == 1
+
+
+def test_a_compacted_window_keeps_only_its_appends():
+    from apps.soak.workload import Window
+
+    w = Window(3, 0.0)
+    with w.recorder.op(1, {"op": "append", "key": "w3:l0", "value": "c1.1 "}) as rec:
+        rec.output = ""
+    with w.recorder.op(2, {"op": "get", "key": "w3:r0", "value": ""}) as rec:
+        rec.output = "x"
+    before = [op for op in w.history() if op.input["op"] == "append"]
+    w.compact()
+    assert w.recorder is None
+    after = w.history()
+    assert [(op.input["key"], op.input["value"], op.call, op.ret) for op in after] == [
+        (op.input["key"], op.input["value"], op.call, op.ret) for op in before
+    ]
+    assert check_appends("w3:l0", after, "c1.1 ") == []

@@ -53,7 +53,8 @@ def test_partition_through_the_proxy_cuts_a_member_off_and_heal_reconnects_it(tm
 
 def test_etcd_soak_with_kill_pause_partition_passes(tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", "etcd", "--minutes", "0.5", "--seed", "21", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", "etcd", "--minutes", "0.5", "--seed", "21", "--min-throughput", "10",
+                             "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, err = proc.communicate(timeout=150)

@@ -3,6 +3,9 @@
 Each test runs the command in its own process group (real server processes,
 SIGKILL, SIGSTOP, fsync), reads its exit code and ``summary.json``, and kills
 the whole group if it outlives its time, so no server survives a failure.
+Speed is not asserted here (the machine is shared): clean runs pass
+``--min-throughput 10`` so they only need real traffic; that the bar is
+enforced is its own test, with a bar no run can reach.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def soak(tmp_path: Path, *args: str, broken: str = "", timeout: float = 160.0) -
 
 
 def test_clean_kvraft_run_with_every_nemesis_passes(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "0.75", "--seed", "11", "--nemesis", "all")
+    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "0.75", "--seed", "11", "--nemesis", "all", "--min-throughput", "10")
     assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass"
     assert set(summary["nemeses"]) == {"kill", "pause", "partition", "net", "disk"}
@@ -46,7 +49,6 @@ def test_clean_kvraft_run_with_every_nemesis_passes(tmp_path):
     assert summary["final_reads"] > 0
     digests = {tuple(d) for d in summary["replicas"]}
     assert len(digests) == 1  # every replica at the same applied index with the same state
-    assert summary["throughput"] >= 100
     page = (tmp_path / "report" / "report.html").read_text()
     assert "plotly" in page and "PASS" in page and "--seed 11" in page
 
@@ -79,7 +81,14 @@ def test_mr_soak_with_workers_killed_passes(tmp_path):
 
 
 def test_raft_soak_with_every_nemesis_passes(tmp_path):
-    code, summary, err = soak(tmp_path, "raft", "--minutes", "0.5", "--seed", "31", "--nemesis", "all")
+    code, summary, err = soak(tmp_path, "raft", "--minutes", "0.5", "--seed", "31", "--nemesis", "all", "--min-throughput", "10")
     assert code == 0, err[-3000:]
     assert summary["checked_commands"] > 0 and summary["final_index"] > summary["checked_commands"] - 1
     assert summary["events"]
+
+
+def test_a_run_below_the_minimum_throughput_is_invalid_not_passed(tmp_path):
+    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "0.1", "--seed", "1", "--nemesis", "none", "--min-throughput", "1000000")
+    assert code == 2, err[-3000:]
+    assert summary["verdict"] == "invalid" and not summary["violations"]
+    assert any("below the minimum 1e+06" in v for v in summary["invalid"]), summary["invalid"]

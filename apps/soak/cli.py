@@ -158,7 +158,7 @@ def run(config: SoakConfig) -> int:
         from apps.soak.mr import run_mr
 
         findings, extra = run_mr(config, status)
-    answered = sum(1 for s in extra.get("samples", []) if s.ok)
+    answered = extra["samples"].answered
     throughput = answered / max(extra.get("seconds", config.seconds), 1e-9)
     extra["throughput"] = round(throughput, 1)
     if throughput < config.min_throughput:

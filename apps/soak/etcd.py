@@ -325,7 +325,7 @@ class EtcdTarget:
         checked = 0
         try:
             for w in workload.windows:
-                history = w.recorder.history()
+                history = w.history()
                 for key in w.keys("list-append"):
                     ops = [op for op in history if op.input["key"] == key]
                     if not ops:

@@ -186,7 +186,7 @@ class KVRaftTarget:
         clerk = Clerk(list(c.endpoints), system=ActorSystem.shared(), give_up_after=_FINAL_READ_WAIT)
         checked = 0
         for w in workload.windows:
-            history = w.recorder.history()
+            history = w.history()
             for key in w.keys("list-append"):
                 ops = [op for op in history if op.input["key"] == key]
                 if not ops:

@@ -29,7 +29,7 @@ from apps.mapreduce.sequential import read_output_lines, run_sequential
 from apps.soak.run import FaultEvent, play
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings
-from apps.soak.workload import Sample
+from apps.soak.workload import PerSecond, Sample
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, ("kill",), WORKERS)
     events: list[FaultEvent] = []
-    samples: list[Sample] = []
+    samples = PerSecond()
     jobs: list[dict[str, Any]] = []
     target = MRTarget(config.seed)
     stop = threading.Event()
@@ -124,7 +124,7 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                     ok, note = False, f"failed: {exc}"
                     findings.violations.append(f"job {n} failed: {exc}")
                 end = time.monotonic()
-                samples.append(Sample(end - started, end - began, ok, "job"))
+                samples.add(Sample(end - started, end - began, ok, "job"))
                 jobs.append({"job": n, "ok": ok, "seconds": round(end - began, 2), "note": note})
                 shutil.rmtree(out, ignore_errors=True)
         finally:

@@ -23,7 +23,7 @@ from apps.soak.kvraft import KVRaftTarget
 from apps.soak.run import FaultEvent, heal_everything, play, status_line
 from apps.soak.schedule import make_schedule
 from apps.soak.verdict import Findings
-from apps.soak.workload import Sample
+from apps.soak.workload import PerSecond, Sample
 from transport import FaultRule
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
     events: list[FaultEvent] = []
-    samples: list[Sample] = []
+    samples = PerSecond()
     acked: list[tuple[int, str]] = []
     counts = {"errors": 0}
     lock = threading.Lock()
@@ -119,7 +119,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                             return
                 end = time.monotonic()
                 with lock:
-                    samples.append(Sample(end - started, end - began, ok, "start"))
+                    samples.add(Sample(end - started, end - began, ok, "start"))
 
         class _Progress:  # what the status line reads
             windows: list = []

@@ -14,7 +14,7 @@ import html
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,32 +35,10 @@ def require_plotly() -> Any:
     return go
 
 
-def per_second(samples: list[Any], seconds: float) -> dict[str, list[float]]:
-    """Answered and failed calls, p50 and p99 latency (ms), for each second of the run."""
-    n = int(seconds) + 1
-    ok = [0] * n
-    failed = [0] * n
-    lat: dict[int, list[float]] = defaultdict(list)
-    for s in samples:
-        b = min(int(s.at), n - 1)
-        if s.ok:
-            ok[b] += 1
-            lat[b].append(s.latency * 1000.0)
-        else:
-            failed[b] += 1
-    p50, p99 = [], []
-    for b in range(n):
-        v = sorted(lat.get(b, []))
-        p50.append(v[len(v) // 2] if v else None)
-        p99.append(v[min(len(v) - 1, int(len(v) * 0.99))] if v else None)
-    return {"t": list(range(n)), "ok": ok, "failed": failed, "p50": p50, "p99": p99}
-
-
 def write(config: Any, findings: Findings, extra: dict[str, Any], code: int, started: float) -> tuple[Path, Path]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = extra.pop("samples", [])
-    series = per_second(samples, extra.get("seconds", config.seconds))
+    series = extra.pop("samples").series(extra.get("seconds", config.seconds))
     tens = [sum(series["ok"][i : i + 10]) / 10.0 for i in range(0, max(1, len(series["ok"]) - 9), 10)]
     summary = {
         "system": config.system,

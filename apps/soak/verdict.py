@@ -92,7 +92,11 @@ class WindowChecker:
             for w in self.workload.finished_windows(self.grace):
                 if w.number not in self.done:
                     self.done.add(w.number)
-                    check_window(w.number, w.recorder.history(), self.budget, self.findings)
+                    check_window(w.number, w.history(), self.budget, self.findings)
+            for w in self.workload.windows:
+                # Checked windows shrink to their appends, once no call of theirs is still out.
+                if w.number in self.done and w.in_flight == 0:
+                    w.compact()
 
     def finish(self) -> None:
         """Stop the thread and check every window not checked yet."""
@@ -102,7 +106,7 @@ class WindowChecker:
             for w in self.workload.windows:
                 if w.number not in self.done:
                     self.done.add(w.number)
-                    check_window(w.number, w.recorder.history(), self.budget, self.findings)
+                    check_window(w.number, w.history(), self.budget, self.findings)
 
 
 def check_appends(key: str, ops: list[Operation], final: str) -> list[str]:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from apps.linearizability import Recorder
+from apps.linearizability import Operation, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,34 @@ class Window:
 
     number: int
     started: float
-    recorder: Recorder = field(default_factory=Recorder)
+    recorder: Recorder | None = field(default_factory=Recorder)
     in_flight: int = 0
     closed_at: float | None = None
+    appends: dict[str, list[tuple[str, int, int | None]]] | None = None
+    """After :meth:`compact`: per list-append key, (value, call, return) of each append; all the final read needs."""
 
     def keys(self, workload: str) -> list[str]:
         return [f"w{self.number}:{workload[0]}{k}" for k in range(HOT_KEYS)]
+
+    def history(self) -> list[Operation]:
+        """The window's history (only its appends once compacted)."""
+        if self.recorder is not None:
+            return self.recorder.history()
+        return [
+            Operation(0, {"op": "append", "key": key, "value": value}, call, None, ret)
+            for key, rows in (self.appends or {}).items()
+            for value, call, ret in rows
+        ]
+
+    def compact(self) -> None:
+        """Drop everything but the appends, once the window is checked: a ten-hour run must not keep every call."""
+        if self.recorder is None:
+            return
+        appends: dict[str, list[tuple[str, int, int | None]]] = {}
+        for op in self.recorder.history():
+            if op.input["op"] == "append":
+                appends.setdefault(op.input["key"], []).append((op.input["value"], op.call, op.ret))
+        self.appends, self.recorder = appends, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +87,59 @@ class Sample:
     latency: float
     ok: bool
     op: str
+
+
+class PerSecond:
+    """Answered and failed calls, p50 and p99 latency, for each second of the run, in bounded memory.
+
+    Latencies are kept only for the last few seconds; a second older than
+    that is reduced to its four numbers (a late call still counts).
+    """
+
+    _OPEN = 5
+
+    def __init__(self) -> None:
+        self.answered = 0
+        self.failed = 0
+        self._open: dict[int, tuple[list[int], list[float]]] = {}
+        self._closed: dict[int, list[Any]] = {}
+        self._newest = 0
+        self._lock = threading.Lock()
+
+    def add(self, sample: Sample) -> None:
+        b = int(sample.at)
+        with self._lock:
+            if sample.ok:
+                self.answered += 1
+            else:
+                self.failed += 1
+            if b in self._closed:
+                self._closed[b][0 if sample.ok else 1] += 1
+                return
+            counts, latencies = self._open.setdefault(b, ([0, 0], []))
+            counts[0 if sample.ok else 1] += 1
+            if sample.ok:
+                latencies.append(sample.latency * 1000.0)
+            if b > self._newest:
+                self._newest = b
+                for old in [k for k in self._open if k < b - self._OPEN]:
+                    self._close(old)
+
+    def _close(self, b: int) -> None:
+        counts, latencies = self._open.pop(b)
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2] if latencies else None
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None
+        self._closed[b] = [counts[0], counts[1], p50, p99]
+
+    def series(self, seconds: float) -> dict[str, list[Any]]:
+        with self._lock:
+            for b in list(self._open):
+                self._close(b)
+            n = max(int(seconds) + 1, max(self._closed, default=0) + 1)
+            rows = [self._closed.get(b, [0, 0, None, None]) for b in range(n)]
+        return {"t": list(range(n)), "ok": [r[0] for r in rows], "failed": [r[1] for r in rows],
+                "p50": [r[2] for r in rows], "p99": [r[3] for r in rows]}
 
 
 class Workload:
@@ -79,7 +154,7 @@ class Workload:
         self.seed = seed
         self.started = time.monotonic()
         self.windows: list[Window] = [Window(0, 0.0)]
-        self.samples: list[Sample] = []
+        self.samples = PerSecond()
         self.errors = 0
         self.error_kinds: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -152,6 +227,7 @@ class Workload:
             began = time.monotonic()
             ok = False
             try:
+                assert w.recorder is not None  # a window is compacted only after its last call
                 with w.recorder.op(c, {"op": op, "key": key, "value": value if op != "get" else ""}) as rec:
                     if op == "get":
                         rec.output = client.get(key)
@@ -170,14 +246,13 @@ class Workload:
                 end = time.monotonic()
                 with self._lock:
                     w.in_flight -= 1
-                    self.samples.append(Sample(end - self.started, end - began, ok, op))
+                self.samples.add(Sample(end - self.started, end - began, ok, op))
 
     # ---- reading -----------------------------------------------------------------------------
 
     def ops(self) -> int:
         """Calls answered so far."""
-        with self._lock:
-            return len(self.samples) - self.errors
+        return self.samples.answered
 
     def finished_windows(self, grace: float) -> list[Window]:
         """Closed windows with no call still out (or closed more than ``grace`` seconds ago)."""
