@@ -69,9 +69,29 @@ class EtcdKV:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
+    def _connect(self) -> http.client.HTTPConnection:
+        """A connection to some member, trying each in turn until ``timeout``.
+
+        Nothing has been sent while a connection is refused, so moving on is
+        safe (a request that was sent and not answered is never retried).
+        """
+        deadline = time.monotonic() + self.timeout
+        while self._conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.ports[self.member], timeout=self.timeout)
+            try:
+                conn.connect()
+                self._conn = conn
+            except OSError as exc:
+                conn.close()
+                self.member = (self.member + 1) % len(self.ports)
+                if time.monotonic() > deadline:
+                    raise EtcdError(f"no etcd member accepts connections: {exc}") from None
+                time.sleep(0.05)
+        return self._conn
+
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self._conn is None:
-            self._conn = http.client.HTTPConnection("127.0.0.1", self.ports[self.member], timeout=self.timeout)
+        self._connect()
+        assert self._conn is not None
         try:
             self._conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
             response = self._conn.getresponse()

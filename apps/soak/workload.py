@@ -242,6 +242,7 @@ class Workload:
                     self.errors += 1
                     name = type(exc).__name__
                     self.error_kinds[name] = self.error_kinds.get(name, 0) + 1
+                self._stop.wait(0.1)  # a client that just failed backs off a moment rather than spin
             finally:
                 end = time.monotonic()
                 with self._lock:
