@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"ZACTOR_SOAK_BREAK={broken!r} is not a known broken variant ({', '.join(BREAKS)})")
     command = shlex.join(
         ["zactor", "soak", args.system, "--minutes", f"{args.minutes:g}", "--seed", str(seed), "--nemesis", ",".join(nemeses) or "none",
-         "--clients", str(args.clients), "--window", f"{args.window:g}", "--maxraftstate", str(args.maxraftstate), "--out", str(out)]
+         "--clients", str(args.clients), "--window", f"{args.window:g}",
+         *(["--maxraftstate", str(args.maxraftstate)] if args.system == "kvraft" else []), "--out", str(out)]
     )
     if broken:
         command = f"ZACTOR_SOAK_BREAK={broken} " + command
