@@ -8,7 +8,7 @@ keep what an actor must not lose across a restart.
 
 from actors.actor import Actor
 from actors.address import Address
-from actors.errors import ActorDeadError, AskTimeout, CorruptStateError, Failure, RemoteError, SystemStopped
+from actors.errors import ActorDeadError, AskTimeout, CorruptStateError, Failure, MailboxFull, RemoteError, SystemStopped
 from actors.future import ReplyFuture
 from actors.journal import Journal
 from actors.persister import Persister
@@ -24,6 +24,7 @@ __all__ = [
     "ChildSpec",
     "CorruptStateError",
     "Failure",
+    "MailboxFull",
     "Journal",
     "LocalRef",
     "NodeControl",

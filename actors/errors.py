@@ -17,8 +17,12 @@ class SystemStopped(RuntimeError):
     """The actor system was stopped while the operation was pending."""
 
 
+class MailboxFull(RuntimeError):
+    """The actor's mailbox is at its bound: the ask was refused, not queued; try again later."""
+
+
 class CorruptStateError(RuntimeError):
     """A state file exists but is damaged; it is never read as empty."""
 
 
-__all__ = ["ActorDeadError", "AskTimeout", "CorruptStateError", "Failure", "RemoteError", "SystemStopped"]
+__all__ = ["ActorDeadError", "AskTimeout", "CorruptStateError", "Failure", "MailboxFull", "RemoteError", "SystemStopped"]

@@ -47,7 +47,8 @@ class ReplyFuture(pykka.Future):
             if got:
                 self._lock.release()  # let later get() calls through
             elif not self.done:
-                self._forget()
+                if time.monotonic() >= self.deadline:
+                    self._forget()  # before its deadline it stays pending: a later get() may still succeed
                 raise AskTimeout(f"no reply to {self.describe} within {max(0.0, wait):.3f} s")
         if self._error is not None:
             raise self._error

@@ -21,6 +21,15 @@ Restart kinds, per child: ``permanent`` (always restarted), ``transient``
 (restarted only after an abnormal exit: non-zero code or a signal),
 ``temporary`` (never restarted).
 
+Children inherit the parent's keyring with no code of theirs: the keyring
+this process resolved (``ActorSystem(keys=DIR)``, ``$ZACTOR_KEYS`` or the
+user's default; or ``Supervisor(keys=DIR)``) is put in each child's
+environment as ``ZACTOR_KEYS`` before its target runs, and so is
+``ZACTOR_INSECURE`` when the parent's environment (``--insecure``) or
+``Supervisor(secure=False)`` turns security off. (The fork server
+keeps the environment it started with, so setting it in the parent would
+not be enough.)
+
 Children are killed if the supervisor's process dies: each asks the kernel
 for SIGKILL when its parent (the fork server, which exits with the
 supervisor's process) goes away.
@@ -40,7 +49,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+from transport.keys import INSECURE_ENV, KEYS_ENV, env_insecure, process_keyring_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +95,7 @@ class _Child:
     restart_at: float | None = None
 
 
-def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any]) -> None:
+def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any], env: Mapping[str, str | None] = {}) -> None:
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -92,6 +104,11 @@ def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, An
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     target(*args, **dict(kwargs))
 
 
@@ -107,7 +124,11 @@ class Supervisor:
         backoff_max: float = 2.0,
         preload: Iterable[str] = (),
         on_give_up: Callable[[str], None] | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        secure: bool | None = None,
     ) -> None:
+        """``keys``: the keyring children use (default: the one this process uses; see the module
+        docstring); ``secure=False`` starts them without security (default: as ``$ZACTOR_INSECURE`` says)."""
         if max_restarts < 0 or within <= 0 or backoff_step < 0 or backoff_max < 0:
             raise ValueError("need max_restarts >= 0, within > 0 and non-negative back-off times")
         self.max_restarts = max_restarts
@@ -115,6 +136,8 @@ class Supervisor:
         self.backoff_step = backoff_step
         self.backoff_max = backoff_max
         self._on_give_up = on_give_up
+        self._keys = keys
+        self._secure = secure
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload([*PRELOAD, *preload])
         self._children: dict[str, _Child] = {}
@@ -220,12 +243,20 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         spec = child.spec
-        proc = self._ctx.Process(target=_child_main, args=(spec.target, spec.args, spec.kwargs), name=f"zactor:{spec.name}", daemon=True)
+        proc = self._ctx.Process(target=_child_main, args=(spec.target, spec.args, spec.kwargs, self._child_env()), name=f"zactor:{spec.name}", daemon=True)
         proc.start()
         child.process = proc
         child.status = "running"
         child.restart_at = None
         self._record_locked(spec.name, "started", proc.pid, None)
+
+    def _child_env(self) -> dict[str, str | None]:
+        """What a child's environment must say about security (resolved now, at each start)."""
+        keys = Path(self._keys) if self._keys is not None else process_keyring_dir()
+        return {
+            KEYS_ENV: str(keys.absolute()) if keys is not None else os.environ.get(KEYS_ENV),
+            INSECURE_ENV: "1" if self._secure is False or (self._secure is None and env_insecure()) else None,
+        }
 
     def _poke(self) -> None:
         try:

@@ -17,6 +17,16 @@ exactly pykka's semantics: an exception goes back to the asker and the actor
 carries on. An ask to a name nobody hosts is answered at once with
 ``ActorDeadError`` rather than left to time out.
 
+Mailboxes are bounded (``mailbox_limit`` messages, from the wire): over it,
+a tell is dropped and counted (``dropped_full``), an ask is answered at once
+with ``MailboxFull`` (counted in ``busy``) so the asker backs off instead of
+the node's memory growing. Local tells and asks (same process) are not
+bounded: they are the caller's own back-pressure.
+
+Security: ``keys=`` names the keyring and ``secure=False`` turns CURVE off
+(see :mod:`transport.keys`); both default to the environment
+(``ZACTOR_KEYS``, ``ZACTOR_INSECURE``) and then to the user's keyring.
+
 Every remote ask has a deadline (``ask_timeout`` unless given); a sweep
 drops expired ones, so lost replies never accumulate.
 """
@@ -41,14 +51,16 @@ from pykka._envelope import Envelope as _PykkaEnvelope  # the one pykka internal
 
 from actors.actor import _spawning
 from actors.address import Address
-from actors.errors import ActorDeadError, AskTimeout, Failure, SystemStopped
+from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull, SystemStopped
 from actors.future import ReplyFuture, WireReply
-from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, Kind, Node, Timer
+from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, Keyring, Kind, Node, Timer
 from transport.codec import DEFAULT_MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ASK_TIMEOUT = 30.0
+DEFAULT_MAILBOX_LIMIT = 100_000
+"""Messages from the wire an actor's mailbox holds before tells are dropped and asks refused."""
 
 _shared: dict[int, ActorSystem] = {}
 _shared_lock = threading.Lock()
@@ -176,13 +188,19 @@ class ActorSystem:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         fault_seed: int | None = None,
         start: bool = True,
+        keys: str | os.PathLike[str] | Keyring | None = None,
+        secure: bool | None = None,
+        mailbox_limit: int = DEFAULT_MAILBOX_LIMIT,
     ) -> None:
         """``start=False`` binds the endpoint but handles no traffic until ``start()``:
         a process that hosts actors spawns them first, so a message that was
         waiting for the restarted process never finds an empty system."""
         if ask_timeout <= 0:
             raise ValueError(f"ask_timeout must be positive seconds, got {ask_timeout}")
+        if mailbox_limit < 1:
+            raise ValueError(f"mailbox_limit must be at least 1, got {mailbox_limit}")
         self.ask_timeout = ask_timeout
+        self.mailbox_limit = mailbox_limit
         self._hosted: dict[str, _Hosted] = {}
         self._lock = threading.RLock()
         self._pending: dict[int, ReplyFuture] = {}
@@ -192,7 +210,13 @@ class ActorSystem:
         self._names = itertools.count(1)
         self._stopped = threading.Event()
         self._node = Node(
-            endpoint, on_message=self._on_message, max_frame_bytes=max_frame_bytes, fault_seed=fault_seed, start=False
+            endpoint,
+            on_message=self._on_message,
+            max_frame_bytes=max_frame_bytes,
+            fault_seed=fault_seed,
+            start=False,
+            keys=keys,
+            secure=secure,
         )
         self.endpoint = self._node.endpoint
         self._node.call_later(1.0, self._sweep)
@@ -419,17 +443,32 @@ class ActorSystem:
             if env.kind == Kind.ASK:
                 self._reply(env, Failure.from_exception(ActorDeadError(f"no actor named {env.dest!r} on {self.endpoint}")), True)
             return
+        inbox = ref.actor_inbox
+        if inbox.qsize() >= self.mailbox_limit:
+            self._refuse_full(env)
+            return
         if env.kind == Kind.TELL:
-            ref.actor_inbox.put(_PykkaEnvelope(env.body))
+            inbox.put(_PykkaEnvelope(env.body))
         else:
-            ref.actor_inbox.put(_PykkaEnvelope(env.body, reply_to=WireReply(lambda value, failed: self._reply(env, value, failed))))
+            inbox.put(_PykkaEnvelope(env.body, reply_to=WireReply(lambda value, failed: self._reply(env, value, failed))))
+
+    def _refuse_full(self, env: Envelope) -> None:
+        counters = self._node.counters
+        if env.kind == Kind.TELL:
+            counters.dropped_full += 1
+            if counters.dropped_full & (counters.dropped_full - 1) == 0:  # 1, 2, 4, 8...: logs stay small
+                log.warning("%s: mailbox of %r full (%d); %d tells dropped so far", self, env.dest, self.mailbox_limit, counters.dropped_full)
+            return
+        counters.busy += 1
+        busy = MailboxFull(f"actor {env.dest!r} on {self.endpoint} is busy: its mailbox holds {self.mailbox_limit} messages; retry later")
+        self._reply(env, Failure.from_exception(busy), True)
 
     def _reply(self, request: Envelope, value: Any, failed: bool) -> None:
         kind = Kind.ERROR if failed else Kind.REPLY
         try:
-            self._node.send(request.src, Envelope(kind, "", self.endpoint, request.corr, value, request.dest))
+            self._node.reply(request, Envelope(kind, "", self.endpoint, request.corr, value, request.dest))
         except Exception as exc:  # an unpicklable or oversized result: tell the asker why
             if failed:
                 log.exception("%s: could not send an error reply", self)
                 return
-            self._node.send(request.src, Envelope(Kind.ERROR, "", self.endpoint, request.corr, Failure.from_exception(exc), request.dest))
+            self._node.reply(request, Envelope(Kind.ERROR, "", self.endpoint, request.corr, Failure.from_exception(exc), request.dest))

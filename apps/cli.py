@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from apps.keys_cli import add_security_options, apply_security_options
 from benchmarks import BENCHMARKS
 
 DESCRIPTION = """\
@@ -28,6 +29,10 @@ examples:
   zactor bench                       run every benchmark, print a table
   zactor bench transport --json      one benchmark, one JSON object
   zactor bench transport --help      that benchmark's own options
+  zactor keys init                   create this machine's keyring, print its public key
+
+security: every command that serves or connects takes --keys DIR and --insecure
+(also before the command: `zactor --keys DIR mr run ...`); see `zactor keys --help`.
 """
 
 
@@ -40,11 +45,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "Options after the name go to that benchmark (see `zactor bench NAME --help`).",
     )
     p.add_argument("name", nargs="?", choices=[*BENCHMARKS, "all"], default="all", help="which benchmark (default: all)")
+    add_security_options(p)
     p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    apply_security_options(args)
     if args.name != "all":
         return importlib.import_module(BENCHMARKS[args.name]).main(args.args)
     want_json = "--json" in args.args
@@ -85,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zactor", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    add_security_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_bench(sub)
     for name, module, help_text in SUBCOMMANDS:
@@ -98,6 +106,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("raft", "apps.raft.cli", "run a local Raft cluster and watch its leader"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
     ("soak", "apps.soak.cli", "crash-recovery soak test of a system, with a verdict and a report"),
+    ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),
 ]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""
 
@@ -105,8 +114,20 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = 0
-    while argv and argv[0] in ("-v", "-vv", "--verbose"):
-        verbose += 2 if argv.pop(0) == "-vv" else 1
+    security = argparse.Namespace(keys=None, insecure=False)
+    while argv and (argv[0] in ("-v", "-vv", "--verbose", "--insecure") or argv[0].startswith("--keys")):
+        opt = argv.pop(0)
+        if opt == "--insecure":
+            security.insecure = True
+        elif opt.startswith("--keys"):
+            value = opt.partition("=")[2] or (argv.pop(0) if argv else "")
+            if not value:
+                print("zactor: --keys needs a directory", file=sys.stderr)
+                return 2
+            security.keys = value
+        else:
+            verbose += 2 if opt == "-vv" else 1
+    apply_security_options(security)  # before any command: it reaches every system and child process
     level = [logging.ERROR, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     delegates = {name: module for name, module, _ in SUBCOMMANDS}

@@ -50,17 +50,34 @@ class EtcdClient:
     which etcd serves linearizably.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 10.0, retry_for: float = 10.0) -> None:
         self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
         self._headers = {"Content-Type": "application/json"}
+        self.retry_for = retry_for
+        self.retries = 0
+        """Requests sent again so far: etcd answered 5xx (a leader change, say) or the connection broke."""
 
     def _post(self, path: str, body: dict[str, str]) -> dict[str, Any]:
-        self._conn.request("POST", path, json.dumps(body), self._headers)
-        response = self._conn.getresponse()
-        data = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"etcd {path}: HTTP {response.status}: {data[:200]!r}")
-        return json.loads(data)
+        payload = json.dumps(body)
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                self._conn.request("POST", path, payload, self._headers)
+                response = self._conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._conn.close()  # the next request reconnects
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status == 200:
+                    return json.loads(data)
+                problem = f"HTTP {response.status}: {data[:200]!r}"
+                if response.status < 500:
+                    raise RuntimeError(f"etcd {path}: {problem}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"etcd {path}: {problem} (still, after {self.retry_for} s of retries)")
+            self.retries += 1
+            time.sleep(0.01)
 
     def put(self, key: str, value: str) -> None:
         self._post("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
@@ -164,7 +181,7 @@ class EtcdCluster:
         deadline = time.monotonic() + _HEALTH_WAIT
         while time.monotonic() < deadline:
             for i, (host, port) in enumerate(self.endpoints):
-                client = EtcdClient(host, port, timeout=1.0)
+                client = EtcdClient(host, port, timeout=1.0, retry_for=0.0)
                 try:
                     if client.is_leader():
                         return i

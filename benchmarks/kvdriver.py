@@ -132,6 +132,8 @@ def _run_job(conn: Any, wid: int, job: Job, clients: dict[tuple, Any]) -> None:
         deadline[0] = 0.0
         go.set()
         return
+    job_clients = [clients[(job.target, t)] for t in range(n) if (job.target, t) in clients]
+    retries_before = sum(getattr(c, "retries", 0) for c in job_clients)
     cpu_before = time.process_time()  # every thread of this process: clients, and the client library's own
     deadline[0] = time.perf_counter() + job.seconds
     go.set()
@@ -139,13 +141,14 @@ def _run_job(conn: Any, wid: int, job: Job, clients: dict[tuple, Any]) -> None:
     for th in threads:
         th.join(timeout=max(0.0, join_by - time.monotonic()))
     cpu = time.process_time() - cpu_before
+    retries = sum(getattr(c, "retries", 0) for c in job_clients) - retries_before
     if any(th.is_alive() for th in threads):
         errors.append(f"worker {wid}: a {job.target.name} request did not return within {_DONE_WAIT} s")
     joined = array.array("d")
     for lat in latencies:
         if lat is not None:
             joined.extend(lat)
-    conn.send(("done", joined.tobytes(), errors, cpu))
+    conn.send(("done", joined.tobytes(), errors, cpu, retries))
 
 
 def _run_appends(conn: Any, job: Appends, clients: dict[tuple, Any]) -> None:
@@ -207,9 +210,12 @@ class Batch:
     latencies: array.array = field(default_factory=lambda: array.array("d"))
     server_cpu: float = 0.0
     client_cpu: float = 0.0
+    retries: int = 0
+    """Requests the etcd and PySyncObj clients had to repeat (a leader change); zactor's clerk retries unseen."""
 
     def __iadd__(self, other: Batch) -> Batch:
         self.latencies.extend(other.latencies)
+        self.retries += other.retries
         self.server_cpu += other.server_cpu
         self.client_cpu += other.client_cpu
         return self
@@ -219,7 +225,7 @@ class Batch:
         n = len(self.latencies)
         if not n:
             return {"ops": 0, "ops_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"),
-                    "server_cpu_us_per_op": float("nan"), "client_cpu_us_per_op": float("nan")}
+                    "server_cpu_us_per_op": float("nan"), "client_cpu_us_per_op": float("nan"), "retries": self.retries}
         p50, p99 = p50_p99(list(self.latencies))
         return {
             "ops": n,
@@ -228,6 +234,7 @@ class Batch:
             "p99_ms": round(p99 * 1e3, 3),
             "server_cpu_us_per_op": round(self.server_cpu / n * 1e6, 1),
             "client_cpu_us_per_op": round(self.client_cpu / n * 1e6, 1),
+            "retries": self.retries,
         }
 
 
@@ -296,9 +303,10 @@ class DriverPool:
             raise DriverError("; ".join(errors[:3]))
         batch = Batch()
         for i in range(used):
-            kind, data, errs, cpu = self._recv(i, seconds + _DONE_WAIT + 5)
+            kind, data, errs, cpu, retries = self._recv(i, seconds + _DONE_WAIT + 5)
             batch.latencies.frombytes(data)
             batch.client_cpu += cpu
+            batch.retries += retries
             errors += errs
         batch.server_cpu = server_cpu + cpu_seconds(server_pids)
         if errors:

@@ -202,6 +202,7 @@ def _row(measured: list, op: str, size: int, n: int, systems: tuple[str, ...], w
     for name in names:
         for field in ("ops_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_op", "client_cpu_us_per_op"):
             row[f"{name}_{field}"] = round(statistics.median(trial[key][name][field] for trial in measured), 3)
+        row[f"{name}_retries"] = sum(trial[key][name]["retries"] for trial in measured)
     if "zactor" in systems:
         for base in ("etcd", "pysyncobj"):
             if base in systems:
@@ -239,6 +240,12 @@ def report(result: dict[str, Any]) -> str:
         lines.append(
             f"    {r['op']:<4}{r['value_bytes']:>5} B{r['clients']:>4} clients: "
             + "; ".join(f"{name} {r[name + '_server_cpu_us_per_op']:.0f} + {r[name + '_client_cpu_us_per_op']:.0f}" for name in systems)
+        )
+    retried = {name: sum(r[f"{name}_retries"] for r in result["rows"]) for name in ("etcd", "pysyncobj") if name in systems}
+    if any(retried.values()):
+        lines.append(
+            "  requests sent again after a leader change or a broken connection (counted in their latency): "
+            + ", ".join(f"{name} {n}" for name, n in retried.items())
         )
     log_rows = [r for r in result["rows"] if f"{LOG_READS}_ops_per_s" in r]
     if log_rows:

@@ -9,7 +9,8 @@ its journal file on; PySyncObj writes it through mmap and never fsyncs it.
 
 The wire format is as thin as we could make it: a 4-byte big-endian length,
 then one op byte and its arguments; the answer is framed the same way with a
-status byte (``K`` ok, ``E`` error) first.
+status byte (``K`` ok, ``E`` error) first. A put lost to a leader change is
+retried by the node (bounded in time) and the answer says how many times.
 """
 
 from __future__ import annotations
@@ -69,11 +70,22 @@ def keep_warnings(label: str) -> list[str]:
 
 def serve_node(me: int, raft_addresses: list[str], request_port: int, journal: str) -> None:
     """Child-process target: one PySyncObj node with a ReplDict and its request server on ``request_port``."""
-    from pysyncobj import SyncObj, SyncObjConf
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
     from pysyncobj.batteries import ReplDict
 
     logged = keep_warnings(f"node {me}")
 
+    # A command lost to a leader change (or refused while there is none) is
+    # tried again, as zactor's clerk and etcd's client do; other failures
+    # go back to the client.
+    _TRANSIENT = {
+        FAIL_REASON.QUEUE_FULL,
+        FAIL_REASON.MISSING_LEADER,
+        FAIL_REASON.DISCARDED,
+        FAIL_REASON.NOT_LEADER,
+        FAIL_REASON.LEADER_CHANGED,
+        FAIL_REASON.UNKNOWN_OUTCOME,
+    }
     data = ReplDict()
     partners = [a for i, a in enumerate(raft_addresses) if i != me]
     node = SyncObj(raft_addresses[me], partners, SyncObjConf(journalFile=journal, appendEntriesUseBatch=False), consumers=[data])
@@ -96,13 +108,25 @@ def serve_node(me: int, raft_addresses: list[str], request_port: int, journal: s
                 except OSError:
                     return
 
+    def put(key: str, value: str) -> int:
+        """Replicate ``key = value``; returns how many tries a leader change cost (a put is safe to repeat)."""
+        deadline = time.monotonic() + _SYNC_TIMEOUT
+        retried = 0
+        while True:
+            try:
+                data.set(key, value, sync=True, timeout=max(0.1, deadline - time.monotonic()))
+                return retried
+            except SyncObjException as exc:
+                if exc.errorCode not in _TRANSIENT or time.monotonic() >= deadline:
+                    raise
+                retried += 1
+                time.sleep(0.01)
+
     def answer(request: bytes) -> bytes:
         op = request[:1]
         if op == b"P":
             (keylen,) = _KEYLEN.unpack_from(request, 1)
-            key = request[3 : 3 + keylen].decode()
-            data.set(key, request[3 + keylen :].decode(), sync=True, timeout=_SYNC_TIMEOUT)
-            return b""
+            return str(put(request[3 : 3 + keylen].decode(), request[3 + keylen :].decode())).encode()
         if op == b"G":
             return str(data.get(request[1:].decode(), "")).encode()
         if op == b"L":
@@ -127,6 +151,8 @@ class PySyncObjClient:
     def __init__(self, host: str, port: int, timeout: float = 15.0) -> None:
         self._sock = socket.create_connection((host, port), timeout=timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.retries = 0
+        """Tries lost to leader changes so far (the node retries a put; this counts what it reported)."""
 
     def _call(self, request: bytes) -> bytes:
         _send_frame(self._sock, request)
@@ -137,7 +163,7 @@ class PySyncObjClient:
 
     def put(self, key: str, value: str) -> None:
         k = key.encode()
-        self._call(b"P" + _KEYLEN.pack(len(k)) + k + value.encode())
+        self.retries += int(self._call(b"P" + _KEYLEN.pack(len(k)) + k + value.encode()) or 0)
 
     def get(self, key: str) -> str:
         return self._call(b"G" + key.encode()).decode()

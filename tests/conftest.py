@@ -5,6 +5,7 @@ Everything a test starts is stopped by its fixture, also when the test fails.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from actors import ActorSystem, ChildSpec, Supervisor
 from actors.testing import serve_echo
+from transport.keys import INSECURE_ENV, KEYS_ENV, init_keyring
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
@@ -23,6 +25,25 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return predicate()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs secure (the default) on a keyring of its own, never the developer's.
+
+    Through the environment, so processes the tests start (the fork server,
+    CLI subprocesses) use it too.
+    """
+    saved = {name: os.environ.get(name) for name in (KEYS_ENV, INSECURE_ENV)}
+    ring = init_keyring(tmp_path_factory.mktemp("keyring") / "keys")
+    os.environ[KEYS_ENV] = str(ring)
+    os.environ.pop(INSECURE_ENV, None)
+    yield ring
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

@@ -119,6 +119,7 @@ def test_every_system_served_every_measurement(short_run: dict) -> None:
             assert 0 < row[f"{system}_p50_ms"] <= row[f"{system}_p99_ms"], (system, row)
             # CPU is counted in the servers' and the clients' processes while they work.
             assert row[f"{system}_server_cpu_us_per_op"] > 0 and row[f"{system}_client_cpu_us_per_op"] > 0, (system, row)
+            assert isinstance(row[f"{system}_retries"], int) and row[f"{system}_retries"] >= 0
         assert row["ratio_vs_etcd"] == round(row["zactor_ops_per_s"] / row["etcd_ops_per_s"], 2)
         assert row["ratio_vs_pysyncobj"] == round(row["zactor_ops_per_s"] / row["pysyncobj_ops_per_s"], 2)
         assert len(row["trial_ratios_vs_etcd"]) == 1
@@ -173,3 +174,44 @@ def test_an_etcd_member_that_cannot_start_is_a_clear_error_and_the_others_are_st
             with cluster:
                 pass
     assert cluster.procs and all(p.poll() is not None for p in cluster.procs)
+
+
+def test_etcd_client_sends_a_request_again_after_a_5xx_and_counts_it() -> None:
+    import http.server
+    import threading
+
+    from benchmarks.etcd import EtcdClient
+
+    answers = [503, 503, 200]
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = answers.pop(0)
+            body = b'{"error":"etcdserver: leader changed"}' if status != 200 else b'{"header":{}}'
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = EtcdClient(*server.server_address, timeout=5.0, retry_for=5.0)
+        client.put("k", "v")
+        assert client.retries == 2 and answers == []
+        answers.append(400)  # a client error is not retried
+        with pytest.raises(RuntimeError, match="HTTP 400"):
+            client.get("k")
+        assert client.retries == 2
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -23,6 +23,7 @@ from apps.kvsrv.server import serve
 from apps.linearizability import KVModel, Recorder, Verdict, check, render_html
 from tests.conftest import wait_until
 from transport import Envelope, FrameTooLarge, Kind, encode, unreliable
+from transport.keys import resolve_keyring
 
 MiB = 1024 * 1024
 
@@ -271,6 +272,7 @@ def test_garbage_and_oversized_input_leave_the_server_correct(system: ActorSyste
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    resolve_keyring().secure_client(sock, server)  # a member of the cluster, sending garbage
     sock.connect(server)
     try:
         for frame in (b"garbage", b"ZA1\x80\x05junk", b"\x00" * 5000):

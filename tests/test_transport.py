@@ -25,6 +25,7 @@ from transport import (
     long_reordering,
     unreliable,
 )
+from transport.keys import resolve_keyring
 
 # ---- codec ------------------------------------------------------------------
 
@@ -241,6 +242,7 @@ def test_garbage_frames_leave_the_node_serving(system: ActorSystem, remote: str)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    resolve_keyring().secure_client(sock, remote)  # a member of the cluster, sending garbage
     sock.connect(remote)
     try:
         for frame in (b"", b"\x00" * 100, b"ZA1garbage", b"ZA1" + pickle.dumps(("x",)), pickle.dumps(1)):
@@ -261,6 +263,7 @@ def test_raw_bytes_and_oversized_frames_leave_the_node_serving() -> None:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        resolve_keyring().secure_client(sock, server.endpoint)
         sock.connect(server.endpoint)
         try:
             big = Envelope(Kind.TELL, "c", "ipc:///x", 0, b"y" * (200 * 1024))

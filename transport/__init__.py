@@ -8,6 +8,7 @@ from transport.codec import DEFAULT_MAX_FRAME_BYTES, CodecError, FrameTooLarge, 
 from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
 from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
+from transport.keys import InsecureBindError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
 from transport.node import ControlRequest, Node, Timer, default_endpoint
 
 __all__ = [
@@ -21,16 +22,22 @@ __all__ = [
     "FaultRule",
     "FaultTable",
     "FrameTooLarge",
+    "InsecureBindError",
+    "Keyring",
+    "KeyringError",
     "Kind",
     "MalformedFrame",
     "Node",
     "RemoteError",
+    "SecurityWarning",
     "Timer",
     "decode",
     "default_endpoint",
     "disconnected",
     "encode",
+    "init_keyring",
     "long_reordering",
     "message_type",
+    "resolve_keyring",
     "unreliable",
 ]

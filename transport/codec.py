@@ -1,22 +1,35 @@
 """Turning envelopes into frames and back, with a size limit.
 
-Cluster traffic is trusted: frames are pickles. Anything pickle refuses
-(lambdas, functions defined in ``__main__`` or a user's script) is encoded
-with cloudpickle instead, whose output plain ``pickle.loads`` reads, so the
-receiving side has one decoder. Every decoding failure is a
-:class:`MalformedFrame`, which the node logs and drops.
+A frame is a fixed binary header, three short UTF-8 strings and a pickled body::
+
+    "ZA2" | kind u8 | corr u64 | len(dest) u16 | len(src) u16 | len(sender) u16 | len(body) u32
+    dest | src | sender | body
+
+Everything but the body is checked (magic, kind, every length against the
+frame's size, the strings' encoding) before the body is unpickled, so a frame
+that is not ours costs no unpickling. Frames only ever come from
+authenticated peers (CURVE with an allow-list, see :mod:`transport.keys`):
+the body is a pickle, and a key in the keyring is trusted with code
+execution. Anything pickle refuses (lambdas, functions defined in
+``__main__`` or a user's script) is encoded with cloudpickle instead, whose
+output plain ``pickle.loads`` reads, so the receiving side has one decoder.
+Every decoding failure is a :class:`MalformedFrame`, which the node logs and
+drops.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 from typing import Any
 
 import cloudpickle
 
 from transport.envelope import Envelope, Kind
 
-MAGIC = b"ZA1"
+MAGIC = b"ZA2"
+_HEADER = struct.Struct("!3sBQHHHI")
+HEADER_BYTES = _HEADER.size
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Large enough for the KV memory tests' 10 MiB values with room to spare."""
 
@@ -44,35 +57,47 @@ def _dumps(obj: Any) -> bytes:
 
 
 def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
-    """Encode an envelope; raises FrameTooLarge past ``max_bytes``."""
-    frame = MAGIC + _dumps((int(env.kind), env.dest, env.src, env.corr, env.sender, env.body))
-    if len(frame) > max_bytes:
+    """Encode an envelope; raises FrameTooLarge past ``max_bytes``, ValueError for over-long names."""
+    dest, src, sender = env.dest.encode(), env.src.encode(), env.sender.encode()
+    body = _dumps(env.body)
+    size = HEADER_BYTES + len(dest) + len(src) + len(sender) + len(body)
+    if size > max_bytes:
         raise FrameTooLarge(
-            f"{type(env.body).__name__} to {env.dest!r} encodes to {len(frame)} bytes, "
+            f"{type(env.body).__name__} to {env.dest!r} encodes to {size} bytes, "
             f"over the frame limit of {max_bytes} bytes"
         )
-    return frame
-
-
-def decode(frame: bytes | memoryview) -> Envelope:
-    """Decode a frame; raises MalformedFrame for anything else."""
-    if bytes(frame[: len(MAGIC)]) != MAGIC:
-        raise MalformedFrame(f"bad magic {bytes(frame[:8])!r} ({len(frame)} bytes)")
     try:
-        fields = pickle.loads(frame[len(MAGIC) :])
-    except Exception as exc:  # any unpickling failure means a bad frame
-        raise MalformedFrame(f"undecodable body ({len(frame)} bytes): {exc!r}") from exc
-    if not (isinstance(fields, tuple) and len(fields) == 6):
-        raise MalformedFrame(f"not an envelope tuple: {type(fields).__name__}")
-    kind, dest, src, corr, sender, body = fields
-    if not (
-        isinstance(kind, int)
-        and isinstance(dest, str)
-        and isinstance(src, str)
-        and isinstance(corr, int)
-        and isinstance(sender, str)
-    ):
-        raise MalformedFrame("envelope fields of the wrong types")
+        header = _HEADER.pack(MAGIC, int(env.kind), env.corr, len(dest), len(src), len(sender), len(body))
+    except struct.error as exc:
+        raise ValueError(f"envelope fields out of range (name over 65535 bytes, or corr not a u64): {exc}") from None
+    return b"".join((header, dest, src, sender, body))
+
+
+def decode(frame: bytes | memoryview, route: bytes | None = None) -> Envelope:
+    """Decode a frame; raises MalformedFrame for anything else, checking the header before unpickling."""
+    size = len(frame)
+    if size < HEADER_BYTES:
+        raise MalformedFrame(f"frame of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
+    magic, kind, corr, n_dest, n_src, n_sender, n_body = _HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise MalformedFrame(f"bad magic {bytes(frame[:8])!r} ({size} bytes)")
     if kind not in _KINDS:
         raise MalformedFrame(f"unknown envelope kind {kind}")
-    return Envelope(_KINDS[kind], dest, src, corr, body, sender)
+    if HEADER_BYTES + n_dest + n_src + n_sender + n_body != size:
+        raise MalformedFrame(f"header lengths ({n_dest}, {n_src}, {n_sender}, {n_body}) do not add up to the frame's {size} bytes")
+    view = memoryview(frame)
+    at = HEADER_BYTES
+    try:
+        dest = str(view[at : at + n_dest], "utf-8")
+        at += n_dest
+        src = str(view[at : at + n_src], "utf-8")
+        at += n_src
+        sender = str(view[at : at + n_sender], "utf-8")
+        at += n_sender
+    except UnicodeDecodeError as exc:
+        raise MalformedFrame(f"names that are not UTF-8: {exc}") from None
+    try:
+        body = pickle.loads(view[at:])
+    except Exception as exc:  # any unpickling failure means a bad frame
+        raise MalformedFrame(f"undecodable body ({n_body} bytes): {exc!r}") from exc
+    return Envelope(_KINDS[kind], dest, src, corr, body, sender, route)

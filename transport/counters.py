@@ -24,6 +24,12 @@ class Counters:
     send_failures: int = 0
     control: int = 0
     """Control traffic (faults, counters, pings), kept out of ``sent``."""
+    rejected: int = 0
+    """Connections refused before a byte was decoded (failed CURVE handshake: no keys, a key not in the keyring)."""
+    dropped_full: int = 0
+    """Tells dropped because the actor's mailbox was at its bound."""
+    busy: int = 0
+    """Asks answered with MailboxFull because the actor's mailbox was at its bound."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count_sent(self, mtype: str, nbytes: int) -> None:
@@ -43,6 +49,9 @@ class Counters:
                 "unknown_actor": self.unknown_actor,
                 "send_failures": self.send_failures,
                 "control": self.control,
+                "rejected": self.rejected,
+                "dropped_full": self.dropped_full,
+                "busy": self.busy,
                 "messages_total": sum(self.sent.values()),
                 "bytes_total": sum(self.sent_bytes.values()),
             }
@@ -53,3 +62,4 @@ class Counters:
             self.sent_bytes.clear()
             self.received = self.dropped_by_faults = self.malformed = 0
             self.unknown_actor = self.send_failures = self.control = 0
+            self.rejected = self.dropped_full = self.busy = 0

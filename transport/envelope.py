@@ -48,6 +48,9 @@ class Envelope(NamedTuple):
     body: Any
     sender: str = ""
     """Actor name of the sender, when it has one (informational)."""
+    route: bytes | None = None
+    """Set by the receiving node: the connection the envelope came in on, where its reply goes.
+    Never on the wire; ``src`` is only a label (fault rules, counters), never a reply address."""
 
     @property
     def is_control(self) -> bool:
@@ -69,30 +72,41 @@ class RemoteError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """An exception on the wire: the original if it pickles, and always its text."""
+    """An exception on the wire: the original if it survives pickling, and always its text.
+
+    The exception travels inline, inside the frame's one pickle, so a
+    receiver unpickles it once, with the frame (never a second pickle nested
+    in the first).
+    """
 
     type_name: str
     message: str
     remote_traceback: str
-    pickled: bytes | None
+    exception: BaseException | None
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Failure:
         try:
-            pickled: bytes | None = pickle.dumps(exc)
-            pickle.loads(pickled)  # some exceptions pickle but do not unpickle
+            # Some exceptions pickle but do not unpickle; checked here, on the
+            # sender's own bytes, so the receiver's one decode cannot fail on it.
+            pickle.loads(pickle.dumps(exc))
+            travelling: BaseException | None = exc
         except Exception:
-            pickled = None
+            travelling = None
         text = "".join(traceback.format_exception(exc))
-        return cls(type(exc).__qualname__, str(exc), text, pickled)
+        return cls(type(exc).__qualname__, str(exc), text, travelling)
+
+    def __getstate__(self) -> tuple:
+        # The traceback object of a live exception does not pickle; its text is in remote_traceback.
+        return (self.type_name, self.message, self.remote_traceback, self.exception)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(("type_name", "message", "remote_traceback", "exception"), state, strict=True):
+            object.__setattr__(self, name, value)
 
     def to_exception(self) -> BaseException:
-        if self.pickled is not None:
-            try:
-                exc = pickle.loads(self.pickled)
-                if isinstance(exc, BaseException):
-                    exc.add_note(f"raised remotely:\n{self.remote_traceback}")
-                    return exc
-            except Exception:
-                pass
+        if isinstance(self.exception, BaseException):
+            exc = self.exception
+            exc.add_note(f"raised remotely:\n{self.remote_traceback}")
+            return exc
         return RemoteError(f"{self.type_name}: {self.message}\n--- remote traceback ---\n{self.remote_traceback}")

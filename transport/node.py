@@ -4,22 +4,34 @@ Usage summary::
 
     node = Node("ipc:///tmp/a.sock", on_message=handle)   # or tcp://127.0.0.1:0
     node.send("ipc:///tmp/b.sock", envelope)               # any thread
+    node.reply(request, envelope)                          # back over the request's own connection
     node.call_later(0.5, fn)                               # fn runs on the I/O thread
     node.set_faults([FaultRule(...)])                      # or remotely, see CONTROL_NAME
     node.counters.snapshot()
     node.close()
 
-pyzmq sockets are not thread-safe, so each socket has one owner at a time.
-The bound ROUTER, where everything arrives, belongs to the node's I/O thread
-alone: it polls it, decodes, applies the incoming fault rules and hands each
-envelope to ``on_message``. Sending sockets (one DEALER per destination, never
-read) are owned by whichever thread holds the node's send lock: the thread
-that calls ``send`` encodes its envelope (so an oversized or unpicklable
-message fails in the caller, with a clear error), applies the outgoing fault
-rules and hands the frame to ZeroMQ itself. Handing every send to the I/O
-thread instead would cost a thread wake-up (about 30 us here) on each side of
-every ask; see ARCHITECTURE.md. Frames for this node itself, delayed frames and
-timers go through the I/O thread.
+Security (on by default): every socket speaks CurveZMQ with this machine's
+key pair from the keyring (:mod:`transport.keys`). The bound ROUTER is a
+CURVE server whose ZAP handler, run on the I/O thread, admits only public keys
+in the keyring; a peer that fails the handshake (no keys, a key outside the
+keyring, a revoked key) never gets a byte to the codec and is counted in
+``rejected`` (through the ROUTER's socket monitor). ``secure=False`` turns
+CURVE off for loopback and ipc:// only, with a warning once per process.
+
+pyzmq sockets are not thread-safe, so each socket has one user at a time.
+The bound ROUTER (requests in, replies out by the requester's connection
+identity), the ZAP socket and the monitor belong to the I/O thread alone.
+Sending sockets (one DEALER per destination, which also receive the replies
+to what was sent on them) are used under the node's send lock: a sending
+thread sends on them directly (so an oversized or unpicklable message fails
+in the caller, with a clear error); the I/O thread polls each DEALER's raw
+ZMQ_FD and reads it under the same lock. ZMQ_FD is edge-triggered (a send
+may consume the signal of a reply that has just arrived), so every send
+re-checks ZMQ_EVENTS and wakes the I/O thread when input is waiting. At most
+``max_peers`` DEALERs stay open: the least recently used one is closed (by
+the I/O thread, which is the only one polling their descriptors). Replies
+never open a socket: a frame's claimed ``src`` is only a label for fault
+rules and counters, never an address a reply goes to.
 
 ``on_message`` runs on the I/O thread for every envelope that arrives for a
 name other than the node's control name. It must be quick (hand the message to
@@ -37,30 +49,65 @@ import heapq
 import itertools
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
+import zmq.utils.monitor
+import zmq.utils.z85
 
 from transport.codec import DEFAULT_MAX_FRAME_BYTES, MalformedFrame, decode, encode
 from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, message_type
 from transport.faults import DROP, FaultRule, FaultTable
+from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
 
 log = logging.getLogger(__name__)
 
 _node_ids = itertools.count(1)
 
+LOCAL = b""
+"""Route of an envelope this node sent to itself: its reply is delivered locally too."""
+
+DEFAULT_MAX_PEERS = 256
+"""Open sending sockets (one per destination) kept at most; the least recently used is closed."""
+
+DEFAULT_INBOUND_HWM = 10_000
+"""Frames ZeroMQ queues per connection before it stops reading that peer (TCP back-pressure)."""
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def ipc_directory() -> str:
+    """This user's directory for ipc:// sockets (mode 0700), made on first use.
+
+    Another user cannot even reach a socket file inside it, whatever its mode.
+    """
+    directory = os.path.join(tempfile.gettempdir(), f"zactor-{os.getuid()}")
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise OSError(f"{directory} is not a directory of this user; remove it or set TMPDIR elsewhere")
+    if st.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+    return directory
+
 
 def default_endpoint() -> str:
-    """A fresh ipc:// endpoint in the temporary directory, unique to this process."""
-    directory = tempfile.gettempdir()
-    return f"ipc://{directory}/zactor-{os.getpid()}-{next(_node_ids)}-{os.urandom(3).hex()}.sock"
+    """A fresh ipc:// endpoint in this user's 0700 socket directory, unique to this process."""
+    return f"ipc://{ipc_directory()}/{os.getpid()}-{next(_node_ids)}-{os.urandom(3).hex()}.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,28 +142,61 @@ class Node:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         fault_seed: int | None = None,
         start: bool = True,
+        keys: str | os.PathLike[str] | Keyring | None = None,
+        secure: bool | None = None,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        inbound_hwm: int = DEFAULT_INBOUND_HWM,
     ) -> None:
+        """``keys``: the keyring (default: ``$ZACTOR_KEYS``, else the user's, made on first use).
+        ``secure=False`` turns CURVE off (loopback and ipc:// only; warns once per process)."""
+        if max_peers < 1 or inbound_hwm < 1:
+            raise ValueError("max_peers and inbound_hwm must be at least 1")
         self._on_message = on_message
         self.max_frame_bytes = max_frame_bytes
+        self.max_peers = max_peers
+        self._inbound_hwm = inbound_hwm
         self.counters = Counters()
         self._faults = FaultTable(seed=fault_seed)
+        requested = endpoint or default_endpoint()
+        self.secure = security_on(secure)
+        self.keyring: Keyring | None = resolve_keyring(keys) if self.secure else None
+        self._explicit_keys = self.keyring.directory if self.keyring is not None and keys is not None else None
+        if not self.secure:
+            check_insecure_bind(requested)
         self._ctx = zmq.Context(io_threads=1)
+        self._zap: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.RCVHWM, 0)
+        self._router.setsockopt(zmq.RCVHWM, inbound_hwm)
+        self._router.setsockopt(zmq.SNDHWM, 100_000)  # replies queued for one asker, as for a DEALER
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot go is counted, not silently lost
         # ZeroMQ refuses (and disconnects) a sender of a larger message, so no
-        # stranger can make this process allocate more than that.
+        # peer can make this process allocate more than that.
         self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 4096)
-        requested = endpoint or default_endpoint()
         try:
+            if self.keyring is not None:
+                # The ZAP handler must exist before the first connection: without
+                # one, libzmq lets any CURVE client in.
+                self._zap = self._ctx.socket(zmq.REP)
+                self._zap.setsockopt(zmq.LINGER, 0)
+                self._zap.bind(ZAP_ENDPOINT)
+                self.keyring.secure_server(self._router)
+                self._router.zap_domain = b"zactor"
+                self._monitor = self._router.get_monitor_socket(_HANDSHAKE_FAILURES)
             self._router.bind(requested)
         except zmq.ZMQError as exc:
             self._ctx.destroy(linger=0)
             raise OSError(f"cannot bind node endpoint {requested}: {exc}") from exc
+        if self._explicit_keys is not None:
+            hold_explicit(self._explicit_keys)  # the Supervisor hands it to children (released at close)
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         if requested.startswith("tcp://") and not requested.endswith(":0"):
             self.endpoint = requested  # keep the caller's spelling (host name vs address)
-        self._dealers: dict[str, zmq.Socket] = {}
+        self._dealers: OrderedDict[str, zmq.Socket] = OrderedDict()
+        self._dealer_fds: dict[int, zmq.Socket] = {}
+        self._poll_dirty = True  # the I/O thread rebuilds its poller (dealers came or must go)
+        self._input_waiting = False  # a sender saw a reply waiting on a DEALER
         self._send_lock = threading.Lock()
         self._outbox: deque[tuple] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -142,10 +222,11 @@ class Node:
     def send(self, dest_endpoint: str, env: Envelope) -> int:
         """Queue ``env`` for ``dest_endpoint``; returns the encoded size in bytes.
 
-        Raises FrameTooLarge, or a pickling error, in the caller's thread.
+        Raises FrameTooLarge, a pickling error, or KeyringError (no key serves
+        that host) in the caller's thread.
         """
         frame = encode(env, self.max_frame_bytes)
-        item = (dest_endpoint, message_type(env.body), env.is_reply, env.is_control, frame)
+        item = (dest_endpoint, message_type(env.body), env.is_reply, env.is_control, frame, None)
         if dest_endpoint == self.endpoint:
             self._enqueue(item)  # delivered by the I/O thread, like everything received
         else:
@@ -153,6 +234,17 @@ class Node:
                 ready = self._admit(item)
                 if ready is not None:
                     self._transmit(dest_endpoint, frame)
+        return len(frame)
+
+    def reply(self, request: Envelope, env: Envelope) -> int:
+        """Send ``env`` back over the connection ``request`` came in on (never to a claimed address).
+
+        Encoded in the caller's thread (errors surface there); the I/O thread,
+        which owns the ROUTER, sends it.
+        """
+        frame = encode(env, self.max_frame_bytes)
+        route = request.route if request.route is not None else LOCAL
+        self._enqueue((request.src, message_type(env.body), env.is_reply, env.is_control, frame, route))
         return len(frame)
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
@@ -173,17 +265,24 @@ class Node:
     def fault_rules(self) -> tuple[FaultRule, ...]:
         return self._faults.rules
 
+    @property
+    def open_peers(self) -> int:
+        """Sending sockets open now (bounded by ``max_peers``)."""
+        return len(self._dealers)
+
     def close(self) -> None:
         """Stop the I/O thread and close every socket; idempotent."""
         if self._closed:
             return
         self._closed = True
         self._stopping = True
+        if self._explicit_keys is not None:
+            release_explicit(self._explicit_keys)
         self._wake()
         if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(timeout=5.0)
         elif not self._thread.is_alive():
-            self._ctx.destroy(linger=0)
+            self._destroy()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -191,6 +290,14 @@ class Node:
                 pass
 
     # ---- internals --------------------------------------------------------
+
+    def _destroy(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._router.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        self._ctx.destroy(linger=0)
 
     def _enqueue(self, item: tuple) -> None:
         if threading.current_thread() is self._thread:
@@ -213,13 +320,33 @@ class Node:
             except (BlockingIOError, OSError):
                 pass
 
-    def _run(self) -> None:
+    def _build_poller(self) -> zmq.Poller:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        for sock in (self._zap, self._monitor):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+        with self._send_lock:
+            self._poll_dirty = False
+            while len(self._dealers) > self.max_peers:
+                dest, sock = self._dealers.popitem(last=False)
+                self._close_dealer(sock)
+                log.info("node %s: closed the least recently used connection, to %s", self.endpoint, dest)
+            fds = list(self._dealer_fds)
+        for fd in fds:
+            poller.register(fd, zmq.POLLIN)
+        return poller
+
+    def _run(self) -> None:
+        poller = self._build_poller()
         try:
             while not self._stopping:
                 timeout_ms = self._run_due_timers()
+                if self._poll_dirty:
+                    poller = self._build_poller()
+                if self._input_waiting:
+                    timeout_ms = 0
                 events = dict(poller.poll(timeout_ms))
                 if self._wake_r in events:
                     self._signalled = False
@@ -228,12 +355,22 @@ class Node:
                     except BlockingIOError:
                         pass
                 self._drain_outbox()
+                if self._zap is not None and self._zap in events:
+                    self._answer_zap()
+                if self._monitor is not None and self._monitor in events:
+                    self._read_monitor()
                 if self._router in events:
                     self._drain_router()
+                ready = [self._dealer_fds[fd] for fd in events if isinstance(fd, int) and fd in self._dealer_fds]
+                if self._input_waiting:
+                    self._input_waiting = False
+                    ready = list(self._dealer_fds.values())
+                if ready:
+                    self._drain_dealers(ready)
         except Exception:
             log.exception("node %s: I/O thread failed", self.endpoint)
         finally:
-            self._ctx.destroy(linger=0)
+            self._destroy()
 
     def _drain_outbox(self) -> None:
         outbox = self._outbox
@@ -260,12 +397,12 @@ class Node:
                 except Exception:
                     log.exception("node %s: timer callback failed", self.endpoint)
 
-    def _admit(self, item: tuple) -> tuple[str, bytes] | None:
+    def _admit(self, item: tuple) -> tuple[str, bytes, bytes | None] | None:
         """Count an outgoing frame and apply the fault rules; what to send now, if anything.
 
         Callers hold the send lock: counters and the fault RNG are shared by every sending thread.
         """
-        dest, mtype, is_reply, exempt, frame = item
+        dest, mtype, is_reply, exempt, frame, route = item
         if exempt:  # the harness reading counters must not change them
             self.counters.control += 1
         else:
@@ -275,17 +412,27 @@ class Node:
                 self.counters.dropped_by_faults += 1
                 return None
             if hold > 0:
-                self.call_later(hold, lambda: self._deliver_or_send(dest, frame))
+                self.call_later(hold, lambda: self._deliver_or_send(dest, frame, route))
                 return None
-        return dest, frame
+        return dest, frame, route
 
-    def _deliver_or_send(self, dest: str, frame: bytes) -> None:
-        """On the I/O thread: receive a frame for this node, or send it under the lock."""
-        if dest == self.endpoint:
-            self._receive(frame)
+    def _deliver_or_send(self, dest: str, frame: bytes, route: bytes | None = None) -> None:
+        """On the I/O thread: receive a frame for this node, reply on the ROUTER, or send under the lock."""
+        if route is not None and route != LOCAL:
+            try:
+                self._router.send_multipart((route, frame), zmq.NOBLOCK)
+            except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
+                self.counters.send_failures += 1
+            return
+        if dest == self.endpoint or route == LOCAL:
+            self._receive(frame, LOCAL)
             return
         with self._send_lock:
-            self._transmit(dest, frame)
+            try:
+                self._transmit(dest, frame)
+            except Exception as exc:  # a delayed send to a host no key serves
+                self.counters.send_failures += 1
+                log.error("node %s: cannot send to %s: %s", self.endpoint, dest, exc)
 
     def _transmit(self, dest: str, frame: bytes) -> None:
         """Hand one frame for another node to ZeroMQ; callers hold the send lock."""
@@ -294,19 +441,39 @@ class Node:
             sock = self._connect(dest)
             if sock is None:
                 return
+        else:
+            self._dealers.move_to_end(dest)
         try:
             sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self.counters.send_failures += 1
             log.warning("node %s: queue to %s is full; message dropped", self.endpoint, dest)
+        # ZMQ_FD is edge-triggered: this send may have consumed the signal of
+        # a reply that just arrived, so the I/O thread must look by itself.
+        if sock.get(zmq.EVENTS) & zmq.POLLIN and not self._input_waiting:
+            self._input_waiting = True
+            if threading.current_thread() is not self._thread:
+                self._wake()
 
     def _connect(self, dest: str) -> zmq.Socket | None:
+        """A new DEALER to ``dest``; callers hold the send lock. KeyringError if no key serves it."""
+        server_key = self.keyring.server_key(dest) if self.keyring is not None else None
+        if len(self._dealers) >= 2 * self.max_peers:  # the I/O thread has not caught up closing old ones
+            self.counters.send_failures += 1
+            log.warning("node %s: %d connections open; message to %s dropped", self.endpoint, len(self._dealers), dest)
+            return None
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, self._inbound_hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes + 4096)
         # A restarted peer should be reachable again within milliseconds.
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        if self.keyring is not None:
+            sock.curve_serverkey = server_key  # looked up before the socket exists: an unknown host leaks nothing
+            sock.curve_publickey = self.keyring.public
+            sock.curve_secretkey = self.keyring.secret
         try:
             sock.connect(dest)
         except zmq.ZMQError as exc:
@@ -315,7 +482,32 @@ class Node:
             log.error("node %s: cannot connect to %r: %s", self.endpoint, dest, exc)
             return None
         self._dealers[dest] = sock
+        self._dealer_fds[sock.get(zmq.FD)] = sock
+        self._poll_dirty = True  # register its descriptor; close the oldest if over max_peers
+        if threading.current_thread() is not self._thread:
+            self._wake()
         return sock
+
+    def _close_dealer(self, sock: zmq.Socket) -> None:
+        """Only on the I/O thread, under the send lock: nobody polls its descriptor now."""
+        self._dealer_fds = {fd: s for fd, s in self._dealer_fds.items() if s is not sock}
+        sock.close(linger=0)
+
+    def _drain_dealers(self, socks: list[zmq.Socket]) -> None:
+        """Read the replies waiting on DEALERs (under the send lock), then deliver them."""
+        frames: list[bytes] = []
+        with self._send_lock:
+            for sock in socks:
+                if sock.closed:
+                    continue
+                for _ in range(1_000):
+                    if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                        break
+                    frames.extend(sock.recv_multipart(zmq.NOBLOCK, copy=True))
+                else:
+                    self._input_waiting = True  # more than a batch: come back after other work
+        for frame in frames:
+            self._receive(frame, None, replies_only=True)
 
     def _drain_router(self) -> None:
         router = self._router
@@ -325,19 +517,50 @@ class Node:
             if not router.get(zmq.EVENTS) & zmq.POLLIN:
                 return
             parts = router.recv_multipart(zmq.NOBLOCK)
-            if len(parts) < 2:
+            if len(parts) != 2:
                 self.counters.malformed += 1
-                log.warning("node %s: dropped a message with no frames", self.endpoint)
+                log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, len(parts) - 1)
                 continue
-            for part in parts[1:]:
-                self._receive(part)
+            self._receive(parts[1], parts[0])
 
-    def _receive(self, frame: bytes | memoryview) -> None:
+    def _answer_zap(self) -> None:
+        """The ZAP handler: admit a CURVE client only if its public key is in the keyring."""
+        for _ in range(1_000):
+            try:
+                request = self._zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ok = False
+            try:
+                version, request_id, _domain, address, _identity, mechanism = request[:6]
+                client = zmq.utils.z85.encode(request[6]) if mechanism == b"CURVE" and len(request) > 6 else b""
+                ok = bool(client) and self.keyring is not None and self.keyring.allows(client)
+            except Exception as exc:  # a bad request or a keyring file that no longer parses: refuse
+                version, request_id, address = b"1.0", request[1] if len(request) > 1 else b"", b"?"
+                log.error("node %s: refusing a connection, cannot check it: %s", self.endpoint, exc)
+            if not ok:
+                log.warning("node %s: refused a connection from %s: key not in the keyring", self.endpoint, address.decode(errors="replace"))
+            self._zap.send_multipart([version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not in keyring", b"", b""])
+
+    def _read_monitor(self) -> None:
+        for _ in range(1_000):
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] & _HANDSHAKE_FAILURES:
+                self.counters.rejected += 1
+
+    def _receive(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False) -> None:
         try:
-            env = decode(frame)
+            env = decode(frame, route)
         except MalformedFrame as exc:
             self.counters.malformed += 1
             log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
+            return
+        if replies_only and not env.is_reply:
+            self.counters.malformed += 1
+            log.warning("node %s: dropped a %s that came back on a sending connection", self.endpoint, env.kind.name)
             return
         self.counters.received += 1
         if env.dest == CONTROL_NAME:
@@ -373,6 +596,7 @@ class Node:
                 result = len(rules)
             elif req.op == "counters":
                 result = self.counters.snapshot()
+                result["open_peers"] = len(self._dealers)
             elif req.op == "reset_counters":
                 self.counters.reset()
             else:
@@ -380,5 +604,4 @@ class Node:
         except Exception as exc:  # reported to the caller, never fatal to the node
             kind, result = Kind.ERROR, Failure.from_exception(exc)
         if env.kind == Kind.ASK:
-            reply = Envelope(kind, "", self.endpoint, env.corr, result, CONTROL_NAME)
-            self._enqueue((env.src, message_type(result), True, True, encode(reply, self.max_frame_bytes)))
+            self.reply(env, Envelope(kind, "", self.endpoint, env.corr, result, CONTROL_NAME))

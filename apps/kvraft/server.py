@@ -162,19 +162,19 @@ class KVRaftServer(Actor):
         op = req.op
         if isinstance(op, Get):
             if type(op.key) is not str:
-                self._answer(req.reply_to, req.corr, True, _bad(f"key must be a string, not {type(op.key).__name__}"))
+                self._answer(req.reply_to, req.corr, True, BadRequest(f"key must be a string, not {type(op.key).__name__}"))
                 return
         elif isinstance(op, (Put, Append)):
             problem = check_write(op)
             if problem:
-                self._answer(req.reply_to, req.corr, True, _bad(problem))
+                self._answer(req.reply_to, req.corr, True, BadRequest(problem))
                 return
             seen, reply = self.state.duplicate(op.client, op.seq)
             if seen:  # applied already: any server can say so, leader or not
                 self._answer(req.reply_to, req.corr, True, reply)
                 return
         else:
-            self._answer(req.reply_to, req.corr, True, _bad(f"not a KV request: {type(op).__name__}"))
+            self._answer(req.reply_to, req.corr, True, BadRequest(f"not a KV request: {type(op).__name__}"))
             return
         if not self.leading:
             self._answer(req.reply_to, req.corr, False)
@@ -281,10 +281,6 @@ def _digest(state: KVState) -> str:
     """The same for every replica with the same data and duplicate table, whatever order they were built in."""
     blob = pickle.dumps((sorted(state.data.items()), sorted(state.latest.items())), protocol=pickle.HIGHEST_PROTOCOL)
     return hashlib.sha256(blob).hexdigest()
-
-
-def _bad(reason: str) -> BadRequest:
-    return BadRequest(reason)
 
 
 def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:

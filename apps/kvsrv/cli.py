@@ -7,6 +7,7 @@ import logging
 import sys
 
 import apps.kvraft as kvraft
+from apps.keys_cli import add_security_options, apply_security_options
 from apps.kvraft import cli as kvraft_cli
 from apps.kvsrv.client import Clerk, KVUnavailable
 from apps.kvsrv.server import serve
@@ -25,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
     p = sub.add_parser("serve", help="run a server in the foreground until Ctrl-C or SIGTERM")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="where to listen (default tcp://127.0.0.1:5555)")
+    add_security_options(p)
     kvraft_cli.add_cluster_parser(sub)
+    add_security_options(sub.choices["cluster"])
     for op, help_text, nargs in (("get", "print a key's value", 0), ("put", "set a key", 1), ("append", "append to a key, print the old value", 1)):
         p = sub.add_parser(op, help=help_text)
         where = p.add_mutually_exclusive_group(required=True)
@@ -35,18 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("key")
         if nargs:
             p.add_argument("value")
+        add_security_options(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_security_options(args)
     if args.op == "cluster":
         return kvraft_cli.run_cluster(args, parser)
     if args.op == "serve":
-        print(f"KV server listening on {args.endpoint} (Ctrl-C stops it)", file=sys.stderr, flush=True)
         try:
-            serve(args.endpoint)
+            serve(args.endpoint, announce=True)
         except OSError as exc:
             print(f"zactor kv serve: {exc}", file=sys.stderr)
             return 1
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             clerk.put(args.key, args.value)
         else:
             print(clerk.append(args.key, args.value))
-    except (KVUnavailable, ValueError) as exc:
+    except (KVUnavailable, ValueError, OSError) as exc:
         print(f"zactor kv {args.op}: {exc}", file=sys.stderr)
         return 1
     return 0

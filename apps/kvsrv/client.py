@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from typing import Any
 
 from actors import ActorDeadError, ActorSystem, AskTimeout
@@ -61,14 +62,21 @@ class Clerk:
 
     def _call(self, request: Any) -> Any:
         deadline = None if self.give_up_after is None else time.monotonic() + self.give_up_after
+        # Every try of one request is the same request (same sequence number),
+        # so a late reply to an earlier try is as good as one to the last:
+        # keep the recent tries' futures, so a reply that takes longer than
+        # try_timeout (a 10 MiB value on a busy machine) still ends the wait.
+        tries: deque = deque(maxlen=_KEEP_TRIES)
         while True:
+            reply = _NO_REPLY
             try:
-                reply = self._server.ask(request, timeout=self.try_timeout)
+                future = self._server.ask(request, block=False, timeout=self.try_timeout * _KEEP_TRIES)
+                tries.append(future)
+                reply = future.get(timeout=self.try_timeout)
             except AskTimeout:
-                reply = _NO_REPLY
+                reply = next((f.get() for f in tries if f.done and _answered(f)), _NO_REPLY)
             except ActorDeadError:  # server process up but its actor not (yet): wait a try, then again
                 time.sleep(self.try_timeout)
-                reply = _NO_REPLY
             if reply is not _NO_REPLY:
                 if isinstance(reply, BadRequest):
                     raise ValueError(f"the KV server refused {type(request).__name__}: {reply.reason}")
@@ -77,6 +85,18 @@ class Clerk:
                 raise KVUnavailable(
                     f"no answer from the KV server at {self._server.address.endpoint} within {self.give_up_after} s"
                 )
+
+
+_KEEP_TRIES = 64
+
+
+def _answered(future: Any) -> bool:
+    """Whether a finished try carries a reply (not a timeout or a dead actor)."""
+    try:
+        future.get(timeout=0)
+    except Exception:
+        return False
+    return True
 
 
 _NO_REPLY = object()

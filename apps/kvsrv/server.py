@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import logging
 import resource
+import sys
 import tracemalloc
 from typing import Any
 
@@ -124,9 +125,14 @@ def _memory_in_use() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def serve(endpoint: str, trace_memory: bool = False) -> None:
-    """Child-process target (and ``zactor kv serve``): a KV server named ``kv`` at ``endpoint``."""
+def serve(endpoint: str, trace_memory: bool = False, announce: bool = False) -> None:
+    """Child-process target (and ``zactor kv serve``): a KV server named ``kv`` at ``endpoint``.
+
+    ``announce`` says on stderr where it listens, once the endpoint is bound (a bind error comes first).
+    """
     with ActorSystem(endpoint, start=False) as system:
         system.spawn(KVServer, trace_memory, name="kv")
         system.start()
+        if announce:
+            print(f"KV server listening on {system.endpoint} (Ctrl-C stops it)", file=sys.stderr, flush=True)
         system.run_until_stopped()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from actors import ActorSystem, AskTimeout, ChildSpec, Supervisor
 from actors.errors import ActorDeadError
+from apps.keys_cli import add_security_options, apply_security_options
 from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
 
 
@@ -27,12 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=int, default=3, help="number of peers (default 3)")
     p.add_argument("--data-dir", help="where peers persist their state (default: a temporary directory, removed at exit)")
     p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds instead of at Ctrl-C")
+    add_security_options(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_security_options(args)
     if args.peers < 1:
         parser.error("--peers must be at least 1")
     temporary = args.data_dir is None

@@ -1,0 +1,140 @@
+"""``zactor keys``: manage a cluster keyring; and the ``--keys``/``--insecure`` options of every command.
+
+Every command that serves or connects calls :func:`add_security_options` on
+its parser and :func:`apply_security_options` on its parsed arguments (two
+lines). The choice travels through the environment (``ZACTOR_KEYS``,
+``ZACTOR_INSECURE``), so every ActorSystem the command makes, and every
+process it starts, uses it without further plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from transport.keys import (
+    INSECURE_ENV,
+    KEYS_ENV,
+    Keyring,
+    KeyringError,
+    Member,
+    default_keyring_dir,
+    init_keyring,
+    read_members,
+    write_members,
+)
+
+
+def add_security_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--keys DIR`` and ``--insecure`` to a command's parser."""
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--keys",
+        metavar="DIR",
+        help=f"the cluster keyring (default: ${KEYS_ENV}, else {default_keyring_dir()}, created on first use)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="turn CURVE authentication and encryption off (loopback and ipc:// only): "
+        "anyone who can reach the endpoint can then run code in this process",
+    )
+
+
+def apply_security_options(args: argparse.Namespace) -> None:
+    """Make the parsed ``--keys``/``--insecure`` this process's (and its children's) defaults."""
+    keys = getattr(args, "keys", None)
+    if keys:
+        os.environ[KEYS_ENV] = str(Path(keys).expanduser().absolute())
+    if getattr(args, "insecure", False):
+        os.environ[INSECURE_ENV] = "1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zactor keys",
+        description="Manage a cluster keyring: this machine's CURVE key pair and the public keys of the "
+        "machines allowed in. A key in the keyring is trusted with code execution in every node that uses it.",
+        epilog="two machines: on each, `zactor keys init` and copy the printed public key; on A, "
+        "`zactor keys add b KEY-OF-B --host B-ADDRESS`; on B, `zactor keys add a KEY-OF-A --host A-ADDRESS`",
+    )
+    sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
+    p = sub.add_parser("init", help="create a keyring (if missing) and print this machine's public key")
+    p.add_argument("dir", nargs="?", help=f"where (default: ${KEYS_ENV}, else {default_keyring_dir()})")
+    p = sub.add_parser("show", help="print this machine's public key (a line to copy to other machines)")
+    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
+    p = sub.add_parser("add", help="allow a member in, and say which hosts it serves")
+    p.add_argument("name", help="a name for the member (e.g. its host name)")
+    p.add_argument("public_key", metavar="PUBKEY", help="its public key, as `zactor keys show` prints it there")
+    p.add_argument("--host", action="append", default=[], help="a host (name or address) it serves; repeatable")
+    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
+    p = sub.add_parser("list", help="list this machine's key and the members")
+    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
+    p = sub.add_parser("revoke", help="remove a member; nodes refuse its new connections at once")
+    p.add_argument("name")
+    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
+    return parser
+
+
+def _dir(given: str | None) -> Path:
+    return Path(given or os.environ.get(KEYS_ENV) or default_keyring_dir()).expanduser().absolute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.op == "init":
+            directory = init_keyring(_dir(args.dir))
+            ring = Keyring(directory)
+            print(f"keyring {directory}", file=sys.stderr)
+            print(ring.public.decode())
+            return 0
+        ring = Keyring(_dir(args.keys))
+        if args.op == "show":
+            print(ring.public.decode())
+        elif args.op == "list":
+            print(f"# keyring {ring.directory}")
+            print(f"self {ring.public.decode()} (this machine; ipc:// and loopback)")
+            for m in ring.members():
+                print(f"{m.name} {m.public.decode()} {','.join(m.hosts) or '(no hosts: may connect, serves none)'}")
+        elif args.op == "add":
+            return _add(ring, args.name, args.public_key, args.host)
+        elif args.op == "revoke":
+            members = list(read_members(ring.members_path)) if ring.members_path.exists() else []
+            kept = [m for m in members if m.name != args.name]
+            if len(kept) == len(members):
+                print(f"zactor keys revoke: no member named {args.name!r} in {ring.directory}", file=sys.stderr)
+                return 1
+            write_members(ring.members_path, kept)
+            print(f"revoked {args.name}", file=sys.stderr)
+    except KeyringError as exc:
+        print(f"zactor keys {args.op}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add(ring: Keyring, name: str, public_key: str, hosts: list[str]) -> int:
+    from transport.keys import _valid_key
+
+    if not name.isprintable() or any(c.isspace() for c in name) or name.startswith("#"):
+        print(f"zactor keys add: a member name has no spaces and does not start with #: {name!r}", file=sys.stderr)
+        return 2
+    key = _valid_key(public_key)
+    bad = [h for h in hosts if not h or "," in h or any(c.isspace() for c in h)]
+    if bad:
+        print(f"zactor keys add: bad --host {bad[0]!r}", file=sys.stderr)
+        return 2
+    members = list(read_members(ring.members_path)) if ring.members_path.exists() else []
+    if any(m.name == name for m in members):
+        print(f"zactor keys add: {name!r} is already a member; `zactor keys revoke {name}` first", file=sys.stderr)
+        return 1
+    members.append(Member(name, key, tuple(hosts)))
+    write_members(ring.members_path, members)
+    print(f"added {name}" + (f" serving {', '.join(hosts)}" if hosts else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

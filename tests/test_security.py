@@ -1,0 +1,444 @@
+"""The trust boundary, on real sockets and real processes.
+
+A stranger is anyone whose public key is not in the keyring: one with no
+keys at all (a plain DEALER), one with a fresh key pair of its own. Neither
+gets a byte to the codec, so the ``os.system`` pickle they send never runs.
+Inside the cluster, replies go back over the connection a request came in
+on, sending sockets stay bounded, and a flood of tells is bounded too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from actors import Actor, ActorSystem, AskTimeout, ChildSpec, MailboxFull, Supervisor
+from actors.testing import Echo
+from apps.kvsrv import Clerk
+from apps.kvsrv.server import serve as serve_kv
+from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
+from tests.conftest import wait_until
+from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, InsecureBindError, Kind, encode
+from transport.keys import KEYS_ENV, Keyring, init_keyring, resolve_keyring, write_members, Member
+
+
+class Evil:
+    """Unpickling this runs a shell command: what a stranger would send."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stranger_frames(marker: Path, dest: str) -> list[bytes]:
+    """The old format's pickle, and a well-formed frame of the current format with the pickle as body."""
+    evil = Evil(marker)
+    return [
+        b"ZA1" + pickle.dumps(evil),
+        encode(Envelope(Kind.TELL, dest, "tcp://127.0.0.1:1", 0, evil)),
+        encode(Envelope(Kind.ASK, dest, "tcp://127.0.0.1:1", 7, evil)),
+    ]
+
+
+def send_as_stranger(endpoint: str, frames: list[bytes], keyed: bool, server_key: bytes) -> None:
+    """Connect as a stranger (no keys, or a key pair not in the keyring), send, and leave."""
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if keyed:
+            public, secret = zmq.curve_keypair()
+            sock.curve_serverkey = server_key  # a public key is public: the stranger may well know it
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        sock.connect(endpoint)
+        for frame in frames:
+            sock.send(frame)
+        # Give the stranger's connection time to try (and fail) its handshake a few times.
+        sock.poll(300)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def rejected(system: ActorSystem, endpoint: str) -> int:
+    return system.control(endpoint, timeout=10).counters()["rejected"]
+
+
+@pytest.fixture
+def kv(supervisor: Supervisor, system: ActorSystem) -> str:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    supervisor.start_child(ChildSpec("kv", serve_kv, (endpoint,)))
+    assert wait_until(lambda: _pings(system, endpoint), 20)
+    return endpoint
+
+
+def _pings(system: ActorSystem, endpoint: str) -> bool:
+    try:
+        system.control(endpoint, timeout=0.5).ping()
+        return True
+    except AskTimeout:
+        return False
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-keys", "unknown-key"])
+def test_stranger_cannot_run_code_in_a_kv_server(system: ActorSystem, kv: str, tmp_path: Path, keyed: bool) -> None:
+    marker = tmp_path / "MARKER"
+    Clerk(kv, system=system).put("k", "v")
+    before = rejected(system, kv)
+    send_as_stranger(kv, stranger_frames(marker, "kv"), keyed, resolve_keyring().public)
+    assert wait_until(lambda: rejected(system, kv) > before, 10), "the refused handshake was not counted"
+    assert Clerk(kv, system=system).append("k", "w") == "v"  # a proper clerk is served right after
+    assert system.control(kv).counters()["malformed"] == 0  # nothing of the stranger reached the codec
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-keys", "unknown-key"])
+def test_stranger_cannot_run_code_in_a_raft_peer(
+    supervisor: Supervisor, system: ActorSystem, tmp_path: Path, keyed: bool
+) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    supervisor.start_child(ChildSpec("peer", serve_peer, (PeerConfig(0, (endpoint,), str(tmp_path / "raft")),)))
+    peer = system.ref(endpoint, PEER_NAME)
+    assert wait_until(lambda: _status(peer) is not None, 20)
+    marker = tmp_path / "MARKER"
+    before = rejected(system, endpoint)
+    send_as_stranger(endpoint, stranger_frames(marker, PEER_NAME), keyed, resolve_keyring().public)
+    assert wait_until(lambda: rejected(system, endpoint) > before, 10)
+    assert wait_until(lambda: (s := _status(peer)) is not None and s.role == "leader", 10)
+    assert not marker.exists()
+
+
+def _status(peer: Any) -> Any:
+    try:
+        return peer.ask(Status(), timeout=1.0)
+    except AskTimeout:
+        return None
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-keys", "unknown-key"])
+def test_stranger_cannot_run_code_in_a_mapreduce_coordinator(system: ActorSystem, tmp_path: Path, keyed: bool) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    text = tmp_path / "in.txt"
+    text.write_text("a b c\n")
+    cmd = [sys.executable, "-m", "apps.cli", "mr", "coordinator", "--endpoint", endpoint, "--out", str(tmp_path / "out"), str(text)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: _pings(system, endpoint), 30), "coordinator did not come up"
+        marker = tmp_path / "MARKER"
+        before = rejected(system, endpoint)
+        send_as_stranger(endpoint, stranger_frames(marker, "coordinator"), keyed, resolve_keyring().public)
+        assert wait_until(lambda: rejected(system, endpoint) > before, 10)
+        assert system.control(endpoint).ping()["pid"] == proc.pid  # still serving
+        assert proc.poll() is None
+        assert not marker.exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_stranger_control_request_changes_nothing(system: ActorSystem, kv: str) -> None:
+    cut = ControlRequest("set_faults", [FaultRule("*", "both", connected=False)])
+    frame = encode(Envelope(Kind.ASK, CONTROL_NAME, "tcp://127.0.0.1:1", 1, cut))
+    for keyed in (False, True):
+        send_as_stranger(kv, [frame], keyed, resolve_keyring().public)
+    clerk = Clerk(kv, system=system, give_up_after=10)
+    clerk.put("after", "stranger")  # dropped by every rule if the stranger had cut the node off
+    assert clerk.get("after") == "stranger"
+    assert system.control(kv).counters()["dropped_by_faults"] == 0
+
+
+# ---- inside the cluster: replies by connection, bounded sockets and queues ----------
+
+
+@pytest.fixture
+def member_socket() -> Iterator[Any]:
+    """A raw DEALER of a cluster member (this machine's key), connected on demand."""
+    ctx = zmq.Context()
+    ring = resolve_keyring()
+
+    def connect(endpoint: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        ring.secure_client(sock, endpoint)
+        sock.connect(endpoint)
+        return sock
+
+    yield connect
+    ctx.destroy(linger=0)
+
+
+def _recv(sock: zmq.Socket, timeout_ms: int = 10_000) -> bytes:
+    assert sock.poll(timeout_ms), "no reply on the requesting connection"
+    return sock.recv()
+
+
+def test_reply_goes_back_on_the_request_connection(system: ActorSystem, remote: str, member_socket: Any) -> None:
+    from transport import decode
+
+    sock = member_socket(remote)
+    claimed = "tcp://127.0.0.1:9"  # nobody listens there
+    sock.send(encode(Envelope(Kind.ASK, "echo", claimed, 42, "hello")))
+    reply = decode(_recv(sock))
+    assert (reply.kind, reply.corr, reply.body) == (Kind.REPLY, 42, "hello")
+    counters = system.control(remote).counters()
+    assert counters["open_peers"] == 0, "the reply opened a socket to the claimed address"
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_ten_thousand_made_up_sources_leave_open_files_bounded(system: ActorSystem, remote: str, member_socket: Any) -> None:
+    pid = system.control(remote).ping()["pid"]
+    sock = member_socket(remote)
+    sock.send(encode(Envelope(Kind.ASK, "echo", "ipc:///made/up/0", 0, "warm")))
+    _recv(sock)
+    before = _open_fds(pid)
+    n = 10_000
+    got = 0
+    for i in range(n):
+        sock.send(encode(Envelope(Kind.ASK, "echo", f"tcp://10.{i // 65536}.{i // 256 % 256}.{i % 256}:{1000 + i}", i, i)))
+        while i + 1 - got > 500 or sock.poll(0):  # at most 500 unanswered, within every queue's bound
+            _recv(sock)
+            got += 1
+    while got < n:
+        _recv(sock)
+        got += 1
+    assert _open_fds(pid) <= before + 5
+    assert system.control(remote).counters()["open_peers"] == 0
+
+
+class Slow(Actor):
+    """Takes a millisecond per message: a flood outruns it."""
+
+    def on_receive(self, message: Any) -> Any:
+        time.sleep(0.001)
+        return None
+
+
+def serve_slow(endpoint: str, mailbox_limit: int) -> None:
+    with ActorSystem(endpoint, start=False, mailbox_limit=mailbox_limit) as system:
+        system.spawn(Slow, name="slow")
+        system.start()
+        system.run_until_stopped()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+FLOOD_RSS_BOUND = 64 * 1024 * 1024
+"""Growth allowed under the flood: mailbox bound (2,000 x ~1.2 KB) plus ZeroMQ's queues
+(10,000 frames per connection x 1 KB, both sides) plus allocator slack. Unbounded, the
+200,000 tells below would hold over 200 MB."""
+
+
+def test_flood_of_tells_keeps_memory_bounded_and_the_node_answering(
+    supervisor: Supervisor, system: ActorSystem, tmp_path: Path, member_socket: Any
+) -> None:
+    endpoint = f"ipc://{tmp_path}/slow.sock"
+    supervisor.start_child(ChildSpec("slow", serve_slow, (endpoint, 2_000)))
+    assert wait_until(lambda: _pings(system, endpoint), 20)
+    pid = system.control(endpoint).ping()["pid"]
+    base = _rss_bytes(pid)
+    flood = encode(Envelope(Kind.TELL, "slow", "ipc:///flooder", 0, b"x" * 1024))
+    sock = member_socket(endpoint)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    stop = threading.Event()
+    worst: list[float] = []
+
+    def pinger() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            system.control(endpoint, timeout=5).ping()
+            worst.append(time.monotonic() - t0)
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=pinger)
+    thread.start()
+    peak = base
+    try:
+        for i in range(200_000):
+            sock.send(flood)
+            if i % 5_000 == 0:
+                peak = max(peak, _rss_bytes(pid))
+        assert wait_until(lambda: system.control(endpoint).counters()["dropped_full"] > 0, 20)
+        peak = max(peak, _rss_bytes(pid))
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert peak - base < FLOOD_RSS_BOUND, f"RSS grew {(peak - base) / 2**20:.1f} MiB under the flood"
+    assert worst and max(worst) < 1.0, f"a ping took {max(worst):.3f} s during the flood"
+    # The flood's backlog (most of 200,000 tells at 1 ms each) keeps the mailbox full for minutes:
+    # an ask is refused at once, not queued behind it.
+    with pytest.raises(MailboxFull, match="busy"):
+        system.ref(endpoint, "slow").ask("ask while full", timeout=5)
+    assert system.control(endpoint).counters()["busy"] >= 1
+
+
+# ---- refusing the unsafe ------------------------------------------------------------
+
+
+def test_insecure_bind_of_a_non_loopback_address_fails_at_once() -> None:
+    with pytest.raises(InsecureBindError, match="Remove --insecure"):
+        ActorSystem("tcp://0.0.0.0:0", secure=False)
+    port = free_port()
+    out = subprocess.run(
+        [sys.executable, "-m", "apps.cli", "kv", "serve", "--endpoint", f"tcp://0.0.0.0:{port}", "--insecure"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1
+    assert "refusing to bind" in out.stderr and "Remove --insecure" in out.stderr, out.stderr
+
+
+def test_insecure_warns_once_per_process_and_serves_on_loopback() -> None:
+    code = (
+        "from actors import ActorSystem\n"
+        "from actors.testing import Echo\n"
+        "with ActorSystem('tcp://127.0.0.1:0', secure=False) as s, ActorSystem(secure=False) as c:\n"
+        "    s.spawn(Echo, name='echo')\n"
+        "    print(c.ref(s.endpoint, 'echo').ask('plain', timeout=10))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "plain"
+    assert out.stderr.count("security is OFF") == 1, out.stderr
+
+
+# ---- the keyring ----------------------------------------------------------------
+
+
+def _ring_pair(tmp_path: Path) -> tuple[Keyring, Keyring]:
+    """Two "machines": A serves 127.0.0.1, B connects from it; each knows the other."""
+    a, b = Keyring(init_keyring(tmp_path / "a")), Keyring(init_keyring(tmp_path / "b"))
+    write_members(a.members_path, [Member("b", b.public, ())])
+    write_members(b.members_path, [Member("a", a.public, ("127.0.0.1",))])
+    return a, b
+
+
+def test_revoked_key_can_no_longer_connect(tmp_path: Path) -> None:
+    a, b = _ring_pair(tmp_path)
+    with ActorSystem("tcp://127.0.0.1:0", keys=a.directory) as server:
+        server.spawn(Echo, name="echo")
+        with ActorSystem(keys=b.directory) as client:
+            assert client.ref(server.endpoint, "echo").ask("member", timeout=10) == "member"
+        out = subprocess.run(
+            [sys.executable, "-m", "apps.cli", "keys", "revoke", "b", "--keys", str(a.directory)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        before = server.node.counters.rejected
+        with ActorSystem(keys=b.directory) as client:
+            with pytest.raises(AskTimeout):
+                client.ref(server.endpoint, "echo").ask("revoked", timeout=1.5)
+        assert server.node.counters.rejected > before
+
+
+def test_unknown_host_is_a_clear_error_naming_the_fix(tmp_path: Path) -> None:
+    ring = init_keyring(tmp_path / "k")
+    with ActorSystem(keys=ring) as system:
+        with pytest.raises(OSError, match="zactor keys add NAME PUBKEY --host 192.0.2.7"):
+            system.ref("tcp://192.0.2.7:5555#x").tell("hi")
+
+
+def test_keyring_readable_by_others_is_refused(tmp_path: Path) -> None:
+    ring = init_keyring(tmp_path / "k")
+    assert (ring.stat().st_mode & 0o777) == 0o700
+    secret = ring / "secret.key"
+    assert (secret.stat().st_mode & 0o777) == 0o600
+    secret.chmod(0o644)
+    with pytest.raises(OSError, match="readable by other users.*chmod 600"):
+        ActorSystem(keys=ring)
+
+
+def test_default_keyring_is_made_once_even_by_racing_processes(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop(KEYS_ENV)
+    code = "from transport.keys import resolve_keyring; print(resolve_keyring().public.decode())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    keys = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(keys) == 1
+    ring = tmp_path / "config" / "zactor" / "keys"
+    assert (ring / "public.key").read_text().strip() == keys.pop()
+    assert (ring.stat().st_mode & 0o777) == 0o700
+
+
+def serve_echo_default(endpoint: str) -> None:
+    """A child with no keyring code at all: it must use the parent's."""
+    with ActorSystem(endpoint, start=False) as system:
+        system.spawn(Echo, name="echo")
+        system.start()
+        system.run_until_stopped()
+
+
+def test_supervised_child_inherits_an_explicit_keyring(tmp_path: Path) -> None:
+    ring = init_keyring(tmp_path / "explicit")
+    assert str(ring) != os.environ[KEYS_ENV]
+    endpoint = f"ipc://{tmp_path}/child.sock"
+    with ActorSystem(keys=ring) as parent, Supervisor() as sup:
+        sup.start_child(ChildSpec("child", serve_echo_default, (endpoint,)))
+        # The parent's keyring differs from the environment's: an answer proves the child used it.
+        assert wait_until(lambda: _asks(parent, endpoint), 20)
+
+
+def _asks(system: ActorSystem, endpoint: str) -> bool:
+    try:
+        return system.ref(endpoint, "echo").ask("hi", timeout=0.5) == "hi"
+    except AskTimeout:
+        return False
+
+
+def test_ipc_default_endpoints_live_in_a_private_directory() -> None:
+    with ActorSystem() as system:
+        path = Path(system.endpoint.removeprefix("ipc://"))
+        assert (path.parent.stat().st_mode & 0o777) == 0o700
+        assert path.parent.stat().st_uid == os.getuid()
+
+
+def test_keys_cli_manages_a_keyring(tmp_path: Path) -> None:
+    ring = tmp_path / "ring"
+
+    def keys(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "apps.cli", "keys", *args], capture_output=True, text=True, timeout=60)
+
+    init = keys("init", str(ring))
+    assert init.returncode == 0, init.stderr
+    mine = init.stdout.strip()
+    assert keys("show", "--keys", str(ring)).stdout.strip() == mine == (ring / "public.key").read_text().strip()
+    other = zmq.curve_keypair()[0].decode()
+    assert keys("add", "b", other, "--host", "127.0.0.2", "--keys", str(ring)).returncode == 0
+    listed = keys("list", "--keys", str(ring)).stdout
+    assert f"b {other} 127.0.0.2" in listed and mine in listed
+    assert Keyring(ring).server_key("tcp://127.0.0.2:7000") == other.encode()
+    assert Keyring(ring).server_key("tcp://127.0.0.1:7000") == mine.encode()  # loopback: this machine's key
+    bad = keys("add", "c", "not-a-key", "--keys", str(ring))
+    assert bad.returncode == 1 and "not a CURVE public key" in bad.stderr
+    assert keys("revoke", "b", "--keys", str(ring)).returncode == 0
+    assert not Keyring(ring).allows(other.encode())
+    missing = keys("revoke", "b", "--keys", str(ring))
+    assert missing.returncode == 1 and "no member named 'b'" in missing.stderr

@@ -1,0 +1,370 @@
+"""The keyring: this machine's CURVE key pair and the members a node lets in.
+
+A keyring is a directory a person can read::
+
+    DIR/                 0700
+      secret.key         0600   "public KEY" and "secret KEY" lines (Z85)
+      public.key                this machine's public key, one line to copy
+      members                   one member per line: NAME PUBLIC-KEY [HOST,HOST...]
+
+Trust boundary: a key in the keyring (this machine's, or a member's) is
+trusted with code execution, since frames are pickles; a key outside it never
+completes a handshake, so nothing it sends is ever decoded.
+
+A CURVE client must know the server's public key before it connects, so a
+member line also says which hosts that member serves: connecting to
+``tcp://HOST:PORT`` uses the key of the member that claims HOST. ``ipc://``
+endpoints and loopback hosts use this machine's own key unless a member
+claims that host (so a test can stand a "second machine" on 127.0.0.2).
+
+Where the keyring is: ``keys=DIR`` given explicitly, else ``$ZACTOR_KEYS``,
+else ``$XDG_CONFIG_HOME/zactor/keys`` (``~/.config/zactor/keys``), created on
+first use. Creation is atomic (built in a temporary directory, then renamed),
+so processes that start together agree on one key pair.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+KEYS_ENV = "ZACTOR_KEYS"
+INSECURE_ENV = "ZACTOR_INSECURE"
+SECRET_FILE = "secret.key"
+PUBLIC_FILE = "public.key"
+MEMBERS_FILE = "members"
+_MEMBERS_HEADER = (
+    "# zactor keyring members: NAME PUBLIC-KEY [HOST,HOST...]\n"
+    "# A key listed here is trusted with code execution in every node using this keyring.\n"
+)
+
+
+class SecurityError(OSError):
+    """Base of the security errors (an OSError, so every command's error path reports it plainly)."""
+
+
+class KeyringError(SecurityError):
+    """A keyring that cannot be used, or an endpoint no key in it serves; the text says how to fix it."""
+
+
+class InsecureBindError(SecurityError):
+    """Binding a non-loopback address with security turned off."""
+
+
+class SecurityWarning(UserWarning):
+    """Security is turned off in this process."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    public: bytes
+    hosts: tuple[str, ...] = ()
+
+
+def curve_available() -> None:
+    """Raise KeyringError unless the installed libzmq supports CURVE."""
+    if not zmq.has("curve"):
+        raise KeyringError(
+            f"the installed libzmq {zmq.zmq_version()} was built without CURVE security; "
+            "install a pyzmq wheel (which bundles libsodium) or run with --insecure on loopback only"
+        )
+
+
+def default_keyring_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "zactor" / "keys"
+
+
+def _valid_key(text: str) -> bytes:
+    key = text.strip().encode("ascii", "replace")
+    if len(key) != 40:
+        raise KeyringError(f"not a CURVE public key (40 Z85 characters): {text.strip()!r}")
+    try:
+        if len(zmq.utils.z85.decode(key)) != 32:
+            raise ValueError
+    except Exception as exc:
+        raise KeyringError(f"not a CURVE public key (bad Z85): {text.strip()!r}") from exc
+    return key
+
+
+def _write_keypair(directory: Path) -> None:
+    public, secret = zmq.curve_keypair()
+    path = directory / SECRET_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"# this machine's CURVE key pair; never copy this file to another user\n")
+        f.write(f"public {public.decode()}\nsecret {secret.decode()}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    (directory / PUBLIC_FILE).write_text(public.decode() + "\n")
+    members = directory / MEMBERS_FILE
+    if not members.exists():
+        members.write_text(_MEMBERS_HEADER)
+
+
+def init_keyring(directory: str | os.PathLike[str] | None = None) -> Path:
+    """Create a keyring at ``directory`` (default location if None); return its path.
+
+    Safe against concurrent creators: the key pair is made in a temporary
+    directory next to the target and renamed into place; a loser of the race
+    keeps the winner's keyring. An existing keyring is left as it is.
+    """
+    curve_available()
+    target = Path(directory) if directory is not None else default_keyring_dir()
+    target = target.expanduser().absolute()
+    if (target / SECRET_FILE).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if target.exists() and not any(target.iterdir()):
+        target.rmdir()  # an empty directory made by hand: fill it the atomic way
+    elif target.exists():
+        # A directory with other files (e.g. members copied in): add the key pair in place.
+        os.chmod(target, 0o700)
+        _write_keypair(target)
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=".keys-", dir=target.parent))  # mkdtemp makes it 0700
+    try:
+        _write_keypair(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / SECRET_FILE).exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class Keyring:
+    """A loaded keyring: this machine's key pair, and the members (re-read when the file changes)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory).expanduser().absolute()
+        secret_path = self.directory / SECRET_FILE
+        if not secret_path.exists():
+            raise KeyringError(f"no keyring at {self.directory}: create one with `zactor keys init {self.directory}`")
+        st = secret_path.stat()
+        if st.st_mode & 0o077:
+            raise KeyringError(
+                f"refusing keyring {self.directory}: {secret_path} is readable by other users "
+                f"(mode {stat.filemode(st.st_mode)}), so they could impersonate this machine; "
+                f"fix it with `chmod 600 {secret_path}`"
+            )
+        if st.st_uid != os.getuid():
+            raise KeyringError(f"refusing keyring {self.directory}: {secret_path} belongs to another user (uid {st.st_uid})")
+        fields = dict(_pairs(secret_path.read_text()))
+        try:
+            self.public = _valid_key(fields["public"])
+            self.secret = fields["secret"].strip().encode("ascii")
+        except KeyError as exc:
+            raise KeyringError(f"{secret_path} lacks its {exc.args[0]} key line") from None
+        if len(self.secret) != 40:
+            raise KeyringError(f"{secret_path}: the secret key is not 40 Z85 characters")
+        self._lock = threading.Lock()
+        self._members_mtime: int | None = None
+        self._members: tuple[Member, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"<Keyring {self.directory}>"
+
+    @property
+    def members_path(self) -> Path:
+        return self.directory / MEMBERS_FILE
+
+    def members(self) -> tuple[Member, ...]:
+        """The members, re-read whenever the file changed (so a revocation takes effect at once)."""
+        try:
+            mtime = self.members_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        with self._lock:
+            if mtime != self._members_mtime:
+                self._members = read_members(self.members_path) if mtime is not None else ()
+                self._members_mtime = mtime
+            return self._members
+
+    def allows(self, public: bytes) -> bool:
+        """Whether a client with this public key (Z85) may connect."""
+        return public == self.public or any(m.public == public for m in self.members())
+
+    def server_key(self, endpoint: str) -> bytes:
+        """The public key of the node at ``endpoint``; KeyringError names the fix if unknown."""
+        host = endpoint_host(endpoint)
+        if host is not None:
+            for m in self.members():
+                if host in m.hosts:
+                    return m.public
+        if host is None or is_loopback(host):
+            return self.public
+        raise KeyringError(
+            f"no key in {self.directory} serves host {host!r} (endpoint {endpoint}); "
+            f"add that machine's public key with `zactor keys add NAME PUBKEY --host {host}`"
+        )
+
+    def secure_client(self, sock: zmq.Socket, endpoint: str) -> None:
+        """Make ``sock`` a CURVE client of the node at ``endpoint`` with this machine's keys (before connect)."""
+        sock.curve_serverkey = self.server_key(endpoint)
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+
+    def secure_server(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE server with this machine's keys (before bind; pair it with a ZAP handler)."""
+        sock.curve_server = True
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and " " in line:
+            k, v = line.split(None, 1)
+            out.append((k, v))
+    return out
+
+
+def read_members(path: Path) -> tuple[Member, ...]:
+    members = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) not in (2, 3):
+            raise KeyringError(f"{path}:{n}: expected NAME PUBLIC-KEY [HOST,...], got {line!r}")
+        try:
+            key = _valid_key(parts[1])
+        except KeyringError as exc:
+            raise KeyringError(f"{path}:{n}: {exc}") from None
+        hosts = tuple(h for h in parts[2].split(",") if h) if len(parts) == 3 else ()
+        members.append(Member(parts[0], key, hosts))
+    return tuple(members)
+
+
+def write_members(path: Path, members: list[Member]) -> None:
+    """Replace the members file atomically (a running node re-reads it on the next handshake)."""
+    lines = [_MEMBERS_HEADER]
+    for m in members:
+        hosts = f" {','.join(m.hosts)}" if m.hosts else ""
+        lines.append(f"{m.name} {m.public.decode()}{hosts}\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+
+
+def endpoint_host(endpoint: str) -> str | None:
+    """The host of a tcp:// endpoint (brackets stripped), None for ipc:// and inproc://."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    rest = endpoint[len("tcp://") :]
+    if ";" in rest:  # tcp://source;dest: the destination counts
+        rest = rest.split(";", 1)[1]
+    host = rest.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---- which keyring, and whether security is on, for this process ----------
+
+_explicit: list[Path] = []  # keyrings given explicitly to nodes still open, most recent last
+_explicit_lock = threading.Lock()
+_warned = False
+
+
+def resolve_keyring(keys: str | os.PathLike[str] | Keyring | None = None) -> Keyring:
+    """The keyring to use: ``keys``, else ``$ZACTOR_KEYS``, else the default one (created if missing)."""
+    if isinstance(keys, Keyring):
+        ring = keys
+    elif keys is not None:
+        ring = Keyring(keys)
+    else:
+        env = os.environ.get(KEYS_ENV)
+        ring = Keyring(env) if env else Keyring(init_keyring(None))
+    curve_available()
+    return ring
+
+
+def hold_explicit(directory: Path) -> None:
+    """A node of this process was given this keyring explicitly: children started now inherit it."""
+    with _explicit_lock:
+        _explicit.append(directory)
+
+
+def release_explicit(directory: Path) -> None:
+    with _explicit_lock:
+        if directory in _explicit:
+            _explicit.reverse()
+            _explicit.remove(directory)
+            _explicit.reverse()
+
+
+def process_keyring_dir() -> Path | None:
+    """The keyring a child of this process should use: that of the most recent node still open
+    that was given one explicitly, else ``$ZACTOR_KEYS``, else the default (if it exists)."""
+    with _explicit_lock:
+        if _explicit:
+            return _explicit[-1]
+    env = os.environ.get(KEYS_ENV)
+    if env:
+        return Path(env)
+    default = default_keyring_dir()
+    return default if (default / SECRET_FILE).exists() else None
+
+
+def security_on(secure: bool | None) -> bool:
+    """``secure`` if given, else on unless ``$ZACTOR_INSECURE`` is 1; warns once per process when off."""
+    on = secure if secure is not None else not env_insecure()
+    if not on:
+        warn_insecure()
+    return on
+
+
+def env_insecure() -> bool:
+    """Whether the environment turns security off (``ZACTOR_INSECURE=1``, set by ``--insecure``)."""
+    return os.environ.get(INSECURE_ENV, "") in ("1", "true", "yes")
+
+
+def warn_insecure() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "zactor security is OFF (--insecure / secure=False): any process that can reach this "
+            "node's endpoint can run code in it; only loopback and ipc:// endpoints are allowed",
+            SecurityWarning,
+            stacklevel=3,
+        )
+
+
+def check_insecure_bind(endpoint: str) -> None:
+    """Refuse a non-loopback bind with security off; the message names the flag to drop."""
+    host = endpoint_host(endpoint)
+    if host is not None and not is_loopback(host):
+        raise InsecureBindError(
+            f"refusing to bind {endpoint} with security off: anyone who can reach a non-loopback "
+            "address could run code in this process. Remove --insecure (or secure=False) to turn "
+            "CURVE security back on, or bind a loopback address such as tcp://127.0.0.1:PORT"
+        )
