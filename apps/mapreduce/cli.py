@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from actors import ActorSystem
+from apps.keys_cli import add_security_options, apply_security_options
 from apps.mapreduce.app import AppError, load_app
 from apps.mapreduce.coordinator import JobConfig, start_coordinator
 from apps.mapreduce.job import JobFailed, Progress, run_job
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     wo.add_argument("--endpoint", help="where this worker serves its map output, e.g. tcp://THIS-HOST:0 (default with --workdir: "
                     "tcp on the address that reaches a tcp coordinator, any free port; ipc for an ipc one)")
     wo.add_argument("--give-up-after", type=float, default=3.0, help="seconds without an answer from the coordinator before leaving (default 3)")
+    for p in (run, co, wo):
+        add_security_options(p)
     return parser
 
 
@@ -94,6 +97,7 @@ def _progress_printer(interactive: bool):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_security_options(args)
     if getattr(args, "reduce_tasks", 1) < 1 or getattr(args, "task_timeout", 1) <= 0:
         parser.error("--reduce-tasks must be at least 1 and --task-timeout positive")
     if getattr(args, "split_mb", 1) <= 0 or getattr(args, "fetch_timeout", 1) <= 0 or getattr(args, "give_up_after", 1) <= 0:

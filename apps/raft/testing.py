@@ -253,6 +253,10 @@ class Cluster:
         )
         return ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary")
 
+    def pid(self, i: int) -> int | None:
+        """The OS process id of peer i's current process (for SIGSTOP/SIGCONT by the soak tool), None if down."""
+        return self._sup.pid(f"peer-{i}") if self.running[i] else None
+
     def data_dir(self, i: int) -> Path:
         """Where peer i keeps its journal (for tests that damage it between a crash and a start)."""
         return self._dir / f"data-{i}"
