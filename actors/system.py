@@ -47,7 +47,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
-from pykka._envelope import Envelope as _PykkaEnvelope  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
+from pykka._envelope import (
+    Envelope as _PykkaEnvelope,  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
+)
 
 from actors.actor import _spawning
 from actors.address import Address
@@ -406,7 +408,7 @@ class ActorSystem:
         corr = next(self._corr)
         wait = self.ask_timeout if timeout is None else timeout
         describe = f"{type(message).__name__} to {address}"
-        future = ReplyFuture(describe, time.monotonic() + wait, lambda: self._pending.pop(corr, None))
+        future = ReplyFuture(describe, time.monotonic() + wait, lambda: self._forget(corr))
         self._pending[corr] = future
         try:
             self._send(address.endpoint, Envelope(Kind.ASK, address.name, self.endpoint, corr, message))
@@ -414,6 +416,9 @@ class ActorSystem:
             self._pending.pop(corr, None)
             raise
         return future
+
+    def _forget(self, corr: int) -> None:
+        self._pending.pop(corr, None)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -444,7 +449,7 @@ class ActorSystem:
                 self._reply(env, Failure.from_exception(ActorDeadError(f"no actor named {env.dest!r} on {self.endpoint}")), True)
             return
         inbox = ref.actor_inbox
-        if inbox.qsize() >= self.mailbox_limit:
+        if inbox.qsize() >= self.mailbox_limit:  # type: ignore[attr-defined]  # a SimpleQueue, see Actor
             self._refuse_full(env)
             return
         if env.kind == Kind.TELL:

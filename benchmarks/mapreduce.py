@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from apps.mapreduce import run_job
-from apps.mapreduce.text import words
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.sequential import read_output_lines
+from apps.mapreduce.text import words
 
 
 def _count_file(path: str) -> Counter:

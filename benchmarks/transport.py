@@ -30,6 +30,7 @@ import tempfile
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -131,7 +132,7 @@ class _ActorClient:
 def _spread(values: list[float]) -> dict[str, float]:
     if len(values) < 2:
         return {"median": round(values[0], 3), "q1": round(values[0], 3), "q3": round(values[0], 3)}
-    q1, med, q3 = statistics.quantiles(values, n=4)
+    q1, _, q3 = statistics.quantiles(values, n=4)
     return {"median": round(statistics.median(values), 3), "q1": round(q1, 3), "q3": round(q3, 3)}
 
 
@@ -150,10 +151,8 @@ def run(batches: int = 10, messages: int = 300, window: int = 64, progress: bool
             for mode in MODES:
                 ep = f"ipc://{tmp}/{mode}.sock"
                 curve = mode.endswith("curve")
-                if mode.startswith("raw"):
-                    target, args = zmq_echo_server, (ep, keys if curve else None)
-                else:
-                    target, args = actor_echo_host, (ep, curve, keys)
+                target: Callable[..., None] = zmq_echo_server if mode.startswith("raw") else actor_echo_host
+                args = (ep, keys if curve else None) if mode.startswith("raw") else (ep, curve, keys)
                 proc = ctx.Process(target=target, args=args, daemon=True)
                 proc.start()
                 procs.append(proc)

@@ -56,7 +56,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.utils.monitor
@@ -85,6 +85,11 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+
+
+def _events(sock: zmq.Socket) -> int:
+    """The socket's ZMQ_EVENTS bits (pyzmq types the option as int or bytes)."""
+    return cast(int, sock.get(zmq.EVENTS))
 
 
 def ipc_directory() -> str:
@@ -450,7 +455,7 @@ class Node:
             log.warning("node %s: queue to %s is full; message dropped", self.endpoint, dest)
         # ZMQ_FD is edge-triggered: this send may have consumed the signal of
         # a reply that just arrived, so the I/O thread must look by itself.
-        if sock.get(zmq.EVENTS) & zmq.POLLIN and not self._input_waiting:
+        if _events(sock) & zmq.POLLIN and not self._input_waiting:
             self._input_waiting = True
             if threading.current_thread() is not self._thread:
                 self._wake()
@@ -482,7 +487,7 @@ class Node:
             log.error("node %s: cannot connect to %r: %s", self.endpoint, dest, exc)
             return None
         self._dealers[dest] = sock
-        self._dealer_fds[sock.get(zmq.FD)] = sock
+        self._dealer_fds[cast(int, sock.get(zmq.FD))] = sock
         self._poll_dirty = True  # register its descriptor; close the oldest if over max_peers
         if threading.current_thread() is not self._thread:
             self._wake()
@@ -501,7 +506,7 @@ class Node:
                 if sock.closed:
                     continue
                 for _ in range(1_000):
-                    if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    if not _events(sock) & zmq.POLLIN:
                         break
                     frames.extend(sock.recv_multipart(zmq.NOBLOCK, copy=True))
                 else:
@@ -514,7 +519,7 @@ class Node:
         # Bounded, so timers and local deliveries get their turn; the EVENTS
         # check ends the loop without the cost of a raised zmq.Again.
         for _ in range(10_000):
-            if not router.get(zmq.EVENTS) & zmq.POLLIN:
+            if not _events(router) & zmq.POLLIN:
                 return
             parts = router.recv_multipart(zmq.NOBLOCK)
             if len(parts) != 2:
@@ -525,6 +530,7 @@ class Node:
 
     def _answer_zap(self) -> None:
         """The ZAP handler: admit a CURVE client only if its public key is in the keyring."""
+        assert self._zap is not None
         for _ in range(1_000):
             try:
                 request = self._zap.recv_multipart(zmq.NOBLOCK)
@@ -543,6 +549,7 @@ class Node:
             self._zap.send_multipart([version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not in keyring", b"", b""])
 
     def _read_monitor(self) -> None:
+        assert self._monitor is not None
         for _ in range(1_000):
             try:
                 event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
@@ -584,7 +591,7 @@ class Node:
 
     def _control(self, env: Envelope) -> None:
         req = env.body
-        kind, result = Kind.REPLY, None
+        kind, result = Kind.REPLY, cast(Any, None)
         try:
             if not isinstance(req, ControlRequest):
                 raise ValueError(f"not a control request: {type(req).__name__}")

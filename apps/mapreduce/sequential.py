@@ -24,7 +24,7 @@ def run_sequential(app: App, files: Sequence[str], out_path: str | Path) -> Path
 
 def read_output_lines(paths: Iterable[str | Path]) -> list[str]:
     """Every non-empty line of every output file, sorted: what correctness checks compare."""
-    lines = []
+    lines: list[str] = []
     for path in paths:
         with open(path, encoding="utf-8", errors="surrogatepass") as f:
             lines.extend(line.rstrip("\n") for line in f if line.strip())

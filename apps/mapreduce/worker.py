@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 
-from actors import ActorDeadError, ActorSystem, AskTimeout, Actor
+from actors import Actor, ActorDeadError, ActorSystem, AskTimeout
 from apps.mapreduce.app import App, load_app
 from apps.mapreduce.protocol import Exit, MapTask, RequestTask, TaskDone, TaskFailed, Wait
 from apps.mapreduce.tasks import TaskError, run_map, run_reduce
@@ -68,7 +68,7 @@ class Worker(Actor):
     def _step(self) -> None:
         task = self._ask(RequestTask(self.worker_id))
         if task is GONE or isinstance(task, Exit):
-            log.info("worker %s: stopping (%s)", self.worker_id, "coordinator unreachable" if task is GONE else task.reason)
+            log.info("worker %s: stopping (%s)", self.worker_id, "coordinator unreachable" if not isinstance(task, Exit) else task.reason)
             self.finished.set()
             return
         if isinstance(task, Wait):
