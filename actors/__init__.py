@@ -8,19 +8,31 @@ keep what an actor must not lose across a restart.
 
 from actors.actor import Actor
 from actors.address import Address
-from actors.errors import ActorDeadError, AskTimeout, CorruptStateError, Failure, MailboxFull, RemoteError, SystemStopped
+from actors.errors import (
+    ActorDeadError,
+    AskTimeout,
+    BlockingOnIOThread,
+    CorruptStateError,
+    Failure,
+    MailboxFull,
+    RemoteError,
+    SystemStopped,
+)
 from actors.future import ReplyFuture
 from actors.journal import Journal
 from actors.persister import Persister
+from actors.ref import ActorRef
 from actors.supervisor import ChildSpec, Supervisor, SupervisorEvent
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 
 __all__ = [
     "Actor",
     "ActorDeadError",
+    "ActorRef",
     "ActorSystem",
     "Address",
     "AskTimeout",
+    "BlockingOnIOThread",
     "ChildSpec",
     "CorruptStateError",
     "Failure",
