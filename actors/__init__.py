@@ -22,7 +22,7 @@ from actors.future import ReplyFuture
 from actors.journal import Journal
 from actors.persister import Persister
 from actors.ref import ActorRef
-from actors.supervisor import ChildSpec, Supervisor, SupervisorEvent
+from actors.supervisor import ChildSpec, ChildStatus, EventKind, Supervisor, SupervisorEvent
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 
 __all__ = [
@@ -34,7 +34,9 @@ __all__ = [
     "AskTimeout",
     "BlockingOnIOThread",
     "ChildSpec",
+    "ChildStatus",
     "CorruptStateError",
+    "EventKind",
     "Failure",
     "Journal",
     "LocalRef",
