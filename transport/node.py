@@ -328,6 +328,7 @@ class Node:
         self._closed = False
         self._destroyed = False
         self._thread = threading.Thread(target=self._run, name=f"zactor-io:{self.endpoint}", daemon=True)
+        self._io_ident: int | None = None  # the I/O thread's ident once it runs (a C call to compare, on the hot path)
         if start:
             self.start()
 
@@ -342,7 +343,7 @@ class Node:
 
     def on_io_thread(self) -> bool:
         """Whether the calling thread is this node's I/O thread (which must never block)."""
-        return threading.current_thread() is self._thread
+        return threading.get_ident() == self._io_ident
 
     def run_soon(self, fn: Callable[[], Any]) -> None:
         """Run ``fn`` on the I/O thread at its next turn (any thread; cheaper than a timer).
@@ -351,7 +352,7 @@ class Node:
         right after the frames that filled it were read.
         """
         self._soon.append(fn)
-        if threading.current_thread() is not self._thread:
+        if threading.get_ident() != self._io_ident:
             self._wake()
 
     def use_shared_connections(self) -> None:
@@ -371,7 +372,7 @@ class Node:
         open (the caller then uses the shared connection), or on the I/O
         thread, which reads its replies through the shared connections.
         """
-        if self._closed or threading.current_thread() is self._thread:
+        if self._closed or threading.get_ident() == self._io_ident:
             return None
         mine: dict[str, Channel] | None = getattr(self._local, "channels", None)
         if mine is None and getattr(self._local, "shared", False):
@@ -424,7 +425,7 @@ class Node:
         """
         frame = encode(env, self.max_frame_bytes)
         route = request.route if request.route is not None else LOCAL
-        if route is not LOCAL and not self._faults.rules and threading.current_thread() is self._thread:
+        if route is not LOCAL and not self._faults.rules and threading.get_ident() == self._io_ident:
             # The common case (an inline actor answering, no fault rules): straight out.
             exempt = env.is_control
             if exempt:
@@ -441,7 +442,7 @@ class Node:
         timer = Timer(fn)
         with self._timer_lock:
             heapq.heappush(self._timers, (time.monotonic() + max(0.0, delay), next(self._timer_seq), timer))
-        if threading.current_thread() is not self._thread:
+        if threading.get_ident() != self._io_ident:
             self._wake()
         return timer
 
@@ -473,7 +474,7 @@ class Node:
         if self._explicit_keys is not None:
             release_explicit(self._explicit_keys)
         self._wake()
-        if threading.current_thread() is not self._thread and self._thread.is_alive():
+        if threading.get_ident() != self._io_ident and self._thread.is_alive():
             self._thread.join(timeout=5.0)
         elif not self._thread.is_alive():
             self._destroy()
@@ -498,7 +499,7 @@ class Node:
             self._ctx.destroy(linger=0)
 
     def _enqueue(self, item: tuple) -> None:
-        if threading.current_thread() is self._thread:
+        if threading.get_ident() == self._io_ident:
             with self._send_lock:
                 ready = self._admit(item)
             if ready is not None:
@@ -537,6 +538,7 @@ class Node:
         return poller
 
     def _run(self) -> None:
+        self._io_ident = threading.get_ident()
         poller = self._build_poller()
         try:
             while not self._stopping:
@@ -664,7 +666,7 @@ class Node:
         # a reply that just arrived, so the I/O thread must look by itself.
         if _events(sock) & _POLLIN and not self._input_waiting:
             self._input_waiting = True
-            if threading.current_thread() is not self._thread:
+            if threading.get_ident() != self._io_ident:
                 self._wake()
 
     def _connect(self, dest: str) -> zmq.Socket | None:
@@ -679,7 +681,7 @@ class Node:
         self._dealers[dest] = sock
         self._dealer_fds[cast(int, sock.get(zmq.FD))] = sock
         self._poll_dirty = True  # register its descriptor; close the oldest if over max_peers
-        if threading.current_thread() is not self._thread:
+        if threading.get_ident() != self._io_ident:
             self._wake()
         return sock
 
