@@ -11,5 +11,6 @@ BENCHMARKS: dict[str, str] = {
     "kv": "benchmarks.kvsrv",
     "mr": "benchmarks.mapreduce",
     "raft": "benchmarks.raft",
+    "kvraft": "benchmarks.kvraft",
 }
 """Name on the command line -> module."""

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import multiprocessing
 import os
 import queue
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,8 @@ from typing import Any
 from actors import Actor, ActorSystem, ChildSpec, Supervisor
 from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, RaftPeer, Start
 from benchmarks.percentiles import p50_p99
+from benchmarks.ports import free_ports
+from benchmarks.pysyncobj_kv import keep_warnings
 
 PEERS = 3
 _LEADER_WAIT = 30.0
@@ -203,17 +203,6 @@ def run_zactor(phases: list[tuple[int, int, float]], tmp: str) -> list[dict[str,
 # ---- PySyncObj -------------------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, replies: Any) -> None:
     """Child-process target: one PySyncObj peer; answers requests from the benchmark over queues."""
     from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
@@ -223,13 +212,7 @@ def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, 
         def apply(self, command: bytes) -> bytes:
             return command
 
-    # PySyncObj logs its troubles; keep them for the report instead of the terminal.
-    logged: list[str] = []
-    keeper = logging.Handler(logging.WARNING)
-    keeper.emit = lambda record: logged.append(f"peer {me}: {record.getMessage()}")  # type: ignore[method-assign]
-    pysyncobj_log = logging.getLogger("pysyncobj")
-    pysyncobj_log.addHandler(keeper)
-    pysyncobj_log.propagate = False
+    logged = keep_warnings(f"peer {me}")
 
     conf = SyncObjConf(journalFile=journal)
     obj = Applier(addresses[me], [a for i, a in enumerate(addresses) if i != me], conf)
@@ -270,7 +253,7 @@ def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, 
 def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> tuple[list[dict[str, float]], list[str]]:
     """Results per phase, and the warnings PySyncObj's peers logged meanwhile."""
     ctx = multiprocessing.get_context("forkserver")
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(PEERS)]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(PEERS)]
     requests = [ctx.Queue() for _ in range(PEERS)]
     replies = [ctx.Queue() for _ in range(PEERS)]
     procs = [

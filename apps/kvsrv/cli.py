@@ -6,7 +6,9 @@ import argparse
 import logging
 import sys
 
+import apps.kvraft as kvraft
 from apps.keys_cli import add_security_options, apply_security_options
+from apps.kvraft import cli as kvraft_cli
 from apps.kvsrv.client import Clerk, KVUnavailable
 from apps.kvsrv.server import serve
 
@@ -14,17 +16,24 @@ from apps.kvsrv.server import serve
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zactor kv",
-        description="An exactly-once, linearizable key/value server, and its command-line clients.",
-        epilog="example: zactor kv serve --endpoint tcp://127.0.0.1:5555 &  "
-        "zactor kv put --server tcp://127.0.0.1:5555 k hello",
+        description="An exactly-once, linearizable key/value server (`serve`, one process), its replicated "
+        "version on Raft (`cluster`), and command-line clients for either.",
+        epilog="examples: zactor kv serve --endpoint tcp://127.0.0.1:5555 &  "
+        "zactor kv put --server tcp://127.0.0.1:5555 k hello;  "
+        "zactor kv cluster --servers 3 &  "
+        "zactor kv put --servers tcp://127.0.0.1:7001,tcp://127.0.0.1:7002,tcp://127.0.0.1:7003 k hello",
     )
     sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
     p = sub.add_parser("serve", help="run a server in the foreground until Ctrl-C or SIGTERM")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="where to listen (default tcp://127.0.0.1:5555)")
     add_security_options(p)
+    kvraft_cli.add_cluster_parser(sub)
+    add_security_options(sub.choices["cluster"])
     for op, help_text, nargs in (("get", "print a key's value", 0), ("put", "set a key", 1), ("append", "append to a key, print the old value", 1)):
         p = sub.add_parser(op, help=help_text)
-        p.add_argument("--server", required=True, help="the server's endpoint, e.g. tcp://127.0.0.1:5555")
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--server", help="a single KV server's endpoint (`zactor kv serve`), e.g. tcp://127.0.0.1:5555")
+        where.add_argument("--servers", help="a replicated cluster's endpoints, comma-separated (`zactor kv cluster` prints them)")
         p.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds (default 10)")
         p.add_argument("key")
         if nargs:
@@ -34,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     apply_security_options(args)
+    if args.op == "cluster":
+        return kvraft_cli.run_cluster(args, parser)
     if args.op == "serve":
         try:
             serve(args.endpoint, announce=True)
@@ -47,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         print("zactor kv: --timeout must be positive", file=sys.stderr)
         return 2
     try:
-        clerk = Clerk(args.server, give_up_after=args.timeout)
+        if args.servers is not None:
+            clerk = kvraft.Clerk(kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout)
+        else:
+            clerk = Clerk(args.server, give_up_after=args.timeout)
         if args.op == "get":
             print(clerk.get(args.key))
         elif args.op == "put":

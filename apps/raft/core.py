@@ -23,6 +23,18 @@ one AppendEntries (up to ``max_batch``) with at most ``max_inflight``
 unanswered ones per follower, and retransmits on each heartbeat; no no-op
 entry at the start of a term (the lab's tests expect commands at exact
 indexes), so a new leader commits older entries with its first command.
+
+ReadIndex (Raft thesis §6.4): ``read_index(id)`` on a leader records the
+commit index as the read's index, once the leader has committed an entry of
+its own term (until then the read waits; the service proposes a no-op when
+its peer becomes leader). Reads that arrive together share one round of
+leadership confirmation: every AppendEntries carries the leader's latest
+round number and each reply echoes it, so a round is confirmed when a
+majority (the leader included) has answered a message of that round or a
+later one in the leader's term. Confirmed reads come out in
+``Ready.read_states``; the service answers each once it has applied its
+index. A leader that steps down drops its unconfirmed reads, and one cut off
+in a minority never confirms a round, so it never yields a read. No leases.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from apps.raft.messages import (
     InstallSnapshot,
     InstallSnapshotReply,
     Message,
+    ReadState,
     RequestVote,
     RequestVoteReply,
 )
@@ -119,6 +132,8 @@ class Ready:
     apply: tuple[ApplyMsg, ...]
     must_sync: bool
     """Whether anything above must be written (and fsync'd) before the messages go out."""
+    read_states: tuple[ReadState, ...] = ()
+    """ReadIndex reads whose leadership round is confirmed (see ``RaftCore.read_index``)."""
 
 
 @dataclass
@@ -133,6 +148,7 @@ class _Pending:
     messages: list = field(default_factory=list)
     after: list = field(default_factory=list)
     apply: list = field(default_factory=list)
+    reads: list = field(default_factory=list)
 
 
 class RaftCore:
@@ -169,6 +185,13 @@ class RaftCore:
         self._persisted_index = self.log.last_index
         self._snapshot_to_persist: Snapshot | None = None
         self._replicate = False
+        # ReadIndex: reads waiting for an entry of this term to commit, reads
+        # waiting for a round, the reads of the round in flight (its number).
+        self._read_round = 0
+        self._acked_round: dict[int, int] = {}
+        self._reads_need_commit: list[Any] = []
+        self._reads_unsent: list[ReadState] = []
+        self._reads_in_round: list[tuple[int, ReadState]] = []  # (round, read), rounds ascending
         if self.log.snapshot_index > 0:
             # A restarted peer gives its service the snapshot first, then what follows.
             self._pending.apply.append(
@@ -218,6 +241,21 @@ class RaftCore:
             self._maybe_commit()
         return entry.index, self.term, True
 
+    def read_index(self, request_id: Any) -> bool:
+        """Start a linearizable read; False (and nothing queued) unless this peer leads.
+
+        The read comes out of a later Ready as ``ReadState(request_id, index)``
+        once a majority has confirmed this peer still led after the call; it
+        never comes out if leadership is lost first.
+        """
+        if self.role is not Role.LEADER:
+            return False
+        if self.log.term_at(self.commit_index) != self.term:
+            self._reads_need_commit.append(request_id)
+        else:
+            self._reads_unsent.append(ReadState(request_id, self.commit_index))
+        return True
+
     def snapshot(self, index: int, data: bytes) -> None:
         """The service has a snapshot of everything through ``index``; drop the log up to there."""
         if index <= self.log.snapshot_index:
@@ -262,7 +300,9 @@ class RaftCore:
             or p.messages
             or p.after
             or p.apply
+            or p.reads
             or self.last_applied < min(self.commit_index, self.log.last_index)
+            or bool(self._reads_unsent and self.role is Role.LEADER)
         )
 
     def ready(self) -> Ready:
@@ -270,6 +310,8 @@ class RaftCore:
             for peer in self._peers:
                 self._send_append(peer)
         self._replicate = False
+        if self._reads_unsent and self.role is Role.LEADER:
+            self._start_read_round()
         self._collect_applies()
         unstable = tuple(self.log.slice(max(self._unstable_from, self.log.snapshot_index + 1), self.log.last_index + 1))
         rd = Ready(
@@ -280,6 +322,7 @@ class RaftCore:
             messages_after_persist=tuple(self._pending.after),
             apply=tuple(self._pending.apply),
             must_sync=self._hs_dirty or bool(unstable) or self._snapshot_to_persist is not None,
+            read_states=tuple(self._pending.reads),
         )
         self._pending = _Pending()
         self._hs_dirty = False
@@ -312,6 +355,7 @@ class RaftCore:
         self.leader_hint = leader
         self.votes = set()
         self.progress = {}
+        self._drop_reads()
 
     def _campaign(self) -> None:
         self.term += 1
@@ -351,6 +395,7 @@ class RaftCore:
         self.leader_hint = self.me
         self.heartbeat_elapsed = 0
         self.progress = {p: _Progress(next_index=self.log.last_index + 1) for p in self._peers}
+        self._acked_round = {}
         log.info("peer %d: leader of term %d", self.me, self.term)
         for peer in self._peers:
             self._send_append(peer, heartbeat=True)
@@ -377,11 +422,13 @@ class RaftCore:
         if entries:
             prog.inflight += 1
             prog.next_index = entries[-1].index + 1  # optimistic: pipelines the next batch
-        self._pending.messages.append(AppendEntries(self.term, self.me, peer, prev, prev_term, entries, self.commit_index))
+        self._pending.messages.append(
+            AppendEntries(self.term, self.me, peer, prev, prev_term, entries, self.commit_index, self._read_round)
+        )
 
     def _on_append(self, m: AppendEntries) -> None:
         if m.term < self.term:
-            self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0))
+            self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, m.read_round))
             return
         if self.role is not Role.FOLLOWER:
             self._become_follower(m.term, m.src)
@@ -395,13 +442,15 @@ class RaftCore:
             if m.prev_log_index + len(m.entries) < self.log.snapshot_index:
                 entries = ()
         if prev > self.log.last_index:
-            self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, self.log.last_index + 1))
+            self._pending.after.append(
+                AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, self.log.last_index + 1, m.read_round)
+            )
             return
         mine = self.log.term_at(prev)
         if mine != prev_term:
             assert mine is not None
             first = self.log.first_index_of_term(prev)
-            self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, mine, first))
+            self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, mine, first, m.read_round))
             return
         for entry in entries:
             have = self.log.term_at(entry.index)
@@ -417,11 +466,14 @@ class RaftCore:
         last_new = prev + len(entries)
         if m.leader_commit > self.commit_index:
             self.commit_index = max(self.commit_index, min(m.leader_commit, last_new))
-        self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, True, last_new, 0, 0))
+        self._pending.after.append(AppendEntriesReply(self.term, self.me, m.src, True, last_new, 0, 0, m.read_round))
 
     def _on_append_reply(self, m: AppendEntriesReply) -> None:
         if self.role is not Role.LEADER or m.term != self.term:
             return
+        if m.read_round > self._acked_round.get(m.src, 0):
+            self._acked_round[m.src] = m.read_round
+            self._confirm_reads()
         prog = self.progress[m.src]
         if m.success:
             if m.match_index > prog.match_index:
@@ -446,6 +498,44 @@ class RaftCore:
         # Only an entry of the current term commits by counting replicas (Figure 8).
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
             self.commit_index = candidate
+            if self._reads_need_commit:  # this term's first commit: the waiting reads can have an index now
+                self._reads_unsent.extend(ReadState(rid, candidate) for rid in self._reads_need_commit)
+                self._reads_need_commit = []
+
+    # ---- ReadIndex --------------------------------------------------------------------------
+
+    def _start_read_round(self) -> None:
+        """One round of heartbeats confirms leadership for every read waiting now.
+
+        Rounds may overlap: a lost round does not hold up the reads of the
+        next, whose answers confirm it too (a later round implies an earlier).
+        """
+        self._read_round += 1
+        self._reads_in_round.extend((self._read_round, rs) for rs in self._reads_unsent)
+        self._reads_unsent = []
+        for peer in self._peers:
+            if self.progress[peer].next_index > self.log.snapshot_index:  # never resend a snapshot for a read
+                self._send_append(peer, heartbeat=True)
+        self._confirm_reads()  # a single peer is its own majority
+
+    def _confirm_reads(self) -> None:
+        if not self._reads_in_round:
+            return
+        # The highest round a majority (this leader included) has answered.
+        rounds = sorted([self._read_round] + [self._acked_round.get(p, 0) for p in self._peers], reverse=True)
+        confirmed = rounds[self.n // 2]
+        done = 0
+        while done < len(self._reads_in_round) and self._reads_in_round[done][0] <= confirmed:
+            done += 1
+        if done:
+            self._pending.reads.extend(rs for _, rs in self._reads_in_round[:done])
+            del self._reads_in_round[:done]
+
+    def _drop_reads(self) -> None:
+        if self._reads_need_commit or self._reads_unsent or self._reads_in_round:
+            log.info("peer %d: dropped %d unconfirmed reads on losing leadership", self.me,
+                     len(self._reads_need_commit) + len(self._reads_unsent) + len(self._reads_in_round))
+        self._reads_need_commit, self._reads_unsent, self._reads_in_round = [], [], []
 
     # ---- snapshots --------------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ class AppendEntries:
     prev_log_term: int
     entries: tuple[Entry, ...]
     leader_commit: int
+    read_round: int = 0
+    """The leader's latest ReadIndex round when it sent this; the reply echoes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class AppendEntriesReply:
     """On failure: the term of the follower's entry at prev_log_index (0: it has none there)."""
     conflict_index: int
     """On failure: the first index of conflict_term in the follower's log, or its log length + 1."""
+    read_round: int = 0
+    """The read_round of the AppendEntries this answers: the follower still took the sender as leader then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,14 @@ class InstallSnapshotReply:
     src: int
     dst: int
     last_included_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A confirmed ReadIndex read: answer it once the service has applied ``index``."""
+
+    request_id: Any
+    index: int
 
 
 Message = RequestVote | RequestVoteReply | AppendEntries | AppendEntriesReply | InstallSnapshot | InstallSnapshotReply

@@ -8,6 +8,13 @@ taken only once the mailbox is empty, or every ``_MAX_DEFERRED`` messages, so
 requests that arrive together share one fsync: group commit. The service
 talks to it with ``Start``, ``GetState`` and ``TakeSnapshot`` asks, the lab's
 ``Start()``, ``GetState()`` and ``Snapshot()``.
+
+A service that keeps requests waiting on Raft (the replicated KV server) also
+tells it ``Start`` and ``ReadIndex`` without waiting for an answer, so that
+proposals queue up and share one fsync; it learns the outcome from the
+``Applied`` stream (which carries confirmed reads too) and from
+``RoleChanged``, told whenever this peer's term or leadership changes, so a
+waiting request is never left hanging on a leadership that is gone.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from apps.raft.messages import (
     ApplyMsg,
     InstallSnapshot,
     InstallSnapshotReply,
+    ReadState,
     RequestVote,
     RequestVoteReply,
 )
@@ -55,6 +63,24 @@ class TakeSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """Start a ReadIndex read; it comes back in ``Applied.reads`` if and when it is confirmed."""
+
+    request_id: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged:
+    """Told to the service whenever the peer's term, leadership or known leader changes."""
+
+    peer: int
+    incarnation: int
+    term: int
+    is_leader: bool
+    leader: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     pass
 
@@ -76,6 +102,9 @@ class Applied:
     peer: int
     incarnation: int
     msgs: tuple[ApplyMsg, ...]
+    reads: tuple[ReadState, ...] = ()
+    raft_state_size: int = -1
+    """Bytes of persisted Raft state (without the snapshot) after this batch was taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +137,7 @@ class RaftPeer(Actor):
         self.peers = {i: self.actor_system.ref(ep, PEER_NAME) for i, ep in enumerate(config.endpoints) if i != config.me}
         self.service = self.actor_system.ref(config.apply_to) if config.apply_to else None
         self._deferred = 0
+        self._role: tuple[int, bool, int | None] | None = None
 
     def on_start(self) -> None:
         self.schedule_every(self.config.tick, _Tick())
@@ -130,6 +160,8 @@ class RaftPeer(Actor):
             self.core.step(message)
         elif isinstance(message, Start):
             return self.core.propose(message.command)
+        elif isinstance(message, ReadIndex):
+            return self.core.read_index(message.request_id)
         elif isinstance(message, GetState):
             return self.core.term, self.core.is_leader
         elif isinstance(message, TakeSnapshot):
@@ -158,9 +190,15 @@ class RaftPeer(Actor):
                 self.peers[msg.dst].tell(msg)
             for msg in rd.messages_after_persist:
                 self.peers[msg.dst].tell(msg)
-            if rd.apply and self.service is not None:
-                self.service.tell(Applied(self.config.me, self.config.incarnation, rd.apply))
+            if (rd.apply or rd.read_states) and self.service is not None:
+                self.service.tell(
+                    Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size)
+                )
             core.advance(rd)
+        role = (core.term, core.is_leader, core.leader_hint)
+        if role != self._role and self.service is not None:
+            self._role = role
+            self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role))
 
 
 def serve_peer(config: PeerConfig, faults: list[FaultRule] | None = None) -> None:

@@ -11,7 +11,10 @@ step the safety properties of the Raft paper are checked:
   every entry up to it;
 - leader completeness: a leader's log holds every entry committed before it;
 - state machine safety: no two peers apply different commands at an index,
-  and each applies in order without gaps.
+  and each applies in order without gaps;
+- with ``reads``, ReadIndex safety: a read a leader yields has an index at
+  least as high as every entry committed anywhere before the read was asked
+  (so a deposed leader can never serve it from a stale state).
 
 With ``storage_dir``, every peer also writes its Readys through the real
 :class:`~apps.raft.storage.RaftStorage` (fsync off), and each restart checks
@@ -64,7 +67,13 @@ class _Disk:
 
 class SimCluster:
     def __init__(
-        self, n: int, seed: int, config: Config | None = None, snapshots: bool = False, storage_dir: Path | None = None
+        self,
+        n: int,
+        seed: int,
+        config: Config | None = None,
+        snapshots: bool = False,
+        storage_dir: Path | None = None,
+        reads: bool = False,
     ) -> None:
         self.n, self.seed, self.snapshots = n, seed, snapshots
         self.storage_dir = storage_dir
@@ -82,6 +91,9 @@ class SimCluster:
         self.applied: dict[int, object] = {}  # index -> command, as applied anywhere
         self.step_no = 0
         self.next_command = 0
+        self.reads = reads
+        self.read_floor: dict[int, int] = {}  # read id -> highest index committed anywhere when it was asked
+        self.reads_yielded = 0
 
     def _boot(self, i: int) -> RaftCore:
         self.boots += 1
@@ -124,6 +136,13 @@ class SimCluster:
             self.net.extend(rd.messages_after_persist)
             for msg in rd.apply:
                 self._applied(i, msg)
+            for rs in rd.read_states:
+                floor = self.read_floor.pop(rs.request_id)
+                if rs.index < floor:
+                    self.fail(f"peer {i} yielded read {rs.request_id} at {rs.index}, but {floor} was committed before it was asked")
+                if rs.index > core.commit_index:
+                    self.fail(f"peer {i} yielded read {rs.request_id} at {rs.index}, beyond its commit index {core.commit_index}")
+                self.reads_yielded += 1
             core.advance(rd)
 
     def _applied(self, i: int, msg) -> None:
@@ -176,6 +195,15 @@ class SimCluster:
             self.net.pop(rng.randrange(len(self.net)))
         elif r < 0.77 and self.net:
             self.net.append(self.net[rng.randrange(len(self.net))])
+        elif r < 0.86 and self.reads and rng.random() < 0.5:
+            for i in live:
+                core = self.cores[i]
+                if core.is_leader:  # type: ignore[union-attr]
+                    rid = len(self.read_floor) + self.reads_yielded + self.step_no * 1000
+                    self.read_floor[rid] = max(self.committed, default=0)
+                    core.read_index(rid)  # type: ignore[union-attr]
+                    self._process(i)
+                    break
         elif r < 0.86:
             for i in live:
                 core = self.cores[i]

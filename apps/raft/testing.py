@@ -196,9 +196,52 @@ class Cluster:
     def start(self, i: int) -> None:
         """A new process for peer i, from its persisted state (crashing the old one first)."""
         self.crash(i)
+        self._launch(i)
+        self._await_up(i)
+
+    def crash_all(self) -> None:
+        """Every peer cut off and SIGKILLed at once (not one by one, which would take turns)."""
+        for i in range(self.n):
+            self.connected[i] = False
+            if self.running[i]:
+                self._remember_counters(i)
+                self._sup.kill(f"peer-{i}")
+        for i in range(self.n):
+            if self.running[i]:
+                self._sup.wait_for(lambda i=i: self._sup.status(f"peer-{i}") == "exited", 5.0)
+                self.running[i] = False
+
+    def start_all(self, connect: bool = True) -> None:
+        """A new process for every crashed peer, all launched before waiting for any."""
+        down = [i for i in range(self.n) if not self.running[i]]
+        if connect:
+            for i in range(self.n):
+                self.connected[i] = True
+        for i in down:
+            self._launch(i)
+        for i in down:
+            self._await_up(i)
+        self._apply_rules()
+
+    def _launch(self, i: int) -> None:
         with self._lock:
             self.incarnation[i] += 1
             self.last_applied[i] = 0
+        self._sup.start_child(self._child_spec(i))
+        self.running[i] = True
+
+    def _await_up(self, i: int) -> None:
+        deadline = time.monotonic() + 10.0
+        while True:  # the process is up when its actor answers
+            try:
+                self.peer(i).get_state()
+                break
+            except (AskTimeout, ActorDeadError):
+                if time.monotonic() > deadline or self._sup.status(f"peer-{i}") != "running":
+                    raise HarnessFailure(f"peer {i} did not start") from None
+
+    def _child_spec(self, i: int) -> ChildSpec:
+        """What runs in peer i's process: a Raft peer whose applies come to the harness (a subclass may host more)."""
         config = PeerConfig(
             me=i,
             endpoints=self.endpoints,
@@ -208,16 +251,7 @@ class Cluster:
             raft=self.config,
             tick=self.tick,
         )
-        self._sup.start_child(ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary"))
-        self.running[i] = True
-        deadline = time.monotonic() + 10.0
-        while True:  # the process is up when its actor answers
-            try:
-                self.peer(i).get_state()
-                break
-            except (AskTimeout, ActorDeadError):
-                if time.monotonic() > deadline or self._sup.status(f"peer-{i}") != "running":
-                    raise HarnessFailure(f"peer {i} did not start") from None
+        return ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary")
 
     def data_dir(self, i: int) -> Path:
         """Where peer i keeps its journal (for tests that damage it between a crash and a start)."""

@@ -1,0 +1,154 @@
+"""``zactor kv cluster``: a local replicated KV cluster under a supervisor; clients for it.
+
+The cluster runs each server (a Raft peer and the KV state machine) as a
+supervised OS process: one killed with SIGKILL is started again by the
+supervisor and recovers from its data directory. The command prints the
+endpoints clerks should use, then a line whenever the leader changes or a
+server comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
+from apps.kvraft.server import READ_MODES, ServerConfig, serve
+from apps.raft.peer import PEER_NAME, Status
+
+DEFAULT_FIRST_PORT = 7001
+
+
+def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="run a local replicated (Raft) KV cluster until Ctrl-C",
+        description="Run N replicated KV servers as supervised processes on this machine. A server killed "
+        "(even with SIGKILL) is restarted and recovers from its data directory. Prints the endpoints for "
+        "`zactor kv get/put/append --servers ...`, then who leads whenever that changes.",
+    )
+    p.add_argument("--servers", type=int, help="number of servers (default 3, or as many as --endpoints names)")
+    p.add_argument(
+        "--endpoints",
+        help=f"comma-separated endpoints, one per server (default tcp://127.0.0.1:{DEFAULT_FIRST_PORT} and up)",
+    )
+    p.add_argument("--data-dir", help="where servers persist their state (default: a temporary directory, removed at exit)")
+    p.add_argument(
+        "--maxraftstate", type=int, default=-1, help="snapshot when the persisted Raft state nears this many bytes (default -1: never)"
+    )
+    p.add_argument("--read", choices=READ_MODES, default="index", help="Gets by ReadIndex (default) or through the log")
+    p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds instead of at Ctrl-C")
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """``ep1,ep2,...`` as a list; a clear ValueError for anything that is not an endpoint."""
+    endpoints = [e.strip() for e in text.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError("no endpoints given")
+    for ep in endpoints:
+        if not ep.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{ep!r} is not an endpoint (want tcp://HOST:PORT or ipc://PATH)")
+    if len(set(endpoints)) != len(endpoints):
+        raise ValueError("the same endpoint is given twice")
+    return endpoints
+
+
+def _tcp_in_use(endpoint: str) -> bool:
+    if not endpoint.startswith("tcp://"):
+        return False
+    host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, int(port)))
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.servers is not None and args.servers < 1:
+        parser.error("--servers must be at least 1")
+    if args.maxraftstate == 0 or args.maxraftstate < -1:
+        parser.error("--maxraftstate must be -1 (never snapshot) or a positive number of bytes")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--for must be positive seconds")
+    if args.endpoints:
+        try:
+            endpoints = parse_endpoints(args.endpoints)
+        except ValueError as exc:
+            parser.error(f"--endpoints: {exc}")
+        if args.servers is not None and len(endpoints) != args.servers:
+            parser.error(f"--endpoints names {len(endpoints)} servers but --servers is {args.servers}")
+        args.servers = len(endpoints)
+    else:
+        args.servers = args.servers or 3
+        endpoints = [f"tcp://127.0.0.1:{DEFAULT_FIRST_PORT + i}" for i in range(args.servers)]
+    busy = [ep for ep in endpoints if _tcp_in_use(ep)]
+    if busy:
+        print(f"zactor kv cluster: cannot listen on {', '.join(busy)} (in use, or not this machine); pick others with --endpoints", file=sys.stderr)
+        return 1
+    temporary = args.data_dir is None
+    root = Path(args.data_dir or tempfile.mkdtemp(prefix="zactor-kv-"))
+    root.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.monotonic()
+    try:
+        with Supervisor(max_restarts=20, within=10.0) as sup, ActorSystem() as system:
+            for i in range(args.servers):
+                config = ServerConfig(
+                    me=i, endpoints=tuple(endpoints), data_dir=str(root / f"server-{i}"), maxraftstate=args.maxraftstate, read=args.read
+                )
+                sup.start_child(ChildSpec(f"server-{i}", serve, (config,)))
+            print(f"{args.servers} KV servers, state in {root} (Ctrl-C stops everything)", flush=True)
+            for i, ep in enumerate(endpoints):
+                print(f"  server {i}: {ep}  pid {sup.pid(f'server-{i}')}", flush=True)
+            print(f"servers: {','.join(endpoints)}", flush=True)
+            print(f"try:     zactor kv put --servers {','.join(endpoints)} greeting hello", flush=True)
+            _watch(sup, system, endpoints, stop, started, args.duration)
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    print("stopped", flush=True)
+    return 0
+
+
+def _watch(sup: Supervisor, system: ActorSystem, endpoints: list[str], stop: threading.Event, started: float, duration: float | None) -> None:
+    pids = {i: sup.pid(f"server-{i}") for i in range(len(endpoints))}
+    last = None
+    while not stop.wait(0.2):
+        now = time.monotonic() - started
+        if duration is not None and now > duration:
+            return
+        for i in range(len(endpoints)):
+            pid, status = sup.pid(f"server-{i}"), sup.status(f"server-{i}")
+            if status == "failed":
+                print(f"{now:7.2f}s  server {i} keeps failing; the supervisor gave up on it", flush=True)
+                pids[i] = None
+            elif pid is not None and pid != pids[i]:
+                pids[i] = pid
+                print(f"{now:7.2f}s  server {i} restarted (pid {pid}), recovering from its data directory", flush=True)
+        seen = []
+        for ep in endpoints:
+            try:
+                seen.append(system.ref(ep, PEER_NAME).ask(Status(), timeout=0.5))
+            except (AskTimeout, ActorDeadError):
+                pass
+        leaders = [s for s in seen if s.role == "leader"]
+        top = max(leaders, key=lambda s: s.term) if leaders else None
+        view = (top.me, top.term) if top else (None, len(seen))
+        if view != last:
+            last = view
+            if top:
+                print(f"{now:7.2f}s  leader: server {top.me} ({endpoints[top.me]})  term {top.term}  servers up {len(seen)}/{len(endpoints)}", flush=True)
+            else:
+                print(f"{now:7.2f}s  no leader  servers up {len(seen)}/{len(endpoints)}", flush=True)

@@ -1,0 +1,50 @@
+"""What clerks and replicated KV servers say to each other, and what goes into the Raft log.
+
+A clerk's request is a tell that names where the answer goes (``reply_to``,
+the clerk process's reply box) and a number the box matches it by
+(``corr``): the server answers when Raft has decided, which may be long
+after the request arrived, so the answer cannot be the return value of an
+ask. The operations themselves are lab 2's ``Get``, ``Put`` and ``Append``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from apps.kvsrv.messages import Append, BadRequest, Get, Put
+
+__all__ = ["Append", "BadRequest", "Get", "LogGet", "NoOp", "Put", "Reply", "Request"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: Get | Put | Append
+    reply_to: str
+    """Address (``endpoint#name``) of the clerk process's reply box."""
+    corr: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    corr: int
+    ok: bool
+    """False: this server does not lead (or lost leadership before the request was decided); try another."""
+    value: Any = None
+    leader: str | None = None
+    """On ``ok=False``: the endpoint of the server this one believes leads, if it knows one."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoOp:
+    """Proposed by a new leader so that an entry of its term commits (ReadIndex needs one)."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogGet:
+    """A Get that goes through the log (``read="log"``); ``read_id`` is unique to the proposing server."""
+
+    key: str
+    read_id: tuple[int, int, int]

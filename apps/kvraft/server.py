@@ -1,0 +1,287 @@
+"""A replicated KV server: the KV state machine actor beside a Raft peer, one OS process per server.
+
+The ``kv`` actor takes clerks' requests and proposes Puts and Appends to the
+``raft`` actor of the same process (a tell: proposals that arrive together
+share one fsync), and applies what Raft commits, in log order. A request
+waits, keyed by (client, seq), until an entry with that client and seq
+applies (whoever proposed it); the reply then comes from the duplicate
+table, so a retry after a leader change is answered, never applied twice.
+
+Gets are ReadIndex reads by default (``read="index"``): the server asks its
+peer to confirm leadership with one heartbeat round and answers once it has
+applied up to the index the peer yields. ``read="log"`` puts each Get in the
+log instead, for comparison. A new leader proposes a ``NoOp`` so that an
+entry of its term commits and ReadIndex can start.
+
+Every waiting request is answered "not leader" as soon as the peer reports a
+new term or a lost leadership, and after ``MAX_WAIT`` seconds in any case (a
+leader cut off in a minority keeps its Gets waiting, never answered with
+stale data; the clerk has moved on by then). With ``maxraftstate`` > 0 the
+server snapshots its state when the persisted Raft state reaches it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors import Actor, ActorSystem
+from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Reply, Request
+from apps.kvraft.state import KVState
+from apps.kvsrv.server import _check as check_write
+from apps.raft.core import Config
+from apps.raft.peer import PEER_NAME, Applied, PeerConfig, RaftPeer, ReadIndex, RoleChanged, Start, TakeSnapshot
+from transport import FaultRule
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "kvraft"
+MAX_WAIT = 2.0
+"""Seconds a request may wait on Raft before it is answered "not leader"."""
+_SWEEP_EVERY = 0.25
+READ_MODES = ("index", "log")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    me: int
+    endpoints: tuple[str, ...]
+    data_dir: str
+    maxraftstate: int = -1
+    read: str = "index"
+    raft: Config = Config()
+    tick: float = 0.01
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        if self.read not in READ_MODES:
+            raise ValueError(f"read must be one of {READ_MODES}, not {self.read!r}")
+        if self.maxraftstate == 0 or self.maxraftstate < -1:
+            raise ValueError(f"maxraftstate must be -1 (never snapshot) or positive bytes, got {self.maxraftstate}")
+
+
+@dataclass
+class _Waiting:
+    since: float
+    who: list[tuple[str, int]] = field(default_factory=list)
+    """(reply_to, corr) of every copy of the request that waits."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sweep:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """Asked of a server: what it has applied and what waits on Raft (for harnesses and operators)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    me: int
+    term: int
+    leading: bool
+    applied: int
+    snapshot_index: int
+    waiting_writes: int
+    waiting_reads: int
+
+
+class KVRaftServer(Actor):
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.state = KVState()
+        self.applied = 0
+        self.snapshot_index = 0
+        self.term = 0
+        self.leading = False
+        self.leader: int | None = None
+        assert self.actor_system is not None
+        self.raft = self.actor_system.ref(config.endpoints[config.me], PEER_NAME)
+        self._writes: dict[tuple[int, int], _Waiting] = {}
+        self._reads: dict[Any, tuple[float, str, str, int]] = {}  # read id -> (since, key, reply_to, corr)
+        self._ready_reads: list[tuple[int, Any]] = []  # (read index, read id), confirmed, waiting for apply
+        self._read_ids = itertools.count(1)
+        self._nonce = int.from_bytes(os.urandom(4), "big")  # read ids of log Gets never clash across restarts
+
+    def on_start(self) -> None:
+        self.schedule_every(_SWEEP_EVERY, _Sweep())
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # Rebuilding this actor alone would give it an empty state while its
+        # peer goes on from where it was: stop the whole process instead, so
+        # that it starts again (under a supervisor) from snapshot and log.
+        log.critical("kvraft server %d failed (%r); stopping its process", self.config.me, exception_value)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Request):
+            self._request(message)
+        elif isinstance(message, Applied):
+            self._applied(message)
+        elif isinstance(message, RoleChanged):
+            self._role_changed(message)
+        elif isinstance(message, _Sweep):
+            self._sweep()
+        elif isinstance(message, ServerStatus):
+            return ServerState(self.config.me, self.term, self.leading, self.applied, self.snapshot_index,
+                               len(self._writes), len(self._reads))
+        else:
+            log.warning("kvraft server %d: ignored a %s", self.config.me, type(message).__name__)
+        return None
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    def _answer(self, reply_to: str, corr: int, ok: bool, value: Any = None) -> None:
+        try:
+            hint = None if ok or self.leader is None else self.config.endpoints[self.leader]
+            self.actor_system.ref(reply_to).tell(Reply(corr, ok, value, hint))  # type: ignore[union-attr]
+        except Exception as exc:  # a malformed reply address must not stop the server
+            log.warning("kvraft server %d: cannot answer %r: %s", self.config.me, reply_to, exc)
+
+    def _request(self, req: Request) -> None:
+        if type(req.reply_to) is not str or type(req.corr) is not int:
+            log.warning("kvraft server %d: dropped a request with no usable reply address", self.config.me)
+            return
+        op = req.op
+        if isinstance(op, Get):
+            if type(op.key) is not str:
+                self._answer(req.reply_to, req.corr, True, _bad(f"key must be a string, not {type(op.key).__name__}"))
+                return
+        elif isinstance(op, (Put, Append)):
+            problem = check_write(op)
+            if problem:
+                self._answer(req.reply_to, req.corr, True, _bad(problem))
+                return
+            seen, reply = self.state.duplicate(op.client, op.seq)
+            if seen:  # applied already: any server can say so, leader or not
+                self._answer(req.reply_to, req.corr, True, reply)
+                return
+        else:
+            self._answer(req.reply_to, req.corr, True, _bad(f"not a KV request: {type(op).__name__}"))
+            return
+        if not self.leading:
+            self._answer(req.reply_to, req.corr, False)
+            return
+        now = time.monotonic()
+        if isinstance(op, Get):
+            rid = (self.config.me, self._nonce, next(self._read_ids))
+            self._reads[rid] = (now, op.key, req.reply_to, req.corr)
+            if self.config.read == "index":
+                self.raft.tell(ReadIndex(rid))
+            else:
+                self.raft.tell(Start(LogGet(op.key, rid)))
+            return
+        waiting = self._writes.get((op.client, op.seq))
+        if waiting is None:
+            waiting = self._writes[(op.client, op.seq)] = _Waiting(now)
+            self.raft.tell(Start(op))
+        waiting.who.append((req.reply_to, req.corr))
+
+    # ---- what Raft decided ------------------------------------------------------------------
+
+    def _applied(self, batch: Applied) -> None:
+        for msg in batch.msgs:
+            if msg.snapshot_valid:
+                if msg.snapshot_index > self.applied:
+                    self.state = KVState.restore(msg.snapshot)
+                    self.applied = self.snapshot_index = msg.snapshot_index
+                continue
+            if not msg.command_valid or msg.command_index <= self.applied:
+                continue
+            if msg.command_index != self.applied + 1:
+                raise RuntimeError(f"kvraft server {self.config.me}: apply {msg.command_index} after {self.applied}")
+            self.applied = msg.command_index
+            self._apply(msg.command)
+        for rs in batch.reads:
+            if rs.request_id in self._reads:
+                self._ready_reads.append((rs.index, rs.request_id))
+        if self._ready_reads:
+            self._answer_reads()
+        limit = self.config.maxraftstate
+        if limit > 0 and batch.raft_state_size >= limit * 0.9 and self.applied > self.snapshot_index:
+            self.snapshot_index = self.applied
+            self.raft.tell(TakeSnapshot(self.applied, self.state.snapshot()))
+
+    def _apply(self, cmd: Any) -> None:
+        if isinstance(cmd, (Put, Append)):
+            reply = self.state.apply(cmd)
+            waiting = self._writes.pop((cmd.client, cmd.seq), None)
+            if waiting is not None:
+                for reply_to, corr in waiting.who:
+                    self._answer(reply_to, corr, True, reply)
+        elif isinstance(cmd, LogGet):
+            read = self._reads.pop(cmd.read_id, None)
+            if read is not None:
+                self._answer(read[2], read[3], True, self.state.get(cmd.key))
+        elif not isinstance(cmd, NoOp):
+            log.warning("kvraft server %d: skipped a log entry of unknown kind %s", self.config.me, type(cmd).__name__)
+
+    def _answer_reads(self) -> None:
+        still = []
+        for index, rid in self._ready_reads:
+            if index > self.applied:
+                still.append((index, rid))
+                continue
+            read = self._reads.pop(rid, None)
+            if read is not None:
+                self._answer(read[2], read[3], True, self.state.get(read[1]))
+        self._ready_reads = still
+
+    def _role_changed(self, rc: RoleChanged) -> None:
+        lost = rc.term != self.term or (self.leading and not rc.is_leader)
+        self.term, self.leader = rc.term, rc.leader
+        became = rc.is_leader and (lost or not self.leading)
+        self.leading = rc.is_leader
+        if lost:
+            self._fail_waiting(lambda since: True)
+        if became:
+            self.raft.tell(Start(NoOp(rc.term)))
+
+    def _fail_waiting(self, expired: Any) -> None:
+        for key, waiting in list(self._writes.items()):
+            if expired(waiting.since):
+                del self._writes[key]
+                for reply_to, corr in waiting.who:
+                    self._answer(reply_to, corr, False)
+        for rid, (since, _key, reply_to, corr) in list(self._reads.items()):
+            if expired(since):
+                del self._reads[rid]
+                self._answer(reply_to, corr, False)
+        self._ready_reads = [(i, rid) for i, rid in self._ready_reads if rid in self._reads]
+
+    def _sweep(self) -> None:
+        cutoff = time.monotonic() - MAX_WAIT
+        self._fail_waiting(lambda since: since < cutoff)
+
+
+def _bad(reason: str) -> BadRequest:
+    return BadRequest(reason)
+
+
+def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
+    """Child-process target: the KV server ``config.me``, its Raft peer beside it, until stopped."""
+    endpoint = config.endpoints[config.me]
+    with ActorSystem(endpoint, start=False) as system:
+        if faults:
+            system.node.set_faults(faults)
+        system.spawn(KVRaftServer, config, name=SERVER_NAME)
+        peer = PeerConfig(
+            me=config.me,
+            endpoints=config.endpoints,
+            data_dir=config.data_dir,
+            apply_to=f"{endpoint}#{SERVER_NAME}",
+            raft=config.raft,
+            tick=config.tick,
+            fsync=config.fsync,
+        )
+        system.spawn(RaftPeer, peer, name=PEER_NAME)
+        system.start()
+        system.run_until_stopped()
