@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import resource
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from apps.kvsrv.server import serve as serve_kv
 from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
 from tests.conftest import wait_until
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, InsecureBindError, Kind, encode
-from transport.keys import KEYS_ENV, Keyring, init_keyring, resolve_keyring, write_members, Member
+from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, resolve_keyring, write_members
 
 
 class Evil:
@@ -442,3 +441,31 @@ def test_keys_cli_manages_a_keyring(tmp_path: Path) -> None:
     assert not Keyring(ring).allows(other.encode())
     missing = keys("revoke", "b", "--keys", str(ring))
     assert missing.returncode == 1 and "no member named 'b'" in missing.stderr
+
+
+def test_header_is_checked_before_the_body_is_unpickled(tmp_path: Path) -> None:
+    from transport import MalformedFrame, decode
+
+    marker = tmp_path / "MARKER"
+    good = encode(Envelope(Kind.TELL, "kv", "ipc:///x", 0, Evil(marker)))
+    for bad in (
+        good[:-1],  # lengths no longer add up
+        good + b"\x00",
+        b"ZA1" + good[3:],  # the old magic
+        good[:3] + bytes([9]) + good[4:],  # an unknown kind
+    ):
+        with pytest.raises(MalformedFrame):
+            decode(bad)
+    assert not marker.exists()
+
+
+def test_a_failure_travels_as_one_pickle() -> None:
+    from transport import Failure, decode
+
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        failure = Failure.from_exception(exc)
+    assert not any(isinstance(getattr(failure, f), bytes) for f in ("type_name", "message", "remote_traceback", "exception"))
+    back = decode(encode(Envelope(Kind.ERROR, "", "ipc:///x", 3, failure))).body
+    assert isinstance(back.to_exception(), KeyError) and "missing" in str(back.to_exception())
