@@ -208,7 +208,8 @@ class Cluster:
                 self._sup.kill(f"peer-{i}")
         for i in range(self.n):
             if self.running[i]:
-                self._sup.wait_for(lambda i=i: self._sup.status(f"peer-{i}") == "exited", 5.0)
+                name = f"peer-{i}"
+                self._sup.wait_for(lambda name=name: self._sup.status(name) == "exited", 5.0)  # type: ignore[misc]
                 self.running[i] = False
 
     def start_all(self, connect: bool = True) -> None:
