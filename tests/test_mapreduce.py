@@ -13,7 +13,7 @@ import pytest
 from apps.mapreduce import App, AppError, JobFailed, load_app, read_output_lines, run_job, run_sequential
 from apps.mapreduce import files as mrfiles
 from apps.mapreduce.corpus import generate_corpus
-from apps.mapreduce.tasks import TaskError, run_map, run_reduce
+from apps.mapreduce.tasks import TaskError, run_map, run_reduce, shared_runs
 from apps.mapreduce.text import words
 
 
@@ -49,7 +49,7 @@ def test_tasks_equal_the_sequential_reference(tmp_path: Path, corpus: list[str],
         app = App(app.name, app.map, app.reduce, None)
     for m, f in enumerate(corpus):
         run_map(app, m, f, n_reduce, tmp_path / "work")
-    outs = [run_reduce(app, r, len(corpus), tmp_path / "work", tmp_path / "out").path for r in range(n_reduce)]
+    outs = [run_reduce(app, r, shared_runs(tmp_path / "work", r, len(corpus)), tmp_path / "out").path for r in range(n_reduce)]
     ref = run_sequential(load_app("wc"), corpus, tmp_path / "ref.txt")
     assert read_output_lines(outs) == read_output_lines([ref])
 
@@ -59,8 +59,8 @@ def test_combiner_leaves_one_value_per_key(tmp_path: Path, corpus: list[str]) ->
     source = next(f for f in corpus if os.path.getsize(f))
     run_map(app, 0, source, 1, tmp_path / "with")
     run_map(App(app.name, app.map, app.reduce, None), 0, source, 1, tmp_path / "without")
-    combined = mrfiles.load_groups(tmp_path / "with" / "mr-0-0")
-    raw = mrfiles.load_groups(tmp_path / "without" / "mr-0-0")
+    combined = list(mrfiles.read_run(tmp_path / "with" / "mr-0-0"))
+    raw = list(mrfiles.read_run(tmp_path / "without" / "mr-0-0"))
     n_words = len(words(open(source, encoding="utf-8", errors="replace").read()))
     assert all(len(values) == 1 for _, values in combined)
     assert sum(len(values) for _, values in raw) == n_words > len(combined)
@@ -84,7 +84,7 @@ def test_invalid_utf8_and_empty_inputs_are_read(tmp_path: Path) -> None:
     app = load_app("wc")
     for m, f in enumerate((bad, empty)):
         run_map(app, m, str(f), 1, tmp_path)
-    out = run_reduce(app, 0, 2, tmp_path, tmp_path).path
+    out = run_reduce(app, 0, shared_runs(tmp_path, 0, 2), tmp_path).path
     assert read_output_lines([out]) == ["good 1", "words 1"]
 
 
@@ -112,7 +112,7 @@ def test_raising_map_is_a_task_error_with_traceback_and_input(tmp_path: Path) ->
 
 def test_missing_intermediate_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="mr-0-1"):
-        run_reduce(load_app("wc"), 1, 1, tmp_path, tmp_path)
+        run_reduce(load_app("wc"), 1, shared_runs(tmp_path, 1, 1), tmp_path)
 
 
 # ---- loading applications ---------------------------------------------------------------
@@ -169,6 +169,11 @@ def test_run_job_with_functions_defined_here(tmp_path: Path, corpus: list[str]) 
     ref = run_sequential(App("x", first_letters, count), corpus, tmp_path / "ref.txt")
     assert read_output_lines(result.outputs) == read_output_lines([ref])
     assert result.status.phase == "done" and len(result.outputs) == 3
+    counters = result.status.counters
+    assert counters["input_bytes"] == sum(os.path.getsize(f) for f in corpus)
+    assert counters["map_output_records"] == counters["reduce_input_records"] > 0
+    assert counters["shuffle_bytes"] > 0 and counters["reexecuted_maps"] == 0
+    assert result.status.worker_peak_rss and all(10e6 < v < 1e9 for v in result.status.worker_peak_rss.values())
 
 
 def test_a_map_that_always_raises_fails_the_job_naming_the_input(tmp_path: Path) -> None:
@@ -201,6 +206,14 @@ def test_cli_run_reports_failure_and_bad_arguments(tmp_path: Path) -> None:
     ok = zactor("run", "--app", "wc", "--quiet", "--out", "o", "in.txt")
     assert ok.returncode == 0, ok.stderr
     assert read_output_lines(sorted((tmp_path / "o").glob("mr-out-*"))) == ["words 1"]
+    (tmp_path / "big.txt").write_text("one two two\n" * 5000)
+    reported = zactor("run", "--app", "wc", "--split-mb", "0.01", "--out", "r", "big.txt")
+    assert reported.returncode == 0, reported.stderr
+    assert read_output_lines(sorted((tmp_path / "r").glob("mr-out-*"))) == ["one 5000", "two 10000"]
+    assert "Job done: 6 map tasks, 10 reduce tasks" in reported.stderr  # 60 000 bytes in 10 000-byte splits
+    assert "Map output records=15000" in reported.stderr and "Combine output records=" in reported.stderr
+    assert "Peak RSS per worker (MB)" in reported.stderr
+    assert zactor("run", "--app", "wc", "--split-mb", "0", "in.txt").returncode == 2
 
 
 SLOW = 8.0
@@ -235,3 +248,99 @@ def test_backup_tasks_take_the_straggler_off_the_critical_path(tmp_path: Path, b
     else:
         assert result.status.backups == 0
         assert result.seconds >= SLOW
+
+
+# ---- splits, spills, the fast path, the file server ----------------------------------------
+
+
+@pytest.mark.parametrize("split_bytes", [1, 7, 100, 4096, 10**9])
+def test_splits_cover_every_line_exactly_once(tmp_path: Path, split_bytes: int) -> None:
+    path = tmp_path / "in.txt"
+    data = b"first line\n\nshort\n" + "ünïcödé wörds here\n".encode() * 50 + b"no newline at the end"
+    path.write_bytes(data)
+    splits = mrfiles.make_splits([str(path)], split_bytes)
+    read_at, close = mrfiles.local_reader(str(path))
+    try:
+        parts = [mrfiles.read_split(s, read_at) for s in splits]
+    finally:
+        close()
+    assert b"".join(parts) == data
+    assert all(p == b"" or p.startswith(tuple(line + b"\n" for line in data.split(b"\n")) + (b"no newline",)) for p in parts)
+    for p in parts:
+        p.decode("utf-8")  # a split never cuts a character
+
+
+def test_an_empty_file_is_one_map_of_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    (splits,) = [mrfiles.make_splits([str(tmp_path / "empty")], 10)]
+    assert len(splits) == 1
+    assert mrfiles.read_split(splits[0], lambda o, n: b"") == b""
+
+
+@pytest.mark.parametrize("combine", [True, False])
+def test_a_small_buffer_spills_runs_that_merge_to_the_same_output(tmp_path: Path, corpus: list[str], combine: bool) -> None:
+    app = load_app("wc")
+    if not combine:
+        app = App(app.name, app.map, app.reduce, None)
+    source = max(corpus, key=os.path.getsize)
+    whole = run_map(app, 0, source, 3, tmp_path / "whole")
+    spilled = run_map(app, 0, source, 3, tmp_path / "spilled", buffer_records=1000)
+    assert whole.counters["spills"] == 1 and spilled.counters["spills"] > 3
+    assert spilled.counters["spilled_records"] > whole.counters["spilled_records"]
+    for r in range(3):
+        a = list(mrfiles.read_run(tmp_path / "whole" / f"mr-0-{r}"))
+        b = list(mrfiles.read_run(tmp_path / "spilled" / f"mr-0-{r}"))
+        assert [k for k, _ in a] == sorted(k for k, _ in a)
+        assert {k: sum(map(int, v)) for k, v in a} == {k: sum(map(int, v)) for k, v in b}
+    assert not list((tmp_path / "spilled").glob(".spill-*")), "spill files left behind"
+
+
+def test_many_runs_are_merged_in_passes_with_the_same_result(tmp_path: Path, corpus: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from apps.mapreduce import tasks
+
+    app = load_app("wc")
+    for m, f in enumerate(corpus):
+        run_map(app, m, f, 1, tmp_path / "work")
+    direct = run_reduce(app, 0, shared_runs(tmp_path / "work", 0, len(corpus)), tmp_path / "direct").path
+    monkeypatch.setattr(tasks, "MAX_FAN_IN", 2)  # 6 runs: 3, then 2, then the final merge
+    passes = run_reduce(app, 0, shared_runs(tmp_path / "work", 0, len(corpus)), tmp_path / "passes").path
+    assert passes.read_bytes() == direct.read_bytes()
+    assert not list((tmp_path / "work").glob(".merge-*")), "merge scratch left behind"
+
+
+def test_a_map_returning_counts_takes_the_fast_path_and_reduce_sees_the_same(tmp_path: Path, corpus: list[str]) -> None:
+    fast = load_app("wordcount")
+    for m, f in enumerate(corpus):
+        result = run_map(fast, m, f, 2, tmp_path / "work")
+        assert result.counters["combine_input_records"] == 0  # nothing left to combine
+    outs = [run_reduce(fast, r, shared_runs(tmp_path / "work", r, len(corpus)), tmp_path / "out").path for r in range(2)]
+    ref = run_sequential(load_app("wc"), corpus, tmp_path / "ref.txt")
+    assert read_output_lines(outs) == read_output_lines([ref])
+    assert read_output_lines([run_sequential(fast, corpus, tmp_path / "ref2.txt")]) == read_output_lines([ref])
+
+
+def test_file_server_serves_runs_in_chunks_and_refuses_other_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import ActorSystem
+    from apps.mapreduce import shuffle
+    from apps.mapreduce.protocol import ReadChunk
+
+    monkeypatch.setattr(shuffle, "CHUNK", 1000)  # many chunks for a small file
+    data = os.urandom(5500)
+    (tmp_path / "mr-3-1").write_bytes(data)
+    (tmp_path / "secret").write_bytes(b"no")
+    with ActorSystem() as server_side, ActorSystem() as client_side:
+        server_side.spawn(shuffle.FileServer, shuffle.intermediate_resolver(tmp_path), name="files")
+        ref = client_side.ref(server_side.endpoint, "files")
+        assert shuffle.fetch_to_file(ref, "mr-3-1", tmp_path / "copy", timeout=5) == 5500
+        assert (tmp_path / "copy").read_bytes() == data
+        for name in ("secret", "../mr-3-1", "mr-9-9"):
+            with pytest.raises(shuffle.FetchError):
+                shuffle.fetch_to_file(ref, name, tmp_path / "nope", timeout=5)
+        assert not (tmp_path / "nope").exists() and not list(tmp_path.glob(".nope*"))
+        for bad in (ReadChunk("mr-3-1", -1, 10), ReadChunk("mr-3-1", 0, 1 << 40), "junk"):
+            assert isinstance(ref.ask(bad, timeout=5), shuffle.Refused)
+        ref.tell("junk")  # a bad tell neither kills the server nor stops it serving
+        assert ref.ask(ReadChunk("mr-3-1", 5000, 1000), timeout=5) == data[5000:]
+        gone = client_side.ref("ipc:///nonexistent/zactor-none.sock", "files")
+        with pytest.raises(shuffle.FetchError, match="did not answer"):
+            shuffle.fetch_to_file(gone, "mr-3-1", tmp_path / "x", timeout=0.3)

@@ -6,7 +6,10 @@
 The application travels to the workers with cloudpickle, so functions
 defined in a script or a notebook work. A worker that dies (kill -9, a crash
 inside the user's code) is restarted by the supervisor and its task, after
-the task timeout, goes to another worker. ``run_job`` returns when every
+the task timeout, goes to another worker. Each worker keeps its map output
+in a directory of its own and serves it to the reducers (as it would on
+separate machines); a worker that died takes its map output with it, and
+those maps run again. ``run_job`` returns when every
 reduce output is written, or raises :class:`JobFailed` naming what failed.
 """
 
@@ -25,7 +28,7 @@ import cloudpickle
 
 from actors import ActorSystem, ChildSpec, Supervisor
 from apps.mapreduce.app import App, load_app
-from apps.mapreduce.coordinator import Coordinator, JobConfig
+from apps.mapreduce.coordinator import JobConfig, start_coordinator
 from apps.mapreduce.protocol import JobStatus, Status
 from apps.mapreduce.worker import worker_main
 
@@ -65,8 +68,15 @@ def run_job(
     use_combiner: bool = True,
     progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
+    split_bytes: int = JobConfig.split_bytes,
+    fetch_timeout: float = JobConfig.fetch_timeout,
+    shared_dir: bool = False,
 ) -> JobResult:
-    """Run ``app`` over ``files``; returns when ``outdir/mr-out-*`` are complete."""
+    """Run ``app`` over ``files``; returns when ``outdir/mr-out-*`` are complete.
+
+    ``shared_dir`` makes every worker write map output into one directory
+    that reducers read directly (the lab's layout) instead of fetching it.
+    """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     missing = [str(f) for f in files if not Path(f).is_file()]
@@ -89,14 +99,17 @@ def run_job(
         task_timeout=task_timeout,
         max_attempts=max_attempts,
         backup_tasks=backup_tasks,
+        split_bytes=split_bytes,
+        fetch_timeout=fetch_timeout,
     )
     started = time.monotonic()
     names = [f"worker-{i}" for i in range(workers)]
     try:
         with ActorSystem() as system, Supervisor(max_restarts=10, within=10.0) as sup:
-            coordinator = system.spawn(Coordinator, config, name="coordinator")
+            coordinator = start_coordinator(system, config)
             for name in names:
-                sup.start_child(ChildSpec(name, worker_main, (system.endpoint, blob), restart="transient"))
+                own = None if shared_dir else str(workdir / name)
+                sup.start_child(ChildSpec(name, worker_main, (system.endpoint, blob, 3.0, own), restart="transient"))
             while True:
                 status: JobStatus = coordinator.ask(Status(), timeout=10)
                 alive = sum(sup.status(n) == "running" for n in names)

@@ -1,8 +1,10 @@
-"""What the MapReduce coordinator and its workers say to each other."""
+"""What the MapReduce coordinator, its workers and the workers' file servers say to each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from apps.mapreduce.files import Split
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,19 +15,24 @@ class RequestTask:
 @dataclass(frozen=True, slots=True)
 class MapTask:
     id: int
-    filename: str
+    split: Split
     n_reduce: int
     workdir: str
+    """The shared directory, for a worker without its own (the lab's mode)."""
     attempt: int
+    input_from: str | None = None
+    """Endpoint of the coordinator's input server when inputs are shipped; None: read the path."""
 
 
 @dataclass(frozen=True, slots=True)
 class ReduceTask:
     id: int
-    n_map: int
+    sources: tuple[tuple[int, str | None], ...]
+    """(map task, endpoint of the worker serving its output); None: in ``workdir``, shared."""
     workdir: str
     outdir: str
     attempt: int
+    fetch_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,11 @@ class TaskDone:
     kind: str  # "map" or "reduce"
     id: int
     attempt: int
+    location: str | None = None
+    """For a map: the endpoint that serves its output (None: written to the shared directory)."""
+    counters: dict[str, int] = field(default_factory=dict)
+    peak_rss: int = 0
+    """The worker process's peak resident set so far, in bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,31 @@ class TaskFailed:
     attempt: int
     error: str
     """The user's traceback, as text."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchFailed:
+    """A reduce could not fetch a map's output from ``endpoint``: that worker's maps must run again."""
+
+    worker: str
+    reduce_id: int
+    attempt: int
+    endpoint: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadChunk:
+    """Ask a file server for up to ``size`` bytes of file ``name`` from ``offset``; b"" is the end."""
+
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Let a coordinator started with ``hold_reduces`` hand out reduces (a test's hook)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +118,11 @@ class JobStatus:
     reassigned: int
     backups: int
     error: str | None
+    reexecuted: int = 0
+    """Completed maps run again because the worker holding their output was gone."""
+    held: bool = False
+    """Every map is done and reduces wait for ``Release``."""
+    map_locations: tuple[str | None, ...] = ()
+    counters: dict[str, int] = field(default_factory=dict)
+    worker_peak_rss: dict[str, int] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from apps.mapreduce.app import App
-from apps.mapreduce.tasks import group, read_input
+from apps.mapreduce.tasks import group, map_pairs, read_input
 
 
 def run_sequential(app: App, files: Sequence[str], out_path: str | Path) -> Path:
     """Map every file, sort all pairs by key, reduce each key into one output file. No combiner."""
-    pairs = []
+    pairs: list[Any] = []
     for filename in files:
-        pairs.extend(app.map(filename, read_input(filename)))
+        pairs.extend(map_pairs(app.map(filename, read_input(filename))))
     groups = group(pairs)
     out = Path(out_path)
     with open(out, "w", encoding="utf-8", errors="surrogatepass") as f:

@@ -1,37 +1,68 @@
-"""One map or reduce task, as plain functions: read inputs, call the user's code, write files atomically."""
+"""One map or reduce task, as plain functions: read a split, call the user's code, write sorted runs.
+
+A map task reads its split, calls the user's Map once, and groups the
+pairs in a buffer; when the buffer holds ``buffer_records`` values it is
+combined (if the app has a combiner), partitioned, sorted and *spilled* as
+one run per partition. Several spills are merged into one run per
+partition at the end, so a map leaves exactly ``mr-M-0 .. mr-M-(R-1)``.
+A reduce merges the runs of every map (``heapq.merge``), so it holds one
+batch per run and the values of one key, never a whole partition.
+
+The fast path: a Map may return a mapping (``Counter(words)``) instead of a
+list of pairs; each item is one pair and the keys are already distinct, so
+the framework skips the pair tuples and the grouping. What Reduce sees is
+unchanged: the key and the list of the values Map produced for it.
+"""
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import os
 import traceback
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 from apps.mapreduce.app import App
 from apps.mapreduce.files import (
-    dump_groups,
+    Split,
+    atomic_writer,
     intermediate_name,
-    load_groups,
+    local_reader,
     output_name,
     partition,
-    write_atomically,
+    read_run,
+    read_split,
+    write_run,
 )
+
+DEFAULT_BUFFER_RECORDS = 1_000_000
+"""Values a map groups in memory before it spills a sorted run (about 100 MB of small strings)."""
+
+_KEY = itemgetter(0)
+
+MAX_FAN_IN = 100
+"""Runs a reduce merges at once (each an open file); more are first merged in passes."""
 
 
 class TaskError(RuntimeError):
     """The user's Map or Reduce raised; the message carries the task, the input and the traceback."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class MapResult:
-    pairs: int
-    keys: int
+    counters: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReduceResult:
     keys: int
     path: Path
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 def read_input(filename: str) -> str:
@@ -40,46 +71,200 @@ def read_input(filename: str) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
-def group(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = defaultdict(list)
+def group(pairs: Iterable[tuple[str, Any]]) -> dict[str, list[Any]]:
+    groups: dict[str, list[Any]] = defaultdict(list)
     for key, value in pairs:
         groups[key].append(value)
     return groups
 
 
-def run_map(app: App, map_id: int, filename: str, n_reduce: int, workdir: Path) -> MapResult:
-    contents = read_input(filename)
+def map_pairs(output: Any) -> Iterable[tuple[str, Any]]:
+    """A Map's output as pairs, whichever form it took (a list of pairs or a mapping)."""
+    return output.items() if isinstance(output, Mapping) else output
+
+
+class _Spiller:
+    """Buffers grouped map output; writes sorted, partitioned runs when full and at the end."""
+
+    def __init__(self, app: App, map_id: int, n_reduce: int, workdir: Path, counters: dict[str, int]) -> None:
+        self.app, self.map_id, self.n_reduce, self.workdir, self.c = app, map_id, n_reduce, workdir, counters
+        self.spills: list[list[Path]] = []
+
+    def spill(self, groups: dict[str, list[Any]]) -> None:
+        combine = self.app.combine
+        buckets: list[list[tuple[str, list[Any]]]] = [[] for _ in range(self.n_reduce)]
+        n = self.n_reduce
+        for key, values in groups.items():
+            if combine is not None and len(values) > 1:
+                self.c["combine_input_records"] += len(values)
+                values = list(combine(key, values))
+                self.c["combine_output_records"] += len(values)
+            buckets[partition(key, n) if n > 1 else 0].append((key, values))
+        paths = []
+        k = len(self.spills)
+        for r, bucket in enumerate(buckets):
+            bucket.sort(key=_KEY)
+            path = self.workdir / f".spill-{self.map_id}-{os.getpid()}-{k}-{r}"  # two attempts may share a directory
+            records, _ = write_run(path, bucket)
+            self.c["spilled_records"] += records
+            paths.append(path)
+        self.spills.append(paths)
+
+    def finish(self) -> None:
+        """Leave exactly one run per partition under its final name."""
+        if not self.spills:
+            self.spill({})
+        final = [self.workdir / intermediate_name(self.map_id, r) for r in range(self.n_reduce)]
+        if len(self.spills) == 1:
+            for src, dst in zip(self.spills[0], final, strict=True):
+                os.replace(src, dst)
+        else:
+            for r, dst in enumerate(final):
+                runs = [spill[r] for spill in self.spills]
+                records, _ = write_run(dst, self._merged(runs))
+                self.c["spilled_records"] += records
+                for path in runs:
+                    path.unlink()
+        self.c["map_output_bytes"] += sum(p.stat().st_size for p in final)
+
+    def _merged(self, runs: list[Path]) -> Iterator[tuple[str, list[Any]]]:
+        combine = self.app.combine
+        for key, groups in itertools.groupby(heapq.merge(*(read_run(p) for p in runs), key=_KEY), key=_KEY):
+            values = [v for _, vs in groups for v in vs]
+            if combine is not None and len(values) > 1:
+                self.c["combine_input_records"] += len(values)
+                values = list(combine(key, values))
+                self.c["combine_output_records"] += len(values)
+            yield key, values
+
+
+def _counters(*names: str) -> dict[str, int]:
+    return dict.fromkeys(names, 0)
+
+
+def run_map(
+    app: App,
+    map_id: int,
+    split: Split | str,
+    n_reduce: int,
+    workdir: Path,
+    *,
+    read_at: Callable[[int, int], bytes] | None = None,
+    buffer_records: int = DEFAULT_BUFFER_RECORDS,
+) -> MapResult:
+    """Map one split (or a whole file, given by name) into ``workdir/mr-<map_id>-<r>`` runs."""
+    if isinstance(split, str):
+        split = Split(split, 0, os.path.getsize(split))
+    close = None
+    if read_at is None:
+        read_at, close = local_reader(split.filename)
     try:
-        pairs = list(app.map(filename, contents))
-        groups = group(pairs)
-        if app.combine is not None:
-            groups = {k: list(app.combine(k, v)) for k, v in groups.items()}
-    except Exception as exc:
-        raise TaskError(f"map task {map_id} (input {filename}) raised:\n{traceback.format_exc()}") from exc
-    buckets: list[list[tuple[str, list[str]]]] = [[] for _ in range(n_reduce)]
-    for key, values in groups.items():
-        buckets[partition(key, n_reduce)].append((key, values))
+        data = read_split(split, read_at)
+    finally:
+        if close is not None:
+            close()
+    c = _counters("input_bytes", "map_output_records", "combine_input_records", "combine_output_records",
+                  "spilled_records", "map_output_bytes", "spills")
+    c["input_bytes"] = len(data)
+    contents = data.decode("utf-8", errors="replace")
+    del data
     workdir.mkdir(parents=True, exist_ok=True)
-    for r, bucket in enumerate(buckets):
-        write_atomically(workdir / intermediate_name(map_id, r), dump_groups(bucket))
-    return MapResult(len(pairs), len(groups))
+    spiller = _Spiller(app, map_id, n_reduce, workdir, c)
+    try:
+        output = app.map(split.filename, contents)
+        del contents
+        if isinstance(output, Mapping):  # the fast path: keys distinct, one value each
+            c["map_output_records"] = len(output)
+            spiller.spill({key: [value] for key, value in output.items()})
+        else:
+            pairs = iter(output)
+            groups: dict[str, list[Any]] = defaultdict(list)
+            buffered = 0
+            while True:
+                chunk = list(itertools.islice(pairs, min(65536, buffer_records)))
+                if not chunk:
+                    break
+                for key, value in chunk:
+                    groups[key].append(value)
+                buffered += len(chunk)
+                c["map_output_records"] += len(chunk)
+                if buffered >= buffer_records:
+                    spiller.spill(groups)
+                    groups, buffered = defaultdict(list), 0
+            if groups or not spiller.spills:
+                spiller.spill(groups)
+        del output
+        c["spills"] = len(spiller.spills)
+        spiller.finish()
+    except Exception as exc:
+        for paths in spiller.spills:
+            for path in paths:
+                path.unlink(missing_ok=True)
+        where = split.filename if split.start == 0 and split.end >= os.path.getsize(split.filename) else (
+            f"{split.filename} bytes {split.start}-{split.end}")
+        raise TaskError(f"map task {map_id} (input {where}) raised:\n{traceback.format_exc()}") from exc
+    return MapResult(c)
 
 
-def run_reduce(app: App, reduce_id: int, n_map: int, workdir: Path, outdir: Path) -> ReduceResult:
-    merged: dict[str, list[str]] = defaultdict(list)
-    for m in range(n_map):
-        path = workdir / intermediate_name(m, reduce_id)
+def run_reduce(app: App, reduce_id: int, runs: list[Path], outdir: Path) -> ReduceResult:
+    """Merge the sorted runs, reduce each key, write ``outdir/mr-out-<reduce_id>`` atomically."""
+    for path in runs:
         if not path.exists():
             raise FileNotFoundError(f"reduce task {reduce_id}: intermediate file {path} is missing")
-        for key, values in load_groups(path):
-            merged[key].extend(values)
-    lines = []
-    try:
-        for key in sorted(merged):
-            lines.append(f"{key} {app.reduce(key, merged[key])}\n")
-    except Exception as exc:
-        raise TaskError(f"reduce task {reduce_id} (key {key!r}) raised:\n{traceback.format_exc()}") from exc
+    c = _counters("reduce_input_groups", "reduce_input_records", "reduce_output_records")
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / output_name(reduce_id)
-    write_atomically(path, "".join(lines).encode("utf-8", "surrogatepass"))
-    return ReduceResult(len(merged), path)
+    runs, scratch = _fan_in(runs, runs[0].parent if runs else outdir, reduce_id)
+    try:
+        _reduce_runs(app, reduce_id, runs, path, c)
+    finally:
+        for tmp in scratch:
+            tmp.unlink(missing_ok=True)
+    c["reduce_output_records"] = c["reduce_input_groups"]
+    return ReduceResult(c["reduce_input_groups"], path, c)
+
+
+def _concatenated(runs: list[Path]) -> Iterator[tuple[str, list[Any]]]:
+    """The runs merged into one sorted stream, each key once with all its values."""
+    for key, groups in itertools.groupby(heapq.merge(*(read_run(p) for p in runs), key=_KEY), key=_KEY):
+        yield key, [v for _, vs in groups for v in vs]
+
+
+def _fan_in(runs: list[Path], scratch_dir: Path, reduce_id: int) -> tuple[list[Path], list[Path]]:
+    """Merge runs in groups of MAX_FAN_IN until that many remain (bounds open files); returns (runs, scratch)."""
+    scratch: list[Path] = []
+    while len(runs) > MAX_FAN_IN:
+        merged = []
+        for i in range(0, len(runs), MAX_FAN_IN):
+            group = runs[i : i + MAX_FAN_IN]
+            if len(group) == 1:
+                merged.append(group[0])
+                continue
+            tmp = scratch_dir / f".merge-{reduce_id}-{os.getpid()}-{len(scratch)}"
+            write_run(tmp, _concatenated(group))
+            scratch.append(tmp)
+            merged.append(tmp)
+        runs = merged
+    return runs, scratch
+
+
+def _reduce_runs(app: App, reduce_id: int, runs: list[Path], path: Path, c: dict[str, int]) -> None:
+    with atomic_writer(path) as f:
+        lines: list[str] = []
+        for key, values in _concatenated(runs):
+            c["reduce_input_groups"] += 1
+            c["reduce_input_records"] += len(values)
+            try:
+                result = app.reduce(key, values)
+            except Exception as exc:
+                raise TaskError(f"reduce task {reduce_id} (key {key!r}) raised:\n{traceback.format_exc()}") from exc
+            lines.append(f"{key} {result}\n")
+            if len(lines) >= 4096:
+                f.write("".join(lines).encode("utf-8", "surrogatepass"))
+                lines = []
+        f.write("".join(lines).encode("utf-8", "surrogatepass"))
+
+
+def shared_runs(workdir: Path, reduce_id: int, n_map: int) -> list[Path]:
+    """The runs of a reduce in the shared-directory mode: every map wrote into ``workdir``."""
+    return [workdir / intermediate_name(m, reduce_id) for m in range(n_map)]
