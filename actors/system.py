@@ -29,6 +29,9 @@ Security: ``keys=`` names the keyring and ``secure=False`` turns CURVE off
 
 Every remote ask has a deadline (``ask_timeout`` unless given); a sweep
 drops expired ones, so lost replies never accumulate.
+
+This module hosts and rebuilds actors; the wire side (asks in flight, their
+replies, asks that arrive, node control) is :mod:`actors.wire`.
 """
 
 from __future__ import annotations
