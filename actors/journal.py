@@ -17,10 +17,17 @@ starting from a state that lost acknowledged records.
 
 ``rewrite`` replaces the whole file atomically; owners use it to drop records
 that no longer matter (after a snapshot, say), so the file stays bounded.
+
+Test-only: with ``ZACTOR_LAZY_DISK=1`` in the environment (the soak tool's
+``disk`` nemesis sets it for the servers it starts), appended bytes stay in
+process memory until the fsync, and are written and synced together then. A
+SIGKILL thus loses exactly what a power cut would lose from the page cache,
+which a plain kill -9 never does.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import zlib
@@ -33,6 +40,9 @@ from actors.persister import replace_atomically, write_all
 _FILE_HEADER = b"ZJL\x01"  # magic and format version
 _RECORD = struct.Struct(">II")  # payload length, crc32 of (length bytes + payload)
 _MAX_RECORD = 1 << 31
+LAZY_DISK_ENV = "ZACTOR_LAZY_DISK"
+
+log = logging.getLogger(__name__)
 
 
 def _crc(length: int, payload: bytes | memoryview) -> int:
@@ -59,6 +69,11 @@ class Journal:
         """Bytes of torn tail the last ``load`` cut off (0 if the file was clean)."""
         self._fd: int | None = None
         self._size = 0
+        self.lazy = os.environ.get(LAZY_DISK_ENV) == "1"
+        """Test-only page-cache model: unsynced appends live in ``_unsynced`` until :meth:`sync`."""
+        self._unsynced = bytearray()
+        if self.lazy:
+            log.info("journal %s: lazy disk (test-only): appends reach the file only at fsync", self.path)
 
     def __repr__(self) -> str:
         return f"<Journal {self.path}>"
@@ -67,6 +82,7 @@ class Journal:
         """Every complete record in order; [] for a missing file. Cuts a torn tail, raises on worse."""
         self.close()
         self.cut_bytes = 0
+        self._unsynced.clear()
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -113,6 +129,12 @@ class Journal:
         if not data:
             return
         fd = self._open()
+        if self.lazy:
+            self._unsynced += data
+            self._size += len(data)
+            if self.fsync:
+                self.sync()
+            return
         try:
             write_all(fd, data)
             if self.fsync:
@@ -127,9 +149,27 @@ class Journal:
             raise
         self._size += len(data)
 
+    def sync(self) -> None:
+        """Make every append durable; only the lazy disk mode ever has anything left to do here."""
+        if not self._unsynced:
+            return
+        fd = self._open()
+        durable = self._size - len(self._unsynced)
+        try:
+            write_all(fd, bytes(self._unsynced))
+            os.fdatasync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, durable)
+            except OSError:
+                pass
+            raise
+        self._unsynced.clear()
+
     def rewrite(self, records: Iterable[bytes]) -> None:
         """Replace the whole journal with ``records``, atomically."""
         self.close()
+        self._unsynced.clear()
         data = _FILE_HEADER + _encode(records)
         replace_atomically(self.path, data, fsync=self.fsync)
         self._size = len(data)

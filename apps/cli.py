@@ -105,6 +105,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("kv", "apps.kvsrv.cli", "run a KV server, or get/put/append against one"),
     ("raft", "apps.raft.cli", "run a local Raft cluster and watch its leader"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
+    ("soak", "apps.soak.cli", "crash-recovery soak test of a system, with a verdict and a report"),
     ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),
 ]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""

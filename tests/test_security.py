@@ -469,3 +469,32 @@ def test_a_failure_travels_as_one_pickle() -> None:
     assert not any(isinstance(getattr(failure, f), bytes) for f in ("type_name", "message", "remote_traceback", "exception"))
     back = decode(encode(Envelope(Kind.ERROR, "", "ipc:///x", 3, failure))).body
     assert isinstance(back.to_exception(), KeyError) and "missing" in str(back.to_exception())
+
+
+@pytest.mark.parametrize("placement", ["command", "global"])
+def test_cli_keys_option_selects_the_keyring(tmp_path: Path, placement: str) -> None:
+    ring = init_keyring(tmp_path / "k")
+    write_members(ring / "members", [Member("far", zmq.curve_keypair()[0], ("192.0.2.1",))])
+    keys = ["--keys", str(ring)]
+    get = ["kv", "get", "--server", "tcp://192.0.2.9:5555", "--timeout", "1", "k"]
+    argv = [*get, *keys] if placement == "command" else [*keys, *get]
+    out = subprocess.run([sys.executable, "-m", "apps.cli", *argv], capture_output=True, text=True, timeout=60)
+    # No key serves 192.0.2.9 in that keyring (only 192.0.2.1): refused before any connection, with the fix named.
+    assert out.returncode == 1
+    assert f"no key in {ring} serves host '192.0.2.9'" in out.stderr and "zactor keys add" in out.stderr, out.stderr
+
+
+def test_idle_sending_sockets_are_closed_and_reopened(remote: str) -> None:
+    from transport import Node
+
+    got: list[Envelope] = []
+    node = Node(on_message=got.append, peer_idle=0.2)
+    try:
+        node.send(remote, Envelope(Kind.ASK, "echo", node.endpoint, 1, "first"))
+        assert wait_until(lambda: len(got) == 1, 10)
+        assert wait_until(lambda: node.open_peers == 0, 5), "the idle socket stayed open"
+        node.send(remote, Envelope(Kind.ASK, "echo", node.endpoint, 2, "again"))
+        assert wait_until(lambda: len(got) == 2, 10)
+        assert [e.body for e in got] == ["first", "again"]
+    finally:
+        node.close()

@@ -356,7 +356,7 @@ def warn_insecure() -> None:
             "zactor security is OFF (--insecure / secure=False): any process that can reach this "
             "node's endpoint can run code in it; only loopback and ipc:// endpoints are allowed",
             SecurityWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
 
 

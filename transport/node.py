@@ -28,8 +28,9 @@ in the caller, with a clear error); the I/O thread polls each DEALER's raw
 ZMQ_FD and reads it under the same lock. ZMQ_FD is edge-triggered (a send
 may consume the signal of a reply that has just arrived), so every send
 re-checks ZMQ_EVENTS and wakes the I/O thread when input is waiting. At most
-``max_peers`` DEALERs stay open: the least recently used one is closed (by
-the I/O thread, which is the only one polling their descriptors). Replies
+``max_peers`` DEALERs stay open: the least recently used one is closed, and
+so is one unused for ``peer_idle`` seconds (by the I/O thread, the only one
+polling their descriptors). Replies
 never open a socket: a frame's claimed ``src`` is only a label for fault
 rules and counters, never an address a reply goes to.
 
@@ -78,6 +79,9 @@ LOCAL = b""
 
 DEFAULT_MAX_PEERS = 256
 """Open sending sockets (one per destination) kept at most; the least recently used is closed."""
+
+DEFAULT_PEER_IDLE = 300.0
+"""Seconds without a send after which a sending socket is closed (reopened on the next send)."""
 
 DEFAULT_INBOUND_HWM = 10_000
 """Frames ZeroMQ queues per connection before it stops reading that peer (TCP back-pressure)."""
@@ -259,11 +263,13 @@ class Node:
         secure: bool | None = None,
         max_peers: int = DEFAULT_MAX_PEERS,
         inbound_hwm: int = DEFAULT_INBOUND_HWM,
+        peer_idle: float = DEFAULT_PEER_IDLE,
     ) -> None:
         """``keys``: the keyring (default: ``$ZACTOR_KEYS``, else the user's, made on first use).
         ``secure=False`` turns CURVE off (loopback and ipc:// only; warns once per process)."""
-        if max_peers < 1 or inbound_hwm < 1:
-            raise ValueError("max_peers and inbound_hwm must be at least 1")
+        if max_peers < 1 or inbound_hwm < 1 or peer_idle <= 0:
+            raise ValueError("max_peers and inbound_hwm must be at least 1, peer_idle positive")
+        self.peer_idle = peer_idle
         self._on_message = on_message
         self.max_frame_bytes = max_frame_bytes
         self.max_peers = max_peers
@@ -308,6 +314,7 @@ class Node:
             self.endpoint = requested  # keep the caller's spelling (host name vs address)
         self._dealers: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._dealer_fds: dict[int, zmq.Socket] = {}
+        self._last_send: dict[str, float] = {}
         self._poll_dirty = True  # the I/O thread rebuilds its poller (dealers came or must go)
         self._input_waiting = False  # a sender saw a reply waiting on a DEALER
         self._send_lock = threading.Lock()
@@ -329,6 +336,7 @@ class Node:
         self._destroyed = False
         self._thread = threading.Thread(target=self._run, name=f"zactor-io:{self.endpoint}", daemon=True)
         self._io_ident: int | None = None  # the I/O thread's ident once it runs (a C call to compare, on the hot path)
+        self.call_later(min(peer_idle, 30.0), self._close_idle)
         if start:
             self.start()
 
@@ -530,6 +538,7 @@ class Node:
             self._poll_dirty = False
             while len(self._dealers) > self.max_peers:
                 dest, sock = self._dealers.popitem(last=False)
+                self._last_send.pop(dest, None)
                 self._close_dealer(sock)
                 log.info("node %s: closed the least recently used connection, to %s", self.endpoint, dest)
             fds = list(self._dealer_fds)
@@ -657,6 +666,7 @@ class Node:
                 return
         else:
             self._dealers.move_to_end(dest)
+        self._last_send[dest] = time.monotonic()
         try:
             sock.send(frame, _NOBLOCK)
         except zmq.Again:
@@ -710,6 +720,20 @@ class Node:
             log.error("node %s: cannot connect to %r: %s", self.endpoint, dest, exc)
             return None
         return sock
+
+    def _close_idle(self) -> None:
+        """On the I/O thread (a timer): close sending sockets idle for ``peer_idle`` seconds."""
+        cutoff = time.monotonic() - self.peer_idle
+        with self._send_lock:
+            for dest in [d for d, t in self._last_send.items() if t < cutoff]:
+                del self._last_send[dest]
+                sock = self._dealers.pop(dest, None)
+                if sock is not None:
+                    self._close_dealer(sock)
+                    self._poll_dirty = True
+                    log.debug("node %s: closed the idle connection to %s", self.endpoint, dest)
+        if not self._stopping:
+            self.call_later(min(self.peer_idle, 30.0), self._close_idle)
 
     def _close_dealer(self, sock: zmq.Socket) -> None:
         """Only on the I/O thread, under the send lock: nobody polls its descriptor now."""

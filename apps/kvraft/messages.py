@@ -14,7 +14,7 @@ from typing import Any
 
 from apps.kvsrv.messages import Append, BadRequest, Get, Put
 
-__all__ = ["Append", "BadRequest", "Get", "LogGet", "NoOp", "Put", "Reply", "Request"]
+__all__ = ["Append", "BadRequest", "Get", "LogGet", "NoOp", "Put", "Reply", "Request", "StateDigest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +48,12 @@ class LogGet:
 
     key: str
     read_id: tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StateDigest:
+    """A read-only ask: the server answers ``(applied index, sha256 hex of its data and duplicate table)``.
+
+    Replicas that applied the same log prefix must answer the same digest; the
+    soak tool compares them after its final heal.
+    """

@@ -22,16 +22,18 @@ server snapshots its state when the persisted Raft state reaches it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
+import pickle
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors import Actor, ActorSystem
-from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Reply, Request
+from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Reply, Request, StateDigest
 from apps.kvraft.state import KVState
 from apps.kvsrv.server import _check as check_write
 from apps.raft.core import Config
@@ -45,6 +47,8 @@ MAX_WAIT = 2.0
 """Seconds a request may wait on Raft before it is answered "not leader"."""
 _SWEEP_EVERY = 0.25
 READ_MODES = ("index", "log")
+BREAK_ENV = "ZACTOR_SOAK_BREAK"
+"""Test-only: names a deliberately broken variant for the soak tool's self-test (off unless set)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,9 @@ class KVRaftServer(Actor):
         self._ready_reads: list[tuple[int, Any]] = []  # (read index, read id), confirmed, waiting for apply
         self._read_ids = itertools.count(1)
         self._nonce = int.from_bytes(os.urandom(4), "big")  # read ids of log Gets never clash across restarts
+        self._break = os.environ.get(BREAK_ENV, "")
+        if self._break in ("stale-reads", "no-dedup-in-snapshot"):
+            log.warning("kvraft server %d: BROKEN ON PURPOSE (%s=%s), test-only", config.me, BREAK_ENV, self._break)
 
     def on_start(self) -> None:
         self.schedule_every(_SWEEP_EVERY, _Sweep())
@@ -133,6 +140,8 @@ class KVRaftServer(Actor):
         elif isinstance(message, ServerStatus):
             return ServerState(self.config.me, self.term, self.leading, self.applied, self.snapshot_index,
                                len(self._writes), len(self._reads))
+        elif isinstance(message, StateDigest):
+            return self.applied, _digest(self.state)
         else:
             log.warning("kvraft server %d: ignored a %s", self.config.me, type(message).__name__)
         return None
@@ -153,24 +162,27 @@ class KVRaftServer(Actor):
         op = req.op
         if isinstance(op, Get):
             if type(op.key) is not str:
-                self._answer(req.reply_to, req.corr, True, _bad(f"key must be a string, not {type(op.key).__name__}"))
+                self._answer(req.reply_to, req.corr, True, BadRequest(f"key must be a string, not {type(op.key).__name__}"))
                 return
         elif isinstance(op, (Put, Append)):
             problem = check_write(op)
             if problem:
-                self._answer(req.reply_to, req.corr, True, _bad(problem))
+                self._answer(req.reply_to, req.corr, True, BadRequest(problem))
                 return
             seen, reply = self.state.duplicate(op.client, op.seq)
             if seen:  # applied already: any server can say so, leader or not
                 self._answer(req.reply_to, req.corr, True, reply)
                 return
         else:
-            self._answer(req.reply_to, req.corr, True, _bad(f"not a KV request: {type(op).__name__}"))
+            self._answer(req.reply_to, req.corr, True, BadRequest(f"not a KV request: {type(op).__name__}"))
             return
         if not self.leading:
             self._answer(req.reply_to, req.corr, False)
             return
         now = time.monotonic()
+        if isinstance(op, Get) and self._break == "stale-reads":  # test-only: answers without confirming it leads
+            self._answer(req.reply_to, req.corr, True, self.state.get(op.key))
+            return
         if isinstance(op, Get):
             rid = (self.config.me, self._nonce, next(self._read_ids))
             self._reads[rid] = (now, op.key, req.reply_to, req.corr)
@@ -208,7 +220,10 @@ class KVRaftServer(Actor):
         limit = self.config.maxraftstate
         if limit > 0 and batch.raft_state_size >= limit * 0.9 and self.applied > self.snapshot_index:
             self.snapshot_index = self.applied
-            self.raft.tell(TakeSnapshot(self.applied, self.state.snapshot()))
+            blob = self.state.snapshot()
+            if self._break == "no-dedup-in-snapshot":  # test-only: the duplicate table left out
+                blob = pickle.dumps((self.state.data, {}), protocol=pickle.HIGHEST_PROTOCOL)
+            self.raft.tell(TakeSnapshot(self.applied, blob))
 
     def _apply(self, cmd: Any) -> None:
         if isinstance(cmd, (Put, Append)):
@@ -262,8 +277,10 @@ class KVRaftServer(Actor):
         self._fail_waiting(lambda since: since < cutoff)
 
 
-def _bad(reason: str) -> BadRequest:
-    return BadRequest(reason)
+def _digest(state: KVState) -> str:
+    """The same for every replica with the same data and duplicate table, whatever order they were built in."""
+    blob = pickle.dumps((sorted(state.data.items()), sorted(state.latest.items())), protocol=pickle.HIGHEST_PROTOCOL)
+    return hashlib.sha256(blob).hexdigest()
 
 
 def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from actors import Actor, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from actors.errors import ActorDeadError
@@ -119,7 +119,7 @@ class Cluster:
         self._applier = self._system.spawn(_Applier, self, name="applier")
         self.started_at = time.monotonic()
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> Self:
         try:
             for i in range(self.n):
                 self.start(i)
@@ -253,6 +253,10 @@ class Cluster:
             tick=self.tick,
         )
         return ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary")
+
+    def pid(self, i: int) -> int | None:
+        """The OS process id of peer i's current process (for SIGSTOP/SIGCONT by the soak tool), None if down."""
+        return self._sup.pid(f"peer-{i}") if self.running[i] else None
 
     def data_dir(self, i: int) -> Path:
         """Where peer i keeps its journal (for tests that damage it between a crash and a start)."""

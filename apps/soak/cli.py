@@ -1,0 +1,183 @@
+"""``zactor soak SYSTEM``: a crash-recovery soak run with a verdict (exit 0 pass, 1 violation, 2 invalid)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from apps.soak.run import SoakConfig, Status
+from apps.soak.verdict import EXIT_NAMES, INVALID
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = {
+    "kvraft": ("kill", "pause", "partition", "net", "disk"),
+    "raft": ("kill", "pause", "partition", "net", "disk"),
+    "mr": ("kill",),
+    "etcd": ("kill", "pause", "partition"),
+}
+"""Each system and the nemeses it takes."""
+MIN_THROUGHPUT = {"kvraft": 100.0, "etcd": 100.0, "raft": 50.0, "mr": 0.0}
+"""Default answered calls/s below which a run is invalid. raft's clients go through the lab harness's
+``one()`` (an ask, then a wait for the applier to see a majority), a test driver rather than a client,
+so its bar is lower; mr's unit is a whole job, and a run is invalid there only if no job completed."""
+BREAKS = ("ack-before-fsync", "stale-reads", "no-dedup-in-snapshot")
+
+EPILOG = """\
+nemeses (each on a random schedule from the seed, each healed before the next):
+  kill       SIGKILL of one server, the leader, a minority or all, then restart from disk
+  pause      SIGSTOP of a server or the leader for longer than an election timeout, then SIGCONT
+  partition  majority/minority, the leader isolated, a bridge; through the transport's fault rules
+  net        the lab's unreliable network, and long reordering
+  disk       servers on a lazy disk (writes reach the file only at fsync): kills that lose the
+             unsynced tail; a flipped bit in a stopped server's journal, which it must refuse
+  (mr takes kill only: workers killed every few seconds; etcd takes kill, pause, partition,
+   its partitions through a TCP proxy in front of each member's peer port)
+
+exit codes: 0 pass, 1 violation, 2 invalid run (too little traffic, or no verdict)
+
+examples:
+  zactor soak kvraft --minutes 10 --out soak-out        every nemesis, ten minutes
+  zactor soak kvraft --minutes 1 --nemesis kill,disk --seed 7
+  zactor soak mr --minutes 3
+  zactor soak etcd --minutes 3                          the same workloads and verdict against etcd
+"""
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zactor soak",
+        description="Run a system under a workload while a nemesis kills, pauses, partitions and corrupts it; "
+        "check every recorded history; write a report. The seed replays the same faults at the same offsets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("system", choices=sorted(SYSTEMS), help="what to soak")
+    p.add_argument("--minutes", type=_positive(float), default=1.0, help="how long the faults and traffic go on (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fault schedule and workload (default: random, printed)")
+    p.add_argument("--nemesis", default="all", help="comma-separated nemeses, 'all' (default) or 'none'")
+    p.add_argument("--clients", type=_positive(int), default=8, help="workload client threads (default 8)")
+    p.add_argument("--out", default=None, help="report directory (default soak-SYSTEM-SEED)")
+    p.add_argument("--min-throughput", type=float, default=None,
+                   help="answered calls per second below which the run is invalid (default: 100; raft 50; mr: no job completed)")
+    p.add_argument("--window", type=_positive(float), default=15.0, help="seconds of history per checked window (default 15)")
+    p.add_argument("--maxraftstate", type=int, default=4000, help="kvraft: snapshot at this many bytes of Raft state (default 4000)")
+    p.add_argument("--schedule-only", action="store_true", help="print the fault schedule as JSON and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from apps.soak.schedule import make_schedule, parse_nemeses
+
+    try:
+        nemeses = parse_nemeses(args.nemesis, SYSTEMS[args.system])
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.maxraftstate == 0 or args.maxraftstate < -1:
+        parser.error(f"--maxraftstate must be -1 (never snapshot) or positive bytes, got {args.maxraftstate}")
+    seed = args.seed if args.seed is not None else random.randrange(1, 10**9)
+    out = Path(args.out or f"soak-{args.system}-{seed}")
+    seconds = args.minutes * 60.0
+    broken = os.environ.get("ZACTOR_SOAK_BREAK", "")
+    if broken and broken not in BREAKS:
+        parser.error(f"ZACTOR_SOAK_BREAK={broken!r} is not a known broken variant ({', '.join(BREAKS)})")
+    command = shlex.join(
+        ["zactor", "soak", args.system, "--minutes", f"{args.minutes:g}", "--seed", str(seed), "--nemesis", ",".join(nemeses) or "none",
+         "--clients", str(args.clients), "--window", f"{args.window:g}",
+         *(["--maxraftstate", str(args.maxraftstate)] if args.system == "kvraft" else []), "--out", str(out)]
+    )
+    if broken:
+        command = f"ZACTOR_SOAK_BREAK={broken} " + command
+    if args.schedule_only:
+        import json
+
+        servers = 5 if args.system in ("kvraft", "raft") else 3
+        print(json.dumps([f.to_json() for f in make_schedule(seed, seconds, nemeses, servers)], indent=1))
+        return 0
+    from apps.soak import report
+
+    try:
+        report.require_plotly()
+    except RuntimeError as exc:
+        print(f"zactor soak: {exc}", file=sys.stderr)
+        return INVALID
+    min_tp = args.min_throughput if args.min_throughput is not None else MIN_THROUGHPUT[args.system]
+    config = SoakConfig(
+        system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
+        min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
+        servers=5 if args.system in ("kvraft", "raft") else 3,
+    )
+    if broken:
+        print(f"zactor soak: WARNING: the broken variant {broken} is switched on (test-only)", file=sys.stderr)
+    if "disk" in nemeses:
+        os.environ["ZACTOR_LAZY_DISK"] = "1"  # inherited by every server process started from here on
+    print(f"zactor soak {args.system}: seed {seed}, {args.minutes:g} min, nemeses {','.join(nemeses) or 'none'}, report in {out}/",
+          file=sys.stderr)
+    print(f"  replay: {command}", file=sys.stderr)
+    return run(config)
+
+
+def run(config: SoakConfig) -> int:
+    from apps.soak import report
+
+    status = Status(config)
+    started = time.time()
+    if config.system == "kvraft":
+        from apps.soak.kvraft import run_kvraft
+
+        findings, extra = run_kvraft(config, status)
+    elif config.system == "raft":
+        from apps.soak.raft import run_raft
+
+        findings, extra = run_raft(config, status)
+    elif config.system == "etcd":
+        from apps.soak.etcd import run_etcd
+
+        findings, extra = run_etcd(config, status)
+    else:
+        from apps.soak.mr import run_mr
+
+        findings, extra = run_mr(config, status)
+    answered = extra["samples"].answered
+    throughput = answered / max(extra.get("seconds", config.seconds), 1e-9)
+    extra["throughput"] = round(throughput, 1)
+    if throughput < config.min_throughput:
+        findings.invalid.append(f"throughput {throughput:.1f} answered calls/s is below the minimum {config.min_throughput:g}")
+    code = findings.exit_code()
+    paths = report.write(config, findings, extra, code, started)
+    verdict = EXIT_NAMES[code].upper()
+    print(f"zactor soak {config.system}: {verdict} ({answered} calls answered, {throughput:.0f}/s, "
+          f"{len(extra.get('events', []))} faults)", file=sys.stderr)
+    for v in findings.violations[:10]:
+        print(f"  violation: {v}", file=sys.stderr)
+    for v in findings.invalid[:10]:
+        print(f"  invalid: {v}", file=sys.stderr)
+    print(f"  report: {paths[0]}\n  replay: {config.command}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

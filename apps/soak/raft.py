@@ -1,0 +1,193 @@
+"""Soaking the bare Raft log through the lab's harness (:class:`apps.raft.testing.Cluster`).
+
+Clients propose unique commands with the harness's ``one`` (a command is
+acknowledged once a majority applied it at one index); the harness's applier
+checks every apply of every peer as it comes (the same command at the same
+index everywhere, in order). After the final heal one more command must reach
+every peer, and then every acknowledged command must still be at its index
+on every peer: a committed entry is never lost or replaced.
+
+The nemeses are kvraft's (the same :class:`~apps.soak.kvraft.KVRaftTarget`),
+on a Cluster given the few group operations the KV harness has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, ClassVar
+
+from apps.raft.testing import Cluster, HarnessFailure
+from apps.soak.kvraft import KVRaftTarget
+from apps.soak.run import FaultEvent, heal_everything, play, status_line
+from apps.soak.schedule import make_schedule
+from apps.soak.verdict import Findings
+from apps.soak.workload import PerSecond, Sample
+from transport import FaultRule
+
+log = logging.getLogger(__name__)
+
+NEMESES = ("kill", "pause", "partition", "net", "disk")
+
+
+class RaftSoakCluster(Cluster):
+    """The lab's Raft harness plus groups (a bridge is a peer in two), leader lookup and whole-cluster restarts."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n, reliable=True, seed=seed)
+        self.groups: list[set[int]] | None = None
+
+    def partition(self, groups: list[list[int]]) -> None:
+        self.groups = [set(g) for g in groups]
+        self._apply_rules()
+
+    def heal(self) -> None:
+        self.groups = None
+        for i in range(self.n):
+            if self.running[i]:
+                self.connected[i] = True
+        self._apply_rules()
+
+    def _rules_for(self, i: int) -> list[FaultRule]:
+        groups = self.groups
+        cut = [j for j in range(self.n) if j != i and groups is not None and not any(i in g and j in g for g in groups)]
+        return [FaultRule(self.endpoints[j], "both", connected=False) for j in cut] + super()._rules_for(i)
+
+    def restart(self, i: int) -> None:
+        self.start(i)
+        self.connect(i)
+
+    def restart_all(self) -> None:
+        self.start_all(connect=True)
+
+    def leader(self) -> int | None:
+        best: tuple[int, int] | None = None
+        for i in range(self.n):
+            if self.running[i] and self.connected[i]:
+                state = self._state(i)
+                if state is not None and state[1] and (best is None or state[0] > best[0]):
+                    best = (state[0], i)
+        return best[1] if best else None
+
+    def wait_for_leader(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            who = self.leader()
+            if who is not None:
+                return who
+            time.sleep(0.05)
+        raise HarnessFailure(f"no leader within {timeout} s")
+
+
+def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
+    findings = Findings()
+    schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
+    events: list[FaultEvent] = []
+    samples = PerSecond()
+    acked: list[tuple[int, str]] = []
+    counts = {"errors": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+    done = threading.Event()
+
+    with RaftSoakCluster(config.servers, config.seed) as cluster:
+        target = KVRaftTarget(cluster, config.seed, findings)  # type: ignore[arg-type]
+        majority = config.servers // 2 + 1
+        started = time.monotonic()
+
+        def clock() -> float:
+            return time.monotonic() - started
+
+        def client(c: int) -> None:
+            n = 0
+            while not done.is_set():
+                n += 1
+                command = f"c{c}.{n}"
+                began = time.monotonic()
+                ok = False
+                try:
+                    index = cluster.one(command, majority, retry=True)
+                    ok = True
+                    with lock:
+                        acked.append((index, command))
+                except HarnessFailure:
+                    with lock:
+                        counts["errors"] += 1
+                    with cluster._lock:
+                        if cluster.errors:  # the applier saw a violation: every later one() fails at once
+                            return
+                end = time.monotonic()
+                with lock:
+                    samples.add(Sample(end - started, end - began, ok, "start"))
+
+        class _Progress:  # what the status line reads
+            windows: ClassVar[list] = []
+
+            @staticmethod
+            def elapsed() -> float:
+                return clock()
+
+            @staticmethod
+            def ops() -> int:
+                return len(acked)
+
+            @property
+            def errors(self) -> int:
+                return counts["errors"]
+
+        threads = [threading.Thread(target=client, args=(c,), name=f"soak-raft-client-{c}", daemon=True) for c in range(config.clients)]
+        for t in threads:
+            t.start()
+        status.start(lambda: status_line(config, _Progress(), status, findings))
+        nemesis = threading.Thread(target=play, args=(schedule, target, clock, stop, events, status), name="soak-nemesis", daemon=True)
+        nemesis.start()
+        try:
+            while clock() < config.seconds:
+                time.sleep(min(0.5, max(0.0, config.seconds - clock())))
+        finally:
+            stop.set()
+            nemesis.join(60.0)
+            ran = clock()
+            done.set()
+            for t in threads:
+                t.join(15.0)
+            status.phase = "final heal"
+            final: dict[str, Any] = {}
+            if heal_everything(target, findings):
+                status.phase = "final check"
+                final = _final_check(cluster, acked, findings)
+            status.stop()
+    extra: dict[str, Any] = {
+        "seconds": round(ran, 2),
+        "schedule": [f.to_json() for f in schedule],
+        "events": [e.to_json() for e in events],
+        "samples": samples,
+        "errors": counts["errors"],
+        "windows": [],
+        "acknowledged": len(acked),
+        "corrupt_journals": dict(target.corruptions),
+        **final,
+    }
+    return findings, extra
+
+
+def _final_check(cluster: RaftSoakCluster, acked: list[tuple[int, str]], findings: Findings) -> dict[str, Any]:
+    with cluster._lock:
+        findings.violations.extend(f"apply check: {e}" for e in cluster.errors[:20])
+    try:
+        cluster.wait_for_leader(30.0)
+        last = cluster.one("final", cluster.n, retry=True)  # every peer has applied everything before it
+    except HarnessFailure as exc:
+        findings.invalid.append(f"after the final heal no command reached every peer: {exc}")
+        return {}
+    lost = []
+    with cluster._lock:
+        for index, command in acked:
+            for i in range(cluster.n):
+                if cluster.logs[i].get(index) != command:
+                    lost.append(f"index {index}: {command!r} acknowledged, peer {i} has {cluster.logs[i].get(index)!r}")
+                    break
+    if lost:
+        findings.violations.append(f"{len(lost)} acknowledged command(s) lost or replaced, e.g. {lost[:3]}")
+    return {"final_index": last, "checked_commands": len(acked)}

@@ -1,0 +1,148 @@
+"""The report of a soak run: ``report.html`` for a person, ``summary.json`` for scripts.
+
+The charts are plotly's (an optional extra, ``pip install 'zactor[soak]'``):
+one self-contained page, zoomable, which matters on a ten-hour run.
+Throughput and latency per second share a time axis with the nemesis
+intervals drawn as bands; per-fault counts; each checked window's verdict;
+and for a window found not linearizable, the checker's own time line of the
+keys that failed (``apps.linearizability.render_html``), linked and embedded.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from apps.linearizability import KVModel, check, render_html
+from apps.soak.verdict import EXIT_NAMES, Findings
+
+log = logging.getLogger(__name__)
+
+_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#ff7f0e", "net": "#17becf", "disk": "#8c564b"}
+
+
+def require_plotly() -> Any:
+    """plotly, or a RuntimeError that says how to get it."""
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise RuntimeError("the soak report needs plotly: pip install 'zactor[soak]' (or pip install plotly)") from None
+    return go
+
+
+def write(config: Any, findings: Findings, extra: dict[str, Any], code: int, started: float) -> tuple[Path, Path]:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    series = extra.pop("samples").series(extra.get("seconds", config.seconds))
+    tens = [sum(series["ok"][i : i + 10]) / 10.0 for i in range(0, max(1, len(series["ok"]) - 9), 10)]
+    summary = {
+        "system": config.system,
+        "verdict": EXIT_NAMES[code],
+        "exit_code": code,
+        "seed": config.seed,
+        "replay": config.command,
+        "broken_variant": config.broken or None,
+        "minutes": config.seconds / 60.0,
+        "nemeses": list(config.nemeses),
+        "clients": config.clients,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "answered": sum(series["ok"]),
+        "throughput": extra.get("throughput"),
+        "min_throughput_10s": min(tens) if tens else 0,
+        "min_throughput_required": config.min_throughput,
+        "violations": findings.violations,
+        "invalid": findings.invalid,
+        "fault_counts": dict(Counter(f"{e['kind']}/{e['variant']}" for e in extra.get("events", []))),
+        **{k: v for k, v in extra.items() if k not in ("throughput",)},
+    }
+    json_path = out / "summary.json"
+    json_path.write_text(json.dumps(summary, indent=1, default=str))
+    violation_pages = _violation_pages(findings, out)
+    html_path = out / "report.html"
+    html_path.write_text(_page(config, summary, series, violation_pages))
+    return html_path, json_path
+
+
+def _violation_pages(findings: Findings, out: Path) -> list[str]:
+    """The checker's time line of each failing window, restricted to the keys that failed."""
+    pages = []
+    for number, history, result in findings.illegal[:3]:
+        keys = {op.input["key"] for p in result.illegal for op in p.ops}
+        part = [op for op in history if op.input["key"] in keys]
+        again = check(part, KVModel(), timeout=30.0)
+        name = f"violation-window-{number}.html"
+        render_html(part, KVModel(), again, out / name)
+        pages.append(name)
+    return pages
+
+
+def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], violation_pages: list[str]) -> str:
+    go = require_plotly()
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=("answered calls per second", "latency per second (ms)"))
+    fig.add_trace(go.Scatter(x=series["t"], y=series["ok"], name="answered", mode="lines", line={"color": "#1f77b4"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=series["t"], y=series["failed"], name="gave up", mode="lines", line={"color": "#d62728"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=series["t"], y=series["p50"], name="p50", mode="lines", line={"color": "#2ca02c"}), row=2, col=1)
+    fig.add_trace(go.Scatter(x=series["t"], y=series["p99"], name="p99", mode="lines", line={"color": "#ff7f0e"}), row=2, col=1)
+    fig.update_yaxes(type="log", row=2, col=1)
+    seen: set[str] = set()
+    for e in summary.get("events", []):
+        end = e["healed"] if e["healed"] is not None else e["started"] + e["duration"]
+        color = _COLORS.get(e["kind"], "#7f7f7f")
+        fig.add_vrect(x0=e["started"], x1=end, fillcolor=color, opacity=0.18, line_width=0, row="all", col=1)
+        fig.add_trace(go.Scatter(
+            x=[(e["started"] + end) / 2], y=[0], mode="markers", marker={"color": color, "size": 8, "symbol": "triangle-up"},
+            name=e["kind"], legendgroup=e["kind"], showlegend=e["kind"] not in seen,
+            hovertext=f"{e['kind']}/{e['variant']} on {e['hit']} {e['note']} {e['error']}", hoverinfo="text"), row=1, col=1)
+        seen.add(e["kind"])
+    fig.update_layout(height=620, margin={"l": 60, "r": 20, "t": 40, "b": 40}, xaxis2_title="seconds since start",
+                      legend={"orientation": "h", "y": -0.12})
+    counts = summary.get("fault_counts", {})
+    bars = go.Figure(go.Bar(x=list(counts), y=list(counts.values()),
+                            marker_color=[_COLORS.get(k.split("/")[0], "#7f7f7f") for k in counts]))
+    bars.update_layout(title="faults inflicted, by nemesis and variant", height=320, margin={"l": 60, "r": 20, "t": 50, "b": 80})
+    verdict = summary["verdict"]
+    color = {"pass": "#2ca02c", "violation": "#d62728", "invalid": "#ff7f0e"}[verdict]
+    rows = "".join(
+        f"<tr><td>{w['number']}</td><td>{w['ops']}</td><td>{w['verdict']}</td><td>{w['seconds']}</td>"
+        f"<td>{html.escape(', '.join(w['illegal_keys'] + w['undecided_keys']))}</td></tr>"
+        for w in summary.get("windows", [])
+    )
+    faults = "".join(
+        f"<tr><td>{e['offset']}</td><td>{e['started']}</td><td>{e['kind']}/{e['variant']}</td><td>{e['hit']}</td>"
+        f"<td>{e['duration']}</td><td>{html.escape(e['note'] + ' ' + e['error'])}</td></tr>"
+        for e in summary.get("events", [])
+    )
+    problems = "".join(f"<li class=bad>{html.escape(v)}</li>" for v in summary["violations"])
+    problems += "".join(f"<li class=warn>{html.escape(v)}</li>" for v in summary["invalid"])
+    timelines = "".join(
+        f'<p><a href="{p}">{p}</a> (the checker\'s time line of the keys that failed)</p>'
+        f'<iframe src="{p}" style="width:100%;height:520px;border:1px solid #ccc"></iframe>' for p in violation_pages
+    )
+    facts = {k: summary.get(k) for k in ("seed", "minutes", "nemeses", "clients", "answered", "throughput", "min_throughput_10s",
+                                         "min_throughput_required", "final_reads", "corrupt_journals", "errors", "error_kinds",
+                                         "jobs", "broken_variant", "started_at")}
+    facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(json.dumps(v, default=str))}</td></tr>" for k, v in facts.items() if v is not None)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>zactor soak {config.system}: {verdict}</title>
+<style>body{{font-family:sans-serif;margin:20px;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ddd;padding:2px 8px;text-align:left}} .bad{{color:#d62728}} .warn{{color:#b35900}}
+code{{background:#f4f4f4;padding:4px}} h1 span{{color:{color}}}</style></head><body>
+<h1>zactor soak {config.system}: <span>{verdict.upper()}</span></h1>
+<p>Replay: <code>{html.escape(config.command)}</code></p>
+<ul>{problems or "<li>no violation found; every window linearizable, every acknowledged append present once and in order</li>"}</ul>
+{fig.to_html(full_html=False, include_plotlyjs="inline")}
+{bars.to_html(full_html=False, include_plotlyjs=False)}
+{timelines}
+<h2>Run</h2><table>{facts_html}</table>
+<h2>Checked windows</h2><table><tr><th>window</th><th>ops</th><th>verdict</th><th>check s</th><th>keys</th></tr>{rows}</table>
+<h2>Faults</h2><table><tr><th>scheduled at</th><th>started</th><th>fault</th><th>hit</th><th>duration</th><th>note</th></tr>{faults}</table>
+</body></html>
+"""

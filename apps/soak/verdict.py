@@ -1,0 +1,153 @@
+"""The verdict: windows checked as the run goes, the final reads, and the exit code.
+
+Exit codes: 0 the run passed; 1 a violation was found (a window's history is
+not linearizable, an acknowledged append was lost, duplicated or reordered,
+replicas differ after the final heal, a corrupt journal was loaded); 2 the
+run is invalid: too little traffic to mean anything, or the checker could
+not decide (UNKNOWN is never a pass), or the final reads never got through.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from apps.linearizability import CheckResult, KVModel, Operation, Verdict, check
+
+log = logging.getLogger(__name__)
+
+PASS, VIOLATION, INVALID = 0, 1, 2
+EXIT_NAMES = {PASS: "pass", VIOLATION: "violation", INVALID: "invalid"}
+
+
+@dataclass
+class WindowResult:
+    number: int
+    ops: int
+    verdict: str
+    seconds: float
+    illegal_keys: list[str] = field(default_factory=list)
+    undecided_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Findings:
+    """Everything the run found, accumulated by the checker thread and the runner."""
+
+    windows: list[WindowResult] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    illegal: list[tuple[int, list[Operation], CheckResult]] = field(default_factory=list)
+    """(window, its history, the checker's result) of each window found not linearizable."""
+
+    def exit_code(self) -> int:
+        if self.violations:
+            return VIOLATION
+        if self.invalid:
+            return INVALID
+        return PASS
+
+
+def check_window(number: int, history: list[Operation], budget: float, findings: Findings) -> WindowResult:
+    """Check one window's history; a non-linearizable or undecided one goes into ``findings``."""
+    result = check(history, KVModel(), timeout=budget)
+    out = WindowResult(number, len(history), result.verdict.name, round(result.seconds, 3))
+    if result.verdict is Verdict.ILLEGAL:
+        out.illegal_keys = [p.name for p in result.illegal]
+        findings.violations.append(f"window {number}: history not linearizable on {', '.join(out.illegal_keys)}")
+        findings.illegal.append((number, history, result))
+    elif result.verdict is Verdict.UNKNOWN:
+        out.undecided_keys = [p.name for p in result.undecided]
+        findings.invalid.append(f"window {number}: the checker reached no verdict in {budget} s on {', '.join(out.undecided_keys)}")
+    findings.windows.append(out)
+    return out
+
+
+class WindowChecker:
+    """A thread that checks each window once all its calls are done."""
+
+    def __init__(self, workload: Any, findings: Findings, budget: float, grace: float) -> None:
+        self.workload = workload
+        self.findings = findings
+        self.budget = budget
+        self.grace = grace
+        self.done: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-checker", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.check_ready()
+
+    def check_ready(self) -> None:
+        with self._lock:
+            for w in self.workload.finished_windows(self.grace):
+                if w.number not in self.done:
+                    self.done.add(w.number)
+                    check_window(w.number, w.history(), self.budget, self.findings)
+            for w in self.workload.windows:
+                # Checked windows shrink to their appends, once no call of theirs is still out.
+                if w.number in self.done and w.in_flight == 0:
+                    w.compact()
+
+    def finish(self) -> None:
+        """Stop the thread and check every window not checked yet."""
+        self._stop.set()
+        self._thread.join(self.budget * 2 + 10)
+        with self._lock:
+            for w in self.workload.windows:
+                if w.number not in self.done:
+                    self.done.add(w.number)
+                    check_window(w.number, w.history(), self.budget, self.findings)
+
+
+def check_appends(key: str, ops: list[Operation], final: str) -> list[str]:
+    """What the final read of a list-append key says about its acknowledged appends.
+
+    Every append's token is unique, so: an acknowledged token missing from the
+    final value was lost; a token there twice was duplicated; a token no
+    client ever appended is a phantom; and if append A was acknowledged
+    before append B was called, A must come first, or they were reordered.
+    """
+    problems: list[str] = []
+    tokens = final.split()
+    position: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        position.setdefault(t, i)
+    appends = [op for op in ops if op.input.get("op") == "append"]
+    sent = {op.input["value"].strip() for op in appends}
+    acked = [op for op in appends if op.ret is not None]
+    lost = [op.input["value"].strip() for op in acked if op.input["value"].strip() not in position]
+    if lost:
+        problems.append(f"{key}: {len(lost)} acknowledged append(s) lost, e.g. {lost[:3]}")
+    dup = [t for t, n in Counter(tokens).items() if n > 1]
+    if dup:
+        problems.append(f"{key}: {len(dup)} append(s) duplicated, e.g. {dup[:3]}")
+    phantom = [t for t in position if t not in sent]
+    if phantom:
+        problems.append(f"{key}: {len(phantom)} value(s) nobody appended, e.g. {phantom[:3]}")
+    # Reordering: sort acknowledged appends by return; for each B, every A that
+    # returned before B's call must sit before B (prefix maximum of positions).
+    present = [op for op in acked if op.input["value"].strip() in position]
+    by_ret = sorted(present, key=lambda op: op.ret)  # type: ignore[arg-type,return-value]
+    rets: list[int] = [op.ret for op in by_ret]  # type: ignore[misc]  # acknowledged: every one returned
+    prefix_max: list[int] = []
+    for op in by_ret:
+        p = position[op.input["value"].strip()]
+        prefix_max.append(max(p, prefix_max[-1]) if prefix_max else p)
+    reordered = []
+    for b in present:
+        k = bisect.bisect_left(rets, b.call)  # appends acknowledged strictly before b was called
+        if k and prefix_max[k - 1] > position[b.input["value"].strip()]:
+            reordered.append(b.input["value"].strip())
+    if reordered:
+        problems.append(f"{key}: {len(reordered)} acknowledged append(s) reordered, e.g. {reordered[:3]}")
+    return problems
