@@ -518,8 +518,9 @@ class Node:
 
     def _wake(self) -> None:
         # The flag saves a system call per message while the I/O thread is
-        # already awake; it is cleared *before* the outbox is drained, so an
-        # item appended after the drain always finds it clear and writes.
+        # already awake; the I/O thread clears it after emptying the pipe and
+        # before it drains the outbox and looks at _input_waiting, so an item
+        # queued after that drain always finds it clear and writes.
         if not self._signalled:
             self._signalled = True
             try:
@@ -558,11 +559,14 @@ class Node:
                     timeout_ms = 0
                 events = dict(poller.poll(timeout_ms))
                 if self._wake_r in events:
-                    self._signalled = False
+                    # Empty the pipe first, then clear the flag: cleared first, a
+                    # wake-up written in between would be read here too and leave
+                    # the flag set over an empty pipe, silencing every later wake-up.
                     try:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
+                    self._signalled = False
                 self._drain_outbox()
                 if self._zap is not None and self._zap in events:
                     self._answer_zap()
