@@ -8,27 +8,41 @@ keep what an actor must not lose across a restart.
 
 from actors.actor import Actor
 from actors.address import Address
-from actors.errors import ActorDeadError, AskTimeout, CorruptStateError, Failure, MailboxFull, RemoteError, SystemStopped
+from actors.errors import (
+    ActorDeadError,
+    AskTimeout,
+    BlockingOnIOThread,
+    CorruptStateError,
+    Failure,
+    MailboxFull,
+    RemoteError,
+    SystemStopped,
+)
 from actors.future import ReplyFuture
 from actors.journal import Journal
 from actors.persister import Persister
-from actors.supervisor import ChildSpec, Supervisor, SupervisorEvent
+from actors.ref import ActorRef
+from actors.supervisor import ChildSpec, ChildStatus, EventKind, Supervisor, SupervisorEvent
 from actors.spawn import ClassRef, ProcessDied, ProcessRef, RestartLimitReached
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 
 __all__ = [
     "Actor",
     "ActorDeadError",
+    "ActorRef",
     "ActorSystem",
     "Address",
     "AskTimeout",
+    "BlockingOnIOThread",
     "ChildSpec",
     "ClassRef",
+    "ChildStatus",
     "CorruptStateError",
+    "EventKind",
     "Failure",
-    "MailboxFull",
     "Journal",
     "LocalRef",
+    "MailboxFull",
     "NodeControl",
     "Persister",
     "ProcessDied",

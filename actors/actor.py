@@ -1,32 +1,123 @@
 """The base class for actors hosted by an :class:`~actors.system.ActorSystem`.
 
-It is a ``pykka.ThreadingActor`` with three additions, all of which need the
+It is a ``pykka.ThreadingActor`` with four additions, all of which need the
 hosting system: timers that deliver into the actor's own mailbox (so the
-actor is only ever touched by its own thread), the actor's name and system,
-and rebuilding after a failure: when a *tell* handler raises, pykka stops the
-actor and calls ``on_failure``; ours asks the system to build a fresh
-instance from the same factory and arguments under the same name.
-Subclasses that override ``on_failure`` must call ``super().on_failure(...)``
-to keep that.
+actor is only ever touched by the thread that serves it), the actor's name
+and system, rebuilding after a failure (when a *tell* handler raises, pykka
+stops the actor and calls ``on_failure``; ours tells the host, which builds a
+fresh instance from the same factory and arguments under the same name and
+hands it the messages still queued), and *inline* serving.
+
+An actor whose handlers never block (no sleeps, no fsync, no blocking ask)
+may set ``inline = True``: it keeps its pykka mailbox and its one-at-a-time
+semantics, but its mailbox is drained by the node's I/O thread right after
+the frames that filled it were read, so a remote ask wakes one thread on
+this side (as a raw pyzmq echo server does) instead of two. A handler that
+blocks there stalls the whole node, which is why it is opt-in; a blocking ask
+from it is refused with ``BlockingOnIOThread``.
+
+The seam to the host is public and small: :class:`Host` (what an actor
+needs from its system) and :func:`hosted_by` (the context a system starts
+an actor in). Subclasses that override ``on_failure`` must call
+``super().on_failure(...)`` to keep rebuilding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import logging
 import queue
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import pykka
 
-from transport.node import Timer
+from transport.node import Node, Timer
 
 if TYPE_CHECKING:
     from actors.system import ActorSystem
 
-_spawning: contextvars.ContextVar[tuple[ActorSystem, str] | None] = contextvars.ContextVar(
-    "zactor_spawning", default=None
-)
+log = logging.getLogger(__name__)
+
+
+class Host(Protocol):
+    """What an actor needs from the system that hosts it."""
+
+    @property
+    def node(self) -> Node: ...
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer: ...
+
+    def actor_failed(self, name: str, ref: pykka.ActorRef, exc: BaseException | None) -> None:
+        """Called on the serving thread when a tell handler of the actor ``name`` raised."""
+
+
+_hosting: contextvars.ContextVar[tuple[Host, str] | None] = contextvars.ContextVar("zactor_hosting", default=None)
+
+
+@contextlib.contextmanager
+def hosted_by(host: Host, name: str) -> Iterator[None]:
+    """Actors constructed inside this block belong to ``host`` under ``name``."""
+    token = _hosting.set((host, name))
+    try:
+        yield
+    finally:
+        _hosting.reset(token)
+
+
+class _InlineInbox:
+    """The mailbox of an inline actor: a deque its node's I/O thread drains.
+
+    ``put`` from any thread; the first put after a drain schedules one drain
+    (the flag is cleared before draining, so a put during the drain is
+    either drained now or schedules the next one).
+    """
+
+    __slots__ = ("_actor", "_node", "_q", "_scheduled")
+
+    def __init__(self, node: Node, actor: Actor) -> None:
+        self._q: deque[Any] = deque()
+        self._node = node
+        self._actor = actor
+        self._scheduled = False
+
+    def put(self, envelope: Any, /) -> None:
+        self._q.append(envelope)
+        if not self._scheduled:
+            self._scheduled = True
+            self._node.run_soon(self._drain)
+
+    def get(self) -> Any:
+        return self._q.popleft()
+
+    def empty(self) -> bool:
+        return not self._q
+
+    def qsize(self) -> int:
+        return len(self._q)
+
+    def stop_here(self) -> None:
+        """Stop the actor on the calling thread (when the I/O thread is not there to do it)."""
+        if not self._actor.actor_stopped.is_set():
+            self._actor._stop()
+        self._actor._actor_loop_teardown()
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        actor, q = self._actor, self._q
+        for _ in range(1_000):  # bounded: other actors and the sockets get their turn
+            if not q or actor.actor_stopped.is_set():
+                break
+            actor._serve_one(q.popleft())
+        if actor.actor_stopped.is_set():
+            actor._actor_loop_teardown()
+        elif q and not self._scheduled:
+            self._scheduled = True
+            self._node.run_soon(self._drain)
 
 
 class Actor(pykka.ThreadingActor):
@@ -35,18 +126,45 @@ class Actor(pykka.ThreadingActor):
     # A forgotten actor must never keep its process alive after the main thread exits.
     use_daemon_thread = True
 
-    @staticmethod
-    def _create_actor_inbox() -> queue.SimpleQueue:
-        # pykka's runtime hook for the mailbox. SimpleQueue (in C, unbounded
-        # like pykka's own) puts and gets several times faster than
-        # queue.Queue, and a remote message passes through it twice.
-        return queue.SimpleQueue()
+    inline: ClassVar[bool] = False
+    """Serve this actor on its node's I/O thread (handlers must never block); see the module docstring."""
 
     def __init__(self) -> None:
+        context = _hosting.get()
+        # The full system (apps use its refs); the actor itself only needs the Host seam.
+        self.actor_system: ActorSystem | None = cast("ActorSystem", context[0]) if context else None
         super().__init__()
-        context = _spawning.get()
-        self.actor_system: ActorSystem | None = context[0] if context else None
         self.actor_name: str = context[1] if context else self.actor_urn
+
+    def _create_actor_inbox(self) -> Any:  # type: ignore[override]  # pykka's hook, per instance here
+        # SimpleQueue (in C, unbounded like pykka's own) puts and gets several
+        # times faster than queue.Queue, and a remote message passes through it twice.
+        if type(self).inline and self.actor_system is not None:
+            return _InlineInbox(self.actor_system.node, self)
+        return queue.SimpleQueue()
+
+    def _start_actor_loop(self) -> None:
+        if isinstance(self.actor_inbox, _InlineInbox):
+            node = self.actor_inbox._node
+            node.run_soon(self._actor_loop_setup)
+            return
+        super()._start_actor_loop()
+
+    def _serve_one(self, envelope: Any) -> None:
+        """One turn of pykka's actor loop, for an inline actor (same semantics, no thread)."""
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        except Exception:
+            if envelope.reply_to is not None:
+                envelope.reply_to.set_exception()
+            else:
+                self._handle_failure(*sys.exc_info())
+                try:
+                    self.on_failure(*sys.exc_info())
+                except Exception:
+                    self._handle_failure(*sys.exc_info())
 
     def schedule(self, delay: float, message: Any) -> Timer:
         """Deliver ``message`` to this actor instance after ``delay`` seconds."""
@@ -82,9 +200,9 @@ class Actor(pykka.ThreadingActor):
         traceback: TracebackType | None,
     ) -> None:
         if self.actor_system is not None:
-            self.actor_system._actor_failed(self.actor_name, self.actor_ref, exception_value)
+            self.actor_system.actor_failed(self.actor_name, self.actor_ref, exception_value)
 
-    def _system(self) -> ActorSystem:
+    def _system(self) -> Host:
         if self.actor_system is None:
             raise RuntimeError(f"{self} was not spawned by an ActorSystem, so it has no timers")
         return self.actor_system

@@ -21,8 +21,12 @@ class MailboxFull(RuntimeError):
     """The actor's mailbox is at its bound: the ask was refused, not queued; try again later."""
 
 
+class BlockingOnIOThread(RuntimeError):
+    """A blocking ask on a node's I/O thread: refused at once, since it would wait for itself."""
+
+
 class CorruptStateError(RuntimeError):
     """A state file exists but is damaged; it is never read as empty."""
 
 
-__all__ = ["ActorDeadError", "AskTimeout", "CorruptStateError", "Failure", "MailboxFull", "RemoteError", "SystemStopped"]
+__all__ = ["ActorDeadError", "AskTimeout", "BlockingOnIOThread", "CorruptStateError", "Failure", "MailboxFull", "RemoteError", "SystemStopped"]

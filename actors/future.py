@@ -1,37 +1,76 @@
-"""Futures for remote asks: the caller's side, and the actor's side that replies over the wire."""
+"""The one future type of the runtime: the answer to an ask, local or remote.
+
+``ReplyFuture.get(timeout=...)`` raises :class:`AskTimeout` and never
+cancels the ask: a poll that times out can be retried until the ask's own
+deadline, after which the future is forgotten. ``map``, ``join`` and the
+rest of pykka's combinators work on it, and it is awaitable from asyncio
+(``await future``) without a thread per await.
+
+A future whose reply comes back on a caller-owned channel
+(:class:`transport.node.Channel`) is completed by whichever thread waits on
+it: ``get`` reads the channel itself, so the reply wakes the waiting thread
+and no other. Any other future is completed by the thread that has its
+answer (the node's I/O thread, an actor's thread) through ``set``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors.errors import AskTimeout, Failure
+from actors.errors import AskTimeout, BlockingOnIOThread
+
+if TYPE_CHECKING:
+    from transport import Envelope
+    from transport.node import Channel
 
 _UNSET = object()
+_POLL_SLICE = 0.05
+"""Longest a waiting thread holds a channel without looking at its own future
+(which a fault-delayed reply, a stop or the sweep may complete by another way)."""
 
 
 class ReplyFuture(pykka.Future):
-    """The answer to one remote ask; ``get(timeout=...)`` raises AskTimeout, never hangs.
+    """The answer to one ask; see the module docstring.
 
-    A pre-acquired lock is the cheapest one-shot signal between two threads;
-    an ask's round trip is dominated by such hand-offs.
+    A pre-acquired lock is the cheapest one-shot signal between two threads.
+    Nothing is formatted until an error needs the text (``describe``).
     """
 
-    def __init__(self, describe: str, deadline: float, forget: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        what: str = "",
+        to: object = "",
+        deadline: float = math.inf,
+        forget: Callable[[], None] | None = None,
+        channel: Channel | None = None,
+        resolve: Callable[[Envelope], None] | None = None,
+        io_thread: Callable[[], bool] | None = None,
+    ) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._lock.acquire()
         self._value: Any = _UNSET
         self._error: BaseException | None = None
-        self.describe = describe
+        self._what = what
+        self._to = to
         self.deadline = deadline
         self._forget = forget
+        self._channel = channel
+        self._resolve = resolve
+        self._io_thread = io_thread
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def describe(self) -> str:
+        return f"{self._what} to {self._to}"
 
     def __repr__(self) -> str:
         return f"<ReplyFuture {self.describe}>"
@@ -41,24 +80,61 @@ class ReplyFuture(pykka.Future):
         return self._value is not _UNSET or self._error is not None
 
     def get(self, *, timeout: float | None = None) -> Any:
+        if self._get_hook is not None:  # map/join/filter/reduce: pykka's combinators
+            return super().get(timeout=timeout)
         if not self.done:
-            wait = self.deadline - time.monotonic() if timeout is None else timeout
-            got = self._lock.acquire() if math.isinf(wait) else self._lock.acquire(timeout=max(0.0, wait))
-            if got:
+            if self._io_thread is not None and self._io_thread():
+                raise BlockingOnIOThread(
+                    f"a blocking wait for {self.describe} on the node's I/O thread would wait for itself: "
+                    "use tell, ask(block=False) without get(), or a timer"
+                )
+            now = time.monotonic()
+            end = self.deadline if timeout is None else min(self.deadline, now + max(0.0, timeout))
+            if self._channel is not None:
+                self._drive(end)
+            elif math.isinf(end):
+                self._lock.acquire()
+                self._lock.release()
+            elif self._lock.acquire(timeout=max(0.0, end - now)):
                 self._lock.release()  # let later get() calls through
-            elif not self.done:
-                if time.monotonic() >= self.deadline:
+            if not self.done:
+                if time.monotonic() >= self.deadline and self._forget is not None:
                     self._forget()  # before its deadline it stays pending: a later get() may still succeed
-                raise AskTimeout(f"no reply to {self.describe} within {max(0.0, wait):.3f} s")
+                waited = max(0.0, (end if not math.isinf(end) else time.monotonic()) - now)
+                raise AskTimeout(f"no reply to {self.describe} within {waited:.3f} s")
         if self._error is not None:
             raise self._error
         return self._value
+
+    def _drive(self, end: float) -> None:
+        """Read the channel this ask's reply comes back on until it is here or ``end``."""
+        ch = self._channel
+        resolve = self._resolve
+        assert ch is not None and resolve is not None
+        while not self.done:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            if ch.closed:  # the node is closing: the system completes every pending future
+                if self._lock.acquire(timeout=min(remaining, 5.0)):
+                    self._lock.release()
+                return
+            if not ch.lock.acquire(timeout=min(remaining, _POLL_SLICE)):
+                continue
+            try:
+                if self.done:
+                    return
+                for env in ch.receive(min(remaining, _POLL_SLICE)):
+                    resolve(env)
+            finally:
+                ch.lock.release()
 
     def set(self, value: Any = None) -> None:
         if self.done:
             return
         self._value = value
         self._lock.release()
+        self._run_callbacks()
 
     def set_exception(self, exc_info: Any = None) -> None:
         if self.done:
@@ -66,27 +142,45 @@ class ReplyFuture(pykka.Future):
         exc = exc_info[1] if exc_info else sys.exc_info()[1]
         self._error = exc if exc is not None else RuntimeError("unknown error")
         self._lock.release()
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the future is done (now, if it is), on the thread that completes it."""
+        self._callbacks.append(fn)
+        if self.done and fn in self._callbacks:  # done before it was added: run it here
+            self._callbacks.remove(fn)
+            fn()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._wait_async().__await__()
+
+    __iter__ = __await__
+
+    async def _wait_async(self) -> Any:
+        if not self.done:
+            if self._channel is not None:  # read by a waiting thread; asyncio code uses ask_async instead
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(None, lambda: self.get())
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(_finish, waiter)
+
+            self.add_done_callback(wake)
+            remaining = self.deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(waiter, None if math.isinf(remaining) else max(0.0, remaining) + 1.0)
+            except TimeoutError:
+                pass
+        return self.get(timeout=0)
 
 
-class WireReply(pykka.Future):
-    """Put in a local actor's mailbox for an ask that came over the wire.
-
-    pykka's actor loop calls ``set`` with the handler's result, or
-    ``set_exception`` when it raised (the actor goes on), or answers with
-    ``ActorDeadError`` when the actor stopped first: each becomes a reply
-    envelope to the asking node.
-    """
-
-    def __init__(self, send_reply: Callable[[Any, bool], None]) -> None:
-        super().__init__()
-        self._send_reply = send_reply
-
-    def get(self, *, timeout: float | None = None) -> Any:
-        raise RuntimeError("a wire reply is answered remotely, not read")
-
-    def set(self, value: Any = None) -> None:
-        self._send_reply(value, False)
-
-    def set_exception(self, exc_info: Any = None) -> None:
-        exc = exc_info[1] if exc_info else sys.exc_info()[1]
-        self._send_reply(Failure.from_exception(exc if exc is not None else RuntimeError("unknown error")), True)
+def _finish(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

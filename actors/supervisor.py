@@ -40,6 +40,7 @@ supervisor's process) goes away.
 from __future__ import annotations
 
 import ctypes
+import enum
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -83,11 +84,33 @@ class ChildSpec:
             raise ValueError(f"need max_restarts >= 0 and within > 0, got {self.max_restarts} and {self.within}")
 
 
+class ChildStatus(enum.StrEnum):
+    """Where a child is in its life (a StrEnum: equal to the plain strings callers compare with)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    """Died too often within the restart window: the supervisor gave up on it."""
+    EXITED = "exited"
+    """Ended with exit code 0: done, not restarted."""
+    STOPPED = "stopped"
+
+
+class EventKind(enum.StrEnum):
+    """What a :class:`SupervisorEvent` records."""
+
+    STARTED = "started"
+    EXITED = "exited"
+    GAVE_UP = "gave_up"
+    STOPPED = "stopped"
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisorEvent:
     time: float
     child: str
-    kind: str  # started, exited, gave_up, stopped
+    kind: EventKind
     pid: int | None = None
     exitcode: int | None = None
 
@@ -96,7 +119,7 @@ class SupervisorEvent:
 class _Child:
     spec: ChildSpec
     process: Any = None
-    status: str = "starting"  # running, restarting, failed, exited, stopped
+    status: ChildStatus = ChildStatus.STARTING
     restarts: int = 0
     deaths: deque = field(default_factory=deque)
     restart_at: float | None = None
@@ -169,7 +192,7 @@ class Supervisor:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the supervisor is stopping")
-            if spec.name in self._children and self._children[spec.name].status not in ("exited", "stopped", "failed"):
+            if spec.name in self._children and self._children[spec.name].status not in (ChildStatus.EXITED, ChildStatus.STOPPED, ChildStatus.FAILED):
                 raise ValueError(f"a child named {spec.name!r} is already supervised")
             child = _Child(spec)
             self._children[spec.name] = child
@@ -197,11 +220,11 @@ class Supervisor:
         """Stop one child for good (SIGTERM, then SIGKILL after ``grace``)."""
         with self._cond:
             child = self._children[name]
-            child.status = "stopped"
+            child.status = ChildStatus.STOPPED
             child.restart_at = None
             proc = child.process
         self._terminate([proc], grace)
-        self._record(name, "stopped", proc.pid if proc else None, proc.exitcode if proc else None)
+        self._record(name, EventKind.STOPPED, proc.pid if proc else None, proc.exitcode if proc else None)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` to the child's current process (default kill -9); returns its pid."""
@@ -218,7 +241,7 @@ class Supervisor:
     def pid(self, name: str) -> int | None:
         with self._cond:
             child = self._children.get(name)
-            if child is None or child.status != "running":
+            if child is None or child.status != ChildStatus.RUNNING:
                 return None
             return child.process.pid
 
@@ -226,7 +249,7 @@ class Supervisor:
         with self._cond:
             return self._children[name].restarts
 
-    def status(self, name: str) -> str:
+    def status(self, name: str) -> ChildStatus:
         with self._cond:
             return self._children[name].status
 
@@ -254,8 +277,8 @@ class Supervisor:
             procs = [c.process for c in self._children.values() if c.process is not None]
             for child in self._children.values():
                 child.restart_at = None
-                if child.status in ("running", "restarting", "starting"):
-                    child.status = "stopped"
+                if child.status in (ChildStatus.RUNNING, ChildStatus.RESTARTING, ChildStatus.STARTING):
+                    child.status = ChildStatus.STOPPED
         self._poke()
         self._terminate(procs, grace)
         self._monitor.join(timeout=5.0)
@@ -269,9 +292,9 @@ class Supervisor:
         proc = self._ctx.Process(target=_child_main, args=(spec.target, spec.args, spec.kwargs, self._child_env()), name=f"zactor:{spec.name}", daemon=True)
         proc.start()
         child.process = proc
-        child.status = "running"
+        child.status = ChildStatus.RUNNING
         child.restart_at = None
-        self._record_locked(spec.name, "started", proc.pid, None)
+        self._record_locked(spec.name, EventKind.STARTED, proc.pid, None)
 
     def _child_env(self) -> dict[str, str | None]:
         """What a child's environment must say about security (resolved now, at each start)."""
@@ -287,11 +310,11 @@ class Supervisor:
         except (OSError, ValueError):
             pass
 
-    def _record(self, name: str, kind: str, pid: int | None, exitcode: int | None) -> None:
+    def _record(self, name: str, kind: EventKind, pid: int | None, exitcode: int | None) -> None:
         with self._cond:
             self._record_locked(name, kind, pid, exitcode)
 
-    def _record_locked(self, name: str, kind: str, pid: int | None, exitcode: int | None) -> None:
+    def _record_locked(self, name: str, kind: EventKind, pid: int | None, exitcode: int | None) -> None:
         event = SupervisorEvent(time.monotonic(), name, kind, pid, exitcode)
         self.events.append(event)
         self._cond.notify_all()
@@ -325,7 +348,7 @@ class Supervisor:
             with self._cond:
                 if self._stopping:
                     return
-                sentinels = {c.process.sentinel: c for c in self._children.values() if c.status == "running"}
+                sentinels = {c.process.sentinel: c for c in self._children.values() if c.status == ChildStatus.RUNNING}
                 due = [c.restart_at for c in self._children.values() if c.restart_at is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
             try:
@@ -349,13 +372,13 @@ class Supervisor:
         code = proc.exitcode
         name = child.spec.name
         with self._cond:
-            if child.status != "running" or self._stopping:
+            if child.status != ChildStatus.RUNNING or self._stopping:
                 return
-            self._record_locked(name, "exited", proc.pid, code)
+            self._record_locked(name, EventKind.EXITED, proc.pid, code)
             abnormal = code != 0
             kind = child.spec.restart
             if kind == "temporary" or (kind == "transient" and not abnormal):
-                child.status = "exited"
+                child.status = ChildStatus.EXITED
                 return
             now = time.monotonic()
             child.deaths.append(now)
@@ -364,8 +387,8 @@ class Supervisor:
             while child.deaths and child.deaths[0] < now - within:
                 child.deaths.popleft()
             if len(child.deaths) > limit:
-                child.status = "failed"
-                self._record_locked(name, "gave_up", proc.pid, code)
+                child.status = ChildStatus.FAILED
+                self._record_locked(name, EventKind.GAVE_UP, proc.pid, code)
                 log.error(
                     "child %s died %d times within %.1f s (last exit code %s); giving up on it",
                     name, len(child.deaths), within, code,
@@ -374,7 +397,7 @@ class Supervisor:
             else:
                 recent = len(child.deaths)
                 delay = 0.0 if recent <= 1 else min(self.backoff_max, self.backoff_step * 2 ** (recent - 2))
-                child.status = "restarting"
+                child.status = ChildStatus.RESTARTING
                 child.restart_at = now + delay
                 log.warning("child %s (pid %s) exited with %s; restarting in %.3f s", name, proc.pid, code, delay)
                 callback = None

@@ -29,6 +29,9 @@ Security: ``keys=`` names the keyring and ``secure=False`` turns CURVE off
 
 Every remote ask has a deadline (``ask_timeout`` unless given); a sweep
 drops expired ones, so lost replies never accumulate.
+
+This module hosts and rebuilds actors; the wire side (asks in flight, their
+replies, asks that arrive, node control) is :mod:`actors.wire`.
 """
 
 from __future__ import annotations
@@ -37,23 +40,25 @@ import atexit
 import itertools
 import logging
 import os
-import random
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
-from pykka._envelope import Envelope as _PykkaEnvelope  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
+from pykka._envelope import (
+    Envelope as _PykkaEnvelope,  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
+)
 
-from actors.actor import _spawning
+from actors.actor import _InlineInbox, hosted_by
 from actors.address import Address
-from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull, SystemStopped
-from actors.future import ReplyFuture, WireReply
-from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, Keyring, Kind, Node, Timer
+from actors.errors import ActorDeadError, SystemStopped
+from actors.future import ReplyFuture
+from actors.wire import NodeControl, Wire
+from transport import Envelope, Keyring, Node, Timer
 from transport.codec import DEFAULT_MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
@@ -116,16 +121,25 @@ class LocalRef:
     def tell(self, message: Any) -> None:
         self._current().tell(message)
 
+    def _ask(self, message: Any, timeout: float | None) -> ReplyFuture:
+        ref = self._current()
+        if not ref.is_alive():
+            raise ActorDeadError(f"{self.address} is not running")
+        wait = self._system.ask_timeout if timeout is None else timeout
+        node = self._system.node
+        future = ReplyFuture(type(message).__name__, self.address, time.monotonic() + wait, None, None, None, node.on_io_thread)
+        ref.actor_inbox.put(_PykkaEnvelope(message, reply_to=future))
+        if not ref.is_alive():  # stopped between the check and the put: its drain may be over already
+            future.set_exception((ActorDeadError, ActorDeadError(f"{self.address} stopped"), None))
+        return future
+
     def ask(self, message: Any, *, block: bool = True, timeout: float | None = None) -> Any:
-        if timeout is None:
-            timeout = self._system.ask_timeout
-        try:
-            result = self._current().ask(message, block=block, timeout=timeout)
-        except AskTimeout:
-            raise
-        except pykka.Timeout as exc:
-            raise AskTimeout(f"no reply to {type(message).__name__} from {self.address} within {timeout} s") from exc
-        return result
+        future = self._ask(message, timeout)
+        return future.get() if block else future
+
+    async def ask_async(self, message: Any, *, timeout: float | None = None) -> Any:
+        """``ask`` for asyncio code: awaits the reply without blocking the event loop."""
+        return await self._ask(message, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._system.stop_actor(self.address.name, timeout=timeout)
@@ -146,35 +160,18 @@ class RemoteRef:
         return self.address.name
 
     def tell(self, message: Any) -> None:
-        self._system._send(self.address.endpoint, Envelope(Kind.TELL, self.address.name, self._system.endpoint, 0, message))
+        self._system._check_running()
+        self._system._wire.tell(self.address, message)
 
     def ask(self, message: Any, *, block: bool = True, timeout: float | None = None) -> Any:
-        future = self._system._ask(self.address, message, timeout)
+        self._system._check_running()
+        future = self._system._wire.ask(self.address, message, timeout)
         return future.get() if block else future
 
-
-class NodeControl:
-    """Control of a (possibly remote) node: faults and counters; never subject to faults."""
-
-    def __init__(self, system: ActorSystem, endpoint: str, timeout: float) -> None:
-        self._system = system
-        self.endpoint = endpoint
-        self._timeout = timeout
-
-    def _call(self, op: str, arg: Any = None) -> Any:
-        return self._system._ask(Address(self.endpoint, CONTROL_NAME), ControlRequest(op, arg), self._timeout).get()
-
-    def ping(self) -> dict:
-        return self._call("ping")
-
-    def set_faults(self, rules: Sequence[FaultRule]) -> None:
-        self._call("set_faults", list(rules))
-
-    def counters(self) -> dict:
-        return self._call("counters")
-
-    def reset_counters(self) -> None:
-        self._call("reset_counters")
+    async def ask_async(self, message: Any, *, timeout: float | None = None) -> Any:
+        """``ask`` for asyncio code: the node's I/O thread completes it, no thread per request."""
+        self._system._check_running()
+        return await self._system._wire.ask(self.address, message, timeout, shared=True)
 
 
 class ActorSystem:
@@ -206,17 +203,13 @@ class ActorSystem:
         self.mailbox_limit = mailbox_limit
         self._hosted: dict[str, _Hosted] = {}
         self._lock = threading.RLock()
-        self._pending: dict[int, ReplyFuture] = {}
-        # Random start: a reply meant for an earlier incarnation of this node
-        # (same endpoint, before a restart) matches nothing and is dropped.
-        self._corr = itertools.count(random.getrandbits(48) << 16)
         self._names = itertools.count(1)
         self._stopped = threading.Event()
         self.nodes: list[str] = list(nodes)
         self._extensions: dict[str, Any] = {}  # helpers made on first use (spawn_process's supervisor), closed by stop()
         self._node = Node(
             endpoint,
-            on_message=self._on_message,
+            on_message=self._deliver,
             max_frame_bytes=max_frame_bytes,
             fault_seed=fault_seed,
             start=False,
@@ -224,7 +217,8 @@ class ActorSystem:
             secure=secure,
         )
         self.endpoint = self._node.endpoint
-        self._node.call_later(1.0, self._sweep)
+        self._wire = Wire(self._node, ask_timeout=ask_timeout, mailbox_limit=mailbox_limit, lookup=self._lookup, label=repr(self))
+        self._node.call_later(1.0, self._wire.sweep)
         if start:
             self._node.start()
 
@@ -280,15 +274,18 @@ class ActorSystem:
             refs = [h.ref for h in self._hosted.values() if h.ref is not None]
             self._hosted.clear()
         for ref in refs:
-            try:
-                ref.stop(block=True, timeout=timeout)
-            except (pykka.Timeout, ActorDeadError):
-                pass
-        for corr in list(self._pending):
-            fut = self._pending.pop(corr, None)
-            if fut is not None:
-                fut.set_exception((SystemStopped, SystemStopped(f"{self} stopped"), None))
+            self._stop_ref(ref, timeout)
+        self._wire.fail_all(SystemStopped(f"{self} stopped"))
         self._node.close()
+
+    def _stop_ref(self, ref: pykka.ActorRef, timeout: float) -> None:
+        if isinstance(ref.actor_inbox, _InlineInbox) and (not self._node.started or self._node.on_io_thread()):
+            ref.actor_inbox.stop_here()  # nobody else would serve the stop
+            return
+        try:
+            ref.stop(block=True, timeout=timeout)
+        except (pykka.Timeout, ActorDeadError):
+            pass
 
     def run_until_stopped(self) -> None:
         """Block until ``stop()`` is called or the process gets SIGTERM or SIGINT.
@@ -356,20 +353,14 @@ class ActorSystem:
         join(self, node)
 
     def _start(self, name: str, hosted: _Hosted) -> pykka.ActorRef:
-        token = _spawning.set((self, name))
-        try:
+        with hosted_by(self, name):
             return hosted.factory.start(*hosted.args, **hosted.kwargs)
-        finally:
-            _spawning.reset(token)
 
     def stop_actor(self, name: str, timeout: float = 5.0) -> None:
         with self._lock:
             hosted = self._hosted.pop(name, None)
         if hosted is not None and hosted.ref is not None:
-            try:
-                hosted.ref.stop(block=True, timeout=timeout)
-            except ActorDeadError:
-                pass
+            self._stop_ref(hosted.ref, timeout)
 
     def restarts(self, name: str) -> int:
         """How many times the actor ``name`` has been rebuilt after a failure."""
@@ -377,8 +368,12 @@ class ActorSystem:
             hosted = self._hosted.get(name)
             return hosted.restarts if hosted else 0
 
-    def _actor_failed(self, name: str, ref: pykka.ActorRef, exc: BaseException | None) -> None:
-        """Called on the failed actor's own thread by ``Actor.on_failure``."""
+    def actor_failed(self, name: str, ref: pykka.ActorRef, exc: BaseException | None) -> None:
+        """Called on the thread serving the failed actor by ``Actor.on_failure`` (the :class:`Host` seam).
+
+        The fresh instance gets the messages still queued for the failed one
+        (its mailbox is not drained yet: pykka drains it after this returns).
+        """
         with self._lock:
             hosted = self._hosted.get(name)
             if hosted is None or hosted.ref is not ref or self._stopped.is_set():
@@ -402,6 +397,17 @@ class ActorSystem:
             except Exception:
                 hosted.ref = None
                 log.exception("actor %s could not be rebuilt", name)
+                return
+            moved = _move_mailbox(ref.actor_inbox, hosted.ref.actor_inbox)
+            if moved:
+                log.info("actor %s: %d queued messages handed to its rebuilt instance", name, moved)
+
+    def _lookup(self, name: str) -> pykka.ActorRef | None:
+        hosted = self._hosted.get(name)
+        return hosted.ref if hosted is not None else None
+
+    def _deliver(self, env: Envelope) -> None:
+        self._wire.on_message(env)
 
     def _pykka_ref(self, name: str) -> pykka.ActorRef:
         hosted = self._hosted.get(name)
@@ -421,84 +427,27 @@ class ActorSystem:
 
     def control(self, endpoint: str | None = None, timeout: float = 5.0) -> NodeControl:
         """Control of the node at ``endpoint`` (this node by default)."""
-        return NodeControl(self, endpoint or self.endpoint, timeout)
+        return NodeControl(self._wire, endpoint or self.endpoint, timeout)
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
         """Run ``fn`` after ``delay`` seconds on the I/O thread: keep it short, e.g. a tell."""
         return self._node.call_later(delay, fn)
 
-    def _send(self, endpoint: str, env: Envelope) -> None:
+    def _check_running(self) -> None:
         if self._stopped.is_set():
             raise SystemStopped(f"{self} is stopped")
+
+    def _send(self, endpoint: str, env: Envelope) -> None:
+        self._check_running()
         self._node.send(endpoint, env)
 
-    def _ask(self, address: Address, message: Any, timeout: float | None) -> ReplyFuture:
-        corr = next(self._corr)
-        wait = self.ask_timeout if timeout is None else timeout
-        describe = f"{type(message).__name__} to {address}"
-        future = ReplyFuture(describe, time.monotonic() + wait, lambda: self._pending.pop(corr, None))
-        self._pending[corr] = future
-        try:
-            self._send(address.endpoint, Envelope(Kind.ASK, address.name, self.endpoint, corr, message))
-        except BaseException:
-            self._pending.pop(corr, None)
-            raise
-        return future
 
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for corr, fut in list(self._pending.items()):
-            if fut.deadline < now and self._pending.pop(corr, None) is not None:
-                fut.set_exception((AskTimeout, AskTimeout(f"no reply to {fut.describe} before its deadline"), None))
-        if not self._stopped.is_set():
-            self._node.call_later(1.0, self._sweep)
-
-    def _on_message(self, env: Envelope) -> None:
-        """Runs on the I/O thread for every delivered envelope."""
-        if env.kind.is_reply:
-            future = self._pending.pop(env.corr, None)
-            if future is None:
-                log.debug("%s: reply %d matches no pending ask (late or from an earlier incarnation)", self, env.corr)
-            elif env.kind == Kind.REPLY:
-                future.set(env.body)
-            else:
-                exc = env.body.to_exception() if isinstance(env.body, Failure) else RuntimeError(repr(env.body))
-                future.set_exception((type(exc), exc, None))
-            return
-        hosted = self._hosted.get(env.dest)
-        ref = hosted.ref if hosted is not None else None
-        if ref is None or not ref.is_alive():
-            self._node.counters.unknown_actor += 1
-            log.warning("%s: %s for unknown actor %r from %s dropped", self, type(env.body).__name__, env.dest, env.src)
-            if env.kind == Kind.ASK:
-                self._reply(env, Failure.from_exception(ActorDeadError(f"no actor named {env.dest!r} on {self.endpoint}")), True)
-            return
-        inbox = ref.actor_inbox
-        if inbox.qsize() >= self.mailbox_limit:
-            self._refuse_full(env)
-            return
-        if env.kind == Kind.TELL:
-            inbox.put(_PykkaEnvelope(env.body))
-        else:
-            inbox.put(_PykkaEnvelope(env.body, reply_to=WireReply(lambda value, failed: self._reply(env, value, failed))))
-
-    def _refuse_full(self, env: Envelope) -> None:
-        counters = self._node.counters
-        if env.kind == Kind.TELL:
-            counters.dropped_full += 1
-            if counters.dropped_full & (counters.dropped_full - 1) == 0:  # 1, 2, 4, 8...: logs stay small
-                log.warning("%s: mailbox of %r full (%d); %d tells dropped so far", self, env.dest, self.mailbox_limit, counters.dropped_full)
-            return
-        counters.busy += 1
-        busy = MailboxFull(f"actor {env.dest!r} on {self.endpoint} is busy: its mailbox holds {self.mailbox_limit} messages; retry later")
-        self._reply(env, Failure.from_exception(busy), True)
-
-    def _reply(self, request: Envelope, value: Any, failed: bool) -> None:
-        kind = Kind.ERROR if failed else Kind.REPLY
-        try:
-            self._node.reply(request, Envelope(kind, "", self.endpoint, request.corr, value, request.dest))
-        except Exception as exc:  # an unpicklable or oversized result: tell the asker why
-            if failed:
-                log.exception("%s: could not send an error reply", self)
-                return
-            self._node.reply(request, Envelope(Kind.ERROR, "", self.endpoint, request.corr, Failure.from_exception(exc), request.dest))
+def _move_mailbox(old: Any, new: Any) -> int:
+    """Move what waits in ``old`` (a failed actor's mailbox) to ``new``; how many moved."""
+    moved = 0
+    for _ in range(10_000_000):  # bounded by what can be queued
+        if old.empty():
+            break
+        new.put(old.get())
+        moved += 1
+    return moved

@@ -53,6 +53,8 @@ class Received:
 class Echo(Actor):
     """Answers every ask with the message itself; relays ``Send``; raises on ``Fail``."""
 
+    inline = True  # never blocks: served on its node's I/O thread
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Fail):
             raise RuntimeError(message.why)

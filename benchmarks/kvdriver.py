@@ -103,7 +103,7 @@ def _run_job(conn: Any, wid: int, job: Job, clients: dict[tuple, Any]) -> None:
             until = time.perf_counter() + job.warmup
             while time.perf_counter() < until:
                 call()
-        except Exception as exc:  # noqa: BLE001 - reported to the pool, which raises
+        except Exception as exc:
             errors.append(f"client {wid}.{t} ({job.target.name}) warming up: {type(exc).__name__}: {exc}")
             call = None
         finally:
@@ -116,7 +116,7 @@ def _run_job(conn: Any, wid: int, job: Job, clients: dict[tuple, Any]) -> None:
             while (t0 := time.perf_counter()) < deadline[0]:
                 call()
                 lat.append(time.perf_counter() - t0)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(f"client {wid}.{t} ({job.target.name}): {type(exc).__name__}: {exc}")
         latencies[t] = lat
 
@@ -159,14 +159,14 @@ def _run_appends(conn: Any, job: Appends, clients: dict[tuple, Any]) -> None:
         clerk = clients[cache_key]
         clerk.put(job.key, "")
         started = time.perf_counter()
-        for i in range(job.count):
+        for _ in range(job.count):
             clerk.append(job.key, "x")
         elapsed = time.perf_counter() - started
         length = len(clerk.get(job.key))
         if length != job.count:
             raise RuntimeError(f"{job.count} appends of one byte left a value of {length} bytes")
         conn.send(("done", elapsed, []))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         conn.send(("done", 0.0, [f"appends to {job.target.name}: {type(exc).__name__}: {exc}"]))
 
 
@@ -293,7 +293,7 @@ class DriverPool:
             self._conns[i].send(Job(target, op, value_bytes, share, warmup, seconds))
         errors: list[str] = []
         for i in range(used):
-            kind, errs = self._recv(i, _READY_WAIT + warmup + 5)
+            _kind, errs = self._recv(i, _READY_WAIT + warmup + 5)
             errors += errs
         verdict = "abort" if errors else "go"
         server_cpu = -cpu_seconds(server_pids)
@@ -303,7 +303,7 @@ class DriverPool:
             raise DriverError("; ".join(errors[:3]))
         batch = Batch()
         for i in range(used):
-            kind, data, errs, cpu, retries = self._recv(i, seconds + _DONE_WAIT + 5)
+            _kind, data, errs, cpu, retries = self._recv(i, seconds + _DONE_WAIT + 5)
             batch.latencies.frombytes(data)
             batch.client_cpu += cpu
             batch.retries += retries
@@ -316,7 +316,7 @@ class DriverPool:
     def appends(self, target: Target, count: int, key: str) -> float:
         """Average milliseconds of ``count`` sequential one-byte appends by one clerk (checked afterwards)."""
         self._conns[0].send(Appends(target, count, key))
-        kind, elapsed, errors = self._recv(0, count * 1.0 + _DONE_WAIT)
+        _kind, elapsed, errors = self._recv(0, count * 1.0 + _DONE_WAIT)
         if errors:
             raise DriverError("; ".join(errors))
         return elapsed / count * 1e3

@@ -123,7 +123,7 @@ def run(
         }
         for name in systems:
             os.makedirs(os.path.join(tmp, name))
-            clusters[name] = stack.enter_context(starters[name]())
+            clusters[name] = stack.enter_context(starters[name]())  # type: ignore[arg-type]  # each starter returns a context manager
         if with_log:
             os.makedirs(os.path.join(tmp, LOG_READS))
             clusters[LOG_READS] = stack.enter_context(_zactor_cluster(os.path.join(tmp, LOG_READS), "log"))
@@ -150,8 +150,8 @@ def run(
                     if not figures["ops"]:
                         raise RuntimeError(f"{name}: no {op} of {size} B completed in {seconds} s with {n} clients")
                 if progress:
-                    figures = ", ".join(f"{k} {v['ops_per_s']:.0f}/s" for k, v in by_measurement[(op, size, n)].items())
-                    print(f"  trial {trial + 1}: {op} {size} B, {n} clients: {figures}", file=sys.stderr, flush=True)
+                    line = ", ".join(f"{k} {v['ops_per_s']:.0f}/s" for k, v in by_measurement[(op, size, n)].items())
+                    print(f"  trial {trial + 1}: {op} {size} B, {n} clients: {line}", file=sys.stderr, flush=True)
             measured.append(by_measurement)
             if appends and "zactor" in systems:
                 zactor = _targets(("zactor",), clusters)["zactor"]
@@ -269,7 +269,7 @@ def report(result: dict[str, Any]) -> str:
             f"{appends['avg_ms']:.2f} ms each (target <= {appends['target_ms']:.0f} ms; the lab allows 33 ms)"
         )
     lines.append("  durability: " + "; ".join(f"{k}: {v}" for k, v in result["durability"].items() if k in systems))
-    lines.append("  reads: " + "; ".join(f"{k}: {v}" for k, v in result["reads"].items() if k in systems or k == LOG_READS and log_rows))
+    lines.append("  reads: " + "; ".join(f"{k}: {v}" for k, v in result["reads"].items() if k in systems or (k == LOG_READS and log_rows)))
     if result["pysyncobj_warnings"]:
         lines.append(f"  PySyncObj logged {result['pysyncobj_warnings']} warnings, for example:")
         lines += [f"    {text[:150]}" for text in result["pysyncobj_warning_samples"][:3]]

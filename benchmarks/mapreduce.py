@@ -113,7 +113,7 @@ def run(
         tiny_s, _ = _timed(lambda: run_job("wc", tiny, workers=workers, n_reduce=n_reduce, outdir=Path(tmp) / "tiny-out"))
     med = {s: statistics.median(v) for s, v in times.items()}
     # Rounds are pairs that saw the same noise: the ratio is the median of the per-round ratios.
-    ratios = {s: [t / p for t, p in zip(times[s], times["pool"])] for s in systems if s != "pool"}
+    ratios = {s: [t / p for t, p in zip(times[s], times["pool"], strict=True)] for s in systems if s != "pool"}
     result: dict[str, Any] = {
         "mb": round(size_mb, 1),
         "files": len(files),

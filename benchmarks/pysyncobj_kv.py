@@ -101,7 +101,7 @@ def serve_node(me: int, raft_addresses: list[str], request_port: int, journal: s
                     return
                 try:
                     reply = b"K" + answer(request)
-                except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
+                except Exception as exc:
                     reply = b"E" + f"{type(exc).__name__}: {exc}".encode()
                 try:
                     _send_frame(sock, reply)

@@ -170,7 +170,7 @@ def _await_leader(is_leader: Any, what: str) -> int:
             try:
                 if is_leader(i):
                     return i
-            except Exception:  # noqa: BLE001 - a peer still starting up
+            except Exception:  # a peer still starting up
                 pass
         time.sleep(0.05)
     raise RuntimeError(f"{what}: no leader within {_LEADER_WAIT} s")
@@ -296,7 +296,7 @@ def run(
 ) -> dict[str, Any]:
     """Each trial runs zactor's cluster, then PySyncObj's; every figure reported is the median over trials."""
     try:
-        import pysyncobj  # noqa: F401
+        import pysyncobj  # noqa: F401 -- only to fail early with a clear message
     except ImportError as exc:
         raise SystemExit("the raft benchmark compares against PySyncObj: pip install -e '.[bench]'") from exc
     latency_seconds = max(seconds / 2, 0.2)
@@ -304,7 +304,7 @@ def run(
     for size in sizes:
         phases += [(size, window, seconds), (size, 1, latency_seconds)]
     zactor: list[list[dict[str, float]]] = []
-    pysyncobj: list[list[dict[str, float]]] = []
+    pysyncobj_runs: list[list[dict[str, float]]] = []
     logged: list[str] = []
     with tempfile.TemporaryDirectory(prefix="zactor-bench-raft-") as tmp:
         for trial in range(trials):
@@ -312,7 +312,7 @@ def run(
             os.mkdir(trial_dir)
             zactor.append(run_zactor(phases, trial_dir))
             results, trial_logged = run_pysyncobj(phases, trial_dir)
-            pysyncobj.append(results)
+            pysyncobj_runs.append(results)
             logged += trial_logged
             if progress:
                 print(f"  trial {trial + 1}/{trials} done", file=sys.stderr, flush=True)
@@ -323,7 +323,7 @@ def run(
     runs = []
     for k, size in enumerate(sizes):
         tp, lat = 2 * k, 2 * k + 1
-        z_ops, p_ops = median(zactor, tp, "ops_per_s"), median(pysyncobj, tp, "ops_per_s")
+        z_ops, p_ops = median(zactor, tp, "ops_per_s"), median(pysyncobj_runs, tp, "ops_per_s")
         runs.append(
             {
                 "size_bytes": size,
@@ -332,14 +332,14 @@ def run(
                 "ratio": round(z_ops / p_ops, 2) if p_ops else None,
                 "trial_ratios": [
                     round(z[tp]["ops_per_s"] / p[tp]["ops_per_s"], 2) if p[tp]["ops_per_s"] else None
-                    for z, p in zip(zactor, pysyncobj)
+                    for z, p in zip(zactor, pysyncobj_runs, strict=True)
                 ],
                 "zactor_p50_ms": median(zactor, lat, "p50_ms"),
                 "zactor_p99_ms": median(zactor, lat, "p99_ms"),
-                "pysyncobj_p50_ms": median(pysyncobj, lat, "p50_ms"),
-                "pysyncobj_p99_ms": median(pysyncobj, lat, "p99_ms"),
+                "pysyncobj_p50_ms": median(pysyncobj_runs, lat, "p50_ms"),
+                "pysyncobj_p99_ms": median(pysyncobj_runs, lat, "p99_ms"),
                 "zactor_window_p50_ms": median(zactor, tp, "p50_ms"),
-                "pysyncobj_window_p50_ms": median(pysyncobj, tp, "p50_ms"),
+                "pysyncobj_window_p50_ms": median(pysyncobj_runs, tp, "p50_ms"),
             }
         )
     return {

@@ -74,7 +74,7 @@ def _measure_fresh_interpreter(system: ActorSystem, tmp: str, restarts: int) -> 
         expect = ref.ask(Incr(7), timeout=30.0)
         for _ in range(restarts):
             t0 = time.perf_counter()
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid or 0, signal.SIGKILL)
             proc.join()
             proc = ctx.Process(target=serve_counter, args=(endpoint, f"{tmp}/fresh.state"), daemon=True)
             proc.start()

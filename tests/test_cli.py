@@ -39,11 +39,12 @@ def test_bad_benchmark_flag_is_a_usage_error() -> None:
 
 @pytest.mark.slow
 def test_bench_transport_json_has_the_promised_fields() -> None:
-    out = zactor("bench", "transport", "--json", "--batches", "2", "--messages", "100")
+    out = zactor("bench", "transport", "--json", "--trials", "1", "--batches", "2", "--messages", "100")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     for mode in ("raw_curve", "actor_curve", "raw_plain", "actor_plain"):
         assert result[f"{mode}_rtt_us"] > 0 and result[f"{mode}_msgs_per_s"] > 0
+        assert result[f"{mode}_wakeups_per_rtt"] > 0 and result[f"{mode}_alloc_peak_bytes"] > 0
     assert result["rtt_cost_of_curve_actor"]["median"] > 0
 
 

@@ -34,8 +34,9 @@ def test_kill_9_restarts_the_child_and_the_counter_goes_on(
     endpoint = f"ipc://{tmp_path}/counter.sock"
     supervisor.start_child(ChildSpec("counter", serve_counter, (endpoint, str(tmp_path / "counter.state"))))
     counter = system.ref(endpoint, "counter")
+    assert _answer(counter, Get()) == 0  # up: from here on one ask per increment (a retried Incr would count twice)
     for _ in range(5):
-        _answer(counter, Incr(1))
+        counter.ask(Incr(1), timeout=10)
     first_pid = supervisor.pid("counter")
     os.kill(first_pid, signal.SIGKILL)
     assert supervisor.wait_for(lambda: supervisor.restarts("counter") == 1 and supervisor.pid("counter") is not None, 10)

@@ -9,12 +9,14 @@ from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
 from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
 from transport.keys import InsecureBindError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
-from transport.node import ControlRequest, Node, Timer, default_endpoint
+from transport.node import Channel, ControlOp, ControlRequest, Node, Timer, default_endpoint
 
 __all__ = [
     "CONTROL_NAME",
     "DEFAULT_MAX_FRAME_BYTES",
+    "Channel",
     "CodecError",
+    "ControlOp",
     "ControlRequest",
     "Counters",
     "Envelope",

@@ -33,9 +33,21 @@ class Counters:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count_sent(self, mtype: str, nbytes: int) -> None:
-        # Only the node's I/O thread writes; the lock is for readers' consistent copies.
-        self.sent[mtype] += 1
-        self.sent_bytes[mtype] += nbytes
+        # Written from every thread that sends (callers, actor threads, the I/O
+        # thread): every write and every read takes the one lock, so a count is
+        # never lost and a snapshot never shows a message without its bytes.
+        with self._lock:
+            self.sent[mtype] += 1
+            self.sent_bytes[mtype] += nbytes
+
+    def count_received(self) -> None:
+        with self._lock:
+            self.received += 1
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (any thread)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
 
     def snapshot(self) -> dict:
         """A plain, picklable copy for a remote reader."""

@@ -92,7 +92,13 @@ def disconnected(peer: str = "*") -> list[FaultRule]:
 
 
 class FaultTable:
-    """The rules in force on one node; used only by that node's I/O thread."""
+    """The rules in force on one node.
+
+    Decided on by every thread that sends or reads replies on the node (callers
+    on their channels, actor threads, the I/O thread), always under the node's
+    send lock, which also guards the shared random generator; replaced as a
+    whole tuple, so a reader sees the old rules or the new, never a mix.
+    """
 
     def __init__(self, rules: Iterable[FaultRule] = (), seed: int | None = None) -> None:
         self._rules: tuple[FaultRule, ...] = tuple(rules)

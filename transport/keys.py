@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+import zmq.utils.z85
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _write_keypair(directory: Path) -> None:
     path = directory / SECRET_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"# this machine's CURVE key pair; never copy this file to another user\n")
+        f.write("# this machine's CURVE key pair; never copy this file to another user\n")
         f.write(f"public {public.decode()}\nsecret {secret.decode()}\n")
         f.flush()
         os.fsync(f.fileno())

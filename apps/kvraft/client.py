@@ -153,7 +153,7 @@ class Clerk:
                 return reply.value
             servers = self._servers
             if reply is not None and reply.leader in servers and servers.index(reply.leader) != i:
-                self._leader = servers.index(reply.leader)  # type: ignore[arg-type]
+                self._leader = servers.index(reply.leader)
             else:
                 self._leader = i + 1
             if reply is not None:

@@ -59,7 +59,7 @@ class ServerConfig:
     data_dir: str
     maxraftstate: int = -1
     read: str = "index"
-    raft: Config = Config()
+    raft: Config = Config()  # noqa: RUF009 -- frozen, so one shared default is safe
     tick: float = 0.01
     fsync: bool = True
 

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print("zactor kv: --timeout must be positive", file=sys.stderr)
         return 2
     try:
+        clerk: kvraft.Clerk | Clerk
         if args.servers is not None:
             clerk = kvraft.Clerk(kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout)
         else:

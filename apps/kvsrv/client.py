@@ -30,7 +30,7 @@ class Clerk:
     as the lab's clerk does; ``give_up_after`` bounds that for interactive use.
     """
 
-    __slots__ = ("_server", "client_id", "_seq", "try_timeout", "give_up_after")
+    __slots__ = ("_seq", "_server", "client_id", "give_up_after", "try_timeout")
 
     def __init__(
         self,

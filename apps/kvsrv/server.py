@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 
 class KVServer(Actor):
+    inline = True  # in memory, never blocks: served on the node's I/O thread, one wake-up per request
+
     def __init__(self, trace_memory: bool = False) -> None:
         super().__init__()
         self.data: dict[str, str] = {}

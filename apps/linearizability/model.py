@@ -86,7 +86,7 @@ class Model(abc.ABC):
 
     def state_key(self, state: Any) -> Hashable:
         """What the checker remembers a state by; override when states are not hashable."""
-        return state  # type: ignore[no-any-return]  # states are hashable unless this is overridden
+        return state  # states are hashable unless this is overridden
 
 
 _KV_OPS = ("get", "put", "append")

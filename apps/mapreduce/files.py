@@ -106,7 +106,7 @@ def make_splits(files: Iterable[str], split_bytes: int) -> list[Split]:
     """One split per ``split_bytes`` of each file, at least one per file (an empty file is a map too)."""
     if split_bytes < 1:
         raise ValueError(f"split_bytes must be positive, got {split_bytes}")
-    splits = []
+    splits: list[Split] = []
     for i, name in enumerate(files):
         size = os.path.getsize(name)
         starts = range(0, max(size, 1), split_bytes)
@@ -139,7 +139,7 @@ def read_split(split: Split, read_at: Callable[[int, int], bytes]) -> bytes:
             pos += len(block)
     if pos >= split.end and split.start > 0:
         return b""
-    parts = []
+    parts: list[bytes] = []
     while pos < split.end:
         block = read_at(pos, min(split.end - pos, 4 << 20))
         if not block:

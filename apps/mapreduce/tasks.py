@@ -116,7 +116,7 @@ class _Spiller:
             self.spill({})
         final = [self.workdir / intermediate_name(self.map_id, r) for r in range(self.n_reduce)]
         if len(self.spills) == 1:
-            for src, dst in zip(self.spills[0], final):
+            for src, dst in zip(self.spills[0], final, strict=True):
                 os.replace(src, dst)
         else:
             for r, dst in enumerate(final):

@@ -31,7 +31,7 @@ from typing import Any
 
 import cloudpickle
 
-from actors import ActorDeadError, ActorSystem, AskTimeout, Actor
+from actors import Actor, ActorDeadError, ActorSystem, AskTimeout
 from apps.mapreduce.app import App, load_app
 from apps.mapreduce.files import intermediate_name
 from apps.mapreduce.protocol import Exit, FetchFailed, MapTask, ReduceTask, RequestTask, TaskDone, TaskFailed, Wait
@@ -113,7 +113,7 @@ class Worker(Actor):
     def _step(self) -> None:
         task = self._ask(RequestTask(self.worker_id))
         if task is GONE or isinstance(task, Exit):
-            self._leave("coordinator unreachable" if task is GONE else task.reason)
+            self._leave("coordinator unreachable" if not isinstance(task, Exit) else task.reason)
             return
         if isinstance(task, Wait):
             self.schedule(task.seconds, _Next())
@@ -138,6 +138,7 @@ class Worker(Actor):
         try:
             read_at = None
             if task.input_from is not None:
+                assert self.actor_system is not None  # spawned by a system
                 server = self.actor_system.ref(task.input_from, FILES_NAME)
                 read_at = remote_reader(server, f"input-{task.split.index}", timeout=10.0)
             result = run_map(self.app, task.id, task.split, task.n_reduce, workdir, read_at=read_at)
@@ -164,6 +165,7 @@ class Worker(Actor):
                         base.mkdir(parents=True, exist_ok=True)
                         fetched_dir = Path(tempfile.mkdtemp(prefix=f".fetch-{task.id}-", dir=base))
                     path = fetched_dir / name
+                    assert self.actor_system is not None
                     server = self.actor_system.ref(endpoint, FILES_NAME)
                     try:
                         shuffle_bytes += fetch_to_file(server, name, path, task.fetch_timeout)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.duration is not None and time.monotonic() - started > args.duration:
                     break
                 seen = []
-                for i, ep in enumerate(endpoints):
+                for ep in endpoints:
                     try:
                         seen.append(system.ref(ep, PEER_NAME).ask(Status(), timeout=0.5))
                     except (AskTimeout, ActorDeadError):

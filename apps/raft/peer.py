@@ -121,7 +121,7 @@ class PeerConfig:
     apply_to: str | None = None
     """Address (``endpoint#name``) of the service actor that receives ``Applied``."""
     incarnation: int = 0
-    raft: Config = Config()
+    raft: Config = Config()  # noqa: RUF009 -- frozen, so one shared default is safe
     tick: float = 0.01
     """Seconds per core tick."""
     fsync: bool = True

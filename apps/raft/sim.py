@@ -44,8 +44,10 @@ class SimulationFailure(AssertionError):
 class _Disk:
     """What a peer has made durable: its whole persistent state as of its last Ready.
 
-    This is what the peer shell writes (one atomic file per Ready), so a
-    crash keeps exactly the state of the last completed write.
+    What the peer shell has made durable when a Ready is done (one journal
+    append, fsync'd once, per Ready that changes durable state; a snapshot
+    rewrites the journal atomically; see ``apps/raft/storage.py``), so a
+    crash keeps exactly the state of the last completed Ready.
     """
 
     hard_state: HardState

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from actors import Actor, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from actors.errors import ActorDeadError
@@ -119,7 +119,7 @@ class Cluster:
         self._applier = self._system.spawn(_Applier, self, name="applier")
         self.started_at = time.monotonic()
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> Self:
         try:
             for i in range(self.n):
                 self.start(i)
@@ -208,7 +208,8 @@ class Cluster:
                 self._sup.kill(f"peer-{i}")
         for i in range(self.n):
             if self.running[i]:
-                self._sup.wait_for(lambda i=i: self._sup.status(f"peer-{i}") == "exited", 5.0)
+                name = f"peer-{i}"
+                self._sup.wait_for(lambda name=name: self._sup.status(name) == "exited", 5.0)  # type: ignore[misc]
                 self.running[i] = False
 
     def start_all(self, connect: bool = True) -> None:

@@ -9,7 +9,9 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from apps.soak.run import SoakConfig, Status
 from apps.soak.verdict import EXIT_NAMES, INVALID
@@ -50,8 +52,8 @@ examples:
 """
 
 
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from apps.raft.testing import Cluster, HarnessFailure
 from apps.soak.kvraft import KVRaftTarget
@@ -122,7 +122,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                     samples.add(Sample(end - started, end - began, ok, "start"))
 
         class _Progress:  # what the status line reads
-            windows: list = []
+            windows: ClassVar[list] = []
 
             @staticmethod
             def elapsed() -> float:

@@ -119,7 +119,7 @@ def check_appends(key: str, ops: list[Operation], final: str) -> list[str]:
     """
     problems: list[str] = []
     tokens = final.split()
-    position = {}
+    position: dict[str, int] = {}
     for i, t in enumerate(tokens):
         position.setdefault(t, i)
     appends = [op for op in ops if op.input.get("op") == "append"]
@@ -138,7 +138,7 @@ def check_appends(key: str, ops: list[Operation], final: str) -> list[str]:
     # returned before B's call must sit before B (prefix maximum of positions).
     present = [op for op in acked if op.input["value"].strip() in position]
     by_ret = sorted(present, key=lambda op: op.ret)  # type: ignore[arg-type,return-value]
-    rets = [op.ret for op in by_ret]
+    rets: list[int] = [op.ret for op in by_ret]  # type: ignore[misc]  # acknowledged: every one returned
     prefix_max: list[int] = []
     for op in by_ret:
         p = position[op.input["value"].strip()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from apps.mapreduce.text import words
 
+
 def map(filename: str, contents: str) -> list[tuple[str, str]]:
     return [(w, "1") for w in words(contents)]
 

@@ -1,0 +1,247 @@
+"""The wire side of an ActorSystem: asks in flight, their replies, and asks that arrive.
+
+:class:`Wire` keeps the asks this process has in flight (a correlation id
+each, a deadline each, swept once a second), sends them, and completes their
+futures when replies come back; it also takes every envelope the node
+delivers and puts it in the named actor's mailbox, with a :class:`WireReply`
+that sends the actor's answer back over the request's own connection.
+:class:`NodeControl` is the client of a node's control name.
+
+How an ask travels (no thread in between that is not needed):
+
+* a thread that asks sends on its own :class:`~transport.node.Channel` to the
+  destination and, when it waits, reads the reply off that channel itself;
+* its tells to that node take the same channel, so one thread's messages to
+  one node arrive in the order sent (fault rules apply on the channel too);
+* ``ask_async`` (and everything its thread sends from then on) and whatever
+  the I/O thread sends go on the node's shared connection, and the I/O
+  thread completes their futures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pykka
+from pykka._envelope import (
+    Envelope as _PykkaEnvelope,  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
+)
+
+from actors.address import Address
+from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull
+from actors.future import ReplyFuture
+from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, Kind, Node
+from transport.node import ControlOp
+
+log = logging.getLogger(__name__)
+
+
+class WireReply(pykka.Future):
+    """Put in a local actor's mailbox for an ask that came over the wire.
+
+    pykka's actor loop calls ``set`` with the handler's result, or
+    ``set_exception`` when it raised (the actor goes on), or answers with
+    ``ActorDeadError`` when the actor stopped first: each becomes a reply
+    envelope to the asking node. One-shot: the mailbox's stop-time drain and
+    the system's own check after a put may both answer; only the first goes.
+    """
+
+    def __init__(self, send_reply: Callable[[Any, bool], None]) -> None:
+        super().__init__()
+        self._send_reply: Callable[[Any, bool], None] | None = send_reply
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        raise RuntimeError("a wire reply is answered remotely, not read")
+
+    def set(self, value: Any = None) -> None:
+        send, self._send_reply = self._send_reply, None
+        if send is not None:
+            send(value, False)
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        send, self._send_reply = self._send_reply, None
+        if send is not None:
+            exc = exc_info[1] if exc_info else sys.exc_info()[1]
+            send(Failure.from_exception(exc if exc is not None else RuntimeError("unknown error")), True)
+
+
+class Wire:
+    """Asks in flight and asks arriving, for one ActorSystem's node; see the module docstring."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        ask_timeout: float,
+        mailbox_limit: int,
+        lookup: Callable[[str], pykka.ActorRef | None],
+        label: str,
+    ) -> None:
+        self._node = node
+        self.ask_timeout = ask_timeout
+        self.mailbox_limit = mailbox_limit
+        self._lookup = lookup
+        self._label = label
+        self._pending: dict[int, ReplyFuture] = {}
+        # Random start: a reply meant for an earlier incarnation of this node
+        # (same endpoint, before a restart) matches nothing and is dropped.
+        self._corr = itertools.count(random.getrandbits(48) << 16)
+        self._stopped = False
+
+    # ---- asks this process makes ------------------------------------------
+
+    def tell(self, address: Address, message: Any) -> None:
+        """Send a tell on the same connection this thread's asks to that node take (so they stay in order)."""
+        node = self._node
+        env = Envelope(Kind.TELL, address.name, node.endpoint, 0, message)
+        channel = node.channel(address.endpoint)
+        if channel is not None:
+            channel.send(env)
+        else:
+            node.send(address.endpoint, env)
+
+    def ask(self, address: Address, message: Any, timeout: float | None, *, shared: bool = False) -> ReplyFuture:
+        """Send an ask; its future. ``shared``: the I/O thread completes it (for asyncio)."""
+        node = self._node
+        if shared:
+            node.use_shared_connections()  # this thread's tells must not overtake its asks
+        corr = next(self._corr)
+        wait = self.ask_timeout if timeout is None else timeout
+        channel = None if shared else node.channel(address.endpoint)
+        future = ReplyFuture(
+            type(message).__name__,
+            address,
+            time.monotonic() + wait,
+            lambda: self._forget(corr),
+            channel,
+            self.resolve if channel is not None else None,
+            node.on_io_thread,
+        )
+        self._pending[corr] = future
+        env = Envelope(Kind.ASK, address.name, node.endpoint, corr, message)
+        try:
+            if channel is not None:
+                channel.send(env)
+            else:
+                node.send(address.endpoint, env)
+        except BaseException:
+            self._pending.pop(corr, None)
+            raise
+        return future
+
+    def _forget(self, corr: int) -> None:
+        self._pending.pop(corr, None)
+
+    def resolve(self, env: Envelope) -> None:
+        """Complete the future a reply is for (any thread)."""
+        future = self._pending.pop(env.corr, None)
+        if future is None:
+            log.debug("%s: reply %d matches no pending ask (late or from an earlier incarnation)", self._label, env.corr)
+        elif env.kind == Kind.REPLY:
+            future.set(env.body)
+        else:
+            exc = env.body.to_exception() if isinstance(env.body, Failure) else RuntimeError(repr(env.body))
+            future.set_exception((type(exc), exc, None))
+
+    def sweep(self) -> None:
+        """Fail every ask past its deadline (on the I/O thread, once a second)."""
+        now = time.monotonic()
+        for corr, fut in list(self._pending.items()):
+            if fut.deadline < now and self._pending.pop(corr, None) is not None:
+                fut.set_exception((AskTimeout, AskTimeout(f"no reply to {fut.describe} before its deadline"), None))
+        if not self._stopped:
+            self._node.call_later(1.0, self.sweep)
+
+    def fail_all(self, exc: BaseException) -> None:
+        self._stopped = True
+        for corr in list(self._pending):
+            fut = self._pending.pop(corr, None)
+            if fut is not None:
+                fut.set_exception((type(exc), exc, None))
+
+    # ---- asks and tells that arrive ---------------------------------------
+
+    def on_message(self, env: Envelope) -> None:
+        """Runs on the I/O thread for every delivered envelope."""
+        if env.kind.is_reply:
+            self.resolve(env)
+            return
+        ref = self._lookup(env.dest)
+        if ref is None or not ref.is_alive():
+            self._dead(env)
+            return
+        inbox = ref.actor_inbox
+        if inbox.qsize() >= self.mailbox_limit:  # type: ignore[attr-defined]  # our inboxes have qsize
+            self._refuse_full(env)
+            return
+        if env.kind == Kind.TELL:
+            inbox.put(_PykkaEnvelope(env.body))
+            return
+        reply = WireReply(lambda value, failed: self.reply(env, value, failed))
+        inbox.put(_PykkaEnvelope(env.body, reply_to=reply))
+        if not ref.is_alive():
+            # It stopped between the check and the put: its stop-time drain
+            # may have run already, so answer now (WireReply is one-shot).
+            reply.set_exception((ActorDeadError, ActorDeadError(f"actor {env.dest!r} on {self._node.endpoint} stopped"), None))
+
+    def _dead(self, env: Envelope) -> None:
+        self._node.counters.add("unknown_actor")
+        log.warning("%s: %s for unknown actor %r from %s dropped", self._label, type(env.body).__name__, env.dest, env.src)
+        if env.kind == Kind.ASK:
+            self.reply(env, Failure.from_exception(ActorDeadError(f"no actor named {env.dest!r} on {self._node.endpoint}")), True)
+
+    def _refuse_full(self, env: Envelope) -> None:
+        counters = self._node.counters
+        if env.kind == Kind.TELL:
+            counters.add("dropped_full")
+            dropped = counters.dropped_full
+            if dropped & (dropped - 1) == 0:  # 1, 2, 4, 8...: logs stay small
+                log.warning("%s: mailbox of %r full (%d); %d tells dropped so far", self._label, env.dest, self.mailbox_limit, dropped)
+            return
+        counters.add("busy")
+        busy = MailboxFull(
+            f"actor {env.dest!r} on {self._node.endpoint} is busy: its mailbox holds {self.mailbox_limit} messages; retry later"
+        )
+        self.reply(env, Failure.from_exception(busy), True)
+
+    def reply(self, request: Envelope, value: Any, failed: bool) -> None:
+        """Answer ``request`` over its own connection (any thread)."""
+        node = self._node
+        kind = Kind.ERROR if failed else Kind.REPLY
+        try:
+            node.reply(request, Envelope(kind, "", node.endpoint, request.corr, value, request.dest))
+        except Exception as exc:  # an unpicklable or oversized result: tell the asker why
+            if failed:
+                log.exception("%s: could not send an error reply", self._label)
+                return
+            node.reply(request, Envelope(Kind.ERROR, "", node.endpoint, request.corr, Failure.from_exception(exc), request.dest))
+
+
+class NodeControl:
+    """Control of a (possibly remote) node: faults and counters; never subject to faults."""
+
+    def __init__(self, wire: Wire, endpoint: str, timeout: float) -> None:
+        self._wire = wire
+        self.endpoint = endpoint
+        self._timeout = timeout
+
+    def _call(self, op: ControlOp, arg: Any = None) -> Any:
+        return self._wire.ask(Address(self.endpoint, CONTROL_NAME), ControlRequest(op, arg), self._timeout).get()
+
+    def ping(self) -> dict:
+        return self._call(ControlOp.PING)
+
+    def set_faults(self, rules: Sequence[FaultRule]) -> None:
+        self._call(ControlOp.SET_FAULTS, list(rules))
+
+    def counters(self) -> dict:
+        return self._call(ControlOp.COUNTERS)
+
+    def reset_counters(self) -> None:
+        self._call(ControlOp.RESET_COUNTERS)
