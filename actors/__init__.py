@@ -22,8 +22,8 @@ from actors.future import ReplyFuture
 from actors.journal import Journal
 from actors.persister import Persister
 from actors.ref import ActorRef
-from actors.supervisor import ChildSpec, ChildStatus, EventKind, Supervisor, SupervisorEvent
 from actors.spawn import ClassRef, ProcessDied, ProcessRef, RestartLimitReached
+from actors.supervisor import ChildSpec, ChildStatus, EventKind, Supervisor, SupervisorEvent
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 
 __all__ = [
@@ -35,8 +35,8 @@ __all__ = [
     "AskTimeout",
     "BlockingOnIOThread",
     "ChildSpec",
-    "ClassRef",
     "ChildStatus",
+    "ClassRef",
     "CorruptStateError",
     "EventKind",
     "Failure",

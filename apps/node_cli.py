@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((c.name, c.status, str(c.pid or "-"), str(c.restarts), _uptime(c.uptime), f"{c.cls} ({c.via})", c.endpoint))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

@@ -127,7 +127,7 @@ def run(restarts: int = 20, spawns: int = 20) -> dict[str, Any]:
         ours = _measure_supervisor(system, tmp, restarts)
         base = _measure_fresh_interpreter(system, tmp, max(3, restarts // 4))
         spawned, processes = _measure_spawns(system, tmp, spawns)
-    ratio_q1, ratio_p50, ratio_q3 = _quartiles([a / b for a, b in zip(spawned, processes)])
+    ratio_q1, ratio_p50, ratio_q3 = _quartiles([a / b for a, b in zip(spawned, processes, strict=True)])
     out = {
         "spawns": spawns,
         "spawn_process_p50_ms": round(statistics.median(spawned) * 1000, 1),
