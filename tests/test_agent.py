@@ -69,6 +69,7 @@ def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         cwd=workdir,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group: teardown reaches its fork server and children too
     )
     try:
         with ActorSystem() as probe:
@@ -81,6 +82,10 @@ def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group outlived the agent
+        except ProcessLookupError:
+            pass
         proc.stderr.close()
 
 
