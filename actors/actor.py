@@ -167,22 +167,41 @@ class Actor(pykka.ThreadingActor):
                     self._handle_failure(*sys.exc_info())
 
     def schedule(self, delay: float, message: Any) -> Timer:
-        """Deliver ``message`` to this actor instance after ``delay`` seconds."""
+        """Deliver ``message`` to this actor instance after ``delay`` seconds.
+
+        Once ``cancel()`` returns, the actor never handles the message, even
+        if the timer had already put it in the mailbox.
+        """
         ref = self.actor_ref
-        return self._system().call_later(delay, lambda: _tell_if_alive(ref, message))
+        handle = Timer(lambda: None)
+        self._system().call_later(delay, lambda: _tell_if_alive(ref, _TimerMessage(handle, message)))
+        return handle
 
     def schedule_every(self, interval: float, message: Any) -> Timer:
-        """Deliver ``message`` every ``interval`` seconds until cancelled or the actor stops."""
+        """Deliver ``message`` every ``interval`` seconds until cancelled or the actor stops.
+
+        As with ``schedule``, a tick already queued when ``cancel()`` is called is not handled.
+        """
         ref = self.actor_ref
         system = self._system()
         handle = Timer(lambda: None)
+        tick = _TimerMessage(handle, message)
 
         def fire() -> None:
-            if not handle.cancelled and _tell_if_alive(ref, message):
+            if not handle.cancelled and _tell_if_alive(ref, tick):
                 system.call_later(interval, fire)
 
         system.call_later(interval, fire)
         return handle
+
+    def _handle_receive(self, message: Any) -> Any:
+        # Timer messages are checked here, on the actor's own thread, so a
+        # cancel() made by a handler covers the ticks queued behind it.
+        if type(message) is _TimerMessage:
+            if message.handle.cancelled:
+                return None
+            message = message.message
+        return super()._handle_receive(message)
 
     def more_waiting(self) -> bool:
         """Whether more messages wait in the mailbox already.
@@ -206,6 +225,16 @@ class Actor(pykka.ThreadingActor):
         if self.actor_system is None:
             raise RuntimeError(f"{self} was not spawned by an ActorSystem, so it has no timers")
         return self.actor_system
+
+
+class _TimerMessage:
+    """A timer's message on its way to the mailbox, with the handle that can still cancel it."""
+
+    __slots__ = ("handle", "message")
+
+    def __init__(self, handle: Timer, message: Any) -> None:
+        self.handle = handle
+        self.message = message
 
 
 def _tell_if_alive(ref: pykka.ActorRef, message: Any) -> bool:

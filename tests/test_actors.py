@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pykka
@@ -133,6 +134,38 @@ def test_timers_deliver_into_the_mailbox_and_cancel(system: ActorSystem) -> None
     ticks = ref.ask("ticks")
     assert ticks == 5
     assert ref.ask("once") == "once"
+
+
+class SlowTicker(Actor):
+    """Its first tick blocks until released, so later ticks queue up behind it."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release, self.ticks, self.timer = release, 0, None
+
+    def on_start(self) -> None:
+        self.timer = self.schedule_every(0.005, "tick")
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "tick":
+            self.ticks += 1
+            if self.ticks == 1:
+                self.release.wait(5)
+                self.timer.cancel()  # ticks are already queued behind this one
+        if message == "queued":
+            return self.actor_inbox.qsize()
+        return self.ticks if message == "ticks" else message
+
+
+def test_cancelled_timer_drops_ticks_already_in_the_mailbox(system: ActorSystem) -> None:
+    release = threading.Event()
+    ref = system.spawn(SlowTicker, release, name="slow-ticker")
+    deadline = time.monotonic() + 5
+    while system._pykka_ref("slow-ticker").actor_inbox.qsize() < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)  # waiting for the timer to queue ticks: there is no event for it
+    assert system._pykka_ref("slow-ticker").actor_inbox.qsize() >= 3
+    release.set()
+    assert ref.ask("ticks", timeout=5) == 1
 
 
 def test_messages_between_two_systems_in_one_process(system: ActorSystem) -> None:
