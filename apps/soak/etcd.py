@@ -29,13 +29,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from apps.soak.proxy import PeerProxy
-from apps.soak.run import FaultEvent, heal_everything, play, status_line
+from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings, WindowChecker, check_appends
 from apps.soak.workload import Workload
@@ -415,35 +414,13 @@ def _retry(call: Any, seconds: float) -> Any:
 def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, MEMBERS)
-    events: list[FaultEvent] = []
-    stop = threading.Event()
     directory = Path(tempfile.mkdtemp(prefix="zactor-soak-etcd-"))
-    extra: dict[str, Any] = {}
     try:
         with EtcdMembers(directory, logs=Path(config.out)) as members:
             target = EtcdTarget(members, config.seed)
             workload = Workload(lambda c: EtcdKV(members.client_ports, c), config.clients, config.window, config.seed)
             checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0)
-            workload.start()
-            checker.start()
-            status.start(lambda: status_line(config, workload, status, findings))
-            nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), daemon=True)
-            nemesis.start()
-            try:
-                while workload.elapsed() < config.seconds:
-                    time.sleep(min(0.5, max(0.0, config.seconds - workload.elapsed())))
-            finally:
-                stop.set()
-                nemesis.join(60.0)
-                ran = workload.elapsed()
-                workload.stop()
-                status.phase = "final heal"
-                if heal_everything(target, findings):
-                    status.phase = "final reads"
-                    extra = target.final_checks(workload, findings)
-                status.phase = "checking"
-                checker.finish()
-                status.stop()
+            ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     extra.update({

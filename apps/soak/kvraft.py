@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
 from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
-from apps.soak.run import FaultEvent, heal_everything, play, status_line
+from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings, WindowChecker, check_appends
 from apps.soak.workload import Workload
@@ -274,33 +273,11 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     """The whole run: cluster up, schedule and workload, final heal and checks; always tears the cluster down."""
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
-    events: list[FaultEvent] = []
-    extra: dict[str, Any] = {}
-    stop = threading.Event()
     with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
         checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0)
-        workload.start()
-        checker.start()
-        status.start(lambda: status_line(config, workload, status, findings))
-        nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), name="soak-nemesis", daemon=True)
-        nemesis.start()
-        try:
-            while workload.elapsed() < config.seconds:
-                time.sleep(min(0.5, max(0.0, config.seconds - workload.elapsed())))
-        finally:
-            stop.set()
-            nemesis.join(60.0)
-            ran = workload.elapsed()
-            workload.stop()
-            status.phase = "final heal"
-            if heal_everything(target, findings):
-                status.phase = "final reads"
-                extra = target.final_checks(workload, findings)
-            status.phase = "checking"
-            checker.finish()
-            status.stop()
+        ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
     extra["seconds"] = round(ran, 2)
     extra["schedule"] = [f.to_json() for f in schedule]
     extra["events"] = [e.to_json() for e in events]

@@ -74,6 +74,8 @@ class Target(Protocol):
 
     def heal_all(self) -> None: ...
 
+    def final_checks(self, workload: Any, findings: Findings) -> dict[str, Any]: ...
+
 
 class Status:
     """The one-line live status on stderr: elapsed, answered calls, faults so far, errors."""
@@ -145,6 +147,38 @@ def heal_everything(target: Target, findings: Any) -> bool:
         return False
     return True
 
+
+
+def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: list[Fault], findings: Findings, status: Status) -> tuple[float, list[FaultEvent], dict[str, Any]]:
+    """The timed part of a run that every target shares: workload and nemesis until time is up, then the
+    final heal, the target's final checks and the last window checks.
+
+    Returns the seconds the workload ran, the fault events and what the final checks found.
+    """
+    events: list[FaultEvent] = []
+    extra: dict[str, Any] = {}
+    stop = threading.Event()
+    workload.start()
+    checker.start()
+    status.start(lambda: status_line(config, workload, status, findings))
+    nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), name="soak-nemesis", daemon=True)
+    nemesis.start()
+    try:
+        while workload.elapsed() < config.seconds:
+            time.sleep(min(0.5, max(0.0, config.seconds - workload.elapsed())))
+    finally:
+        stop.set()
+        nemesis.join(60.0)
+        ran = workload.elapsed()
+        workload.stop()
+        status.phase = "final heal"
+        if heal_everything(target, findings):
+            status.phase = "final reads"
+            extra = target.final_checks(workload, findings)
+        status.phase = "checking"
+        checker.finish()
+        status.stop()
+    return ran, events, extra
 
 def status_line(config: Any, workload: Any, status: Any, findings: Findings) -> str:
     """The live status: phase, elapsed of planned time, answered calls and rate, faults, errors, windows, violations."""
