@@ -113,25 +113,6 @@ class KVCluster(Cluster):
         )
         return ChildSpec(f"peer-{i}", serve, (config, self._rules_for(i)), restart="temporary")
 
-    def restart(self, i: int) -> None:
-        """A new process for server i from what it persisted, connected to the network."""
-        self.start(i)
-        self.connect(i)
-
-    def restart_all(self) -> None:
-        """Every crashed server back, from what it persisted, connected to the network."""
-        self.start_all(connect=True)
-
-    def leader(self) -> int | None:
-        """The running, connected server that leads in the highest term, if any."""
-        best: tuple[int, int] | None = None
-        for i in range(self.n):
-            if self.running[i] and self.connected[i]:
-                state = self._state(i)
-                if state is not None and state[1] and (best is None or state[0] > best[0]):
-                    best = (state[0], i)
-        return best[1] if best else None
-
     def wait_for_leader(self, timeout: float = 10.0) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

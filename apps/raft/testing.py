@@ -258,6 +258,25 @@ class Cluster:
         """The OS process id of peer i's current process (for SIGSTOP/SIGCONT by the soak tool), None if down."""
         return self._sup.pid(f"peer-{i}") if self.running[i] else None
 
+    def restart(self, i: int) -> None:
+        """A new process for peer i from what it persisted, connected to the network."""
+        self.start(i)
+        self.connect(i)
+
+    def restart_all(self) -> None:
+        """Every crashed peer back, from what it persisted, connected to the network."""
+        self.start_all(connect=True)
+
+    def leader(self) -> int | None:
+        """The running, connected peer that leads in the highest term, if any."""
+        best: tuple[int, int] | None = None
+        for i in range(self.n):
+            if self.running[i] and self.connected[i]:
+                state = self._state(i)
+                if state is not None and state[1] and (best is None or state[0] > best[0]):
+                    best = (state[0], i)
+        return best[1] if best else None
+
     def data_dir(self, i: int) -> Path:
         """Where peer i keeps its journal (for tests that damage it between a crash and a start)."""
         return self._dir / f"data-{i}"

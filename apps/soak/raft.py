@@ -54,22 +54,6 @@ class RaftSoakCluster(Cluster):
         cut = [j for j in range(self.n) if j != i and groups is not None and not any(i in g and j in g for g in groups)]
         return [FaultRule(self.endpoints[j], "both", connected=False) for j in cut] + super()._rules_for(i)
 
-    def restart(self, i: int) -> None:
-        self.start(i)
-        self.connect(i)
-
-    def restart_all(self) -> None:
-        self.start_all(connect=True)
-
-    def leader(self) -> int | None:
-        best: tuple[int, int] | None = None
-        for i in range(self.n):
-            if self.running[i] and self.connected[i]:
-                state = self._state(i)
-                if state is not None and state[1] and (best is None or state[0] > best[0]):
-                    best = (state[0], i)
-        return best[1] if best else None
-
     def wait_for_leader(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
