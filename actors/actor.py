@@ -77,19 +77,43 @@ class _InlineInbox:
     either drained now or schedules the next one).
     """
 
-    __slots__ = ("_actor", "_node", "_q", "_scheduled")
+    __slots__ = ("_actor", "_node", "_q", "_scheduled", "_serving")
 
     def __init__(self, node: Node, actor: Actor) -> None:
         self._q: deque[Any] = deque()
         self._node = node
         self._actor = actor
         self._scheduled = False
+        self._serving = False  # a handler of this actor is running (possibly lower on this stack)
 
     def put(self, envelope: Any, /) -> None:
         self._q.append(envelope)
         if not self._scheduled:
             self._scheduled = True
             self._node.run_soon(self._drain)
+
+    def arrive(self, envelope: Any, /) -> None:
+        """A message from the network, on the I/O thread: served at once when nothing is ahead of it.
+
+        This skips the queue and the deferred drain for the common case (one
+        request at a time). With anything queued, or this actor's handler
+        already on the stack (a message it sent to its own node came straight
+        back), it waits its turn like any other.
+        """
+        if self._q or self._scheduled or self._serving:
+            self.put(envelope)
+            return
+        actor = self._actor
+        if actor.actor_stopped.is_set():
+            self.put(envelope)  # answered by the stop-time drain
+            return
+        self._serving = True
+        try:
+            actor._serve_one(envelope)
+        finally:
+            self._serving = False
+        if actor.actor_stopped.is_set():
+            actor._actor_loop_teardown()
 
     def get(self) -> Any:
         return self._q.popleft()
@@ -109,10 +133,14 @@ class _InlineInbox:
     def _drain(self) -> None:
         self._scheduled = False
         actor, q = self._actor, self._q
-        for _ in range(1_000):  # bounded: other actors and the sockets get their turn
-            if not q or actor.actor_stopped.is_set():
-                break
-            actor._serve_one(q.popleft())
+        self._serving = True
+        try:
+            for _ in range(1_000):  # bounded: other actors and the sockets get their turn
+                if not q or actor.actor_stopped.is_set():
+                    break
+                actor._serve_one(q.popleft())
+        finally:
+            self._serving = False
         if actor.actor_stopped.is_set():
             actor._actor_loop_teardown()
         elif q and not self._scheduled:

@@ -49,7 +49,7 @@ class ReplyFuture(pykka.Future):
         what: str = "",
         to: object = "",
         deadline: float = math.inf,
-        forget: Callable[[], None] | None = None,
+        forget: Callable[[], object] | None = None,
         channel: Channel | None = None,
         resolve: Callable[[Envelope], None] | None = None,
         io_thread: Callable[[], bool] | None = None,
@@ -119,12 +119,15 @@ class ReplyFuture(pykka.Future):
                 if self._lock.acquire(timeout=min(remaining, 5.0)):
                     self._lock.release()
                 return
-            if not ch.lock.acquire(timeout=min(remaining, _POLL_SLICE)):
+            # Uncontended (the usual case: this thread alone waits on its channel), the
+            # non-blocking attempt is the cheap one; else wait a slice for the lock.
+            if not ch.lock.acquire(False) and not ch.lock.acquire(timeout=min(remaining, _POLL_SLICE)):
                 continue
             try:
                 if self.done:
                     return
-                for env in ch.receive(min(remaining, _POLL_SLICE)):
+                env = ch.receive(min(remaining, _POLL_SLICE))
+                if env is not None:
                     resolve(env)
             finally:
                 ch.lock.release()

@@ -20,6 +20,7 @@ How an ask travels (no thread in between that is not needed):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -33,6 +34,7 @@ from pykka._envelope import (
     Envelope as _PykkaEnvelope,  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
 )
 
+from actors.actor import _InlineInbox
 from actors.address import Address
 from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull
 from actors.future import ReplyFuture
@@ -52,23 +54,24 @@ class WireReply(pykka.Future):
     the system's own check after a put may both answer; only the first goes.
     """
 
-    def __init__(self, send_reply: Callable[[Any, bool], None]) -> None:
+    def __init__(self, wire: Wire, request: Envelope) -> None:
         super().__init__()
-        self._send_reply: Callable[[Any, bool], None] | None = send_reply
+        self._wire: Wire | None = wire
+        self._request = request
 
     def get(self, *, timeout: float | None = None) -> Any:
         raise RuntimeError("a wire reply is answered remotely, not read")
 
     def set(self, value: Any = None) -> None:
-        send, self._send_reply = self._send_reply, None
-        if send is not None:
-            send(value, False)
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.reply(self._request, value, False)
 
     def set_exception(self, exc_info: Any = None) -> None:
-        send, self._send_reply = self._send_reply, None
-        if send is not None:
+        wire, self._wire = self._wire, None
+        if wire is not None:
             exc = exc_info[1] if exc_info else sys.exc_info()[1]
-            send(Failure.from_exception(exc if exc is not None else RuntimeError("unknown error")), True)
+            wire.reply(self._request, Failure.from_exception(exc if exc is not None else RuntimeError("unknown error")), True)
 
 
 class Wire:
@@ -118,7 +121,7 @@ class Wire:
             type(message).__name__,
             address,
             time.monotonic() + wait,
-            lambda: self._forget(corr),
+            functools.partial(self._pending.pop, corr, None),
             channel,
             self.resolve if channel is not None else None,
             node.on_io_thread,
@@ -134,9 +137,6 @@ class Wire:
             self._pending.pop(corr, None)
             raise
         return future
-
-    def _forget(self, corr: int) -> None:
-        self._pending.pop(corr, None)
 
     def resolve(self, env: Envelope) -> None:
         """Complete the future a reply is for (any thread)."""
@@ -181,10 +181,16 @@ class Wire:
             self._refuse_full(env)
             return
         if env.kind == Kind.TELL:
-            inbox.put(_PykkaEnvelope(env.body))
+            if type(inbox) is _InlineInbox:
+                inbox.arrive(_PykkaEnvelope(env.body))
+            else:
+                inbox.put(_PykkaEnvelope(env.body))
             return
-        reply = WireReply(lambda value, failed: self.reply(env, value, failed))
-        inbox.put(_PykkaEnvelope(env.body, reply_to=reply))
+        reply = WireReply(self, env)
+        if type(inbox) is _InlineInbox:
+            inbox.arrive(_PykkaEnvelope(env.body, reply_to=reply))
+        else:
+            inbox.put(_PykkaEnvelope(env.body, reply_to=reply))
         if not ref.is_alive():
             # It stopped between the check and the put: its stop-time drain
             # may have run already, so answer now (WireReply is one-shot).

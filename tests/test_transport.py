@@ -254,6 +254,28 @@ def test_garbage_frames_leave_the_node_serving(system: ActorSystem, remote: str)
         ctx.destroy(linger=0)
 
 
+def test_a_message_of_many_parts_is_dropped_whole_and_the_connection_stays_in_step(system: ActorSystem, remote: str) -> None:
+    """The ROUTER reads a message part by part: extra parts must be read and dropped with it, so the
+    next message's first part is never taken for a connection identity (its reply would go astray)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    resolve_keyring().secure_client(sock, remote)
+    sock.connect(remote)
+    try:
+        before = system.control(remote).counters()["malformed"]
+        first = encode(Envelope(Kind.ASK, "echo", "ipc:///x", 11, "dropped"))
+        sock.send_multipart([first, first, first])
+        sock.send(encode(Envelope(Kind.ASK, "echo", "ipc:///x", 12, "answered")))
+        reply = decode(sock.recv())
+        assert (reply.kind, reply.corr, reply.body) == (Kind.REPLY, 12, "answered")
+        assert system.control(remote).counters()["malformed"] == before + 1
+        assert sock.poll(200) == 0  # the three-part message got no reply of any kind
+    finally:
+        ctx.destroy(linger=0)
+
+
 def test_raw_bytes_and_oversized_frames_leave_the_node_serving() -> None:
     with ActorSystem("tcp://127.0.0.1:0", max_frame_bytes=64 * 1024) as server, ActorSystem() as client:
         server.spawn(Collector, name="c")

@@ -56,21 +56,42 @@ def _dumps(obj: Any) -> bytes:
         return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+_NAMES_CACHE_LIMIT = 4096
+_names_cache: dict[tuple[str, str, str], tuple[bytes, int, int, int]] = {}
+"""The encoded names of recent (dest, src, sender) triples: a process talks to
+few actors, and encoding three strings per message is a measurable share of a
+small message's cost. Bounded: cleared when full."""
+
+
+def _names(dest: str, src: str, sender: str) -> tuple[bytes, int, int, int]:
+    key = (dest, src, sender)
+    hit = _names_cache.get(key)
+    if hit is not None:
+        return hit
+    d, s, n = dest.encode(), src.encode(), sender.encode()
+    if len(d) > 0xFFFF or len(s) > 0xFFFF or len(n) > 0xFFFF:
+        raise ValueError(f"envelope names over 65535 bytes ({len(d)}, {len(s)}, {len(n)})")
+    if len(_names_cache) >= _NAMES_CACHE_LIMIT:
+        _names_cache.clear()
+    hit = _names_cache[key] = (d + s + n, len(d), len(s), len(n))
+    return hit
+
+
 def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
     """Encode an envelope; raises FrameTooLarge past ``max_bytes``, ValueError for over-long names."""
-    dest, src, sender = env.dest.encode(), env.src.encode(), env.sender.encode()
+    names, n_dest, n_src, n_sender = _names(env.dest, env.src, env.sender)
     body = _dumps(env.body)
-    size = HEADER_BYTES + len(dest) + len(src) + len(sender) + len(body)
+    size = HEADER_BYTES + len(names) + len(body)
     if size > max_bytes:
         raise FrameTooLarge(
             f"{type(env.body).__name__} to {env.dest!r} encodes to {size} bytes, "
             f"over the frame limit of {max_bytes} bytes"
         )
     try:
-        header = _HEADER.pack(MAGIC, int(env.kind), env.corr, len(dest), len(src), len(sender), len(body))
+        header = _HEADER.pack(MAGIC, env.kind, env.corr, n_dest, n_src, n_sender, len(body))
     except struct.error as exc:
-        raise ValueError(f"envelope fields out of range (name over 65535 bytes, or corr not a u64): {exc}") from None
-    return b"".join((header, dest, src, sender, body))
+        raise ValueError(f"envelope fields out of range (corr not a u64): {exc}") from None
+    return b"".join((header, names, body))
 
 
 def decode(frame: bytes | memoryview, route: bytes | None = None) -> Envelope:

@@ -97,11 +97,25 @@ _HANDSHAKE_FAILURES = (
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_RCVTIMEO = int(zmq.RCVTIMEO)
+_MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+
+# pyzmq's compiled socket methods, called without its pure-Python layer
+# (argument checks, enum wrapping, multipart loops): a few microseconds a
+# message. Reading ZMQ_EVENTS costs about 4 us here (libzmq processes the
+# socket's pending commands), so the hot paths read it only where no poll
+# has just said what it would.
+_raw_send = zmq.backend.Socket.send
+_raw_recv = zmq.backend.Socket.recv
+_raw_get = zmq.backend.Socket.get
+_raw_set = zmq.backend.Socket.set
+_zmq_poll = zmq.backend.zmq_poll
 
 
 def _events(sock: zmq.Socket) -> int:
-    """The socket's ZMQ_EVENTS bits (pyzmq types the option as int or bytes)."""
-    return cast(int, sock.getsockopt(_EVENTS))
+    """The socket's ZMQ_EVENTS bits."""
+    return cast(int, _raw_get(sock, _EVENTS))
 
 
 def ipc_directory() -> str:
@@ -179,14 +193,13 @@ class Channel:
     how a future handed to another thread still completes.
     """
 
-    __slots__ = ("_node", "_poller", "_sock", "closed", "dest", "lock")
+    __slots__ = ("_node", "_sock", "_timeout_ms", "closed", "dest", "lock")
 
     def __init__(self, node: Node, dest: str, sock: zmq.Socket) -> None:
         self._node = node
         self.dest = dest
         self._sock = sock
-        self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
+        self._timeout_ms = -1  # the socket's receive timeout now (-1: ZeroMQ's default, wait forever)
         self.lock = threading.Lock()
         self.closed = False
 
@@ -213,32 +226,32 @@ class Channel:
             if self.closed:
                 raise ConnectionError(f"node {node.endpoint} is closed")
             try:
-                self._sock.send(frame, _NOBLOCK)
+                _raw_send(self._sock, frame, _NOBLOCK)
             except zmq.Again:
                 node.counters.add("send_failures")
                 log.warning("node %s: queue to %s is full; message dropped", node.endpoint, self.dest)
         return len(frame)
 
-    def receive(self, timeout: float) -> list[Envelope]:
-        """Wait up to ``timeout`` s for replies on this channel; callers hold ``lock``.
+    def receive(self, timeout: float) -> Envelope | None:
+        """Wait up to ``timeout`` s for one reply on this channel; callers hold ``lock``.
 
-        Reads everything that is ready (up to a batch) in one go. Frames that
-        do not decode, or are not replies, are counted and dropped.
+        A blocking receive with a timeout (the GIL released while it waits),
+        rather than a poll and then a read: one call into ZeroMQ per reply.
+        None when nothing came, or what came did not decode or was not a
+        reply (counted and dropped).
         """
         if self.closed:
-            return []
+            return None
         sock = self._sock
-        if not _events(sock) & _POLLIN and not self._poller.poll(max(0, int(timeout * 1000))):
-            return []
-        node = self._node
-        out: list[Envelope] = []
-        for _ in range(1_000):
-            if not _events(sock) & _POLLIN:
-                break
-            env = node._decode_reply(sock.recv(_NOBLOCK, copy=True))
-            if env is not None:
-                out.append(env)
-        return out
+        ms = max(0, int(timeout * 1000))
+        if ms != self._timeout_ms:
+            _raw_set(sock, _RCVTIMEO, ms)
+            self._timeout_ms = ms
+        try:
+            frame = _raw_recv(sock, 0)
+        except zmq.Again:
+            return None
+        return self._node._decode_reply(frame)
 
     def close(self) -> None:
         """Close the socket once no thread drives it (waits for the lock)."""
@@ -528,13 +541,12 @@ class Node:
             except (BlockingIOError, OSError):
                 pass
 
-    def _build_poller(self) -> zmq.Poller:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+    def _build_poll_items(self) -> list[tuple[Any, int]]:
+        """What the I/O thread polls: its own sockets, the wake-up pipe, every DEALER's descriptor."""
+        items: list[tuple[Any, int]] = [(self._router, _POLLIN), (self._wake_r, _POLLIN)]
         for sock in (self._zap, self._monitor):
             if sock is not None:
-                poller.register(sock, zmq.POLLIN)
+                items.append((sock, _POLLIN))
         with self._send_lock:
             self._poll_dirty = False
             while len(self._dealers) > self.max_peers:
@@ -543,38 +555,52 @@ class Node:
                 self._close_dealer(sock)
                 log.info("node %s: closed the least recently used connection, to %s", self.endpoint, dest)
             fds = list(self._dealer_fds)
-        for fd in fds:
-            poller.register(fd, zmq.POLLIN)
-        return poller
+        items.extend((fd, _POLLIN) for fd in fds)
+        return items
 
     def _run(self) -> None:
         self._io_ident = threading.get_ident()
-        poller = self._build_poller()
+        items = self._build_poll_items()
+        router, wake_r, zap, monitor = self._router, self._wake_r, self._zap, self._monitor
         try:
             while not self._stopping:
                 timeout_ms = self._run_due_timers()
                 if self._poll_dirty:
-                    poller = self._build_poller()
+                    items = self._build_poll_items()
                 if self._input_waiting or self._soon:
                     timeout_ms = 0
-                events = dict(poller.poll(timeout_ms))
-                if self._wake_r in events:
-                    # Empty the pipe first, then clear the flag: cleared first, a
-                    # wake-up written in between would be read here too and leave
-                    # the flag set over an empty pipe, silencing every later wake-up.
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    self._signalled = False
-                self._drain_outbox()
-                if self._zap is not None and self._zap in events:
+                # libzmq's poll called directly (pyzmq's Poller only adds a Python layer).
+                events = _zmq_poll(items, -1 if timeout_ms is None else timeout_ms)
+                router_ready = zap_ready = monitor_ready = False
+                ready: list[zmq.Socket] = []
+                for what, _ in events:
+                    if what is router:
+                        router_ready = True
+                    elif what == wake_r:
+                        # Empty the pipe first, then clear the flag: cleared first, a
+                        # wake-up written in between would be read here too and leave
+                        # the flag set over an empty pipe, silencing every later wake-up.
+                        try:
+                            os.read(wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                        self._signalled = False
+                    elif what is zap:
+                        zap_ready = True
+                    elif what is monitor:
+                        monitor_ready = True
+                    else:
+                        dealer = self._dealer_fds.get(what)
+                        if dealer is not None:
+                            ready.append(dealer)
+                if self._outbox:
+                    self._drain_outbox()
+                if zap_ready:
                     self._answer_zap()
-                if self._monitor is not None and self._monitor in events:
+                if monitor_ready:
                     self._read_monitor()
-                if self._router in events:
+                if router_ready:
                     self._drain_router()
-                ready = [self._dealer_fds[fd] for fd in events if isinstance(fd, int) and fd in self._dealer_fds]
                 if self._input_waiting:
                     self._input_waiting = False
                     ready = list(self._dealer_fds.values())
@@ -647,7 +673,9 @@ class Node:
         """On the I/O thread: receive a frame for this node, reply on the ROUTER, or send under the lock."""
         if route is not None and route != LOCAL:
             try:
-                self._router.send_multipart((route, frame), _NOBLOCK)
+                router = self._router
+                _raw_send(router, route, _MORE_NOBLOCK)
+                _raw_send(router, frame, _NOBLOCK)
             except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
                 self.counters.add("send_failures")
             return
@@ -761,18 +789,30 @@ class Node:
             self._receive(frame, None, replies_only=True)
 
     def _drain_router(self) -> None:
+        """Read what waits on the ROUTER (the poll has just said something does).
+
+        Bounded, so timers and local deliveries get their turn; ZMQ_EVENTS,
+        not a raised zmq.Again, says when to stop (an exception costs more),
+        and is not read before the first message, which the poll vouched for.
+        """
         router = self._router
-        # Bounded, so timers and local deliveries get their turn; the EVENTS
-        # check ends the loop without the cost of a raised zmq.Again.
         for _ in range(10_000):
+            try:
+                route = _raw_recv(router, _NOBLOCK)
+            except zmq.Again:
+                return
+            frame = _raw_recv(router, _NOBLOCK)  # a ROUTER's identity part is always followed by one more
+            if _raw_get(router, _RCVMORE):
+                extra = 1
+                while _raw_get(router, _RCVMORE):
+                    _raw_recv(router, _NOBLOCK)
+                    extra += 1
+                self.counters.add("malformed")
+                log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, extra + 1)
+            else:
+                self._receive(frame, route)
             if not _events(router) & _POLLIN:
                 return
-            parts = router.recv_multipart(_NOBLOCK)
-            if len(parts) != 2:
-                self.counters.add("malformed")
-                log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, len(parts) - 1)
-                continue
-            self._receive(parts[1], parts[0])
 
     def _answer_zap(self) -> None:
         """The ZAP handler: admit a CURVE client only if its public key is in the keyring."""
