@@ -7,32 +7,32 @@ has them preloaded, and so users can check their own deployment with them.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from actors.actor import Actor
 from actors.persister import Persister
 from actors.spawn import Hosted, host
+from transport.message import message
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Incr:
     by: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Get:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Fail:
     """Makes the receiving actor raise (to exercise rebuilds and error replies)."""
 
     why: str = "asked to fail"
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Send:
     """Asks the receiving Echo to tell ``payload`` to the actor at ``address``."""
 
@@ -40,12 +40,12 @@ class Send:
     payload: Any
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Count:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Received:
     pass
 

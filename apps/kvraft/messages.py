@@ -9,15 +9,15 @@ ask. The operations themselves are lab 2's ``Get``, ``Put`` and ``Append``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from apps.kvsrv.messages import Append, BadRequest, Get, Put
+from transport.message import message
 
 __all__ = ["Append", "BadRequest", "Get", "LogGet", "NoOp", "Put", "Reply", "Request", "StateDigest"]
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Request:
     op: Get | Put | Append
     reply_to: str
@@ -25,7 +25,7 @@ class Request:
     corr: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Reply:
     corr: int
     ok: bool
@@ -35,14 +35,14 @@ class Reply:
     """On ``ok=False``: the endpoint of the server this one believes leads, if it knows one."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class NoOp:
     """Proposed by a new leader so that an entry of its term commits (ReadIndex needs one)."""
 
     term: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class LogGet:
     """A Get that goes through the log (``read="log"``); ``read_id`` is unique to the proposing server."""
 
@@ -50,7 +50,7 @@ class LogGet:
     read_id: tuple[int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class StateDigest:
     """A read-only ask: the server answers ``(applied index, sha256 hex of its data and duplicate table)``.
 

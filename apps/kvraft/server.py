@@ -40,6 +40,7 @@ from apps.kvsrv.server import _check as check_write
 from apps.raft.core import Config
 from apps.raft.peer import PEER_NAME, Applied, PeerConfig, RaftPeer, ReadIndex, RoleChanged, Start, TakeSnapshot
 from transport import FaultRule
+from transport.message import message
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +78,17 @@ class _Waiting:
     """(reply_to, corr) of every copy of the request that waits."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class _Sweep:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ServerStatus:
     """Asked of a server: what it has applied and what waits on Raft (for harnesses and operators)."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ServerState:
     me: int
     term: int

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from transport.message import message
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Get:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Put:
     key: str
     value: str
@@ -18,7 +18,7 @@ class Put:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Append:
     key: str
     value: str
@@ -26,12 +26,12 @@ class Append:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MemoryUsage:
     """Asks the server for the bytes it holds (after a garbage collection)."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class BadRequest:
     """The reply to a request the server cannot carry out; the server goes on."""
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from apps.mapreduce.files import Split
+from transport.message import message
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RequestTask:
     worker: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MapTask:
     id: int
     split: Split
@@ -24,7 +25,7 @@ class MapTask:
     """Endpoint of the coordinator's input server when inputs are shipped; None: read the path."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ReduceTask:
     id: int
     sources: tuple[tuple[int, str | None], ...]
@@ -35,21 +36,21 @@ class ReduceTask:
     fetch_timeout: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Wait:
     """Nothing to hand out now (every task is running); ask again after ``seconds``."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Exit:
     """The job is over (done or failed): the worker should stop."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class TaskDone:
     worker: str
     kind: str  # "map" or "reduce"
@@ -62,7 +63,7 @@ class TaskDone:
     """The worker process's peak resident set so far, in bytes."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class TaskFailed:
     worker: str
     kind: str
@@ -72,7 +73,7 @@ class TaskFailed:
     """The user's traceback, as text."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FetchFailed:
     """A reduce could not fetch a map's output from ``endpoint``: that worker's maps must run again."""
 
@@ -83,7 +84,7 @@ class FetchFailed:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ReadChunk:
     """Ask a file server for up to ``size`` bytes of file ``name`` from ``offset``; b"" is the end."""
 
@@ -92,22 +93,22 @@ class ReadChunk:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Release:
     """Let a coordinator started with ``hold_reduces`` hand out reduces (a test's hook)."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Status:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Tick:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobStatus:
     phase: str  # "map", "reduce", "done", "failed"
     maps_done: int

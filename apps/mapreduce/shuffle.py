@@ -13,12 +13,12 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actors import Actor, ActorDeadError, AskTimeout
 from apps.mapreduce.protocol import ReadChunk
+from transport.message import message
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class FetchError(RuntimeError):
     """The serving side did not answer (it is gone) or refused the read."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Refused:
     """A file server's answer to a read it will not serve: no such file, a bad range."""
 

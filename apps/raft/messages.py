@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from transport.message import message
 
-@dataclass(frozen=True, slots=True)
+
+@message
 class Entry:
     term: int
     index: int
     command: Any
 
-    def __reduce__(self) -> tuple[type[Entry], tuple[int, int, Any]]:
-        # Entries cross the wire by the thousand. A frozen slots dataclass
-        # otherwise pickles through dataclasses' Python-level get/setstate,
-        # about three times slower each way.
-        return (Entry, (self.term, self.index, self.command))
 
-
-@dataclass(frozen=True, slots=True)
+@message
 class RequestVote:
     term: int
     src: int
@@ -28,7 +23,7 @@ class RequestVote:
     last_log_term: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RequestVoteReply:
     term: int
     src: int
@@ -36,7 +31,7 @@ class RequestVoteReply:
     granted: bool
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class AppendEntries:
     term: int
     src: int
@@ -49,7 +44,7 @@ class AppendEntries:
     """The leader's latest ReadIndex round when it sent this; the reply echoes it."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class AppendEntriesReply:
     term: int
     src: int
@@ -65,7 +60,7 @@ class AppendEntriesReply:
     """The read_round of the AppendEntries this answers: the follower still took the sender as leader then."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class InstallSnapshot:
     term: int
     src: int
@@ -75,7 +70,7 @@ class InstallSnapshot:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class InstallSnapshotReply:
     term: int
     src: int
@@ -83,7 +78,7 @@ class InstallSnapshotReply:
     last_included_index: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ReadState:
     """A confirmed ReadIndex read: answer it once the service has applied ``index``."""
 
@@ -96,7 +91,7 @@ REQUEST_TYPES = ("RequestVote", "AppendEntries", "InstallSnapshot")
 REPLY_TYPES = ("RequestVoteReply", "AppendEntriesReply", "InstallSnapshotReply")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ApplyMsg:
     """What the service receives, in index order, exactly once each (the lab's fields)."""
 

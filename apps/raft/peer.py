@@ -39,6 +39,7 @@ from apps.raft.messages import (
 )
 from apps.raft.storage import RaftStorage
 from transport import FaultRule
+from transport.message import message
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +48,30 @@ _MAX_DEFERRED = 256
 _PROTOCOL = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply, InstallSnapshot, InstallSnapshotReply)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Start:
     command: Any
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class GetState:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class TakeSnapshot:
     index: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ReadIndex:
     """Start a ReadIndex read; it comes back in ``Applied.reads`` if and when it is confirmed."""
 
     request_id: Any
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RoleChanged:
     """Told to the service whenever the peer's term, leadership or known leader changes."""
 
@@ -81,12 +82,12 @@ class RoleChanged:
     leader: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Status:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class PeerStatus:
     me: int
     term: int
@@ -98,7 +99,7 @@ class PeerStatus:
     snapshot_size: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Applied:
     peer: int
     incarnation: int
@@ -108,7 +109,7 @@ class Applied:
     """Bytes of persisted Raft state (without the snapshot) after this batch was taken."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class _Tick:
     pass
 
