@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 
 WORKERS = 3
 _JOB_TIMEOUT = 120.0
+_FETCH_TIMEOUT = 1.0
+"""Seconds a reducer waits for one chunk of map output (two tries) before it reports the mapper gone.
+
+A reducer is the job's only detector of a dead mapper, and it names one dead
+mapper per attempt. At run_job's default (5 s, so 10 s per detection) a
+schedule that kills a worker every 2-7 s, or all three at once, kills mappers
+faster than they are found, and a job can stall until its timeout (seen:
+seed 7, job 20 ran 121 s in its reduce phase while the ones before took under
+1 s). A live worker answers a chunk in milliseconds; one that misses a second
+twice only has its maps run again, which costs time, not correctness.
+"""
 
 
 def worker_pids() -> list[int]:
@@ -111,10 +122,13 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                 began = time.monotonic()
                 out = Path(tmp) / f"job-{n}"
                 try:
-                    result = run_job(app, files, workers=WORKERS, n_reduce=5, outdir=out, task_timeout=3.0, timeout=_JOB_TIMEOUT)
+                    result = run_job(app, files, workers=WORKERS, n_reduce=5, outdir=out, task_timeout=3.0, timeout=_JOB_TIMEOUT,
+                                     fetch_timeout=_FETCH_TIMEOUT)
                     lines = read_output_lines(result.outputs)
                     ok = lines == reference
-                    note = f"{result.restarts} worker restarts"
+                    st = result.status
+                    note = (f"{result.restarts} worker restarts, {st.counters.get('fetch_failures', 0)} fetch failures, "
+                            f"{st.reexecuted} maps run again, {st.reassigned} tasks reassigned")
                     if not ok:
                         missing = len(set(reference) - set(lines))
                         extra = len(set(lines) - set(reference))
