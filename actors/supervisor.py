@@ -125,6 +125,34 @@ class _Child:
     restart_at: float | None = None
 
 
+def _let_go_of_the_fork_server() -> None:
+    """Close this child's copy of the fork server's "alive" pipe (write end).
+
+    multiprocessing hands every child of its fork server the write end of the
+    pipe whose closing tells the fork server that its parent is gone, and the
+    fork server exits only when every copy is closed. Kept open in our
+    children, it kept the fork server alive after the supervisor's process
+    was killed, and so the children too (their PDEATHSIG waits for the fork
+    server to die): orphans that went on serving (seen after a SIGTERM to a
+    test run; tests/test_supervisor.py has the case). A child that starts
+    processes of its own gets a fork server of its own (multiprocessing
+    starts one when it has none), so the copy is never needed here.
+    """
+    try:
+        from multiprocessing import forkserver
+    except ImportError:  # pragma: no cover - platforms without fork servers
+        return
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if server is None or fd is None:
+        return
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    server._forkserver_alive_fd = None
+
+
 def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any], env: Mapping[str, str | None] = {}) -> None:
     if sys.platform.startswith("linux"):
         try:
@@ -132,6 +160,7 @@ def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, An
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the fork server
         except (OSError, AttributeError):
             pass
+    _let_go_of_the_fork_server()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for name, value in env.items():

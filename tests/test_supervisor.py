@@ -119,3 +119,47 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+_PARENT = """
+import sys, time
+from actors import ChildSpec, Supervisor
+from actors.testing import serve_counter
+if __name__ == "__main__":
+    tmp = sys.argv[1]
+    sup = Supervisor()
+    for i in range(2):
+        sup.start_child(ChildSpec(f"c{i}", serve_counter, (f"ipc://{tmp}/{i}.sock", f"{tmp}/{i}.state")))
+    print(" ".join(str(sup.pid(f"c{i}")) for i in range(2)), flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_children_do_not_outlive_a_supervisor_process_that_is_killed(tmp_path: Path, sig: signal.Signals) -> None:
+    """The supervisor's process gets no chance to stop its children: the fork server sees its parent's
+    pipe close and exits, and every child asked the kernel for SIGKILL when the fork server dies."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    root = Path(__file__).parent.parent
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=root, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    pids: list[int] = []
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids), f"children not started: {pids}"
+        os.kill(parent.pid, sig)
+        parent.wait(10)
+        for pid in pids:
+            assert wait_until(lambda p=pid: not _alive(p), 10), f"child {pid} outlived its supervisor's process ({sig.name})"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
