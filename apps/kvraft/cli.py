@@ -10,18 +10,14 @@ server comes back.
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 from actors import ActorSystem, ChildSpec, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
-from apps.raft.watch import watch
+from apps.raft.watch import data_root, stop_on_signals, watch
 
 DEFAULT_FIRST_PORT = 7001
 
@@ -95,14 +91,9 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if busy:
         print(f"zactor kv cluster: cannot listen on {', '.join(busy)} (in use, or not this machine); pick others with --endpoints", file=sys.stderr)
         return 1
-    temporary = args.data_dir is None
-    root = Path(args.data_dir or tempfile.mkdtemp(prefix="zactor-kv-"))
-    root.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop_on_signals()
     started = time.monotonic()
-    try:
+    with data_root(args.data_dir, "zactor-kv-") as root:
         with Supervisor(max_restarts=20, within=10.0) as sup, ActorSystem() as system:
             for i in range(args.servers):
                 config = ServerConfig(
@@ -115,9 +106,6 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             print(f"servers: {','.join(endpoints)}", flush=True)
             print(f"try:     zactor kv put --servers {','.join(endpoints)} greeting hello", flush=True)
             _watch(sup, system, endpoints, stop, started, args.duration)
-    finally:
-        if temporary:
-            shutil.rmtree(root, ignore_errors=True)
     print("stopped", flush=True)
     return 0
 

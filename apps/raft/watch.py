@@ -6,15 +6,21 @@ each peer for its ``PeerStatus`` and take the leader of the highest term
 among those that answered (a deposed leader cut off in a minority may still
 think it leads, in an older term). The watching lives here, in apps.raft,
 so the KV command can use it without apps.raft knowing about the KV service;
-what each command prints stays with the command.
+what each command prints stays with the command. The two commands also share
+how they stop (Ctrl-C or SIGTERM) and where their peers keep state.
 """
 
 from __future__ import annotations
 
+import shutil
+import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from actors import ActorDeadError, ActorSystem, AskTimeout
 from apps.raft.peer import PEER_NAME, PeerStatus, Status
@@ -64,3 +70,24 @@ def watch(
         if duration is not None and elapsed > duration:
             return
         yield take_view(system, endpoints, elapsed=elapsed, timeout=timeout)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that Ctrl-C (SIGINT) and SIGTERM set, so the command stops its cluster and cleans up."""
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
+@contextmanager
+def data_root(data_dir: str | None, prefix: str) -> Iterator[Path]:
+    """``data_dir`` (made if missing, and kept), or a new temporary directory removed at exit."""
+    temporary = data_dir is None
+    root = Path(data_dir or tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
