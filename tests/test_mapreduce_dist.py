@@ -29,8 +29,8 @@ from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.protocol import JobStatus, Release, Status
 from apps.mapreduce.sequential import read_output_lines, run_sequential
+from tests.processes import ROOT, Processes
 
-ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 90.0
 
 
@@ -45,19 +45,13 @@ class Cluster:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: list[subprocess.Popen] = []
+        self.processes = Processes(tmp, LIMIT)
         self.endpoint = ""  # the coordinator's, once it said where it listens
         self.workers: dict[str, subprocess.Popen] = {}  # host -> process
         self.system = ActorSystem("tcp://127.0.0.1:0", ask_timeout=5.0)
 
     def start(self, *args: str, cwd: Path) -> subprocess.Popen:
-        cwd.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "apps.cli", "mr", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        self.procs.append(proc)
-        return proc
+        return self.processes.start("mr", *args, cwd=cwd)
 
     def coordinator(self, files: list[Path], *extra: str) -> subprocess.Popen:
         """Start it on a port of its choosing (no race for a free port) and read where it listens."""
@@ -102,24 +96,13 @@ class Cluster:
 
     def finish(self, proc: subprocess.Popen) -> str:
         """Wait for ``proc`` to exit 0; returns its stderr."""
-        try:
-            code = proc.wait(timeout=LIMIT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{proc.args[3:5]} outlived its {LIMIT} s limit")
+        code = self.processes.wait(proc)
         err = proc.stderr.read().decode() if proc.stderr else ""
         assert code == 0, err
         return err
 
     def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            if proc.stderr:
-                proc.stderr.close()
+        self.processes.kill_all()
         self.system.stop()
 
 

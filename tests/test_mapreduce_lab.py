@@ -15,7 +15,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,43 +25,7 @@ import pytest
 from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.sequential import read_output_lines, run_sequential
-
-
-class Processes:
-    """Starts ``zactor`` processes in a directory; kills whatever is left at the end."""
-
-    def __init__(self, cwd: Path, limit: float) -> None:
-        self.cwd = cwd
-        self.limit = limit
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "apps.cli", *args],
-            cwd=self.cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )
-        self.procs.append(proc)
-        return proc
-
-    def wait(self, proc: subprocess.Popen) -> int:
-        try:
-            return proc.wait(timeout=self.limit)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{proc.args[3:5]} outlived its {self.limit} s limit")
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            if proc.stderr:
-                proc.stderr.close()
+from tests.processes import Processes
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from actors import Journal
 from apps.linearizability import Operation
 from apps.soak.schedule import NEMESES, make_schedule, parse_nemeses
-from apps.soak.verdict import check_appends
+from apps.soak.verdict import FinalReadFailed, Findings, check_appends, check_final_reads
 
 
 def test_same_seed_gives_the_same_schedule():
@@ -76,6 +76,49 @@ def test_check_appends_names_a_duplicated_append():
     ops = [_append(1, "a", 0, 10), _append(2, "b", 20, 30)]
     problems = check_appends("k", ops, "a b a ")
     assert len(problems) == 1 and "duplicated" in problems[0] and "'a'" in problems[0]
+
+
+class _Window:
+    """Stands in for a workload window: one list-append key with appends, one without."""
+
+    def __init__(self, ops: list[Operation]) -> None:
+        self.ops = ops
+
+    def keys(self, workload: str) -> list[str]:
+        assert workload == "list-append"
+        return ["k", "untouched"]
+
+    def history(self) -> list[Operation]:
+        return self.ops
+
+
+def test_check_final_reads_reads_each_key_with_appends_and_checks_it():
+    windows = [_Window([_append(1, "a", 0, 10), _append(2, "b", 20, 30)])]
+    asked: list[str] = []
+
+    def read(key: str) -> str:
+        asked.append(key)
+        return "a "
+
+    findings = Findings()
+    assert check_final_reads(windows, read, findings) == 1
+    assert asked == ["k"]  # a key nobody appended to is not read
+    assert len(findings.violations) == 1 and "lost" in findings.violations[0]
+    assert findings.invalid == []
+
+
+def test_a_final_read_without_answer_makes_the_run_invalid_and_stops_the_reads():
+    windows = [_Window([_append(1, "a", 0, 10)]), _Window([_append(1, "b", 40, 50)])]
+    asked: list[str] = []
+
+    def read(key: str) -> str:
+        asked.append(key)
+        raise FinalReadFailed("no answer for 60 s")
+
+    findings = Findings()
+    assert check_final_reads(windows, read, findings) is None
+    assert asked == ["k"]
+    assert findings.invalid == ["final read of k failed: no answer for 60 s"] and findings.violations == []
 
 
 def test_check_appends_names_a_reordered_append():

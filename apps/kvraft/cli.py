@@ -10,18 +10,14 @@ server comes back.
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
+from actors import ActorSystem, ChildSpec, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
-from apps.raft.peer import PEER_NAME, Status
+from apps.raft.watch import data_root, stop_on_signals, watch
 
 DEFAULT_FIRST_PORT = 7001
 
@@ -95,14 +91,9 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if busy:
         print(f"zactor kv cluster: cannot listen on {', '.join(busy)} (in use, or not this machine); pick others with --endpoints", file=sys.stderr)
         return 1
-    temporary = args.data_dir is None
-    root = Path(args.data_dir or tempfile.mkdtemp(prefix="zactor-kv-"))
-    root.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop_on_signals()
     started = time.monotonic()
-    try:
+    with data_root(args.data_dir, "zactor-kv-") as root:
         with Supervisor(max_restarts=20, within=10.0) as sup, ActorSystem() as system:
             for i in range(args.servers):
                 config = ServerConfig(
@@ -115,9 +106,6 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             print(f"servers: {','.join(endpoints)}", flush=True)
             print(f"try:     zactor kv put --servers {','.join(endpoints)} greeting hello", flush=True)
             _watch(sup, system, endpoints, stop, started, args.duration)
-    finally:
-        if temporary:
-            shutil.rmtree(root, ignore_errors=True)
     print("stopped", flush=True)
     return 0
 
@@ -125,10 +113,8 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 def _watch(sup: Supervisor, system: ActorSystem, endpoints: list[str], stop: threading.Event, started: float, duration: float | None) -> None:
     pids = {i: sup.pid(f"server-{i}") for i in range(len(endpoints))}
     last = None
-    while not stop.wait(0.2):
-        now = time.monotonic() - started
-        if duration is not None and now > duration:
-            return
+    for seen in watch(system, endpoints, stop, started=started, duration=duration):
+        now = seen.elapsed
         for i in range(len(endpoints)):
             pid, status = sup.pid(f"server-{i}"), sup.status(f"server-{i}")
             if status == "failed":
@@ -137,18 +123,11 @@ def _watch(sup: Supervisor, system: ActorSystem, endpoints: list[str], stop: thr
             elif pid is not None and pid != pids[i]:
                 pids[i] = pid
                 print(f"{now:7.2f}s  server {i} restarted (pid {pid}), recovering from its data directory", flush=True)
-        seen = []
-        for ep in endpoints:
-            try:
-                seen.append(system.ref(ep, PEER_NAME).ask(Status(), timeout=0.5))
-            except (AskTimeout, ActorDeadError):
-                pass
-        leaders = [s for s in seen if s.role == "leader"]
-        top = max(leaders, key=lambda s: s.term) if leaders else None
-        view = (top.me, top.term) if top else (None, len(seen))
+        top = seen.leader
+        view = (top.me, top.term) if top else (None, len(seen.up))
         if view != last:
             last = view
             if top:
-                print(f"{now:7.2f}s  leader: server {top.me} ({endpoints[top.me]})  term {top.term}  servers up {len(seen)}/{len(endpoints)}", flush=True)
+                print(f"{now:7.2f}s  leader: server {top.me} ({endpoints[top.me]})  term {top.term}  servers up {len(seen.up)}/{len(endpoints)}", flush=True)
             else:
-                print(f"{now:7.2f}s  no leader  servers up {len(seen)}/{len(endpoints)}", flush=True)
+                print(f"{now:7.2f}s  no leader  servers up {len(seen.up)}/{len(endpoints)}", flush=True)

@@ -21,8 +21,7 @@ that runs out fails the test, as a non-linearizable history does.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,6 @@ class KVCluster(Cluster):
         super().__init__(n, reliable=not unreliable, config=config, tick=tick, seed=seed)
         self.maxraftstate = maxraftstate
         self.read = read
-        self.groups: list[set[int]] | None = None
         self.recorder = Recorder()
         self._clients = 0
         self._own_data = Path(data_dir) if data_dir is not None else None
@@ -113,15 +111,6 @@ class KVCluster(Cluster):
         )
         return ChildSpec(f"peer-{i}", serve, (config, self._rules_for(i)), restart="temporary")
 
-    def wait_for_leader(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            who = self.leader()
-            if who is not None:
-                return who
-            time.sleep(0.05)
-        raise HarnessFailure(f"no leader within {timeout} s")
-
     def raft_state_size(self, i: int) -> int:
         return self.peer(i).status().raft_state_size
 
@@ -132,31 +121,15 @@ class KVCluster(Cluster):
         return max((self.snapshot_size(i) for i in range(self.n) if self.running[i]), default=0)
 
     # ---- the network -------------------------------------------------------------------------
-
-    def partition(self, groups: Iterable[Iterable[int]]) -> None:
-        """Servers talk only within their group (clerks still reach every server they are bound to)."""
-        self.groups = [set(g) for g in groups]
-        for i in range(self.n):
-            self.connected[i] = True
-        self._apply_rules()
-
-    def heal(self) -> None:
-        self.groups = None
-        for i in range(self.n):
-            if self.running[i]:
-                self.connected[i] = True
-        self._apply_rules()
+    # partition() and heal() are Cluster's: groups cut links between servers only, so a clerk
+    # still reaches every server it is bound to (connect_clerk narrows that).
 
     def set_unreliable(self, unreliable: bool) -> None:
         super().set_unreliable(unreliable)
         self._system.node.set_faults(self._clerk_rules())
 
-    def _same_group(self, i: int, j: int) -> bool:
-        return self.groups is None or any(i in g and j in g for g in self.groups)
-
     def _rules_for(self, i: int) -> list[FaultRule]:
-        rules = [FaultRule(self.endpoints[j], "both", connected=False) for j in range(self.n) if j != i and not self._same_group(i, j)]
-        rules += super()._rules_for(i)
+        rules = super()._rules_for(i)
         if not self.reliable:  # replies to clerks: a tell named Reply
             rules.append(FaultRule("*", "out", types=("Reply",), drop=0.1))
         return rules

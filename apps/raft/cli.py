@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 
-from actors import ActorSystem, AskTimeout, ChildSpec, Supervisor
-from actors.errors import ActorDeadError
+from actors import ActorSystem, ChildSpec, Supervisor
 from apps.keys_cli import add_security_options, apply_security_options
-from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
+from apps.raft.peer import PeerConfig, serve_peer
+from apps.raft.watch import data_root, stop_on_signals, watch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,43 +33,26 @@ def main(argv: list[str] | None = None) -> int:
     apply_security_options(args)
     if args.peers < 1:
         parser.error("--peers must be at least 1")
-    temporary = args.data_dir is None
-    root = Path(args.data_dir or tempfile.mkdtemp(prefix="zactor-raft-"))
-    root.mkdir(parents=True, exist_ok=True)
-    endpoints = tuple(f"ipc://{root}/peer-{i}.sock" for i in range(args.peers))
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop_on_signals()
     started = time.monotonic()
-    try:
+    with data_root(args.data_dir, "zactor-raft-") as root:
+        endpoints = tuple(f"ipc://{root}/peer-{i}.sock" for i in range(args.peers))
         with Supervisor(max_restarts=20, within=10.0) as sup, ActorSystem() as system:
             for i in range(args.peers):
                 config = PeerConfig(me=i, endpoints=endpoints, data_dir=str(root / f"data-{i}"))
                 sup.start_child(ChildSpec(f"peer-{i}", serve_peer, (config,)))
             print(f"{args.peers} peers running, state in {root} (Ctrl-C stops everything)", flush=True)
             last = None
-            while not stop.wait(0.2):
-                if args.duration is not None and time.monotonic() - started > args.duration:
-                    break
-                seen = []
-                for ep in endpoints:
-                    try:
-                        seen.append(system.ref(ep, PEER_NAME).ask(Status(), timeout=0.5))
-                    except (AskTimeout, ActorDeadError):
-                        pass
-                leaders = [s for s in seen if s.role == "leader"]
-                top = max(leaders, key=lambda s: s.term) if leaders else None
-                view = (top.me, top.term, top.commit_index) if top else (None, max((s.term for s in seen), default=0), None)
+            for seen in watch(system, endpoints, stop, started=started, duration=args.duration):
+                top = seen.leader
+                view = (top.me, top.term, top.commit_index) if top else (None, max((s.term for s in seen.up), default=0), None)
                 if view != last:
                     last = view
-                    stamp = f"{time.monotonic() - started:7.2f}s"
+                    stamp = f"{seen.elapsed:7.2f}s"
                     if top:
-                        print(f"{stamp}  leader {top.me}  term {top.term}  commit index {top.commit_index}  peers up {len(seen)}/{args.peers}", flush=True)
+                        print(f"{stamp}  leader {top.me}  term {top.term}  commit index {top.commit_index}  peers up {len(seen.up)}/{args.peers}", flush=True)
                     else:
-                        print(f"{stamp}  no leader  (highest term {view[1]})  peers up {len(seen)}/{args.peers}", flush=True)
-    finally:
-        if temporary:
-            shutil.rmtree(root, ignore_errors=True)
+                        print(f"{stamp}  no leader  (highest term {view[1]})  peers up {len(seen.up)}/{args.peers}", flush=True)
     print("stopped", flush=True)
     return 0
 

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
 
@@ -104,6 +104,7 @@ class Cluster:
         self._dir = Path(tempfile.mkdtemp(prefix="zactor-raft-"))
         self.endpoints = tuple(f"ipc://{self._dir}/peer-{i}.sock" for i in range(n))
         self.connected = [False] * n
+        self.groups: list[set[int]] | None = None
         self.running = [False] * n
         self.incarnation = [0] * n
         self.reliable = reliable
@@ -149,7 +150,7 @@ class Cluster:
             if j == i:
                 continue
             peer = self.endpoints[j]
-            if not (self.connected[i] and self.connected[j]):
+            if not (self.connected[i] and self.connected[j] and self._same_group(i, j)):
                 rules.append(FaultRule(peer, "both", connected=False))
                 continue
             if not self.reliable:
@@ -166,6 +167,24 @@ class Cluster:
                     self._system.control(self.endpoints[i], timeout=2.0).set_faults(self._rules_for(i))
                 except AskTimeout:
                     log.warning("harness: peer %d did not take its fault rules", i)
+
+    def _same_group(self, i: int, j: int) -> bool:
+        return self.groups is None or any(i in g and j in g for g in self.groups)
+
+    def partition(self, groups: Iterable[Iterable[int]]) -> None:
+        """Every peer connected, but talking only within its group (a bridge is a peer in two groups)."""
+        self.groups = [set(g) for g in groups]
+        for i in range(self.n):
+            self.connected[i] = True
+        self._apply_rules()
+
+    def heal(self) -> None:
+        """No more groups, and every running peer connected."""
+        self.groups = None
+        for i in range(self.n):
+            if self.running[i]:
+                self.connected[i] = True
+        self._apply_rules()
 
     def connect(self, i: int) -> None:
         self.connected[i] = True
@@ -276,6 +295,16 @@ class Cluster:
                 if state is not None and state[1] and (best is None or state[0] > best[0]):
                     best = (state[0], i)
         return best[1] if best else None
+
+    def wait_for_leader(self, timeout: float = 10.0) -> int:
+        """The peer :meth:`leader` names, once one does; HarnessFailure after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            who = self.leader()
+            if who is not None:
+                return who
+            time.sleep(0.05)
+        raise HarnessFailure(f"no leader within {timeout} s")
 
     def data_dir(self, i: int) -> Path:
         """Where peer i keeps its journal (for tests that damage it between a crash and a start)."""

@@ -36,7 +36,7 @@ from typing import Any
 from apps.soak.proxy import PeerProxy
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
-from apps.soak.verdict import Findings, WindowChecker, check_appends
+from apps.soak.verdict import FinalReadFailed, Findings, WindowChecker, check_final_reads
 from apps.soak.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -341,20 +341,17 @@ class EtcdTarget:
     def final_checks(self, workload: Any, findings: Findings) -> dict[str, Any]:
         out: dict[str, Any] = {}
         kv = EtcdKV(self.m.client_ports, 0, timeout=10.0)
-        checked = 0
+
+        def read(key: str) -> str:
+            final = _retry(lambda: kv.get(key), 60.0)
+            if final is None:
+                raise FinalReadFailed("no answer for 60 s")
+            return final
+
         try:
-            for w in workload.windows:
-                history = w.history()
-                for key in w.keys("list-append"):
-                    ops = [op for op in history if op.input["key"] == key]
-                    if not ops:
-                        continue
-                    final = _retry(lambda key=key: kv.get(key), 60.0)
-                    if final is None:
-                        findings.invalid.append(f"final read of {key} failed for 60 s")
-                        return out
-                    checked += 1
-                    findings.violations.extend(check_appends(key, ops, final))
+            checked = check_final_reads(workload.windows, read, findings)
+            if checked is None:
+                return out
             out["final_reads"] = checked
             out["replicas"] = self._compare_hashes(findings)
         finally:

@@ -33,7 +33,7 @@ from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
-from apps.soak.verdict import Findings, WindowChecker, check_appends
+from apps.soak.verdict import FinalReadFailed, Findings, WindowChecker, check_final_reads
 from apps.soak.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -183,20 +183,16 @@ class KVRaftTarget:
             findings.invalid.append(f"no leader after the final heal: {exc}")
             return out
         clerk = Clerk(list(c.endpoints), system=ActorSystem.shared(), give_up_after=_FINAL_READ_WAIT)
-        checked = 0
-        for w in workload.windows:
-            history = w.history()
-            for key in w.keys("list-append"):
-                ops = [op for op in history if op.input["key"] == key]
-                if not ops:
-                    continue
-                try:
-                    final = clerk.get(key)
-                except Exception as exc:
-                    findings.invalid.append(f"final read of {key} failed: {exc}")
-                    return out
-                checked += 1
-                findings.violations.extend(check_appends(key, ops, final))
+
+        def read(key: str) -> str:
+            try:
+                return clerk.get(key)
+            except Exception as exc:  # the clerk gave up, or the service refused: the run cannot be judged
+                raise FinalReadFailed(str(exc)) from exc
+
+        checked = check_final_reads(workload.windows, read, findings)
+        if checked is None:
+            return out
         out["final_reads"] = checked
         out["replicas"] = self._compare_replicas(findings)
         out["corrupt_journals"] = dict(self.corruptions)

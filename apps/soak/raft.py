@@ -7,8 +7,9 @@ index everywhere, in order). After the final heal one more command must reach
 every peer, and then every acknowledged command must still be at its index
 on every peer: a committed entry is never lost or replaced.
 
-The nemeses are kvraft's (the same :class:`~apps.soak.kvraft.KVRaftTarget`),
-on a Cluster given the few group operations the KV harness has.
+The nemeses are kvraft's (the same :class:`~apps.soak.kvraft.KVRaftTarget`):
+the Cluster has the partitions into groups, ``heal`` and ``wait_for_leader``
+that the KV harness inherits from it.
 """
 
 from __future__ import annotations
@@ -24,44 +25,10 @@ from apps.soak.run import FaultEvent, heal_everything, play, status_line
 from apps.soak.schedule import make_schedule
 from apps.soak.verdict import Findings
 from apps.soak.workload import PerSecond, Sample
-from transport import FaultRule
 
 log = logging.getLogger(__name__)
 
 NEMESES = ("kill", "pause", "partition", "net", "disk")
-
-
-class RaftSoakCluster(Cluster):
-    """The lab's Raft harness plus groups (a bridge is a peer in two), leader lookup and whole-cluster restarts."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        super().__init__(n, reliable=True, seed=seed)
-        self.groups: list[set[int]] | None = None
-
-    def partition(self, groups: list[list[int]]) -> None:
-        self.groups = [set(g) for g in groups]
-        self._apply_rules()
-
-    def heal(self) -> None:
-        self.groups = None
-        for i in range(self.n):
-            if self.running[i]:
-                self.connected[i] = True
-        self._apply_rules()
-
-    def _rules_for(self, i: int) -> list[FaultRule]:
-        groups = self.groups
-        cut = [j for j in range(self.n) if j != i and groups is not None and not any(i in g and j in g for g in groups)]
-        return [FaultRule(self.endpoints[j], "both", connected=False) for j in cut] + super()._rules_for(i)
-
-    def wait_for_leader(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            who = self.leader()
-            if who is not None:
-                return who
-            time.sleep(0.05)
-        raise HarnessFailure(f"no leader within {timeout} s")
 
 
 def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
@@ -75,7 +42,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     stop = threading.Event()
     done = threading.Event()
 
-    with RaftSoakCluster(config.servers, config.seed) as cluster:
+    with Cluster(config.servers, reliable=True, seed=config.seed) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)  # type: ignore[arg-type]
         majority = config.servers // 2 + 1
         started = time.monotonic()
@@ -156,7 +123,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     return findings, extra
 
 
-def _final_check(cluster: RaftSoakCluster, acked: list[tuple[int, str]], findings: Findings) -> dict[str, Any]:
+def _final_check(cluster: Cluster, acked: list[tuple[int, str]], findings: Findings) -> dict[str, Any]:
     with cluster._lock:
         findings.violations.extend(f"apply check: {e}" for e in cluster.errors[:20])
     try:

@@ -13,6 +13,7 @@ import bisect
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,3 +152,33 @@ def check_appends(key: str, ops: list[Operation], final: str) -> list[str]:
     if reordered:
         problems.append(f"{key}: {len(reordered)} acknowledged append(s) reordered, e.g. {reordered[:3]}")
     return problems
+
+
+class FinalReadFailed(Exception):
+    """A target's final read got no answer in its time: the run is invalid, not passed."""
+
+
+def check_final_reads(windows: Iterable[Any], read: Callable[[str], str], findings: Findings) -> int | None:
+    """Read every list-append key that has appends once more, after the final heal, and check them.
+
+    ``read(key)`` is the target's linearizable read; it raises
+    :class:`FinalReadFailed` when it gets no answer. Each key's appends go
+    through :func:`check_appends`. Returns how many keys were read, or None
+    after the first failed read (noted in ``findings.invalid``; the other keys
+    are not read: the run is invalid whatever they hold).
+    """
+    checked = 0
+    for w in windows:
+        history = w.history()
+        for key in w.keys("list-append"):
+            ops = [op for op in history if op.input["key"] == key]
+            if not ops:
+                continue
+            try:
+                final = read(key)
+            except FinalReadFailed as exc:
+                findings.invalid.append(f"final read of {key} failed: {exc}")
+                return None
+            checked += 1
+            findings.violations.extend(check_appends(key, ops, final))
+    return checked

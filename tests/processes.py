@@ -1,0 +1,60 @@
+"""``zactor`` commands as child processes of a test, each killed at the end if still running.
+
+The MapReduce tests start coordinators and workers the way a user would (``python -m
+apps.cli mr ...``), wait for them with a limit, and must leave nothing behind, also
+when an assertion fails half-way: one helper does that for all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Processes:
+    """Starts ``zactor`` processes (stdout discarded, stderr kept); :meth:`kill_all` kills what is left."""
+
+    def __init__(self, cwd: Path, limit: float) -> None:
+        self.cwd = cwd
+        self.limit = limit
+        """Seconds :meth:`wait` waits for a process before the test fails."""
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str, cwd: Path | None = None) -> subprocess.Popen:
+        """``zactor ARGS`` in ``cwd`` (default the one given at construction; made if missing)."""
+        where = cwd or self.cwd
+        where.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "apps.cli", *args],
+            cwd=where,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, proc: subprocess.Popen) -> int:
+        """The process's exit code; fails the test if it runs longer than the limit."""
+        try:
+            return proc.wait(timeout=self.limit)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{proc.args[3:5]} outlived its {self.limit} s limit")
+
+    def kill_all(self) -> None:
+        """SIGKILL every process still running, reap it, and close its stderr pipe."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            if proc.stderr:
+                proc.stderr.close()
