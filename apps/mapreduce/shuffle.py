@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors import Actor, ActorDeadError, AskTimeout
-from apps.mapreduce.protocol import ReadChunk
+from apps.mapreduce.protocol import Ping, Probe, ReadChunk
 from transport.message import message
+
+if TYPE_CHECKING:
+    from actors import ActorSystem
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,9 @@ CHUNK = 4 << 20
 
 MAX_READ = 16 << 20
 """The most a server reads for one ask; a bigger request is refused, never silently shortened."""
+
+FILES_NAME = "files"
+"""The name a file server has in its process's actor system (a worker's, or the coordinator's for inputs)."""
 
 INTERMEDIATE = re.compile(r"mr-\d+-\d+")
 
@@ -54,8 +60,10 @@ class FileServer(Actor):
         super().__init__()
         self.resolve = resolve
 
-    def on_receive(self, message: Any) -> bytes | Refused:
+    def on_receive(self, message: Any) -> bytes | Refused | bool:
         # Never raises: a raising tell would stop the actor, and a stranger's bad request must not.
+        if isinstance(message, Ping):
+            return True
         if not isinstance(message, ReadChunk):
             log.warning("file server: ignored a %s", type(message).__name__)
             return Refused(f"a file server reads files; got a {type(message).__name__}")
@@ -145,3 +153,46 @@ def _ask(server: Any, message: ReadChunk, timeout: float) -> bytes:
             raise FetchError(f"{server!r} answered {type(chunk).__name__} for {message.name}")
         return chunk
     raise FetchError(f"{server!r} did not answer for {message.name} ({type(last).__name__})")
+
+
+def unreachable(system: ActorSystem, endpoints: Iterable[str], timeout: float, tries: int = 2) -> list[str]:
+    """The endpoints whose file server did not answer a ``Ping`` in any of ``tries`` rounds of ``timeout`` s.
+
+    Every ping of a round is in flight at once, so a round costs one
+    timeout however many workers are dead, and a reducer or the coordinator
+    learns of all of them together (issue #14: one at a time, deaths piled up
+    faster than they were found). The silent ones are asked once more, the
+    same rule as a fetch's: a single lost message is not yet a dead worker.
+    """
+    silent = list(dict.fromkeys(endpoints))
+    for _ in range(tries):
+        if not silent:
+            break
+        pending = []
+        for endpoint in silent:
+            try:
+                pending.append((endpoint, system.ref(endpoint, FILES_NAME).ask(Ping(), block=False, timeout=timeout)))
+            except (AskTimeout, ActorDeadError):
+                pending.append((endpoint, None))
+        still = []
+        for endpoint, future in pending:
+            try:
+                if future is None:
+                    raise ActorDeadError(endpoint)
+                future.get()  # waits at most until the ask's own deadline, set when it was sent
+            except (AskTimeout, ActorDeadError):
+                still.append(endpoint)
+        silent = still
+    return silent
+
+
+class Prober(Actor):
+    """Runs the coordinator's liveness checks on a thread of their own: a check waits up to two timeouts,
+    and the coordinator must keep answering workers meanwhile. Answers a ``Probe`` with the silent endpoints."""
+
+    def on_receive(self, message: Any) -> list[str] | None:
+        if not isinstance(message, Probe):
+            log.warning("prober: ignored a %s", type(message).__name__)
+            return None
+        assert self.actor_system is not None  # spawned by a system
+        return unreachable(self.actor_system, message.endpoints, message.timeout)
