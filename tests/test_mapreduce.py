@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -248,6 +249,49 @@ def test_backup_tasks_take_the_straggler_off_the_critical_path(tmp_path: Path, b
     else:
         assert result.status.backups == 0
         assert result.seconds >= SLOW
+
+
+def hanging_map(filename: str, contents: str) -> list[tuple[str, str]]:
+    """The first attempt at the "hang" file writes its worker's pid and hangs (until killed); later ones are quick."""
+    if filename.endswith("hang.txt"):
+        try:
+            fd = os.open(Path(filename).with_suffix(".claimed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            time.sleep(120)
+    return [("n", "1")]
+
+
+def test_a_worker_killed_mid_task_has_its_task_reassigned_from_the_supervisor_event(tmp_path: Path) -> None:
+    inputs = []
+    for name in ("a.txt", "b.txt", "c.txt", "hang.txt"):
+        (tmp_path / name).write_text(name)
+        inputs.append(tmp_path / name)
+    claimed = tmp_path / "hang.claimed"
+    killed: list[int] = []
+
+    def kill_the_hanging_worker(progress: object) -> None:
+        if killed or not claimed.exists():
+            return
+        text = claimed.read_text()
+        if text:  # written just after the file was created
+            os.kill(int(text), signal.SIGKILL)
+            killed.append(int(text))
+
+    # The task timeout is far beyond the job's: only the supervisor's event can get the task reassigned in time.
+    result = run_job(
+        (hanging_map, lambda k, v: str(len(v))), inputs, workers=2, n_reduce=2,
+        outdir=tmp_path / "out", task_timeout=600, timeout=120, progress=kill_the_hanging_worker,
+    )
+    assert killed, "the hanging map never started"
+    assert read_output_lines(result.outputs) == ["n 4"]
+    counters = result.status.counters
+    assert counters["workers_lost_supervisor"] == 1
+    assert counters["reassigned_tasks"] == 1
+    assert result.restarts == 1
 
 
 # ---- splits, spills, the fast path, the file server ----------------------------------------
