@@ -388,3 +388,59 @@ def test_file_server_serves_runs_in_chunks_and_refuses_other_names(tmp_path: Pat
         gone = client_side.ref("ipc:///nonexistent/zactor-none.sock", "files")
         with pytest.raises(shuffle.FetchError, match="did not answer"):
             shuffle.fetch_to_file(gone, "mr-3-1", tmp_path / "x", timeout=0.3)
+
+
+def test_one_round_of_pings_names_every_silent_file_server_and_spares_the_live_one(tmp_path: Path) -> None:
+    from actors import ActorSystem
+    from apps.mapreduce import shuffle
+    from apps.mapreduce.protocol import Ping
+
+    dead = ["ipc:///nonexistent/zactor-a.sock", "ipc:///nonexistent/zactor-b.sock"]
+    with ActorSystem() as server_side, ActorSystem() as client_side:
+        server_side.spawn(shuffle.FileServer, shuffle.intermediate_resolver(tmp_path), name=shuffle.FILES_NAME)
+        assert client_side.ref(server_side.endpoint, shuffle.FILES_NAME).ask(Ping(), timeout=5) is True
+        asked = [dead[0], server_side.endpoint, dead[1], dead[0], "garbage"]
+        assert shuffle.unreachable(client_side, asked, timeout=0.5) == [dead[0], dead[1], "garbage"]
+        assert shuffle.unreachable(client_side, [server_side.endpoint], timeout=5) == []
+
+
+def test_the_coordinator_counts_a_death_once_reassigns_at_once_and_ignores_bad_reports(tmp_path: Path) -> None:
+    from actors import ActorSystem
+    from apps.mapreduce.coordinator import JobConfig, start_coordinator
+    from apps.mapreduce.protocol import FetchFailed, MapTask, ReduceTask, RequestTask, Status, TaskDone, WorkerLost
+
+    (tmp_path / "a.txt").write_text("a")
+    config = JobConfig((str(tmp_path / "a.txt"),), n_reduce=1, workdir=str(tmp_path), outdir=str(tmp_path),
+                       task_timeout=600, probe_every=0)
+    where = "ipc:///nonexistent/w1.sock"
+    with ActorSystem() as system:
+        coord = start_coordinator(system, config)
+
+        def ask(message: object) -> object:
+            return coord.ask(message, timeout=5)
+
+        first = ask(RequestTask("w1"))
+        assert isinstance(first, MapTask)
+        ask(TaskDone("w1", "map", first.id, first.attempt, where))
+        assert ask(Status()).phase == "reduce"
+        for bad in (WorkerLost("nonsense", "x", worker="w1"), WorkerLost("probe", "x", endpoint=7)):  # type: ignore[arg-type]
+            assert ask(bad) is False
+        assert ask(WorkerLost("supervisor", "exit -9", worker="w1")) is True
+        st = ask(Status())
+        assert (st.phase, st.reexecuted, st.counters["workers_lost_supervisor"]) == ("map", 1, 1)
+        ask(FetchFailed("w2", 0, 1, (where,), "did not answer"))  # the same death, reported late by a reducer
+        st = ask(Status())
+        assert (st.reexecuted, st.counters["fetch_failures"], st.counters["workers_lost_fetch"]) == (1, 1, 0)
+        again = ask(RequestTask("w2"))
+        assert isinstance(again, MapTask) and again.id == first.id
+        ask(WorkerLost("supervisor", "exit -9", worker="w2"))  # dies mid-map: the map is free at once
+        third = ask(RequestTask("w3"))
+        assert isinstance(third, MapTask) and third.id == first.id
+        assert ask(Status()).reassigned == 1
+        ask(TaskDone("w3", "map", third.id, third.attempt, "ipc:///nonexistent/w3.sock"))
+        reduce = ask(RequestTask("w3"))
+        assert isinstance(reduce, ReduceTask)
+        ask(TaskDone("w3", "reduce", reduce.id, reduce.attempt))
+        ask(WorkerLost("supervisor", "exit 0", worker="w3"))  # workers leave when the job is over: no loss
+        st = ask(Status())
+        assert (st.phase, st.reexecuted, st.counters["workers_lost_supervisor"]) == ("done", 1, 2)

@@ -215,7 +215,11 @@ class Coordinator(Actor):
             self._fetch_failed(message)
             return True
         if isinstance(message, WorkerLost):
-            self._lose(message.how, message.detail, worker=message.worker, endpoint=message.endpoint)
+            worker, endpoint = message.worker, message.endpoint
+            if message.how not in self.lost or not isinstance(worker, str | None) or not isinstance(endpoint, str | None):
+                log.warning("coordinator: ignored a malformed %r", message)
+                return False
+            self._lose(message.how, str(message.detail), worker=worker, endpoint=endpoint)
             return True
         if isinstance(message, Release):
             self.held = False
@@ -379,7 +383,7 @@ class Coordinator(Actor):
             self.maps_done_at = None
         keys = {k for k in (endpoint, *ids) if k is not None}
         if keys and not keys & self.gone:
-            self.lost[how] = self.lost.get(how, 0) + 1
+            self.lost[how] += 1
         self.gone |= keys
         if lost or reassigned:
             log.warning("coordinator: worker %s is gone (%s: %s); %d completed maps run again, %d tasks reassigned",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,22 +169,52 @@ def unreachable(system: ActorSystem, endpoints: Iterable[str], timeout: float, t
     for _ in range(tries):
         if not silent:
             break
-        pending = []
-        for endpoint in silent:
-            try:
-                pending.append((endpoint, system.ref(endpoint, FILES_NAME).ask(Ping(), block=False, timeout=timeout)))
-            except (AskTimeout, ActorDeadError):
-                pending.append((endpoint, None))
-        still = []
-        for endpoint, future in pending:
-            try:
-                if future is None:
-                    raise ActorDeadError(endpoint)
-                future.get()  # waits at most until the ask's own deadline, set when it was sent
-            except (AskTimeout, ActorDeadError):
-                still.append(endpoint)
-        silent = still
+        silent = _one_round(system, silent, timeout)
     return silent
+
+
+_SLICE = 0.02
+"""Seconds one wait on one ping's reply lasts before the next ping's turn (see ``_one_round``)."""
+
+
+def _one_round(system: ActorSystem, endpoints: list[str], timeout: float) -> list[str]:
+    """Ping each endpoint at once; those with no answer within ``timeout``.
+
+    A thread's reply to an ask is read off that ask's connection only while
+    someone waits on its future, so the futures are waited on in turn, a
+    short slice each, until all answered or the time is up (not one after the
+    other: the first dead one would use up the time the others' replies need).
+    The asks' own deadline is later than ``timeout``, so a last pass can still
+    read a reply that came in at the end.
+    """
+    pending: dict[str, Any] = {}
+    silent: list[str] = []
+    for endpoint in endpoints:
+        try:
+            pending[endpoint] = system.ref(endpoint, FILES_NAME).ask(Ping(), block=False, timeout=timeout + 1.0)
+        except Exception as exc:  # a malformed endpoint, no key for its host: it cannot be reached either
+            log.warning("cannot ping %r: %s", endpoint, exc)
+            silent.append(endpoint)
+    end = time.monotonic() + timeout
+    last_pass = False
+    while pending:
+        for endpoint, future in list(pending.items()):
+            try:
+                future.get(timeout=_SLICE)
+            except AskTimeout:
+                continue
+            except ActorDeadError:
+                pass  # the process is there but serves no files: as good as gone
+            else:
+                del pending[endpoint]
+                continue
+            del pending[endpoint]
+            silent.append(endpoint)
+        if last_pass:
+            break
+        last_pass = time.monotonic() >= end
+    silent.extend(pending)
+    return [ep for ep in endpoints if ep in silent]
 
 
 class Prober(Actor):
