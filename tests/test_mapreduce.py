@@ -434,6 +434,8 @@ def test_the_coordinator_counts_a_death_once_reassigns_at_once_and_ignores_bad_r
         again = ask(RequestTask("w2"))
         assert isinstance(again, MapTask) and again.id == first.id
         ask(WorkerLost("supervisor", "exit -9", worker="w2"))  # dies mid-map: the map is free at once
+        ask(TaskDone("w2", "map", again.id, again.attempt, "ipc:///nonexistent/w2.sock"))  # sent before it died
+        assert ask(Status()).maps_done == 0, "a dead worker's map output was taken as done"
         third = ask(RequestTask("w3"))
         assert isinstance(third, MapTask) and third.id == first.id
         assert ask(Status()).reassigned == 1

@@ -184,6 +184,8 @@ class Coordinator(Actor):
         """Workers found gone, by what noticed first."""
         self.gone: set[str] = set()
         """Endpoints and worker ids already declared gone (a death counts once, however often reported)."""
+        self.dead: set[str] = set()
+        """Worker ids whose process the supervisor saw die: certain, unlike a silent endpoint."""
         self.endpoint_of: dict[str, str] = {}
         """Worker id -> the endpoint serving its map output, learned from its reports."""
         self.probe: ReplyFuture | None = None
@@ -308,6 +310,10 @@ class Coordinator(Actor):
             return
         if msg.peak_rss:
             self.peak_rss[msg.worker] = max(self.peak_rss.get(msg.worker, 0), msg.peak_rss)
+        if msg.worker in self.dead and msg.kind == "map" and msg.location is not None:
+            # Sent just before the kill and overtaken by the supervisor's (local) report: the output died with it.
+            log.info("coordinator: map %s done by %s, which is dead; its output is lost", msg.id, msg.worker)
+            return
         self.gone.discard(msg.worker)  # it reports: alive after all
         if msg.location is not None:
             self.endpoint_of[msg.worker] = msg.location
@@ -359,6 +365,8 @@ class Coordinator(Actor):
         goes to another worker now (not after ``task_timeout``). Known by its id, its endpoint or both."""
         if self.phase in ("done", "failed"):
             return  # workers leave when the job is over; nothing of theirs is needed any more
+        if how == "supervisor" and worker is not None:
+            self.dead.add(worker)
         if endpoint is None and worker is not None:
             endpoint = self.endpoint_of.get(worker)
         ids = {w for w, ep in self.endpoint_of.items() if endpoint is not None and ep == endpoint}

@@ -128,7 +128,9 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                     ok = lines == reference
                     st = result.status
                     note = (f"{result.restarts} worker restarts, {st.counters.get('fetch_failures', 0)} fetch failures, "
-                            f"{st.reexecuted} maps run again, {st.reassigned} tasks reassigned")
+                            f"{st.reexecuted} maps run again, {st.reassigned} tasks reassigned, dead workers found by "
+                            + ", ".join(f"{how} {st.counters.get(f'workers_lost_{how}', 0)}"
+                                        for how in ("supervisor", "probe", "fetch")))
                     if not ok:
                         missing = len(set(reference) - set(lines))
                         extra = len(set(lines) - set(reference))
