@@ -204,15 +204,19 @@ def kill_holders(cluster: Cluster, held: JobStatus, n: int) -> list[int]:
     return sorted(m for host in victims for m in by_host[host])
 
 
-def test_two_mappers_killed_are_both_named_by_one_reduce_attempt(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
-    # The coordinator's own liveness check is off: only a reducer can find the dead, and the first
-    # reduce attempt must name both (before issue #14's follow-up it named one per attempt: 2 failures).
-    coord = cluster.coordinator(books, "--split-mb", "0.1", "--min-workers", "3", "--hold-reduces",
-                                "--fetch-timeout", "2", "--probe-every", "0")
+def kill_two_holders_between_the_phases(cluster: Cluster, books: list[Path], *flags: str) -> tuple[subprocess.Popen, list[int]]:
+    """Three workers map with reduces held, then the two holding the most output are killed: (coordinator, their maps)."""
+    coord = cluster.coordinator(books, "--split-mb", "0.1", "--min-workers", "3", "--hold-reduces", *flags)
     for n in range(3):
         cluster.worker(n)
     held = cluster.wait_for(lambda s: s.held, "every map done, reduces held")
-    lost = kill_holders(cluster, held, 2)
+    return coord, kill_holders(cluster, held, 2)
+
+
+def test_two_mappers_killed_are_both_named_by_one_reduce_attempt(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
+    # The coordinator's own liveness check is off: only a reducer can find the dead, and the first
+    # reduce attempt must name both (before issue #14's follow-up it named one per attempt: 2 failures).
+    coord, lost = kill_two_holders_between_the_phases(cluster, books, "--fetch-timeout", "2", "--probe-every", "0")
     cluster.system.ref(cluster.endpoint, "coordinator").ask(Release(), timeout=5)
     report = cluster.finish(coord)
     assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == reference(books, tmp_path)
@@ -223,12 +227,7 @@ def test_two_mappers_killed_are_both_named_by_one_reduce_attempt(cluster: Cluste
 
 def test_the_coordinator_finds_dead_mappers_with_no_reducer_waiting(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
     # Reduces stay held until the coordinator has noticed, by its pings alone, that both holders are gone.
-    coord = cluster.coordinator(books, "--split-mb", "0.1", "--min-workers", "3", "--hold-reduces",
-                                "--fetch-timeout", "1", "--probe-every", "0.5")
-    for n in range(3):
-        cluster.worker(n)
-    held = cluster.wait_for(lambda s: s.held, "every map done, reduces held")
-    lost = kill_holders(cluster, held, 2)
+    coord, lost = kill_two_holders_between_the_phases(cluster, books, "--fetch-timeout", "1", "--probe-every", "0.5")
     noticed = cluster.wait_for(lambda s: s.counters.get("workers_lost_probe", 0) == 2, "the pings to find both dead workers")
     assert noticed.reexecuted == len(lost)
     assert noticed.counters["fetch_failures"] == 0
