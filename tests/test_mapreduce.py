@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -250,6 +251,49 @@ def test_backup_tasks_take_the_straggler_off_the_critical_path(tmp_path: Path, b
         assert result.seconds >= SLOW
 
 
+def hanging_map(filename: str, contents: str) -> list[tuple[str, str]]:
+    """The first attempt at the "hang" file writes its worker's pid and hangs (until killed); later ones are quick."""
+    if filename.endswith("hang.txt"):
+        try:
+            fd = os.open(Path(filename).with_suffix(".claimed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            time.sleep(120)
+    return [("n", "1")]
+
+
+def test_a_worker_killed_mid_task_has_its_task_reassigned_from_the_supervisor_event(tmp_path: Path) -> None:
+    inputs = []
+    for name in ("a.txt", "b.txt", "c.txt", "hang.txt"):
+        (tmp_path / name).write_text(name)
+        inputs.append(tmp_path / name)
+    claimed = tmp_path / "hang.claimed"
+    killed: list[int] = []
+
+    def kill_the_hanging_worker(progress: object) -> None:
+        if killed or not claimed.exists():
+            return
+        text = claimed.read_text()
+        if text:  # written just after the file was created
+            os.kill(int(text), signal.SIGKILL)
+            killed.append(int(text))
+
+    # The task timeout is far beyond the job's: only the supervisor's event can get the task reassigned in time.
+    result = run_job(
+        (hanging_map, lambda k, v: str(len(v))), inputs, workers=2, n_reduce=2,
+        outdir=tmp_path / "out", task_timeout=600, timeout=120, progress=kill_the_hanging_worker,
+    )
+    assert killed, "the hanging map never started"
+    assert read_output_lines(result.outputs) == ["n 4"]
+    counters = result.status.counters
+    assert counters["workers_lost_supervisor"] == 1
+    assert counters["reassigned_tasks"] == 1
+    assert result.restarts == 1
+
+
 # ---- splits, spills, the fast path, the file server ----------------------------------------
 
 
@@ -344,3 +388,61 @@ def test_file_server_serves_runs_in_chunks_and_refuses_other_names(tmp_path: Pat
         gone = client_side.ref("ipc:///nonexistent/zactor-none.sock", "files")
         with pytest.raises(shuffle.FetchError, match="did not answer"):
             shuffle.fetch_to_file(gone, "mr-3-1", tmp_path / "x", timeout=0.3)
+
+
+def test_one_round_of_pings_names_every_silent_file_server_and_spares_the_live_one(tmp_path: Path) -> None:
+    from actors import ActorSystem
+    from apps.mapreduce import shuffle
+    from apps.mapreduce.protocol import Ping
+
+    dead = ["ipc:///nonexistent/zactor-a.sock", "ipc:///nonexistent/zactor-b.sock"]
+    with ActorSystem() as server_side, ActorSystem() as client_side:
+        server_side.spawn(shuffle.FileServer, shuffle.intermediate_resolver(tmp_path), name=shuffle.FILES_NAME)
+        assert client_side.ref(server_side.endpoint, shuffle.FILES_NAME).ask(Ping(), timeout=5) is True
+        asked = [dead[0], server_side.endpoint, dead[1], dead[0], "garbage"]
+        assert shuffle.unreachable(client_side, asked, timeout=0.5) == [dead[0], dead[1], "garbage"]
+        assert shuffle.unreachable(client_side, [server_side.endpoint], timeout=5) == []
+
+
+def test_the_coordinator_counts_a_death_once_reassigns_at_once_and_ignores_bad_reports(tmp_path: Path) -> None:
+    from actors import ActorSystem
+    from apps.mapreduce.coordinator import JobConfig, start_coordinator
+    from apps.mapreduce.protocol import FetchFailed, MapTask, ReduceTask, RequestTask, Status, TaskDone, WorkerLost
+
+    (tmp_path / "a.txt").write_text("a")
+    config = JobConfig((str(tmp_path / "a.txt"),), n_reduce=1, workdir=str(tmp_path), outdir=str(tmp_path),
+                       task_timeout=600, probe_every=0)
+    where = "ipc:///nonexistent/w1.sock"
+    with ActorSystem() as system:
+        coord = start_coordinator(system, config)
+
+        def ask(message: object) -> object:
+            return coord.ask(message, timeout=5)
+
+        first = ask(RequestTask("w1"))
+        assert isinstance(first, MapTask)
+        ask(TaskDone("w1", "map", first.id, first.attempt, where))
+        assert ask(Status()).phase == "reduce"
+        for bad in (WorkerLost("nonsense", "x", worker="w1"), WorkerLost("probe", "x", endpoint=7)):  # type: ignore[arg-type]
+            assert ask(bad) is False
+        assert ask(WorkerLost("supervisor", "exit -9", worker="w1")) is True
+        st = ask(Status())
+        assert (st.phase, st.reexecuted, st.counters["workers_lost_supervisor"]) == ("map", 1, 1)
+        ask(FetchFailed("w2", 0, 1, (where,), "did not answer"))  # the same death, reported late by a reducer
+        st = ask(Status())
+        assert (st.reexecuted, st.counters["fetch_failures"], st.counters["workers_lost_fetch"]) == (1, 1, 0)
+        again = ask(RequestTask("w2"))
+        assert isinstance(again, MapTask) and again.id == first.id
+        ask(WorkerLost("supervisor", "exit -9", worker="w2"))  # dies mid-map: the map is free at once
+        ask(TaskDone("w2", "map", again.id, again.attempt, "ipc:///nonexistent/w2.sock"))  # sent before it died
+        assert ask(Status()).maps_done == 0, "a dead worker's map output was taken as done"
+        third = ask(RequestTask("w3"))
+        assert isinstance(third, MapTask) and third.id == first.id
+        assert ask(Status()).reassigned == 1
+        ask(TaskDone("w3", "map", third.id, third.attempt, "ipc:///nonexistent/w3.sock"))
+        reduce = ask(RequestTask("w3"))
+        assert isinstance(reduce, ReduceTask)
+        ask(TaskDone("w3", "reduce", reduce.id, reduce.attempt))
+        ask(WorkerLost("supervisor", "exit 0", worker="w3"))  # workers leave when the job is over: no loss
+        st = ask(Status())
+        assert (st.phase, st.reexecuted, st.counters["workers_lost_supervisor"]) == ("done", 1, 2)

@@ -167,6 +167,61 @@ def test_a_mapper_killed_before_the_reduces_fetched_has_its_maps_run_again(clust
     assert counter(report, "Failed shuffle fetches") >= 1
 
 
+def maps_by_host(status: JobStatus) -> dict[str, list[int]]:
+    by_host: dict[str, list[int]] = {}
+    for map_id, location in enumerate(status.map_locations):
+        assert location is not None, "a map's output is in no worker"
+        by_host.setdefault(re.match(r"tcp://([\d.]+):", location).group(1), []).append(map_id)
+    return by_host
+
+
+def kill_holders(cluster: Cluster, held: JobStatus, n: int) -> list[int]:
+    """SIGKILL the ``n`` workers holding the most map output; the maps they held."""
+    by_host = maps_by_host(held)
+    assert len(by_host) >= n, f"the maps are on {len(by_host)} workers, need {n} to kill"
+    victims = sorted(by_host, key=lambda h: len(by_host[h]), reverse=True)[:n]
+    for host in victims:
+        cluster.workers[host].send_signal(signal.SIGKILL)
+    for host in victims:
+        cluster.workers[host].wait(timeout=10)
+    return sorted(m for host in victims for m in by_host[host])
+
+
+def kill_two_holders_between_the_phases(cluster: Cluster, books: list[Path], *flags: str) -> tuple[subprocess.Popen, list[int]]:
+    """Three workers map with reduces held, then the two holding the most output are killed: (coordinator, their maps)."""
+    coord = cluster.coordinator(books, "--split-mb", "0.1", "--min-workers", "3", "--hold-reduces", *flags)
+    for n in range(3):
+        cluster.worker(n)
+    held = cluster.wait_for(lambda s: s.held, "every map done, reduces held")
+    return coord, kill_holders(cluster, held, 2)
+
+
+def test_two_mappers_killed_are_both_named_by_one_reduce_attempt(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
+    # The coordinator's own liveness check is off: only a reducer can find the dead, and the first
+    # reduce attempt must name both (before issue #14's follow-up it named one per attempt: 2 failures).
+    coord, lost = kill_two_holders_between_the_phases(cluster, books, "--fetch-timeout", "2", "--probe-every", "0")
+    cluster.system.ref(cluster.endpoint, "coordinator").ask(Release(), timeout=5)
+    report = cluster.finish(coord)
+    assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == reference(books, tmp_path)
+    assert counter(report, "Failed shuffle fetches") == 1
+    assert counter(report, "Dead workers found by reducers") == 2
+    assert counter(report, "Re-executed map tasks (output lost)") == len(lost)
+
+
+def test_the_coordinator_finds_dead_mappers_with_no_reducer_waiting(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
+    # Reduces stay held until the coordinator has noticed, by its pings alone, that both holders are gone.
+    coord, lost = kill_two_holders_between_the_phases(cluster, books, "--fetch-timeout", "1", "--probe-every", "0.5")
+    noticed = cluster.wait_for(lambda s: s.counters.get("workers_lost_probe", 0) == 2, "the pings to find both dead workers")
+    assert noticed.reexecuted == len(lost)
+    assert noticed.counters["fetch_failures"] == 0
+    cluster.wait_for(lambda s: s.held, "the lost maps re-done")
+    cluster.system.ref(cluster.endpoint, "coordinator").ask(Release(), timeout=5)
+    report = cluster.finish(coord)
+    assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == reference(books, tmp_path)
+    assert counter(report, "Re-executed map tasks (output lost)") == len(lost)
+    assert counter(report, "Failed shuffle fetches") == 0
+
+
 def test_inputs_shipped_by_the_coordinator(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
     coord = cluster.coordinator(books, "--ship-input", "--split-mb", "0.2", "--min-workers", "2")
     for n in range(2):

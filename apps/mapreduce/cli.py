@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"where to listen, ipc:// or tcp://HOST:PORT (default {DEFAULT_ENDPOINT})")
     co.add_argument("--ship-input", action="store_true", help="serve the input files to workers (they need not see the paths)")
     co.add_argument("--fetch-timeout", type=float, default=5.0, help="seconds a reducer waits on a mapper before reporting it gone (default 5)")
+    co.add_argument("--probe-every", type=float, default=JobConfig.probe_every,
+                    help="seconds between pings of the workers holding map output, to find dead ones "
+                         f"without waiting for a reducer; 0: off (default {JobConfig.probe_every:g})")
     co.add_argument("--min-workers", type=int, default=1, help="hand out no task until this many workers have asked (default 1)")
     co.add_argument("--hold-reduces", action="store_true", help=argparse.SUPPRESS)  # a test's hook: reduces wait for Release
     _job_options(co)
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reduce-tasks must be at least 1 and --task-timeout positive")
     if getattr(args, "split_mb", 1) <= 0 or getattr(args, "fetch_timeout", 1) <= 0 or getattr(args, "give_up_after", 1) <= 0:
         parser.error("--split-mb, --fetch-timeout and --give-up-after must be positive")
+    if getattr(args, "probe_every", 0) < 0:
+        parser.error("--probe-every must be 0 (off) or positive seconds")
     if args.op == "worker":
         return _worker(args)
     problem = _check_inputs(args.files)
@@ -172,7 +177,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         tuple(str(Path(f).resolve()) for f in args.files), n_reduce=args.reduce_tasks,
         workdir=str(Path(args.out).resolve()), outdir=str(Path(args.out).resolve()), task_timeout=args.task_timeout,
         split_bytes=int(args.split_mb * 1e6), ship_input=args.ship_input, fetch_timeout=args.fetch_timeout,
-        hold_reduces=args.hold_reduces, min_workers=args.min_workers,
+        hold_reduces=args.hold_reduces, min_workers=args.min_workers, probe_every=args.probe_every,
     )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     try:

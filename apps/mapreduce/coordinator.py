@@ -12,9 +12,20 @@ Each map task is a split of an input file (``split_bytes``, a whole small
 file is one split). When a map is done the coordinator records where its
 output lives (the endpoint of the worker that serves it, or None for the
 shared directory); a reduce task carries that list. A reducer that cannot
-fetch from a worker reports ``FetchFailed``: every map that worker had
-completed goes back to the pool (its output lived on its disk, MapReduce
-paper §3.3), and reduces are handed out again once those maps are re-done.
+fetch from workers reports ``FetchFailed`` naming every one it could not
+reach: every map those workers had completed goes back to the pool (its
+output lived on their disks, MapReduce paper §3.3), and reduces are handed
+out again once those maps are re-done.
+
+A reducer is not the only one to notice a dead worker (issue #14: one report
+per death, two fetch timeouts each, and deaths piled up faster than they were
+found). ``run_job`` tells the coordinator ``WorkerLost`` from the
+supervisor's event the moment a worker process dies; and every
+``probe_every`` seconds a ``Prober`` pings, all at once, the workers that
+hold completed map output, so a dead worker on another machine is found in
+about two fetch timeouts whether or not a reducer is waiting on it. Either
+way its completed maps run again and its running task goes to another worker
+at once, not after ``task_timeout``.
 
 With ``backup_tasks`` (the MapReduce paper's remedy for stragglers), once
 nothing is left to hand out, an idle worker gets a copy of the task that has
@@ -28,6 +39,7 @@ and the traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -35,12 +47,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors import Actor, ActorSystem, LocalRef
+from actors.future import ReplyFuture
 from apps.mapreduce.files import Split, make_splits
 from apps.mapreduce.protocol import (
     Exit,
     FetchFailed,
     JobStatus,
     MapTask,
+    Probe,
     ReduceTask,
     Release,
     RequestTask,
@@ -49,6 +63,7 @@ from apps.mapreduce.protocol import (
     TaskFailed,
     Tick,
     Wait,
+    WorkerLost,
 )
 
 log = logging.getLogger(__name__)
@@ -61,16 +76,39 @@ def _size(path: str) -> int:
         return -1
 
 
+PROBER_NAME = "prober"
+
+
+@dataclass
+class _Attempt:
+    at: float
+    """When it was handed out (monotonic)."""
+    worker: str
+
+
 @dataclass
 class _Task:
     kind: str
     id: int
-    started: list[float] = field(default_factory=list)  # start times of running attempts
+    started: list[_Attempt] = field(default_factory=list)  # running attempts, oldest first
     attempts: int = 0
     failures: int = 0
     done: bool = False
     location: str | None = None
     """For a done map: the endpoint serving its output (None: the shared directory)."""
+    holder: str | None = None
+    """For a done map: the worker that produced it."""
+
+    def drop(self, worker: str) -> bool:
+        """Forget ``worker``'s running attempt (the oldest if it has none); False if none was running."""
+        for i, attempt in enumerate(self.started):
+            if attempt.worker == worker:
+                del self.started[i]
+                return True
+        if self.started:
+            self.started.pop(0)
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -96,6 +134,9 @@ class JobConfig:
     """Hand out nothing until this many workers have asked, so early ones do not take every map."""
     hold_reduces: bool = False
     """Hand out no reduce until a ``Release`` message arrives: a test's hook to act in between."""
+    probe_every: float = 2.0
+    """Seconds between liveness checks of the workers holding map output (each waits up to two
+    ``fetch_timeout``); 0 turns them off, leaving reducers and the supervisor to notice deaths."""
 
     def __post_init__(self) -> None:
         if self.n_reduce < 1:
@@ -104,6 +145,8 @@ class JobConfig:
             raise ValueError("task_timeout must be positive and max_attempts at least 1")
         if self.split_bytes < 1 or self.fetch_timeout <= 0:
             raise ValueError("split_bytes and fetch_timeout must be positive")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be 0 (off) or positive, got {self.probe_every}")
 
 
 COUNTERS = (
@@ -115,11 +158,13 @@ COUNTERS = (
 
 
 def start_coordinator(system: ActorSystem, config: JobConfig) -> LocalRef:
-    """Spawn the coordinator (and, with ``ship_input``, the file server for the inputs) on ``system``."""
-    if config.ship_input:
-        from apps.mapreduce.shuffle import FileServer, input_resolver
+    """Spawn the coordinator, its prober (and, with ``ship_input``, the inputs' file server) on ``system``."""
+    from apps.mapreduce.shuffle import FILES_NAME, FileServer, Prober, input_resolver
 
-        system.spawn(FileServer, input_resolver(config.files), name="files")
+    if config.ship_input:
+        system.spawn(FileServer, input_resolver(config.files), name=FILES_NAME)
+    if config.probe_every > 0:
+        system.spawn(Prober, name=PROBER_NAME)
     return system.spawn(Coordinator, config, name="coordinator")
 
 
@@ -135,6 +180,16 @@ class Coordinator(Actor):
         self.backups = 0
         self.reexecuted = 0
         self.fetch_failures = 0
+        self.lost = {"supervisor": 0, "probe": 0, "fetch": 0}
+        """Workers found gone, by what noticed first."""
+        self.gone: set[str] = set()
+        """Endpoints and worker ids already declared gone (a death counts once, however often reported)."""
+        self.dead: set[str] = set()
+        """Worker ids whose process the supervisor saw die: certain, unlike a silent endpoint."""
+        self.endpoint_of: dict[str, str] = {}
+        """Worker id -> the endpoint serving its map output, learned from its reports."""
+        self.probe: ReplyFuture | None = None
+        self.probed_at = time.monotonic()
         self.held = config.hold_reduces
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.peak_rss: dict[str, int] = {}
@@ -151,7 +206,7 @@ class Coordinator(Actor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RequestTask):
             self.workers.add(message.worker)
-            return self._hand_out()
+            return self._hand_out(message.worker)
         if isinstance(message, TaskDone):
             self._done(message)
             return True
@@ -161,6 +216,13 @@ class Coordinator(Actor):
         if isinstance(message, FetchFailed):
             self._fetch_failed(message)
             return True
+        if isinstance(message, WorkerLost):
+            worker, endpoint = message.worker, message.endpoint
+            if message.how not in self.lost or not isinstance(worker, str | None) or not isinstance(endpoint, str | None):
+                log.warning("coordinator: ignored a malformed %r", message)
+                return False
+            self._lose(message.how, str(message.detail), worker=worker, endpoint=endpoint)
+            return True
         if isinstance(message, Release):
             self.held = False
             return True
@@ -168,6 +230,7 @@ class Coordinator(Actor):
             return self.status()
         if isinstance(message, Tick):
             self._reclaim_timed_out()
+            self._check_liveness()
             return None
         log.warning("coordinator: ignored a %s", type(message).__name__)
         return None
@@ -197,7 +260,8 @@ class Coordinator(Actor):
             held=self.held and self.phase == "reduce",
             map_locations=tuple(t.location if t.done else None for t in self.maps),
             counters={**self.counters, "reexecuted_maps": self.reexecuted, "backup_tasks": self.backups,
-                      "reassigned_tasks": self.reassigned, "fetch_failures": self.fetch_failures},
+                      "reassigned_tasks": self.reassigned, "fetch_failures": self.fetch_failures,
+                      **{f"workers_lost_{how}": n for how, n in self.lost.items()}},
             worker_peak_rss=dict(self.peak_rss),
             phase_seconds=self._phase_seconds(),
         )
@@ -208,7 +272,7 @@ class Coordinator(Actor):
         return {"map": round(maps_end - self.started_at, 3), "reduce": round(end - maps_end, 3) if self.maps_done_at else 0.0,
                 "total": round(end - self.started_at, 3)}
 
-    def _hand_out(self) -> MapTask | ReduceTask | Wait | Exit:
+    def _hand_out(self, worker: str) -> MapTask | ReduceTask | Wait | Exit:
         phase = self.phase
         if phase in ("done", "failed"):
             return Exit("job failed" if phase == "failed" else "job done")
@@ -219,13 +283,13 @@ class Coordinator(Actor):
         if task is None and self.config.backup_tasks:
             running = [t for t in pool if not t.done and len(t.started) == 1]
             if running:
-                task = min(running, key=lambda t: t.started[0])
+                task = min(running, key=lambda t: t.started[0].at)
                 self.backups += 1
                 log.info("coordinator: backup attempt of %s task %d", task.kind, task.id)
         if task is None:
             return Wait(0.1)
         task.attempts += 1
-        task.started.append(time.monotonic())
+        task.started.append(_Attempt(time.monotonic(), worker))
         cfg = self.config
         if task.kind == "map":
             input_from = self.actor_system.endpoint if cfg.ship_input and self.actor_system else None
@@ -246,9 +310,18 @@ class Coordinator(Actor):
             return
         if msg.peak_rss:
             self.peak_rss[msg.worker] = max(self.peak_rss.get(msg.worker, 0), msg.peak_rss)
+        if msg.worker in self.dead and msg.kind == "map" and msg.location is not None:
+            # Sent just before the kill and overtaken by the supervisor's (local) report: the output died with it.
+            log.info("coordinator: map %s done by %s, which is dead; its output is lost", msg.id, msg.worker)
+            return
+        self.gone.discard(msg.worker)  # it reports: alive after all
+        if msg.location is not None:
+            self.endpoint_of[msg.worker] = msg.location
+            self.gone.discard(msg.location)
         if not task.done:
             task.done = True
             task.location = msg.location
+            task.holder = msg.worker
             task.started.clear()
             for name, value in msg.counters.items():
                 if name in self.counters and isinstance(value, int):
@@ -264,8 +337,7 @@ class Coordinator(Actor):
         if task is None or task.done:
             return
         task.failures += 1
-        if task.started:
-            task.started.pop(0)
+        task.drop(msg.worker)
         what = f"{msg.kind} task {msg.id}" + (f" (input {self._describe(self.splits[msg.id])})" if msg.kind == "map" else "")
         log.warning("coordinator: %s failed on worker %s (failure %d)", what, msg.worker, task.failures)
         if task.failures >= self.config.max_attempts and self.error is None:
@@ -278,27 +350,90 @@ class Coordinator(Actor):
         return split.filename if whole else f"{split.filename} bytes {split.start}-{split.end}"
 
     def _fetch_failed(self, msg: FetchFailed) -> None:
-        """The mapper at ``msg.endpoint`` is gone: its completed maps run again, the reduce waits for them."""
+        """The mappers at ``msg.endpoints`` are gone: their completed maps run again, the reduce waits for them."""
         self.fetch_failures += 1
         reduce = self._task("reduce", msg.reduce_id)
-        if reduce is not None and not reduce.done and reduce.started:
-            reduce.started.pop(0)
-        lost = [t for t in self.maps if t.done and t.location == msg.endpoint]
+        if reduce is not None and not reduce.done:
+            reduce.drop(msg.worker)
+        endpoints = msg.endpoints if isinstance(msg.endpoints, tuple) else ()
+        for endpoint in endpoints:
+            if isinstance(endpoint, str):
+                self._lose("fetch", msg.error, endpoint=endpoint)
+
+    def _lose(self, how: str, detail: str, *, worker: str | None = None, endpoint: str | None = None) -> None:
+        """A worker is gone: every completed map whose output it held runs again, and its running task
+        goes to another worker now (not after ``task_timeout``). Known by its id, its endpoint or both."""
+        if self.phase in ("done", "failed"):
+            return  # workers leave when the job is over; nothing of theirs is needed any more
+        if how == "supervisor" and worker is not None:
+            self.dead.add(worker)
+        if endpoint is None and worker is not None:
+            endpoint = self.endpoint_of.get(worker)
+        ids = {w for w, ep in self.endpoint_of.items() if endpoint is not None and ep == endpoint}
+        if worker is not None:
+            ids.add(worker)
+        lost = [t for t in self.maps if t.done and t.location is not None
+                and (t.location == endpoint or t.holder in ids)]
         for task in lost:
             task.done = False
             task.location = None
+            task.holder = None
             task.started.clear()
+        reassigned = 0
+        for task in (*self.maps, *self.reduces):
+            if not task.done:
+                kept = [a for a in task.started if a.worker not in ids]
+                reassigned += len(task.started) - len(kept)
+                task.started = kept
+        self.reassigned += reassigned
         if lost:
             self.reexecuted += len(lost)
             self.maps_done_at = None
-            log.warning("coordinator: worker at %s is gone (%s); %d completed maps run again",
-                        msg.endpoint, msg.error, len(lost))
+        keys = {k for k in (endpoint, *ids) if k is not None}
+        if keys and not keys & self.gone:
+            self.lost[how] += 1
+        self.gone |= keys
+        if lost or reassigned:
+            log.warning("coordinator: worker %s is gone (%s: %s); %d completed maps run again, %d tasks reassigned",
+                        worker or endpoint, how, detail, len(lost), reassigned)
+
+    def _check_liveness(self) -> None:
+        """Every ``probe_every`` s, ping the workers holding completed map output (off this thread)."""
+        cfg = self.config
+        if cfg.probe_every <= 0 or self.actor_system is None or self.phase in ("done", "failed"):
+            return
+        now = time.monotonic()
+        if self.probe is not None:
+            if self.probe.done:
+                future, self.probe = self.probe, None
+                self.probed_at = now
+                try:
+                    silent = future.get()
+                except Exception:  # the prober failed or stopped: skip this round, try again later
+                    log.exception("coordinator: a liveness check failed")
+                    return
+                for endpoint in silent if isinstance(silent, list) else ():
+                    self._lose("probe", f"no answer to two pings of {cfg.fetch_timeout} s", endpoint=endpoint)
+            elif now > self.probe.deadline:
+                self.probe, self.probed_at = None, now
+            return
+        if now - self.probed_at < cfg.probe_every:
+            return
+        holders = tuple(dict.fromkeys(t.location for t in self.maps if t.done and t.location is not None))
+        if not holders:
+            return
+        prober = self.actor_system.ref(self.actor_system.endpoint, PROBER_NAME)
+        try:
+            self.probe = prober.ask(Probe(holders, cfg.fetch_timeout), block=False, timeout=2 * cfg.fetch_timeout + 5.0)
+        except Exception:  # no prober on this system (a coordinator spawned without start_coordinator)
+            log.warning("coordinator: no prober; liveness checks are off")
+            self.config = dataclasses.replace(cfg, probe_every=0)
 
     def _reclaim_timed_out(self) -> None:
         now = time.monotonic()
         for task in (*self.maps, *self.reduces):
             if not task.done and task.started:
-                alive = [t for t in task.started if now - t < self.config.task_timeout]
+                alive = [a for a in task.started if now - a.at < self.config.task_timeout]
                 if len(alive) < len(task.started):
                     self.reassigned += len(task.started) - len(alive)
                     task.started = alive

@@ -9,7 +9,9 @@ inside the user's code) is restarted by the supervisor and its task, after
 the task timeout, goes to another worker. Each worker keeps its map output
 in a directory of its own and serves it to the reducers (as it would on
 separate machines); a worker that died takes its map output with it, and
-those maps run again. ``run_job`` returns when every
+those maps run again. The supervisor's event of a worker's death reaches the
+coordinator at once (``WorkerLost``), so its task goes to another worker and
+its maps run again without waiting for a timeout or a reducer. ``run_job`` returns when every
 reduce output is written, or raises :class:`JobFailed` naming what failed.
 """
 
@@ -26,11 +28,11 @@ from typing import Any
 
 import cloudpickle
 
-from actors import ActorSystem, ChildSpec, Supervisor
+from actors import ActorSystem, ChildSpec, EventKind, Supervisor, SupervisorEvent
 from apps.mapreduce.app import App, load_app
 from apps.mapreduce.coordinator import JobConfig, start_coordinator
-from apps.mapreduce.protocol import JobStatus, Status
-from apps.mapreduce.worker import worker_main
+from apps.mapreduce.protocol import JobStatus, Status, WorkerLost
+from apps.mapreduce.worker import worker_id, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,14 @@ def run_job(
     try:
         with ActorSystem() as system, Supervisor(max_restarts=10, within=10.0) as sup:
             coordinator = start_coordinator(system, config)
+
+            def on_event(event: SupervisorEvent) -> None:
+                # On the supervisor's monitor thread: a tell, never a wait.
+                if event.kind == EventKind.EXITED and event.pid is not None and event.child in names:
+                    coordinator.tell(WorkerLost("supervisor", f"{event.child} exited with {event.exitcode}",
+                                                worker=worker_id(event.pid)))
+
+            sup.add_listener(on_event)
             for name in names:
                 own = None if shared_dir else str(workdir / name)
                 sup.start_child(ChildSpec(name, worker_main, (system.endpoint, blob, 3.0, own), restart="transient"))

@@ -75,13 +75,35 @@ class TaskFailed:
 
 @message
 class FetchFailed:
-    """A reduce could not fetch a map's output from ``endpoint``: that worker's maps must run again."""
+    """A reduce could not fetch map output from ``endpoints``: those workers' maps must run again.
+
+    A reducer names every worker it could not reach, not only the first one,
+    so the coordinator re-runs all their maps at once (issue #14)."""
 
     worker: str
     reduce_id: int
     attempt: int
-    endpoint: str
+    endpoints: tuple[str, ...]
     error: str
+
+
+@message
+class WorkerLost:
+    """A worker is gone, as seen by someone other than a reducer: its maps run again, its task goes elsewhere.
+
+    ``worker`` (its id, ``host:pid``) when the supervisor saw the process die;
+    ``endpoint`` when the coordinator's liveness check found its file server silent."""
+
+    how: str
+    """"supervisor" or "probe": what noticed."""
+    detail: str
+    worker: str | None = None
+    endpoint: str | None = None
+
+
+@message
+class Ping:
+    """Are you there? A file server answers True; the coordinator and reducers ask before they rely on one."""
 
 
 @message
@@ -106,6 +128,14 @@ class Status:
 @message
 class Tick:
     pass
+
+
+@message
+class Probe:
+    """Ping the file servers at ``endpoints`` (the coordinator's prober does it off the coordinator's thread)."""
+
+    endpoints: tuple[str, ...]
+    timeout: float
 
 
 @message

@@ -21,7 +21,10 @@ _LABELS = [
     ("Job", [
         ("reexecuted_maps", "Re-executed map tasks (output lost)"),
         ("fetch_failures", "Failed shuffle fetches"),
-        ("reassigned_tasks", "Tasks reassigned after timeout"),
+        ("reassigned_tasks", "Tasks reassigned (timeout or dead worker)"),
+        ("workers_lost_supervisor", "Dead workers seen by the supervisor"),
+        ("workers_lost_probe", "Dead workers found by liveness checks"),
+        ("workers_lost_fetch", "Dead workers found by reducers"),
         ("backup_tasks", "Backup tasks"),
     ]),
 ]

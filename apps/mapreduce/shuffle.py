@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors import Actor, ActorDeadError, AskTimeout
-from apps.mapreduce.protocol import ReadChunk
+from apps.mapreduce.protocol import Ping, Probe, ReadChunk
 from transport.message import message
+
+if TYPE_CHECKING:
+    from actors import ActorSystem
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,9 @@ CHUNK = 4 << 20
 
 MAX_READ = 16 << 20
 """The most a server reads for one ask; a bigger request is refused, never silently shortened."""
+
+FILES_NAME = "files"
+"""The name a file server has in its process's actor system (a worker's, or the coordinator's for inputs)."""
 
 INTERMEDIATE = re.compile(r"mr-\d+-\d+")
 
@@ -54,8 +61,10 @@ class FileServer(Actor):
         super().__init__()
         self.resolve = resolve
 
-    def on_receive(self, message: Any) -> bytes | Refused:
+    def on_receive(self, message: Any) -> bytes | Refused | bool:
         # Never raises: a raising tell would stop the actor, and a stranger's bad request must not.
+        if isinstance(message, Ping):
+            return True
         if not isinstance(message, ReadChunk):
             log.warning("file server: ignored a %s", type(message).__name__)
             return Refused(f"a file server reads files; got a {type(message).__name__}")
@@ -145,3 +154,76 @@ def _ask(server: Any, message: ReadChunk, timeout: float) -> bytes:
             raise FetchError(f"{server!r} answered {type(chunk).__name__} for {message.name}")
         return chunk
     raise FetchError(f"{server!r} did not answer for {message.name} ({type(last).__name__})")
+
+
+def unreachable(system: ActorSystem, endpoints: Iterable[str], timeout: float, tries: int = 2) -> list[str]:
+    """The endpoints whose file server did not answer a ``Ping`` in any of ``tries`` rounds of ``timeout`` s.
+
+    Every ping of a round is in flight at once, so a round costs one
+    timeout however many workers are dead, and a reducer or the coordinator
+    learns of all of them together (issue #14: one at a time, deaths piled up
+    faster than they were found). The silent ones are asked once more, the
+    same rule as a fetch's: a single lost message is not yet a dead worker.
+    """
+    silent = list(dict.fromkeys(endpoints))
+    for _ in range(tries):
+        if not silent:
+            break
+        silent = _one_round(system, silent, timeout)
+    return silent
+
+
+_SLICE = 0.02
+"""Seconds one wait on one ping's reply lasts before the next ping's turn (see ``_one_round``)."""
+
+
+def _one_round(system: ActorSystem, endpoints: list[str], timeout: float) -> list[str]:
+    """Ping each endpoint at once; those with no answer within ``timeout``.
+
+    A thread's reply to an ask is read off that ask's connection only while
+    someone waits on its future, so the futures are waited on in turn, a
+    short slice each, until all answered or the time is up (not one after the
+    other: the first dead one would use up the time the others' replies need).
+    The asks' own deadline is later than ``timeout``, so a last pass can still
+    read a reply that came in at the end.
+    """
+    pending: dict[str, Any] = {}
+    silent: list[str] = []
+    for endpoint in endpoints:
+        try:
+            pending[endpoint] = system.ref(endpoint, FILES_NAME).ask(Ping(), block=False, timeout=timeout + 1.0)
+        except Exception as exc:  # a malformed endpoint, no key for its host: it cannot be reached either
+            log.warning("cannot ping %r: %s", endpoint, exc)
+            silent.append(endpoint)
+    end = time.monotonic() + timeout
+    last_pass = False
+    while pending:
+        for endpoint, future in list(pending.items()):
+            try:
+                future.get(timeout=_SLICE)
+            except AskTimeout:
+                continue
+            except ActorDeadError:
+                pass  # the process is there but serves no files: as good as gone
+            else:
+                del pending[endpoint]
+                continue
+            del pending[endpoint]
+            silent.append(endpoint)
+        if last_pass:
+            break
+        last_pass = time.monotonic() >= end
+    silent.extend(pending)
+    return [ep for ep in endpoints if ep in silent]
+
+
+class Prober(Actor):
+    """Runs the coordinator's liveness checks on a thread of their own: a check waits up to two timeouts,
+    and the coordinator must keep answering workers meanwhile. Answers a ``Probe`` with the silent endpoints."""
+
+    def on_receive(self, message: Any) -> list[str] | None:
+        if not isinstance(message, Probe):
+            log.warning("prober: ignored a %s", type(message).__name__)
+            return None
+        assert self.actor_system is not None  # spawned by a system
+        return unreachable(self.actor_system, message.endpoints, message.timeout)

@@ -35,13 +35,20 @@ from actors import Actor, ActorDeadError, ActorSystem, AskTimeout
 from apps.mapreduce.app import App, load_app
 from apps.mapreduce.files import intermediate_name
 from apps.mapreduce.protocol import Exit, FetchFailed, MapTask, ReduceTask, RequestTask, TaskDone, TaskFailed, Wait
-from apps.mapreduce.shuffle import FetchError, FileServer, fetch_to_file, intermediate_resolver, remote_reader
+from apps.mapreduce.shuffle import (
+    FILES_NAME,
+    FetchError,
+    FileServer,
+    fetch_to_file,
+    intermediate_resolver,
+    remote_reader,
+    unreachable,
+)
 from apps.mapreduce.tasks import TaskError, run_map, run_reduce
 
 log = logging.getLogger(__name__)
 
 COORDINATOR_NAME = "coordinator"
-FILES_NAME = "files"
 GONE = object()
 
 
@@ -56,6 +63,11 @@ class WorkerOutcome:
 
     reached: bool = False
     reason: str = ""
+
+
+def worker_id(pid: int) -> str:
+    """How a worker names itself to the coordinator: a supervisor on this host can name it from the pid."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def peak_rss_bytes() -> int:
@@ -78,7 +90,7 @@ class Worker(Actor):
         self.finished = finished
         self.give_up_after = give_up_after
         self.outcome = outcome if outcome is not None else WorkerOutcome()
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = worker_id(os.getpid())
         assert self.actor_system is not None
         self.coordinator = self.actor_system.ref(coordinator, COORDINATOR_NAME)
         self.workdir = Path(workdir) if workdir else None
@@ -149,6 +161,14 @@ class Worker(Actor):
         return TaskDone(self.worker_id, "map", task.id, task.attempt, self.location, result.counters, peak_rss_bytes())
 
     def _reduce(self, task: ReduceTask) -> Any:
+        assert self.actor_system is not None  # spawned by a system
+        system = self.actor_system
+        remote = list(dict.fromkeys(ep for _, ep in task.sources if ep is not None and ep != self.location))
+        # Ask every mapper at once before fetching: all the dead ones are named in one report (issue #14).
+        dead = unreachable(system, remote, task.fetch_timeout)
+        if dead:
+            log.warning("worker %s: reduce %d: %d mappers did not answer: %s", self.worker_id, task.id, len(dead), dead)
+            return FetchFailed(self.worker_id, task.id, task.attempt, tuple(dead), "did not answer a ping")
         fetched_dir = None
         try:
             runs = []
@@ -165,13 +185,15 @@ class Worker(Actor):
                         base.mkdir(parents=True, exist_ok=True)
                         fetched_dir = Path(tempfile.mkdtemp(prefix=f".fetch-{task.id}-", dir=base))
                     path = fetched_dir / name
-                    assert self.actor_system is not None
-                    server = self.actor_system.ref(endpoint, FILES_NAME)
+                    server = system.ref(endpoint, FILES_NAME)
                     try:
                         shuffle_bytes += fetch_to_file(server, name, path, task.fetch_timeout)
                     except FetchError as exc:
-                        log.warning("worker %s: fetch of %s from %s failed: %s", self.worker_id, name, endpoint, exc)
-                        return FetchFailed(self.worker_id, task.id, task.attempt, endpoint, str(exc))
+                        # Died (or lost the file) mid-shuffle: the others may have too; name them all.
+                        others = unreachable(system, [ep for ep in remote if ep != endpoint], task.fetch_timeout)
+                        log.warning("worker %s: fetch of %s from %s failed: %s; also silent: %s",
+                                    self.worker_id, name, endpoint, exc, others)
+                        return FetchFailed(self.worker_id, task.id, task.attempt, (endpoint, *others), str(exc))
                     runs.append(path)
                     continue
                 shuffle_bytes += path.stat().st_size if path.exists() else 0
