@@ -94,6 +94,29 @@ class EtcdClient:
         self._conn.close()
 
 
+def member_args(
+    binary: str, i: int, data_dir: str, client_url: str, listen_peer_url: str, advertise_peer_url: str, cluster: str, token: str
+) -> list[str]:
+    """The command line of member ``m{i}`` of a fresh loopback cluster (the benchmark's and the soak tool's).
+
+    ``advertise_peer_url`` differs from ``listen_peer_url`` when something (the
+    soak tool's partition proxy) sits between the members.
+    """
+    return [
+        binary,
+        f"--name=m{i}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={listen_peer_url}",
+        f"--initial-advertise-peer-urls={advertise_peer_url}",
+        f"--initial-cluster={cluster}",
+        "--initial-cluster-state=new",
+        f"--initial-cluster-token={token}",
+        "--log-level=error",
+    ]
+
+
 class EtcdCluster:
     """Context manager: starts ``members`` etcd processes under ``data_dir``, waits until all are healthy.
 
@@ -121,19 +144,7 @@ class EtcdCluster:
             for i, (host, port) in enumerate(self.endpoints):
                 client_url = f"http://{host}:{port}"
                 member_dir = os.path.join(self.data_dir, f"etcd-{i}")
-                args = [
-                    binary,
-                    f"--name=m{i}",
-                    f"--data-dir={member_dir}",
-                    f"--listen-client-urls={client_url}",
-                    f"--advertise-client-urls={client_url}",
-                    f"--listen-peer-urls={self._peer_urls[i]}",
-                    f"--initial-advertise-peer-urls={self._peer_urls[i]}",
-                    f"--initial-cluster={cluster}",
-                    "--initial-cluster-state=new",
-                    f"--initial-cluster-token={token}",
-                    "--log-level=error",
-                ]
+                args = member_args(binary, i, member_dir, client_url, self._peer_urls[i], self._peer_urls[i], cluster, token)
                 with open(os.path.join(self.data_dir, f"etcd-{i}.log"), "wb") as out:
                     self.procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
             self._await_healthy()

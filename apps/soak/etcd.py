@@ -183,16 +183,13 @@ class EtcdMembers:
         self.stop()
 
     def _args(self, i: int) -> list[str]:
+        from benchmarks.etcd import member_args
+
         cluster = ",".join(f"m{j}=http://127.0.0.1:{self.proxy_ports[j]}" for j in range(MEMBERS))
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
-        return [
-            self.binary, f"--name=m{i}", f"--data-dir={self.directory / f'member-{i}'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls=http://127.0.0.1:{self.peer_ports[i]}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{self.proxy_ports[i]}",
-            f"--initial-cluster={cluster}", "--initial-cluster-state=new", f"--initial-cluster-token={self.token}",
-            "--log-level=error",
-        ]
+        return member_args(
+            self.binary, i, str(self.directory / f"member-{i}"), f"http://127.0.0.1:{self.client_ports[i]}",
+            f"http://127.0.0.1:{self.peer_ports[i]}", f"http://127.0.0.1:{self.proxy_ports[i]}", cluster, self.token,
+        )
 
     def start(self, i: int, wait: bool = True) -> None:
         with open(self.logs / f"etcd-member-{i}.log", "ab") as out:
