@@ -180,17 +180,13 @@ class Wire:
         if inbox.qsize() >= self.mailbox_limit:  # type: ignore[attr-defined]  # our inboxes have qsize
             self._refuse_full(env)
             return
+        # An inline actor may serve a message from the network at once; any other queues it.
+        deliver = inbox.arrive if type(inbox) is _InlineInbox else inbox.put
         if env.kind == Kind.TELL:
-            if type(inbox) is _InlineInbox:
-                inbox.arrive(_PykkaEnvelope(env.body))
-            else:
-                inbox.put(_PykkaEnvelope(env.body))
+            deliver(_PykkaEnvelope(env.body))
             return
         reply = WireReply(self, env)
-        if type(inbox) is _InlineInbox:
-            inbox.arrive(_PykkaEnvelope(env.body, reply_to=reply))
-        else:
-            inbox.put(_PykkaEnvelope(env.body, reply_to=reply))
+        deliver(_PykkaEnvelope(env.body, reply_to=reply))
         if not ref.is_alive():
             # It stopped between the check and the put: its stop-time drain
             # may have run already, so answer now (WireReply is one-shot).
