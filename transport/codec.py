@@ -107,18 +107,37 @@ def decode(frame: bytes | memoryview, route: bytes | None = None) -> Envelope:
     if HEADER_BYTES + n_dest + n_src + n_sender + n_body != size:
         raise MalformedFrame(f"header lengths ({n_dest}, {n_src}, {n_sender}, {n_body}) do not add up to the frame's {size} bytes")
     view = memoryview(frame)
-    at = HEADER_BYTES
-    try:
-        dest = str(view[at : at + n_dest], "utf-8")
-        at += n_dest
-        src = str(view[at : at + n_src], "utf-8")
-        at += n_src
-        sender = str(view[at : at + n_sender], "utf-8")
-        at += n_sender
-    except UnicodeDecodeError as exc:
-        raise MalformedFrame(f"names that are not UTF-8: {exc}") from None
+    at = HEADER_BYTES + n_dest + n_src + n_sender
+    raw_names = bytes(view[HEADER_BYTES:at])
+    names = _decoded.get(raw_names)
+    if names is None or names[3] != (n_dest, n_src):
+        names = _decode_names(raw_names, n_dest, n_src)
     try:
         body = pickle.loads(view[at:])
     except Exception as exc:  # any unpickling failure means a bad frame
         raise MalformedFrame(f"undecodable body ({n_body} bytes): {exc!r}") from exc
-    return Envelope(_KINDS[kind], dest, src, corr, body, sender, route)
+    return _new_envelope(Envelope, (_KINDS[kind], names[0], names[1], corr, body, names[2], route))
+
+
+_decoded: dict[bytes, tuple[str, str, str, tuple[int, int]]] = {}
+"""The decoded names of recent frames, keyed by their bytes (and split points):
+the mirror of ``_names_cache`` on the receiving side. Bounded: cleared when full."""
+
+_new_envelope = tuple.__new__
+"""Builds an Envelope from a complete tuple of its fields without the NamedTuple's
+Python-level constructor (every field is given, in order, so nothing is lost)."""
+
+
+def _decode_names(raw: bytes, n_dest: int, n_src: int) -> tuple[str, str, str, tuple[int, int]]:
+    try:
+        dest, src, sender = (
+            raw[:n_dest].decode("utf-8"),
+            raw[n_dest : n_dest + n_src].decode("utf-8"),
+            raw[n_dest + n_src :].decode("utf-8"),
+        )
+    except UnicodeDecodeError as exc:
+        raise MalformedFrame(f"names that are not UTF-8: {exc}") from None
+    if len(_decoded) >= _NAMES_CACHE_LIMIT:
+        _decoded.clear()
+    hit = _decoded[raw] = (dest, src, sender, (n_dest, n_src))
+    return hit

@@ -99,6 +99,7 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _RCVTIMEO = int(zmq.RCVTIMEO)
+_REPLY = int(Kind.REPLY)
 _MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
 
 # pyzmq's compiled socket methods, called without its pure-Python layer
@@ -251,7 +252,7 @@ class Channel:
             frame = _raw_recv(sock, 0)
         except zmq.Again:
             return None
-        return self._node._decode_reply(frame)
+        return self._node._accept(frame, None, True)
 
     def close(self) -> None:
         """Close the socket once no thread drives it (waits for the lock)."""
@@ -447,13 +448,17 @@ class Node:
         frame = encode(env, self.max_frame_bytes)
         route = request.route if request.route is not None else LOCAL
         if route is not LOCAL and not self._faults.rules and threading.get_ident() == self._io_ident:
-            # The common case (an inline actor answering, no fault rules): straight out.
-            exempt = env.is_control
-            if exempt:
+            # The common case (an inline actor answering, no fault rules): straight
+            # out on the ROUTER, which this thread owns; counted once it is on its way.
+            try:
+                _raw_send(self._router, route, _MORE_NOBLOCK)
+                _raw_send(self._router, frame, _NOBLOCK)
+            except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
+                self.counters.add("send_failures")
+            if env.is_control:
                 self.counters.add("control")
             else:
                 self.counters.count_sent(message_type(env.body), len(frame))
-            self._deliver_or_send(request.src, frame, route)
             return len(frame)
         self._enqueue((request.src, message_type(env.body), env.is_reply, env.is_control, frame, route))
         return len(frame)
@@ -844,25 +849,30 @@ class Node:
             if event["event"] & _HANDSHAKE_FAILURES:
                 self.counters.add("rejected")
 
-    def _decode_reply(self, frame: bytes) -> Envelope | None:
-        """A reply read by a channel's driver: decoded, counted, and passed through the "in" rules.
+    def _accept(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False) -> Envelope | None:
+        """Decode one frame that came in, count it, and pass it through the "in" fault rules.
 
-        None when it is dropped, or held back (the I/O thread delivers it later through ``on_message``).
+        The one way in for every frame: the ROUTER's requests, the shared
+        DEALERs' replies and a channel's replies (``replies_only``: a request
+        that comes back on a sending connection is refused). None when the
+        frame is dropped, or held back (delivered later through ``on_message``).
+        Any thread: the fault table is shared, so its decision is taken under
+        the send lock (only when there are rules, which is never on the fast path).
         """
         try:
-            env = decode(frame, None)
+            env = decode(frame, route)
         except MalformedFrame as exc:
             self.counters.add("malformed")
             log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
             return None
-        if not env.is_reply:
+        if replies_only and env.kind < _REPLY:
             self.counters.add("malformed")
             log.warning("node %s: dropped a %s that came back on a sending connection", self.endpoint, env.kind.name)
             return None
         self.counters.count_received()
-        if self._faults.rules and not env.is_control:
+        if self._faults.rules and not env.is_control:  # no rules (the normal case): no decision at all
             with self._send_lock:
-                hold = self._faults.decide(env.src, "in", True, message_type(env.body))
+                hold = self._faults.decide(env.src, "in", env.kind >= _REPLY, message_type(env.body))
             if hold == DROP:
                 self.counters.add("dropped_by_faults")
                 return None
@@ -872,28 +882,13 @@ class Node:
         return env
 
     def _receive(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False) -> None:
-        try:
-            env = decode(frame, route)
-        except MalformedFrame as exc:
-            self.counters.add("malformed")
-            log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
+        """On the I/O thread: accept a frame and hand it on (to the node itself, or to ``on_message``)."""
+        env = self._accept(frame, route, replies_only)
+        if env is None:
             return
-        if replies_only and not env.is_reply:
-            self.counters.add("malformed")
-            log.warning("node %s: dropped a %s that came back on a sending connection", self.endpoint, env.kind.name)
-            return
-        self.counters.count_received()
         if env.dest == CONTROL_NAME:
             self._control(env)
             return
-        if self._faults.rules and not env.is_control:  # no rules (the normal case): no decision at all
-            hold = self._faults.decide(env.src, "in", env.is_reply, message_type(env.body))
-            if hold == DROP:
-                self.counters.add("dropped_by_faults")
-                return
-            if hold > 0:
-                self.call_later(hold, lambda: self._deliver(env))
-                return
         self._deliver(env)
 
     def _deliver(self, env: Envelope) -> None:
