@@ -207,7 +207,7 @@ class Channel:
     def send(self, env: Envelope) -> int:
         """Send a request on this channel (any thread; encoding errors raise here)."""
         node = self._node
-        frame = encode(env, node.max_frame_bytes)
+        frame = encode(env, node.max_frame_bytes, with_src=node._route_prefix is None)
         exempt = env.is_control
         if node._faults.rules and not exempt:
             with node._send_lock:  # the fault RNG is shared by every sending thread
@@ -252,7 +252,7 @@ class Channel:
             frame = _raw_recv(sock, 0)
         except zmq.Again:
             return None
-        return self._node._accept(frame, None, True)
+        return self._node._accept(frame, None, True, self.dest)
 
     def close(self) -> None:
         """Close the socket once no thread drives it (waits for the lock)."""
@@ -326,6 +326,13 @@ class Node:
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         if requested.startswith("tcp://") and not requested.endswith(":0"):
             self.endpoint = requested  # keep the caller's spelling (host name vs address)
+        # Every DEALER this node opens names it, once per connection, in its
+        # routing id ("z|<endpoint>|<random>", unique per socket); frames on it
+        # then leave their src out. An endpoint too long for a routing id
+        # (255 bytes) is sent in every frame instead.
+        prefix = b"z|" + self.endpoint.encode() + b"|"
+        self._route_prefix: bytes | None = prefix if len(prefix) + 16 <= 255 else None
+        self._route_peers: dict[bytes, str] = {}
         self._dealers: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._dealer_fds: dict[int, zmq.Socket] = {}
         self._last_send: dict[str, float] = {}
@@ -426,9 +433,10 @@ class Node:
         Raises FrameTooLarge, a pickling error, or KeyringError (no key serves
         that host) in the caller's thread.
         """
-        frame = encode(env, self.max_frame_bytes)
+        to_self = dest_endpoint == self.endpoint
+        frame = encode(env, self.max_frame_bytes, with_src=to_self or self._route_prefix is None)
         item = (dest_endpoint, message_type(env.body), env.is_reply, env.is_control, frame, None)
-        if dest_endpoint == self.endpoint:
+        if to_self:
             self._enqueue(item)  # delivered by the I/O thread, like everything received
         else:
             with self._send_lock:
@@ -445,8 +453,8 @@ class Node:
         Encoded in the caller's thread (errors surface there); the I/O thread,
         which owns the ROUTER, sends it.
         """
-        frame = encode(env, self.max_frame_bytes)
         route = request.route if request.route is not None else LOCAL
+        frame = encode(env, self.max_frame_bytes, with_src=route is LOCAL)  # a DEALER knows what it connected to
         if route is not LOCAL and not self._faults.rules and threading.get_ident() == self._io_ident:
             # The common case (an inline actor answering, no fault rules): straight
             # out on the ROUTER, which this thread owns; counted once it is on its way.
@@ -745,6 +753,8 @@ class Node:
         # A restarted peer should be reachable again within milliseconds.
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        if self._route_prefix is not None:
+            sock.setsockopt(zmq.ROUTING_ID, self._route_prefix + os.urandom(8).hex().encode())
         if self.keyring is not None:
             sock.curve_serverkey = server_key  # looked up before the socket exists: an unknown host leaks nothing
             sock.curve_publickey = self.keyring.public
@@ -779,19 +789,21 @@ class Node:
 
     def _drain_dealers(self, socks: list[zmq.Socket]) -> None:
         """Read the replies waiting on DEALERs (under the send lock), then deliver them."""
-        frames: list[bytes] = []
+        frames: list[tuple[bytes, str]] = []
         with self._send_lock:
+            peers = {id(sock): dest for dest, sock in self._dealers.items()}
             for sock in socks:
                 if sock.closed:
                     continue
+                peer = peers.get(id(sock), "")
                 for _ in range(1_000):
                     if not _events(sock) & _POLLIN:
                         break
-                    frames.extend(sock.recv_multipart(_NOBLOCK, copy=True))
+                    frames.extend((part, peer) for part in sock.recv_multipart(_NOBLOCK, copy=True))
                 else:
                     self._input_waiting = True  # more than a batch: come back after other work
-        for frame in frames:
-            self._receive(frame, None, replies_only=True)
+        for frame, peer in frames:
+            self._receive(frame, None, replies_only=True, peer=peer)
 
     def _drain_router(self) -> None:
         """Read what waits on the ROUTER (the poll has just said something does).
@@ -849,7 +861,9 @@ class Node:
             if event["event"] & _HANDSHAKE_FAILURES:
                 self.counters.add("rejected")
 
-    def _accept(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False) -> Envelope | None:
+    def _accept(
+        self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False, peer: str = ""
+    ) -> Envelope | None:
         """Decode one frame that came in, count it, and pass it through the "in" fault rules.
 
         The one way in for every frame: the ROUTER's requests, the shared
@@ -860,7 +874,7 @@ class Node:
         the send lock (only when there are rules, which is never on the fast path).
         """
         try:
-            env = decode(frame, route)
+            env = decode(frame, route, peer)
         except MalformedFrame as exc:
             self.counters.add("malformed")
             log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
@@ -881,15 +895,26 @@ class Node:
                 return None
         return env
 
-    def _receive(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False) -> None:
+    def _receive(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False, peer: str = "") -> None:
         """On the I/O thread: accept a frame and hand it on (to the node itself, or to ``on_message``)."""
-        env = self._accept(frame, route, replies_only)
+        if route is not None:
+            peer = self.endpoint if route is LOCAL else self._route_peers.get(route) or self._peer_of(route)
+        env = self._accept(frame, route, replies_only, peer)
         if env is None:
             return
         if env.dest == CONTROL_NAME:
             self._control(env)
             return
         self._deliver(env)
+
+    def _peer_of(self, route: bytes) -> str:
+        """The endpoint a connection's routing id names ("" for one that names none: a label only)."""
+        head, sep, _ = route.rpartition(b"|")
+        peer = head[2:].decode(errors="replace") if sep and head.startswith(b"z|") else ""
+        if len(self._route_peers) >= 4096:  # bounded; a miss costs one parse
+            self._route_peers.clear()
+        self._route_peers[route] = peer
+        return peer
 
     def _deliver(self, env: Envelope) -> None:
         try:
