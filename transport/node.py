@@ -51,6 +51,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import stat
 import tempfile
 import threading
@@ -111,7 +112,6 @@ _raw_send = zmq.backend.Socket.send
 _raw_recv = zmq.backend.Socket.recv
 _raw_get = zmq.backend.Socket.get
 _raw_set = zmq.backend.Socket.set
-_zmq_poll = zmq.backend.zmq_poll
 
 
 def _events(sock: zmq.Socket) -> int:
@@ -337,6 +337,8 @@ class Node:
         self._dealer_fds: dict[int, zmq.Socket] = {}
         self._last_send: dict[str, float] = {}
         self._poll_dirty = True  # the I/O thread rebuilds its poller (dealers came or must go)
+        self._own_fds: list[int] = []  # the I/O thread's own descriptors (ROUTER, wake pipe, ZAP, monitor)
+        self._router_sent = False  # the I/O thread sent on the ROUTER outside _drain_router
         self._input_waiting = False  # a sender saw a reply waiting on a DEALER
         self._send_lock = threading.Lock()
         self._outbox: deque[tuple] = deque()
@@ -458,6 +460,7 @@ class Node:
         if route is not LOCAL and not self._faults.rules and threading.get_ident() == self._io_ident:
             # The common case (an inline actor answering, no fault rules): straight
             # out on the ROUTER, which this thread owns; counted once it is on its way.
+            self._router_sent = True
             try:
                 _raw_send(self._router, route, _MORE_NOBLOCK)
                 _raw_send(self._router, frame, _NOBLOCK)
@@ -554,12 +557,22 @@ class Node:
             except (BlockingIOError, OSError):
                 pass
 
-    def _build_poll_items(self) -> list[tuple[Any, int]]:
-        """What the I/O thread polls: its own sockets, the wake-up pipe, every DEALER's descriptor."""
-        items: list[tuple[Any, int]] = [(self._router, _POLLIN), (self._wake_r, _POLLIN)]
-        for sock in (self._zap, self._monitor):
-            if sock is not None:
-                items.append((sock, _POLLIN))
+    def _build_poller(self) -> select.poll:
+        """What the I/O thread polls: the descriptors of its sockets, the wake-up pipe, every DEALER's.
+
+        Raw descriptors, never the sockets themselves: libzmq's poll reads
+        ZMQ_EVENTS of every socket it is given before and after it sleeps,
+        each read a system call or two here, so a node that polled its
+        ROUTER, ZAP and monitor sockets that way made three times the system
+        calls of a bare blocking recv per request. A socket's ZMQ_FD only
+        says "look again" (edge-triggered): each reader reads until ZMQ_EVENTS
+        shows nothing more, and a send on the ROUTER (which may consume the
+        signal of a request that has just arrived) is followed by a look at
+        ZMQ_EVENTS before the thread sleeps (``_router_sent``).
+        """
+        poller = select.poll()
+        for fd in self._own_fds:
+            poller.register(fd, select.POLLIN)
         with self._send_lock:
             self._poll_dirty = False
             while len(self._dealers) > self.max_peers:
@@ -568,28 +581,51 @@ class Node:
                 self._close_dealer(sock)
                 log.info("node %s: closed the least recently used connection, to %s", self.endpoint, dest)
             fds = list(self._dealer_fds)
-        items.extend((fd, _POLLIN) for fd in fds)
-        return items
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return poller
 
     def _run(self) -> None:
         self._io_ident = threading.get_ident()
-        items = self._build_poll_items()
-        router, wake_r, zap, monitor = self._router, self._wake_r, self._zap, self._monitor
+        router, wake_r = self._router, self._wake_r
+        router_fd = cast(int, router.get(zmq.FD))
+        zap_fd = cast(int, self._zap.get(zmq.FD)) if self._zap is not None else -1
+        monitor_fd = cast(int, self._monitor.get(zmq.FD)) if self._monitor is not None else -1
+        self._own_fds = [fd for fd in (router_fd, wake_r, zap_fd, monitor_fd) if fd >= 0]
+        poller = self._build_poller()
+        # What arrived before this thread ran may have signalled already: look at everything first.
+        router_due, zap_due, monitor_due = True, zap_fd >= 0, monitor_fd >= 0
+        ready: list[zmq.Socket] = []
         try:
             while not self._stopping:
+                if self._outbox:
+                    self._drain_outbox()
+                if zap_due:
+                    zap_due = self._answer_zap()
+                if monitor_due:
+                    monitor_due = self._read_monitor()
+                if router_due:
+                    router_due = self._drain_router()
+                if self._input_waiting:
+                    self._input_waiting = False
+                    ready = list(self._dealer_fds.values())
+                if ready:
+                    self._drain_dealers(ready)
+                    ready = []
+                if self._soon:
+                    self._run_soon()
                 timeout_ms = self._run_due_timers()
                 if self._poll_dirty:
-                    items = self._build_poll_items()
-                if self._input_waiting or self._soon:
+                    poller = self._build_poller()
+                if self._router_sent:  # a send since the last look may have eaten a request's signal
+                    self._router_sent = False
+                    router_due = router_due or bool(_events(router) & _POLLIN)
+                if router_due or zap_due or monitor_due or self._input_waiting or self._soon or self._outbox:
                     timeout_ms = 0
-                # libzmq's poll called directly (pyzmq's Poller only adds a Python layer).
-                events = _zmq_poll(items, -1 if timeout_ms is None else timeout_ms)
-                router_ready = zap_ready = monitor_ready = False
-                ready: list[zmq.Socket] = []
-                for what, _ in events:
-                    if what is router:
-                        router_ready = True
-                    elif what == wake_r:
+                for fd, _ in poller.poll(timeout_ms):
+                    if fd == router_fd:
+                        router_due = True
+                    elif fd == wake_r:
                         # Empty the pipe first, then clear the flag: cleared first, a
                         # wake-up written in between would be read here too and leave
                         # the flag set over an empty pipe, silencing every later wake-up.
@@ -598,29 +634,14 @@ class Node:
                         except BlockingIOError:
                             pass
                         self._signalled = False
-                    elif what is zap:
-                        zap_ready = True
-                    elif what is monitor:
-                        monitor_ready = True
+                    elif fd == zap_fd:
+                        zap_due = True
+                    elif fd == monitor_fd:
+                        monitor_due = True
                     else:
-                        dealer = self._dealer_fds.get(what)
+                        dealer = self._dealer_fds.get(fd)
                         if dealer is not None:
                             ready.append(dealer)
-                if self._outbox:
-                    self._drain_outbox()
-                if zap_ready:
-                    self._answer_zap()
-                if monitor_ready:
-                    self._read_monitor()
-                if router_ready:
-                    self._drain_router()
-                if self._input_waiting:
-                    self._input_waiting = False
-                    ready = list(self._dealer_fds.values())
-                if ready:
-                    self._drain_dealers(ready)
-                if self._soon:
-                    self._run_soon()
         except Exception:
             log.exception("node %s: I/O thread failed", self.endpoint)
         finally:
@@ -685,6 +706,7 @@ class Node:
     def _deliver_or_send(self, dest: str, frame: bytes, route: bytes | None = None) -> None:
         """On the I/O thread: receive a frame for this node, reply on the ROUTER, or send under the lock."""
         if route is not None and route != LOCAL:
+            self._router_sent = True
             try:
                 router = self._router
                 _raw_send(router, route, _MORE_NOBLOCK)
@@ -805,19 +827,21 @@ class Node:
         for frame, peer in frames:
             self._receive(frame, None, replies_only=True, peer=peer)
 
-    def _drain_router(self) -> None:
-        """Read what waits on the ROUTER (the poll has just said something does).
+    def _drain_router(self) -> bool:
+        """Read what waits on the ROUTER; whether more is left for the next turn.
 
         Bounded, so timers and local deliveries get their turn; ZMQ_EVENTS,
-        not a raised zmq.Again, says when to stop (an exception costs more),
-        and is not read before the first message, which the poll vouched for.
+        not a raised zmq.Again, says when to stop (an exception costs more).
+        Either way out, the last thing done on the ROUTER is a look at its
+        input (after every reply sent), which is what re-arms its descriptor.
         """
         router = self._router
         for _ in range(10_000):
             try:
                 route = _raw_recv(router, _NOBLOCK)
             except zmq.Again:
-                return
+                self._router_sent = False
+                return False
             frame = _raw_recv(router, _NOBLOCK)  # a ROUTER's identity part is always followed by one more
             if _raw_get(router, _RCVMORE):
                 extra = 1
@@ -829,16 +853,21 @@ class Node:
             else:
                 self._receive(frame, route)
             if not _events(router) & _POLLIN:
-                return
+                self._router_sent = False
+                return False
+        return True
 
-    def _answer_zap(self) -> None:
-        """The ZAP handler: admit a CURVE client only if its public key is in the keyring."""
+    def _answer_zap(self) -> bool:
+        """The ZAP handler: admit a CURVE client only if its public key is in the keyring.
+
+        Whether requests are left for the next turn (it reads until none are, or a bound).
+        """
         assert self._zap is not None
         for _ in range(1_000):
             try:
                 request = self._zap.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             ok = False
             try:
                 version, request_id, _domain, address, _identity, mechanism = request[:6]
@@ -850,16 +879,19 @@ class Node:
             if not ok:
                 log.warning("node %s: refused a connection from %s: key not in the keyring", self.endpoint, address.decode(errors="replace"))
             self._zap.send_multipart([version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not in keyring", b"", b""])
+        return True
 
-    def _read_monitor(self) -> None:
+    def _read_monitor(self) -> bool:
+        """Count failed handshakes; whether events are left for the next turn."""
         assert self._monitor is not None
         for _ in range(1_000):
             try:
                 event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             if event["event"] & _HANDSHAKE_FAILURES:
                 self.counters.add("rejected")
+        return True
 
     def _accept(
         self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False, peer: str = ""
