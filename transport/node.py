@@ -20,7 +20,8 @@ CURVE off for loopback and ipc:// only, with a warning once per process.
 
 pyzmq sockets are not thread-safe, so each socket has one user at a time.
 The bound ROUTER (requests in, replies out by the requester's connection
-identity), the ZAP socket and the monitor belong to the I/O thread alone.
+identity), the ZAP socket and the monitor belong to the I/O thread alone,
+which polls their raw ZMQ_FD descriptors (see ``_build_poller``).
 Sending sockets (one DEALER per destination, which also receive the replies
 to what was sent on them) are used under the node's send lock: a sending
 thread sends on them directly (so an oversized or unpicklable message fails
@@ -32,7 +33,9 @@ re-checks ZMQ_EVENTS and wakes the I/O thread when input is waiting. At most
 so is one unused for ``peer_idle`` seconds (by the I/O thread, the only one
 polling their descriptors). Replies
 never open a socket: a frame's claimed ``src`` is only a label for fault
-rules and counters, never an address a reply goes to.
+rules and counters, never an address a reply goes to. Every DEALER names
+its node once, in its routing id, so frames on a connection leave ``src``
+out (the receiver knows the other end; see :mod:`transport.codec`).
 
 ``on_message`` runs on the I/O thread for every envelope that arrives for a
 name other than the node's control name. It must be quick (hand the message to
@@ -830,12 +833,17 @@ class Node:
     def _drain_router(self) -> bool:
         """Read what waits on the ROUTER; whether more is left for the next turn.
 
-        Bounded, so timers and local deliveries get their turn; ZMQ_EVENTS,
-        not a raised zmq.Again, says when to stop (an exception costs more).
-        Either way out, the last thing done on the ROUTER is a look at its
-        input (after every reply sent), which is what re-arms its descriptor.
+        Bounded, so timers and local deliveries get their turn. Each look at
+        ZMQ_EVENTS with nothing pending costs a system call or two, as does the
+        zmq.Again of a read that finds nothing (plus the exception): after the
+        first request, ZMQ_EVENTS says whether this is a lone request (the
+        usual round trip: stop) or a burst, which is then read until zmq.Again,
+        with no look per request. Either way out, the last thing done on the
+        ROUTER is a look at its input (after every reply sent), which is what
+        re-arms its descriptor.
         """
         router = self._router
+        burst = False
         for _ in range(10_000):
             try:
                 route = _raw_recv(router, _NOBLOCK)
@@ -852,9 +860,11 @@ class Node:
                 log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, extra + 1)
             else:
                 self._receive(frame, route)
-            if not _events(router) & _POLLIN:
-                self._router_sent = False
-                return False
+            if not burst:
+                if not _events(router) & _POLLIN:
+                    self._router_sent = False
+                    return False
+                burst = True
         return True
 
     def _answer_zap(self) -> bool:
