@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import pykka
+from pykka._envelope import Envelope as _PykkaEnvelope  # the one pykka internal used: a queued message with its reply target
 
 from transport.node import Node, Timer
 
@@ -92,24 +93,21 @@ class _InlineInbox:
             self._scheduled = True
             self._node.run_soon(self._drain)
 
-    def arrive(self, envelope: Any, /) -> None:
+    def arrive(self, message: Any, reply_to: Any, /) -> None:
         """A message from the network, on the I/O thread: served at once when nothing is ahead of it.
 
-        This skips the queue and the deferred drain for the common case (one
-        request at a time). With anything queued, or this actor's handler
-        already on the stack (a message it sent to its own node came straight
-        back), it waits its turn like any other.
+        This skips the queue, the deferred drain and pykka's envelope for the
+        common case (one request at a time). With anything queued, or this
+        actor's handler already on the stack (a message it sent to its own
+        node came straight back), it waits its turn like any other.
         """
-        if self._q or self._scheduled or self._serving:
-            self.put(envelope)
-            return
         actor = self._actor
-        if actor.actor_stopped.is_set():
-            self.put(envelope)  # answered by the stop-time drain
+        if self._q or self._scheduled or self._serving or actor.actor_stopped.is_set():
+            self.put(_PykkaEnvelope(message, reply_to=reply_to))  # a stopped actor's drain answers it
             return
         self._serving = True
         try:
-            actor._serve_one(envelope)
+            actor._serve_one(message, reply_to)
         finally:
             self._serving = False
         if actor.actor_stopped.is_set():
@@ -138,7 +136,8 @@ class _InlineInbox:
             for _ in range(1_000):  # bounded: other actors and the sockets get their turn
                 if not q or actor.actor_stopped.is_set():
                     break
-                actor._serve_one(q.popleft())
+                envelope = q.popleft()
+                actor._serve_one(envelope.message, envelope.reply_to)
         finally:
             self._serving = False
         if actor.actor_stopped.is_set():
@@ -178,15 +177,15 @@ class Actor(pykka.ThreadingActor):
             return
         super()._start_actor_loop()
 
-    def _serve_one(self, envelope: Any) -> None:
+    def _serve_one(self, message: Any, reply_to: Any) -> None:
         """One turn of pykka's actor loop, for an inline actor (same semantics, no thread)."""
         try:
-            response = self._handle_receive(envelope.message)
-            if envelope.reply_to is not None:
-                envelope.reply_to.set(response)
+            response = self._handle_receive(message)
+            if reply_to is not None:
+                reply_to.set(response)
         except Exception:
-            if envelope.reply_to is not None:
-                envelope.reply_to.set_exception()
+            if reply_to is not None:
+                reply_to.set_exception()
             else:
                 self._handle_failure(*sys.exc_info())
                 try:

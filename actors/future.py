@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from transport.node import Channel
 
 _UNSET = object()
+_HOOK_UNSET = pykka.Future()._get_hook_result  # pykka's "no hook result yet" marker, without naming its class
 _POLL_SLICE = 0.05
 """Longest a waiting thread holds a channel without looking at its own future
 (which a fault-delayed reply, a stop or the sweep may complete by another way)."""
@@ -44,6 +45,11 @@ class ReplyFuture(pykka.Future):
     Nothing is formatted until an error needs the text (``describe``).
     """
 
+    # pykka's own attributes, as class defaults: its __init__ is skipped (one
+    # future per ask is made on the hot path) and sets nothing else.
+    _get_hook = None
+    _get_hook_result = _HOOK_UNSET
+
     def __init__(
         self,
         what: str = "",
@@ -54,9 +60,8 @@ class ReplyFuture(pykka.Future):
         resolve: Callable[[Envelope], None] | None = None,
         io_thread: Callable[[], bool] | None = None,
     ) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._lock.acquire()
+        self._lock = lock = threading.Lock()
+        lock.acquire()
         self._value: Any = _UNSET
         self._error: BaseException | None = None
         self._what = what
@@ -80,38 +85,42 @@ class ReplyFuture(pykka.Future):
         return self._value is not _UNSET or self._error is not None
 
     def get(self, *, timeout: float | None = None) -> Any:
+        if self._value is not _UNSET:  # the common case once answered: nothing else to look at
+            return self._value
         if self._get_hook is not None:  # map/join/filter/reduce: pykka's combinators
             return super().get(timeout=timeout)
-        if not self.done:
-            if self._io_thread is not None and self._io_thread():
+        if self._error is None:
+            channel = self._channel
+            # A channel is never the I/O thread's (Node.channel), so only a future without one can be waited on there.
+            if channel is None and self._io_thread is not None and self._io_thread():
                 raise BlockingOnIOThread(
                     f"a blocking wait for {self.describe} on the node's I/O thread would wait for itself: "
                     "use tell, ask(block=False) without get(), or a timer"
                 )
             now = time.monotonic()
             end = self.deadline if timeout is None else min(self.deadline, now + max(0.0, timeout))
-            if self._channel is not None:
-                self._drive(end)
+            if channel is not None:
+                self._drive(channel, end)
             elif math.isinf(end):
                 self._lock.acquire()
                 self._lock.release()
             elif self._lock.acquire(timeout=max(0.0, end - now)):
                 self._lock.release()  # let later get() calls through
-            if not self.done:
+            if self._value is not _UNSET:
+                return self._value
+            if self._error is None:
                 if time.monotonic() >= self.deadline and self._forget is not None:
                     self._forget()  # before its deadline it stays pending: a later get() may still succeed
                 waited = max(0.0, (end if not math.isinf(end) else time.monotonic()) - now)
                 raise AskTimeout(f"no reply to {self.describe} within {waited:.3f} s")
-        if self._error is not None:
-            raise self._error
-        return self._value
+        raise self._error
 
-    def _drive(self, end: float) -> None:
+    def _drive(self, ch: Channel, end: float) -> None:
         """Read the channel this ask's reply comes back on until it is here or ``end``."""
-        ch = self._channel
         resolve = self._resolve
-        assert ch is not None and resolve is not None
-        while not self.done:
+        assert resolve is not None
+        lock = ch.lock
+        while self._value is _UNSET and self._error is None:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return
@@ -121,31 +130,33 @@ class ReplyFuture(pykka.Future):
                 return
             # Uncontended (the usual case: this thread alone waits on its channel), the
             # non-blocking attempt is the cheap one; else wait a slice for the lock.
-            if not ch.lock.acquire(False) and not ch.lock.acquire(timeout=min(remaining, _POLL_SLICE)):
+            if not lock.acquire(False) and not lock.acquire(timeout=min(remaining, _POLL_SLICE)):
                 continue
             try:
-                if self.done:
+                if self._value is not _UNSET or self._error is not None:
                     return
-                env = ch.receive(min(remaining, _POLL_SLICE))
+                env = ch.receive(remaining if remaining < _POLL_SLICE else _POLL_SLICE)
                 if env is not None:
                     resolve(env)
             finally:
-                ch.lock.release()
+                lock.release()
 
     def set(self, value: Any = None) -> None:
-        if self.done:
+        if self._value is not _UNSET or self._error is not None:
             return
         self._value = value
         self._lock.release()
-        self._run_callbacks()
+        if self._callbacks:
+            self._run_callbacks()
 
     def set_exception(self, exc_info: Any = None) -> None:
-        if self.done:
+        if self._value is not _UNSET or self._error is not None:
             return
         exc = exc_info[1] if exc_info else sys.exc_info()[1]
         self._error = exc if exc is not None else RuntimeError("unknown error")
         self._lock.release()
-        self._run_callbacks()
+        if self._callbacks:
+            self._run_callbacks()
 
     def _run_callbacks(self) -> None:
         callbacks, self._callbacks = self._callbacks, []

@@ -49,11 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
-from pykka._envelope import (
-    Envelope as _PykkaEnvelope,  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
-)
 
-from actors.actor import _InlineInbox, hosted_by
+from actors.actor import _InlineInbox, _PykkaEnvelope, hosted_by
 from actors.address import Address
 from actors.errors import ActorDeadError, SystemStopped
 from actors.future import ReplyFuture

@@ -30,11 +30,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
-from pykka._envelope import (
-    Envelope as _PykkaEnvelope,  # the one pykka internal we use: to put an ask with our own reply future in a mailbox
-)
 
-from actors.actor import _InlineInbox
+from actors.actor import _InlineInbox, _PykkaEnvelope
 from actors.address import Address
 from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull
 from actors.future import ReplyFuture
@@ -43,24 +40,28 @@ from transport.node import ControlOp
 
 log = logging.getLogger(__name__)
 
+# Plain ints: comparing an IntEnum member with an int is a C call, fetching a member from the class is not.
+_ASK = int(Kind.ASK)
+_REPLY = int(Kind.REPLY)
 
-class WireReply(pykka.Future):
-    """Put in a local actor's mailbox for an ask that came over the wire.
 
-    pykka's actor loop calls ``set`` with the handler's result, or
+class WireReply:
+    """The reply target of an ask that came over the wire, in place of a local future.
+
+    Whoever serves the ask calls ``set`` with the handler's result, or
     ``set_exception`` when it raised (the actor goes on), or answers with
-    ``ActorDeadError`` when the actor stopped first: each becomes a reply
-    envelope to the asking node. One-shot: the mailbox's stop-time drain and
-    the system's own check after a put may both answer; only the first goes.
+    ``ActorDeadError`` when the actor stopped first (pykka's stop-time
+    drain): each becomes a reply envelope to the asking node. One-shot: the
+    stop-time drain and the system's own check after a put may both answer;
+    only the first goes. Not a pykka future (nothing ever reads it here), so
+    it costs one small object per ask.
     """
 
+    __slots__ = ("_request", "_wire")
+
     def __init__(self, wire: Wire, request: Envelope) -> None:
-        super().__init__()
         self._wire: Wire | None = wire
         self._request = request
-
-    def get(self, *, timeout: float | None = None) -> Any:
-        raise RuntimeError("a wire reply is answered remotely, not read")
 
     def set(self, value: Any = None) -> None:
         wire, self._wire = self._wire, None
@@ -169,25 +170,23 @@ class Wire:
 
     def on_message(self, env: Envelope) -> None:
         """Runs on the I/O thread for every delivered envelope."""
-        if env.kind.is_reply:
+        if env.kind >= _REPLY:
             self.resolve(env)
             return
         ref = self._lookup(env.dest)
-        if ref is None or not ref.is_alive():
+        if ref is None or ref.actor_stopped.is_set():
             self._dead(env)
             return
         inbox = ref.actor_inbox
         if inbox.qsize() >= self.mailbox_limit:  # type: ignore[attr-defined]  # our inboxes have qsize
             self._refuse_full(env)
             return
-        # An inline actor may serve a message from the network at once; any other queues it.
-        deliver = inbox.arrive if type(inbox) is _InlineInbox else inbox.put
-        if env.kind == Kind.TELL:
-            deliver(_PykkaEnvelope(env.body))
-            return
-        reply = WireReply(self, env)
-        deliver(_PykkaEnvelope(env.body, reply_to=reply))
-        if not ref.is_alive():
+        reply = WireReply(self, env) if env.kind == _ASK else None
+        if type(inbox) is _InlineInbox:
+            inbox.arrive(env.body, reply)  # served at once when the actor is idle
+        else:
+            inbox.put(_PykkaEnvelope(env.body, reply_to=reply))  # type: ignore[arg-type]  # duck-typed reply target
+        if reply is not None and ref.actor_stopped.is_set():
             # It stopped between the check and the put: its stop-time drain
             # may have run already, so answer now (WireReply is one-shot).
             reply.set_exception((ActorDeadError, ActorDeadError(f"actor {env.dest!r} on {self._node.endpoint} stopped"), None))

@@ -20,6 +20,7 @@ from transport.keys import (
     Keyring,
     KeyringError,
     Member,
+    _valid_key,
     default_keyring_dir,
     init_keyring,
     read_members,
@@ -82,8 +83,30 @@ def _dir(given: str | None) -> Path:
     return Path(given or os.environ.get(KEYS_ENV) or default_keyring_dir()).expanduser().absolute()
 
 
+def _keys_as_operands(argv: list[str]) -> list[str]:
+    """A Z85 key may begin with "-" (one in 85 does), which argparse would take
+    for an option: such a key, pasted as ``add``'s PUBKEY, is moved behind a
+    "--" at the end, where it can only be an operand."""
+    if argv[:1] != ["add"] or "--" in argv:
+        return argv
+    keyish = [a for a in argv[1:] if a.startswith("-") and len(a) == 40 and _is_key(a)]
+    if len(keyish) != 1:
+        return argv
+    rest = list(argv)
+    rest.remove(keyish[0])
+    return [*rest, "--", keyish[0]]
+
+
+def _is_key(text: str) -> bool:
+    try:
+        _valid_key(text)
+    except KeyringError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_keys_as_operands(list(sys.argv[1:] if argv is None else argv)))
     try:
         if args.op == "init":
             directory = init_keyring(_dir(args.dir))

@@ -443,6 +443,18 @@ def test_keys_cli_manages_a_keyring(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no member named 'b'" in missing.stderr
 
 
+def test_keys_cli_takes_a_key_that_begins_with_a_dash(tmp_path: Path) -> None:
+    """One Z85 key in 85 begins with "-": pasted as PUBKEY it must still be a key, not an option."""
+    ring = init_keyring(tmp_path / "ring")
+    dashed = next(k for k in (zmq.curve_keypair()[0].decode() for _ in range(100_000)) if k.startswith("-"))
+    added = subprocess.run(
+        [sys.executable, "-m", "apps.cli", "keys", "add", "b", dashed, "--host", "127.0.0.2", "--keys", str(ring)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    assert Keyring(ring).server_key("tcp://127.0.0.2:7000") == dashed.encode()
+
+
 def test_header_is_checked_before_the_body_is_unpickled(tmp_path: Path) -> None:
     from transport import MalformedFrame, decode
 

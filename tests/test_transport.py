@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import queue
 import socket
 import time
 
@@ -26,6 +27,7 @@ from transport import (
     unreliable,
 )
 from transport.keys import resolve_keyring
+from transport.node import Node
 
 # ---- codec ------------------------------------------------------------------
 
@@ -215,12 +217,43 @@ def test_counters_are_exact(system: ActorSystem, remote: str) -> None:
     counts = system.control().counters()
     assert counts["sent"] == {"tuple": 10}
     expected_tell_bytes = sum(
-        len(encode(Envelope(Kind.TELL, "collector", system.endpoint, 0, p))) for p in payloads
+        len(encode(Envelope(Kind.TELL, "collector", system.endpoint, 0, p), with_src=False)) for p in payloads
     )
     ask_bytes = counts["sent_bytes"]["tuple"] - expected_tell_bytes
-    assert 3 * len(encode(Envelope(Kind.ASK, "echo", system.endpoint, 0, ("ask", 0)))) <= ask_bytes
+    assert ask_bytes == 3 * len(encode(Envelope(Kind.ASK, "echo", system.endpoint, 0, ("ask", 0)), with_src=False))
     far = system.control(remote).counters()
     assert far["sent"]["tuple"] == 3  # the three replies
+
+
+def test_an_endpoint_crosses_once_per_connection_and_every_envelope_still_names_its_node() -> None:
+    """Frames on a connection leave ``src`` out; the receiver fills it in from the connection
+    (a ROUTER from the DEALER's routing id, a DEALER from what it connected to), and fault
+    rules that select on it still match."""
+    a_got: queue.Queue[Envelope] = queue.Queue()
+    b_got: queue.Queue[Envelope] = queue.Queue()
+    a = Node("tcp://127.0.0.1:0", on_message=a_got.put)
+    b = Node("tcp://127.0.0.1:0", on_message=b_got.put)
+    try:
+        ask = Envelope(Kind.ASK, "x", a.endpoint, 7, "hi")
+        assert a.send(b.endpoint, ask) == len(encode(ask)) - len(a.endpoint.encode())
+        request = b_got.get(timeout=10)
+        assert (request.src, request.body, request.corr) == (a.endpoint, "hi", 7)
+        reply = Envelope(Kind.REPLY, "", b.endpoint, 7, "ho", "x")
+        assert b.reply(request, reply) == len(encode(reply)) - len(b.endpoint.encode())
+        answer = a_got.get(timeout=10)
+        assert (answer.src, answer.body, answer.sender) == (b.endpoint, "ho", "x")
+        assert a.counters.sent_bytes["str"] == len(encode(ask, with_src=False))
+
+        b.set_faults([FaultRule(a.endpoint, "in", drop=1.0)])  # selects on the src the connection named
+        a.send(b.endpoint, Envelope(Kind.TELL, "x", a.endpoint, 0, "dropped"))
+        assert wait_until(lambda: b.counters.dropped_by_faults == 1, 10, interval=0.02)
+        b.set_faults([])
+        a.send(b.endpoint, Envelope(Kind.TELL, "x", a.endpoint, 0, "through"))
+        assert b_got.get(timeout=10).body == "through"
+        assert b_got.empty()
+    finally:
+        a.close()
+        b.close()
 
 
 def test_control_is_immune_to_faults(system: ActorSystem, remote: str) -> None:

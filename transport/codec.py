@@ -5,6 +5,11 @@ A frame is a fixed binary header, three short UTF-8 strings and a pickled body::
     "ZA2" | kind u8 | corr u64 | len(dest) u16 | len(src) u16 | len(sender) u16 | len(body) u32
     dest | src | sender | body
 
+``src`` (the sending node's endpoint) is empty on a connection: the receiver
+knows who is at the other end (a DEALER knows what it connected to; a ROUTER
+reads it from the connection's routing id, which the DEALER set once, when it
+connected; see :mod:`transport.node`).
+
 Everything but the body is checked (magic, kind, every length against the
 frame's size, the strings' encoding) before the body is unpickled, so a frame
 that is not ours costs no unpickling. Frames only ever come from
@@ -77,9 +82,15 @@ def _names(dest: str, src: str, sender: str) -> tuple[bytes, int, int, int]:
     return hit
 
 
-def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
-    """Encode an envelope; raises FrameTooLarge past ``max_bytes``, ValueError for over-long names."""
-    names, n_dest, n_src, n_sender = _names(env.dest, env.src, env.sender)
+def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, with_src: bool = True) -> bytes:
+    """Encode an envelope; raises FrameTooLarge past ``max_bytes``, ValueError for over-long names.
+
+    ``with_src=False`` leaves the sending node's endpoint out (a zero-length
+    ``src``): for a frame on a connection whose other end knows it already
+    (see ``decode``'s ``peer``), so an endpoint crosses once per connection,
+    not once per message.
+    """
+    names, n_dest, n_src, n_sender = _names(env.dest, env.src if with_src else "", env.sender)
     body = _dumps(env.body)
     size = HEADER_BYTES + len(names) + len(body)
     if size > max_bytes:
@@ -94,8 +105,12 @@ def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
     return b"".join((header, names, body))
 
 
-def decode(frame: bytes | memoryview, route: bytes | None = None) -> Envelope:
-    """Decode a frame; raises MalformedFrame for anything else, checking the header before unpickling."""
+def decode(frame: bytes | memoryview, route: bytes | None = None, peer: str = "") -> Envelope:
+    """Decode a frame; raises MalformedFrame for anything else, checking the header before unpickling.
+
+    ``peer``: the endpoint of the node at the other end of the connection the
+    frame came in on, which is the envelope's ``src`` when the frame left it out.
+    """
     size = len(frame)
     if size < HEADER_BYTES:
         raise MalformedFrame(f"frame of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
@@ -107,18 +122,37 @@ def decode(frame: bytes | memoryview, route: bytes | None = None) -> Envelope:
     if HEADER_BYTES + n_dest + n_src + n_sender + n_body != size:
         raise MalformedFrame(f"header lengths ({n_dest}, {n_src}, {n_sender}, {n_body}) do not add up to the frame's {size} bytes")
     view = memoryview(frame)
-    at = HEADER_BYTES
-    try:
-        dest = str(view[at : at + n_dest], "utf-8")
-        at += n_dest
-        src = str(view[at : at + n_src], "utf-8")
-        at += n_src
-        sender = str(view[at : at + n_sender], "utf-8")
-        at += n_sender
-    except UnicodeDecodeError as exc:
-        raise MalformedFrame(f"names that are not UTF-8: {exc}") from None
+    at = HEADER_BYTES + n_dest + n_src + n_sender
+    raw_names = bytes(view[HEADER_BYTES:at])
+    names = _decoded.get(raw_names)
+    if names is None or names[3] != (n_dest, n_src):
+        names = _decode_names(raw_names, n_dest, n_src)
     try:
         body = pickle.loads(view[at:])
     except Exception as exc:  # any unpickling failure means a bad frame
         raise MalformedFrame(f"undecodable body ({n_body} bytes): {exc!r}") from exc
-    return Envelope(_KINDS[kind], dest, src, corr, body, sender, route)
+    return _new_envelope(Envelope, (_KINDS[kind], names[0], names[1] if n_src else peer, corr, body, names[2], route))
+
+
+_decoded: dict[bytes, tuple[str, str, str, tuple[int, int]]] = {}
+"""The decoded names of recent frames, keyed by their bytes (and split points):
+the mirror of ``_names_cache`` on the receiving side. Bounded: cleared when full."""
+
+_new_envelope = tuple.__new__
+"""Builds an Envelope from a complete tuple of its fields without the NamedTuple's
+Python-level constructor (every field is given, in order, so nothing is lost)."""
+
+
+def _decode_names(raw: bytes, n_dest: int, n_src: int) -> tuple[str, str, str, tuple[int, int]]:
+    try:
+        dest, src, sender = (
+            raw[:n_dest].decode("utf-8"),
+            raw[n_dest : n_dest + n_src].decode("utf-8"),
+            raw[n_dest + n_src :].decode("utf-8"),
+        )
+    except UnicodeDecodeError as exc:
+        raise MalformedFrame(f"names that are not UTF-8: {exc}") from None
+    if len(_decoded) >= _NAMES_CACHE_LIMIT:
+        _decoded.clear()
+    hit = _decoded[raw] = (dest, src, sender, (n_dest, n_src))
+    return hit

@@ -101,19 +101,32 @@ def _valid_key(text: str) -> bytes:
     return key
 
 
-def _write_keypair(directory: Path) -> None:
+def _write_keypair(directory: Path) -> bool:
+    """Add a key pair to ``directory``; False if another process added one first (its pair stays).
+
+    The secret file appears whole or not at all (written aside, then linked
+    into place, which fails if the name exists), so a racing reader never
+    sees it half written.
+    """
     public, secret = zmq.curve_keypair()
-    path = directory / SECRET_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# this machine's CURVE key pair; never copy this file to another user\n")
-        f.write(f"public {public.decode()}\nsecret {secret.decode()}\n")
-        f.flush()
-        os.fsync(f.fileno())
+    fd, aside = tempfile.mkstemp(prefix=".secret-", dir=directory)  # 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("# this machine's CURVE key pair; never copy this file to another user\n")
+            f.write(f"public {public.decode()}\nsecret {secret.decode()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(aside, directory / SECRET_FILE)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(aside)
     (directory / PUBLIC_FILE).write_text(public.decode() + "\n")
     members = directory / MEMBERS_FILE
     if not members.exists():
         members.write_text(_MEMBERS_HEADER)
+    return True
 
 
 def init_keyring(directory: str | os.PathLike[str] | None = None) -> Path:
@@ -130,8 +143,13 @@ def init_keyring(directory: str | os.PathLike[str] | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if target.exists() and not any(target.iterdir()):
-        target.rmdir()  # an empty directory made by hand: fill it the atomic way
-    elif target.exists():
+        try:
+            target.rmdir()  # an empty directory made by hand: fill it the atomic way
+        except OSError:  # another creator filled it meanwhile
+            pass
+    if (target / SECRET_FILE).exists():
+        return target
+    if target.exists():
         # A directory with other files (e.g. members copied in): add the key pair in place.
         os.chmod(target, 0o700)
         _write_keypair(target)

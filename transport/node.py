@@ -20,7 +20,8 @@ CURVE off for loopback and ipc:// only, with a warning once per process.
 
 pyzmq sockets are not thread-safe, so each socket has one user at a time.
 The bound ROUTER (requests in, replies out by the requester's connection
-identity), the ZAP socket and the monitor belong to the I/O thread alone.
+identity), the ZAP socket and the monitor belong to the I/O thread alone,
+which polls their raw ZMQ_FD descriptors (see ``_build_poller``).
 Sending sockets (one DEALER per destination, which also receive the replies
 to what was sent on them) are used under the node's send lock: a sending
 thread sends on them directly (so an oversized or unpicklable message fails
@@ -32,7 +33,9 @@ re-checks ZMQ_EVENTS and wakes the I/O thread when input is waiting. At most
 so is one unused for ``peer_idle`` seconds (by the I/O thread, the only one
 polling their descriptors). Replies
 never open a socket: a frame's claimed ``src`` is only a label for fault
-rules and counters, never an address a reply goes to.
+rules and counters, never an address a reply goes to. Every DEALER names
+its node once, in its routing id, so frames on a connection leave ``src``
+out (the receiver knows the other end; see :mod:`transport.codec`).
 
 ``on_message`` runs on the I/O thread for every envelope that arrives for a
 name other than the node's control name. It must be quick (hand the message to
@@ -51,6 +54,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import stat
 import tempfile
 import threading
@@ -99,6 +103,7 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _RCVTIMEO = int(zmq.RCVTIMEO)
+_REPLY = int(Kind.REPLY)
 _MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
 
 # pyzmq's compiled socket methods, called without its pure-Python layer
@@ -110,7 +115,6 @@ _raw_send = zmq.backend.Socket.send
 _raw_recv = zmq.backend.Socket.recv
 _raw_get = zmq.backend.Socket.get
 _raw_set = zmq.backend.Socket.set
-_zmq_poll = zmq.backend.zmq_poll
 
 
 def _events(sock: zmq.Socket) -> int:
@@ -206,7 +210,7 @@ class Channel:
     def send(self, env: Envelope) -> int:
         """Send a request on this channel (any thread; encoding errors raise here)."""
         node = self._node
-        frame = encode(env, node.max_frame_bytes)
+        frame = encode(env, node.max_frame_bytes, with_src=node._route_prefix is None)
         exempt = env.is_control
         if node._faults.rules and not exempt:
             with node._send_lock:  # the fault RNG is shared by every sending thread
@@ -251,7 +255,7 @@ class Channel:
             frame = _raw_recv(sock, 0)
         except zmq.Again:
             return None
-        return self._node._decode_reply(frame)
+        return self._node._accept(frame, None, True, self.dest)
 
     def close(self) -> None:
         """Close the socket once no thread drives it (waits for the lock)."""
@@ -325,10 +329,19 @@ class Node:
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         if requested.startswith("tcp://") and not requested.endswith(":0"):
             self.endpoint = requested  # keep the caller's spelling (host name vs address)
+        # Every DEALER this node opens names it, once per connection, in its
+        # routing id ("z|<endpoint>|<random>", unique per socket); frames on it
+        # then leave their src out. An endpoint too long for a routing id
+        # (255 bytes) is sent in every frame instead.
+        prefix = b"z|" + self.endpoint.encode() + b"|"
+        self._route_prefix: bytes | None = prefix if len(prefix) + 16 <= 255 else None
+        self._route_peers: dict[bytes, str] = {}
         self._dealers: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._dealer_fds: dict[int, zmq.Socket] = {}
         self._last_send: dict[str, float] = {}
         self._poll_dirty = True  # the I/O thread rebuilds its poller (dealers came or must go)
+        self._own_fds: list[int] = []  # the I/O thread's own descriptors (ROUTER, wake pipe, ZAP, monitor)
+        self._router_sent = False  # the I/O thread sent on the ROUTER outside _drain_router
         self._input_waiting = False  # a sender saw a reply waiting on a DEALER
         self._send_lock = threading.Lock()
         self._outbox: deque[tuple] = deque()
@@ -425,9 +438,10 @@ class Node:
         Raises FrameTooLarge, a pickling error, or KeyringError (no key serves
         that host) in the caller's thread.
         """
-        frame = encode(env, self.max_frame_bytes)
+        to_self = dest_endpoint == self.endpoint
+        frame = encode(env, self.max_frame_bytes, with_src=to_self or self._route_prefix is None)
         item = (dest_endpoint, message_type(env.body), env.is_reply, env.is_control, frame, None)
-        if dest_endpoint == self.endpoint:
+        if to_self:
             self._enqueue(item)  # delivered by the I/O thread, like everything received
         else:
             with self._send_lock:
@@ -444,16 +458,21 @@ class Node:
         Encoded in the caller's thread (errors surface there); the I/O thread,
         which owns the ROUTER, sends it.
         """
-        frame = encode(env, self.max_frame_bytes)
         route = request.route if request.route is not None else LOCAL
+        frame = encode(env, self.max_frame_bytes, with_src=route is LOCAL)  # a DEALER knows what it connected to
         if route is not LOCAL and not self._faults.rules and threading.get_ident() == self._io_ident:
-            # The common case (an inline actor answering, no fault rules): straight out.
-            exempt = env.is_control
-            if exempt:
+            # The common case (an inline actor answering, no fault rules): straight
+            # out on the ROUTER, which this thread owns; counted once it is on its way.
+            self._router_sent = True
+            try:
+                _raw_send(self._router, route, _MORE_NOBLOCK)
+                _raw_send(self._router, frame, _NOBLOCK)
+            except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
+                self.counters.add("send_failures")
+            if env.is_control:
                 self.counters.add("control")
             else:
                 self.counters.count_sent(message_type(env.body), len(frame))
-            self._deliver_or_send(request.src, frame, route)
             return len(frame)
         self._enqueue((request.src, message_type(env.body), env.is_reply, env.is_control, frame, route))
         return len(frame)
@@ -541,12 +560,22 @@ class Node:
             except (BlockingIOError, OSError):
                 pass
 
-    def _build_poll_items(self) -> list[tuple[Any, int]]:
-        """What the I/O thread polls: its own sockets, the wake-up pipe, every DEALER's descriptor."""
-        items: list[tuple[Any, int]] = [(self._router, _POLLIN), (self._wake_r, _POLLIN)]
-        for sock in (self._zap, self._monitor):
-            if sock is not None:
-                items.append((sock, _POLLIN))
+    def _build_poller(self) -> select.poll:
+        """What the I/O thread polls: the descriptors of its sockets, the wake-up pipe, every DEALER's.
+
+        Raw descriptors, never the sockets themselves: libzmq's poll reads
+        ZMQ_EVENTS of every socket it is given before and after it sleeps,
+        each read a system call or two here, so a node that polled its
+        ROUTER, ZAP and monitor sockets that way made three times the system
+        calls of a bare blocking recv per request. A socket's ZMQ_FD only
+        says "look again" (edge-triggered): each reader reads until ZMQ_EVENTS
+        shows nothing more, and a send on the ROUTER (which may consume the
+        signal of a request that has just arrived) is followed by a look at
+        ZMQ_EVENTS before the thread sleeps (``_router_sent``).
+        """
+        poller = select.poll()
+        for fd in self._own_fds:
+            poller.register(fd, select.POLLIN)
         with self._send_lock:
             self._poll_dirty = False
             while len(self._dealers) > self.max_peers:
@@ -555,28 +584,51 @@ class Node:
                 self._close_dealer(sock)
                 log.info("node %s: closed the least recently used connection, to %s", self.endpoint, dest)
             fds = list(self._dealer_fds)
-        items.extend((fd, _POLLIN) for fd in fds)
-        return items
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return poller
 
     def _run(self) -> None:
         self._io_ident = threading.get_ident()
-        items = self._build_poll_items()
-        router, wake_r, zap, monitor = self._router, self._wake_r, self._zap, self._monitor
+        router, wake_r = self._router, self._wake_r
+        router_fd = cast(int, router.get(zmq.FD))
+        zap_fd = cast(int, self._zap.get(zmq.FD)) if self._zap is not None else -1
+        monitor_fd = cast(int, self._monitor.get(zmq.FD)) if self._monitor is not None else -1
+        self._own_fds = [fd for fd in (router_fd, wake_r, zap_fd, monitor_fd) if fd >= 0]
+        poller = self._build_poller()
+        # What arrived before this thread ran may have signalled already: look at everything first.
+        router_due, zap_due, monitor_due = True, zap_fd >= 0, monitor_fd >= 0
+        ready: list[zmq.Socket] = []
         try:
             while not self._stopping:
+                if self._outbox:
+                    self._drain_outbox()
+                if zap_due:
+                    zap_due = self._answer_zap()
+                if monitor_due:
+                    monitor_due = self._read_monitor()
+                if router_due:
+                    router_due = self._drain_router()
+                if self._input_waiting:
+                    self._input_waiting = False
+                    ready = list(self._dealer_fds.values())
+                if ready:
+                    self._drain_dealers(ready)
+                    ready = []
+                if self._soon:
+                    self._run_soon()
                 timeout_ms = self._run_due_timers()
                 if self._poll_dirty:
-                    items = self._build_poll_items()
-                if self._input_waiting or self._soon:
+                    poller = self._build_poller()
+                if self._router_sent:  # a send since the last look may have eaten a request's signal
+                    self._router_sent = False
+                    router_due = router_due or bool(_events(router) & _POLLIN)
+                if router_due or zap_due or monitor_due or self._input_waiting or self._soon or self._outbox:
                     timeout_ms = 0
-                # libzmq's poll called directly (pyzmq's Poller only adds a Python layer).
-                events = _zmq_poll(items, -1 if timeout_ms is None else timeout_ms)
-                router_ready = zap_ready = monitor_ready = False
-                ready: list[zmq.Socket] = []
-                for what, _ in events:
-                    if what is router:
-                        router_ready = True
-                    elif what == wake_r:
+                for fd, _ in poller.poll(timeout_ms):
+                    if fd == router_fd:
+                        router_due = True
+                    elif fd == wake_r:
                         # Empty the pipe first, then clear the flag: cleared first, a
                         # wake-up written in between would be read here too and leave
                         # the flag set over an empty pipe, silencing every later wake-up.
@@ -585,29 +637,14 @@ class Node:
                         except BlockingIOError:
                             pass
                         self._signalled = False
-                    elif what is zap:
-                        zap_ready = True
-                    elif what is monitor:
-                        monitor_ready = True
+                    elif fd == zap_fd:
+                        zap_due = True
+                    elif fd == monitor_fd:
+                        monitor_due = True
                     else:
-                        dealer = self._dealer_fds.get(what)
+                        dealer = self._dealer_fds.get(fd)
                         if dealer is not None:
                             ready.append(dealer)
-                if self._outbox:
-                    self._drain_outbox()
-                if zap_ready:
-                    self._answer_zap()
-                if monitor_ready:
-                    self._read_monitor()
-                if router_ready:
-                    self._drain_router()
-                if self._input_waiting:
-                    self._input_waiting = False
-                    ready = list(self._dealer_fds.values())
-                if ready:
-                    self._drain_dealers(ready)
-                if self._soon:
-                    self._run_soon()
         except Exception:
             log.exception("node %s: I/O thread failed", self.endpoint)
         finally:
@@ -672,6 +709,7 @@ class Node:
     def _deliver_or_send(self, dest: str, frame: bytes, route: bytes | None = None) -> None:
         """On the I/O thread: receive a frame for this node, reply on the ROUTER, or send under the lock."""
         if route is not None and route != LOCAL:
+            self._router_sent = True
             try:
                 router = self._router
                 _raw_send(router, route, _MORE_NOBLOCK)
@@ -740,6 +778,8 @@ class Node:
         # A restarted peer should be reachable again within milliseconds.
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        if self._route_prefix is not None:
+            sock.setsockopt(zmq.ROUTING_ID, self._route_prefix + os.urandom(8).hex().encode())
         if self.keyring is not None:
             sock.curve_serverkey = server_key  # looked up before the socket exists: an unknown host leaks nothing
             sock.curve_publickey = self.keyring.public
@@ -774,33 +814,42 @@ class Node:
 
     def _drain_dealers(self, socks: list[zmq.Socket]) -> None:
         """Read the replies waiting on DEALERs (under the send lock), then deliver them."""
-        frames: list[bytes] = []
+        frames: list[tuple[bytes, str]] = []
         with self._send_lock:
+            peers = {id(sock): dest for dest, sock in self._dealers.items()}
             for sock in socks:
                 if sock.closed:
                     continue
+                peer = peers.get(id(sock), "")
                 for _ in range(1_000):
                     if not _events(sock) & _POLLIN:
                         break
-                    frames.extend(sock.recv_multipart(_NOBLOCK, copy=True))
+                    frames.extend((part, peer) for part in sock.recv_multipart(_NOBLOCK, copy=True))
                 else:
                     self._input_waiting = True  # more than a batch: come back after other work
-        for frame in frames:
-            self._receive(frame, None, replies_only=True)
+        for frame, peer in frames:
+            self._receive(frame, None, replies_only=True, peer=peer)
 
-    def _drain_router(self) -> None:
-        """Read what waits on the ROUTER (the poll has just said something does).
+    def _drain_router(self) -> bool:
+        """Read what waits on the ROUTER; whether more is left for the next turn.
 
-        Bounded, so timers and local deliveries get their turn; ZMQ_EVENTS,
-        not a raised zmq.Again, says when to stop (an exception costs more),
-        and is not read before the first message, which the poll vouched for.
+        Bounded, so timers and local deliveries get their turn. Each look at
+        ZMQ_EVENTS with nothing pending costs a system call or two, as does the
+        zmq.Again of a read that finds nothing (plus the exception): after the
+        first request, ZMQ_EVENTS says whether this is a lone request (the
+        usual round trip: stop) or a burst, which is then read until zmq.Again,
+        with no look per request. Either way out, the last thing done on the
+        ROUTER is a look at its input (after every reply sent), which is what
+        re-arms its descriptor.
         """
         router = self._router
+        burst = False
         for _ in range(10_000):
             try:
                 route = _raw_recv(router, _NOBLOCK)
             except zmq.Again:
-                return
+                self._router_sent = False
+                return False
             frame = _raw_recv(router, _NOBLOCK)  # a ROUTER's identity part is always followed by one more
             if _raw_get(router, _RCVMORE):
                 extra = 1
@@ -811,17 +860,24 @@ class Node:
                 log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, extra + 1)
             else:
                 self._receive(frame, route)
-            if not _events(router) & _POLLIN:
-                return
+            if not burst:
+                if not _events(router) & _POLLIN:
+                    self._router_sent = False
+                    return False
+                burst = True
+        return True
 
-    def _answer_zap(self) -> None:
-        """The ZAP handler: admit a CURVE client only if its public key is in the keyring."""
+    def _answer_zap(self) -> bool:
+        """The ZAP handler: admit a CURVE client only if its public key is in the keyring.
+
+        Whether requests are left for the next turn (it reads until none are, or a bound).
+        """
         assert self._zap is not None
         for _ in range(1_000):
             try:
                 request = self._zap.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             ok = False
             try:
                 version, request_id, _domain, address, _identity, mechanism = request[:6]
@@ -833,36 +889,46 @@ class Node:
             if not ok:
                 log.warning("node %s: refused a connection from %s: key not in the keyring", self.endpoint, address.decode(errors="replace"))
             self._zap.send_multipart([version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not in keyring", b"", b""])
+        return True
 
-    def _read_monitor(self) -> None:
+    def _read_monitor(self) -> bool:
+        """Count failed handshakes; whether events are left for the next turn."""
         assert self._monitor is not None
         for _ in range(1_000):
             try:
                 event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             if event["event"] & _HANDSHAKE_FAILURES:
                 self.counters.add("rejected")
+        return True
 
-    def _decode_reply(self, frame: bytes) -> Envelope | None:
-        """A reply read by a channel's driver: decoded, counted, and passed through the "in" rules.
+    def _accept(
+        self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False, peer: str = ""
+    ) -> Envelope | None:
+        """Decode one frame that came in, count it, and pass it through the "in" fault rules.
 
-        None when it is dropped, or held back (the I/O thread delivers it later through ``on_message``).
+        The one way in for every frame: the ROUTER's requests, the shared
+        DEALERs' replies and a channel's replies (``replies_only``: a request
+        that comes back on a sending connection is refused). None when the
+        frame is dropped, or held back (delivered later through ``on_message``).
+        Any thread: the fault table is shared, so its decision is taken under
+        the send lock (only when there are rules, which is never on the fast path).
         """
         try:
-            env = decode(frame, None)
+            env = decode(frame, route, peer)
         except MalformedFrame as exc:
             self.counters.add("malformed")
             log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
             return None
-        if not env.is_reply:
+        if replies_only and env.kind < _REPLY:
             self.counters.add("malformed")
             log.warning("node %s: dropped a %s that came back on a sending connection", self.endpoint, env.kind.name)
             return None
         self.counters.count_received()
-        if self._faults.rules and not env.is_control:
+        if self._faults.rules and not env.is_control:  # no rules (the normal case): no decision at all
             with self._send_lock:
-                hold = self._faults.decide(env.src, "in", True, message_type(env.body))
+                hold = self._faults.decide(env.src, "in", env.kind >= _REPLY, message_type(env.body))
             if hold == DROP:
                 self.counters.add("dropped_by_faults")
                 return None
@@ -871,30 +937,26 @@ class Node:
                 return None
         return env
 
-    def _receive(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False) -> None:
-        try:
-            env = decode(frame, route)
-        except MalformedFrame as exc:
-            self.counters.add("malformed")
-            log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
+    def _receive(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False, peer: str = "") -> None:
+        """On the I/O thread: accept a frame and hand it on (to the node itself, or to ``on_message``)."""
+        if route is not None:
+            peer = self.endpoint if route is LOCAL else self._route_peers.get(route) or self._peer_of(route)
+        env = self._accept(frame, route, replies_only, peer)
+        if env is None:
             return
-        if replies_only and not env.is_reply:
-            self.counters.add("malformed")
-            log.warning("node %s: dropped a %s that came back on a sending connection", self.endpoint, env.kind.name)
-            return
-        self.counters.count_received()
         if env.dest == CONTROL_NAME:
             self._control(env)
             return
-        if self._faults.rules and not env.is_control:  # no rules (the normal case): no decision at all
-            hold = self._faults.decide(env.src, "in", env.is_reply, message_type(env.body))
-            if hold == DROP:
-                self.counters.add("dropped_by_faults")
-                return
-            if hold > 0:
-                self.call_later(hold, lambda: self._deliver(env))
-                return
         self._deliver(env)
+
+    def _peer_of(self, route: bytes) -> str:
+        """The endpoint a connection's routing id names ("" for one that names none: a label only)."""
+        head, sep, _ = route.rpartition(b"|")
+        peer = head[2:].decode(errors="replace") if sep and head.startswith(b"z|") else ""
+        if len(self._route_peers) >= 4096:  # bounded; a miss costs one parse
+            self._route_peers.clear()
+        self._route_peers[route] = peer
+        return peer
 
     def _deliver(self, env: Envelope) -> None:
         try:
