@@ -160,6 +160,7 @@ def test_futures_of_every_kind_in_one_wait(system: ActorSystem, hosts: list[Host
     done, not_done = wait(everything, timeout=3)
     assert not_done == {shared, local}, "only the paused host's and the held actor's asks are unanswered"
     assert done == {on_channel, local_now, mapped, joined, failing}
+    assert not local._callbacks and not shared._callbacks, "wait left its wake-up callbacks on the futures"
 
     # Completed by other threads while this one waits: the actor's thread, the node's I/O thread.
     opener = threading.Timer(0.2, gate.set)
