@@ -34,7 +34,21 @@ class Host:
     pid: int
 
     def pause(self) -> None:
+        """Stop the process and return once every thread of it is stopped (SIGSTOP is asynchronous:
+        on a busy machine a thread can still answer an ask sent just after the kill)."""
         os.kill(self.pid, signal.SIGSTOP)
+        assert wait_until(self._stopped, 10), f"echo process {self.pid} did not stop"
+
+    def _stopped(self) -> bool:
+        tasks = Path(f"/proc/{self.pid}/task")
+        states = []
+        for task in tasks.iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except FileNotFoundError:  # a thread that just ended
+                continue
+            states.append(stat[stat.rindex(")") + 2])  # the state letter follows the command name
+        return bool(states) and all(state in "tT" for state in states)
 
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
