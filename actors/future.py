@@ -244,8 +244,11 @@ def wait(
     """
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, got {return_when!r}")
-    waiting = _Waiting(list(dict.fromkeys(futures)), return_when)
-    return waiting.run(timeout)
+    unique = list(dict.fromkeys(futures))
+    strangers = [f for f in unique if not isinstance(f, pykka.Future)]
+    if strangers:
+        raise TypeError(f"wait takes futures (ask(..., block=False)), got {type(strangers[0]).__name__}")
+    return _Waiting(unique, return_when).run(timeout)
 
 
 class _Waiting:

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from actors import Actor, ActorSystem, AskTimeout, BlockingOnIOThread, ChildSpec, ReplyFuture, Supervisor, wait
+from actors import ActorSystem, AskTimeout, BlockingOnIOThread, ChildSpec, ReplyFuture, Supervisor, wait
 from actors.testing import Echo, Fail, serve_echo
 from tests.conftest import wait_until
+from tests.test_refs import Held  # a local actor that answers once its gate opens (or after 10 s)
 
 
 @dataclass
@@ -117,18 +118,6 @@ def test_first_completed_returns_with_the_one_answer_and_a_later_wait_gets_the_r
     done, not_done = wait([fb, fc], timeout=30)
     assert done == {fb, fc} and not not_done
     assert (fb.get(timeout=0), fc.get(timeout=0)) == ("b", "c")
-
-
-class Held(Actor):
-    """A local actor that answers once ``gate`` opens."""
-
-    def __init__(self, gate: threading.Event) -> None:
-        super().__init__()
-        self.gate = gate
-
-    def on_receive(self, message: Any) -> Any:
-        self.gate.wait(30)
-        return message
 
 
 def shared_future(system: ActorSystem, warm: Host, host: Host, message: Any) -> ReplyFuture:
@@ -288,6 +277,8 @@ def test_edges_no_futures_done_ones_a_zero_timeout_and_a_bad_return_when(system:
     assert wait([answered, silent], timeout=0, return_when=FIRST_COMPLETED) == ({answered}, {silent})
     with pytest.raises(ValueError, match="return_when"):
         wait([answered], timeout=1, return_when="WHENEVER")
+    with pytest.raises(TypeError, match="takes futures"):
+        wait([answered, "not a future"], timeout=1)  # type: ignore[list-item]
     hosts[1].resume()
     assert silent.get(timeout=20) == "silent"
 
