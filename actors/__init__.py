@@ -18,7 +18,7 @@ from actors.errors import (
     RemoteError,
     SystemStopped,
 )
-from actors.future import ReplyFuture
+from actors.future import ReplyFuture, wait
 from actors.journal import Journal
 from actors.persister import Persister
 from actors.ref import ActorRef
@@ -55,4 +55,5 @@ __all__ = [
     "Supervisor",
     "SupervisorEvent",
     "SystemStopped",
+    "wait",
 ]

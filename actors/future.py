@@ -11,19 +11,27 @@ A future whose reply comes back on a caller-owned channel
 it: ``get`` reads the channel itself, so the reply wakes the waiting thread
 and no other. Any other future is completed by the thread that has its
 answer (the node's I/O thread, an actor's thread) through ``set``.
+
+``wait(futures, timeout)`` is that for many asks at once (``concurrent.futures.wait``'s
+shape): one thread reads every channel its futures' replies come back on in
+one ``zmq_poll``, and wakes as well for those another thread completes, so
+asks to several nodes cost one wait, not a turn each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
+import zmq
 
 from actors.errors import AskTimeout, BlockingOnIOThread
 
@@ -170,6 +178,13 @@ class ReplyFuture(pykka.Future):
             self._callbacks.remove(fn)
             fn()
 
+    def _discard_callback(self, fn: Callable[[], None]) -> None:
+        """Forget a done-callback that is no longer wanted (``wait`` returned first)."""
+        try:
+            self._callbacks.remove(fn)
+        except ValueError:
+            pass  # it ran already, or is running now
+
     def __await__(self) -> Generator[Any, None, Any]:
         return self._wait_async().__await__()
 
@@ -198,3 +213,206 @@ class ReplyFuture(pykka.Future):
 def _finish(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+F = TypeVar("F", bound=pykka.Future[Any])
+
+_HOOK_TURN = 0.01
+"""Longest ``wait`` gives one future with a get hook (``map``, ``join``...) per pass while it has
+other futures to watch: such a future is a function of others it cannot see, so it gets a turn."""
+_CONTENDED_TURN = 0.005
+"""Longest ``wait`` goes without retrying the lock of a channel another thread is driving."""
+_DRAIN_MAX = 1000
+"""Most replies read off one channel in one pass (the rest on the next)."""
+
+
+def wait(
+    futures: Iterable[F], timeout: float | None = None, return_when: str = ALL_COMPLETED
+) -> tuple[set[F], set[F]]:
+    """Wait on many futures at once; ``(done, not_done)``, as :func:`concurrent.futures.wait`.
+
+    ``return_when`` is one of ``concurrent.futures``' constants: ``ALL_COMPLETED``
+    (default), ``FIRST_COMPLETED``, ``FIRST_EXCEPTION``. A future is done once
+    it has a value or an error (read either with ``get(timeout=0)``).
+
+    Why it exists: a thread's remote ask is completed only while someone
+    reads the thread's channel to that node, so asks to several nodes waited
+    on one after another either starve the later ones or cost a turn each.
+    Here every channel of the pending futures is read in one ``zmq_poll``
+    (each under its lock, taken without blocking: a channel another thread
+    is driving is left to it and its lock retried every few ms); futures that
+    other threads complete (local asks, ``ask_async``'s, those on a channel
+    someone else drives) wake the same poll through a pipe their
+    done-callbacks write to. Futures with a get hook (pykka's ``map``,
+    ``join``...) depend on futures ``wait`` cannot see: each gets a short
+    ``get`` turn per pass.
+
+    Never cancels an ask: what is not done when the time is up stays pending
+    and a later ``wait`` or ``get`` may still complete it. ``timeout=None``
+    waits until the latest deadline of the pending asks (for hooked futures,
+    which have none, as long as they take). Refused on a node's I/O thread
+    with :class:`BlockingOnIOThread`, as a blocking ``get`` is.
+    """
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, got {return_when!r}")
+    unique = list(dict.fromkeys(futures))
+    strangers = [f for f in unique if not isinstance(f, pykka.Future)]
+    if strangers:
+        raise TypeError(f"wait takes futures (ask(..., block=False)), got {type(strangers[0]).__name__}")
+    return _Waiting(unique, return_when).run(timeout)
+
+
+class _Waiting:
+    """The state of one ``wait`` call: which futures it reads itself and which it is woken for."""
+
+    def __init__(self, futures: list[Any], return_when: str) -> None:
+        self.futures = futures
+        self.return_when = return_when
+        # A ReplyFuture without a hook says whether it is done; any other is known done once a get returned.
+        self.plain: list[ReplyFuture] = [f for f in futures if isinstance(f, ReplyFuture) and f._get_hook is None]
+        plain_ids = {id(f) for f in self.plain}
+        self.hooked: list[pykka.Future[Any]] = [f for f in futures if id(f) not in plain_ids]
+        self.hooked_failed: dict[int, bool] = {}  # id -> whether its get raised
+        self.waker: _Waker | None = None
+
+    def settled(self, f: Any) -> bool:
+        return f.done if isinstance(f, ReplyFuture) and f._get_hook is None else id(f) in self.hooked_failed
+
+    def failed(self, f: Any) -> bool:
+        if isinstance(f, ReplyFuture) and f._get_hook is None:
+            return f._error is not None
+        return self.hooked_failed.get(id(f), False)
+
+    def finished(self) -> bool:
+        if self.return_when == FIRST_COMPLETED:
+            return any(self.settled(f) for f in self.futures) or not self.futures
+        if self.return_when == FIRST_EXCEPTION and any(self.failed(f) for f in self.futures):
+            return True
+        return all(self.settled(f) for f in self.futures)
+
+    def run(self, timeout: float | None) -> tuple[set[Any], set[Any]]:
+        for f in self.plain:
+            if not f.done and f._io_thread is not None and f._io_thread():
+                raise BlockingOnIOThread(
+                    f"a blocking wait for {f.describe} on the node's I/O thread would wait for itself: "
+                    "use tell, ask(block=False) without waiting, or a timer"
+                )
+        end = math.inf if timeout is None else time.monotonic() + max(0.0, timeout)
+        try:
+            while not self.finished():
+                pending = [f for f in self.plain if not f.done]
+                hooked = [f for f in self.hooked if id(f) not in self.hooked_failed]
+                limit = end
+                if pending and not hooked:  # nothing left that get() would still wait for
+                    limit = min(end, max(f.deadline for f in pending))
+                remaining = limit - time.monotonic()
+                self.one_pass(pending, hooked, max(0.0, remaining))
+                if remaining <= 0:  # that was the last pass: a non-blocking read of what had come
+                    break
+        finally:
+            if self.waker is not None:
+                self.waker.close()
+        settled = [(f, self.settled(f)) for f in self.futures]  # once each: another thread may complete one meanwhile
+        return {f for f, yes in settled if yes}, {f for f, yes in settled if not yes}
+
+    def one_pass(self, pending: list[ReplyFuture], hooked: list[pykka.Future[Any]], remaining: float) -> None:
+        """Read the channels this thread can take for up to one slice, then give hooked futures a turn."""
+        held: dict[Channel, Callable[[Envelope], None]] = {}
+        usable: dict[Channel, bool] = {}
+        contended = False
+        try:
+            for f in pending:
+                ch = f._channel
+                if ch is not None and ch not in usable:
+                    if ch.lock.acquire(False):
+                        if ch.closed:  # closing: the system completes its futures (the waker hears it)
+                            ch.lock.release()
+                            usable[ch] = False
+                        else:
+                            assert f._resolve is not None
+                            held[ch] = f._resolve
+                            usable[ch] = True
+                    else:
+                        usable[ch] = False
+                        contended = True
+                if ch is None or not usable[ch]:
+                    if self.waker is None:
+                        self.waker = _Waker()
+                    self.waker.watch(f)
+            slice_ = _HOOK_TURN if hooked else _CONTENDED_TURN if contended else _POLL_SLICE
+            items: list[tuple[Any, int]] = [(ch.socket, zmq.POLLIN) for ch in held]
+            if self.waker is not None:
+                items.append((self.waker.fd, zmq.POLLIN))
+            if items:
+                by_socket = {id(ch.socket): ch for ch in held}
+                ms = math.ceil(min(remaining, slice_) * 1000)
+                for what, _events in zmq.zmq_poll(items, ms):
+                    ch_ready = by_socket.get(id(what))
+                    if ch_ready is None:
+                        assert self.waker is not None
+                        self.waker.drain()
+                        continue
+                    resolve = held[ch_ready]
+                    for _ in range(_DRAIN_MAX):
+                        env = ch_ready.receive(0)
+                        if env is None:
+                            break
+                        resolve(env)
+        finally:
+            for ch in held:
+                ch.lock.release()
+        turn = min(remaining, _HOOK_TURN if pending else _POLL_SLICE)
+        for h in hooked:
+            try:
+                h.get(timeout=turn)
+            except BlockingOnIOThread:
+                raise
+            except pykka.Timeout:
+                continue  # not yet (an ask swept at its deadline looks the same: it waits for the timeout)
+            except Exception:  # the future's outcome is an error: done all the same
+                self.hooked_failed[id(h)] = True
+            else:
+                self.hooked_failed[id(h)] = False
+
+
+class _Waker:
+    """A pipe that futures completed by other threads write a byte to when they complete,
+    so the waiting thread's one ``zmq_poll`` wakes for them as for a reply on its own sockets."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        self._lock = threading.Lock()  # a callback never writes to a closed (maybe reused) descriptor
+        self._open = True
+        self._watched: dict[int, ReplyFuture] = {}
+        self._wake = self.wake
+
+    def watch(self, future: ReplyFuture) -> None:
+        if id(future) not in self._watched:
+            self._watched[id(future)] = future
+            future.add_done_callback(self._wake)
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._open:
+                try:
+                    os.write(self._w, b"\0")
+                except BlockingIOError:
+                    pass  # the pipe is full: the waiting thread has wake-ups to read already
+
+    def drain(self) -> None:
+        try:
+            for _ in range(_DRAIN_MAX):
+                if not os.read(self.fd, 4096):
+                    break
+        except BlockingIOError:
+            pass  # empty
+
+    def close(self) -> None:
+        for future in self._watched.values():
+            future._discard_callback(self._wake)
+        with self._lock:
+            self._open = False
+            os.close(self.fd)
+            os.close(self._w)

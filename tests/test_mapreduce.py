@@ -446,3 +446,43 @@ def test_the_coordinator_counts_a_death_once_reassigns_at_once_and_ignores_bad_r
         ask(WorkerLost("supervisor", "exit 0", worker="w3"))  # workers leave when the job is over: no loss
         st = ask(Status())
         assert (st.phase, st.reexecuted, st.counters["workers_lost_supervisor"]) == ("done", 1, 2)
+
+
+def test_the_coordinators_pings_wait_their_own_probe_timeout_not_the_fetch_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: the probe waited fetch_timeout, so the soak's 1 s fetches made every busy worker look dead.
+    import queue
+
+    from actors import Actor, ActorSystem
+    from apps.mapreduce.cli import main as mr_main
+    from apps.mapreduce.coordinator import PROBER_NAME, Coordinator, JobConfig
+    from apps.mapreduce.protocol import MapTask, Probe, RequestTask, TaskDone
+
+    seen: queue.SimpleQueue[Probe] = queue.SimpleQueue()
+
+    class RecordingProber(Actor):  # stands in for the Prober: what was it asked to do?
+        def on_receive(self, message: object) -> list[str]:
+            if isinstance(message, Probe):
+                seen.put(message)
+            return []
+
+    (tmp_path / "a.txt").write_text("a")
+    config = JobConfig((str(tmp_path / "a.txt"),), n_reduce=1, workdir=str(tmp_path), outdir=str(tmp_path),
+                       task_timeout=600, fetch_timeout=0.5, probe_every=0.05, probe_timeout=7.5)
+    where = "ipc:///nonexistent/w1.sock"
+    with ActorSystem() as system:
+        system.spawn(RecordingProber, name=PROBER_NAME)
+        coord = system.spawn(Coordinator, config, name="coordinator")
+        task = coord.ask(RequestTask("w1"), timeout=5)
+        assert isinstance(task, MapTask)
+        coord.ask(TaskDone("w1", "map", task.id, task.attempt, where), timeout=5)
+        probe = seen.get(timeout=10)
+    assert (probe.endpoints, probe.timeout) == ((where,), 7.5)
+
+    with pytest.raises(ValueError, match="probe_timeout"):
+        JobConfig(("a",), probe_timeout=0)
+    with pytest.raises(SystemExit) as exit_info:
+        mr_main(["coordinator", "--probe-timeout", "0", str(tmp_path / "a.txt")])
+    assert exit_info.value.code == 2
+    assert "--probe-timeout must be positive" in capsys.readouterr().err

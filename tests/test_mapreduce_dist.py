@@ -210,7 +210,9 @@ def test_two_mappers_killed_are_both_named_by_one_reduce_attempt(cluster: Cluste
 
 def test_the_coordinator_finds_dead_mappers_with_no_reducer_waiting(cluster: Cluster, books: list[Path], tmp_path: Path) -> None:
     # Reduces stay held until the coordinator has noticed, by its pings alone, that both holders are gone.
-    coord, lost = kill_two_holders_between_the_phases(cluster, books, "--fetch-timeout", "1", "--probe-every", "0.5")
+    coord, lost = kill_two_holders_between_the_phases(
+        cluster, books, "--fetch-timeout", "1", "--probe-every", "0.5", "--probe-timeout", "1"
+    )
     noticed = cluster.wait_for(lambda s: s.counters.get("workers_lost_probe", 0) == 2, "the pings to find both dead workers")
     assert noticed.reexecuted == len(lost)
     assert noticed.counters["fetch_failures"] == 0

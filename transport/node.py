@@ -257,6 +257,12 @@ class Channel:
             return None
         return self._node._accept(frame, None, True, self.dest)
 
+    @property
+    def socket(self) -> zmq.Socket:
+        """The DEALER itself, read-only: a thread that holds ``lock`` may poll it beside other
+        sockets (``actors.future.wait`` waits on many channels in one ``zmq_poll``), then ``receive``."""
+        return self._sock
+
     def close(self) -> None:
         """Close the socket once no thread drives it (waits for the lock)."""
         with self.lock:

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--probe-every", type=float, default=JobConfig.probe_every,
                     help="seconds between pings of the workers holding map output, to find dead ones "
                          f"without waiting for a reducer; 0: off (default {JobConfig.probe_every:g})")
+    co.add_argument("--probe-timeout", type=float, default=JobConfig.probe_timeout,
+                    help="seconds a ping waits for a worker's answer; two unanswered pings and the worker is gone, "
+                         f"its maps run again (default {JobConfig.probe_timeout:g}; too short on a busy machine "
+                         "calls live workers dead)")
     co.add_argument("--min-workers", type=int, default=1, help="hand out no task until this many workers have asked (default 1)")
     co.add_argument("--hold-reduces", action="store_true", help=argparse.SUPPRESS)  # a test's hook: reduces wait for Release
     _job_options(co)
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--split-mb, --fetch-timeout and --give-up-after must be positive")
     if getattr(args, "probe_every", 0) < 0:
         parser.error("--probe-every must be 0 (off) or positive seconds")
+    if getattr(args, "probe_timeout", 1) <= 0:
+        parser.error("--probe-timeout must be positive seconds")
     if args.op == "worker":
         return _worker(args)
     problem = _check_inputs(args.files)
@@ -178,6 +184,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         workdir=str(Path(args.out).resolve()), outdir=str(Path(args.out).resolve()), task_timeout=args.task_timeout,
         split_bytes=int(args.split_mb * 1e6), ship_input=args.ship_input, fetch_timeout=args.fetch_timeout,
         hold_reduces=args.hold_reduces, min_workers=args.min_workers, probe_every=args.probe_every,
+        probe_timeout=args.probe_timeout,
     )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     try:

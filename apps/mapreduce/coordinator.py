@@ -23,7 +23,7 @@ found). ``run_job`` tells the coordinator ``WorkerLost`` from the
 supervisor's event the moment a worker process dies; and every
 ``probe_every`` seconds a ``Prober`` pings, all at once, the workers that
 hold completed map output, so a dead worker on another machine is found in
-about two fetch timeouts whether or not a reducer is waiting on it. Either
+about two ``probe_timeout`` s whether or not a reducer is waiting on it. Either
 way its completed maps run again and its running task goes to another worker
 at once, not after ``task_timeout``.
 
@@ -136,7 +136,11 @@ class JobConfig:
     """Hand out no reduce until a ``Release`` message arrives: a test's hook to act in between."""
     probe_every: float = 2.0
     """Seconds between liveness checks of the workers holding map output (each waits up to two
-    ``fetch_timeout``); 0 turns them off, leaving reducers and the supervisor to notice deaths."""
+    ``probe_timeout``); 0 turns them off, leaving reducers and the supervisor to notice deaths."""
+    probe_timeout: float = 5.0
+    """Seconds a liveness check waits for a worker's ping reply before asking once more (two silent
+    pings: gone). Its own, not ``fetch_timeout``: a short fetch timeout (the soak's 1 s) on a loaded
+    machine would call slow live workers dead, and each false call re-runs their maps."""
 
     def __post_init__(self) -> None:
         if self.n_reduce < 1:
@@ -147,6 +151,8 @@ class JobConfig:
             raise ValueError("split_bytes and fetch_timeout must be positive")
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be 0 (off) or positive, got {self.probe_every}")
+        if self.probe_timeout <= 0:
+            raise ValueError(f"probe_timeout must be positive, got {self.probe_timeout}")
 
 
 COUNTERS = (
@@ -413,7 +419,7 @@ class Coordinator(Actor):
                     log.exception("coordinator: a liveness check failed")
                     return
                 for endpoint in silent if isinstance(silent, list) else ():
-                    self._lose("probe", f"no answer to two pings of {cfg.fetch_timeout} s", endpoint=endpoint)
+                    self._lose("probe", f"no answer to two pings of {cfg.probe_timeout} s", endpoint=endpoint)
             elif now > self.probe.deadline:
                 self.probe, self.probed_at = None, now
             return
@@ -424,7 +430,7 @@ class Coordinator(Actor):
             return
         prober = self.actor_system.ref(self.actor_system.endpoint, PROBER_NAME)
         try:
-            self.probe = prober.ask(Probe(holders, cfg.fetch_timeout), block=False, timeout=2 * cfg.fetch_timeout + 5.0)
+            self.probe = prober.ask(Probe(holders, cfg.probe_timeout), block=False, timeout=2 * cfg.probe_timeout + 5.0)
         except Exception:  # no prober on this system (a coordinator spawned without start_coordinator)
             log.warning("coordinator: no prober; liveness checks are off")
             self.config = dataclasses.replace(cfg, probe_every=0)

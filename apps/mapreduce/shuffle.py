@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actors import Actor, ActorDeadError, AskTimeout
+from actors import Actor, ActorDeadError, AskTimeout, wait
 from apps.mapreduce.protocol import Ping, Probe, ReadChunk
 from transport.message import message
 
@@ -173,19 +172,14 @@ def unreachable(system: ActorSystem, endpoints: Iterable[str], timeout: float, t
     return silent
 
 
-_SLICE = 0.02
-"""Seconds one wait on one ping's reply lasts before the next ping's turn (see ``_one_round``)."""
-
-
 def _one_round(system: ActorSystem, endpoints: list[str], timeout: float) -> list[str]:
     """Ping each endpoint at once; those with no answer within ``timeout``.
 
-    A thread's reply to an ask is read off that ask's connection only while
-    someone waits on its future, so the futures are waited on in turn, a
-    short slice each, until all answered or the time is up (not one after the
-    other: the first dead one would use up the time the others' replies need).
-    The asks' own deadline is later than ``timeout``, so a last pass can still
-    read a reply that came in at the end.
+    One ``wait`` on every ping: a reply is read off its connection only while
+    someone waits on it, and ``wait`` reads them all together, so the first
+    dead one does not use up the time the others' replies need. The asks'
+    own deadline is later than ``timeout``, so the wait's last, non-blocking
+    read still takes a reply that came in at the end.
     """
     pending: dict[str, Any] = {}
     silent: list[str] = []
@@ -195,25 +189,15 @@ def _one_round(system: ActorSystem, endpoints: list[str], timeout: float) -> lis
         except Exception as exc:  # a malformed endpoint, no key for its host: it cannot be reached either
             log.warning("cannot ping %r: %s", endpoint, exc)
             silent.append(endpoint)
-    end = time.monotonic() + timeout
-    last_pass = False
-    while pending:
-        for endpoint, future in list(pending.items()):
-            try:
-                future.get(timeout=_SLICE)
-            except AskTimeout:
-                continue
-            except ActorDeadError:
-                pass  # the process is there but serves no files: as good as gone
-            else:
-                del pending[endpoint]
-                continue
-            del pending[endpoint]
+    done, _ = wait(pending.values(), timeout)
+    for endpoint, future in pending.items():
+        if future not in done:
             silent.append(endpoint)
-        if last_pass:
-            break
-        last_pass = time.monotonic() >= end
-    silent.extend(pending)
+            continue
+        try:
+            future.get(timeout=0)
+        except (AskTimeout, ActorDeadError):  # swept at its deadline; or the process serves no files: as good as gone
+            silent.append(endpoint)
     return [ep for ep in endpoints if ep in silent]
 
 
