@@ -206,7 +206,7 @@ class ActorSystem:
         self._extensions: dict[str, Any] = {}  # helpers made on first use (spawn_process's supervisor), closed by stop()
         self._node = Node(
             endpoint,
-            on_message=self._deliver,
+            on_message=lambda env: None,  # the wire's, below (it needs the node first)
             max_frame_bytes=max_frame_bytes,
             fault_seed=fault_seed,
             start=False,
@@ -215,6 +215,7 @@ class ActorSystem:
         )
         self.endpoint = self._node.endpoint
         self._wire = Wire(self._node, ask_timeout=ask_timeout, mailbox_limit=mailbox_limit, lookup=self._lookup, label=repr(self))
+        self._node.on_message = self._wire.on_message
         self._node.call_later(1.0, self._wire.sweep)
         if start:
             self._node.start()
@@ -402,9 +403,6 @@ class ActorSystem:
     def _lookup(self, name: str) -> pykka.ActorRef | None:
         hosted = self._hosted.get(name)
         return hosted.ref if hosted is not None else None
-
-    def _deliver(self, env: Envelope) -> None:
-        self._wire.on_message(env)
 
     def _pykka_ref(self, name: str) -> pykka.ActorRef:
         hosted = self._hosted.get(name)

@@ -97,6 +97,7 @@ class Wire:
         # (same endpoint, before a restart) matches nothing and is dropped.
         self._corr = itertools.count(random.getrandbits(48) << 16)
         self._stopped = False
+        self._resolve = self.resolve  # bound once: every ask on a channel hands it to its future
 
     # ---- asks this process makes ------------------------------------------
 
@@ -124,8 +125,8 @@ class Wire:
             time.monotonic() + wait,
             functools.partial(self._pending.pop, corr, None),
             channel,
-            self.resolve if channel is not None else None,
-            node.on_io_thread,
+            self._resolve if channel is not None else None,
+            None if channel is not None else node.on_io_thread,  # a channel is never the I/O thread's
         )
         self._pending[corr] = future
         env = Envelope(Kind.ASK, address.name, node.endpoint, corr, message)

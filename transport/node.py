@@ -211,21 +211,22 @@ class Channel:
         """Send a request on this channel (any thread; encoding errors raise here)."""
         node = self._node
         frame = encode(env, node.max_frame_bytes, with_src=node._route_prefix is None)
-        exempt = env.is_control
+        size = len(frame)
+        exempt = env.dest == CONTROL_NAME or env.sender == CONTROL_NAME  # env.is_control, without the call
         if node._faults.rules and not exempt:
             with node._send_lock:  # the fault RNG is shared by every sending thread
                 hold = node._faults.decide(self.dest, "out", False, message_type(env.body))
-            node.counters.count_sent(message_type(env.body), len(frame))
+            node.counters.count_sent(message_type(env.body), size)
             if hold == DROP:
                 node.counters.add("dropped_by_faults")
-                return len(frame)
+                return size
             if hold > 0:  # rare (fault tests): the shared connection carries it later
                 node.call_later(hold, lambda: node._deliver_or_send(self.dest, frame))
-                return len(frame)
+                return size
         elif exempt:
             node.counters.add("control")
         else:
-            node.counters.count_sent(message_type(env.body), len(frame))
+            node.counters.count_sent(type(env.body).__name__, size)
         with self.lock:
             if self.closed:
                 raise ConnectionError(f"node {node.endpoint} is closed")
@@ -234,7 +235,7 @@ class Channel:
             except zmq.Again:
                 node.counters.add("send_failures")
                 log.warning("node %s: queue to %s is full; message dropped", node.endpoint, self.dest)
-        return len(frame)
+        return size
 
     def receive(self, timeout: float) -> Envelope | None:
         """Wait up to ``timeout`` s for one reply on this channel; callers hold ``lock``.
@@ -293,7 +294,8 @@ class Node:
         if max_peers < 1 or inbound_hwm < 1 or peer_idle <= 0:
             raise ValueError("max_peers and inbound_hwm must be at least 1, peer_idle positive")
         self.peer_idle = peer_idle
-        self._on_message = on_message
+        self.on_message = on_message
+        """Called on the I/O thread with every envelope for an actor name; replaceable before ``start()``."""
         self.max_frame_bytes = max_frame_bytes
         self.max_peers = max_peers
         self._inbound_hwm = inbound_hwm
@@ -966,7 +968,7 @@ class Node:
 
     def _deliver(self, env: Envelope) -> None:
         try:
-            self._on_message(env)
+            self.on_message(env)
         except Exception:
             log.exception("node %s: handler failed for %s", self.endpoint, type(env.body).__name__)
 
