@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pickle
 import queue
+import select
 import socket
+import threading
 import time
 
 import pytest
 import zmq
 
+import transport.node as node_module
 from actors import ActorDeadError, ActorSystem, AskTimeout
 from actors.testing import Collector, Count, Received, Send
 from tests.conftest import wait_until
@@ -254,6 +257,46 @@ def test_an_endpoint_crosses_once_per_connection_and_every_envelope_still_names_
     finally:
         a.close()
         b.close()
+
+
+def test_a_reply_that_eats_a_request_signal_does_not_strand_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZMQ_FD is edge-triggered and a send may process the socket's commands, eating the
+    signal of a request that has just arrived. A reply the I/O thread sends outside its read
+    of the ROUTER (here: from a task it runs, as an inline actor's queued drain does) must be
+    followed by a look at the ROUTER before the thread sleeps, or that request is never read.
+
+    The send is made to process commands every time (libzmq throttles it, so in real runs
+    this is rare, not impossible)."""
+    requests: queue.Queue[Envelope] = queue.Queue()
+    server = Node("tcp://127.0.0.1:0", on_message=requests.put)
+    client = Node("tcp://127.0.0.1:0", on_message=lambda env: None)
+    real_send = node_module._raw_send
+
+    def eager_send(sock: zmq.Socket, data: bytes, flags: int = 0) -> None:
+        real_send(sock, data, flags)
+        if sock is server._router:
+            node_module._events(sock)  # what a send does when libzmq's throttle lets it: process commands
+
+    monkeypatch.setattr(node_module, "_raw_send", eager_send)
+    try:
+        client.send(server.endpoint, Envelope(Kind.ASK, "x", client.endpoint, 1, "first"))
+        first = requests.get(timeout=10)
+        second_signalled = threading.Event()
+
+        def reply_while_the_second_waits() -> None:  # on the server's I/O thread
+            client.send(server.endpoint, Envelope(Kind.ASK, "x", client.endpoint, 2, "second"))
+            router_fd = server._router.get(zmq.FD)
+            if select.select([router_fd], [], [], 10)[0]:  # its signal is pending (not consumed by looking)
+                second_signalled.set()
+            server.reply(first, Envelope(Kind.REPLY, "", server.endpoint, 1, "answer", "x"))
+
+        server.run_soon(reply_while_the_second_waits)
+        second = requests.get(timeout=10)
+        assert second_signalled.is_set()
+        assert (second.corr, second.body) == (2, "second")
+    finally:
+        client.close()
+        server.close()
 
 
 def test_control_is_immune_to_faults(system: ActorSystem, remote: str) -> None:
