@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import pickle
 import struct
-from typing import Any
 
 import cloudpickle
 
@@ -52,13 +51,6 @@ class FrameTooLarge(CodecError):
 
 
 _KINDS = {int(k): k for k in Kind}  # a dict lookup is much cheaper than calling the enum
-
-
-def _dumps(obj: Any) -> bytes:
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 _NAMES_CACHE_LIMIT = 4096
@@ -90,8 +82,12 @@ def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, with_src:
     (see ``decode``'s ``peer``), so an endpoint crosses once per connection,
     not once per message.
     """
-    names, n_dest, n_src, n_sender = _names(env.dest, env.src if with_src else "", env.sender)
-    body = _dumps(env.body)
+    key = (env.dest, env.src if with_src else "", env.sender)
+    names, n_dest, n_src, n_sender = _names_cache.get(key) or _names(*key)
+    try:  # pickle first; cloudpickle for what it refuses (lambdas, a script's functions)
+        body = pickle.dumps(env.body, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        body = cloudpickle.dumps(env.body, protocol=pickle.HIGHEST_PROTOCOL)
     size = HEADER_BYTES + len(names) + len(body)
     if size > max_bytes:
         raise FrameTooLarge(
