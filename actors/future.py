@@ -99,8 +99,8 @@ class ReplyFuture(pykka.Future):
             return super().get(timeout=timeout)
         if self._error is None:
             channel = self._channel
-            # A channel is never the I/O thread's (Node.channel), so only a future without one can be waited on there.
-            if channel is None and self._io_thread is not None and self._io_thread():
+            # The I/O thread never makes a channel, but a future made on another thread may be handed to it.
+            if self._io_thread is not None and self._io_thread():
                 raise BlockingOnIOThread(
                     f"a blocking wait for {self.describe} on the node's I/O thread would wait for itself: "
                     "use tell, ask(block=False) without get(), or a timer"

@@ -126,7 +126,7 @@ class Wire:
             functools.partial(self._pending.pop, corr, None),
             channel,
             self._resolve if channel is not None else None,
-            None if channel is not None else node.on_io_thread,  # a channel is never the I/O thread's
+            node.on_io_thread,  # whoever waits may be the I/O thread, even on a future another thread made
         )
         self._pending[corr] = future
         env = Envelope(Kind.ASK, address.name, node.endpoint, corr, message)

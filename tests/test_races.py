@@ -94,6 +94,28 @@ def test_blocking_ask_on_the_io_thread_is_refused_at_once(system: ActorSystem) -
         assert far.ask("still fine", timeout=10) == "still fine"
 
 
+def test_waiting_on_the_io_thread_for_a_future_another_thread_made_is_refused(system: ActorSystem) -> None:
+    """The ask is made (on its channel) by the test's thread and handed to the I/O thread,
+    which must refuse to block on it as it refuses its own asks."""
+    with ActorSystem() as other:
+        other.spawn(Echo, name="echo")
+        far = system.ref(other.endpoint, "echo")
+        assert far.ask("warm", timeout=10) == "warm"
+        future = far.ask("made here", block=False, timeout=10)
+        outcome: queue.SimpleQueue[BaseException | Any] = queue.SimpleQueue()
+
+        def on_io_thread() -> None:
+            try:
+                outcome.put(future.get(timeout=3.0))
+            except BaseException as exc:
+                outcome.put(exc)
+
+        system.call_later(0, on_io_thread)
+        result = outcome.get(timeout=10)
+        assert isinstance(result, RuntimeError) and "I/O thread" in str(result), repr(result)
+        assert future.get(timeout=10) == "made here"  # still answered, to the thread that may wait
+
+
 class _StopsBeforePut:
     """A mailbox whose put of "late" first stops its actor and waits for its drain: the race, forced."""
 
