@@ -61,16 +61,13 @@ small message's cost. Bounded: cleared when full."""
 
 
 def _names(dest: str, src: str, sender: str) -> tuple[bytes, int, int, int]:
-    key = (dest, src, sender)
-    hit = _names_cache.get(key)
-    if hit is not None:
-        return hit
+    """Encode and cache one triple (``encode`` looks in the cache first)."""
     d, s, n = dest.encode(), src.encode(), sender.encode()
     if len(d) > 0xFFFF or len(s) > 0xFFFF or len(n) > 0xFFFF:
         raise ValueError(f"envelope names over 65535 bytes ({len(d)}, {len(s)}, {len(n)})")
     if len(_names_cache) >= _NAMES_CACHE_LIMIT:
         _names_cache.clear()
-    hit = _names_cache[key] = (d + s + n, len(d), len(s), len(n))
+    hit = _names_cache[(dest, src, sender)] = (d + s + n, len(d), len(s), len(n))
     return hit
 
 
