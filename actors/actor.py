@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import pykka
+import pykka.messages
 from pykka._envelope import Envelope as _PykkaEnvelope  # the one pykka internal used: a queued message with its reply target
 
 from transport.node import Node, Timer
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from actors.system import ActorSystem
 
 log = logging.getLogger(__name__)
+
+_PYKKA_MESSAGES = pykka.messages.__name__
+"""The module of pykka's own messages (stop, proxy calls): the only ones its ``_handle_receive`` treats apart."""
 
 
 class Host(Protocol):
@@ -228,7 +232,9 @@ class Actor(pykka.ThreadingActor):
             if message.handle.cancelled:
                 return None
             message = message.message
-        return super()._handle_receive(message)
+        if type(message).__module__ == _PYKKA_MESSAGES:  # a stop or a proxy call: pykka's to serve
+            return super()._handle_receive(message)
+        return self.on_receive(message)  # the rest, as pykka would after four isinstance checks
 
     def more_waiting(self) -> bool:
         """Whether more messages wait in the mailbox already.

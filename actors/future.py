@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pykka
 import zmq
@@ -46,44 +46,61 @@ _POLL_SLICE = 0.05
 (which a fault-delayed reply, a stop or the sweep may complete by another way)."""
 
 
+class _Owner(Protocol):
+    """What a future needs from whoever sent its ask (the system's :class:`~actors.wire.Wire`)."""
+
+    def on_io_thread(self) -> bool: ...
+
+    def forget(self, corr: int) -> None: ...
+
+    def resolve(self, env: Envelope) -> None: ...
+
+
 class ReplyFuture(pykka.Future):
     """The answer to one ask; see the module docstring.
 
     A pre-acquired lock is the cheapest one-shot signal between two threads.
     Nothing is formatted until an error needs the text (``describe``).
+    ``owner`` is the wire that sent the ask: it says whether a waiter is the
+    I/O thread (which must not wait), forgets the ask (``corr``) once its
+    deadline has passed, and completes whatever reply a waiter reads off
+    ``channel`` (which may be another ask's).
     """
 
-    # pykka's own attributes, as class defaults: its __init__ is skipped (one
-    # future per ask is made on the hot path) and sets nothing else.
-    _get_hook = None
-    _get_hook_result = _HOOK_UNSET
+    # Slots: a future is made per ask, and its fields are read on every turn of a wait.
+    # pykka's own two attributes are among them, since its __init__ is skipped.
+    __slots__ = (
+        "_callbacks", "_channel", "_corr", "_error", "_get_hook", "_get_hook_result",
+        "_lock", "_owner", "_to", "_value", "_what", "deadline",
+    )  # fmt: skip
 
     def __init__(
         self,
-        what: str = "",
+        what: type | str = "",
         to: object = "",
         deadline: float = math.inf,
-        forget: Callable[[], object] | None = None,
+        owner: _Owner | None = None,
+        corr: int = -1,
         channel: Channel | None = None,
-        resolve: Callable[[Envelope], None] | None = None,
-        io_thread: Callable[[], bool] | None = None,
     ) -> None:
         self._lock = lock = threading.Lock()
         lock.acquire()
-        self._value: Any = _UNSET
-        self._error: BaseException | None = None
         self._what = what
         self._to = to
         self.deadline = deadline
-        self._forget = forget
+        self._owner = owner
+        self._corr = corr
         self._channel = channel
-        self._resolve = resolve
-        self._io_thread = io_thread
         self._callbacks: list[Callable[[], None]] = []
+        self._value: Any = _UNSET
+        self._error: BaseException | None = None
+        self._get_hook: Any = None
+        self._get_hook_result: Any = _HOOK_UNSET
 
     @property
     def describe(self) -> str:
-        return f"{self._what} to {self._to}"
+        what = self._what
+        return f"{what if isinstance(what, str) else what.__name__} to {self._to}"
 
     def __repr__(self) -> str:
         return f"<ReplyFuture {self.describe}>"
@@ -99,8 +116,9 @@ class ReplyFuture(pykka.Future):
             return super().get(timeout=timeout)
         if self._error is None:
             channel = self._channel
+            owner = self._owner
             # The I/O thread never makes a channel, but a future made on another thread may be handed to it.
-            if self._io_thread is not None and self._io_thread():
+            if owner is not None and owner.on_io_thread():
                 raise BlockingOnIOThread(
                     f"a blocking wait for {self.describe} on the node's I/O thread would wait for itself: "
                     "use tell, ask(block=False) without get(), or a timer"
@@ -117,16 +135,16 @@ class ReplyFuture(pykka.Future):
             if self._value is not _UNSET:
                 return self._value
             if self._error is None:
-                if time.monotonic() >= self.deadline and self._forget is not None:
-                    self._forget()  # before its deadline it stays pending: a later get() may still succeed
+                if time.monotonic() >= self.deadline and owner is not None:
+                    owner.forget(self._corr)  # before its deadline it stays pending: a later get() may still succeed
                 waited = max(0.0, (end if not math.isinf(end) else time.monotonic()) - now)
                 raise AskTimeout(f"no reply to {self.describe} within {waited:.3f} s")
         raise self._error
 
     def _drive(self, ch: Channel, end: float) -> None:
         """Read the channel this ask's reply comes back on until it is here or ``end``."""
-        resolve = self._resolve
-        assert resolve is not None
+        assert self._owner is not None
+        resolve = self._owner.resolve
         lock = ch.lock
         while self._value is _UNSET and self._error is None:
             remaining = end - time.monotonic()
@@ -292,7 +310,7 @@ class _Waiting:
 
     def run(self, timeout: float | None) -> tuple[set[Any], set[Any]]:
         for f in self.plain:
-            if not f.done and f._io_thread is not None and f._io_thread():
+            if not f.done and f._owner is not None and f._owner.on_io_thread():
                 raise BlockingOnIOThread(
                     f"a blocking wait for {f.describe} on the node's I/O thread would wait for itself: "
                     "use tell, ask(block=False) without waiting, or a timer"
@@ -329,8 +347,8 @@ class _Waiting:
                             ch.lock.release()
                             usable[ch] = False
                         else:
-                            assert f._resolve is not None
-                            held[ch] = f._resolve
+                            assert f._owner is not None
+                            held[ch] = f._owner.resolve
                             usable[ch] = True
                     else:
                         usable[ch] = False

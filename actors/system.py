@@ -123,8 +123,7 @@ class LocalRef:
         if not ref.is_alive():
             raise ActorDeadError(f"{self.address} is not running")
         wait = self._system.ask_timeout if timeout is None else timeout
-        node = self._system.node
-        future = ReplyFuture(type(message).__name__, self.address, time.monotonic() + wait, None, None, None, node.on_io_thread)
+        future = ReplyFuture(type(message), self.address, time.monotonic() + wait, self._system._wire)
         ref.actor_inbox.put(_PykkaEnvelope(message, reply_to=future))
         if not ref.is_alive():  # stopped between the check and the put: its drain may be over already
             future.set_exception((ActorDeadError, ActorDeadError(f"{self.address} stopped"), None))

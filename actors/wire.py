@@ -20,7 +20,6 @@ How an ask travels (no thread in between that is not needed):
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import random
@@ -36,13 +35,11 @@ from actors.address import Address
 from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull
 from actors.future import ReplyFuture
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, Kind, Node
+from transport.envelope import KIND_ASK, KIND_REPLY, KIND_TELL
 from transport.node import ControlOp
 
 log = logging.getLogger(__name__)
 
-# Plain ints: comparing an IntEnum member with an int is a C call, fetching a member from the class is not.
-_ASK = int(Kind.ASK)
-_REPLY = int(Kind.REPLY)
 
 
 class WireReply:
@@ -66,7 +63,10 @@ class WireReply:
     def set(self, value: Any = None) -> None:
         wire, self._wire = self._wire, None
         if wire is not None:
-            wire.reply(self._request, value, False)
+            try:  # Wire.reply, without its frame on the common path
+                wire._node.reply(self._request, value)
+            except Exception as exc:  # an unpicklable or oversized result: tell the asker why
+                wire.reply(self._request, Failure.from_exception(exc), True)
 
     def set_exception(self, exc_info: Any = None) -> None:
         wire, self._wire = self._wire, None
@@ -97,55 +97,58 @@ class Wire:
         # (same endpoint, before a restart) matches nothing and is dropped.
         self._corr = itertools.count(random.getrandbits(48) << 16)
         self._stopped = False
-        self._resolve = self.resolve  # bound once: every ask on a channel hands it to its future
+        self.on_io_thread = node.on_io_thread
+        """Whether the calling thread is the node's I/O thread (which must never wait on a reply)."""
 
     # ---- asks this process makes ------------------------------------------
 
     def tell(self, address: Address, message: Any) -> None:
         """Send a tell on the same connection this thread's asks to that node take (so they stay in order)."""
         node = self._node
-        env = Envelope(Kind.TELL, address.name, node.endpoint, 0, message)
         channel = node.channel(address.endpoint)
         if channel is not None:
-            channel.send(env)
+            channel.request(KIND_TELL, address.name, 0, message)
         else:
-            node.send(address.endpoint, env)
+            node.send(address.endpoint, Envelope(Kind.TELL, address.name, node.endpoint, 0, message))
 
     def ask(self, address: Address, message: Any, timeout: float | None, *, shared: bool = False) -> ReplyFuture:
         """Send an ask; its future. ``shared``: the I/O thread completes it (for asyncio)."""
         node = self._node
         if shared:
             node.use_shared_connections()  # this thread's tells must not overtake its asks
+            channel = None
+        else:
+            channel = node.channel(address.endpoint)
         corr = next(self._corr)
-        wait = self.ask_timeout if timeout is None else timeout
-        channel = None if shared else node.channel(address.endpoint)
         future = ReplyFuture(
-            type(message).__name__,
+            type(message),
             address,
-            time.monotonic() + wait,
-            functools.partial(self._pending.pop, corr, None),
+            time.monotonic() + (self.ask_timeout if timeout is None else timeout),
+            self,
+            corr,
             channel,
-            self._resolve if channel is not None else None,
-            node.on_io_thread,  # whoever waits may be the I/O thread, even on a future another thread made
         )
         self._pending[corr] = future
-        env = Envelope(Kind.ASK, address.name, node.endpoint, corr, message)
         try:
             if channel is not None:
-                channel.send(env)
+                channel.request(KIND_ASK, address.name, corr, message)
             else:
-                node.send(address.endpoint, env)
+                node.send(address.endpoint, Envelope(Kind.ASK, address.name, node.endpoint, corr, message))
         except BaseException:
             self._pending.pop(corr, None)
             raise
         return future
+
+    def forget(self, corr: int) -> None:
+        """Stop waiting for the reply to ask ``corr`` (its deadline has passed)."""
+        self._pending.pop(corr, None)
 
     def resolve(self, env: Envelope) -> None:
         """Complete the future a reply is for (any thread)."""
         future = self._pending.pop(env.corr, None)
         if future is None:
             log.debug("%s: reply %d matches no pending ask (late or from an earlier incarnation)", self._label, env.corr)
-        elif env.kind == Kind.REPLY:
+        elif env.kind == KIND_REPLY:
             future.set(env.body)
         else:
             exc = env.body.to_exception() if isinstance(env.body, Failure) else RuntimeError(repr(env.body))
@@ -171,7 +174,7 @@ class Wire:
 
     def on_message(self, env: Envelope) -> None:
         """Runs on the I/O thread for every delivered envelope."""
-        if env.kind >= _REPLY:
+        if env.kind >= KIND_REPLY:
             self.resolve(env)
             return
         ref = self._lookup(env.dest)
@@ -182,11 +185,13 @@ class Wire:
         if inbox.qsize() >= self.mailbox_limit:  # type: ignore[attr-defined]  # our inboxes have qsize
             self._refuse_full(env)
             return
-        reply = WireReply(self, env) if env.kind == _ASK else None
+        reply = WireReply(self, env) if env.kind == KIND_ASK else None
         if type(inbox) is _InlineInbox:
-            inbox.arrive(env.body, reply)  # served at once when the actor is idle
-        else:
-            inbox.put(_PykkaEnvelope(env.body, reply_to=reply))  # type: ignore[arg-type]  # duck-typed reply target
+            # Served at once when the actor is idle; else queued, and a stopped
+            # actor's queue is answered by its next drain, on this same thread.
+            inbox.arrive(env.body, reply)
+            return
+        inbox.put(_PykkaEnvelope(env.body, reply_to=reply))  # type: ignore[arg-type]  # duck-typed reply target
         if reply is not None and ref.actor_stopped.is_set():
             # It stopped between the check and the put: its stop-time drain
             # may have run already, so answer now (WireReply is one-shot).
@@ -214,15 +219,13 @@ class Wire:
 
     def reply(self, request: Envelope, value: Any, failed: bool) -> None:
         """Answer ``request`` over its own connection (any thread)."""
-        node = self._node
-        kind = Kind.ERROR if failed else Kind.REPLY
         try:
-            node.reply(request, Envelope(kind, "", node.endpoint, request.corr, value, request.dest))
+            self._node.reply(request, value, Kind.ERROR if failed else Kind.REPLY)
         except Exception as exc:  # an unpicklable or oversized result: tell the asker why
             if failed:
                 log.exception("%s: could not send an error reply", self._label)
                 return
-            node.reply(request, Envelope(Kind.ERROR, "", node.endpoint, request.corr, Failure.from_exception(exc), request.dest))
+            self._node.reply(request, Failure.from_exception(exc), Kind.ERROR)
 
 
 class NodeControl:

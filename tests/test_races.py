@@ -74,6 +74,55 @@ def test_counters_snapshot_never_shows_a_message_without_its_bytes(tight_switchi
     assert not torn, f"{len(torn)} torn snapshots, e.g. {torn[:3]}"
 
 
+def test_counters_read_while_tallies_are_written_are_whole_and_exact(tight_switching: None) -> None:
+    """Messages are counted into per-writer tallies without a lock. A read racing the writers
+    must never show a message without its bytes, and the totals must miss nothing: not what a
+    retired tally (a closed channel's) counted, and not around a reset made mid-stream."""
+    counters = Counters()
+    stop = threading.Event()
+    written = [0, 0]
+
+    def writer(i: int) -> None:
+        tally = counters.tally()
+        for _ in range(100_000):
+            if stop.is_set():
+                break
+            tally.count_sent("Msg", 10)
+            tally.received += 1
+            written[i] += 1
+        counters.retire(tally)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    torn = []
+    reset_window: tuple[int, int] | None = None
+    try:
+        for _ in range(1_000_000):  # until the writers are done (bounded)
+            if not any(t.is_alive() for t in threads):
+                break
+            snap = counters.snapshot()
+            sent, nbytes = snap["sent"].get("Msg", 0), snap["sent_bytes"].get("Msg", 0)
+            if nbytes != 10 * sent:
+                torn.append((sent, nbytes))
+            if reset_window is None and sum(written) >= 10_000:
+                before = sum(written)
+                counters.reset()
+                reset_window = (before, sum(written))  # the reset fell between these two counts
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not torn, f"{len(torn)} torn reads, e.g. {torn[:3]}"
+    assert reset_window is not None, "the writers finished before the reset"
+    total = sum(written)
+    after = counters.snapshot()
+    assert total - reset_window[1] <= after["sent"]["Msg"] <= total - reset_window[0]
+    assert after["sent_bytes"]["Msg"] == 10 * after["sent"]["Msg"] == 10 * counters.received
+    counters.reset()
+    assert counters.snapshot()["sent"] == {} and counters.received == 0
+
+
 def test_blocking_ask_on_the_io_thread_is_refused_at_once(system: ActorSystem) -> None:
     """A blocking ask on the I/O thread used to wait its whole deadline for itself."""
     with ActorSystem() as other:

@@ -2,8 +2,13 @@
 
 A frame is a fixed binary header, three short UTF-8 strings and a pickled body::
 
-    "ZA2" | kind u8 | corr u64 | len(dest) u16 | len(src) u16 | len(sender) u16 | len(body) u32
+    "ZA3" | kind u8 | corr u64 | len(body) u32 | len(dest) u16 | len(src) u16 | len(sender) u16
     dest | src | sender | body
+
+The name lengths sit right before the names, so the bytes from the first
+length to the body are one block that says everything about the names: both
+sides cache that block (a process talks to few actors), and a frame's names
+cost one dictionary lookup each way.
 
 ``src`` (the sending node's endpoint) is empty on a connection: the receiver
 knows who is at the other end (a DEALER knows what it connected to; a ROUTER
@@ -26,14 +31,19 @@ from __future__ import annotations
 
 import pickle
 import struct
+from typing import Any
 
 import cloudpickle
 
 from transport.envelope import Envelope, Kind
 
-MAGIC = b"ZA2"
-_HEADER = struct.Struct("!3sBQHHHI")
+MAGIC = b"ZA3"
+_HEADER = struct.Struct("!3sBQIHHH")
+_HEAD = struct.Struct("!3sBQI")
+"""The part of the header before the name block."""
 HEADER_BYTES = _HEADER.size
+_NAMES_AT = _HEAD.size
+"""Where the name block (the three lengths, then the names) begins."""
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Large enough for the KV memory tests' 10 MiB values with room to spare."""
 
@@ -54,21 +64,50 @@ _KINDS = {int(k): k for k in Kind}  # a dict lookup is much cheaper than calling
 
 
 _NAMES_CACHE_LIMIT = 4096
-_names_cache: dict[tuple[str, str, str], tuple[bytes, int, int, int]] = {}
-"""The encoded names of recent (dest, src, sender) triples: a process talks to
-few actors, and encoding three strings per message is a measurable share of a
-small message's cost. Bounded: cleared when full."""
+_names_cache: dict[tuple[str, str, str], bytes] = {}
+"""The name blocks of recent (dest, src, sender) triples: encoding three
+strings per message is a measurable share of a small message's cost.
+Bounded: cleared when full."""
 
 
-def _names(dest: str, src: str, sender: str) -> tuple[bytes, int, int, int]:
-    """Encode and cache one triple (``encode`` looks in the cache first)."""
-    d, s, n = dest.encode(), src.encode(), sender.encode()
+def _name_block(key: tuple[str, str, str]) -> bytes:
+    """Encode and cache one triple's name block (``encode_fields`` looks in the cache first)."""
+    d, s, n = (name.encode() for name in key)
     if len(d) > 0xFFFF or len(s) > 0xFFFF or len(n) > 0xFFFF:
         raise ValueError(f"envelope names over 65535 bytes ({len(d)}, {len(s)}, {len(n)})")
     if len(_names_cache) >= _NAMES_CACHE_LIMIT:
         _names_cache.clear()
-    hit = _names_cache[(dest, src, sender)] = (d + s + n, len(d), len(s), len(n))
-    return hit
+    block = _names_cache[key] = _LENGTHS.pack(len(d), len(s), len(n)) + d + s + n
+    return block
+
+
+_LENGTHS = struct.Struct("!HHH")
+_dumps = pickle.dumps
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def encode_fields(
+    kind: int, dest: str, src: str, sender: str, corr: int, body: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> bytes:
+    """``encode`` from the fields themselves, for a sender that has no Envelope to hand
+    (a channel's request): one object fewer per message."""
+    key = (dest, src, sender)
+    names = _names_cache.get(key) or _name_block(key)
+    try:  # pickle first; cloudpickle for what it refuses (lambdas, a script's functions)
+        data = _dumps(body, protocol=_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        data = cloudpickle.dumps(body, protocol=_PROTOCOL)
+    n_body = len(data)
+    size = _NAMES_AT + len(names) + n_body
+    if size > max_bytes:
+        raise FrameTooLarge(
+            f"{type(body).__name__} to {dest!r} encodes to {size} bytes, over the frame limit of {max_bytes} bytes"
+        )
+    try:
+        head = _HEAD.pack(MAGIC, kind, corr, n_body)
+    except struct.error as exc:
+        raise ValueError(f"envelope fields out of range (corr not a u64): {exc}") from None
+    return b"".join((head, names, data))
 
 
 def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, with_src: bool = True) -> bytes:
@@ -79,26 +118,14 @@ def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, with_src:
     (see ``decode``'s ``peer``), so an endpoint crosses once per connection,
     not once per message.
     """
-    key = (env.dest, env.src if with_src else "", env.sender)
-    names, n_dest, n_src, n_sender = _names_cache.get(key) or _names(*key)
-    try:  # pickle first; cloudpickle for what it refuses (lambdas, a script's functions)
-        body = pickle.dumps(env.body, protocol=pickle.HIGHEST_PROTOCOL)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        body = cloudpickle.dumps(env.body, protocol=pickle.HIGHEST_PROTOCOL)
-    size = HEADER_BYTES + len(names) + len(body)
-    if size > max_bytes:
-        raise FrameTooLarge(
-            f"{type(env.body).__name__} to {env.dest!r} encodes to {size} bytes, "
-            f"over the frame limit of {max_bytes} bytes"
-        )
-    try:
-        header = _HEADER.pack(MAGIC, env.kind, env.corr, n_dest, n_src, n_sender, len(body))
-    except struct.error as exc:
-        raise ValueError(f"envelope fields out of range (corr not a u64): {exc}") from None
-    return b"".join((header, names, body))
+    return encode_fields(env.kind, env.dest, env.src if with_src else "", env.sender, env.corr, env.body, max_bytes)
 
 
-def decode(frame: bytes | memoryview, route: bytes | None = None, peer: str = "") -> Envelope:
+_unpack_header = _HEADER.unpack_from
+_loads = pickle.loads
+
+
+def decode(frame: bytes, route: bytes | None = None, peer: str = "") -> Envelope:
     """Decode a frame; raises MalformedFrame for anything else, checking the header before unpickling.
 
     ``peer``: the endpoint of the node at the other end of the connection the
@@ -107,36 +134,38 @@ def decode(frame: bytes | memoryview, route: bytes | None = None, peer: str = ""
     size = len(frame)
     if size < HEADER_BYTES:
         raise MalformedFrame(f"frame of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
-    magic, kind, corr, n_dest, n_src, n_sender, n_body = _HEADER.unpack_from(frame)
-    if magic != MAGIC:
-        raise MalformedFrame(f"bad magic {bytes(frame[:8])!r} ({size} bytes)")
-    if kind not in _KINDS:
-        raise MalformedFrame(f"unknown envelope kind {kind}")
-    if HEADER_BYTES + n_dest + n_src + n_sender + n_body != size:
-        raise MalformedFrame(f"header lengths ({n_dest}, {n_src}, {n_sender}, {n_body}) do not add up to the frame's {size} bytes")
-    view = memoryview(frame)
+    magic, kind, corr, n_body, n_dest, n_src, n_sender = _unpack_header(frame)
     at = HEADER_BYTES + n_dest + n_src + n_sender
-    raw_names = bytes(view[HEADER_BYTES:at])
-    names = _decoded.get(raw_names)
-    if names is None or names[3] != (n_dest, n_src):
-        names = _decode_names(raw_names, n_dest, n_src)
-    try:
-        body = pickle.loads(view[at:])
+    if magic != MAGIC or at + n_body != size or kind not in _KINDS:
+        raise MalformedFrame(_what_is_wrong(frame, magic, kind, (n_dest, n_src, n_sender, n_body)))
+    block = frame[_NAMES_AT:at]
+    names = _decoded.get(block) or _decode_names(block, n_dest, n_src)
+    try:  # a memoryview: a large body is not copied before unpickling
+        body = _loads(memoryview(frame)[at:]) if n_body > 4096 else _loads(frame[at:])
     except Exception as exc:  # any unpickling failure means a bad frame
         raise MalformedFrame(f"undecodable body ({n_body} bytes): {exc!r}") from exc
     return _new_envelope(Envelope, (_KINDS[kind], names[0], names[1] if n_src else peer, corr, body, names[2], route))
 
 
-_decoded: dict[bytes, tuple[str, str, str, tuple[int, int]]] = {}
-"""The decoded names of recent frames, keyed by their bytes (and split points):
-the mirror of ``_names_cache`` on the receiving side. Bounded: cleared when full."""
+def _what_is_wrong(frame: bytes, magic: bytes, kind: int, lengths: tuple[int, int, int, int]) -> str:
+    if magic != MAGIC:
+        return f"bad magic {bytes(frame[:8])!r} ({len(frame)} bytes)"
+    if kind not in _KINDS:
+        return f"unknown envelope kind {kind}"
+    return f"header lengths {lengths} (dest, src, sender, body) do not add up to the frame's {len(frame)} bytes"
+
+
+_decoded: dict[bytes, tuple[str, str, str]] = {}
+"""The decoded names of recent frames, keyed by their name block (lengths and
+names): the mirror of ``_names_cache`` on the receiving side. Bounded: cleared when full."""
 
 _new_envelope = tuple.__new__
 """Builds an Envelope from a complete tuple of its fields without the NamedTuple's
 Python-level constructor (every field is given, in order, so nothing is lost)."""
 
 
-def _decode_names(raw: bytes, n_dest: int, n_src: int) -> tuple[str, str, str, tuple[int, int]]:
+def _decode_names(block: bytes, n_dest: int, n_src: int) -> tuple[str, str, str]:
+    raw = block[_LENGTHS.size :]
     try:
         dest, src, sender = (
             raw[:n_dest].decode("utf-8"),
@@ -147,5 +176,5 @@ def _decode_names(raw: bytes, n_dest: int, n_src: int) -> tuple[str, str, str, t
         raise MalformedFrame(f"names that are not UTF-8: {exc}") from None
     if len(_decoded) >= _NAMES_CACHE_LIMIT:
         _decoded.clear()
-    hit = _decoded[raw] = (dest, src, sender, (n_dest, n_src))
+    hit = _decoded[block] = (dest, src, sender)
     return hit

@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
+
+
+class Tally:
+    """The message counts of one writer: a thread, or whoever holds one lock.
+
+    Every message is counted where it is sent or read, on many threads; one
+    shared lock taken twice per message was a measurable share of a small
+    message's cost. So each writer counts into a tally of its own, with no
+    lock (only its owner writes it), and :class:`Counters` adds the tallies
+    up when read. A message type's count and bytes are one tuple, replaced
+    whole, so a reader's copy (one C call, atomic under the GIL) never holds
+    a message without its bytes.
+    """
+
+    __slots__ = ("by_type", "received")
+
+    def __init__(self) -> None:
+        self.by_type: dict[str, tuple[int, int]] = {}
+        """Message type -> (messages sent, bytes sent)."""
+        self.received = 0
+
+    def count_sent(self, mtype: str, nbytes: int) -> None:
+        by_type = self.by_type
+        n, size = by_type.get(mtype, (0, 0))
+        by_type[mtype] = (n + 1, size + nbytes)
+
 
 
 @dataclass
@@ -13,11 +38,10 @@ class Counters:
 
     ``sent`` counts every message the node was asked to send, whether or not
     a fault rule then dropped it (as the lab network counts every call).
+    ``sent``, ``sent_bytes`` and ``received`` are the sums of the writers'
+    tallies (see :class:`Tally`); the rest are rare and written under the lock.
     """
 
-    sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    sent_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    received: int = 0
     dropped_by_faults: int = 0
     malformed: int = 0
     unknown_actor: int = 0
@@ -31,31 +55,79 @@ class Counters:
     busy: int = 0
     """Asks answered with MailboxFull because the actor's mailbox was at its bound."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _shared: Tally = field(default_factory=Tally, repr=False, compare=False)
+    """For writers without a tally of their own (counted under the lock)."""
+    _tallies: list[Tally] = field(default_factory=list, repr=False, compare=False)
+    _retired: Tally = field(default_factory=Tally, repr=False, compare=False)
+    """What tallies that are gone (closed channels) had counted."""
+    _zero: Tally = field(default_factory=Tally, repr=False, compare=False)
+    """The totals at the last ``reset``: a writer's tally is never written by another thread, so a
+    reset cannot clear it; it moves this baseline instead."""
+
+    def tally(self) -> Tally:
+        """A new tally for one writer, counted in every read from now on."""
+        t = Tally()
+        with self._lock:
+            self._tallies.append(t)
+        return t
+
+    def retire(self, t: Tally) -> None:
+        """Keep what ``t`` counted once its writer is gone (its owner must not write it any more)."""
+        with self._lock:
+            if t in self._tallies:
+                self._tallies.remove(t)
+                _add(self._retired, t)
 
     def count_sent(self, mtype: str, nbytes: int) -> None:
-        # Written from every thread that sends (callers, actor threads, the I/O
-        # thread): every write and every read takes the one lock, so a count is
-        # never lost and a snapshot never shows a message without its bytes.
+        """Count a sent message from a thread without a tally of its own."""
         with self._lock:
-            self.sent[mtype] += 1
-            self.sent_bytes[mtype] += nbytes
-
-    def count_received(self) -> None:
-        with self._lock:
-            self.received += 1
+            self._shared.count_sent(mtype, nbytes)
 
     def add(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (any thread)."""
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
+    def _total(self) -> Tally:
+        """Everything counted since the last reset; callers hold the lock."""
+        total = Tally()
+        for t in (self._shared, self._retired, *self._tallies):
+            _add(total, t)
+        zero = self._zero
+        total.received -= zero.received
+        for mtype, (n, size) in zero.by_type.items():
+            left = total.by_type[mtype][0] - n, total.by_type[mtype][1] - size
+            if left == (0, 0):
+                del total.by_type[mtype]
+            else:
+                total.by_type[mtype] = left
+        return total
+
+    @property
+    def sent(self) -> dict[str, int]:
+        with self._lock:
+            return {mtype: n for mtype, (n, _) in self._total().by_type.items()}
+
+    @property
+    def sent_bytes(self) -> dict[str, int]:
+        with self._lock:
+            return {mtype: size for mtype, (_, size) in self._total().by_type.items()}
+
+    @property
+    def received(self) -> int:
+        with self._lock:
+            return self._total().received
+
     def snapshot(self) -> dict:
         """A plain, picklable copy for a remote reader."""
         with self._lock:
+            total = self._total()
+            sent = {mtype: n for mtype, (n, _) in total.by_type.items()}
+            sent_bytes = {mtype: size for mtype, (_, size) in total.by_type.items()}
             return {
-                "sent": dict(self.sent),
-                "sent_bytes": dict(self.sent_bytes),
-                "received": self.received,
+                "sent": sent,
+                "sent_bytes": sent_bytes,
+                "received": total.received,
                 "dropped_by_faults": self.dropped_by_faults,
                 "malformed": self.malformed,
                 "unknown_actor": self.unknown_actor,
@@ -64,14 +136,23 @@ class Counters:
                 "rejected": self.rejected,
                 "dropped_full": self.dropped_full,
                 "busy": self.busy,
-                "messages_total": sum(self.sent.values()),
-                "bytes_total": sum(self.sent_bytes.values()),
+                "messages_total": sum(sent.values()),
+                "bytes_total": sum(sent_bytes.values()),
             }
 
     def reset(self) -> None:
         with self._lock:
-            self.sent.clear()
-            self.sent_bytes.clear()
-            self.received = self.dropped_by_faults = self.malformed = 0
+            _add(self._zero, self._total())
+            self.dropped_by_faults = self.malformed = 0
             self.unknown_actor = self.send_failures = self.control = 0
             self.rejected = self.dropped_full = self.busy = 0
+
+
+def _add(into: Tally, t: Tally) -> None:
+    """``into += t``; ``t`` may be written meanwhile by its owner, so its dict is copied first, in
+    one C call (a count lands either before the copy or after it, never half in it)."""
+    into.received += t.received
+    mine = into.by_type
+    for mtype, (n, size) in dict(t.by_type).items():
+        have = mine.get(mtype, (0, 0))
+        mine[mtype] = (have[0] + n, have[1] + size)

@@ -27,6 +27,12 @@ class Kind(enum.IntEnum):
         return self >= Kind.REPLY
 
 
+# The kinds as plain ints, for the hot paths: fetching a member from an enum
+# class runs Python, comparing an int with a member does not.
+KIND_TELL = int(Kind.TELL)
+KIND_ASK = int(Kind.ASK)
+KIND_REPLY = int(Kind.REPLY)
+
 CONTROL_NAME = "$node"
 """Reserved destination name: the node itself (fault rules, counters, ping).
 

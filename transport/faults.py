@@ -101,26 +101,23 @@ class FaultTable:
     """
 
     def __init__(self, rules: Iterable[FaultRule] = (), seed: int | None = None) -> None:
-        self._rules: tuple[FaultRule, ...] = tuple(rules)
+        self.rules: tuple[FaultRule, ...] = tuple(rules)
+        """Read-only outside ``replace``; a plain attribute, as every message looks at it."""
         self._rng = random.Random(seed)
-
-    @property
-    def rules(self) -> tuple[FaultRule, ...]:
-        return self._rules
 
     def replace(self, rules: Sequence[FaultRule]) -> None:
         for rule in rules:
             if not isinstance(rule, FaultRule):
                 raise TypeError(f"fault rules must be FaultRule, not {type(rule).__name__}")
-        self._rules = tuple(rules)
+        self.rules = tuple(rules)
 
     def decide(self, peer: str, direction: str, is_reply: bool, mtype: str = "") -> float:
         """Seconds to hold the message back (0 = now), or DROP."""
-        if not self._rules:
+        if not self.rules:
             return 0.0
         rng = self._rng
         delay = 0.0
-        for rule in self._rules:
+        for rule in self.rules:
             if not rule.matches(peer, direction, is_reply, mtype):
                 continue
             if not rule.connected:

@@ -4,7 +4,7 @@ Usage summary::
 
     node = Node("ipc:///tmp/a.sock", on_message=handle)   # or tcp://127.0.0.1:0
     node.send("ipc:///tmp/b.sock", envelope)               # any thread
-    node.reply(request, envelope)                          # back over the request's own connection
+    node.reply(request, body)                              # back over the request's own connection
     node.call_later(0.5, fn)                               # fn runs on the I/O thread
     node.set_faults([FaultRule(...)])                      # or remotely, see CONTROL_NAME
     node.counters.snapshot()
@@ -68,9 +68,9 @@ import zmq
 import zmq.utils.monitor
 import zmq.utils.z85
 
-from transport.codec import DEFAULT_MAX_FRAME_BYTES, MalformedFrame, decode, encode
-from transport.counters import Counters
-from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, message_type
+from transport.codec import DEFAULT_MAX_FRAME_BYTES, MalformedFrame, decode, encode, encode_fields
+from transport.counters import Counters, Tally
+from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind, message_type
 from transport.faults import DROP, FaultRule, FaultTable
 from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
 
@@ -103,7 +103,6 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _RCVTIMEO = int(zmq.RCVTIMEO)
-_REPLY = int(Kind.REPLY)
 _MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
 
 # pyzmq's compiled socket methods, called without its pure-Python layer
@@ -197,39 +196,48 @@ class Channel:
     how a future handed to another thread still completes.
     """
 
-    __slots__ = ("_node", "_sock", "_timeout_ms", "closed", "dest", "lock")
+    __slots__ = ("_node", "_sock", "_tally", "_timeout_ms", "closed", "dest", "lock")
 
     def __init__(self, node: Node, dest: str, sock: zmq.Socket) -> None:
         self._node = node
         self.dest = dest
         self._sock = sock
         self._timeout_ms = -1  # the socket's receive timeout now (-1: ZeroMQ's default, wait forever)
+        self._tally = node.counters.tally()  # written only under ``lock``
         self.lock = threading.Lock()
         self.closed = False
 
-    def send(self, env: Envelope) -> int:
-        """Send a request on this channel (any thread; encoding errors raise here)."""
+    def request(self, kind: int, name: str, corr: int, body: Any) -> int:
+        """Send a tell or an ask to actor ``name`` on this channel (any thread; encoding errors raise here).
+
+        From the fields, not an Envelope: this is every remote ask's way out.
+        """
         node = self._node
-        frame = encode(env, node.max_frame_bytes, with_src=node._route_prefix is None)
+        frame = encode_fields(kind, name, node._frame_src, "", corr, body, node.max_frame_bytes)
         size = len(frame)
-        exempt = env.dest == CONTROL_NAME or env.sender == CONTROL_NAME  # env.is_control, without the call
-        if node._faults.rules and not exempt:
+        counted = True
+        if name == CONTROL_NAME:  # never subject to faults, and kept out of ``sent``
+            node.counters.add("control")
+        elif node._faults.rules:
             with node._send_lock:  # the fault RNG is shared by every sending thread
-                hold = node._faults.decide(self.dest, "out", False, message_type(env.body))
-            node.counters.count_sent(message_type(env.body), size)
+                hold = node._faults.decide(self.dest, "out", False, type(body).__name__)
+            node.counters.count_sent(type(body).__name__, size)
             if hold == DROP:
                 node.counters.add("dropped_by_faults")
                 return size
             if hold > 0:  # rare (fault tests): the shared connection carries it later
                 node.call_later(hold, lambda: node._deliver_or_send(self.dest, frame))
                 return size
-        elif exempt:
-            node.counters.add("control")
         else:
-            node.counters.count_sent(type(env.body).__name__, size)
+            counted = False  # the usual case: into this channel's tally, under its lock
         with self.lock:
             if self.closed:
                 raise ConnectionError(f"node {node.endpoint} is closed")
+            if not counted:  # Tally.count_sent, inline
+                by_type = self._tally.by_type
+                mtype = type(body).__name__
+                n, nbytes = by_type.get(mtype, (0, 0))
+                by_type[mtype] = (n + 1, nbytes + size)
             try:
                 _raw_send(self._sock, frame, _NOBLOCK)
             except zmq.Again:
@@ -256,7 +264,7 @@ class Channel:
             frame = _raw_recv(sock, 0)
         except zmq.Again:
             return None
-        return self._node._accept(frame, None, True, self.dest)
+        return self._node._accept(frame, None, True, self.dest, self._tally)
 
     @property
     def socket(self) -> zmq.Socket:
@@ -270,6 +278,7 @@ class Channel:
             if not self.closed:
                 self.closed = True
                 self._sock.close(linger=0)
+                self._node.counters.retire(self._tally)
 
 
 class Node:
@@ -300,6 +309,7 @@ class Node:
         self.max_peers = max_peers
         self._inbound_hwm = inbound_hwm
         self.counters = Counters()
+        self._io_tally = self.counters.tally()  # what the I/O thread counts: written by it alone
         self._faults = FaultTable(seed=fault_seed)
         requested = endpoint or default_endpoint()
         self.secure = security_on(secure)
@@ -343,9 +353,12 @@ class Node:
         # (255 bytes) is sent in every frame instead.
         prefix = b"z|" + self.endpoint.encode() + b"|"
         self._route_prefix: bytes | None = prefix if len(prefix) + 16 <= 255 else None
+        self._frame_src = "" if self._route_prefix is not None else self.endpoint
+        """What a frame on one of this node's connections says of its sender: nothing when the routing id does."""
         self._route_peers: dict[bytes, str] = {}
         self._dealers: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._dealer_fds: dict[int, zmq.Socket] = {}
+        self._dealer_peers: dict[zmq.Socket, str] = {}  # each shared DEALER's destination, for the replies read off it
         self._last_send: dict[str, float] = {}
         self._poll_dirty = True  # the I/O thread rebuilds its poller (dealers came or must go)
         self._own_fds: list[int] = []  # the I/O thread's own descriptors (ROUTER, wake pipe, ZAP, monitor)
@@ -447,7 +460,7 @@ class Node:
         that host) in the caller's thread.
         """
         to_self = dest_endpoint == self.endpoint
-        frame = encode(env, self.max_frame_bytes, with_src=to_self or self._route_prefix is None)
+        frame = encode(env, self.max_frame_bytes, with_src=to_self or bool(self._frame_src))
         item = (dest_endpoint, message_type(env.body), env.is_reply, env.is_control, frame, None)
         if to_self:
             self._enqueue(item)  # delivered by the I/O thread, like everything received
@@ -460,15 +473,22 @@ class Node:
                     self._transmit(dest_endpoint, frame)
         return len(frame)
 
-    def reply(self, request: Envelope, env: Envelope) -> int:
-        """Send ``env`` back over the connection ``request`` came in on (never to a claimed address).
+    def reply(self, request: Envelope, body: Any, kind: Kind = Kind.REPLY) -> int:
+        """Answer ``request`` with ``body`` (``kind`` REPLY, or ERROR with a Failure) over the
+        connection it came in on, never to a claimed address; the encoded size in bytes.
 
+        The request says everything else the reply carries (its correlation
+        id, the name that answers), so nothing but the body is asked for.
         Encoded in the caller's thread (errors surface there); the I/O thread,
         which owns the ROUTER, sends it.
         """
-        route = request.route if request.route is not None else LOCAL
-        frame = encode(env, self.max_frame_bytes, with_src=route is LOCAL)  # a DEALER knows what it connected to
-        if route is not LOCAL and not self._faults.rules and threading.get_ident() == self._io_ident:
+        route = request.route
+        local = not route  # None or LOCAL: the request came from this node itself
+        control = request.dest == CONTROL_NAME
+        frame = encode_fields(
+            kind, "", self.endpoint if local else "", request.dest, request.corr, body, self.max_frame_bytes
+        )  # a DEALER knows what it connected to
+        if route and not self._faults.rules and threading.get_ident() == self._io_ident:
             # The common case (an inline actor answering, no fault rules): straight
             # out on the ROUTER, which this thread owns; counted once it is on its way.
             self._router_sent = True
@@ -477,12 +497,12 @@ class Node:
                 _raw_send(self._router, frame, _NOBLOCK)
             except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
                 self.counters.add("send_failures")
-            if env.is_control:
+            if control:
                 self.counters.add("control")
             else:
-                self.counters.count_sent(message_type(env.body), len(frame))
+                self._io_tally.count_sent(type(body).__name__, len(frame))
             return len(frame)
-        self._enqueue((request.src, message_type(env.body), env.is_reply, env.is_control, frame, route))
+        self._enqueue((request.src, type(body).__name__, True, control, frame, LOCAL if local else route))
         return len(frame)
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
@@ -768,6 +788,7 @@ class Node:
             return None
         self._dealers[dest] = sock
         self._dealer_fds[cast(int, sock.get(zmq.FD))] = sock
+        self._dealer_peers[sock] = dest
         self._poll_dirty = True  # register its descriptor; close the oldest if over max_peers
         if threading.get_ident() != self._io_ident:
             self._wake()
@@ -818,17 +839,17 @@ class Node:
     def _close_dealer(self, sock: zmq.Socket) -> None:
         """Only on the I/O thread, under the send lock: nobody polls its descriptor now."""
         self._dealer_fds = {fd: s for fd, s in self._dealer_fds.items() if s is not sock}
+        self._dealer_peers.pop(sock, None)
         sock.close(linger=0)
 
     def _drain_dealers(self, socks: list[zmq.Socket]) -> None:
         """Read the replies waiting on DEALERs (under the send lock), then deliver them."""
         frames: list[tuple[bytes, str]] = []
         with self._send_lock:
-            peers = {id(sock): dest for dest, sock in self._dealers.items()}
             for sock in socks:
                 if sock.closed:
                     continue
-                peer = peers.get(id(sock), "")
+                peer = self._dealer_peers.get(sock, "")
                 for _ in range(1_000):
                     if not _events(sock) & _POLLIN:
                         break
@@ -912,7 +933,7 @@ class Node:
         return True
 
     def _accept(
-        self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False, peer: str = ""
+        self, frame: bytes, route: bytes | None, replies_only: bool, peer: str, tally: Tally
     ) -> Envelope | None:
         """Decode one frame that came in, count it, and pass it through the "in" fault rules.
 
@@ -922,6 +943,7 @@ class Node:
         frame is dropped, or held back (delivered later through ``on_message``).
         Any thread: the fault table is shared, so its decision is taken under
         the send lock (only when there are rules, which is never on the fast path).
+        ``tally``: the calling thread's own (the I/O thread's, or the channel's it holds).
         """
         try:
             env = decode(frame, route, peer)
@@ -929,14 +951,14 @@ class Node:
             self.counters.add("malformed")
             log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
             return None
-        if replies_only and env.kind < _REPLY:
+        if replies_only and env.kind < KIND_REPLY:
             self.counters.add("malformed")
             log.warning("node %s: dropped a %s that came back on a sending connection", self.endpoint, env.kind.name)
             return None
-        self.counters.count_received()
+        tally.received += 1
         if self._faults.rules and not env.is_control:  # no rules (the normal case): no decision at all
             with self._send_lock:
-                hold = self._faults.decide(env.src, "in", env.kind >= _REPLY, message_type(env.body))
+                hold = self._faults.decide(env.src, "in", env.kind >= KIND_REPLY, message_type(env.body))
             if hold == DROP:
                 self.counters.add("dropped_by_faults")
                 return None
@@ -945,17 +967,20 @@ class Node:
                 return None
         return env
 
-    def _receive(self, frame: bytes | memoryview, route: bytes | None, replies_only: bool = False, peer: str = "") -> None:
+    def _receive(self, frame: bytes, route: bytes | None, replies_only: bool = False, peer: str = "") -> None:
         """On the I/O thread: accept a frame and hand it on (to the node itself, or to ``on_message``)."""
         if route is not None:
-            peer = self.endpoint if route is LOCAL else self._route_peers.get(route) or self._peer_of(route)
-        env = self._accept(frame, route, replies_only, peer)
+            peer = self._route_peers.get(route) or self._peer_of(route) if route else self.endpoint
+        env = self._accept(frame, route, replies_only, peer, self._io_tally)
         if env is None:
             return
         if env.dest == CONTROL_NAME:
             self._control(env)
             return
-        self._deliver(env)
+        try:  # _deliver, inline: this is every request's way in
+            self.on_message(env)
+        except Exception:
+            log.exception("node %s: handler failed for %s", self.endpoint, type(env.body).__name__)
 
     def _peer_of(self, route: bytes) -> str:
         """The endpoint a connection's routing id names ("" for one that names none: a label only)."""
@@ -994,4 +1019,4 @@ class Node:
         except Exception as exc:  # reported to the caller, never fatal to the node
             kind, result = Kind.ERROR, Failure.from_exception(exc)
         if env.kind == Kind.ASK:
-            self.reply(env, Envelope(kind, "", self.endpoint, env.corr, result, CONTROL_NAME))
+            self.reply(env, result, kind)
