@@ -121,7 +121,7 @@ def test_spawn_rejects_duplicate_names_and_non_actors(system: ActorSystem) -> No
     system.spawn(Echo, name="one")
     with pytest.raises(ValueError, match="already runs"):
         system.spawn(Echo, name="one")
-    with pytest.raises(TypeError, match="pykka.Actor"):
+    with pytest.raises(TypeError, match=r"pykka\.Actor"):
         system.spawn(dict, name="two")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="without '#'"):
         system.spawn(Echo, name="a#b")

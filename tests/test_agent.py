@@ -15,12 +15,12 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from actors import Actor, ActorDeadError, ActorSystem, AskTimeout, ProcessDied, RestartLimitReached
+from actors import Actor, ActorSystem, AskTimeout, ProcessDied, RestartLimitReached
 from actors.agent import AGENT_NAME, SpawnRequest, node_children, wait_for_node
 from actors.spawn import ClassRef
 from actors.testing import Get, Incr, PersistentCounter
 from tests.test_spawn import answer_after_kill
-from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, write_members
+from transport.keys import Keyring, Member, init_keyring, write_members
 
 AGENT_HOST = "127.0.0.2"
 

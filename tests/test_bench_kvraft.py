@@ -187,7 +187,7 @@ def test_etcd_client_sends_a_request_again_after_a_5xx_and_counts_it() -> None:
     class Gateway(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             status = answers.pop(0)
             body = b'{"error":"etcdserver: leader changed"}' if status != 200 else b'{"header":{}}'

@@ -67,7 +67,7 @@ def test_damage_before_the_tail_is_refused_and_the_file_kept(tmp_path: Path) -> 
     raw = bytearray((tmp_path / "j").read_bytes())
     raw[4 + 8 + 3] ^= 0x01  # a bit of the first record's payload
     (tmp_path / "j").write_bytes(bytes(raw))
-    with pytest.raises(CorruptStateError, match="damaged at byte 4 .*valid record follows"):
+    with pytest.raises(CorruptStateError, match=r"damaged at byte 4 .*valid record follows"):
         Journal(tmp_path / "j").load()
     assert (tmp_path / "j").read_bytes() == bytes(raw)  # nothing was cut
 

@@ -86,7 +86,7 @@ def test_a_deposed_leader_cut_off_in_a_minority_never_answers_a_get(read: str) -
         # Long enough for the server's wait limit to expire and the clerk to ask again, more than once.
         reader.join(timeout=5.0)
         assert not answers, f"the cut-off leader answered a Get with {answers[0]!r}"
-        term, is_leader = cluster.peer(old_leader).get_state()
+        _term, is_leader = cluster.peer(old_leader).get_state()
         assert is_leader, "the old leader should still believe it leads (the dangerous case)"
         cluster.heal()
         cluster.connect_clerk(stale)
@@ -121,7 +121,7 @@ def test_a_clerk_with_a_deadline_gives_up_with_a_clear_error() -> None:
     directory = tempfile.mkdtemp(prefix="kv-nobody-")
     try:
         ck = Clerk([f"ipc://{directory}/a.sock", f"ipc://{directory}/b.sock"], give_up_after=0.5)
-        with pytest.raises(KVUnavailable, match="within 0.5 s"):
+        with pytest.raises(KVUnavailable, match=r"within 0\.5 s"):
             ck.get("k")
         with pytest.raises(ValueError):
             Clerk([])
@@ -188,7 +188,7 @@ def kv_cluster_cli() -> Iterator[tuple[str, _Lines, Path]]:
 def test_cli_cluster_serves_put_and_get_and_a_killed_server_comes_back(kv_cluster_cli: tuple[str, _Lines, Path]) -> None:
     endpoints, lines, root = kv_cluster_cli
     assert lines.wait_for("servers:", 30).split()[-1] == endpoints
-    pids = [int(lines.seen[[k for k, l in enumerate(lines.seen) if f"server {i}:" in l][0]].split()[-1]) for i in range(3)]
+    pids = [int(next(line for line in lines.seen if f"server {i}:" in line).split()[-1]) for i in range(3)]
     lines.wait_for("leader: server", 30)
     out = zactor("kv", "put", "--servers", endpoints, "greeting", "hello")
     assert out.returncode == 0, out.stderr

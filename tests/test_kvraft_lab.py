@@ -16,10 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from apps.kvraft.testing import KVCluster
-from tests.conftest import wait_until
 
 ROUND_SECONDS = 5.0
 ELECTION_TIMEOUT = 1.0

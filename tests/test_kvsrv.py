@@ -302,7 +302,7 @@ def test_clerk_works_without_an_actor_system_of_its_own(server: str) -> None:
     import sys
 
     code = (
-        "from apps.kvsrv import Clerk; c = Clerk(%r); c.put('p', 'q'); print(c.append('p', 'r'), c.get('p'))" % server
+        f"from apps.kvsrv import Clerk; c = Clerk({server!r}); c.put('p', 'q'); print(c.append('p', 'r'), c.get('p'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -309,7 +309,7 @@ def test_splits_cover_every_line_exactly_once(tmp_path: Path, split_bytes: int) 
     finally:
         close()
     assert b"".join(parts) == data
-    assert all(p == b"" or p.startswith(tuple(line + b"\n" for line in data.split(b"\n")) + (b"no newline",)) for p in parts)
+    assert all(p == b"" or p.startswith((*(line + b"\n" for line in data.split(b"\n")), b"no newline")) for p in parts)
     for p in parts:
         p.decode("utf-8")  # a split never cuts a character
 

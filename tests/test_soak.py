@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ def test_different_seeds_give_different_schedules():
 def test_schedule_faults_never_overlap_and_each_ends_before_the_run():
     faults = make_schedule(7, 300, tuple(NEMESES), 5)
     assert {f.kind for f in faults} == set(NEMESES)
-    for a, b in zip(faults, faults[1:]):
+    for a, b in itertools.pairwise(faults):
         assert a.offset + a.duration < b.offset
     assert faults[-1].offset + faults[-1].duration <= 300
     for f in faults:

@@ -101,7 +101,7 @@ def test_class_from_the_test_module_travels_by_cloudpickle_and_in_flight_asks_fa
     time.sleep(0.05)  # let the ask reach the actor's handler (its reply cannot come for 60 s anyway)
     os.kill(first_pid, signal.SIGKILL)
     t0 = time.monotonic()
-    with pytest.raises(ProcessDied, match="died .* while this ask was in flight"):
+    with pytest.raises(ProcessDied, match=r"died .* while this ask was in flight"):
         in_flight.get(timeout=5.0)
     assert time.monotonic() - t0 < 5.0  # the death, not the 30 s timeout, ended it
     (pid, value), took = answer_after_kill(tally, Get(), limit=1.0)
@@ -152,7 +152,7 @@ def test_lookup_finds_a_spawned_process_and_a_local_actor_by_name(system: ActorS
 
 
 def test_bad_arguments_are_clear_errors(system: ActorSystem) -> None:
-    with pytest.raises(TypeError, match="pykka.Actor"):
+    with pytest.raises(TypeError, match=r"pykka\.Actor"):
         system.spawn_process(dict, name="x")
     with pytest.raises(ValueError, match="max_restarts"):
         system.spawn_process(PersistentCounter, "c", name="y", max_restarts=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import queue
 import select
@@ -204,7 +205,7 @@ def test_long_delays_reorder_messages(system: ActorSystem, remote: str) -> None:
     assert wait_until(lambda: collector.ask(Count(), timeout=5) == 100, 10, interval=0.1)
     order = collector.ask(Received(), timeout=5)
     assert sorted(order) == list(range(100))
-    inversions = sum(1 for a, b in zip(order, order[1:]) if a > b)
+    inversions = sum(1 for a, b in itertools.pairwise(order) if a > b)
     assert inversions >= 5, f"only {inversions} inversions: not reordered"
 
 
