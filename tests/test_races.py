@@ -121,6 +121,7 @@ def test_counters_read_while_tallies_are_written_are_whole_and_exact(tight_switc
     assert after["sent_bytes"]["Msg"] == 10 * after["sent"]["Msg"] == 10 * counters.received
     counters.reset()
     assert counters.snapshot()["sent"] == {} and counters.received == 0
+    assert counters.sent["Msg"] == counters.sent_bytes["Never"] == 0  # a type not sent reads 0, not KeyError
 
 
 def test_blocking_ask_on_the_io_thread_is_refused_at_once(system: ActorSystem) -> None:

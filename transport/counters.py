@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 
@@ -104,14 +105,16 @@ class Counters:
         return total
 
     @property
-    def sent(self) -> dict[str, int]:
+    def sent(self) -> defaultdict[str, int]:
+        """Messages sent per type, as of now (a copy: 0 for a type never sent, as before tallies)."""
         with self._lock:
-            return {mtype: n for mtype, (n, _) in self._total().by_type.items()}
+            return defaultdict(int, {mtype: n for mtype, (n, _) in self._total().by_type.items()})
 
     @property
-    def sent_bytes(self) -> dict[str, int]:
+    def sent_bytes(self) -> defaultdict[str, int]:
+        """Bytes sent per type, as of now (a copy: 0 for a type never sent)."""
         with self._lock:
-            return {mtype: size for mtype, (_, size) in self._total().by_type.items()}
+            return defaultdict(int, {mtype: size for mtype, (_, size) in self._total().by_type.items()})
 
     @property
     def received(self) -> int:

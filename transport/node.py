@@ -677,6 +677,7 @@ class Node:
             log.exception("node %s: I/O thread failed", self.endpoint)
         finally:
             self._destroy()
+            self._io_ident = None  # a thread made later may be given the same ident: it is not this node's
 
     def _run_soon(self) -> None:
         soon = self._soon
