@@ -31,6 +31,13 @@ class Tally:
         n, size = by_type.get(mtype, (0, 0))
         by_type[mtype] = (n + 1, size + nbytes)
 
+    def split(self) -> tuple[defaultdict[str, int], defaultdict[str, int]]:
+        """(messages per type, bytes per type): the shape readers know (0 for a type never sent)."""
+        sent: defaultdict[str, int] = defaultdict(int)
+        sent_bytes: defaultdict[str, int] = defaultdict(int)
+        for mtype, (n, size) in self.by_type.items():
+            sent[mtype], sent_bytes[mtype] = n, size
+        return sent, sent_bytes
 
 
 @dataclass
@@ -106,15 +113,15 @@ class Counters:
 
     @property
     def sent(self) -> defaultdict[str, int]:
-        """Messages sent per type, as of now (a copy: 0 for a type never sent, as before tallies)."""
+        """Messages sent per type, as of now (a copy)."""
         with self._lock:
-            return defaultdict(int, {mtype: n for mtype, (n, _) in self._total().by_type.items()})
+            return self._total().split()[0]
 
     @property
     def sent_bytes(self) -> defaultdict[str, int]:
-        """Bytes sent per type, as of now (a copy: 0 for a type never sent)."""
+        """Bytes sent per type, as of now (a copy)."""
         with self._lock:
-            return defaultdict(int, {mtype: size for mtype, (_, size) in self._total().by_type.items()})
+            return self._total().split()[1]
 
     @property
     def received(self) -> int:
@@ -125,11 +132,10 @@ class Counters:
         """A plain, picklable copy for a remote reader."""
         with self._lock:
             total = self._total()
-            sent = {mtype: n for mtype, (n, _) in total.by_type.items()}
-            sent_bytes = {mtype: size for mtype, (_, size) in total.by_type.items()}
+            sent, sent_bytes = total.split()
             return {
-                "sent": sent,
-                "sent_bytes": sent_bytes,
+                "sent": dict(sent),
+                "sent_bytes": dict(sent_bytes),
                 "received": total.received,
                 "dropped_by_faults": self.dropped_by_faults,
                 "malformed": self.malformed,
