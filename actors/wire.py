@@ -41,7 +41,6 @@ from transport.node import ControlOp
 log = logging.getLogger(__name__)
 
 
-
 class WireReply:
     """The reply target of an ask that came over the wire, in place of a local future.
 
@@ -63,10 +62,7 @@ class WireReply:
     def set(self, value: Any = None) -> None:
         wire, self._wire = self._wire, None
         if wire is not None:
-            try:  # Wire.reply, without its frame on the common path
-                wire._node.reply(self._request, value)
-            except Exception as exc:  # an unpicklable or oversized result: tell the asker why
-                wire.reply(self._request, Failure.from_exception(exc), True)
+            wire.reply(self._request, value, False)
 
     def set_exception(self, exc_info: Any = None) -> None:
         wire, self._wire = self._wire, None

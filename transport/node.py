@@ -233,11 +233,8 @@ class Channel:
         with self.lock:
             if self.closed:
                 raise ConnectionError(f"node {node.endpoint} is closed")
-            if not counted:  # Tally.count_sent, inline
-                by_type = self._tally.by_type
-                mtype = type(body).__name__
-                n, nbytes = by_type.get(mtype, (0, 0))
-                by_type[mtype] = (n + 1, nbytes + size)
+            if not counted:
+                self._tally.count_sent(type(body).__name__, size)
             try:
                 _raw_send(self._sock, frame, _NOBLOCK)
             except zmq.Again:
@@ -971,17 +968,14 @@ class Node:
     def _receive(self, frame: bytes, route: bytes | None, replies_only: bool = False, peer: str = "") -> None:
         """On the I/O thread: accept a frame and hand it on (to the node itself, or to ``on_message``)."""
         if route is not None:
-            peer = self._route_peers.get(route) or self._peer_of(route) if route else self.endpoint
+            peer = (self._route_peers.get(route) or self._peer_of(route)) if route else self.endpoint
         env = self._accept(frame, route, replies_only, peer, self._io_tally)
         if env is None:
             return
         if env.dest == CONTROL_NAME:
             self._control(env)
             return
-        try:  # _deliver, inline: this is every request's way in
-            self.on_message(env)
-        except Exception:
-            log.exception("node %s: handler failed for %s", self.endpoint, type(env.body).__name__)
+        self._deliver(env)
 
     def _peer_of(self, route: bytes) -> str:
         """The endpoint a connection's routing id names ("" for one that names none: a label only)."""
