@@ -74,10 +74,12 @@ def test_counters_snapshot_never_shows_a_message_without_its_bytes(tight_switchi
     assert not torn, f"{len(torn)} torn snapshots, e.g. {torn[:3]}"
 
 
-def test_counters_read_while_tallies_are_written_are_whole_and_exact(tight_switching: None) -> None:
-    """Messages are counted into per-writer tallies without a lock. A read racing the writers
-    must never show a message without its bytes, and the totals must miss nothing: not what a
-    retired tally (a closed channel's) counted, and not around a reset made mid-stream."""
+def test_counters_read_while_tallies_are_written_are_exact(tight_switching: None) -> None:
+    """Messages are counted into per-writer tallies without a lock. Read and reset while the
+    writers run, the totals must miss nothing: not what a retired tally (a closed channel's)
+    counted, and not around a reset made mid-stream. (Whether a read can show a message
+    without its bytes is not tested here: a tally keeps them in one tuple, and CPython does not
+    switch threads between two plain stores either, so no test could catch that tear.)"""
     counters = Counters()
     stop = threading.Event()
     written = [0, 0]
@@ -95,16 +97,12 @@ def test_counters_read_while_tallies_are_written_are_whole_and_exact(tight_switc
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
-    torn = []
     reset_window: tuple[int, int] | None = None
     try:
         for _ in range(1_000_000):  # until the writers are done (bounded)
             if not any(t.is_alive() for t in threads):
                 break
-            snap = counters.snapshot()
-            sent, nbytes = snap["sent"].get("Msg", 0), snap["sent_bytes"].get("Msg", 0)
-            if nbytes != 10 * sent:
-                torn.append((sent, nbytes))
+            counters.snapshot()  # reads racing the writers, as a remote reader's would
             if reset_window is None and sum(written) >= 10_000:
                 before = sum(written)
                 counters.reset()
@@ -113,7 +111,6 @@ def test_counters_read_while_tallies_are_written_are_whole_and_exact(tight_switc
         stop.set()
         for t in threads:
             t.join(timeout=30)
-    assert not torn, f"{len(torn)} torn reads, e.g. {torn[:3]}"
     assert reset_window is not None, "the writers finished before the reset"
     total = sum(written)
     after = counters.snapshot()
