@@ -67,8 +67,9 @@ class ReplyFuture(pykka.Future):
     ``channel`` (which may be another ask's).
     """
 
-    # Slots: a future is made per ask, and its fields are read on every turn of a wait.
-    # pykka's own two attributes are among them, since its __init__ is skipped.
+    # Slots for the fields read on every turn of a wait (faster reads; pykka.Future itself
+    # has none, so instances keep a __dict__). pykka's own two attributes are among them,
+    # set here since its __init__ is skipped.
     __slots__ = (
         "_callbacks", "_channel", "_corr", "_error", "_get_hook", "_get_hook_result",
         "_lock", "_owner", "_to", "_value", "_what", "deadline",

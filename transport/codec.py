@@ -41,6 +41,8 @@ MAGIC = b"ZA3"
 _HEADER = struct.Struct("!3sBQIHHH")
 _HEAD = struct.Struct("!3sBQI")
 """The part of the header before the name block."""
+_LENGTHS = struct.Struct("!HHH")
+"""The name block's first part: the lengths of dest, src and sender."""
 HEADER_BYTES = _HEADER.size
 _NAMES_AT = _HEAD.size
 """Where the name block (the three lengths, then the names) begins."""
@@ -81,7 +83,6 @@ def _name_block(key: tuple[str, str, str]) -> bytes:
     return block
 
 
-_LENGTHS = struct.Struct("!HHH")
 _dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
