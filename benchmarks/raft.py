@@ -16,6 +16,7 @@ mmap and never fsyncs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -55,6 +56,9 @@ class Load:
         self._next = 0
         self._deadline = 0.0
         self.latencies: list[float] = []
+        """Issue-to-applied time of every command of this run, also those applied while draining."""
+        self.in_time = 0
+        """Commands applied before the deadline: what the throughput counts."""
 
     def start(self) -> list[bytes]:
         self._deadline = time.perf_counter() + self.seconds
@@ -67,9 +71,10 @@ class Load:
         if sent is None:
             return []  # another run's command, or a duplicate
         now = time.perf_counter()
+        self.latencies.append(now - sent)
         if now > self._deadline:
             return []
-        self.latencies.append(now - sent)
+        self.in_time += 1
         return [self._command()]
 
     @property
@@ -81,7 +86,7 @@ class Load:
             return {"ops_per_s": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan")}
         p50, p99 = p50_p99(self.latencies)
         return {
-            "ops_per_s": round(len(self.latencies) / self.seconds, 1),
+            "ops_per_s": round(self.in_time / self.seconds, 1),
             "p50_ms": round(p50 * 1e3, 3),
             "p99_ms": round(p99 * 1e3, 3),
         }
@@ -202,7 +207,7 @@ def run_zactor(phases: list[tuple[int, int, float]], tmp: str) -> list[dict[str,
 
 def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, replies: Any) -> None:
     """Child-process target: one PySyncObj peer; answers requests from the benchmark over queues."""
-    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+    from pysyncobj import SyncObj, SyncObjConf, replicated
 
     class Applier(SyncObj):
         @replicated
@@ -214,41 +219,101 @@ def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, 
     conf = SyncObjConf(journalFile=journal)
     obj = Applier(addresses[me], [a for i, a in enumerate(addresses) if i != me], conf)
     try:
-        while (request := requests.get()) is not None:
+        while (item := requests.get()) is not None:
+            rid, request = item
             if request == "leader?":
-                replies.put(obj._isLeader())
-                continue
-            if request == "logged?":
-                replies.put(list(logged))
-                continue
-            size, window, seconds = request
-            load, lock, finished = Load(size, window, seconds), threading.Lock(), threading.Event()
-            failures: list[Any] = []
-
-            def applied(result: Any, error: Any) -> None:
-                with lock:
-                    if error != FAIL_REASON.SUCCESS:
-                        failures.append(error)
-                        finished.set()
-                        return
-                    for command in load.done(result):
-                        obj.apply(command, callback=applied)
-                    if load.finished:
-                        finished.set()
-
-            with lock:
-                for command in load.start():
-                    obj.apply(command, callback=applied)
-            if not finished.wait(seconds + 60) or failures:
-                replies.put(RuntimeError(f"PySyncObj run failed: {failures[:3] or 'timed out'}"))
+                replies.put((rid, obj._isLeader()))
+            elif request == "logged?":
+                replies.put((rid, list(logged)))
             else:
-                replies.put(load.result())
+                replies.put((rid, _pysyncobj_load(obj, *request)))
     finally:
         obj.destroy()
 
 
-def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> tuple[list[dict[str, float]], list[str]]:
-    """Results per phase, and the warnings PySyncObj's peers logged meanwhile."""
+class _PhaseFailed(RuntimeError):
+    """A PySyncObj run lost commands (a leader change under load discards them) or did not drain in time."""
+
+
+def _pysyncobj_load(obj: Any, size: int, window: int, seconds: float) -> dict[str, float] | _PhaseFailed:
+    """One run of a Load through ``obj.apply`` on the leader (the same bookkeeping zactor's Driver does)."""
+    from pysyncobj import FAIL_REASON
+
+    load, lock, finished = Load(size, window, seconds), threading.Lock(), threading.Event()
+    failures: list[Any] = []
+    ended = False
+
+    def applied(result: Any, error: Any) -> None:
+        with lock:
+            if ended:  # a late callback of a run that failed or timed out issues nothing more
+                return
+            if error != FAIL_REASON.SUCCESS:
+                failures.append(error)
+                finished.set()
+                return
+            for command in load.done(result):
+                obj.apply(command, callback=applied)
+            if load.finished:
+                finished.set()
+
+    with lock:
+        for command in load.start():
+            obj.apply(command, callback=applied)
+    drained = finished.wait(seconds + 60)
+    with lock:
+        ended = True
+    if failures:
+        return _PhaseFailed("PySyncObj run failed: " + ", ".join(_fail_reason(f) for f in failures[:3]))
+    if not drained:
+        return _PhaseFailed(f"PySyncObj run failed: not drained {seconds + 60:.0f} s after it began")
+    return load.result()
+
+
+def _fail_reason(code: Any) -> str:
+    from pysyncobj import FAIL_REASON
+
+    names = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_") and isinstance(v, int)}
+    return names.get(code, str(code))
+
+
+PHASE_ATTEMPTS = 3
+"""Tries of one PySyncObj phase: a leader change in the middle discards its commands, so it is run again."""
+
+
+class QueuePeers:
+    """The benchmark's side of the queues to PySyncObj's peer processes.
+
+    Requests and replies carry an id: an answer that comes after its asker
+    gave up (a slow peer under load) is skipped, never taken for the next one's.
+    """
+
+    def __init__(self, requests: list[Any], replies: list[Any]) -> None:
+        self.requests, self.replies = requests, replies
+        self._ids = itertools.count()
+        self.rerun = 0
+        """Phases run again because a leader change discarded their commands."""
+
+    def ask(self, i: int, request: Any, timeout: float) -> Any:
+        rid = next(self._ids)
+        self.requests[i].put((rid, request))
+        deadline = time.monotonic() + timeout
+        while True:  # raises queue.Empty at the deadline
+            got, value = self.replies[i].get(timeout=max(0.0, deadline - time.monotonic()))
+            if got == rid:
+                return value
+
+    def run_phase(self, size: int, window: int, seconds: float) -> dict[str, float]:
+        for _ in range(PHASE_ATTEMPTS):
+            leader = _await_leader(lambda i: bool(self.ask(i, "leader?", 5.0)), "PySyncObj")
+            reply = self.ask(leader, (size, window, seconds), seconds + 90)
+            if not isinstance(reply, _PhaseFailed):
+                return reply
+            self.rerun += 1
+        raise RuntimeError(f"{reply} ({PHASE_ATTEMPTS} tries)")
+
+
+def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> tuple[list[dict[str, float]], list[str], int]:
+    """Results per phase, the warnings PySyncObj's peers logged meanwhile, and how many phases were run again."""
     ctx = multiprocessing.get_context("forkserver")
     addresses = [f"127.0.0.1:{port}" for port in free_ports(PEERS)]
     requests = [ctx.Queue() for _ in range(PEERS)]
@@ -259,25 +324,13 @@ def run_pysyncobj(phases: list[tuple[int, int, float]], tmp: str) -> tuple[list[
     ]
     for p in procs:
         p.start()
+    peers = QueuePeers(requests, replies)
     try:
-
-        def is_leader(i: int) -> bool:
-            requests[i].put("leader?")
-            return bool(replies[i].get(timeout=5.0))
-
-        results = []
-        for size, window, seconds in phases:
-            leader = _await_leader(is_leader, "PySyncObj")
-            requests[leader].put((size, window, seconds))
-            reply = replies[leader].get(timeout=seconds + 90)
-            if isinstance(reply, Exception):
-                raise reply
-            results.append(reply)
+        results = [peers.run_phase(*phase) for phase in phases]
         logged = []
         for i in range(PEERS):
-            requests[i].put("logged?")
-            logged += replies[i].get(timeout=5.0)
-        return results, logged
+            logged += peers.ask(i, "logged?", 5.0)
+        return results, logged, peers.rerun
     finally:
         for q in requests:
             q.put(None)
@@ -306,13 +359,15 @@ def run(
     zactor: list[list[dict[str, float]]] = []
     pysyncobj_runs: list[list[dict[str, float]]] = []
     logged: list[str] = []
+    rerun = 0
     with tempfile.TemporaryDirectory(prefix="zactor-bench-raft-") as tmp:
         for trial in range(trials):
             trial_dir = os.path.join(tmp, str(trial))
             os.mkdir(trial_dir)
             zactor.append(run_zactor(phases, trial_dir))
-            results, trial_logged = run_pysyncobj(phases, trial_dir)
+            results, trial_logged, trial_rerun = run_pysyncobj(phases, trial_dir)
             pysyncobj_runs.append(results)
+            rerun += trial_rerun
             logged += trial_logged
             if progress:
                 print(f"  trial {trial + 1}/{trials} done", file=sys.stderr, flush=True)
@@ -351,6 +406,7 @@ def run(
         "pysyncobj_fsync": False,
         "cpus": os.cpu_count(),
         "runs": runs,
+        "pysyncobj_phases_rerun": rerun,
         "pysyncobj_warnings": len(logged),
         "pysyncobj_warning_samples": logged[:5],
     }
@@ -370,6 +426,8 @@ def report(result: dict[str, Any]) -> str:
             f"  {r['size_bytes']:>6}{r['zactor_ops_per_s']:>14.0f}{r['pysyncobj_ops_per_s']:>17.0f}{ratio:>7}"
             f"{r['zactor_p50_ms']:>15.2f}{r['zactor_p99_ms']:>8.2f}{r['pysyncobj_p50_ms']:>18.2f}{r['pysyncobj_p99_ms']:>8.2f}"
         )
+    if result["pysyncobj_phases_rerun"]:
+        lines.append(f"  PySyncObj lost a run to a leader change {result['pysyncobj_phases_rerun']} time(s); each was run again")
     if result["pysyncobj_warnings"]:
         lines.append(f"  PySyncObj logged {result['pysyncobj_warnings']} warnings, for example:")
         lines += [f"    {text[:150]}" for text in result["pysyncobj_warning_samples"][:3]]
