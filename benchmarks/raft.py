@@ -8,7 +8,10 @@ is applied on the leader, then lets the rest drain; then it issues one command
 at a time to measure latency (from issue to applied on the leader). Commands
 are ``size`` bytes. zactor's peers fsync each append before answering or
 counting it; PySyncObj runs with its file journal, which it writes through
-mmap and never fsyncs.
+mmap and never fsyncs. Throughput counts the commands applied within the
+time; latencies are those of every command issued, the drained ones too. A
+PySyncObj phase whose commands a leader change discarded is run again (at
+most ``PHASE_ATTEMPTS`` tries), and the report says how often.
 
     python -m benchmarks.raft [--json] [--seconds S] [--window W] [--sizes 10,1000] [--trials N]
 """
@@ -231,11 +234,11 @@ def _pysyncobj_peer(me: int, addresses: list[str], journal: str, requests: Any, 
         obj.destroy()
 
 
-class _PhaseFailed(RuntimeError):
+class PhaseFailed(RuntimeError):
     """A PySyncObj run lost commands (a leader change under load discards them) or did not drain in time."""
 
 
-def _pysyncobj_load(obj: Any, size: int, window: int, seconds: float) -> dict[str, float] | _PhaseFailed:
+def _pysyncobj_load(obj: Any, size: int, window: int, seconds: float) -> dict[str, float] | PhaseFailed:
     """One run of a Load through ``obj.apply`` on the leader (the same bookkeeping zactor's Driver does)."""
     from pysyncobj import FAIL_REASON
 
@@ -263,17 +266,11 @@ def _pysyncobj_load(obj: Any, size: int, window: int, seconds: float) -> dict[st
     with lock:
         ended = True
     if failures:
-        return _PhaseFailed("PySyncObj run failed: " + ", ".join(_fail_reason(f) for f in failures[:3]))
+        names = {code: name for name, code in vars(FAIL_REASON).items() if isinstance(code, int)}
+        return PhaseFailed("PySyncObj run failed: " + ", ".join(names.get(f, str(f)) for f in failures[:3]))
     if not drained:
-        return _PhaseFailed(f"PySyncObj run failed: not drained {seconds + 60:.0f} s after it began")
+        return PhaseFailed(f"PySyncObj run failed: not drained {seconds + 60:.0f} s after it began")
     return load.result()
-
-
-def _fail_reason(code: Any) -> str:
-    from pysyncobj import FAIL_REASON
-
-    names = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_") and isinstance(v, int)}
-    return names.get(code, str(code))
 
 
 PHASE_ATTEMPTS = 3
@@ -306,7 +303,7 @@ class QueuePeers:
         for _ in range(PHASE_ATTEMPTS):
             leader = _await_leader(lambda i: bool(self.ask(i, "leader?", 5.0)), "PySyncObj")
             reply = self.ask(leader, (size, window, seconds), seconds + 90)
-            if not isinstance(reply, _PhaseFailed):
+            if not isinstance(reply, PhaseFailed):
                 return reply
             self.rerun += 1
         raise RuntimeError(f"{reply} ({PHASE_ATTEMPTS} tries)")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from benchmarks.raft import Load, QueuePeers, _PhaseFailed
+from benchmarks.raft import Load, PhaseFailed, QueuePeers
 
 
 def test_a_command_applied_after_the_deadline_is_timed_but_not_counted() -> None:
@@ -61,7 +61,7 @@ def test_a_phase_lost_to_a_leader_change_is_run_again_and_counted() -> None:
             else:
                 runs.append(request)
                 failed = len(runs) == 1  # the first run loses its commands to a leader change
-                replies[i].put((rid, _PhaseFailed("PySyncObj run failed: DISCARDED") if failed else {"ops_per_s": 5.0}))
+                replies[i].put((rid, PhaseFailed("PySyncObj run failed: DISCARDED") if failed else {"ops_per_s": 5.0}))
 
     threads = [threading.Thread(target=peer, args=(i,)) for i in range(3)]
     for t in threads:
