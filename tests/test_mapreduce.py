@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from apps.mapreduce import files as mrfiles
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.tasks import TaskError, run_map, run_reduce, shared_runs
 from apps.mapreduce.text import words
+from tests.processes import Processes
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +217,30 @@ def test_cli_run_reports_failure_and_bad_arguments(tmp_path: Path) -> None:
     assert "Map output records=15000" in reported.stderr and "Combine output records=" in reported.stderr
     assert "Peak RSS per worker (MB)" in reported.stderr
     assert zactor("run", "--app", "wc", "--split-mb", "0", "in.txt").returncode == 2
+
+
+def test_coordinator_and_worker_meet_at_the_default_endpoint_in_the_private_socket_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no endpoint flags the two find each other, and the socket is in the user's 0700 directory."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the default lives under $TMPDIR: this test's own copy of it
+    sockets = tmp_path / f"zactor-{os.getuid()}"
+    (tmp_path / "in.txt").write_text("one two two\n")
+    procs = Processes(tmp_path, 60.0)
+    try:
+        coordinator = procs.start("mr", "coordinator", "--out", "out", "in.txt")
+        deadline = time.monotonic() + 30
+        while not (sockets / "mr.sock").exists():
+            assert coordinator.poll() is None, coordinator.stderr.read().decode() if coordinator.stderr else ""
+            assert time.monotonic() < deadline, "the coordinator never bound its default endpoint"
+            time.sleep(0.02)
+        assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
+        worker = procs.start("mr", "worker", "--app", "wc")
+        assert procs.wait(coordinator) == 0, coordinator.stderr.read().decode() if coordinator.stderr else ""
+        assert procs.wait(worker) == 0
+    finally:
+        procs.kill_all()
+    assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == ["one 1", "two 2"]
 
 
 SLOW = 8.0

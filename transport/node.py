@@ -121,12 +121,17 @@ def _events(sock: zmq.Socket) -> int:
     return cast(int, _raw_get(sock, _EVENTS))
 
 
+def ipc_directory_path() -> str:
+    """Where :func:`ipc_directory` is, without making it (for a default shown in ``--help``)."""
+    return os.path.join(tempfile.gettempdir(), f"zactor-{os.getuid()}")
+
+
 def ipc_directory() -> str:
     """This user's directory for ipc:// sockets (mode 0700), made on first use.
 
     Another user cannot even reach a socket file inside it, whatever its mode.
     """
-    directory = os.path.join(tempfile.gettempdir(), f"zactor-{os.getuid()}")
+    directory = ipc_directory_path()
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,8 +16,11 @@ from apps.mapreduce.job import JobFailed, Progress, run_job
 from apps.mapreduce.protocol import JobStatus, Status
 from apps.mapreduce.report import job_report
 from apps.mapreduce.worker import worker_main
+from transport.node import ipc_directory, ipc_directory_path
 
-DEFAULT_ENDPOINT = f"ipc://{tempfile.gettempdir()}/zactor-mr-{os.getuid()}.sock"
+# In this user's 0700 socket directory (made when the coordinator binds), so with --insecure
+# another local user still cannot reach it; one fixed name, so a worker finds it without flags.
+DEFAULT_ENDPOINT = f"ipc://{ipc_directory_path()}/mr.sock"
 APPS_HELP = "built-in (wc, wordcount, indexer, mtiming, rtiming, jobcount, early_exit, crash, nocrash), package.module, or a .py file"
 
 
@@ -188,6 +189,8 @@ def _coordinator(args: argparse.Namespace) -> int:
     )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     try:
+        if args.endpoint == DEFAULT_ENDPOINT:
+            ipc_directory()
         system = ActorSystem(args.endpoint)
     except OSError as exc:
         print(f"zactor mr coordinator: {exc}", file=sys.stderr)
