@@ -22,7 +22,7 @@ from typing import Any
 from actors import Actor, ActorSystem
 from apps.kvraft.messages import Append, BadRequest, Get, Put, Reply, Request
 from apps.kvraft.server import SERVER_NAME
-from apps.kvsrv.client import KVUnavailable
+from apps.kvsrv.client import KeyValueCalls, KVUnavailable
 
 REPLY_BOX = "kvraft-replies"
 _boxes_lock = threading.Lock()
@@ -83,7 +83,7 @@ def _box_of(system: ActorSystem) -> _Box:
         return known[1]
 
 
-class Clerk:
+class Clerk(KeyValueCalls):
     """``get``, ``put`` and ``append`` against a replicated KV service at ``servers``.
 
     Retries for ever by default, as the lab's clerk does; ``give_up_after``
@@ -102,11 +102,10 @@ class Clerk:
             raise ValueError("a clerk needs at least one server endpoint")
         if try_timeout <= 0:
             raise ValueError(f"try_timeout must be positive seconds, got {try_timeout}")
+        super().__init__()
         self._system = system or ActorSystem.shared()
         self._box = _box_of(self._system)
         self.servers = list(servers)
-        self.client_id = random.getrandbits(62)
-        self._seq = 0
         self._leader = 0
         self.try_timeout = try_timeout
         self.give_up_after = give_up_after
@@ -120,18 +119,6 @@ class Clerk:
         """The servers this clerk may talk to; a test harness narrows or widens it mid-call."""
         self._servers = list(endpoints)
         self._refs = [self._system.ref(ep, SERVER_NAME) for ep in self._servers]
-
-    def get(self, key: str) -> str:
-        return self._call(Get(key))
-
-    def put(self, key: str, value: str) -> None:
-        self._seq += 1
-        self._call(Put(key, value, self.client_id, self._seq))
-
-    def append(self, key: str, value: str) -> str:
-        """Append ``value`` to ``key``; returns the value before the append."""
-        self._seq += 1
-        return self._call(Append(key, value, self.client_id, self._seq))
 
     def _call(self, op: Get | Put | Append) -> Any:
         started = time.monotonic()

@@ -22,31 +22,19 @@ class KVUnavailable(RuntimeError):
     """The server did not answer within the clerk's ``give_up_after``."""
 
 
-class Clerk:
-    """``get``, ``put`` and ``append`` against the KV server at ``endpoint``.
+class KeyValueCalls:
+    """The three calls of both clerks (this one and the replicated service's).
 
-    Each try waits ``try_timeout`` seconds for a reply, then the same request
-    (same sequence number) is sent again. By default a clerk retries for ever,
-    as the lab's clerk does; ``give_up_after`` bounds that for interactive use.
+    A subclass sends one request until it is answered (``_call``); a write
+    carries the clerk's id and its next sequence number, so the server can
+    apply each write once however many times it arrives.
     """
 
-    __slots__ = ("_seq", "_server", "client_id", "give_up_after", "try_timeout")
+    __slots__ = ("_seq", "client_id")
 
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        system: ActorSystem | None = None,
-        try_timeout: float = 0.1,
-        give_up_after: float | None = None,
-    ) -> None:
-        if try_timeout <= 0:
-            raise ValueError(f"try_timeout must be positive seconds, got {try_timeout}")
-        self._server = (system or ActorSystem.shared()).ref(endpoint, SERVER_NAME)
+    def __init__(self) -> None:
         self.client_id = random.getrandbits(62)
         self._seq = 0
-        self.try_timeout = try_timeout
-        self.give_up_after = give_up_after
 
     def get(self, key: str) -> str:
         return self._call(Get(key))
@@ -60,7 +48,36 @@ class Clerk:
         self._seq += 1
         return self._call(Append(key, value, self.client_id, self._seq))
 
-    def _call(self, request: Any) -> Any:
+    def _call(self, request: Get | Put | Append) -> Any:
+        raise NotImplementedError
+
+
+class Clerk(KeyValueCalls):
+    """``get``, ``put`` and ``append`` against the KV server at ``endpoint``.
+
+    Each try waits ``try_timeout`` seconds for a reply, then the same request
+    (same sequence number) is sent again. By default a clerk retries for ever,
+    as the lab's clerk does; ``give_up_after`` bounds that for interactive use.
+    """
+
+    __slots__ = ("_server", "give_up_after", "try_timeout")
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        system: ActorSystem | None = None,
+        try_timeout: float = 0.1,
+        give_up_after: float | None = None,
+    ) -> None:
+        if try_timeout <= 0:
+            raise ValueError(f"try_timeout must be positive seconds, got {try_timeout}")
+        super().__init__()
+        self._server = (system or ActorSystem.shared()).ref(endpoint, SERVER_NAME)
+        self.try_timeout = try_timeout
+        self.give_up_after = give_up_after
+
+    def _call(self, request: Get | Put | Append) -> Any:
         deadline = None if self.give_up_after is None else time.monotonic() + self.give_up_after
         # Every try of one request is the same request (same sequence number),
         # so a late reply to an earlier try is as good as one to the last:
