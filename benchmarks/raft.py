@@ -10,8 +10,10 @@ are ``size`` bytes. zactor's peers fsync each append before answering or
 counting it; PySyncObj runs with its file journal, which it writes through
 mmap and never fsyncs. Throughput counts the commands applied within the
 time; latencies are those of every command issued, the drained ones too. A
-PySyncObj phase whose commands a leader change discarded is run again (at
-most ``PHASE_ATTEMPTS`` tries), and the report says how often.
+phase that a leader change cuts short (PySyncObj discards its commands; a
+zactor leader that lost its term strands them) is run again on the new
+leader, at most ``PHASE_ATTEMPTS`` tries, and the report says how often for
+each system.
 
     python -m benchmarks.raft [--json] [--seconds S] [--window W] [--sizes 10,1000] [--trials N]
 """
@@ -24,6 +26,7 @@ import json
 import multiprocessing
 import os
 import queue
+import random
 import statistics
 import sys
 import tempfile
@@ -41,6 +44,8 @@ from benchmarks.pysyncobj_kv import keep_warnings
 
 PEERS = 3
 _LEADER_WAIT = 30.0
+PHASE_ATTEMPTS = 3
+"""Tries of one phase: a leader change in the middle cuts it short, so it is run again."""
 
 
 class Load:
@@ -56,7 +61,9 @@ class Load:
         self.size, self.window, self.seconds = size, window, seconds
         self._pad = b"x" * (size - 8)
         self._sent: dict[int, float] = {}
-        self._next = 0
+        # A random first number: a command of an abandoned run that is applied late is never
+        # taken for one of the run that replaced it on the same peer.
+        self._next = random.getrandbits(48)
         self._deadline = 0.0
         self.latencies: list[float] = []
         """Issue-to-applied time of every command of this run, also those applied while draining."""
@@ -105,8 +112,8 @@ class Load:
 
 
 @dataclass(frozen=True, slots=True)
-class IsLeader:
-    pass
+class Leadership:
+    """Asks a driver for its peer's (term, is leader)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +122,20 @@ class Run:
     window: int
     seconds: float
     report_to: str
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """The run was lost to a leader change: its late applies must issue nothing more."""
+
+    run_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
     result: dict[str, float]
+    run_id: int
 
 
 class Driver(Actor):
@@ -130,6 +146,7 @@ class Driver(Actor):
         assert self.actor_system is not None
         self.peer = self.actor_system.ref(endpoint, PEER_NAME)
         self.load: Load | None = None
+        self.run_id = 0
         self.report_to: Any = None
 
     def on_receive(self, message: Any) -> Any:
@@ -140,13 +157,17 @@ class Driver(Actor):
                         for command in self.load.done(msg.command):
                             self.peer.tell(Start(command))
                 if self.load.finished:
-                    self.report_to.tell(Finished(self.load.result()))
+                    self.report_to.tell(Finished(self.load.result(), self.run_id))
                     self.load = None
-        elif isinstance(message, IsLeader):
-            return self.peer.ask(GetState(), timeout=5.0)[1]
+        elif isinstance(message, Leadership):
+            term, leads = self.peer.ask(GetState(), timeout=5.0)
+            return term, leads
+        elif isinstance(message, Abandon):
+            if message.run_id == self.run_id:
+                self.load = None
         elif isinstance(message, Run):
             assert self.actor_system is not None
-            self.load = Load(message.size, message.window, message.seconds)
+            self.load, self.run_id = Load(message.size, message.window, message.seconds), message.run_id
             self.report_to = self.actor_system.ref(message.report_to)
             for command in self.load.start():
                 self.peer.tell(Start(command))
@@ -184,25 +205,96 @@ def _await_leader(is_leader: Any, what: str) -> int:
     raise RuntimeError(f"{what}: no leader within {_LEADER_WAIT} s")
 
 
-def run_zactor(phases: list[tuple[int, int, float]], tmp: str) -> list[dict[str, float]]:
+class DriverPeers:
+    """The benchmark's side of zactor's bench peers: a phase runs on the leader, and again if a
+    leader change strands it.
+
+    A leader that loses its term keeps its uncommitted commands, but nothing
+    will commit them until new commands come in the new term, and the run
+    issues none while its window is full: waiting would only time out. So
+    once a run has had its time, the drivers are asked every ``check_every``
+    seconds whether the run's leader still leads in its term (and nobody
+    leads in a later one); if not, the run is abandoned and started again.
+    No check runs during the measured seconds, so none of them costs the run.
+    """
+
+    def __init__(self, drivers: list[Any], inbox: queue.Queue, report_to: str, check_every: float = 1.0) -> None:
+        self.drivers, self.inbox, self.report_to, self.check_every = drivers, inbox, report_to, check_every
+        self._ids = itertools.count(1)
+        self.rerun = 0
+        """Phases run again because a leader change stranded them."""
+
+    def _leadership(self, i: int) -> tuple[int, bool] | None:
+        try:
+            term, leads = self.drivers[i].ask(Leadership(), timeout=1.0)
+        except Exception:  # a slow or restarting peer tells nothing either way
+            return None
+        return term, leads
+
+    def superseded(self, leader: int, term: int) -> bool:
+        """Whether ``leader`` no longer leads in ``term``: it says so, or another peer leads in a later term."""
+        for i in range(len(self.drivers)):
+            state = self._leadership(i)
+            if state is None:
+                continue
+            now, leads = state
+            if i == leader and (now != term or not leads):
+                return True
+            if i != leader and leads and now > term:
+                return True
+        return False
+
+    def leader(self) -> tuple[int, int]:
+        """(peer, term) of the peer leading in the latest term any peer knows; polls until there is one.
+
+        The latest term, since a leader cut off from the others still says it leads, in its old term.
+        """
+        deadline = time.monotonic() + _LEADER_WAIT
+        while time.monotonic() < deadline:
+            states = {i: state for i in range(len(self.drivers)) if (state := self._leadership(i)) is not None}
+            latest = max((term for term, _ in states.values()), default=None)
+            for i, (term, leads) in states.items():
+                if leads and term == latest:
+                    return i, term
+            time.sleep(0.05)
+        raise RuntimeError(f"zactor: no leader within {_LEADER_WAIT} s")
+
+    def run_phase(self, size: int, window: int, seconds: float) -> dict[str, float]:
+        for _ in range(PHASE_ATTEMPTS):
+            leader, term = self.leader()
+            run_id = next(self._ids)
+            self.drivers[leader].tell(Run(size, window, seconds, self.report_to, run_id))
+            deadline = time.monotonic() + seconds + 60
+            wait = seconds + self.check_every
+            while time.monotonic() < deadline:
+                try:
+                    finished = self.inbox.get(timeout=max(0.0, min(wait, deadline - time.monotonic())))
+                except queue.Empty:
+                    if self.superseded(leader, term):
+                        break
+                    wait = self.check_every
+                    continue
+                if finished.run_id == run_id:
+                    return finished.result
+            else:
+                raise RuntimeError(f"zactor: a {size}-byte run did not finish within {seconds + 60:.0f} s")
+            self.drivers[leader].tell(Abandon(run_id))
+            self.rerun += 1
+        raise RuntimeError(f"zactor: a {size}-byte run was cut short by a leader change {PHASE_ATTEMPTS} times")
+
+
+def run_zactor(phases: list[tuple[int, int, float]], tmp: str) -> tuple[list[dict[str, float]], int]:
+    """Results per phase, and how many phases were run again."""
     endpoints = tuple(f"ipc://{tmp}/zactor-{i}.sock" for i in range(PEERS))
     inbox: queue.Queue = queue.Queue()
-    results = []
     with ActorSystem(f"ipc://{tmp}/bench.sock") as system, Supervisor() as sup:
         system.spawn(_Sink, inbox, name="sink")
         for i in range(PEERS):
             config = PeerConfig(i, endpoints, f"{tmp}/zactor-data-{i}", apply_to=f"{endpoints[i]}#driver", fsync=True)
             sup.start_child(ChildSpec(f"peer-{i}", serve_bench_peer, (config,)))
-        drivers = [system.ref(ep, "driver") for ep in endpoints]
-        for size, window, seconds in phases:
-            leader = _await_leader(lambda i: drivers[i].ask(IsLeader(), timeout=1.0), "zactor")
-            drivers[leader].tell(Run(size, window, seconds, f"{system.endpoint}#sink"))
-            try:
-                finished = inbox.get(timeout=seconds + 60)
-            except queue.Empty:
-                raise RuntimeError(f"zactor: a {size}-byte run did not finish (leader lost?)") from None
-            results.append(finished.result)
-    return results
+        peers = DriverPeers([system.ref(ep, "driver") for ep in endpoints], inbox, f"{system.endpoint}#sink")
+        results = [peers.run_phase(*phase) for phase in phases]
+    return results, peers.rerun
 
 
 # ---- PySyncObj -------------------------------------------------------------------------------
@@ -273,8 +365,6 @@ def _pysyncobj_load(obj: Any, size: int, window: int, seconds: float) -> dict[st
     return load.result()
 
 
-PHASE_ATTEMPTS = 3
-"""Tries of one PySyncObj phase: a leader change in the middle discards its commands, so it is run again."""
 
 
 class QueuePeers:
@@ -356,15 +446,17 @@ def run(
     zactor: list[list[dict[str, float]]] = []
     pysyncobj_runs: list[list[dict[str, float]]] = []
     logged: list[str] = []
-    rerun = 0
+    rerun = {"zactor": 0, "pysyncobj": 0}
     with tempfile.TemporaryDirectory(prefix="zactor-bench-raft-") as tmp:
         for trial in range(trials):
             trial_dir = os.path.join(tmp, str(trial))
             os.mkdir(trial_dir)
-            zactor.append(run_zactor(phases, trial_dir))
+            results, trial_rerun = run_zactor(phases, trial_dir)
+            zactor.append(results)
+            rerun["zactor"] += trial_rerun
             results, trial_logged, trial_rerun = run_pysyncobj(phases, trial_dir)
             pysyncobj_runs.append(results)
-            rerun += trial_rerun
+            rerun["pysyncobj"] += trial_rerun
             logged += trial_logged
             if progress:
                 print(f"  trial {trial + 1}/{trials} done", file=sys.stderr, flush=True)
@@ -403,7 +495,8 @@ def run(
         "pysyncobj_fsync": False,
         "cpus": os.cpu_count(),
         "runs": runs,
-        "pysyncobj_phases_rerun": rerun,
+        "zactor_phases_rerun": rerun["zactor"],
+        "pysyncobj_phases_rerun": rerun["pysyncobj"],
         "pysyncobj_warnings": len(logged),
         "pysyncobj_warning_samples": logged[:5],
     }
@@ -423,8 +516,9 @@ def report(result: dict[str, Any]) -> str:
             f"  {r['size_bytes']:>6}{r['zactor_ops_per_s']:>14.0f}{r['pysyncobj_ops_per_s']:>17.0f}{ratio:>7}"
             f"{r['zactor_p50_ms']:>15.2f}{r['zactor_p99_ms']:>8.2f}{r['pysyncobj_p50_ms']:>18.2f}{r['pysyncobj_p99_ms']:>8.2f}"
         )
-    if result["pysyncobj_phases_rerun"]:
-        lines.append(f"  PySyncObj lost a run to a leader change {result['pysyncobj_phases_rerun']} time(s); each was run again")
+    for system, name in (("zactor", "zactor"), ("pysyncobj", "PySyncObj")):
+        if result[f"{system}_phases_rerun"]:
+            lines.append(f"  {name} lost a run to a leader change {result[f'{system}_phases_rerun']} time(s); each was run again")
     if result["pysyncobj_warnings"]:
         lines.append(f"  PySyncObj logged {result['pysyncobj_warnings']} warnings, for example:")
         lines += [f"    {text[:150]}" for text in result["pysyncobj_warning_samples"][:3]]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import Any
 
 import pytest
 
-from benchmarks.raft import Load, PhaseFailed, QueuePeers
+from benchmarks.raft import Abandon, DriverPeers, Finished, Leadership, Load, PhaseFailed, QueuePeers, Run
 
 
 def test_a_command_applied_after_the_deadline_is_timed_but_not_counted() -> None:
@@ -74,3 +75,61 @@ def test_a_phase_lost_to_a_leader_change_is_run_again_and_counted() -> None:
             q.put(None)
         for t in threads:
             t.join(10)
+
+
+class FakeCluster:
+    """Three zactor bench drivers as the benchmark sees them: (term, leads) answers and the tells they got."""
+
+    def __init__(self, inbox: queue.Queue, on_run: Any) -> None:
+        self.inbox, self.on_run = inbox, on_run
+        self.state = {0: (1, True), 1: (1, False), 2: (1, False)}
+        self.told: list[tuple[int, Any]] = []
+        self.asks = 0
+        self.drivers = [self.Driver(self, i) for i in range(3)]
+
+    class Driver:
+        def __init__(self, cluster: FakeCluster, i: int) -> None:
+            self.cluster, self.i = cluster, i
+
+        def ask(self, message: Any, timeout: float) -> tuple[int, bool]:
+            assert isinstance(message, Leadership)
+            self.cluster.asks += 1
+            return self.cluster.state[self.i]
+
+        def tell(self, message: Any) -> None:
+            self.cluster.told.append((self.i, message))
+            if isinstance(message, Run):
+                self.cluster.on_run(self.cluster, self.i, message)
+
+
+def test_a_zactor_phase_stranded_by_a_leader_change_is_abandoned_and_run_again() -> None:
+    inbox: queue.Queue = queue.Queue()
+
+    def on_run(cluster: FakeCluster, i: int, run: Run) -> None:
+        if len(cluster.told) == 1:  # peer 0's run: meanwhile peer 1 wins a later term; peer 0 never hears of it
+            cluster.state = {0: (1, True), 1: (2, True), 2: (2, False)}
+        else:
+            inbox.put(Finished({"ops_per_s": -1.0}, 99))  # a stale report of another run: not this phase's
+            inbox.put(Finished({"ops_per_s": 7.0}, run.run_id))
+
+    cluster = FakeCluster(inbox, on_run)
+    peers = DriverPeers(cluster.drivers, inbox, "ipc://sink", check_every=0.01)
+    assert peers.run_phase(10, 4, 0.01) == {"ops_per_s": 7.0}
+    assert peers.rerun == 1
+    (first_at, first), abandon, (second_at, second) = cluster.told
+    assert first_at == 0 and abandon == (0, Abandon(first.run_id))
+    assert second_at == 1 and second.run_id != first.run_id
+
+
+def test_a_zactor_phase_that_drains_slowly_under_its_leader_is_waited_for() -> None:
+    inbox: queue.Queue = queue.Queue()
+
+    def on_run(cluster: FakeCluster, i: int, run: Run) -> None:
+        threading.Timer(0.2, inbox.put, (Finished({"ops_per_s": 3.0}, run.run_id),)).start()
+
+    cluster = FakeCluster(inbox, on_run)
+    peers = DriverPeers(cluster.drivers, inbox, "ipc://sink", check_every=0.02)
+    assert peers.run_phase(10, 4, 0.01) == {"ops_per_s": 3.0}
+    assert peers.rerun == 0 and len(cluster.told) == 1
+    found_leader = 3  # one ask of each peer
+    assert cluster.asks > found_leader + 3, "the leader was checked while the run drained past its time"
