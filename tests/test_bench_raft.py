@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.raft import Abandon, DriverPeers, Finished, Leadership, Load, PhaseFailed, QueuePeers, Run
+from actors import AskTimeout
+from benchmarks.raft import Abandon, DriverPeers, Finished, Leadership, Load, PhaseFailed, Progress, QueuePeers, Run
 
 
 def test_a_command_applied_after_the_deadline_is_timed_but_not_counted() -> None:
@@ -78,58 +79,122 @@ def test_a_phase_lost_to_a_leader_change_is_run_again_and_counted() -> None:
 
 
 class FakeCluster:
-    """Three zactor bench drivers as the benchmark sees them: (term, leads) answers and the tells they got."""
+    """Three zactor bench drivers as the benchmark sees them: scripted answers, and a record of what they were told.
 
-    def __init__(self, inbox: queue.Queue, on_run: Any) -> None:
-        self.inbox, self.on_run = inbox, on_run
-        self.state = {0: (1, True), 1: (1, False), 2: (1, False)}
+    ``state[i]`` is peer i's (term, leads), or None for a peer that does not answer; ``applied[i]``
+    what its driver says it has seen applied; ``on_tell`` may change both, or report to the inbox.
+    """
+
+    def __init__(self, inbox: queue.Queue, on_tell: Any) -> None:
+        self.inbox, self.on_tell = inbox, on_tell
+        self.state: dict[int, tuple[int, bool] | None] = {0: (1, True), 1: (1, False), 2: (1, False)}
+        self.applied = {0: 0, 1: 0, 2: 0}
         self.told: list[tuple[int, Any]] = []
-        self.asks = 0
+        self.asked: list[tuple[float, int, Any]] = []
         self.drivers = [self.Driver(self, i) for i in range(3)]
 
     class Driver:
         def __init__(self, cluster: FakeCluster, i: int) -> None:
             self.cluster, self.i = cluster, i
 
-        def ask(self, message: Any, timeout: float) -> tuple[int, bool]:
+        def ask(self, message: Any, timeout: float) -> Any:
+            self.cluster.asked.append((time.monotonic(), self.i, message))
+            if isinstance(message, Progress):
+                return self.cluster.applied[self.i]
             assert isinstance(message, Leadership)
-            self.cluster.asks += 1
-            return self.cluster.state[self.i]
+            state = self.cluster.state[self.i]
+            if state is None:
+                raise AskTimeout(f"peer {self.i} did not answer")
+            return state
 
         def tell(self, message: Any) -> None:
             self.cluster.told.append((self.i, message))
-            if isinstance(message, Run):
-                self.cluster.on_run(self.cluster, self.i, message)
+            self.cluster.on_tell(self.cluster, self.i, message)
 
 
 def test_a_zactor_phase_stranded_by_a_leader_change_is_abandoned_and_run_again() -> None:
     inbox: queue.Queue = queue.Queue()
 
-    def on_run(cluster: FakeCluster, i: int, run: Run) -> None:
-        if len(cluster.told) == 1:  # peer 0's run: meanwhile peer 1 wins a later term; peer 0 never hears of it
+    def on_tell(cluster: FakeCluster, i: int, message: Any) -> None:
+        if len(cluster.told) == 1:  # peer 0's run stalls: peer 1 wins a later term; peer 0, cut off, never hears of it
             cluster.state = {0: (1, True), 1: (2, True), 2: (2, False)}
-        else:
+        elif isinstance(message, Run):
             inbox.put(Finished({"ops_per_s": -1.0}, 99))  # a stale report of another run: not this phase's
-            inbox.put(Finished({"ops_per_s": 7.0}, run.run_id))
+            inbox.put(Finished({"ops_per_s": 7.0}, message.run_id))
 
-    cluster = FakeCluster(inbox, on_run)
+    cluster = FakeCluster(inbox, on_tell)
     peers = DriverPeers(cluster.drivers, inbox, "ipc://sink", check_every=0.01)
     assert peers.run_phase(10, 4, 0.01) == {"ops_per_s": 7.0}
     assert peers.rerun == 1
     (first_at, first), abandon, (second_at, second) = cluster.told
     assert first_at == 0 and abandon == (0, Abandon(first.run_id))
-    assert second_at == 1 and second.run_id != first.run_id
+    assert second_at == 1 and second.run_id != first.run_id  # the leader of the latest term, not the cut-off one
 
 
-def test_a_zactor_phase_that_drains_slowly_under_its_leader_is_waited_for() -> None:
+def test_a_leader_that_stepped_down_strands_its_run_even_when_a_peer_does_not_answer() -> None:
     inbox: queue.Queue = queue.Queue()
 
-    def on_run(cluster: FakeCluster, i: int, run: Run) -> None:
-        threading.Timer(0.2, inbox.put, (Finished({"ops_per_s": 3.0}, run.run_id),)).start()
+    def on_tell(cluster: FakeCluster, i: int, message: Any) -> None:
+        if len(cluster.told) == 1:  # peer 0 steps down; peer 1 does not answer; peer 2 has not heard yet
+            cluster.state = {0: (2, False), 1: None, 2: (1, False)}
+        elif isinstance(message, Abandon):
+            cluster.state = {0: (3, False), 1: None, 2: (3, True)}
+        else:
+            inbox.put(Finished({"ops_per_s": 7.0}, message.run_id))
 
-    cluster = FakeCluster(inbox, on_run)
+    cluster = FakeCluster(inbox, on_tell)
+    peers = DriverPeers(cluster.drivers, inbox, "ipc://sink", check_every=0.01, drain_limit=2.0)
+    assert peers.run_phase(10, 4, 0.01) == {"ops_per_s": 7.0}
+    assert peers.rerun == 1 and [i for i, _ in cluster.told] == [0, 0, 2]
+
+
+def test_a_slow_drain_under_its_leader_is_waited_for_and_never_interrupted() -> None:
+    inbox: queue.Queue = queue.Queue()
+    told_at = 0.0
+
+    def on_tell(cluster: FakeCluster, i: int, message: Any) -> None:
+        nonlocal told_at
+        told_at = time.monotonic()
+        threading.Timer(0.4, inbox.put, (Finished({"ops_per_s": 3.0}, message.run_id),)).start()
+
+    cluster = FakeCluster(inbox, on_tell)
+    original = FakeCluster.Driver.ask
+
+    class Draining(FakeCluster.Driver):
+        def ask(self, message: Any, timeout: float) -> Any:
+            if isinstance(message, Progress):
+                self.cluster.applied[self.i] += 1  # commands keep being applied
+            return original(self, message, timeout)
+
+    cluster.drivers = [Draining(cluster, i) for i in range(3)]
     peers = DriverPeers(cluster.drivers, inbox, "ipc://sink", check_every=0.02)
-    assert peers.run_phase(10, 4, 0.01) == {"ops_per_s": 3.0}
+    assert peers.run_phase(10, 4, 0.1) == {"ops_per_s": 3.0}
     assert peers.rerun == 0 and len(cluster.told) == 1
-    found_leader = 3  # one ask of each peer
-    assert cluster.asks > found_leader + 3, "the leader was checked while the run drained past its time"
+    after_run = [(at, message) for at, _, message in cluster.asked if at >= told_at]
+    assert len(after_run) > 3, "the run was looked at while it drained past its seconds"
+    assert all(at >= told_at + 0.1 for at, _ in after_run), "nothing is asked during the measured seconds"
+    assert all(isinstance(message, Progress) for _, message in after_run), "a draining leader is not asked who leads"
+
+
+def test_a_run_that_neither_drains_nor_loses_its_leader_fails_at_its_limit() -> None:
+    inbox: queue.Queue = queue.Queue()
+    cluster = FakeCluster(inbox, lambda cluster, i, message: None)
+    peers = DriverPeers(cluster.drivers, inbox, "ipc://sink", check_every=0.01, drain_limit=0.1)
+    with pytest.raises(RuntimeError, match="did not finish within"):
+        peers.run_phase(10, 4, 0.01)
+    assert peers.rerun == 0 and len(cluster.told) == 1
+
+
+def test_a_phase_stranded_every_time_gives_up_after_its_attempts() -> None:
+    inbox: queue.Queue = queue.Queue()
+
+    def on_tell(cluster: FakeCluster, i: int, message: Any) -> None:
+        if isinstance(message, Run):  # whoever runs it loses its term at once to the next peer
+            term = cluster.state[i][0]  # type: ignore[index]
+            cluster.state = {j: (term + 1, j == (i + 1) % 3) for j in range(3)}
+
+    cluster = FakeCluster(inbox, on_tell)
+    peers = DriverPeers(cluster.drivers, inbox, "ipc://sink", check_every=0.01)
+    with pytest.raises(RuntimeError, match="cut short by a leader change 3 times"):
+        peers.run_phase(10, 4, 0.01)
+    assert peers.rerun == 3 and [type(m).__name__ for _, m in cluster.told] == ["Run", "Abandon"] * 3

@@ -64,7 +64,7 @@ def test_bench_raft_json_has_both_systems_at_each_size() -> None:
     assert result["zactor_fsync"] is True and result["pysyncobj_fsync"] is False
     assert len(result["pysyncobj_warning_samples"]) == min(result["pysyncobj_warnings"], 5)
     assert [r["size_bytes"] for r in result["runs"]] == [10, 1000] and result["trials"] == 2
-    assert result["zactor_phases_rerun"] >= 0 and result["pysyncobj_phases_rerun"] >= 0  # reported for both
+    assert isinstance(result["zactor_phases_rerun"], int) and isinstance(result["pysyncobj_phases_rerun"], int)
     for run in result["runs"]:
         assert len(run["trial_ratios"]) == 2
         for key in ("zactor_ops_per_s", "pysyncobj_ops_per_s", "zactor_p50_ms", "pysyncobj_p50_ms"):
