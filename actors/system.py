@@ -329,9 +329,11 @@ class ActorSystem:
     def spawn_process(self, factory: type[pykka.Actor], *args: Any, name: str | None = None, node: str | None = None, **options: Any) -> Any:
         """Start ``factory(*args)`` in a supervised process of its own (or on the node agent ``node``).
 
-        Returns a ``ProcessRef`` at once, valid across the process's restarts;
-        options: ``restart``, ``max_restarts``, ``within``, ``persist_dir``, and
-        keyword arguments for the factory. See :mod:`actors.spawn`.
+        Returns a ``ProcessRef``, valid across the process's restarts: at once,
+        or with ``node`` once the agent has started it (``timeout`` s at most,
+        default 10; ignored without ``node``). Other options: ``restart``,
+        ``max_restarts``, ``within``, ``persist_dir``, and keyword arguments for
+        the factory. See :mod:`actors.spawn`.
         """
         from actors.spawn import spawn_process
 
