@@ -171,8 +171,7 @@ class Driver(Actor):
             return len(self.load.latencies) if self.load is not None and message.run_id == self.run_id else -1
         elif isinstance(message, Leadership):
             # Shorter than the benchmark's 1 s wait for the answer, so asks never pile up here.
-            term, leads = self.peer.ask(GetState(), timeout=0.9)
-            return term, leads
+            return self.peer.ask(GetState(), timeout=0.9)
         elif isinstance(message, Abandon):
             if message.run_id == self.run_id:
                 self.load = None
@@ -246,6 +245,10 @@ class DriverPeers:
         except Exception:  # a slow or restarting peer tells nothing either way
             return None
 
+    def _states(self) -> dict[int, tuple[int, bool]]:
+        """(term, leads) of every peer that answers."""
+        return {i: state for i in range(len(self.drivers)) if (state := self._ask(i, Leadership())) is not None}
+
     def leader(self) -> tuple[int, int]:
         """(peer, term) of the peer leading in the latest term any peer knows; polls until there is one.
 
@@ -253,7 +256,7 @@ class DriverPeers:
         """
         deadline = time.monotonic() + _LEADER_WAIT
         while time.monotonic() < deadline:
-            states = {i: state for i in range(len(self.drivers)) if (state := self._ask(i, Leadership())) is not None}
+            states = self._states()
             latest = max((term for term, _ in states.values()), default=None)
             for i, (term, leads) in states.items():
                 if leads and term == latest:
@@ -263,16 +266,10 @@ class DriverPeers:
 
     def superseded(self, leader: int, term: int) -> bool:
         """Whether ``leader`` no longer leads in ``term``: it says so, or another peer leads in a later term."""
-        for i in range(len(self.drivers)):
-            state = self._ask(i, Leadership())
-            if state is None:
-                continue
-            now, leads = state
-            if i == leader and (now != term or not leads):
-                return True
-            if i != leader and leads and now > term:
-                return True
-        return False
+        states = self._states()
+        if leader in states and states[leader] != (term, True):
+            return True
+        return any(leads and now > term for i, (now, leads) in states.items() if i != leader)
 
     def _take(self, run_id: int, timeout: float) -> dict[str, float] | None:
         """The result of run ``run_id`` if it comes within ``timeout`` s; reports of other runs are dropped."""
