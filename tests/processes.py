@@ -8,8 +8,11 @@ when an assertion fails half-way: one helper does that for all of them.
 from __future__ import annotations
 
 import os
+import re
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,18 @@ class Processes:
                 pass
             if proc.stderr:
                 proc.stderr.close()
+
+
+def listening(proc: subprocess.Popen, limit: float = 30.0) -> str:
+    """The endpoint a coordinator says it listens on, read from its stderr as it prints it (it has bound by then)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + limit
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "the coordinator never said where it listens"
+        if select.select([proc.stderr], [], [], remaining)[0]:
+            line = proc.stderr.readline().decode()
+            assert line, "the coordinator exited before it listened"
+            found = re.search(r"listening on (\S+://\S+)", line)
+            if found:
+                return found.group(1)

@@ -17,7 +17,7 @@ from apps.mapreduce import files as mrfiles
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.tasks import TaskError, run_map, run_reduce, shared_runs
 from apps.mapreduce.text import words
-from tests.processes import Processes
+from tests.processes import Processes, listening
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +229,7 @@ def test_coordinator_and_worker_meet_at_the_default_endpoint_in_the_private_sock
     procs = Processes(tmp_path, 60.0)
     try:
         coordinator = procs.start("mr", "coordinator", "--out", "out", "in.txt")
-        deadline = time.monotonic() + 30
-        while not (sockets / "mr.sock").exists():
-            assert coordinator.poll() is None, coordinator.stderr.read().decode() if coordinator.stderr else ""
-            assert time.monotonic() < deadline, "the coordinator never bound its default endpoint"
-            time.sleep(0.02)
+        assert listening(coordinator) == f"ipc://{sockets}/mr.sock"
         assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
         worker = procs.start("mr", "worker", "--app", "wc")
         assert procs.wait(coordinator) == 0, coordinator.stderr.read().decode() if coordinator.stderr else ""

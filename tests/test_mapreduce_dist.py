@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.protocol import JobStatus, Release, Status
 from apps.mapreduce.sequential import read_output_lines, run_sequential
-from tests.processes import ROOT, Processes
+from tests.processes import ROOT, Processes, listening
 
 LIMIT = 90.0
 
@@ -57,17 +56,7 @@ class Cluster:
         """Start it on a port of its choosing (no race for a free port) and read where it listens."""
         proc = self.start("coordinator", "--endpoint", "tcp://127.0.0.1:0", "--out", str(self.tmp / "out"), *extra,
                           *map(str, files), cwd=self.tmp / "coordinator")
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 30
-        while not self.endpoint:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "the coordinator never said where it listens"
-            if select.select([proc.stderr], [], [], remaining)[0]:
-                line = proc.stderr.readline().decode()
-                assert line, "the coordinator exited before it listened"
-                m = re.search(r"listening on (tcp://\S+)", line)
-                if m:
-                    self.endpoint = m.group(1)
+        self.endpoint = listening(proc)
         assert self.status(timeout=10) is not None, "the coordinator does not answer"
         return proc
 

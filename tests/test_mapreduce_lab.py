@@ -25,7 +25,7 @@ import pytest
 from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.sequential import read_output_lines, run_sequential
-from tests.processes import Processes
+from tests.processes import Processes, listening
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +46,7 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]
 def coordinator(procs: Processes, tmp_path: Path, books: list[Path], *extra: str) -> tuple[subprocess.Popen, str]:
     endpoint = f"ipc://{tmp_path}/mr.sock"
     proc = procs.start("mr", "coordinator", "--endpoint", endpoint, *extra, *map(str, books))
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "mr.sock").exists():  # the coordinator is listening
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "coordinator died"
-        assert time.monotonic() < deadline, "coordinator did not start listening"
-        time.sleep(0.02)
+    assert listening(proc) == endpoint
     return proc, endpoint
 
 
