@@ -162,8 +162,7 @@ class ReplyFuture(pykka.Future):
             try:
                 if self._value is not _UNSET or self._error is not None:
                     return
-                env = ch.receive(remaining if remaining < _POLL_SLICE else _POLL_SLICE)
-                if env is not None:
+                for env in ch.receive(remaining if remaining < _POLL_SLICE else _POLL_SLICE):
                     resolve(env)
             finally:
                 lock.release()
@@ -373,10 +372,11 @@ class _Waiting:
                         continue
                     resolve = held[ch_ready]
                     for _ in range(_DRAIN_MAX):
-                        env = ch_ready.receive(0)
-                        if env is None:
+                        envs = ch_ready.receive(0)
+                        if not envs:
                             break
-                        resolve(env)
+                        for env in envs:
+                            resolve(env)
         finally:
             for ch in held:
                 ch.lock.release()

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from actors import ActorSystem, ChildSpec, Supervisor
 from actors.testing import serve_echo
-from transport.keys import INSECURE_ENV, KEYS_ENV, init_keyring
+from transport.keys import INSECURE_ENV, KEYS_ENV, init_keyring, resolve_keyring
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
@@ -65,3 +66,20 @@ def remote(supervisor: Supervisor, tmp_path: Path, system: ActorSystem) -> str:
     supervisor.start_child(ChildSpec("remote", serve_echo, (endpoint,)))
     system.ref(endpoint, "echo").ask("ready?", timeout=10.0)
     return endpoint
+
+
+@pytest.fixture
+def member_socket() -> Iterator[Callable[[str], zmq.Socket]]:
+    """A raw DEALER of a cluster member (this machine's key), connected on demand."""
+    ctx = zmq.Context()
+    ring = resolve_keyring()
+
+    def connect(endpoint: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        ring.secure_client(sock, endpoint)
+        sock.connect(endpoint)
+        return sock
+
+    yield connect
+    ctx.destroy(linger=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import pickle
 import queue
@@ -30,6 +31,7 @@ from transport import (
     long_reordering,
     unreliable,
 )
+from transport.codec import encode_batch, is_batch, split_batch
 from transport.keys import resolve_keyring
 from transport.node import Node
 
@@ -68,6 +70,46 @@ def test_codec_refuses_oversized_frames_with_a_clear_error() -> None:
     env = Envelope(Kind.TELL, "big", "ipc:///tmp/a", 0, b"x" * 2000)
     with pytest.raises(FrameTooLarge, match="over the frame limit of 1000 bytes"):
         encode(env, max_bytes=1000)
+
+
+def _reply(corr: int, body: object = "r") -> bytes:
+    return encode(Envelope(Kind.REPLY, "", "", corr, body, "echo"))
+
+
+def test_batch_round_trip_keeps_every_reply_whole() -> None:
+    frames = [_reply(i, "x" * i) for i in range(5)]
+    batch = encode_batch(frames)
+    assert is_batch(batch) and not is_batch(frames[0])
+    assert split_batch(batch) == frames
+    assert [decode(f).body for f in split_batch(batch)] == ["x" * i for i in range(5)]
+
+
+def _recount(batch: bytes, count: int) -> bytes:
+    return batch[:4] + count.to_bytes(8, "big") + batch[12:]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        encode_batch([_reply(1), _reply(2)])[:-1],
+        encode_batch([_reply(1), _reply(2)]) + b"x",
+        _recount(encode_batch([_reply(1), _reply(2)]), 3),
+        _recount(encode_batch([_reply(1), _reply(2)]), 1),
+        encode_batch([_reply(1), encode(Envelope(Kind.ASK, "echo", "", 2, "a request"))]),
+        encode_batch([_reply(1), encode_batch([_reply(2), _reply(3)])]),
+        encode_batch([_reply(1), b"ZA9" + _reply(2)[3:]]),
+    ],
+    ids=["truncated", "trailing-bytes", "count-too-high", "count-too-low", "holds-a-request", "nested", "bad-magic-inside"],
+)
+def test_a_batch_that_does_not_tile_exactly_into_replies_is_malformed(batch: bytes) -> None:
+    with pytest.raises(MalformedFrame):
+        split_batch(batch)
+
+
+def test_a_batch_is_never_decoded_as_one_envelope() -> None:
+    """Batches are for replies on a sending connection only: anywhere else (a ROUTER's request) the kind is refused."""
+    with pytest.raises(MalformedFrame, match="unknown envelope kind 5"):
+        decode(encode_batch([_reply(1)]))
 
 
 # ---- fault rules, as pure decisions -----------------------------------------
@@ -351,6 +393,93 @@ def test_a_message_of_many_parts_is_dropped_whole_and_the_connection_stays_in_st
         assert sock.poll(200) == 0  # the three-part message got no reply of any kind
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_burst_of_asks_on_one_connection_is_answered_in_batches(tmp_path, member_socket) -> None:
+    """Replies to a run of requests from one connection leave in batches (fewer messages than
+    replies, each within the size every node accepts), and every ask gets its own answer once."""
+    gate = threading.Event()
+
+    def answer(env: Envelope) -> None:  # on b's I/O thread, as an inline actor answers
+        if env.body == "gate":
+            gate.wait(10)  # the burst queues up behind it
+        b.reply(env, env.body)
+
+    b = Node(f"ipc://{tmp_path}/b.sock", on_message=answer)
+    sock = member_socket(b.endpoint)
+    try:
+        n = 200
+        sock.send(encode(Envelope(Kind.ASK, "echo", "", n, "gate")))
+        for i in range(n):
+            sock.send(encode(Envelope(Kind.ASK, "echo", "", i, i)))
+        gate.set()
+        answers: list[tuple[int, object]] = []
+        messages = 0
+        while len(answers) < n + 1:
+            assert sock.poll(10_000), f"{len(answers)} of {n + 1} replies came"
+            message = sock.recv()
+            messages += 1
+            assert len(message) <= 4096 or not is_batch(message)
+            for frame in split_batch(message) if is_batch(message) else [message]:
+                env = decode(frame)
+                answers.append((env.corr, env.body))
+        assert sorted(answers, key=lambda a: a[0]) == [*((i, i) for i in range(n)), (n, "gate")]
+        assert messages <= n // 2  # batched: without batches, one message per reply
+        assert sock.poll(100) == 0  # and nothing more
+        assert b.counters.sent["int"] == n
+    finally:
+        gate.set()
+        b.close()
+
+
+class _BatchingServer:
+    """A raw ROUTER with this machine's key that answers asks with batches the test composes."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        resolve_keyring().secure_server(self.sock)
+        self.sock.bind(endpoint)
+
+    def next_ask(self) -> tuple[bytes, Envelope]:
+        assert self.sock.poll(10_000), "no ask came"
+        route, frame = self.sock.recv_multipart()
+        return route, decode(frame)
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("way", ["own-channel", "shared-connection"])
+def test_replies_in_a_bad_batch_are_dropped_whole_and_a_good_batch_completes_its_asks(tmp_path, way: str) -> None:
+    """Both ways a reply comes back (a thread's own channel, the I/O thread's shared connection)
+    split batches the same way: a batch with a request inside is refused before anything in it is
+    decoded or delivered, and counted; the next good batch answers both asks."""
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    server = _BatchingServer(endpoint)
+    try:
+        with ActorSystem() as system:
+            ref = system.ref(endpoint, "echo")
+
+            async def two_asks_async() -> list[object]:
+                return list(await asyncio.gather(ref.ask_async("a", timeout=10), ref.ask_async("b", timeout=10)))
+
+            result: queue.Queue[object] = queue.Queue()
+            if way == "own-channel":
+                futures = [ref.ask("a", block=False, timeout=10), ref.ask("b", block=False, timeout=10)]
+                threading.Thread(target=lambda: result.put([f.get() for f in futures]), daemon=True).start()
+            else:
+                threading.Thread(target=lambda: result.put(asyncio.run(two_asks_async())), daemon=True).start()
+            (route, first), (_, second) = server.next_ask(), server.next_ask()
+            smuggled = encode(Envelope(Kind.ASK, "echo", "", 99, "a request where replies belong"))
+            server.sock.send_multipart([route, encode_batch([_reply(first.corr, "wrong"), smuggled])])
+            assert wait_until(lambda: system.node.counters.malformed == 1, 10)
+            server.sock.send_multipart([route, encode_batch([_reply(second.corr, "B"), _reply(first.corr, "A")])])
+            assert result.get(timeout=10) == ["A", "B"]
+            assert system.node.counters.malformed == 1
+    finally:
+        server.close()
 
 
 def test_raw_bytes_and_oversized_frames_leave_the_node_serving() -> None:

@@ -2,7 +2,7 @@
 
 A frame is a fixed binary header, three short UTF-8 strings and a pickled body::
 
-    "ZA3" | kind u8 | corr u64 | len(body) u32 | len(dest) u16 | len(src) u16 | len(sender) u16
+    "ZA4" | kind u8 | corr u64 | len(body) u32 | len(dest) u16 | len(src) u16 | len(sender) u16
     dest | src | sender | body
 
 The name lengths sit right before the names, so the bytes from the first
@@ -25,6 +25,15 @@ execution. Anything pickle refuses (lambdas, functions defined in
 output plain ``pickle.loads`` reads, so the receiving side has one decoder.
 Every decoding failure is a :class:`MalformedFrame`, which the node logs and
 drops.
+
+A *batch* carries several replies to one connection in one message: a frame
+of kind :data:`BATCH` with no names, whose corr is the number of frames in
+its body and whose body is those reply frames end to end. A node that
+answers a burst of requests sends their replies so, and the asker's side
+pays one receive, one wake-up and one decryption for the lot instead of one
+per reply. Requests never travel in batches (:func:`decode` refuses the
+kind), and :func:`split_batch` checks that the inner frames' headers tile the
+body exactly, and are replies, before any of them is decoded.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ import cloudpickle
 
 from transport.envelope import Envelope, Kind
 
-MAGIC = b"ZA3"
+MAGIC = b"ZA4"
+"""The wire format's version too: ZA4 added batches of replies, which a ZA3 node would drop
+as an unknown kind, so the two refuse each other's frames whole (counted as malformed)."""
 _HEADER = struct.Struct("!3sBQIHHH")
 _HEAD = struct.Struct("!3sBQI")
 """The part of the header before the name block."""
@@ -48,6 +59,15 @@ _NAMES_AT = _HEAD.size
 """Where the name block (the three lengths, then the names) begins."""
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Large enough for the KV memory tests' 10 MiB values with room to spare."""
+
+
+BATCH = 5
+"""The kind byte of a batch of replies (not a :class:`~transport.envelope.Kind`: never an envelope's)."""
+BATCH_MAX_BYTES = 4096
+"""A batch's largest size. Every node accepts messages of its frame limit plus
+4096 bytes, whatever that limit, so a batch this small is never refused."""
+_BATCH_NAMES = _LENGTHS.pack(0, 0, 0)
+_REPLY_KINDS = (int(Kind.REPLY), int(Kind.ERROR))
 
 
 class CodecError(Exception):
@@ -120,6 +140,43 @@ def encode(env: Envelope, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, with_src:
     not once per message.
     """
     return encode_fields(env.kind, env.dest, env.src if with_src else "", env.sender, env.corr, env.body, max_bytes)
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """One message of several encoded replies for the same connection (see the module docstring)."""
+    body = b"".join(frames)
+    return b"".join((_HEAD.pack(MAGIC, BATCH, len(frames), len(body)), _BATCH_NAMES, body))
+
+
+def is_batch(frame: bytes) -> bool:
+    """Whether ``frame`` claims to be a batch (checked in full by :func:`split_batch`)."""
+    return len(frame) > 3 and frame[3] == BATCH
+
+
+def split_batch(frame: bytes) -> list[bytes]:
+    """The reply frames of a batch, each still to be decoded; MalformedFrame unless they tile it exactly."""
+    size = len(frame)
+    if size < HEADER_BYTES:
+        raise MalformedFrame(f"batch of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
+    magic, kind, count, n_body, *names = _unpack_header(frame)
+    if magic != MAGIC or kind != BATCH or any(names) or HEADER_BYTES + n_body != size or not 0 < count <= size:
+        raise MalformedFrame(f"bad batch header ({magic!r}, kind {kind}, {count} frames, {n_body} of {size} bytes)")
+    frames: list[bytes] = []
+    at = HEADER_BYTES
+    for _ in range(count):
+        if size - at < HEADER_BYTES:
+            raise MalformedFrame(f"batch ends inside the header of frame {len(frames) + 1} of {count}")
+        magic, kind, _, n, n_dest, n_src, n_sender = _unpack_header(frame, at)
+        if magic != MAGIC or kind not in _REPLY_KINDS:
+            raise MalformedFrame(f"frame {len(frames) + 1} of a batch is not a reply (kind {kind})")
+        end = at + HEADER_BYTES + n_dest + n_src + n_sender + n
+        if end > size:
+            raise MalformedFrame(f"frame {len(frames) + 1} of {count} runs past the batch's end")
+        frames.append(frame[at:end])
+        at = end
+    if at != size:
+        raise MalformedFrame(f"{size - at} bytes left over after a batch's {count} frames")
+    return frames
 
 
 _unpack_header = _HEADER.unpack_from

@@ -68,7 +68,19 @@ import zmq
 import zmq.utils.monitor
 import zmq.utils.z85
 
-from transport.codec import DEFAULT_MAX_FRAME_BYTES, MalformedFrame, decode, encode, encode_fields
+from transport.codec import (
+    BATCH,
+    BATCH_MAX_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+    HEADER_BYTES,
+    MalformedFrame,
+    decode,
+    encode,
+    encode_batch,
+    encode_fields,
+    is_batch,
+    split_batch,
+)
 from transport.counters import Counters, Tally
 from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind, message_type
 from transport.faults import DROP, FaultRule, FaultTable
@@ -104,6 +116,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _RCVTIMEO = int(zmq.RCVTIMEO)
 _MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+_BATCH_FRAMES = 64
+"""Most replies one batch holds: the first of them waits for the rest."""
+_BATCH_ROOM = BATCH_MAX_BYTES - HEADER_BYTES
+"""Bytes of replies one batch holds (a larger reply goes alone)."""
 
 # pyzmq's compiled socket methods, called without its pure-Python layer
 # (argument checks, enum wrapping, multipart loops): a few microseconds a
@@ -190,6 +206,17 @@ class _ThreadChannels(dict):
         self._orphans.extend(self.values())  # closed by the next channel() call or by close(), never here
 
 
+class _HeldReplies:
+    """Replies to one connection that wait for the end of its run of requests in a burst (I/O thread only)."""
+
+    __slots__ = ("frames", "route", "size")
+
+    def __init__(self) -> None:
+        self.route: bytes | None = None
+        self.frames: list[bytes] = []
+        self.size = 0
+
+
 class Channel:
     """A sending connection owned by whichever thread holds its lock: no I/O thread in between.
 
@@ -247,16 +274,16 @@ class Channel:
                 log.warning("node %s: queue to %s is full; message dropped", node.endpoint, self.dest)
         return size
 
-    def receive(self, timeout: float) -> Envelope | None:
-        """Wait up to ``timeout`` s for one reply on this channel; callers hold ``lock``.
+    def receive(self, timeout: float) -> list[Envelope]:
+        """Wait up to ``timeout`` s for one message on this channel: its replies; callers hold ``lock``.
 
         A blocking receive with a timeout (the GIL released while it waits),
-        rather than a poll and then a read: one call into ZeroMQ per reply.
-        None when nothing came, or what came did not decode or was not a
-        reply (counted and dropped).
+        rather than a poll and then a read: one call into ZeroMQ per message,
+        which holds one reply or a batch of them. Empty when nothing came, or
+        what came did not decode or was not a reply (counted and dropped).
         """
         if self.closed:
-            return None
+            return []
         sock = self._sock
         ms = max(0, int(timeout * 1000))
         if ms != self._timeout_ms:
@@ -265,8 +292,12 @@ class Channel:
         try:
             frame = _raw_recv(sock, 0)
         except zmq.Again:
-            return None
-        return self._node._accept(frame, None, True, self.dest, self._tally)
+            return []
+        node = self._node
+        if len(frame) > 3 and frame[3] == BATCH:
+            return node._accept_batch(frame, self.dest, self._tally)
+        env = node._accept(frame, None, True, self.dest, self._tally)
+        return [env] if env is not None else []
 
     @property
     def socket(self) -> zmq.Socket:
@@ -365,6 +396,8 @@ class Node:
         self._poll_dirty = True  # the I/O thread rebuilds its poller (dealers came or must go)
         self._own_fds: list[int] = []  # the I/O thread's own descriptors (ROUTER, wake pipe, ZAP, monitor)
         self._router_sent = False  # the I/O thread sent on the ROUTER outside _drain_router
+        self._batching = False  # in a burst of requests: replies wait in _held (see _drain_router)
+        self._held = _HeldReplies()
         self._input_waiting = False  # a sender saw a reply waiting on a DEALER
         self._send_lock = threading.Lock()
         self._outbox: deque[tuple] = deque()
@@ -491,14 +524,13 @@ class Node:
             kind, "", self.endpoint if local else "", request.dest, request.corr, body, self.max_frame_bytes
         )  # a DEALER knows what it connected to
         if route and not self._faults.rules and threading.get_ident() == self._io_ident:
-            # The common case (an inline actor answering, no fault rules): straight
-            # out on the ROUTER, which this thread owns; counted once it is on its way.
-            self._router_sent = True
-            try:
-                _raw_send(self._router, route, _MORE_NOBLOCK)
-                _raw_send(self._router, frame, _NOBLOCK)
-            except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
-                self.counters.add("send_failures")
+            # The common case (an inline actor answering, no fault rules): out on the
+            # ROUTER, which this thread owns, at once or with the replies to the same
+            # connection's next requests in a burst (see _drain_router).
+            if self._batching and len(frame) <= _BATCH_ROOM:
+                self._hold_reply(route, frame)
+            else:
+                self._send_replies(route, [frame])
             if control:
                 self.counters.add("control")
             else:
@@ -506,6 +538,31 @@ class Node:
             return len(frame)
         self._enqueue((request.src, type(body).__name__, True, control, frame, LOCAL if local else route))
         return len(frame)
+
+    def _send_replies(self, route: bytes, frames: list[bytes]) -> None:
+        """On the I/O thread: replies out on the ROUTER to one connection, in one message (a batch) if several."""
+        self._router_sent = True
+        try:
+            _raw_send(self._router, route, _MORE_NOBLOCK)
+            _raw_send(self._router, frames[0] if len(frames) == 1 else encode_batch(frames), _NOBLOCK)
+        except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
+            self.counters.add("send_failures", len(frames))
+
+    def _hold_reply(self, route: bytes, frame: bytes) -> None:
+        """Keep a reply for the batch of its connection; a reply to another connection, or a full batch, sends it."""
+        held = self._held
+        if held.route != route or len(held.frames) >= _BATCH_FRAMES or held.size + len(frame) > _BATCH_ROOM:
+            self._flush_replies()
+            held.route = route
+        held.frames.append(frame)
+        held.size += len(frame)
+
+    def _flush_replies(self) -> None:
+        held = self._held
+        if held.route is not None:
+            route, frames = held.route, held.frames
+            held.route, held.frames, held.size = None, [], 0
+            self._send_replies(route, frames)
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
         """Run ``fn`` on the I/O thread after ``delay`` seconds."""
@@ -876,28 +933,35 @@ class Node:
         """
         router = self._router
         burst = False
-        for _ in range(10_000):
-            try:
-                route = _raw_recv(router, _NOBLOCK)
-            except zmq.Again:
-                self._router_sent = False
-                return False
-            frame = _raw_recv(router, _NOBLOCK)  # a ROUTER's identity part is always followed by one more
-            if _raw_get(router, _RCVMORE):
-                extra = 1
-                while _raw_get(router, _RCVMORE):
-                    _raw_recv(router, _NOBLOCK)
-                    extra += 1
-                self.counters.add("malformed")
-                log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, extra + 1)
-            else:
-                self._receive(frame, route)
-            if not burst:
-                if not _events(router) & _POLLIN:
+        try:
+            for _ in range(10_000):
+                try:
+                    route = _raw_recv(router, _NOBLOCK)
+                except zmq.Again:
                     self._router_sent = False
                     return False
-                burst = True
-        return True
+                if burst and route != self._held.route:
+                    self._flush_replies()  # held only while the requests read in a row come from one connection
+                frame = _raw_recv(router, _NOBLOCK)  # a ROUTER's identity part is always followed by one more
+                if _raw_get(router, _RCVMORE):
+                    extra = 1
+                    while _raw_get(router, _RCVMORE):
+                        _raw_recv(router, _NOBLOCK)
+                        extra += 1
+                    self.counters.add("malformed")
+                    log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, extra + 1)
+                else:
+                    self._receive(frame, route)
+                if not burst:
+                    if not _events(router) & _POLLIN:
+                        self._router_sent = False
+                        return False
+                    burst = self._batching = True
+            return True
+        finally:
+            if burst:
+                self._batching = False
+                self._flush_replies()
 
     def _answer_zap(self) -> bool:
         """The ZAP handler: admit a CURVE client only if its public key is in the keyring.
@@ -970,8 +1034,27 @@ class Node:
                 return None
         return env
 
+    def _accept_batch(self, frame: bytes, peer: str, tally: Tally) -> list[Envelope]:
+        """``_accept`` for each reply of a batch that came back on a sending connection."""
+        try:
+            frames = split_batch(frame)
+        except MalformedFrame as exc:
+            self.counters.add("malformed")
+            log.warning("node %s: dropped a malformed batch: %s", self.endpoint, exc)
+            return []
+        accepted = []
+        for one in frames:
+            env = self._accept(one, None, True, peer, tally)
+            if env is not None:
+                accepted.append(env)
+        return accepted
+
     def _receive(self, frame: bytes, route: bytes | None, replies_only: bool = False, peer: str = "") -> None:
         """On the I/O thread: accept a frame and hand it on (to the node itself, or to ``on_message``)."""
+        if replies_only and is_batch(frame):
+            for reply in self._accept_batch(frame, peer, self._io_tally):
+                self._deliver(reply)
+            return
         if route is not None:
             peer = (self._route_peers.get(route) or self._peer_of(route)) if route else self.endpoint
         env = self._accept(frame, route, replies_only, peer, self._io_tally)
