@@ -239,6 +239,30 @@ def test_coordinator_and_worker_meet_at_the_default_endpoint_in_the_private_sock
     assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == ["one 1", "two 2"]
 
 
+def test_a_second_coordinator_at_the_default_endpoint_is_refused_and_the_first_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libzmq would silently take a live ipc endpoint over: the second coordinator must say so and leave."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    (tmp_path / "in.txt").write_text("one two two\n")
+    procs = Processes(tmp_path, 60.0)
+    try:
+        first = procs.start("mr", "coordinator", "--out", "out", "in.txt")
+        endpoint = listening(first)
+        second = procs.start("mr", "coordinator", "--out", "out2", "in.txt")
+        assert procs.wait(second) == 1
+        assert second.stderr is not None
+        assert f"cannot bind node endpoint {endpoint}: a node (or another program) already listens there" in (
+            second.stderr.read().decode()
+        )
+        worker = procs.start("mr", "worker", "--app", "wc")
+        assert procs.wait(first) == 0, first.stderr.read().decode() if first.stderr else ""
+        assert procs.wait(worker) == 0
+    finally:
+        procs.kill_all()
+    assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == ["one 1", "two 2"]
+
+
 SLOW = 8.0
 
 

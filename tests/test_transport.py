@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import pickle
 import queue
 import select
 import socket
+import stat
 import threading
 import time
 
@@ -16,7 +18,7 @@ import zmq
 
 import transport.node as node_module
 from actors import ActorDeadError, ActorSystem, AskTimeout
-from actors.testing import Collector, Count, Received, Send
+from actors.testing import Collector, Count, Echo, Received, Send
 from tests.conftest import wait_until
 from transport import (
     Envelope,
@@ -480,6 +482,26 @@ def test_replies_in_a_bad_batch_are_dropped_whole_and_a_good_batch_completes_its
             assert system.node.counters.malformed == 1
     finally:
         server.close()
+
+
+def test_a_node_on_a_live_ipc_endpoint_is_refused_and_the_first_keeps_it(system: ActorSystem, remote: str) -> None:
+    """libzmq replaces an ipc socket file when it binds: a second node there would take the endpoint over."""
+    with pytest.raises(OSError, match="already listens there") as refused:
+        ActorSystem(remote)
+    assert refused.value.errno == errno.EADDRINUSE
+    assert system.ref(remote, "echo").ask("still here", timeout=10) == "still here"
+
+
+def test_a_stale_ipc_socket_file_is_taken_over(system: ActorSystem, tmp_path) -> None:
+    """A socket file left by a killed process has no listener: the next node binds there as before."""
+    path = tmp_path / "stale.sock"
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(path))  # a socket file, and nobody listening on it
+    leftover.close()
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    with ActorSystem(f"ipc://{path}") as server:
+        server.spawn(Echo, name="echo")
+        assert system.ref(server.endpoint, "echo").ask("mine now", timeout=10) == "mine now"
 
 
 def test_raw_bytes_and_oversized_frames_leave_the_node_serving() -> None:

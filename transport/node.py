@@ -50,11 +50,13 @@ serving.
 from __future__ import annotations
 
 import enum
+import errno
 import heapq
 import itertools
 import logging
 import os
 import select
+import socket
 import stat
 import tempfile
 import threading
@@ -158,6 +160,37 @@ def ipc_directory() -> str:
     if st.st_mode & 0o077:
         os.chmod(directory, 0o700)
     return directory
+
+
+def check_ipc_free(endpoint: str) -> None:
+    """Raise OSError (EADDRINUSE) if a process listens on the socket file of ``endpoint`` (ipc:// only).
+
+    libzmq removes an existing file when it binds an ipc endpoint, so a second
+    node on the same path would silently take the endpoint over from a live
+    one. A file nobody listens on (its process killed) is left for the bind to
+    replace, as before. Checked just before the bind: two binds racing within
+    that moment are not caught. A live zactor node counts the probe as one
+    refused connection (it never authenticates).
+    """
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://") :]
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except OSError:
+        return  # no such file (or one we cannot see): the bind says what is wrong
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return  # refused (stale) or unreachable: nothing is listening there
+    finally:
+        probe.close()
+    in_use = OSError(f"cannot bind node endpoint {endpoint}: a node (or another program) already listens there; stop it or choose another endpoint")
+    in_use.errno = errno.EADDRINUSE
+    raise in_use
 
 
 def default_endpoint() -> str:
@@ -350,6 +383,7 @@ class Node:
         self._explicit_keys = self.keyring.directory if self.keyring is not None and keys is not None else None
         if not self.secure:
             check_insecure_bind(requested)
+        check_ipc_free(requested)
         self._ctx = zmq.Context(io_threads=1)
         self._zap: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
