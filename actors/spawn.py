@@ -39,7 +39,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,7 +187,7 @@ def host(
             system.node.set_faults(faults)
         for actor in actors:
             cls = actor.cls.load()[0] if isinstance(actor.cls, ClassRef) else actor.cls
-            system.spawn(cls, *actor.args, name=actor.name, **actor.kwargs)
+            system.spawn(cls, *actor.args, name=actor.name, kwargs=actor.kwargs)
         system.start()
         if announce:
             print(announce.format(endpoint=system.endpoint), file=sys.stderr, flush=True)
@@ -468,9 +468,13 @@ def spawn_process(
     within: float = 10.0,
     persist_dir: str | os.PathLike[str] | None = None,
     timeout: float = 10.0,
-    **kwargs: Any,
+    kwargs: Mapping[str, Any] | None = None,
+    **more: Any,
 ) -> ProcessRef:
     """What ``ActorSystem.spawn_process`` does; see the module docstring."""
+    from actors.system import factory_kwargs  # the system imports this module
+
+    kwargs = factory_kwargs(kwargs, more)
     if max_restarts < 0 or within <= 0:
         raise ValueError(f"need max_restarts >= 0 and within > 0, got {max_restarts} and {within}")
     name = name or f"{getattr(actor_class, '__name__', 'actor')}-{next(_unnamed)}"

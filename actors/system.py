@@ -44,7 +44,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,9 +304,15 @@ class ActorSystem:
         *args: Any,
         name: str | None = None,
         restart: RestartLimit | None = None,
-        **kwargs: Any,
+        kwargs: Mapping[str, Any] | None = None,
+        **more: Any,
     ) -> LocalRef:
-        """Start ``factory(*args, **kwargs)`` as the actor ``name`` of this system."""
+        """Start ``factory(*args, **kwargs, **more)`` as the actor ``name`` of this system.
+
+        ``kwargs``: the factory's keyword arguments as a mapping, for one whose
+        name ``spawn`` itself takes (``name``, ``restart``, ``kwargs``).
+        """
+        kwargs = factory_kwargs(kwargs, more)
         if self._stopped.is_set():
             raise SystemStopped(f"{self} is stopped")
         if not (isinstance(factory, type) and issubclass(factory, pykka.Actor)):
@@ -333,7 +339,8 @@ class ActorSystem:
         or with ``node`` once the agent has started it (``timeout`` s at most,
         default 10; ignored without ``node``). Other options: ``restart``,
         ``max_restarts``, ``within``, ``persist_dir``, and keyword arguments for
-        the factory. See :mod:`actors.spawn`.
+        the factory; ``kwargs=`` (a mapping) carries those whose names are
+        among these options. See :mod:`actors.spawn`.
         """
         from actors.spawn import spawn_process
 
@@ -436,6 +443,16 @@ class ActorSystem:
     def _send(self, endpoint: str, env: Envelope) -> None:
         self._check_running()
         self._node.send(endpoint, env)
+
+
+def factory_kwargs(kwargs: Mapping[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """An actor factory's keyword arguments: the ``kwargs=`` mapping and the loose ones, which may not repeat a name."""
+    if not kwargs:
+        return more
+    twice = sorted(set(kwargs) & set(more))
+    if twice:
+        raise TypeError(f"keyword arguments given both in kwargs= and loose: {', '.join(twice)}")
+    return {**kwargs, **more}
 
 
 def _move_mailbox(old: Any, new: Any) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from actors import (
+    Actor,
     ActorDeadError,
     ActorSystem,
     AskTimeout,
@@ -158,6 +159,29 @@ def test_bad_arguments_are_clear_errors(system: ActorSystem) -> None:
         system.spawn_process(PersistentCounter, "c", name="y", max_restarts=-1)
     with pytest.raises(ValueError, match="name"):
         system.spawn_process(PersistentCounter, "c", name="a#b")
+
+
+class Settings(Actor):
+    """Answers with the keyword arguments it was built with, two of which share spawn's own option names."""
+
+    def __init__(self, timeout: float, name: str, colour: str = "") -> None:
+        super().__init__()
+        self.got = (timeout, name, colour)
+
+    def on_receive(self, message: Any) -> Any:
+        return self.got
+
+
+def test_factory_keywords_named_like_spawn_options_go_through_kwargs(system: ActorSystem) -> None:
+    """spawn and spawn_process take timeout=, name=... themselves: kwargs= reaches the factory with them."""
+    there = system.spawn_process(Settings, name="settings", kwargs={"timeout": 2.5, "name": "inner"}, colour="red")
+    assert there.ask("?") == (2.5, "inner", "red")
+    here = system.spawn(Settings, name="local", kwargs={"timeout": 1.0, "name": "here", "colour": "blue"})
+    assert here.ask("?") == (1.0, "here", "blue")
+    with pytest.raises(TypeError, match="both in kwargs= and loose: colour"):
+        system.spawn(Settings, name="twice", kwargs={"timeout": 1.0, "name": "x", "colour": "a"}, colour="b")
+    with pytest.raises(TypeError, match="both in kwargs= and loose: colour"):
+        system.spawn_process(Settings, name="twice", kwargs={"timeout": 1.0, "name": "x", "colour": "a"}, colour="b")
 
 
 def test_system_stop_stops_spawned_processes(tmp_path: Path) -> None:
