@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 
 from actors import Journal
 from apps.linearizability import Operation
+from apps.soak.run import SoakConfig, keep_going, stopped_early
 from apps.soak.schedule import NEMESES, make_schedule, parse_nemeses
 from apps.soak.verdict import FinalReadFailed, Findings, check_appends, check_final_reads
 
@@ -44,6 +46,18 @@ def test_schedule_faults_never_overlap_and_each_ends_before_the_run():
 def test_schedule_uses_only_the_named_nemeses():
     assert {f.kind for f in make_schedule(3, 300, ("pause",), 5)} == {"pause"}
     assert make_schedule(3, 300, (), 5) == []
+
+
+def test_fail_fast_stops_the_timed_part_at_a_violation_only_when_asked():
+    config = SoakConfig("raft", 60.0, 1, ("kill",), 1, Path("out"), 10.0)
+    clean, found = Findings(), Findings(violations=["window 1: not linearizable"])
+    assert keep_going(config, 10.0, found) and not keep_going(config, 60.0, clean)
+    assert stopped_early(config, 10.0) == {}
+    config = dataclasses.replace(config, fail_fast=True)
+    assert keep_going(config, 10.0, clean) and not keep_going(config, 10.0, found)
+    assert not keep_going(config, 10.0, clean, found=1)  # a violation the target keeps until its final check
+    assert stopped_early(config, 10.0)["stopped_early"].startswith("--fail-fast: stopped at 10 s of 60 s")
+    assert stopped_early(config, 60.2) == {}
 
 
 def test_parse_nemeses():

@@ -41,9 +41,11 @@ def soak(tmp_path: Path, *args: str, broken: str = "", timeout: float = 160.0) -
 
 
 def test_clean_kvraft_run_with_every_nemesis_passes(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "0.75", "--seed", "11", "--nemesis", "all", "--min-throughput", "10")
+    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "0.75", "--seed", "11", "--nemesis", "all", "--min-throughput", "10",
+                              "--fail-fast")
     assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass"
+    assert summary["seconds"] >= 45 and "stopped_early" not in summary  # nothing found: --fail-fast runs its time
     assert set(summary["nemeses"]) == {"kill", "pause", "partition", "net", "disk"}
     assert summary["windows"] and all(w["verdict"] == "OK" for w in summary["windows"])
     assert summary["final_reads"] > 0
@@ -65,6 +67,17 @@ def test_broken_stale_reads_are_caught_by_partition(tmp_path):
     assert code == 1, err[-3000:]
     assert any("not linearizable" in v for v in summary["violations"]), summary["violations"]
     assert list((tmp_path / "report").glob("violation-window-*.html"))  # the checker's time line of the failing keys
+
+
+def test_fail_fast_stops_at_the_first_violation_and_still_reports_it(tmp_path):
+    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "3", "--seed", "2", "--nemesis", "partition,pause", "--window", "5",
+                              "--fail-fast", broken="stale-reads")
+    assert code == 1, err[-3000:]
+    assert any("not linearizable" in v for v in summary["violations"]), summary["violations"]
+    assert summary["seconds"] < 180
+    assert summary["stopped_early"].startswith("--fail-fast: stopped at ")
+    assert "--fail-fast" in summary["replay"]
+    assert "stopped_early" in (tmp_path / "report" / "report.html").read_text()
 
 
 def test_broken_dedup_left_out_of_snapshots_is_caught_by_kill(tmp_path):

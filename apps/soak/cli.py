@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apps.soak.run import SoakConfig, Status
+from apps.soak.run import SoakConfig, Status, stopped_early
 from apps.soak.verdict import EXIT_NAMES, INVALID
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answered calls per second below which the run is invalid (default: 100; raft 50; mr: no job completed)")
     p.add_argument("--window", type=_positive(float), default=15.0, help="seconds of history per checked window (default 15)")
     p.add_argument("--maxraftstate", type=int, default=4000, help="kvraft: snapshot at this many bytes of Raft state (default 4000)")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop the faults and traffic at the first violation found while they run, rather than at the "
+                        "end of --minutes (the final checks and the report follow as usual)")
     p.add_argument("--schedule-only", action="store_true", help="print the fault schedule as JSON and exit")
     return p
 
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(
         ["zactor", "soak", args.system, "--minutes", f"{args.minutes:g}", "--seed", str(seed), "--nemesis", ",".join(nemeses) or "none",
          "--clients", str(args.clients), "--window", f"{args.window:g}",
-         *(["--maxraftstate", str(args.maxraftstate)] if args.system == "kvraft" else []), "--out", str(out)]
+         *(["--maxraftstate", str(args.maxraftstate)] if args.system == "kvraft" else []),
+         *(["--fail-fast"] if args.fail_fast else []), "--out", str(out)]
     )
     if broken:
         command = f"ZACTOR_SOAK_BREAK={broken} " + command
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SoakConfig(
         system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
         min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
+        fail_fast=args.fail_fast,
         servers=5 if args.system in ("kvraft", "raft") else 3,
     )
     if broken:
@@ -161,6 +166,7 @@ def run(config: SoakConfig) -> int:
         from apps.soak.mr import run_mr
 
         findings, extra = run_mr(config, status)
+    extra.update(stopped_early(config, extra.get("seconds", config.seconds)))
     answered = extra["samples"].answered
     throughput = answered / max(extra.get("seconds", config.seconds), 1e-9)
     extra["throughput"] = round(throughput, 1)

@@ -26,7 +26,7 @@ from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.job import JobFailed, run_job
 from apps.mapreduce.sequential import read_output_lines, run_sequential
-from apps.soak.run import FaultEvent, play
+from apps.soak.run import FaultEvent, keep_going, play
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings
 from apps.soak.workload import PerSecond, Sample
@@ -121,7 +121,7 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         nemesis.start()
         try:
             n = 0
-            while clock() < config.seconds:
+            while keep_going(config, clock(), findings):
                 n += 1
                 began = time.monotonic()
                 out = Path(tmp) / f"job-{n}"

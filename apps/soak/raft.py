@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from apps.raft.testing import Cluster, HarnessFailure
 from apps.soak.kvraft import KVRaftTarget
-from apps.soak.run import FaultEvent, heal_everything, play, status_line
+from apps.soak.run import FaultEvent, heal_everything, keep_going, play, status_line
 from apps.soak.schedule import make_schedule
 from apps.soak.verdict import Findings
 from apps.soak.workload import PerSecond, Sample
@@ -94,7 +94,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         nemesis = threading.Thread(target=play, args=(schedule, target, clock, stop, events, status), name="soak-nemesis", daemon=True)
         nemesis.start()
         try:
-            while clock() < config.seconds:
+            while keep_going(config, clock(), findings, len(cluster.errors)):
                 time.sleep(min(0.5, max(0.0, config.seconds - clock())))
         finally:
             stop.set()

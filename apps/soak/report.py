@@ -128,7 +128,7 @@ def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], 
     )
     facts = {k: summary.get(k) for k in ("seed", "minutes", "nemeses", "clients", "answered", "throughput", "min_throughput_10s",
                                          "min_throughput_required", "final_reads", "corrupt_journals", "errors", "error_kinds",
-                                         "jobs", "broken_variant", "started_at")}
+                                         "jobs", "broken_variant", "stopped_early", "started_at")}
     facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(json.dumps(v, default=str))}</td></tr>" for k, v in facts.items() if v is not None)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>zactor soak {config.system}: {verdict}</title>

@@ -41,6 +41,8 @@ class SoakConfig:
     """The command line that replays this run."""
     broken: str = ""
     """The test-only broken variant switched on in the environment, if any."""
+    fail_fast: bool = False
+    """Stop the faults and traffic at the first violation found while they run (the report is written all the same)."""
 
 
 @dataclass
@@ -137,6 +139,21 @@ def play(schedule: list[Fault], target: Target, clock: Any, stop: threading.Even
         event.healed = clock()
 
 
+def keep_going(config: SoakConfig, elapsed: float, findings: Findings, found: int = 0) -> bool:
+    """Whether the timed part of a run goes on: time is left, and with ``fail_fast`` nothing is found yet.
+
+    ``found``: violations a target keeps outside ``findings`` until its final check (Raft's apply check).
+    """
+    return elapsed < config.seconds and not (config.fail_fast and (findings.violations or found))
+
+
+def stopped_early(config: SoakConfig, ran: float) -> dict[str, Any]:
+    """The summary's note on a run that ``fail_fast`` cut short (nothing when it ran its time)."""
+    if not config.fail_fast or ran >= config.seconds:
+        return {}
+    return {"stopped_early": f"--fail-fast: stopped at {ran:.0f} s of {config.seconds:.0f} s, at the first violation"}
+
+
 def heal_everything(target: Target, findings: Any) -> bool:
     """The final heal; a system that cannot be brought back makes the run invalid (and the report still gets written)."""
     try:
@@ -164,7 +181,7 @@ def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: li
     nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), name="soak-nemesis", daemon=True)
     nemesis.start()
     try:
-        while workload.elapsed() < config.seconds:
+        while keep_going(config, workload.elapsed(), findings):
             time.sleep(min(0.5, max(0.0, config.seconds - workload.elapsed())))
     finally:
         stop.set()
