@@ -21,6 +21,7 @@ asks to several nodes cost one wait, not a turn each.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import sys
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from transport import Envelope
     from transport.node import Channel
 
+log = logging.getLogger(__name__)
 _UNSET = object()
 _HOOK_UNSET = pykka.Future()._get_hook_result  # pykka's "no hook result yet" marker, without naming its class
 _POLL_SLICE = 0.05
@@ -185,9 +187,18 @@ class ReplyFuture(pykka.Future):
             self._run_callbacks()
 
     def _run_callbacks(self) -> None:
+        """Run the done-callbacks; one that raises is logged, as concurrent.futures does.
+
+        It runs on whichever thread completes the future, often in the middle of
+        completing others (every reply of a batch): an exception that escaped
+        here would leave those waiting until their deadline.
+        """
         callbacks, self._callbacks = self._callbacks, []
         for fn in callbacks:
-            fn()
+            try:
+                fn()
+            except Exception:
+                log.exception("a done-callback of %s raised", self.describe)
 
     def add_done_callback(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` once the future is done (now, if it is), on the thread that completes it."""

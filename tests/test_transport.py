@@ -21,6 +21,8 @@ from actors import ActorDeadError, ActorSystem, AskTimeout
 from actors.testing import Collector, Count, Echo, Received, Send
 from tests.conftest import wait_until
 from transport import (
+    CONTROL_NAME,
+    ControlRequest,
     Envelope,
     FaultRule,
     FaultTable,
@@ -35,7 +37,7 @@ from transport import (
 )
 from transport.codec import encode_batch, is_batch, split_batch
 from transport.keys import resolve_keyring
-from transport.node import Node
+from transport.node import ControlOp, Node, check_ipc_free
 
 # ---- codec ------------------------------------------------------------------
 
@@ -100,8 +102,13 @@ def _recount(batch: bytes, count: int) -> bytes:
         encode_batch([_reply(1), encode(Envelope(Kind.ASK, "echo", "", 2, "a request"))]),
         encode_batch([_reply(1), encode_batch([_reply(2), _reply(3)])]),
         encode_batch([_reply(1), b"ZA9" + _reply(2)[3:]]),
+        encode_batch([_reply(i, "x" * 1500) for i in range(3)]),
+        encode_batch([_reply(i) for i in range(65)]),
     ],
-    ids=["truncated", "trailing-bytes", "count-too-high", "count-too-low", "holds-a-request", "nested", "bad-magic-inside"],
+    ids=[
+        "truncated", "trailing-bytes", "count-too-high", "count-too-low", "holds-a-request", "nested", "bad-magic-inside",
+        "over-4096-bytes", "over-64-replies",
+    ],
 )
 def test_a_batch_that_does_not_tile_exactly_into_replies_is_malformed(batch: bytes) -> None:
     with pytest.raises(MalformedFrame):
@@ -434,6 +441,86 @@ def test_a_burst_of_asks_on_one_connection_is_answered_in_batches(tmp_path, memb
         b.close()
 
 
+def _gated_node(tmp_path, answer_tell=None) -> tuple[Node, threading.Event]:
+    """A node whose first request (body "gate") holds its I/O thread until the event is set, so what a
+    test sends meanwhile queues up and is read as one burst; asks are answered with their body."""
+    gate = threading.Event()
+
+    def answer(env: Envelope) -> None:  # on the node's I/O thread, as an inline actor answers
+        if env.kind == Kind.TELL:
+            if answer_tell is not None:
+                answer_tell(env)
+            return
+        if env.body == "gate":
+            gate.wait(10)
+        node.reply(env, env.body)
+
+    node = Node(f"ipc://{tmp_path}/gated.sock", on_message=answer)
+    return node, gate
+
+
+def _read_replies(sock: zmq.Socket, want: int, timeout_ms: int = 10_000) -> tuple[list[Envelope], list[int]]:
+    """``want`` replies off a raw DEALER, and the size of every message they came in."""
+    replies: list[Envelope] = []
+    sizes: list[int] = []
+    while len(replies) < want:
+        assert sock.poll(timeout_ms), f"{len(replies)} of {want} replies came"
+        message = sock.recv()
+        sizes.append(len(message))
+        replies.extend(decode(f) for f in (split_batch(message) if is_batch(message) else [message]))
+    return replies, sizes
+
+
+def test_interleaved_bursts_from_two_connections_each_get_their_own_replies_once(tmp_path, member_socket) -> None:
+    """Held replies go when the next request is from another connection; replies too large to hold go
+    alone; every batch stays within the 4,096 bytes every node accepts."""
+    node, gate = _gated_node(tmp_path)
+    a, b = member_socket(node.endpoint), member_socket(node.endpoint)
+    try:
+        a.send(encode(Envelope(Kind.ASK, "echo", "", 999, "gate")))
+        for i in range(100):
+            for sock, tag in ((a, "a"), (b, "b")):  # bodies of 1000 bytes, every tenth of 5000: too large to hold
+                sock.send(encode(Envelope(Kind.ASK, "echo", "", i, tag * (5000 if i % 10 == 0 else 1000))))
+        gate.set()
+        for sock, tag, want in ((a, "a", 101), (b, "b", 100)):
+            replies, sizes = _read_replies(sock, want)
+            expected = [(i, tag * (5000 if i % 10 == 0 else 1000)) for i in range(100)] + ([(999, "gate")] if tag == "a" else [])
+            assert sorted((r.corr, r.body) for r in replies) == sorted(expected)
+            assert all(size <= 4096 or size > 5000 for size in sizes)  # a batch, or one large reply alone
+            assert sock.poll(100) == 0
+    finally:
+        gate.set()
+        node.close()
+
+
+def test_a_held_reply_waits_for_at_most_64_later_requests_of_its_connection(tmp_path, member_socket) -> None:
+    """Tells after an ask do not keep its reply held to the end of the burst: the 100th tell blocks the
+    node until the reply has reached the asker, which it cannot if the reply waits for every tell."""
+    released = threading.Event()
+    told: list[int] = []
+
+    def tell(env: Envelope) -> None:
+        told.append(env.body)
+        if len(told) == 100:
+            released.wait(10)
+
+    node, gate = _gated_node(tmp_path, tell)
+    sock = member_socket(node.endpoint)
+    try:
+        sock.send(encode(Envelope(Kind.ASK, "echo", "", 0, "gate")))
+        sock.send(encode(Envelope(Kind.ASK, "echo", "", 1, "the ask")))
+        for i in range(200):
+            sock.send(encode(Envelope(Kind.TELL, "echo", "", 0, i)))
+        gate.set()
+        replies, _ = _read_replies(sock, 2, timeout_ms=5_000)  # the node's 100th tell waits 10 s for this
+        assert sorted((r.corr, r.body) for r in replies) == [(0, "gate"), (1, "the ask")]
+        assert len(told) < 200
+    finally:
+        released.set()
+        gate.set()
+        node.close()
+
+
 class _BatchingServer:
     """A raw ROUTER with this machine's key that answers asks with batches the test composes."""
 
@@ -502,6 +589,72 @@ def test_a_stale_ipc_socket_file_is_taken_over(system: ActorSystem, tmp_path) ->
     with ActorSystem(f"ipc://{path}") as server:
         server.spawn(Echo, name="echo")
         assert system.ref(server.endpoint, "echo").ask("mine now", timeout=10) == "mine now"
+
+
+def test_a_raising_done_callback_does_not_strand_the_rest_of_its_batch(tmp_path) -> None:
+    """The waiting thread completes every reply of a batch it reads; a done-callback that raises is logged."""
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    server = _BatchingServer(endpoint)
+    try:
+        with ActorSystem() as system:
+            ref = system.ref(endpoint, "echo")
+            first, second = ref.ask("a", block=False, timeout=10), ref.ask("b", block=False, timeout=10)
+
+            def bad_callback() -> None:
+                raise RuntimeError("a user's callback fails")
+
+            first.add_done_callback(bad_callback)
+            (route, a), (_, b) = server.next_ask(), server.next_ask()
+            server.sock.send_multipart([route, encode_batch([_reply(a.corr, "A"), _reply(b.corr, "B")])])
+            assert first.get() == "A"
+            assert second.get(timeout=5) == "B"
+    finally:
+        server.close()
+
+
+def test_a_reply_addressed_to_the_control_name_runs_no_control_operation(tmp_path) -> None:
+    """Replies only complete futures: one that names the control name (from a peer a node asked) is not obeyed."""
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    server = _BatchingServer(endpoint)
+    try:
+        with ActorSystem() as system:
+            ref = system.ref(endpoint, "echo")
+            done: queue.Queue[object] = queue.Queue()
+            threading.Thread(target=lambda: done.put(asyncio.run(ref.ask_async("a", timeout=10))), daemon=True).start()
+            route, ask = server.next_ask()
+            cut = ControlRequest(ControlOp.SET_FAULTS, [FaultRule("*", "both", connected=False)])
+            server.sock.send_multipart([route, encode(Envelope(Kind.REPLY, CONTROL_NAME, "", ask.corr, cut))])
+            assert isinstance(done.get(timeout=10), ControlRequest)  # it completed the ask, as any reply does
+            assert system.node.fault_rules == ()
+    finally:
+        server.close()
+
+
+def test_a_live_listener_too_busy_to_accept_is_not_taken_for_a_stale_file(tmp_path) -> None:
+    """A paused node's full accept queue refuses a connect at once (EAGAIN): still in use, never free."""
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    pending: list[socket.socket] = []
+    try:
+        for _ in range(8):  # fill the accept queue; nobody accepts
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer.setblocking(False)
+            pending.append(peer)
+            try:
+                peer.connect(str(path))
+            except BlockingIOError:
+                break
+        else:
+            pytest.fail("the accept queue never filled")
+        with pytest.raises(OSError, match="holds it") as refused:
+            check_ipc_free(f"ipc://{path}")
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        for peer in pending:
+            peer.close()
+        listener.close()
 
 
 def test_raw_bytes_and_oversized_frames_leave_the_node_serving() -> None:

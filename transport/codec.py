@@ -66,6 +66,8 @@ BATCH = 5
 BATCH_MAX_BYTES = 4096
 """A batch's largest size. Every node accepts messages of its frame limit plus
 4096 bytes, whatever that limit, so a batch this small is never refused."""
+BATCH_MAX_FRAMES = 64
+"""Most replies one batch holds. With the size, it bounds what splitting a batch can cost."""
 _BATCH_NAMES = _LENGTHS.pack(0, 0, 0)
 _REPLY_KINDS = (int(Kind.REPLY), int(Kind.ERROR))
 
@@ -158,8 +160,10 @@ def split_batch(frame: bytes) -> list[bytes]:
     size = len(frame)
     if size < HEADER_BYTES:
         raise MalformedFrame(f"batch of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
+    if size > BATCH_MAX_BYTES:
+        raise MalformedFrame(f"batch of {size} bytes, over the {BATCH_MAX_BYTES}-byte limit")
     magic, kind, count, n_body, *names = _unpack_header(frame)
-    if magic != MAGIC or kind != BATCH or any(names) or HEADER_BYTES + n_body != size or not 0 < count <= size:
+    if magic != MAGIC or kind != BATCH or any(names) or HEADER_BYTES + n_body != size or not 0 < count <= BATCH_MAX_FRAMES:
         raise MalformedFrame(f"bad batch header ({magic!r}, kind {kind}, {count} frames, {n_body} of {size} bytes)")
     frames: list[bytes] = []
     at = HEADER_BYTES

@@ -57,7 +57,8 @@ class Counters:
     control: int = 0
     """Control traffic (faults, counters, pings), kept out of ``sent``."""
     rejected: int = 0
-    """Connections refused before a byte was decoded (failed CURVE handshake: no keys, a key not in the keyring)."""
+    """Connections refused before a byte was decoded (failed CURVE handshake: no keys, a key not in the keyring;
+    also the probe of a node that checks whether this one still listens on its ipc endpoint)."""
     dropped_full: int = 0
     """Tells dropped because the actor's mailbox was at its bound."""
     busy: int = 0

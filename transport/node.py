@@ -71,8 +71,8 @@ import zmq.utils.monitor
 import zmq.utils.z85
 
 from transport.codec import (
-    BATCH,
     BATCH_MAX_BYTES,
+    BATCH_MAX_FRAMES,
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_BYTES,
     MalformedFrame,
@@ -118,8 +118,6 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _RCVTIMEO = int(zmq.RCVTIMEO)
 _MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
-_BATCH_FRAMES = 64
-"""Most replies one batch holds: the first of them waits for the rest."""
 _BATCH_ROOM = BATCH_MAX_BYTES - HEADER_BYTES
 """Bytes of replies one batch holds (a larger reply goes alone)."""
 
@@ -184,11 +182,14 @@ def check_ipc_free(endpoint: str) -> None:
     probe.settimeout(1.0)
     try:
         probe.connect(path)
-    except OSError:
-        return  # refused (stale) or unreachable: nothing is listening there
+        how = "already listens there"
+    except (ConnectionRefusedError, FileNotFoundError):
+        return  # stale: nothing listens (or the file just went)
+    except OSError as exc:  # a full backlog (EAGAIN), a timeout: alive but busy, or not ours to take
+        how = f"holds it ({exc.strerror or type(exc).__name__} on connect)"
     finally:
         probe.close()
-    in_use = OSError(f"cannot bind node endpoint {endpoint}: a node (or another program) already listens there; stop it or choose another endpoint")
+    in_use = OSError(f"cannot bind node endpoint {endpoint}: a node (or another program) {how}; stop it or choose another endpoint")
     in_use.errno = errno.EADDRINUSE
     raise in_use
 
@@ -242,12 +243,14 @@ class _ThreadChannels(dict):
 class _HeldReplies:
     """Replies to one connection that wait for the end of its run of requests in a burst (I/O thread only)."""
 
-    __slots__ = ("frames", "route", "size")
+    __slots__ = ("frames", "reads", "route", "size")
 
     def __init__(self) -> None:
         self.route: bytes | None = None
         self.frames: list[bytes] = []
         self.size = 0
+        self.reads = 0
+        """Requests read since the first reply was held (tells, and asks answered elsewhere, count too)."""
 
 
 class Channel:
@@ -327,7 +330,7 @@ class Channel:
         except zmq.Again:
             return []
         node = self._node
-        if len(frame) > 3 and frame[3] == BATCH:
+        if is_batch(frame):
             return node._accept_batch(frame, self.dest, self._tally)
         env = node._accept(frame, None, True, self.dest, self._tally)
         return [env] if env is not None else []
@@ -585,17 +588,18 @@ class Node:
     def _hold_reply(self, route: bytes, frame: bytes) -> None:
         """Keep a reply for the batch of its connection; a reply to another connection, or a full batch, sends it."""
         held = self._held
-        if held.route != route or len(held.frames) >= _BATCH_FRAMES or held.size + len(frame) > _BATCH_ROOM:
+        if held.route != route or len(held.frames) >= BATCH_MAX_FRAMES or held.size + len(frame) > _BATCH_ROOM:
             self._flush_replies()
             held.route = route
         held.frames.append(frame)
         held.size += len(frame)
 
     def _flush_replies(self) -> None:
+        """Send what is held (one message), if anything."""
         held = self._held
         if held.route is not None:
             route, frames = held.route, held.frames
-            held.route, held.frames, held.size = None, [], 0
+            held.route, held.frames, held.size, held.reads = None, [], 0, 0
             self._send_replies(route, frames)
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
@@ -961,9 +965,11 @@ class Node:
         zmq.Again of a read that finds nothing (plus the exception): after the
         first request, ZMQ_EVENTS says whether this is a lone request (the
         usual round trip: stop) or a burst, which is then read until zmq.Again,
-        with no look per request. Either way out, the last thing done on the
-        ROUTER is a look at its input (after every reply sent), which is what
-        re-arms its descriptor.
+        with no look per request. In a burst, replies are held and sent in
+        batches (see ``_hold_reply``); the last batch goes out after the final
+        read. Either way out, a look at the ROUTER's input follows the last
+        reply sent (here, or by the I/O loop, which ``_router_sent`` tells to
+        look), and that look is what re-arms its descriptor.
         """
         router = self._router
         burst = False
@@ -974,8 +980,11 @@ class Node:
                 except zmq.Again:
                     self._router_sent = False
                     return False
-                if burst and route != self._held.route:
-                    self._flush_replies()  # held only while the requests read in a row come from one connection
+                held = self._held
+                if held.route is not None:  # held only while the requests read in a row come from one
+                    held.reads += 1  # connection, and for BATCH_MAX_FRAMES of them at most (tells count)
+                    if route != held.route or held.reads > BATCH_MAX_FRAMES:
+                        self._flush_replies()
                 frame = _raw_recv(router, _NOBLOCK)  # a ROUTER's identity part is always followed by one more
                 if _raw_get(router, _RCVMORE):
                     extra = 1
@@ -1094,7 +1103,7 @@ class Node:
         env = self._accept(frame, route, replies_only, peer, self._io_tally)
         if env is None:
             return
-        if env.dest == CONTROL_NAME:
+        if env.dest == CONTROL_NAME and env.kind < KIND_REPLY:  # a reply never runs a control operation
             self._control(env)
             return
         self._deliver(env)

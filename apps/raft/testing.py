@@ -208,9 +208,15 @@ class Cluster:
         if self.running[i]:
             self._remember_counters(i)
             self._sup.kill(f"peer-{i}")
-            self._sup.wait_for(lambda: self._sup.status(f"peer-{i}") == "exited", 5.0)
+            self._await_exit(i)
             self.running[i] = False
         self._apply_rules()
+
+    def _await_exit(self, i: int) -> None:
+        """Until peer i's killed process has exited: its socket file is free only then (a new
+        process would be refused the endpoint while the old one still listens)."""
+        if not self._sup.wait_for(lambda: self._sup.status(f"peer-{i}") == "exited", 30.0):
+            raise HarnessFailure(f"peer {i} did not exit within 30 s of SIGKILL")
 
     def start(self, i: int) -> None:
         """A new process for peer i, from its persisted state (crashing the old one first)."""
@@ -227,8 +233,7 @@ class Cluster:
                 self._sup.kill(f"peer-{i}")
         for i in range(self.n):
             if self.running[i]:
-                name = f"peer-{i}"
-                self._sup.wait_for(lambda name=name: self._sup.status(name) == "exited", 5.0)  # type: ignore[misc]
+                self._await_exit(i)
                 self.running[i] = False
 
     def start_all(self, connect: bool = True) -> None:
