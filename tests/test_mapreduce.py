@@ -263,16 +263,15 @@ def test_a_second_coordinator_at_the_default_endpoint_is_refused_and_the_first_r
     assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == ["one 1", "two 2"]
 
 
-SLOW = 8.0
-
-
 def straggler_map(filename: str, contents: str) -> list[tuple[str, str]]:
-    """The first attempt at the "slow" file stalls, as on a sick machine; later attempts are quick."""
+    """The first attempt at the "slow" file stalls for the seconds the file holds, as on a sick machine,
+    and leaves a ".finished" file when it is done; later attempts are quick."""
     if filename.endswith("slow.txt"):
         try:
             fd = os.open(Path(filename).with_suffix(".claimed"), os.O_CREAT | os.O_EXCL)
             os.close(fd)
-            time.sleep(SLOW)
+            time.sleep(float(contents))
+            Path(filename).with_suffix(".finished").touch()
         except FileExistsError:
             pass
     return [("n", "1")]
@@ -280,21 +279,25 @@ def straggler_map(filename: str, contents: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("backups", [False, True])
 def test_backup_tasks_take_the_straggler_off_the_critical_path(tmp_path: Path, backups: bool) -> None:
+    """Without backups the job waits out the straggler's 8 s; with them it is done while the straggler's
+    first attempt (50 s) still runs: an event, not a wall-clock race against a loaded machine."""
+    stall = 50.0 if backups else 8.0
     inputs = []
-    for name in ("a.txt", "b.txt", "slow.txt"):
-        (tmp_path / name).write_text(name)
+    for name, text in (("a.txt", "a"), ("b.txt", "b"), ("slow.txt", f"{stall}")):
+        (tmp_path / name).write_text(text)
         inputs.append(tmp_path / name)
     result = run_job(
         (straggler_map, lambda k, v: str(len(v))), inputs, workers=3, n_reduce=2,
         outdir=tmp_path / "out", task_timeout=60, backup_tasks=backups,
     )
     assert read_output_lines(result.outputs) == ["n 3"]
+    assert (tmp_path / "slow.claimed").exists()  # the straggler's first attempt did start
     if backups:
         assert result.status.backups >= 1
-        assert result.seconds < SLOW, f"the job waited for the straggler ({result.seconds:.1f} s)"
+        assert not (tmp_path / "slow.finished").exists(), f"the job waited for the straggler ({result.seconds:.1f} s)"
     else:
         assert result.status.backups == 0
-        assert result.seconds >= SLOW
+        assert (tmp_path / "slow.finished").exists() and result.seconds >= stall
 
 
 def hanging_map(filename: str, contents: str) -> list[tuple[str, str]]:
