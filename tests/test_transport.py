@@ -12,6 +12,8 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -530,6 +532,7 @@ class _BatchingServer:
         self.sock.setsockopt(zmq.LINGER, 0)
         resolve_keyring().secure_server(self.sock)
         self.sock.bind(endpoint)
+        self.endpoint = endpoint
 
     def next_ask(self) -> tuple[bytes, Envelope]:
         assert self.sock.poll(10_000), "no ask came"
@@ -540,35 +543,40 @@ class _BatchingServer:
         self.ctx.destroy(linger=0)
 
 
+@pytest.fixture
+def fake_peer(tmp_path) -> Iterator[tuple[_BatchingServer, ActorSystem, Any]]:
+    """A _BatchingServer, an ActorSystem and its ref to "echo" on that server; all closed after the test."""
+    server = _BatchingServer(f"ipc://{tmp_path}/fake.sock")
+    try:
+        with ActorSystem() as system:
+            yield server, system, system.ref(server.endpoint, "echo")
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("way", ["own-channel", "shared-connection"])
-def test_replies_in_a_bad_batch_are_dropped_whole_and_a_good_batch_completes_its_asks(tmp_path, way: str) -> None:
+def test_replies_in_a_bad_batch_are_dropped_whole_and_a_good_batch_completes_its_asks(fake_peer, way: str) -> None:
     """Both ways a reply comes back (a thread's own channel, the I/O thread's shared connection)
     split batches the same way: a batch with a request inside is refused before anything in it is
     decoded or delivered, and counted; the next good batch answers both asks."""
-    endpoint = f"ipc://{tmp_path}/fake.sock"
-    server = _BatchingServer(endpoint)
-    try:
-        with ActorSystem() as system:
-            ref = system.ref(endpoint, "echo")
+    server, system, ref = fake_peer
 
-            async def two_asks_async() -> list[object]:
-                return list(await asyncio.gather(ref.ask_async("a", timeout=10), ref.ask_async("b", timeout=10)))
+    async def two_asks_async() -> list[object]:
+        return list(await asyncio.gather(ref.ask_async("a", timeout=10), ref.ask_async("b", timeout=10)))
 
-            result: queue.Queue[object] = queue.Queue()
-            if way == "own-channel":
-                futures = [ref.ask("a", block=False, timeout=10), ref.ask("b", block=False, timeout=10)]
-                threading.Thread(target=lambda: result.put([f.get() for f in futures]), daemon=True).start()
-            else:
-                threading.Thread(target=lambda: result.put(asyncio.run(two_asks_async())), daemon=True).start()
-            (route, first), (_, second) = server.next_ask(), server.next_ask()
-            smuggled = encode(Envelope(Kind.ASK, "echo", "", 99, "a request where replies belong"))
-            server.sock.send_multipart([route, encode_batch([_reply(first.corr, "wrong"), smuggled])])
-            assert wait_until(lambda: system.node.counters.malformed == 1, 10)
-            server.sock.send_multipart([route, encode_batch([_reply(second.corr, "B"), _reply(first.corr, "A")])])
-            assert result.get(timeout=10) == ["A", "B"]
-            assert system.node.counters.malformed == 1
-    finally:
-        server.close()
+    result: queue.Queue[object] = queue.Queue()
+    if way == "own-channel":
+        futures = [ref.ask("a", block=False, timeout=10), ref.ask("b", block=False, timeout=10)]
+        threading.Thread(target=lambda: result.put([f.get() for f in futures]), daemon=True).start()
+    else:
+        threading.Thread(target=lambda: result.put(asyncio.run(two_asks_async())), daemon=True).start()
+    (route, first), (_, second) = server.next_ask(), server.next_ask()
+    smuggled = encode(Envelope(Kind.ASK, "echo", "", 99, "a request where replies belong"))
+    server.sock.send_multipart([route, encode_batch([_reply(first.corr, "wrong"), smuggled])])
+    assert wait_until(lambda: system.node.counters.malformed == 1, 10)
+    server.sock.send_multipart([route, encode_batch([_reply(second.corr, "B"), _reply(first.corr, "A")])])
+    assert result.get(timeout=10) == ["A", "B"]
+    assert system.node.counters.malformed == 1
 
 
 def test_a_node_on_a_live_ipc_endpoint_is_refused_and_the_first_keeps_it(system: ActorSystem, remote: str) -> None:
@@ -591,43 +599,31 @@ def test_a_stale_ipc_socket_file_is_taken_over(system: ActorSystem, tmp_path) ->
         assert system.ref(server.endpoint, "echo").ask("mine now", timeout=10) == "mine now"
 
 
-def test_a_raising_done_callback_does_not_strand_the_rest_of_its_batch(tmp_path) -> None:
+def test_a_raising_done_callback_does_not_strand_the_rest_of_its_batch(fake_peer) -> None:
     """The waiting thread completes every reply of a batch it reads; a done-callback that raises is logged."""
-    endpoint = f"ipc://{tmp_path}/fake.sock"
-    server = _BatchingServer(endpoint)
-    try:
-        with ActorSystem() as system:
-            ref = system.ref(endpoint, "echo")
-            first, second = ref.ask("a", block=False, timeout=10), ref.ask("b", block=False, timeout=10)
+    server, _, ref = fake_peer
+    first, second = ref.ask("a", block=False, timeout=10), ref.ask("b", block=False, timeout=10)
 
-            def bad_callback() -> None:
-                raise RuntimeError("a user's callback fails")
+    def bad_callback() -> None:
+        raise RuntimeError("a user's callback fails")
 
-            first.add_done_callback(bad_callback)
-            (route, a), (_, b) = server.next_ask(), server.next_ask()
-            server.sock.send_multipart([route, encode_batch([_reply(a.corr, "A"), _reply(b.corr, "B")])])
-            assert first.get() == "A"
-            assert second.get(timeout=5) == "B"
-    finally:
-        server.close()
+    first.add_done_callback(bad_callback)
+    (route, a), (_, b) = server.next_ask(), server.next_ask()
+    server.sock.send_multipart([route, encode_batch([_reply(a.corr, "A"), _reply(b.corr, "B")])])
+    assert first.get() == "A"
+    assert second.get(timeout=5) == "B"
 
 
-def test_a_reply_addressed_to_the_control_name_runs_no_control_operation(tmp_path) -> None:
+def test_a_reply_addressed_to_the_control_name_runs_no_control_operation(fake_peer) -> None:
     """Replies only complete futures: one that names the control name (from a peer a node asked) is not obeyed."""
-    endpoint = f"ipc://{tmp_path}/fake.sock"
-    server = _BatchingServer(endpoint)
-    try:
-        with ActorSystem() as system:
-            ref = system.ref(endpoint, "echo")
-            done: queue.Queue[object] = queue.Queue()
-            threading.Thread(target=lambda: done.put(asyncio.run(ref.ask_async("a", timeout=10))), daemon=True).start()
-            route, ask = server.next_ask()
-            cut = ControlRequest(ControlOp.SET_FAULTS, [FaultRule("*", "both", connected=False)])
-            server.sock.send_multipart([route, encode(Envelope(Kind.REPLY, CONTROL_NAME, "", ask.corr, cut))])
-            assert isinstance(done.get(timeout=10), ControlRequest)  # it completed the ask, as any reply does
-            assert system.node.fault_rules == ()
-    finally:
-        server.close()
+    server, system, ref = fake_peer
+    done: queue.Queue[object] = queue.Queue()
+    threading.Thread(target=lambda: done.put(asyncio.run(ref.ask_async("a", timeout=10))), daemon=True).start()
+    route, ask = server.next_ask()
+    cut = ControlRequest(ControlOp.SET_FAULTS, [FaultRule("*", "both", connected=False)])
+    server.sock.send_multipart([route, encode(Envelope(Kind.REPLY, CONTROL_NAME, "", ask.corr, cut))])
+    assert isinstance(done.get(timeout=10), ControlRequest)  # it completed the ask, as any reply does
+    assert system.node.fault_rules == ()
 
 
 def test_a_live_listener_too_busy_to_accept_is_not_taken_for_a_stale_file(tmp_path) -> None:
