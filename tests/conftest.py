@@ -1,4 +1,4 @@
-"""Fixtures shared by the suite: an actor system, a supervisor, a remote echo host.
+"""Fixtures shared by the suite: an actor system, a supervisor, a remote echo host, a node agent.
 
 Everything a test starts is stopped by its fixture, also when the test fails.
 """
@@ -6,7 +6,9 @@ Everything a test starts is stopped by its fixture, also when the test fails.
 from __future__ import annotations
 
 import os
-import time
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,18 +16,10 @@ import pytest
 import zmq
 
 from actors import ActorSystem, ChildSpec, Supervisor
+from actors.agent import wait_for_node
 from actors.testing import serve_echo
+from tests.helpers import free_port
 from transport.keys import INSECURE_ENV, KEYS_ENV, init_keyring, resolve_keyring
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; for state in another process."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,3 +77,37 @@ def member_socket() -> Iterator[Callable[[str], zmq.Socket]]:
 
     yield connect
     ctx.destroy(linger=0)
+
+
+AGENT_HOST = "127.0.0.2"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A node agent in its own process and working directory, on 127.0.0.2; stopped after the test."""
+    workdir = tmp_path / "machine-b"
+    workdir.mkdir()
+    endpoint = f"tcp://{AGENT_HOST}:{free_port(AGENT_HOST)}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "node", "--endpoint", endpoint, "--dir", str(workdir)],
+        cwd=workdir,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: teardown reaches its fork server and children too
+    )
+    try:
+        with ActorSystem() as probe:
+            wait_for_node(probe, endpoint, timeout=30.0)
+        yield endpoint, workdir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group outlived the agent
+        except ProcessLookupError:
+            pass
+        proc.stderr.close()

@@ -11,7 +11,7 @@ import pytest
 
 from actors import Actor, ActorDeadError, ActorSystem, AskTimeout, RemoteError, RestartLimit, SystemStopped
 from actors.testing import Collector, Count, Echo, Fail, Received
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 class Flaky(Actor):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,10 @@ import cloudpickle
 import pytest
 
 from actors import Actor, ActorSystem, AskTimeout, ProcessDied, RestartLimitReached
-from actors.agent import AGENT_NAME, SpawnRequest, node_children, wait_for_node
+from actors.agent import AGENT_NAME, SpawnRequest, node_children
 from actors.spawn import ClassRef
 from actors.testing import Get, Incr, PersistentCounter
-from tests.test_spawn import answer_after_kill
+from tests.helpers import answer_after_kill, free_port
 from transport.keys import Keyring, Member, init_keyring, write_members
 
 AGENT_HOST = "127.0.0.2"
@@ -50,49 +48,6 @@ class EvilClass:
 
     def __reduce__(self) -> tuple:
         return (os.system, (f"touch {self.marker}",))
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A node agent in its own process and working directory, on 127.0.0.2; stopped after the test."""
-    workdir = tmp_path / "machine-b"
-    workdir.mkdir()
-    endpoint = f"tcp://{AGENT_HOST}:{free_port(AGENT_HOST)}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apps.cli", "node", "--endpoint", endpoint, "--dir", str(workdir)],
-        cwd=workdir,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: teardown reaches its fork server and children too
-    )
-    try:
-        with ActorSystem() as probe:
-            wait_for_node(probe, endpoint, timeout=30.0)
-        yield endpoint, workdir
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group outlived the agent
-        except ProcessLookupError:
-            pass
-        proc.stderr.close()
-
-
-@pytest.fixture
-def system() -> Iterator[ActorSystem]:
-    with ActorSystem(ask_timeout=10.0) as s:
-        yield s
 
 
 def _child(system: ActorSystem, node: str, name: str) -> Any:

@@ -23,8 +23,7 @@ import pytest
 
 from actors import ActorSystem, AskTimeout, BlockingOnIOThread, ChildSpec, ReplyFuture, Supervisor, wait
 from actors.testing import Echo, Fail, serve_echo
-from tests.conftest import wait_until
-from tests.test_refs import Held  # a local actor that answers once its gate opens (or after 10 s)
+from tests.helpers import Held, wait_until
 
 
 @dataclass

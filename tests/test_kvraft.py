@@ -21,8 +21,7 @@ from apps.kvraft import Clerk, KVUnavailable
 from apps.kvraft.messages import Get, Request
 from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
-from tests.conftest import wait_until
-from tests.test_kvraft_lab import generic
+from tests.helpers import generic, wait_until
 
 
 def test_leader_killed_mid_stream_every_acknowledged_append_is_there_exactly_once() -> None:

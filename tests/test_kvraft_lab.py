@@ -10,117 +10,12 @@ a minority whose Gets never return (ReadIndex safety), and the log-based read.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from apps.kvraft.testing import KVCluster
-
-ROUND_SECONDS = 5.0
-ELECTION_TIMEOUT = 1.0
-MAXRAFTSTATE = 1000
-
-
-def element(client: int, j: int) -> str:
-    return f"x {client} {j} y"
-
-
-def assert_appends_once_in_order(value: str, client: int, count: int) -> None:
-    last = -1
-    for j in range(count):
-        e = element(client, j)
-        assert value.count(e) == 1, f"client {client}'s append {j} appears {value.count(e)} times"
-        at = value.find(e)
-        assert at > last, f"client {client}'s append {j} is out of order"
-        last = at
-
-
-def generic(
-    tmp_path: Path,
-    nclients: int,
-    nservers: int,
-    *,
-    unreliable: bool = False,
-    crash: bool = False,
-    partitions: bool = False,
-    maxraftstate: int = -1,
-    randomkeys: bool = False,
-    read: str = "index",
-    rounds: int = 3,
-) -> None:
-    with KVCluster(nservers, maxraftstate=maxraftstate, unreliable=unreliable, read=read) as cluster:
-        for rnd in range(rounds):
-            stop = threading.Event()
-            errors: list[str] = []
-            counts = [0] * nclients
-
-            def client(cid: int) -> None:
-                rng = random.Random(rnd * 1000 + cid)
-                ck = cluster.make_clerk()
-                key = str(cid)
-                expected = ""
-                if not randomkeys:
-                    ck.put(key, "")
-                j = 0
-                while not stop.is_set():
-                    if randomkeys:
-                        key = str(rng.randrange(nclients))
-                    if rng.random() < 0.5:
-                        nv = element(cid, j)
-                        ck.append(key, nv)
-                        if not randomkeys:
-                            expected += nv
-                        j += 1
-                    elif randomkeys and rng.random() < 0.1:
-                        ck.put(key, element(cid, j))
-                        j += 1
-                    else:
-                        value = ck.get(key)
-                        if not randomkeys and value != expected:
-                            errors.append(f"client {cid}: get {key!r} = {value!r}, expected {expected!r}")
-                counts[cid] = j
-
-            def partitioner() -> None:
-                prng = random.Random(rnd)
-                if stop.wait(1.0):
-                    return
-                while not stop.is_set():  # as the lab's partitioner: each server to one of two groups by a coin
-                    side = [prng.randrange(2) for _ in range(nservers)]
-                    cluster.partition([[i for i in range(nservers) if side[i] == g] for g in (0, 1)])
-                    stop.wait(1.0 + prng.uniform(0.0, 0.2))
-
-            threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(nclients)]
-            if partitions:
-                threads.append(threading.Thread(target=partitioner, daemon=True))
-            for t in threads:
-                t.start()
-            time.sleep(ROUND_SECONDS)  # the lab's round length: clients run for 5 s
-            stop.set()
-            if partitions:
-                threads[-1].join(timeout=10)
-                cluster.heal()
-                time.sleep(ELECTION_TIMEOUT)  # the lab waits one election timeout for a leader to settle
-            if crash:
-                cluster.crash_all()
-                time.sleep(1.0)  # the lab's pause with every server down
-                cluster.restart_all()
-            for t in threads:
-                t.join(timeout=60)
-                assert not t.is_alive(), "a client did not finish its last operation"
-            assert not errors, errors[:3]
-            if not randomkeys:  # every client's key, read by clerks side by side
-                with ThreadPoolExecutor(nclients) as pool:
-                    values = list(pool.map(lambda cid: cluster.make_clerk().get(str(cid)), range(nclients)))
-                for cid in range(nclients):
-                    assert_appends_once_in_order(values[cid], cid, counts[cid])
-            if maxraftstate > 0:
-                size = cluster.max_log_size()
-                assert size <= 8 * maxraftstate, f"persisted raft state {size} > 8 x maxraftstate"
-            else:
-                assert cluster.max_snapshot_size() == 0, "a snapshot exists although maxraftstate is -1"
-        cluster.check_linearizable()
+from tests.helpers import ELECTION_TIMEOUT, MAXRAFTSTATE, assert_appends_once_in_order, element, generic
 
 
 def speed(maxraftstate: int) -> None:

@@ -21,7 +21,7 @@ from actors import ActorSystem, ChildSpec, Supervisor
 from apps.kvsrv import Clerk, Get, MemoryUsage
 from apps.kvsrv.server import serve
 from apps.linearizability import KVModel, Recorder, Verdict, check, render_html
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from transport import Envelope, FrameTooLarge, Kind, encode, unreliable
 from transport.keys import resolve_keyring
 

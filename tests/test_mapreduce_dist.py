@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,15 +27,10 @@ from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.protocol import JobStatus, Release, Status
 from apps.mapreduce.sequential import read_output_lines, run_sequential
+from tests.helpers import free_port
 from tests.processes import ROOT, Processes, listening
 
 LIMIT = 90.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

@@ -17,7 +17,7 @@ import pytest
 
 from actors import Actor, ActorDeadError, ActorSystem
 from actors.testing import Echo, Fail
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from transport import Counters, Envelope, Kind, Node
 
 

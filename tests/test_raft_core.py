@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from apps.raft.core import Config, HardState, RaftCore, Ready, Restored, Role, Snapshot
+from apps.raft.core import Config, HardState, Restored, Role, Snapshot
 from apps.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -16,42 +14,7 @@ from apps.raft.messages import (
     RequestVote,
     RequestVoteReply,
 )
-
-CFG = Config(election_ticks_min=10, election_ticks_max=10, heartbeat_ticks=2)
-
-
-def core(me: int = 0, n: int = 3, restored: Restored | None = None) -> RaftCore:
-    return RaftCore(me, n, CFG, random.Random(me), restored)
-
-
-def drain(c: RaftCore) -> list[Ready]:
-    out = []
-    while c.has_ready():
-        rd = c.ready()
-        out.append(rd)
-        c.advance(rd)
-    return out
-
-
-def sent(readies: list[Ready], kind: type, after: bool | None = None) -> list:
-    msgs = []
-    for rd in readies:
-        if after in (None, False):
-            msgs += [m for m in rd.messages if isinstance(m, kind)]
-        if after in (None, True):
-            msgs += [m for m in rd.messages_after_persist if isinstance(m, kind)]
-    return msgs
-
-
-def elect(c: RaftCore) -> None:
-    for _ in range(CFG.election_ticks_max):
-        c.tick()
-    drain(c)
-    for peer in range(c.n):
-        if peer != c.me:
-            c.step(RequestVoteReply(c.term, peer, c.me, True))
-    assert c.is_leader
-    drain(c)
+from tests.helpers import CFG, core, drain, elect, sent
 
 
 def test_config_rejects_unsafe_timing() -> None:

@@ -12,7 +12,7 @@ from actors import ActorSystem, CorruptStateError
 from apps.raft.core import RaftCore, Ready
 from apps.raft.peer import PEER_NAME, GetState, PeerConfig, RaftPeer, Start, Status
 from apps.raft.storage import RaftStorage
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 def test_proposals_queued_during_an_fsync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

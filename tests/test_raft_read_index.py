@@ -9,7 +9,7 @@ import pytest
 from apps.raft.core import Config, RaftCore, Ready
 from apps.raft.messages import AppendEntries, AppendEntriesReply, ReadState
 from apps.raft.sim import SimCluster
-from tests.test_raft_core import core, drain, elect, sent
+from tests.helpers import core, drain, elect, sent
 
 
 def reads(readies: list[Ready]) -> list[ReadState]:

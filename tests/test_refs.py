@@ -8,12 +8,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from actors import Actor, ActorRef, ActorSystem, AskTimeout, ReplyFuture
+from actors import ActorRef, ActorSystem, AskTimeout, ReplyFuture
 from actors.testing import Echo
+from tests.helpers import Held
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -26,16 +26,6 @@ def test_local_and_remote_refs_satisfy_the_actor_ref_protocol(system: ActorSyste
         assert isinstance(future, ReplyFuture)
         assert future.map(lambda v: v[1] + 1).get(timeout=10) == 2
         assert future.join(ref.ask(3, block=False, timeout=10)).get(timeout=10) == [("x", 1), 3]
-
-
-class Held(Actor):
-    def __init__(self, gate: threading.Event) -> None:
-        super().__init__()
-        self.gate = gate
-
-    def on_receive(self, message: Any) -> Any:
-        self.gate.wait(10)
-        return message
 
 
 def test_a_timed_out_get_can_be_retried_until_the_reply_comes(system: ActorSystem, remote: str) -> None:

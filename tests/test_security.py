@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import pickle
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from actors.testing import Echo
 from apps.kvsrv import Clerk
 from apps.kvsrv.server import serve as serve_kv
 from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
-from tests.conftest import wait_until
+from tests.helpers import free_port, wait_until
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, InsecureBindError, Kind, encode
 from transport.codec import is_batch, split_batch
 from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, resolve_keyring, write_members
@@ -43,12 +42,6 @@ class Evil:
 
     def __reduce__(self) -> tuple:
         return (os.system, (f"touch {self.marker}",))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stranger_frames(marker: Path, dest: str) -> list[bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from actors import (
 )
 from actors.spawn import spawner_of
 from actors.testing import Get, Incr, PersistentCounter
+from tests.helpers import answer_after_kill
 
 
 def make_tally_class() -> type:
@@ -35,24 +35,6 @@ def make_tally_class() -> type:
             return (os.getpid(), super().on_receive(message))
 
     return Tally
-
-
-@pytest.fixture
-def system() -> Iterator[ActorSystem]:
-    with ActorSystem(ask_timeout=10.0) as s:
-        yield s
-
-
-def answer_after_kill(ref: Any, message: Any, limit: float) -> tuple[Any, float]:
-    """Ask until an answer comes (bounded by ``limit`` s); the answer and the seconds it took."""
-    t0 = time.monotonic()
-    deadline = t0 + limit
-    while True:
-        try:
-            return ref.ask(message, timeout=max(0.01, min(0.2, deadline - time.monotonic()))), time.monotonic() - t0
-        except (AskTimeout, ActorDeadError):
-            if time.monotonic() >= deadline:
-                raise
 
 
 def test_class_ref_by_import_path_or_by_value() -> None:

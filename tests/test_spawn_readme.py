@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_agent import node  # noqa: F401  (the fixture: an agent on 127.0.0.2 in its own directory)
-
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -18,7 +16,7 @@ def _section() -> str:
     return text[start : text.index("\n## ", start + 1)]
 
 
-def test_readme_embedding_example_runs_as_printed(node: tuple[str, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_readme_embedding_example_runs_as_printed(node: tuple[str, Path], tmp_path: Path) -> None:
     endpoint, _ = node
     section = _section()
     program = re.search(r"```python\n(.*?)```", section, re.S).group(1)

@@ -10,7 +10,7 @@ import pytest
 
 from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from actors.testing import Get, Incr, crash_at_once, serve_counter
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 def _answer(ref, message, timeout: float = 10.0):

@@ -21,7 +21,7 @@ import zmq
 import transport.node as node_module
 from actors import ActorDeadError, ActorSystem, AskTimeout
 from actors.testing import Collector, Count, Echo, Received, Send
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from transport import (
     CONTROL_NAME,
     ControlRequest,
