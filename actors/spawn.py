@@ -49,7 +49,9 @@ import pykka
 
 from actors.address import Address
 from actors.errors import ActorDeadError
+from actors.future import ReplyFuture
 from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
+from actors.system import RemoteRef
 
 if TYPE_CHECKING:
     from actors.system import ActorSystem
@@ -202,20 +204,16 @@ def host_one(endpoint: str, name: str, cls: type | ClassRef, args: tuple, kwargs
 # ---- the caller's side: a ref that outlives its process -------------------------------
 
 
-class ProcessRef:
+class ProcessRef(RemoteRef):
     """A reference to an actor in a supervised process; valid across that process's restarts.
 
-    ``tell`` and ``ask`` as on any ref. An ask in flight when the process
-    dies fails with :class:`ProcessDied`; after the supervisor gives up,
-    every ask fails at once with :class:`RestartLimitReached`.
+    ``tell``, ``ask`` and ``ask_async`` as on any remote ref. An ask in
+    flight when the process dies fails with :class:`ProcessDied`; after the
+    supervisor gives up, every ask fails at once with :class:`RestartLimitReached`.
     """
 
     def __init__(self, system: ActorSystem, address: Address, *, node: str | None = None, via: str = "import") -> None:
-        from actors.system import RemoteRef
-
-        self._system = system
-        self._remote = RemoteRef(system, address)
-        self.address = address
+        super().__init__(system, address)
         self.node = node
         """The node agent hosting it, or None for this system's own supervisor."""
         self.via = via
@@ -223,38 +221,60 @@ class ProcessRef:
         self._lock = threading.Lock()
         self._inflight: dict[int, Any] = {}
         self._ended: BaseException | None = None
+        self._last_death: ProcessDied | None = None
         self.deaths = 0
 
     def __repr__(self) -> str:
         where = f" on node {self.node}" if self.node else ""
         return f"<ProcessRef {self.address}{where}>"
 
-    @property
-    def name(self) -> str:
-        return self.address.name
-
     def tell(self, message: Any) -> None:
         self._check()
-        self._remote.tell(message)
+        super().tell(message)
 
     def ask(self, message: Any, *, block: bool = True, timeout: float | None = None) -> Any:
-        self._check()
-        future = self._remote.ask(message, block=False, timeout=timeout)
-        key = id(future)
-        with self._lock:
-            if len(self._inflight) > 256:  # forget answered ones now and then: the table stays small
-                self._inflight = {k: f for k, f in self._inflight.items() if not f.done}
-            self._inflight[key] = future
-            ended = self._ended
-        if ended is not None:  # gave up while we sent
-            future.set_exception((type(ended), ended, None))
+        future = self._send_ask(message, timeout, shared=False)
         if not block:
             return future
         try:
             return future.get()
         finally:
-            with self._lock:
-                self._inflight.pop(key, None)
+            self._forget(future)
+
+    async def ask_async(self, message: Any, *, timeout: float | None = None) -> Any:
+        """``ask`` for asyncio code; a death of the process fails it as it fails a blocking ask."""
+        future = self._send_ask(message, timeout, shared=True)
+        try:
+            return await future
+        finally:
+            self._forget(future)
+
+    def _send_ask(self, message: Any, timeout: float | None, shared: bool) -> ReplyFuture:
+        """Send the ask, watched for the process's death from before it leaves.
+
+        The death count is read before the send: a death reported while the
+        ask is being sent (after it began, before it is in ``_inflight``) is
+        one it was in flight for, and fails it as any later one would.
+        """
+        self._check()
+        with self._lock:
+            deaths = self.deaths
+        future = super()._send_ask(message, timeout, shared)
+        with self._lock:
+            if len(self._inflight) > 256:  # forget answered ones now and then: the table stays small
+                self._inflight = {k: f for k, f in self._inflight.items() if not f.done}
+            self._inflight[id(future)] = future
+            ended = self._ended
+            missed = self._last_death if self.deaths != deaths else None
+        if ended is not None:  # gave up while we sent
+            future.set_exception((type(ended), ended, None))
+        elif missed is not None:  # died while we sent
+            future.set_exception((ProcessDied, missed, None))
+        return future
+
+    def _forget(self, future: ReplyFuture) -> None:
+        with self._lock:
+            self._inflight.pop(id(future), None)
 
     def _check(self) -> None:
         if self._ended is not None:
@@ -262,18 +282,18 @@ class ProcessRef:
 
     def _died(self, exitcode: int | None, final: BaseException | None) -> None:
         """The hosting process died (exit code, or None if unknown); ``final`` if it stays dead."""
-        with self._lock:
-            self.deaths += 1
-            if final is not None:
-                self._ended = final
-            pending, self._inflight = list(self._inflight.values()), {}
         error = ProcessDied(
             f"the process hosting {self.address.name!r} died (exit code {exitcode}) while this ask was in flight"
             + ("" if final is not None else "; unless its restart limit is reached it is restarted, and later asks reach the new process")
         )
+        with self._lock:
+            self.deaths += 1
+            self._last_death = error
+            if final is not None:
+                self._ended = final
+            pending, self._inflight = list(self._inflight.values()), {}
         for future in pending:
-            if not future.done:
-                future.set_exception((ProcessDied, error, None))
+            future.set_exception((ProcessDied, error, None))  # one-shot: an answer that won the race stands
 
     def pid(self) -> int | None:
         """The pid of the process hosting the actor now (on its node's machine), None if none runs."""

@@ -160,14 +160,20 @@ class RemoteRef:
         self._system._wire.tell(self.address, message)
 
     def ask(self, message: Any, *, block: bool = True, timeout: float | None = None) -> Any:
-        self._system._check_running()
-        future = self._system._wire.ask(self.address, message, timeout)
+        future = self._send_ask(message, timeout, shared=False)
         return future.get() if block else future
 
     async def ask_async(self, message: Any, *, timeout: float | None = None) -> Any:
         """``ask`` for asyncio code: the node's I/O thread completes it, no thread per request."""
+        return await self._send_ask(message, timeout, shared=True)
+
+    def _send_ask(self, message: Any, timeout: float | None, shared: bool) -> ReplyFuture:
+        """Send an ask; its future (``shared``: completed by the I/O thread, for asyncio).
+
+        The one way out of every ask of a remote ref, so a subclass (``ProcessRef``) wraps it once.
+        """
         self._system._check_running()
-        return await self._system._wire.ask(self.address, message, timeout, shared=True)
+        return self._system._wire.ask(self.address, message, timeout, shared=shared)
 
 
 class ActorSystem:
