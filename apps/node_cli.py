@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.node:
         parser.error("list needs --node tcp://HOST:PORT")
     from actors import ActorSystem, AskTimeout
-    from actors.agent import node_children
+    from actors.spawn import node_children
 
     try:
         children = node_children(ActorSystem.shared(), args.node, timeout=args.timeout)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors import Actor, ActorSystem, ChildSpec, Supervisor
-from actors.spawn import Hosted, host
+from actors.host import Hosted, host
 from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, RaftPeer, Start
 from benchmarks.percentiles import p50_p99
 from benchmarks.ports import free_ports

@@ -16,8 +16,9 @@ import cloudpickle
 import pytest
 
 from actors import Actor, ActorSystem, AskTimeout, ProcessDied, RestartLimitReached
-from actors.agent import AGENT_NAME, SpawnRequest, node_children, wait_for_node
-from actors.spawn import ClassRef
+from actors.agent_protocol import AGENT_NAME, SpawnRequest
+from actors.classref import ClassRef
+from actors.spawn import node_children, wait_for_node
 from actors.testing import Get, Incr, PersistentCounter
 from tests.test_spawn import answer_after_kill
 from transport.keys import Keyring, Member, init_keyring, write_members
