@@ -144,7 +144,7 @@ def _let_go_of_the_fork_server() -> None:
     starts one when it has none), so the copy is never needed here.
     """
     try:
-        from multiprocessing import forkserver
+        from multiprocessing import forkserver  # not at the top: the module is absent where fork servers are
     except ImportError:  # pragma: no cover - platforms without fork servers
         return
     server = getattr(forkserver, "_forkserver", None)
