@@ -6,8 +6,12 @@ and restarts the processes that host them; ``Persister`` and ``Journal``
 keep what an actor must not lose across a restart.
 """
 
+# The layer above the system: importing it plugs spawn_process and lookup into every ActorSystem
+# (actors.system.plug_process_layer), so whoever imports anything of actors has them.
+import actors.spawn  # noqa: F401
 from actors.actor import Actor
 from actors.address import Address
+from actors.classref import ClassRef
 from actors.errors import (
     ActorDeadError,
     AskTimeout,
@@ -21,8 +25,8 @@ from actors.errors import (
 from actors.future import ReplyFuture, wait
 from actors.journal import Journal
 from actors.persister import Persister
+from actors.process_ref import ProcessDied, ProcessRef, RestartLimitReached
 from actors.ref import ActorRef
-from actors.spawn import ClassRef, ProcessDied, ProcessRef, RestartLimitReached
 from actors.supervisor import ChildSpec, ChildStatus, EventKind, Supervisor, SupervisorEvent
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 

@@ -36,11 +36,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import pykka
 import pykka.messages
-from pykka._envelope import Envelope as _PykkaEnvelope  # the one pykka internal used: a queued message with its reply target
+
+# pykka internals this module relies on (hence pykka<5 in setup.cfg): this class (a queued message
+# with its reply target), the hooks Actor overrides (_create_actor_inbox, _start_actor_loop,
+# _handle_receive) and the loop steps it calls (_actor_loop_setup, _actor_loop_teardown, _stop, _handle_failure).
+from pykka._envelope import Envelope as _PykkaEnvelope
 
 from transport.node import Node, Timer
 
 if TYPE_CHECKING:
+    # For the type of ``actor_system`` only (apps call the full system's methods on it); at run time an
+    # actor needs just the Host seam below, so this is the one import in actors/ that points upward.
     from actors.system import ActorSystem
 
 log = logging.getLogger(__name__)

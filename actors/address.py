@@ -11,10 +11,8 @@ class Address:
     name: str
 
     def __post_init__(self) -> None:
-        if "://" not in self.endpoint:
-            raise ValueError(f"endpoint must look like ipc://PATH or tcp://HOST:PORT, got {self.endpoint!r}")
-        if not self.name or "#" in self.name:
-            raise ValueError(f"actor name must be non-empty and without '#', got {self.name!r}")
+        check_endpoint(self.endpoint)
+        check_name(self.name)
 
     def __str__(self) -> str:
         return f"{self.endpoint}#{self.name}"
@@ -27,3 +25,15 @@ class Address:
         if not sep:
             raise ValueError(f"an actor address is ENDPOINT#NAME, got {text!r}")
         return cls(endpoint, name)
+
+
+def check_endpoint(endpoint: str) -> None:
+    """ValueError unless ``endpoint`` can be a node's address (before anything is sent to it)."""
+    if "://" not in endpoint:
+        raise ValueError(f"endpoint must look like ipc://PATH or tcp://HOST:PORT, got {endpoint!r}")
+
+
+def check_name(name: str) -> None:
+    """ValueError unless ``name`` can be an actor's name on a node."""
+    if not name or "#" in name:
+        raise ValueError(f"actor name must be non-empty and without '#', got {name!r}")

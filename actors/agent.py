@@ -13,7 +13,7 @@ frame is decoded (see :mod:`transport.keys`), so a spawn request, which is
 a pickle and so code, only ever comes from a member of the cluster.
 
 Each spawned actor runs in a child of the agent's ``Supervisor`` (the one
-child host, :func:`actors.spawn.host`) at ``tcp://HOST:PORT`` on the agent's
+child host, :func:`actors.host.host`) at ``tcp://HOST:PORT`` on the agent's
 host, with the port chosen once: the address outlives restarts. The child's
 working directory is ``persist_dir`` under the agent's directory (default:
 the actor's name), so its relative state paths survive it. The agent tells
@@ -26,86 +26,19 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from actors.actor import Actor
 from actors.address import Address
-from actors.spawn import ClassRef, Hosted, ProcessRef, Spawner, host, host_one, not_restarted, spawner_of
-from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
+from actors.agent_protocol import AGENT_NAME, ChildDied, ChildInfo, ListChildren, Lookup, Spawned, SpawnRequest, StopChild
+from actors.classref import ClassRef
+from actors.host import Hosted, host, host_one
+from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent, not_restarted
 from transport.keys import endpoint_host
 
-if TYPE_CHECKING:
-    from actors.system import ActorSystem
-
 log = logging.getLogger(__name__)
-
-AGENT_NAME = "zactor.agent"
-"""The agent actor's name on its node."""
-
-
-# ---- messages ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SpawnRequest:
-    name: str
-    cls: ClassRef
-    args: tuple
-    kwargs: dict
-    restart: RestartKind = "permanent"
-    max_restarts: int = 5
-    within: float = 10.0
-    persist_dir: str | None = None
-    watcher: str | None = None
-    """``endpoint#name`` to tell of this actor's deaths (a spawner's DeathWatcher)."""
-
-
-@dataclass(frozen=True)
-class Spawned:
-    name: str
-    endpoint: str
-    via: str
-
-
-@dataclass(frozen=True)
-class ListChildren:
-    pass
-
-
-@dataclass(frozen=True)
-class ChildInfo:
-    name: str
-    endpoint: str
-    cls: str
-    via: str
-    status: str
-    pid: int | None
-    restarts: int
-    uptime: float | None
-
-
-@dataclass(frozen=True)
-class StopChild:
-    name: str
-
-
-@dataclass(frozen=True)
-class Lookup:
-    name: str
-    watcher: str | None = None
-
-
-@dataclass(frozen=True)
-class ChildDied:
-    """Told by an agent to a spawner's watcher: ``gave_up`` says why it is not restarted."""
-
-    node: str
-    name: str
-    exitcode: int | None
-    gave_up: str | None = None
 
 
 # ---- the agent -----------------------------------------------------------------------
@@ -222,23 +155,11 @@ class NodeAgent(Actor):
         for watcher in list(entry.watchers):
             try:
                 self.actor_system.ref(watcher).tell(notice)
-            except Exception as exc:  # the spawner is gone: its watch goes too
-                log.info("node %s: watcher %s unreachable (%s); dropping it", self._node(), watcher, exc)
+            except Exception as exc:
+                # A tell never learns that its peer is gone (ZeroMQ queues it for the peer's return), so
+                # this is a watcher the notice cannot even be sent to: a bad address, no key for its host.
+                log.info("node %s: cannot tell watcher %s (%s); dropping it", self._node(), watcher, exc)
                 entry.watchers.discard(watcher)
-
-
-class DeathWatcher(Actor):
-    """In a system that spawned onto node agents: fails in-flight asks when an agent reports a death."""
-
-    def __init__(self, spawner: Spawner) -> None:
-        super().__init__()
-        self.spawner = spawner
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, ChildDied):
-            self.spawner.remote_died(message.node, message.name, message.exitcode, message.gave_up)
-            return None
-        raise TypeError(f"the spawn watcher does not understand {type(message).__name__}")
 
 
 def run_agent(endpoint: str, workdir: str | os.PathLike[str], *, announce: bool = False) -> None:
@@ -248,44 +169,3 @@ def run_agent(endpoint: str, workdir: str | os.PathLike[str], *, announce: bool 
     shown = str(directory).replace("{", "{{").replace("}", "}}")  # the announcement is a format string
     announcement = f"node agent listening on {{endpoint}}, directory {shown} (Ctrl-C stops it)" if announce else None
     host(endpoint, [Hosted(AGENT_NAME, NodeAgent, (str(directory),))], announce=announcement)
-
-
-# ---- the caller's side ----------------------------------------------------------------
-
-
-def _agent(system: ActorSystem, node: str) -> Any:
-    return system.ref(Address(node, AGENT_NAME))
-
-
-def spawn_on_node(system: ActorSystem, node: str, actor_class: type, args: tuple, kwargs: dict, *, name: str, timeout: float, **options: Any) -> ProcessRef:
-    """Ask the agent at ``node`` to host the actor; the ref is watched for deaths."""
-    spawner = spawner_of(system)
-    watcher = spawner.watcher()
-    req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), watcher=watcher, **options)
-    done: Spawned = _agent(system, node).ask(req, timeout=timeout)
-    from actors.directory import join
-
-    join(system, node)
-    return spawner.remember_remote(ProcessRef(system, Address(done.endpoint, name), node=node, via=done.via))
-
-
-def node_children(system: ActorSystem, node: str, timeout: float = 5.0) -> list[ChildInfo]:
-    """What the agent at ``node`` hosts."""
-    return _agent(system, node).ask(ListChildren(), timeout=timeout)
-
-
-def stop_on_node(system: ActorSystem, node: str, name: str, timeout: float = 5.0) -> None:
-    _agent(system, node).ask(StopChild(name), timeout=timeout + 5.0)
-
-
-def wait_for_node(system: ActorSystem, node: str, timeout: float = 10.0) -> None:
-    """Block until the agent at ``node`` answers (bounded by ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            node_children(system, node, timeout=min(1.0, max(0.05, deadline - time.monotonic())))
-            return
-        except Exception as exc:
-            last = exc
-    raise TimeoutError(f"node agent at {node} did not answer within {timeout} s ({last!r})")

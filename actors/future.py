@@ -62,6 +62,9 @@ class ReplyFuture(pykka.Future):
     """The answer to one ask; see the module docstring.
 
     A pre-acquired lock is the cheapest one-shot signal between two threads.
+    Completion (``set``/``set_exception``) is idempotent from any number of
+    threads: the first to claim it wins, the others return; a late reply, the
+    sweep, a process death and the system's teardown may all try.
     Nothing is formatted until an error needs the text (``describe``).
     ``owner`` is the wire that sent the ask: it says whether a waiter is the
     I/O thread (which must not wait), forgets the ask (``corr``) once its
@@ -74,7 +77,7 @@ class ReplyFuture(pykka.Future):
     # set here since its __init__ is skipped.
     __slots__ = (
         "_callbacks", "_channel", "_corr", "_error", "_get_hook", "_get_hook_result",
-        "_lock", "_owner", "_to", "_value", "_what", "deadline",
+        "_lock", "_owner", "_to", "_unclaimed", "_value", "_what", "deadline",
     )  # fmt: skip
 
     def __init__(
@@ -88,6 +91,7 @@ class ReplyFuture(pykka.Future):
     ) -> None:
         self._lock = lock = threading.Lock()
         lock.acquire()
+        self._unclaimed = [True]  # completion claims it by popping (atomic): two completers never both release the lock
         self._what = what
         self._to = to
         self.deadline = deadline
@@ -171,7 +175,11 @@ class ReplyFuture(pykka.Future):
 
     def set(self, value: Any = None) -> None:
         if self._value is not _UNSET or self._error is not None:
-            return
+            return  # the common late answer: nothing to claim
+        try:
+            self._unclaimed.pop()
+        except IndexError:
+            return  # another thread completes it at this very moment: the first claim stands
         self._value = value
         self._lock.release()
         if self._callbacks:
@@ -181,6 +189,10 @@ class ReplyFuture(pykka.Future):
         if self._value is not _UNSET or self._error is not None:
             return
         exc = exc_info[1] if exc_info else sys.exc_info()[1]
+        try:
+            self._unclaimed.pop()
+        except IndexError:
+            return  # completed by another thread meanwhile (the system's teardown, an actor's thread)
         self._error = exc if exc is not None else RuntimeError("unknown error")
         self._lock.release()
         if self._callbacks:
@@ -203,8 +215,11 @@ class ReplyFuture(pykka.Future):
     def add_done_callback(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` once the future is done (now, if it is), on the thread that completes it."""
         self._callbacks.append(fn)
-        if self.done and fn in self._callbacks:  # done before it was added: run it here
-            self._callbacks.remove(fn)
+        if self.done:  # done before (or while) it was added: run it here unless the completer took it
+            try:
+                self._callbacks.remove(fn)
+            except ValueError:
+                return  # the completing thread swapped the list out and runs it
             fn()
 
     def _discard_callback(self, fn: Callable[[], None]) -> None:

@@ -1,4 +1,4 @@
-"""Actors in supervised processes of their own: the one child host, and ``spawn_process``.
+"""Actors in supervised processes of their own: ``spawn_process``, here or on a node agent.
 
 Usage summary::
 
@@ -6,289 +6,54 @@ Usage summary::
                                    persist_dir="state/counter", max_restarts=3)
     counter.ask(Incr(1), timeout=5.0)          # the same ref answers across the process's restarts
     system.spawn_process(Counter, name="far", node="tcp://10.0.0.2:7070")   # on a node agent
+    node_children(system, "tcp://10.0.0.2:7070")                            # what that agent hosts
 
-Every process that hosts actors runs :func:`host`: it builds an
-``ActorSystem(start=False)``, spawns its actors, and only then starts the
-node, so a message that waited for a restarted process never finds it
-empty. The project's servers (KV server, Raft peer, the test actors) and
-``spawn_process`` all use it.
+``spawn_process`` puts the one child host (:func:`actors.host.host_one`)
+under a ``Supervisor`` that this system owns (made on first use), at an
+``ipc://`` endpoint in a private directory picked once: the endpoint, and so
+a :class:`~actors.process_ref.ProcessRef`, stays valid across restarts. The
+ref learns every death from the supervisor (or, on a node agent, from the
+agent's ``ChildDied`` notice to this system's :class:`DeathWatcher`), so an
+ask in flight when the process died fails at once with ``ProcessDied``
+instead of waiting out its timeout; later asks reach the new incarnation.
+When the supervisor gives up (more than ``max_restarts`` deaths within
+``within`` seconds) every ask fails at once with ``RestartLimitReached``.
 
-``spawn_process`` puts :func:`host` under a ``Supervisor`` that this system
-owns (made on first use), at an ``ipc://`` endpoint in a private directory
-picked once: the endpoint, and so a :class:`ProcessRef`, stays valid across
-restarts. The ref learns every death from the supervisor (or, on a node
-agent, from the agent's notice), so an ask in flight when the process died
-fails at once with :class:`ProcessDied` instead of waiting out its
-timeout; later asks reach the new incarnation. When the supervisor gives
-up (more than ``max_restarts`` deaths within ``within`` seconds) every ask
-fails at once with :class:`RestartLimitReached`.
-
-The actor's class travels as a :class:`ClassRef`: by import path when the
-class can be imported by its module and name (not from ``__main__``, not a
-class made inside a function), and as a cloudpickle of the class itself when
-it cannot, or as a fall-back for a node that cannot import it.
+The actor's class travels as a :class:`~actors.classref.ClassRef`. One
+:class:`Spawner` per system holds all of this (``spawner_of(system)``, a
+system extension); it is the system's process layer too, which
+``system.spawn_process`` and ``system.lookup`` forward to.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import cloudpickle
-import pykka
-
-from actors.address import Address
-from actors.errors import ActorDeadError
-from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
-
-if TYPE_CHECKING:
-    from actors.system import ActorSystem
-    from transport import FaultRule
-
-log = logging.getLogger(__name__)
+from actors.actor import Actor
+from actors.address import Address, check_name
+from actors.agent_protocol import AGENT_NAME, ChildDied, ChildInfo, ListChildren, Spawned, SpawnRequest, StopChild
+from actors.classref import ClassRef
+from actors.directory import find_on_nodes
+from actors.host import Hosted as Hosted  # re-exported for apps/kvraft/server.py until it imports actors.host
+from actors.host import host as host  # the same
+from actors.host import host_one
+from actors.process_ref import ProcessRef, RestartLimitReached
+from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent, not_restarted
+from actors.system import ActorSystem, factory_kwargs, plug_process_layer
 
 WATCHER_NAME = "zactor.spawn-watch"
 """The actor in a system that spawned onto a node agent and hears of its children's deaths."""
 
-
-class ProcessDied(ActorDeadError):
-    """The process hosting the actor died while this ask was in flight (it may be restarted)."""
-
-
-class RestartLimitReached(ActorDeadError):
-    """The actor's process is down for good: it died too often (the restart limit), it exited
-    cleanly under ``restart="transient"`` (or at all under ``"temporary"``), or it was stopped."""
-
-
-# ---- the class, by import path or by value -----------------------------------------
-
-
-_by_value_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class ClassRef:
-    """An actor class as it travels to another process: ``module:qualname``, a cloudpickle, or both."""
-
-    path: str | None
-    blob: bytes | None = None
-
-    @classmethod
-    def of(cls, actor_class: type, *, with_blob: bool = False) -> ClassRef:
-        """The class by import path when that finds this very class; by value when it does not.
-
-        ``with_blob`` adds the by-value copy also to an importable class, for a
-        node whose environment may lack the module.
-        """
-        if not (isinstance(actor_class, type) and issubclass(actor_class, pykka.Actor)):
-            raise TypeError(f"spawn_process needs a pykka.Actor subclass, got {actor_class!r}")
-        path = _import_path(actor_class)
-        blob = None
-        if path is None or with_blob:
-            blob = _pickle_by_value(actor_class, path is not None)
-        return cls(path, blob)
-
-    @property
-    def describe(self) -> str:
-        return self.path or "a class sent by value"
-
-    def load(self) -> tuple[type, str]:
-        """The class and how it was found (``"import"`` or ``"cloudpickle"``)."""
-        if self.path is not None:
-            module, _, qualname = self.path.partition(":")
-            try:
-                obj: Any = importlib.import_module(module)
-                for part in qualname.split("."):
-                    obj = getattr(obj, part)
-                return obj, "import"
-            except (ImportError, AttributeError) as exc:
-                if self.blob is None:
-                    raise ImportError(f"cannot import actor class {self.path} here ({exc}) and it was not sent by value") from exc
-                log.info("actor class %s is not importable here (%s); using the copy sent by value", self.path, exc)
-        if self.blob is None:
-            raise ValueError("a ClassRef needs an import path or a pickled class")
-        actor_class = cloudpickle.loads(self.blob)
-        if not (isinstance(actor_class, type) and issubclass(actor_class, pykka.Actor)):
-            raise TypeError(f"the class sent by value is not a pykka.Actor subclass: {actor_class!r}")
-        return actor_class, "cloudpickle"
-
-
-def _import_path(actor_class: type) -> str | None:
-    module, qualname = actor_class.__module__, actor_class.__qualname__
-    if module == "__main__" or "<locals>" in qualname:
-        return None
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        return None
-    return f"{module}:{qualname}" if obj is actor_class else None
-
-
-def _pickle_by_value(actor_class: type, importable: bool) -> bytes:
-    module = sys.modules.get(actor_class.__module__)
-    if not importable or module is None or module.__name__ == "__main__":
-        return cloudpickle.dumps(actor_class)  # cloudpickle sends these by value on its own
-    with _by_value_lock:  # a process-wide cloudpickle setting: set and unset it around this one dump
-        cloudpickle.register_pickle_by_value(module)
-        try:
-            return cloudpickle.dumps(actor_class)
-        finally:
-            cloudpickle.unregister_pickle_by_value(module)
-
-
-# ---- the one child host -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hosted:
-    """One actor a hosting process runs: its name, class (or ClassRef) and arguments."""
-
-    name: str
-    cls: type | ClassRef
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
-
-
-def host(
-    endpoint: str,
-    actors: Sequence[Hosted],
-    *,
-    faults: list[FaultRule] | None = None,
-    workdir: str | None = None,
-    announce: str | None = None,
-    **system_options: Any,
-) -> None:
-    """Child-process target: host ``actors`` at ``endpoint`` until SIGTERM, SIGINT or ``stop()``.
-
-    ``workdir`` (made if missing) becomes the process's working directory
-    first, so an actor's relative state paths land there. ``announce`` is
-    printed to stderr once the endpoint is bound, ``{endpoint}`` filled in.
-    ``system_options`` go to the ``ActorSystem`` (``secure``, ``keys``, ``mailbox_limit``...).
-    """
-    from actors.system import ActorSystem  # the system imports this module for spawn_process
-
-    if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
-        os.chdir(workdir)
-    with ActorSystem(endpoint, start=False, **system_options) as system:
-        if faults:
-            system.node.set_faults(faults)
-        for actor in actors:
-            cls = actor.cls.load()[0] if isinstance(actor.cls, ClassRef) else actor.cls
-            system.spawn(cls, *actor.args, name=actor.name, kwargs=actor.kwargs)
-        system.start()
-        if announce:
-            print(announce.format(endpoint=system.endpoint), file=sys.stderr, flush=True)
-        system.run_until_stopped()
-
-
-def host_one(endpoint: str, name: str, cls: type | ClassRef, args: tuple, kwargs: dict, workdir: str | None) -> None:
-    """Child-process target of ``spawn_process``: one actor."""
-    host(endpoint, [Hosted(name, cls, args, kwargs)], workdir=workdir)
-
-
-# ---- the caller's side: a ref that outlives its process -------------------------------
-
-
-class ProcessRef:
-    """A reference to an actor in a supervised process; valid across that process's restarts.
-
-    ``tell`` and ``ask`` as on any ref. An ask in flight when the process
-    dies fails with :class:`ProcessDied`; after the supervisor gives up,
-    every ask fails at once with :class:`RestartLimitReached`.
-    """
-
-    def __init__(self, system: ActorSystem, address: Address, *, node: str | None = None, via: str = "import") -> None:
-        from actors.system import RemoteRef
-
-        self._system = system
-        self._remote = RemoteRef(system, address)
-        self.address = address
-        self.node = node
-        """The node agent hosting it, or None for this system's own supervisor."""
-        self.via = via
-        """How the class reached the process: ``"import"`` or ``"cloudpickle"``."""
-        self._lock = threading.Lock()
-        self._inflight: dict[int, Any] = {}
-        self._ended: BaseException | None = None
-        self.deaths = 0
-
-    def __repr__(self) -> str:
-        where = f" on node {self.node}" if self.node else ""
-        return f"<ProcessRef {self.address}{where}>"
-
-    @property
-    def name(self) -> str:
-        return self.address.name
-
-    def tell(self, message: Any) -> None:
-        self._check()
-        self._remote.tell(message)
-
-    def ask(self, message: Any, *, block: bool = True, timeout: float | None = None) -> Any:
-        self._check()
-        future = self._remote.ask(message, block=False, timeout=timeout)
-        key = id(future)
-        with self._lock:
-            if len(self._inflight) > 256:  # forget answered ones now and then: the table stays small
-                self._inflight = {k: f for k, f in self._inflight.items() if not f.done}
-            self._inflight[key] = future
-            ended = self._ended
-        if ended is not None:  # gave up while we sent
-            future.set_exception((type(ended), ended, None))
-        if not block:
-            return future
-        try:
-            return future.get()
-        finally:
-            with self._lock:
-                self._inflight.pop(key, None)
-
-    def _check(self) -> None:
-        if self._ended is not None:
-            raise self._ended
-
-    def _died(self, exitcode: int | None, final: BaseException | None) -> None:
-        """The hosting process died (exit code, or None if unknown); ``final`` if it stays dead."""
-        with self._lock:
-            self.deaths += 1
-            if final is not None:
-                self._ended = final
-            pending, self._inflight = list(self._inflight.values()), {}
-        error = ProcessDied(
-            f"the process hosting {self.address.name!r} died (exit code {exitcode}) while this ask was in flight"
-            + ("" if final is not None else "; unless its restart limit is reached it is restarted, and later asks reach the new process")
-        )
-        for future in pending:
-            if not future.done:
-                future.set_exception((ProcessDied, error, None))
-
-    def pid(self) -> int | None:
-        """The pid of the process hosting the actor now (on its node's machine), None if none runs."""
-        return spawner_of(self._system).pid(self)
-
-    def restarts(self) -> int:
-        """How many times its supervisor (or node agent) has restarted the process."""
-        return spawner_of(self._system).restarts(self)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the process for good (it is not restarted)."""
-        spawner_of(self._system).stop(self, timeout)
-
-
-# ---- this system's supervisor of spawned processes -------------------------------------
+_unnamed = itertools.count(1)
 
 
 @dataclass
@@ -297,11 +62,6 @@ class _Local:
     limit: int
     within: float
     restart: RestartKind
-
-
-def not_restarted(restart: RestartKind, exitcode: int | None) -> bool:
-    """Whether a child of this restart kind that exited with ``exitcode`` stays down (as the supervisor decides)."""
-    return restart == "temporary" or (restart == "transient" and exitcode == 0)
 
 
 class Spawner:
@@ -316,6 +76,19 @@ class Spawner:
         self._remote: dict[tuple[str, str], ProcessRef] = {}
         self._watcher = False
         self._count = 0
+
+    # ---- the system's process layer (what its spawn_process and lookup forward to) ----------
+
+    def spawn_process(self, factory: type, args: tuple, name: str | None, node: str | None, options: dict[str, Any]) -> ProcessRef:
+        return spawn_process(self._system, factory, *args, name=name, node=node, **options)
+
+    def lookup(self, name: str, timeout: float) -> ProcessRef:
+        """A process this system spawned by that name, else one a known node hosts (``LookupError`` if none)."""
+        local = self.local_ref(name)
+        if local is not None:
+            return local
+        node, found = find_on_nodes(self._system, name, self.watcher(), timeout)
+        return self.remember_remote(ProcessRef(self._system, Address(found.endpoint, name), self, node=node, via=found.via))
 
     # ---- local processes -----------------------------------------------------------
 
@@ -346,7 +119,7 @@ class Spawner:
                 raise ValueError(f"a process named {name!r} was already spawned by {self._system}")
             self._count += 1
             endpoint = f"ipc://{self._dir}/{self._count}.sock"
-            ref = ProcessRef(self._system, Address(endpoint, name), via="import" if ref_class.path else "cloudpickle")
+            ref = ProcessRef(self._system, Address(endpoint, name), self, via="import" if ref_class.path else "cloudpickle")
             self._local[name] = _Local(ref, max_restarts, within, restart)
         workdir = str(Path(persist_dir).absolute()) if persist_dir is not None else None
         spec = ChildSpec(name, host_one, (endpoint, name, ref_class, args, kwargs, workdir), restart=restart, max_restarts=max_restarts, within=within)
@@ -374,32 +147,23 @@ class Spawner:
                 f"within {entry.within:g} s (last exit code {event.exitcode}); it is not restarted"
             ))
 
+    # ---- what a ProcessRef asks of its owner (process_ref.Owner) ------------------------
+
     def pid(self, ref: ProcessRef) -> int | None:
         if ref.node is not None:
-            from actors.agent import node_children
-
             info = {c.name: c for c in node_children(self._system, ref.node)}.get(ref.name)
             return info.pid if info else None
         return self.supervisor().pid(ref.name)
 
     def restarts(self, ref: ProcessRef) -> int:
         if ref.node is not None:
-            from actors.agent import node_children
-
             info = {c.name: c for c in node_children(self._system, ref.node)}.get(ref.name)
             return info.restarts if info else 0
         return self.supervisor().restarts(ref.name)
 
-    def local_ref(self, name: str) -> ProcessRef | None:
-        with self._lock:
-            entry = self._local.get(name)
-            return entry.ref if entry else None
-
     def stop(self, ref: ProcessRef, timeout: float) -> None:
         final = RestartLimitReached(f"{ref.name!r} was stopped with stop()")
         if ref.node is not None:
-            from actors.agent import stop_on_node
-
             stop_on_node(self._system, ref.node, ref.name, timeout)
             ref._died(None, final)
             return
@@ -409,12 +173,15 @@ class Spawner:
             self._sup.stop_child(ref.name, grace=timeout)
             entry.ref._died(None, final)
 
+    def local_ref(self, name: str) -> ProcessRef | None:
+        with self._lock:
+            entry = self._local.get(name)
+            return entry.ref if entry else None
+
     # ---- processes on node agents ------------------------------------------------------
 
     def watcher(self) -> str:
         """This system's address for node agents' death notices (its actor made on first use)."""
-        from actors.agent import DeathWatcher
-
         with self._lock:
             if not self._watcher:
                 self._system.spawn(DeathWatcher, self, name=WATCHER_NAME)
@@ -444,17 +211,26 @@ class Spawner:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-_unnamed = itertools.count(1)
-_spawners_lock = threading.Lock()
+class DeathWatcher(Actor):
+    """In a system that spawned onto node agents: fails in-flight asks when an agent reports a death."""
+
+    def __init__(self, spawner: Spawner) -> None:
+        super().__init__()
+        self.spawner = spawner
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, ChildDied):
+            self.spawner.remote_died(message.node, message.name, message.exitcode, message.gave_up)
+            return None
+        raise TypeError(f"the spawn watcher does not understand {type(message).__name__}")
 
 
 def spawner_of(system: ActorSystem) -> Spawner:
     """The system's Spawner, made on first use and closed when the system stops."""
-    with _spawners_lock:
-        spawner = system._extensions.get("spawn")
-        if spawner is None:
-            spawner = system._extensions["spawn"] = Spawner(system)
-        return spawner
+    return system.extension(Spawner)
+
+
+plug_process_layer(Spawner)
 
 
 def spawn_process(
@@ -472,20 +248,54 @@ def spawn_process(
     **more: Any,
 ) -> ProcessRef:
     """What ``ActorSystem.spawn_process`` does; see the module docstring."""
-    from actors.system import factory_kwargs  # the system imports this module
-
     kwargs = factory_kwargs(kwargs, more)
     if max_restarts < 0 or within <= 0:
         raise ValueError(f"need max_restarts >= 0 and within > 0, got {max_restarts} and {within}")
     name = name or f"{getattr(actor_class, '__name__', 'actor')}-{next(_unnamed)}"
-    Address("ipc://x", name)  # validates the name
+    check_name(name)
     if node is None:
         return spawner_of(system).spawn_local(
             actor_class, args, kwargs, name=name, restart=restart, max_restarts=max_restarts, within=within, persist_dir=persist_dir
         )
-    from actors.agent import spawn_on_node
-
     return spawn_on_node(
         system, node, actor_class, args, kwargs, name=name, restart=restart, max_restarts=max_restarts,
         within=within, persist_dir=None if persist_dir is None else str(persist_dir), timeout=timeout,
     )
+
+
+# ---- a node agent's client side ---------------------------------------------------------
+
+
+def _agent(system: ActorSystem, node: str) -> Any:
+    return system.ref(Address(node, AGENT_NAME))
+
+
+def spawn_on_node(system: ActorSystem, node: str, actor_class: type, args: tuple, kwargs: dict, *, name: str, timeout: float, **options: Any) -> ProcessRef:
+    """Ask the agent at ``node`` to host the actor; the ref is watched for deaths."""
+    spawner = spawner_of(system)
+    req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), watcher=spawner.watcher(), **options)
+    done: Spawned = _agent(system, node).ask(req, timeout=timeout)
+    system.join(node)
+    return spawner.remember_remote(ProcessRef(system, Address(done.endpoint, name), spawner, node=node, via=done.via))
+
+
+def node_children(system: ActorSystem, node: str, timeout: float = 5.0) -> list[ChildInfo]:
+    """What the agent at ``node`` hosts."""
+    return _agent(system, node).ask(ListChildren(), timeout=timeout)
+
+
+def stop_on_node(system: ActorSystem, node: str, name: str, timeout: float = 5.0) -> None:
+    _agent(system, node).ask(StopChild(name), timeout=timeout + 5.0)
+
+
+def wait_for_node(system: ActorSystem, node: str, timeout: float = 10.0) -> None:
+    """Block until the agent at ``node`` answers (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            node_children(system, node, timeout=min(1.0, max(0.05, deadline - time.monotonic())))
+            return
+        except Exception as exc:
+            last = exc
+    raise TimeoutError(f"node agent at {node} did not answer within {timeout} s ({last!r})")

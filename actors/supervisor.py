@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 
 RestartKind = Literal["permanent", "transient", "temporary"]
 
+
+def not_restarted(restart: RestartKind, exitcode: int | None) -> bool:
+    """Whether a child of this restart kind that exited with ``exitcode`` stays down (the supervisor's rule)."""
+    return restart == "temporary" or (restart == "transient" and exitcode == 0)
+
 PRELOAD = ("zmq", "pykka", "cloudpickle", "transport", "actors", "actors.system", "actors.supervisor", "actors.testing")
 
 
@@ -139,7 +144,7 @@ def _let_go_of_the_fork_server() -> None:
     starts one when it has none), so the copy is never needed here.
     """
     try:
-        from multiprocessing import forkserver
+        from multiprocessing import forkserver  # not at the top: the module is absent where fork servers are
     except ImportError:  # pragma: no cover - platforms without fork servers
         return
     server = getattr(forkserver, "_forkserver", None)
@@ -404,9 +409,7 @@ class Supervisor:
             if child.status != ChildStatus.RUNNING or self._stopping:
                 return
             self._record_locked(name, EventKind.EXITED, proc.pid, code)
-            abnormal = code != 0
-            kind = child.spec.restart
-            if kind == "temporary" or (kind == "transient" and not abnormal):
+            if not_restarted(child.spec.restart, code):
                 child.status = ChildStatus.EXITED
                 return
             now = time.monotonic()

@@ -31,7 +31,13 @@ Every remote ask has a deadline (``ask_timeout`` unless given); a sweep
 drops expired ones, so lost replies never accumulate.
 
 This module hosts and rebuilds actors; the wire side (asks in flight, their
-replies, asks that arrive, node control) is :mod:`actors.wire`.
+replies, asks that arrive, node control) is :mod:`actors.wire`. Actors in
+processes of their own (``spawn_process``, ``lookup`` beyond this system)
+are the layer above, :mod:`actors.spawn`: it plugs itself in with
+:func:`plug_process_layer` when imported (the package ``actors`` imports
+it), so this module never imports it. The layers above keep their
+per-system state as extensions (:meth:`ActorSystem.extension`), closed when
+the system stops.
 """
 
 from __future__ import annotations
@@ -46,12 +52,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import pykka
 
 from actors.actor import _InlineInbox, _PykkaEnvelope, hosted_by
-from actors.address import Address
+from actors.address import Address, check_endpoint
 from actors.errors import ActorDeadError, SystemStopped
 from actors.future import ReplyFuture
 from actors.wire import NodeControl, Wire
@@ -66,6 +72,38 @@ DEFAULT_MAILBOX_LIMIT = 100_000
 
 _shared: dict[int, ActorSystem] = {}
 _shared_lock = threading.Lock()
+
+
+class Extension(Protocol):
+    """Per-system state of a layer above the system (see :meth:`ActorSystem.extension`)."""
+
+    def close(self) -> None:
+        """Release what it holds (processes, directories); called once, by ``ActorSystem.stop()``."""
+
+
+E = TypeVar("E", bound=Extension)
+
+
+class ProcessLayer(Extension, Protocol):
+    """What ``spawn_process`` and ``lookup`` forward to: actors in processes of their own.
+
+    :class:`actors.spawn.Spawner` is the one there is; see :func:`plug_process_layer`.
+    """
+
+    def spawn_process(self, factory: type[pykka.Actor], args: tuple, name: str | None, node: str | None, options: dict[str, Any]) -> Any: ...
+
+    def lookup(self, name: str, timeout: float) -> Any:
+        """A ref to ``name`` in a process this system spawned or on a known node; ``LookupError`` if none."""
+
+
+_process_layer: list[Callable[[ActorSystem], ProcessLayer]] = []
+
+
+def plug_process_layer(make: Callable[[ActorSystem], ProcessLayer]) -> None:
+    """Called once, by :mod:`actors.spawn` when it is imported: ``make(system)`` is the system's
+    process layer (made on first use, an extension of it). The layer lies above this module, so
+    it plugs in here instead of this module importing it."""
+    _process_layer[:] = [make]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +198,20 @@ class RemoteRef:
         self._system._wire.tell(self.address, message)
 
     def ask(self, message: Any, *, block: bool = True, timeout: float | None = None) -> Any:
-        self._system._check_running()
-        future = self._system._wire.ask(self.address, message, timeout)
+        future = self._send_ask(message, timeout, shared=False)
         return future.get() if block else future
 
     async def ask_async(self, message: Any, *, timeout: float | None = None) -> Any:
         """``ask`` for asyncio code: the node's I/O thread completes it, no thread per request."""
+        return await self._send_ask(message, timeout, shared=True)
+
+    def _send_ask(self, message: Any, timeout: float | None, shared: bool) -> ReplyFuture:
+        """Send an ask; its future (``shared``: completed by the I/O thread, for asyncio).
+
+        The one way out of every ask of a remote ref, so a subclass (``ProcessRef``) wraps it once.
+        """
         self._system._check_running()
-        return await self._system._wire.ask(self.address, message, timeout, shared=True)
+        return self._system._wire.ask(self.address, message, timeout, shared=shared)
 
 
 class ActorSystem:
@@ -202,7 +246,7 @@ class ActorSystem:
         self._names = itertools.count(1)
         self._stopped = threading.Event()
         self.nodes: list[str] = list(nodes)
-        self._extensions: dict[str, Any] = {}  # helpers made on first use (spawn_process's supervisor), closed by stop()
+        self._extensions: dict[Callable[[ActorSystem], Extension], Extension] = {}  # see extension()
         self._node = Node(
             endpoint,
             on_message=lambda env: None,  # the wire's, below (it needs the node first)
@@ -265,7 +309,9 @@ class ActorSystem:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for extension in list(self._extensions.values()):
+        with self._lock:
+            extensions = list(self._extensions.values())
+        for extension in extensions:
             extension.close()
         with self._lock:
             refs = [h.ref for h in self._hosted.values() if h.ref is not None]
@@ -342,21 +388,45 @@ class ActorSystem:
         the factory; ``kwargs=`` (a mapping) carries those whose names are
         among these options. See :mod:`actors.spawn`.
         """
-        from actors.spawn import spawn_process
-
-        return spawn_process(self, factory, *args, name=name, node=node, **options)
+        return self._processes().spawn_process(factory, args, name, node, options)
 
     def lookup(self, name: str, timeout: float = 5.0) -> Any:
-        """A ref to the actor ``name`` here, in a process this system spawned, or on a known node."""
-        from actors.directory import lookup
+        """A ref to the actor ``name`` here, in a process this system spawned, or on a known node.
 
-        return lookup(self, name, timeout)
+        Raises ``LookupError`` naming where it looked. See :mod:`actors.directory`.
+        """
+        hosted = self._hosted.get(name)
+        if hosted is not None and hosted.ref is not None:
+            return LocalRef(self, name)
+        return self._processes().lookup(name, timeout)
 
     def join(self, node: str) -> None:
         """Add the node agent at ``node`` to those ``lookup`` searches."""
-        from actors.directory import join
+        check_endpoint(node)
+        with self._lock:
+            if node not in self.nodes:
+                self.nodes.append(node)
 
-        join(self, node)
+    def extension(self, make: Callable[[ActorSystem], E]) -> E:
+        """This system's one ``make(self)``, made on first use and closed by ``stop()``.
+
+        How a layer above the system keeps per-system state without the
+        system knowing it: ``spawn_process``'s supervisor and its refs are
+        ``system.extension(Spawner)``. ``SystemStopped`` once the system is
+        stopped (nothing would close a new one).
+        """
+        with self._lock:
+            if self._stopped.is_set():
+                raise SystemStopped(f"{self} is stopped")
+            extension = self._extensions.get(make)
+            if extension is None:
+                extension = self._extensions[make] = make(self)
+            return cast(E, extension)  # keyed by its maker: it is what make returned
+
+    def _processes(self) -> ProcessLayer:
+        if not _process_layer:
+            raise RuntimeError("no process layer: import actors.spawn (importing the package actors does)")
+        return self.extension(_process_layer[0])
 
     def _start(self, name: str, hosted: _Hosted) -> pykka.ActorRef:
         with hosted_by(self, name):

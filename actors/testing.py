@@ -10,8 +10,8 @@ import struct
 from typing import Any
 
 from actors.actor import Actor
+from actors.host import Hosted, host
 from actors.persister import Persister
-from actors.spawn import Hosted, host
 from transport.message import message
 
 

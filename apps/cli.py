@@ -1,34 +1,36 @@
 """The ``zactor`` command: one entry point, a subcommand per system.
 
 Subcommands import their module only when chosen, so ``zactor --help`` is
-instant and a broken optional part cannot break the others.
+instant and a broken optional part cannot break the others. The systems'
+commands are listed here (``SUBCOMMANDS``); commands of the layer above
+apps (``zactor bench``, from benchmarks) plug in through the entry-point
+group ``zactor.commands`` (see ``setup.cfg``), so this module never imports
+them. A plugin module has ``HELP``, ``EXAMPLES`` and ``main(argv) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import importlib.metadata
 import logging
 import sys
-import time
 from collections.abc import Callable
 
 from apps.keys_cli import add_security_options, apply_security_options
-from benchmarks import BENCHMARKS
+
+PLUGIN_GROUP = "zactor.commands"
+"""Entry-point group of commands other packages add: ``NAME = module``."""
 
 DESCRIPTION = """\
 zactor: multiprocess actors over ZeroMQ, and the distributed systems built on them.
 
-First use: `zactor bench` measures every benchmark on generated data and
-prints a table. Each benchmark compares zactor with a baseline in the same run.
+First use: the examples below; every command has its own --help.
 """
 
 EPILOG = """\
 examples:
-  zactor bench                       run every benchmark, print a table
-  zactor bench transport --json      one benchmark, one JSON object
-  zactor bench transport --help      that benchmark's own options
+{examples}
   zactor keys init                   create this machine's keyring, print its public key
 
 security: every command that serves or connects takes --keys DIR and --insecure
@@ -36,42 +38,9 @@ security: every command that serves or connects takes --keys DIR and --insecure
 """
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    names = ", ".join(BENCHMARKS)
-    p = sub.add_parser(
-        "bench",
-        help="run benchmarks (all, or one by name)",
-        description=f"Run benchmarks side by side with their baselines. Available: {names}. "
-        "Options after the name go to that benchmark (see `zactor bench NAME --help`).",
-    )
-    p.add_argument("name", nargs="?", choices=[*BENCHMARKS, "all"], default="all", help="which benchmark (default: all)")
-    add_security_options(p)
-    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=_bench)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    apply_security_options(args)
-    if args.name != "all":
-        return importlib.import_module(BENCHMARKS[args.name]).main(args.args)
-    want_json = "--json" in args.args
-    unknown = [a for a in args.args if a != "--json"]
-    if unknown:
-        print(f"zactor bench: options {' '.join(unknown)} need a benchmark name", file=sys.stderr)
-        return 2
-    results: dict[str, dict] = {}
-    for i, (name, module_name) in enumerate(BENCHMARKS.items(), 1):
-        if not want_json:
-            print(f"[{i}/{len(BENCHMARKS)}] {name} ...", file=sys.stderr, flush=True)
-        module = importlib.import_module(module_name)
-        started = time.monotonic()
-        results[name] = module.run()
-        if not want_json:
-            print(module.report(results[name]), flush=True)
-            print(f"  ({time.monotonic() - started:.1f} s)\n", flush=True)
-    if want_json:
-        print(json.dumps(results))
-    return 0
+def plugins() -> dict[str, str]:
+    """The commands plugged in through ``zactor.commands``: name -> module (empty if none is installed)."""
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP)}
 
 
 def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
@@ -88,15 +57,20 @@ def _add_delegate(sub: argparse._SubParsersAction, name: str, module: str, help_
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The full parser, for ``--help`` and usage errors: imports each plugin module for its help line."""
+    plugged = {name: importlib.import_module(module) for name, module in plugins().items()}
+    examples = "\n".join(f"  {command:<34} {what}" for p in plugged.values() for command, what in p.EXAMPLES)
     parser = argparse.ArgumentParser(
-        prog="zactor", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="zactor", description=DESCRIPTION, epilog=EPILOG.format(examples=examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
     add_security_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_bench(sub)
-    for name, module, help_text in SUBCOMMANDS:
-        _add_delegate(sub, name, module, help_text)
+    for name, module in plugged.items():
+        _add_delegate(sub, name, module.__name__, module.HELP)
+    for name, module_name, help_text in SUBCOMMANDS:
+        _add_delegate(sub, name, module_name, help_text)
     return parser
 
 
@@ -131,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_security_options(security)  # before any command: it reaches every system and child process
     level = [logging.ERROR, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    delegates = {name: module for name, module, _ in SUBCOMMANDS}
+    delegates = {**plugins(), **{name: module for name, module, _ in SUBCOMMANDS}}
     if argv and argv[0] in delegates:
         # Handed over whole, --help included: each system's command has its own parser.
         try:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from actors import ActorSystem, AskTimeout
+from actors.agent import run_agent
+from actors.spawn import node_children
 from apps.keys_cli import add_security_options, apply_security_options
 
 
@@ -46,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "serve":
         if not args.endpoint:
             parser.error("serve needs --endpoint tcp://HOST:PORT")
-        from actors.agent import run_agent
-
         try:
             run_agent(args.endpoint, args.dir, announce=True)
         except (OSError, ValueError) as exc:
@@ -56,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.node:
         parser.error("list needs --node tcp://HOST:PORT")
-    from actors import ActorSystem, AskTimeout
-    from actors.agent import node_children
-
     try:
         children = node_children(ActorSystem.shared(), args.node, timeout=args.timeout)
     except AskTimeout:

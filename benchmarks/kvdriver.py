@@ -67,7 +67,7 @@ def connect(target: Target) -> Any:
 
         return Clerk(list(target.endpoints), give_up_after=30.0)
     if target.kind == "etcd":
-        from benchmarks.etcd import EtcdClient
+        from apps.etcd.cluster import EtcdClient
 
         return EtcdClient(*target.endpoints[target.pin])
     if target.kind == "pysyncobj":

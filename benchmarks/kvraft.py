@@ -46,7 +46,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.etcd import EtcdCluster
+from apps.etcd.cluster import EtcdCluster
 from benchmarks.kvdriver import Batch, DriverPool, Target
 from benchmarks.pysyncobj_kv import PySyncObjCluster
 

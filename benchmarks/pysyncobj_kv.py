@@ -24,7 +24,7 @@ import struct
 import time
 from typing import Any
 
-from benchmarks.ports import free_ports
+from apps.etcd.ports import free_ports
 
 _START_WAIT = 30.0
 _STOP_WAIT = 5.0

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors import Actor, ActorSystem, ChildSpec, Supervisor
-from actors.spawn import Hosted, host
+from actors.host import Hosted, host
+from apps.etcd.ports import free_ports
 from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, RaftPeer, Start
 from benchmarks.percentiles import p50_p99
-from benchmarks.ports import free_ports
 from benchmarks.pysyncobj_kv import keep_warnings
 
 PEERS = 3

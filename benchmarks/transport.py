@@ -48,7 +48,7 @@ from typing import Any
 import zmq
 
 from actors import ActorSystem
-from actors.spawn import Hosted, host
+from actors.host import Hosted, host
 from actors.testing import Echo
 from transport.keys import SecurityWarning, resolve_keyring
 

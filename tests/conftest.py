@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from actors import ActorSystem, ChildSpec, Supervisor
-from actors.agent import wait_for_node
+from actors.spawn import wait_for_node
 from actors.testing import serve_echo
 from tests.helpers import free_port
 from transport.keys import INSECURE_ENV, KEYS_ENV, init_keyring, resolve_keyring

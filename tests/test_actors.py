@@ -185,3 +185,32 @@ def test_stopped_system_fails_pending_and_new_asks(system: ActorSystem) -> None:
         system.ref(endpoint, "x").ask(1, timeout=0.2)
     with pytest.raises(SystemStopped):
         other.spawn(Echo, name="late")
+
+
+class _Extension:
+    """A layer's per-system state, as the Spawner is: counts how often it is made and closed."""
+
+    made = 0
+
+    def __init__(self, system: ActorSystem) -> None:
+        type(self).made += 1
+        self.system = system
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_an_extension_is_made_once_per_system_and_closed_by_stop() -> None:
+    _Extension.made = 0
+    with ActorSystem() as system:
+        first = system.extension(_Extension)
+        assert system.extension(_Extension) is first and first.system is system
+        with ActorSystem() as other:
+            assert other.extension(_Extension) is not first
+        assert first.closed == 0
+    assert first.closed == 1 and _Extension.made == 2
+    system.stop()  # idempotent: closed once
+    assert first.closed == 1
+    with pytest.raises(SystemStopped):
+        system.extension(_Extension)  # nothing would close a new one

@@ -14,8 +14,9 @@ import cloudpickle
 import pytest
 
 from actors import Actor, ActorSystem, AskTimeout, ProcessDied, RestartLimitReached
-from actors.agent import AGENT_NAME, SpawnRequest, node_children
-from actors.spawn import ClassRef
+from actors.agent_protocol import AGENT_NAME, SpawnRequest
+from actors.classref import ClassRef
+from actors.spawn import node_children
 from actors.testing import Get, Incr, PersistentCounter
 from tests.helpers import answer_after_kill, free_port
 from transport.keys import Keyring, Member, init_keyring, write_members

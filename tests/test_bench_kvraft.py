@@ -163,7 +163,7 @@ def test_bad_flag_is_a_clear_error() -> None:
 def test_an_etcd_member_that_cannot_start_is_a_clear_error_and_the_others_are_stopped(tmp_path: Path) -> None:
     import socket
 
-    from benchmarks.etcd import EtcdCluster
+    from apps.etcd.cluster import EtcdCluster
 
     cluster = EtcdCluster(str(tmp_path))
     with socket.socket() as squatter:  # member 1's client port is taken
@@ -180,7 +180,7 @@ def test_etcd_client_sends_a_request_again_after_a_5xx_and_counts_it() -> None:
     import http.server
     import threading
 
-    from benchmarks.etcd import EtcdClient
+    from apps.etcd.cluster import EtcdClient
 
     answers = [503, 503, 200]
 

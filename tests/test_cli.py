@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from apps.cli import plugins
+
 
 def zactor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -19,6 +21,13 @@ def test_help_lists_the_commands() -> None:
     out = zactor("--help")
     assert out.returncode == 0
     assert "bench" in out.stdout and "zactor bench" in out.stdout
+
+
+def test_bench_is_plugged_in_through_the_entry_point_group() -> None:
+    """apps.cli finds `zactor bench` in the zactor.commands entry points (setup.cfg), never by importing benchmarks."""
+    assert plugins() == {"bench": "benchmarks.cli"}, "entry points missing: reinstall with pip install -e '.[dev,bench]'"
+    out = zactor("--help")
+    assert "run benchmarks (all, or one by name)" in out.stdout and "zactor bench transport --json" in out.stdout
 
 
 def test_unknown_command_is_a_usage_error() -> None:

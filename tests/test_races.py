@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from actors import Actor, ActorDeadError, ActorSystem
+from actors import Actor, ActorDeadError, ActorSystem, ReplyFuture, SystemStopped
 from actors.testing import Echo, Fail
 from tests.helpers import wait_until
 from transport import Counters, Envelope, Kind, Node
@@ -235,3 +235,46 @@ def test_rebuilt_actor_gets_the_tells_queued_behind_the_failure(system: ActorSys
     gate.set()
     assert wait_until(lambda: system.restarts("gated") == 1, 10)
     assert ref.ask("seen", timeout=10) == ["a", "b", "c"]
+
+
+class _HeldExcInfo:
+    """An ``exc_info`` whose reading blocks until released: holds ``set_exception`` inside its
+    completion, so another thread can complete the same future at that very moment."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __getitem__(self, i: int) -> Any:
+        self.reading.set()
+        self.release.wait(10)
+        return (type(self.exc), self.exc, None)[i]
+
+
+def test_a_future_completed_by_two_threads_at_once_completes_once() -> None:
+    """System teardown (set_exception) and an actor's thread (set) used to both release the future's lock."""
+    future = ReplyFuture("Get", "counter")
+    held = _HeldExcInfo(SystemStopped("stopping"))
+    errors: list[BaseException] = []
+
+    def teardown() -> None:
+        try:
+            future.set_exception(held)
+        except BaseException as exc:
+            errors.append(exc)
+
+    stopper = threading.Thread(target=teardown)
+    stopper.start()
+    assert held.reading.wait(10)  # the teardown is inside set_exception now
+    future.set("the actor's answer")  # the actor's thread completes it meanwhile
+    held.release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert errors == [], f"completing twice raised {errors!r}"
+    assert future.get(timeout=0) == "the actor's answer"  # the first completion stands
+    assert future.get(timeout=0) == "the actor's answer"
+

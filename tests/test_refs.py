@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from actors import ActorRef, ActorSystem, AskTimeout, ReplyFuture
+from actors import Actor, ActorRef, ActorSystem, AskTimeout, ProcessDied, ReplyFuture
 from actors.testing import Echo
 from tests.helpers import Held
 
@@ -63,3 +67,52 @@ def test_readme_asyncio_example_runs_as_shown(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=README.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "100 replies; first: ('hello', 0)"
+
+
+class Sleeper(Actor):
+    """Answers ``("sleep", s)`` after sleeping ``s`` seconds, anything else at once."""
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, tuple) and message[0] == "sleep":
+            time.sleep(message[1])
+        return message
+
+
+def test_every_kind_of_ref_satisfies_actor_ref_and_answers_ask_async(system: ActorSystem, remote: str) -> None:
+    """Local, remote and process refs (what spawn_process and lookup return) all have the one face."""
+    local = system.spawn(Echo, name="echo")
+    far = system.ref(remote, "echo")
+    spawned = system.spawn_process(Echo, name="spawned-echo")
+    found = system.lookup("spawned-echo")
+    refs = [local, far, spawned, found]
+    assert [type(r).__name__ for r in refs] == ["LocalRef", "RemoteRef", "ProcessRef", "ProcessRef"]
+    for ref in refs:
+        assert isinstance(ref, ActorRef), f"{ref!r} does not satisfy ActorRef"
+
+    async def main() -> list:
+        return list(await asyncio.gather(*(ref.ask_async((n, i), timeout=10) for n, ref in enumerate(refs) for i in range(20))))
+
+    assert asyncio.run(main()) == [(n, i) for n in range(len(refs)) for i in range(20)]
+
+
+def test_ask_async_to_a_process_that_dies_fails_with_process_died(system: ActorSystem) -> None:
+    """An ask_async in flight when its process is killed fails at once, as a blocking ask does."""
+    sleeper = system.spawn_process(Sleeper, name="sleeper")
+    assert sleeper.ask("up?", timeout=10) == "up?"
+    pid = sleeper.pid()
+    assert pid is not None
+
+    async def main() -> BaseException | None:
+        task = asyncio.ensure_future(sleeper.ask_async(("sleep", 60.0), timeout=30.0))
+        await asyncio.sleep(0)  # the task runs up to its first await: the ask is sent and recorded
+        os.kill(pid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(task, 10.0)
+        except BaseException as exc:
+            return exc
+        return None
+
+    t0 = time.monotonic()
+    error = asyncio.run(main())
+    assert isinstance(error, ProcessDied), repr(error)
+    assert time.monotonic() - t0 < 10.0  # the death ended it, not the ask's 30 s timeout

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from apps.etcd.ports import free_ports
 from apps.soak.etcd import EtcdError, EtcdKV, EtcdMembers
 from apps.soak.proxy import PeerProxy, sender_of
-from benchmarks.ports import free_ports
 
 ROOT = Path(__file__).parent.parent
 

@@ -21,7 +21,7 @@ from actors import (
 )
 from actors.spawn import spawner_of
 from actors.testing import Get, Incr, PersistentCounter
-from tests.helpers import answer_after_kill
+from tests.helpers import answer_after_kill, wait_until
 
 
 def make_tally_class() -> type:
@@ -207,3 +207,33 @@ def test_a_transient_process_that_exits_cleanly_stays_down_and_says_so(system: A
         ref.ask("quit", timeout=10.0)
     with pytest.raises(RestartLimitReached, match="not restarted"):
         ref.ask(Get(), timeout=1.0)
+
+
+class KillOnTheWayOut:
+    """A message that kills its process while it is being sent, and waits until the ref has heard of the death.
+
+    Its pickling runs inside the send, on the asking thread: so the death
+    notice reaches the ref after the ask began and before the send returns.
+    On the wire it is ``("sleep", 60.0)``: a restarted process that gets it
+    does not answer within the ask's timeout either.
+    """
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+        self.pid = ref.pid()
+        self.deaths = ref.deaths
+
+    def __reduce__(self) -> tuple:
+        os.kill(self.pid, signal.SIGKILL)
+        assert wait_until(lambda: self.ref.deaths > self.deaths, timeout=10), "the supervisor never reported the death"
+        return (tuple, (("sleep", 60.0),))
+
+
+def test_a_death_noticed_while_the_ask_is_being_sent_fails_it_with_process_died(system: ActorSystem, tmp_path: Path) -> None:
+    """The ask used to be recorded as in flight only after its send: a death in between left it to time out."""
+    tally = system.spawn_process(make_tally_class(), "tally.state", name="tally", persist_dir=tmp_path / "t")
+    assert tally.ask(Incr(1))[1] == 1
+    t0 = time.monotonic()
+    with pytest.raises(ProcessDied, match="in flight"):
+        tally.ask(KillOnTheWayOut(tally), timeout=5.0)
+    assert time.monotonic() - t0 < 5.0  # the death ended it, not the timeout

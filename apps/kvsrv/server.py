@@ -28,7 +28,7 @@ import tracemalloc
 from typing import Any
 
 from actors import Actor
-from actors.spawn import Hosted, host
+from actors.host import Hosted, host
 from apps.kvsrv.messages import Append, BadRequest, Get, MemoryUsage, Put
 
 log = logging.getLogger(__name__)

@@ -65,6 +65,7 @@ from apps.mapreduce.protocol import (
     Wait,
     WorkerLost,
 )
+from apps.mapreduce.shuffle import FILES_NAME, FileServer, Prober, input_resolver
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,6 @@ COUNTERS = (
 
 def start_coordinator(system: ActorSystem, config: JobConfig) -> LocalRef:
     """Spawn the coordinator, its prober (and, with ``ship_input``, the inputs' file server) on ``system``."""
-    from apps.mapreduce.shuffle import FILES_NAME, FileServer, Prober, input_resolver
-
     if config.ship_input:
         system.spawn(FileServer, input_resolver(config.files), name=FILES_NAME)
     if config.probe_every > 0:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors import Actor
-from actors.spawn import Hosted, host
+from actors.host import Hosted, host
 from apps.raft.core import Config, RaftCore
 from apps.raft.messages import (
     AppendEntries,

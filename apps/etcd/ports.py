@@ -1,4 +1,4 @@
-"""Loopback ports for the baseline clusters the benchmarks start."""
+"""Loopback ports for the reference clusters (etcd here, pysyncobj in the benchmarks) that bind before they are told their peers."""
 
 from __future__ import annotations
 

