@@ -441,6 +441,7 @@ class Node:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()  # a write to the pipe never meets its close (-1: closed)
         self._signalled = False
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
@@ -535,6 +536,8 @@ class Node:
         frame = encode(env, self.max_frame_bytes, with_src=to_self or bool(self._frame_src))
         item = (dest_endpoint, message_type(env.body), env.is_reply, env.is_control, frame, None)
         if to_self:
+            if self._closed:
+                raise ConnectionError(f"node {self.endpoint} is closed")
             self._enqueue(item)  # delivered by the I/O thread, like everything received
         else:
             with self._send_lock:
@@ -603,8 +606,14 @@ class Node:
             self._send_replies(route, frames)
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
-        """Run ``fn`` on the I/O thread after ``delay`` seconds."""
+        """Run ``fn`` on the I/O thread after ``delay`` seconds.
+
+        On a closed node nothing will ever run: the timer comes back cancelled.
+        """
         timer = Timer(fn)
+        if self._closed:
+            timer.cancel()
+            return timer
         with self._timer_lock:
             heapq.heappush(self._timers, (time.monotonic() + max(0.0, delay), next(self._timer_seq), timer))
         if threading.get_ident() != self._io_ident:
@@ -639,15 +648,16 @@ class Node:
         if self._explicit_keys is not None:
             release_explicit(self._explicit_keys)
         self._wake()
+        # The sockets and the wake-up pipe are closed by the thread that polls them, as it
+        # ends (see _run), or here when it never ran: never under a running I/O thread,
+        # whose next poll or read would meet a closed descriptor, or a file that reuses it.
         if threading.get_ident() != self._io_ident and self._thread.is_alive():
             self._thread.join(timeout=5.0)
+            if self._thread.is_alive():
+                log.warning("node %s: the I/O thread has not ended after 5 s; it closes its sockets when it does", self.endpoint)
         elif not self._thread.is_alive():
             self._destroy()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            self._close_wake()
 
     # ---- internals --------------------------------------------------------
 
@@ -677,13 +687,26 @@ class Node:
         # The flag saves a system call per message while the I/O thread is
         # already awake; the I/O thread clears it after emptying the pipe and
         # before it drains the outbox and looks at _input_waiting, so an item
-        # queued after that drain always finds it clear and writes.
+        # queued after that drain always finds it clear and writes. The lock
+        # keeps the write from meeting _close_wake: once closed, the number
+        # may name another file of this process.
         if not self._signalled:
             self._signalled = True
-            try:
-                os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass
+            with self._wake_lock:
+                if self._wake_w >= 0:
+                    try:
+                        os.write(self._wake_w, b"x")
+                    except OSError:  # full (the thread has wake-ups to read already)
+                        pass
+
+    def _close_wake(self) -> None:
+        """Close the wake-up pipe (idempotent): by the I/O thread as it ends, or by close() if it never ran."""
+        with self._wake_lock:
+            fds = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
     def _build_poller(self) -> select.poll:
         """What the I/O thread polls: the descriptors of its sockets, the wake-up pipe, every DEALER's.
@@ -774,6 +797,7 @@ class Node:
             log.exception("node %s: I/O thread failed", self.endpoint)
         finally:
             self._destroy()
+            self._close_wake()
             self._io_ident = None  # a thread made later may be given the same ident: it is not this node's
 
     def _run_soon(self) -> None:
