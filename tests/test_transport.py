@@ -27,6 +27,7 @@ from actors.testing import Collector, Count, Echo, Received, Send
 from tests.conftest import wait_until
 from transport import (
     CONTROL_NAME,
+    ControlOp,
     ControlRequest,
     Envelope,
     FaultRule,
@@ -34,6 +35,7 @@ from transport import (
     FrameTooLarge,
     Kind,
     MalformedFrame,
+    Node,
     decode,
     disconnected,
     encode,
@@ -41,8 +43,8 @@ from transport import (
     unreliable,
 )
 from transport.codec import encode_batch, is_batch, split_batch
+from transport.ipc import check_ipc_free
 from transport.keys import resolve_keyring
-from transport.node import ControlOp, Node, check_ipc_free
 
 # ---- codec ------------------------------------------------------------------
 
@@ -327,14 +329,14 @@ def test_a_reply_that_eats_a_request_signal_does_not_strand_the_request(monkeypa
     requests: queue.Queue[Envelope] = queue.Queue()
     server = Node("tcp://127.0.0.1:0", on_message=requests.put)
     client = Node("tcp://127.0.0.1:0", on_message=lambda env: None)
-    real_send = node_module._raw_send
+    real_send = node_module.raw_send
 
     def eager_send(sock: zmq.Socket, data: bytes, flags: int = 0) -> None:
         real_send(sock, data, flags)
         if sock is server._router:
-            node_module._events(sock)  # what a send does when libzmq's throttle lets it: process commands
+            node_module.events(sock)  # what a send does when libzmq's throttle lets it: process commands
 
-    monkeypatch.setattr(node_module, "_raw_send", eager_send)
+    monkeypatch.setattr(node_module, "raw_send", eager_send)
     try:
         client.send(server.endpoint, Envelope(Kind.ASK, "x", client.endpoint, 1, "first"))
         first = requests.get(timeout=10)
