@@ -13,7 +13,8 @@ from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteErro
 from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
 from transport.ipc import default_endpoint
 from transport.keys import InsecureBindError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
-from transport.node import Node, Timer
+from transport.node import Node
+from transport.timers import Timer
 
 __all__ = [
     "CONTROL_NAME",

@@ -469,6 +469,7 @@ class Node:
     def _run(self) -> None:
         self._io_ident = threading.get_ident()
         router, wake_r, dealer_fds, admission = self._router, self._wake_r, self._dealers.by_fd, self._admission
+        run_due_timers = self._timers.run_due
         router_fd = cast(int, router.get(zmq.FD))
         zap_fd, monitor_fd = admission.descriptors() if admission is not None else (-1, -1)
         self._own_fds = [fd for fd in (router_fd, wake_r, zap_fd, monitor_fd) if fd >= 0]
@@ -494,7 +495,7 @@ class Node:
                     ready = []
                 if self._soon:
                     self._run_soon()
-                timeout_ms = self._timers.run_due()
+                timeout_ms = run_due_timers()
                 if self._poll_dirty:
                     poller = self._build_poller()
                 if self._router_sent:  # a send since the last look may have eaten a request's signal
