@@ -94,7 +94,7 @@ class _InlineInbox:
         self._q: deque[Any] = deque()
         self._node = node
         self._actor = actor
-        self._scheduled = False
+        self._scheduled = True  # set until ``start``'s setup has run: what comes first waits behind it
         self._serving = False  # a handler of this actor is running (possibly lower on this stack)
 
     def put(self, envelope: Any, /) -> None:
@@ -122,6 +122,19 @@ class _InlineInbox:
             self._serving = False
         if actor.actor_stopped.is_set():
             actor._actor_loop_teardown()
+
+    def start(self) -> None:
+        """Have the I/O thread run the actor's ``on_start``, then drain what came meanwhile.
+
+        pykka's ordering: nothing is handled before ``on_start``. Until the setup has run
+        the inbox counts as scheduled, so ``arrive`` queues a message instead of serving it.
+        """
+        self._node.run_soon(self._setup)
+
+    def _setup(self) -> None:
+        if not self._actor.actor_stopped.is_set():
+            self._actor._actor_loop_setup()
+        self._drain()
 
     def get(self) -> Any:
         return self._q.popleft()
@@ -182,8 +195,7 @@ class Actor(pykka.ThreadingActor):
 
     def _start_actor_loop(self) -> None:
         if isinstance(self.actor_inbox, _InlineInbox):
-            node = self.actor_inbox._node
-            node.run_soon(self._actor_loop_setup)
+            self.actor_inbox.start()
             return
         super()._start_actor_loop()
 

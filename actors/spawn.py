@@ -43,8 +43,6 @@ from actors.address import Address, check_name
 from actors.agent_protocol import AGENT_NAME, ChildDied, ChildInfo, ListChildren, Spawned, SpawnRequest, StopChild
 from actors.classref import ClassRef
 from actors.directory import find_on_nodes
-from actors.host import Hosted as Hosted  # re-exported for apps/kvraft/server.py until it imports actors.host
-from actors.host import host as host  # the same
 from actors.host import host_one
 from actors.process_ref import ProcessRef, RestartLimitReached
 from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent, not_restarted

@@ -35,8 +35,8 @@ from actors.address import Address
 from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull
 from actors.future import ReplyFuture
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, Kind, Node
+from transport.control import ControlOp
 from transport.envelope import KIND_ASK, KIND_REPLY, KIND_TELL
-from transport.node import ControlOp
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from transport.keys import (
     Keyring,
     KeyringError,
     Member,
-    _valid_key,
     default_keyring_dir,
     init_keyring,
     read_members,
+    valid_key,
     write_members,
 )
 
@@ -99,7 +99,7 @@ def _keys_as_operands(argv: list[str]) -> list[str]:
 
 def _is_key(text: str) -> bool:
     try:
-        _valid_key(text)
+        valid_key(text)
     except KeyringError:
         return False
     return True
@@ -139,12 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add(ring: Keyring, name: str, public_key: str, hosts: list[str]) -> int:
-    from transport.keys import _valid_key
-
     if not name.isprintable() or any(c.isspace() for c in name) or name.startswith("#"):
         print(f"zactor keys add: a member name has no spaces and does not start with #: {name!r}", file=sys.stderr)
         return 2
-    key = _valid_key(public_key)
+    key = valid_key(public_key)
     bad = [h for h in hosts if not h or "," in h or any(c.isspace() for c in h)]
     if bad:
         print(f"zactor keys add: bad --host {bad[0]!r}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from typing import Any
@@ -214,3 +215,79 @@ def test_an_extension_is_made_once_per_system_and_closed_by_stop() -> None:
     assert first.closed == 1
     with pytest.raises(SystemStopped):
         system.extension(_Extension)  # nothing would close a new one
+
+
+# ---- an inline actor's on_start comes first ------------------------------------
+
+
+class StartsFirst(Actor):
+    """Inline; counts the messages it handles, and those it handled before ``on_start`` ran."""
+
+    inline = True
+
+    def __init__(self, enough: int, got_enough: threading.Event) -> None:
+        super().__init__()
+        self.enough, self.got_enough = enough, got_enough
+        self.started = False
+        self.handled = self.before_start = 0
+
+    def on_start(self) -> None:
+        self.started = True
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "report":
+            return (self.handled, self.before_start)
+        self.handled += 1
+        self.before_start += not self.started
+        if self.handled == self.enough:
+            self.got_enough.set()
+        return None
+
+
+def _hammer(endpoint: str, name: str, connected: Any, sent: Any, stop: Any) -> None:
+    """A child process: tell ``name`` at ``endpoint`` over and over until ``stop`` (bounded in count and time)."""
+    with ActorSystem() as system:
+        system.control(endpoint).ping()  # the connection is made and authenticated before the tells
+        connected.set()
+        ref = system.ref(endpoint, name)
+        deadline = time.monotonic() + 60
+        for i in range(2_000_000):
+            if stop.is_set() or time.monotonic() > deadline:
+                break
+            ref.tell(i)
+            sent.value = i + 1
+
+
+def test_an_inline_actor_handles_nothing_before_its_on_start(system: ActorSystem) -> None:
+    """pykka runs ``on_start`` before the first message; an inline actor must too, also when a
+    peer process's messages for its name already wait on the node's socket as it is spawned.
+
+    The node's I/O thread is held in a timer while the actor is spawned, so the tells the peer
+    keeps sending wait in ZeroMQ, and the setup the spawn queues is behind them. Nothing on
+    this side touches the actor until it has handled the peer's tells (an ask from here would
+    queue behind the setup and hide the bug)."""
+    ctx = multiprocessing.get_context("spawn")
+    connected, stop = ctx.Event(), ctx.Event()
+    sent = ctx.Value("q", 0)
+    proc = ctx.Process(target=_hammer, args=(system.endpoint, "starts-first", connected, sent, stop), daemon=True)
+    proc.start()
+    try:
+        assert connected.wait(30), "the peer process never reached the node"
+        held, release, got_enough = threading.Event(), threading.Event(), threading.Event()
+        system.call_later(0, lambda: (held.set(), release.wait(10)))
+        try:
+            assert held.wait(10)
+            start = sent.value
+            assert wait_until(lambda: sent.value >= start + 200, 20), "the peer stopped sending"
+            ref = system.spawn(StartsFirst, 200, got_enough, name="starts-first")
+        finally:
+            release.set()
+        assert got_enough.wait(20), "the actor never got the peer's tells"
+        handled, before_start = ref.ask("report")
+        assert before_start == 0, f"{before_start} of {handled} messages were handled before on_start"
+    finally:
+        stop.set()
+        proc.join(20)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)

@@ -79,3 +79,17 @@ def test_keyword_only_fields_are_refused_at_class_creation():
         class Bad:
             a: int
             b: int = dataclasses.field(default=0, kw_only=True)
+
+
+def test_the_transports_own_wire_classes_are_messages():
+    """What the transport itself sends (a control request, the fault rules it carries, a
+    failure in an error reply) is declared with @message, and pickles through it."""
+    from transport import ControlOp, ControlRequest, Failure, FaultRule
+
+    failure = Failure.from_exception(ValueError("bad"))
+    rule = FaultRule("*", "out", drop=0.5)
+    for obj in (ControlRequest(ControlOp.SET_FAULTS, [rule]), rule, failure):
+        cls, args = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        assert cls is type(obj) and args == tuple(getattr(obj, f.name) for f in dataclasses.fields(obj))
+    back = pickle.loads(pickle.dumps(failure))
+    assert (back.type_name, back.message) == ("ValueError", "bad") and isinstance(back.to_exception(), ValueError)

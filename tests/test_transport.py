@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import logging
+import os
 import pickle
 import queue
 import select
@@ -13,6 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from actors.testing import Collector, Count, Echo, Received, Send
 from tests.helpers import wait_until
 from transport import (
     CONTROL_NAME,
+    ControlOp,
     ControlRequest,
     Envelope,
     FaultRule,
@@ -31,6 +35,7 @@ from transport import (
     FrameTooLarge,
     Kind,
     MalformedFrame,
+    Node,
     decode,
     disconnected,
     encode,
@@ -38,8 +43,8 @@ from transport import (
     unreliable,
 )
 from transport.codec import encode_batch, is_batch, split_batch
+from transport.ipc import check_ipc_free
 from transport.keys import resolve_keyring
-from transport.node import ControlOp, Node, check_ipc_free
 
 # ---- codec ------------------------------------------------------------------
 
@@ -324,14 +329,14 @@ def test_a_reply_that_eats_a_request_signal_does_not_strand_the_request(monkeypa
     requests: queue.Queue[Envelope] = queue.Queue()
     server = Node("tcp://127.0.0.1:0", on_message=requests.put)
     client = Node("tcp://127.0.0.1:0", on_message=lambda env: None)
-    real_send = node_module._raw_send
+    real_send = node_module.raw_send
 
     def eager_send(sock: zmq.Socket, data: bytes, flags: int = 0) -> None:
         real_send(sock, data, flags)
         if sock is server._router:
-            node_module._events(sock)  # what a send does when libzmq's throttle lets it: process commands
+            node_module.events(sock)  # what a send does when libzmq's throttle lets it: process commands
 
-    monkeypatch.setattr(node_module, "_raw_send", eager_send)
+    monkeypatch.setattr(node_module, "raw_send", eager_send)
     try:
         client.send(server.endpoint, Envelope(Kind.ASK, "x", client.endpoint, 1, "first"))
         first = requests.get(timeout=10)
@@ -678,3 +683,58 @@ def test_raw_bytes_and_oversized_frames_leave_the_node_serving() -> None:
         finally:
             ctx.destroy(linger=0)
 
+
+
+# ---- a closed node and its descriptors --------------------------------------
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def test_a_closed_node_writes_nothing_into_files_that_reuse_its_descriptors(tmp_path: Path) -> None:
+    """Once closed, a node's wake-up pipe is gone and the next files opened get its descriptor
+    numbers. Calls that would wake its I/O thread must then leave those files alone:
+    ``call_later`` and ``run_soon`` do nothing (the timer comes back cancelled), ``reply``
+    is dropped, and a send to itself (a control request) fails with ConnectionError."""
+    before = _open_fds()
+    node = Node(on_message=lambda env: None)
+    mine = _open_fds() - before
+    ping = Envelope(Kind.ASK, CONTROL_NAME, node.endpoint, 1, ControlRequest(ControlOp.PING))
+    node.close()
+    files: list[tuple[int, Path]] = []
+    try:
+        for i in range(len(mine) + 64):  # the lowest free number first: these take every one the node let go
+            if not (mine - _open_fds()):
+                break
+            path = tmp_path / f"reuse-{i}"
+            files.append((os.open(path, os.O_RDWR | os.O_CREAT), path))
+        assert not (mine - _open_fds()), "the node's descriptors were not all reused"
+        timer = node.call_later(0, lambda: None)
+        node.run_soon(lambda: None)
+        node.reply(ping._replace(route=b"someone"), "late answer")
+        with pytest.raises(ConnectionError, match="closed"):
+            try:
+                node.send(node.endpoint, ping)
+            finally:
+                assert [path.name for _, path in files if path.stat().st_size] == []
+        assert timer.cancelled
+    finally:
+        for fd, _ in files:
+            os.close(fd)
+
+
+def test_a_node_closed_on_its_own_io_thread_ends_it_cleanly_and_frees_its_descriptors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``close()`` from a task on the I/O thread cannot join that thread: the thread itself lets
+    go of the sockets and the wake-up pipe as it ends, never polling or reading a closed descriptor."""
+    before = _open_fds()
+    node = Node(on_message=lambda env: None)
+    mine = _open_fds() - before
+    closed = threading.Event()
+    node.run_soon(lambda: (node.close(), closed.set()))
+    assert closed.wait(10)
+    assert wait_until(lambda: not node.started, 10), "the I/O thread did not end"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert wait_until(lambda: not (mine & _open_fds()), 10), f"still open: {sorted(mine & _open_fds())}"

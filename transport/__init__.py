@@ -1,15 +1,20 @@
 """ZeroMQ messaging between OS processes, with the lab network's faults built in.
 
 Knows nothing about actors: it moves :class:`Envelope` objects addressed to a
-name on a node. See :mod:`transport.node` for the usage summary.
+name on a node. See :mod:`transport.node` for the usage summary and the map
+of the modules a node is built from.
 """
 
+from transport.channel import Channel
 from transport.codec import DEFAULT_MAX_FRAME_BYTES, CodecError, FrameTooLarge, MalformedFrame, decode, encode
+from transport.control import ControlOp, ControlRequest
 from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
 from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
+from transport.ipc import default_endpoint
 from transport.keys import InsecureBindError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
-from transport.node import Channel, ControlOp, ControlRequest, Node, Timer, default_endpoint
+from transport.node import Node
+from transport.timers import Timer
 
 __all__ = [
     "CONTROL_NAME",

@@ -1,8 +1,9 @@
 """The unit of traffic between nodes, and the kinds of traffic there are.
 
 An envelope is addressed to an actor *name* on a node and says which node
-(endpoint) it came from, so a reply, a fault rule or a counter can refer to
-the other side without any knowledge of actors.
+(endpoint) it came from, so a fault rule or a counter can refer to the other
+side without any knowledge of actors. A reply goes back over the connection
+its request came in on (``route``), never to the endpoint a frame claims.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import enum
 import pickle
 import traceback
-from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from transport.message import message
 
 
 class Kind(enum.IntEnum):
@@ -48,7 +50,8 @@ class Envelope(NamedTuple):
     dest: str
     """Actor name on the destination node ("" for a reply to a future)."""
     src: str
-    """Endpoint of the sending node: where replies go and what rules match."""
+    """Endpoint of the sending node, as the receiver knows it (from the connection's routing id,
+    else the frame): a label for fault rules and counters, never where a reply goes (``route`` is)."""
     corr: int
     """Correlation id of an ask; its reply carries the same number."""
     body: Any
@@ -76,7 +79,7 @@ class RemoteError(RuntimeError):
     """An exception raised on another node that could not travel back as itself."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Failure:
     """An exception on the wire: the original if it survives pickling, and always its text.
 
@@ -101,14 +104,6 @@ class Failure:
             travelling = None
         text = "".join(traceback.format_exception(exc))
         return cls(type(exc).__qualname__, str(exc), text, travelling)
-
-    def __getstate__(self) -> tuple:
-        # The traceback object of a live exception does not pickle; its text is in remote_traceback.
-        return (self.type_name, self.message, self.remote_traceback, self.exception)
-
-    def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(("type_name", "message", "remote_traceback", "exception"), state, strict=True):
-            object.__setattr__(self, name, value)
 
     def to_exception(self) -> BaseException:
         if isinstance(self.exception, BaseException):

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Literal
+
+from transport.message import message
 
 Direction = Literal["out", "in", "both"]
 Applies = Literal["all", "requests", "replies"]
@@ -28,7 +29,7 @@ DROP = -1.0
 """What :meth:`FaultTable.decide` returns for a message that must vanish."""
 
 
-@dataclass(frozen=True, slots=True)
+@message  # crosses the wire in a control request (set_faults)
 class FaultRule:
     peer: str = "*"
     direction: Direction = "out"

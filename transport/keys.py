@@ -89,7 +89,8 @@ def default_keyring_dir() -> Path:
     return Path(base) / "zactor" / "keys"
 
 
-def _valid_key(text: str) -> bytes:
+def valid_key(text: str) -> bytes:
+    """``text`` as a CURVE public key (40 Z85 characters), or KeyringError saying what is wrong with it."""
     key = text.strip().encode("ascii", "replace")
     if len(key) != 40:
         raise KeyringError(f"not a CURVE public key (40 Z85 characters): {text.strip()!r}")
@@ -187,7 +188,7 @@ class Keyring:
             raise KeyringError(f"refusing keyring {self.directory}: {secret_path} belongs to another user (uid {st.st_uid})")
         fields = dict(_pairs(secret_path.read_text()))
         try:
-            self.public = _valid_key(fields["public"])
+            self.public = valid_key(fields["public"])
             self.secret = fields["secret"].strip().encode("ascii")
         except KeyError as exc:
             raise KeyringError(f"{secret_path} lacks its {exc.args[0]} key line") from None
@@ -267,7 +268,7 @@ def read_members(path: Path) -> tuple[Member, ...]:
         if len(parts) not in (2, 3):
             raise KeyringError(f"{path}:{n}: expected NAME PUBLIC-KEY [HOST,...], got {line!r}")
         try:
-            key = _valid_key(parts[1])
+            key = valid_key(parts[1])
         except KeyringError as exc:
             raise KeyringError(f"{path}:{n}: {exc}") from None
         hosts = tuple(h for h in parts[2].split(",") if h) if len(parts) == 3 else ()

@@ -1,4 +1,9 @@
-"""``@message``: the one way a class that crosses the wire is declared.
+"""``@message``: the declaration every class whose objects cross the wire must carry.
+
+Transport's own wire classes carry it (:class:`~transport.control.ControlRequest`,
+:class:`~transport.faults.FaultRule`, :class:`~transport.envelope.Failure`;
+``tests/test_message.py`` checks them). An :class:`~transport.envelope.Envelope`
+itself never crosses as a class: the codec writes its fields.
 
 A message is a frozen dataclass with ``__slots__`` (small, immutable, hashable).
 Pickled as it comes, such a class goes through dataclasses' own

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors import Actor
-from actors.spawn import Hosted, host
+from actors.host import Hosted, host
 from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Reply, Request, StateDigest
 from apps.kvraft.state import KVState
 from apps.kvsrv.server import _check as check_write

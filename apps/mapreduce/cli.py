@@ -16,7 +16,7 @@ from apps.mapreduce.job import JobFailed, Progress, run_job
 from apps.mapreduce.protocol import JobStatus, Status
 from apps.mapreduce.report import job_report
 from apps.mapreduce.worker import worker_main
-from transport.node import ipc_directory, ipc_directory_path
+from transport.ipc import ipc_directory, ipc_directory_path
 
 # In this user's 0700 socket directory (made when the coordinator binds), so with --insecure
 # another local user still cannot reach it; one fixed name, so a worker finds it without flags.

@@ -1,0 +1,120 @@
+"""The node's sending sockets: how one is opened, and the shared ones kept per destination.
+
+Why a room: a DEALER is opened the same way for a shared connection and for a
+thread's :class:`~transport.channel.Channel` (this node's keys, queue bounds,
+a routing id that names the node, fast reconnects), and the shared ones form
+a cache with rules of its own: one per destination, at most ``max_peers``
+open (the least recently used goes first), none kept ``peer_idle`` seconds
+without a send, each reachable from its descriptor (what the I/O thread
+polls) and known by its destination (the label of the replies read off it).
+The node's send lock guards every change; the I/O thread alone closes
+sockets, since it alone polls their descriptors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import cast
+
+import zmq
+
+from transport.keys import Keyring
+
+DEFAULT_MAX_PEERS = 256
+"""Open sending sockets (one per destination) kept at most; the least recently used is closed."""
+
+DEFAULT_PEER_IDLE = 300.0
+"""Seconds without a send after which a sending socket is closed (reopened on the next send)."""
+
+
+def open_dealer(
+    ctx: zmq.Context,
+    dest: str,
+    *,
+    keyring: Keyring | None,
+    server_key: bytes | None,
+    routing_id: bytes | None,
+    inbound_hwm: int,
+    max_frame_bytes: int,
+) -> zmq.Socket:
+    """A DEALER connected to ``dest``; ZMQError (socket closed) if the endpoint is refused.
+
+    ``server_key``: ``dest``'s CURVE key, looked up by the caller before any socket exists
+    (an unknown host leaks nothing); with ``keyring`` None the connection is plain.
+    """
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, inbound_hwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 4096)
+    # A restarted peer should be reachable again within milliseconds.
+    sock.setsockopt(zmq.RECONNECT_IVL, 10)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    if keyring is not None:
+        sock.curve_serverkey = server_key
+        sock.curve_publickey = keyring.public
+        sock.curve_secretkey = keyring.secret
+    try:
+        sock.connect(dest)
+    except zmq.ZMQError:
+        sock.close()
+        raise
+    return sock
+
+
+class Dealers:
+    """The shared DEALERs, one per destination, least recently used first.
+
+    Changed under the node's send lock. The I/O thread reads ``by_fd`` without
+    it (each read one dict operation, atomic under the GIL), so ``by_fd`` is
+    changed in place and never replaced.
+    """
+
+    def __init__(self, max_peers: int, peer_idle: float) -> None:
+        self.max_peers = max_peers
+        self.peer_idle = peer_idle
+        self.by_dest: OrderedDict[str, zmq.Socket] = OrderedDict()
+        """Least recently used first: a send moves its destination to the end."""
+        self.by_fd: dict[int, zmq.Socket] = {}
+        self.peers: dict[zmq.Socket, str] = {}
+        """Each socket's destination, for the replies read off it."""
+        self.last_send: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_dest)
+
+    def add(self, dest: str, sock: zmq.Socket) -> None:
+        self.by_dest[dest] = sock
+        self.by_fd[cast(int, sock.get(zmq.FD))] = sock
+        self.peers[sock] = dest
+        self.last_send[dest] = time.monotonic()
+
+    def over_limit(self) -> list[tuple[str, zmq.Socket]]:
+        """Take out the least recently used beyond ``max_peers``; the caller closes them (see :meth:`close`)."""
+        gone = []
+        while len(self.by_dest) > self.max_peers:
+            dest, sock = self.by_dest.popitem(last=False)
+            self.last_send.pop(dest, None)
+            gone.append((dest, sock))
+        return gone
+
+    def idle(self) -> list[tuple[str, zmq.Socket]]:
+        """Take out those without a send for ``peer_idle`` seconds; the caller closes them."""
+        cutoff = time.monotonic() - self.peer_idle
+        gone = []
+        for dest in [d for d, t in self.last_send.items() if t < cutoff]:
+            del self.last_send[dest]
+            sock = self.by_dest.pop(dest, None)
+            if sock is not None:
+                gone.append((dest, sock))
+        return gone
+
+    def close(self, sock: zmq.Socket) -> None:
+        """Forget a socket taken out, and close it: only on the I/O thread (nobody polls it now)."""
+        for fd in [fd for fd, s in list(self.by_fd.items()) if s is sock]:
+            self.by_fd.pop(fd, None)
+        self.peers.pop(sock, None)
+        sock.close(linger=0)
