@@ -25,7 +25,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -34,7 +34,7 @@ from actors.actor import _InlineInbox, _PykkaEnvelope
 from actors.address import Address
 from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull
 from actors.future import ReplyFuture
-from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, Kind, Node
+from transport import CONTROL_NAME, ControlRequest, Envelope, FaultSpec, Kind, Node, flatten
 from transport.control import ControlOp
 from transport.envelope import KIND_ASK, KIND_REPLY, KIND_TELL
 
@@ -238,8 +238,9 @@ class NodeControl:
     def ping(self) -> dict:
         return self._call(ControlOp.PING)
 
-    def set_faults(self, rules: Sequence[FaultRule]) -> None:
-        self._call(ControlOp.SET_FAULTS, list(rules))
+    def set_faults(self, rules: FaultSpec) -> None:
+        """Replace the node's fault rules: a rule, or a list of rules and lists (``[unreliable(), disconnected(p)]``)."""
+        self._call(ControlOp.SET_FAULTS, list(flatten(rules)))
 
     def counters(self) -> dict:
         return self._call(ControlOp.COUNTERS)

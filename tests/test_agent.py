@@ -135,6 +135,7 @@ def test_node_cli_errors_are_clear(tmp_path: Path) -> None:
     assert out.returncode == 1 and "no answer" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_stranger_cannot_make_the_agent_spawn_anything(node: tuple[str, Path], tmp_path: Path, test_keyring: Path) -> None:
     """A key pair not in the agent's keyring: the handshake fails, nothing is decoded, no code runs."""
     endpoint, _ = node

@@ -79,6 +79,7 @@ def echo(system: ActorSystem, host: Host) -> Any:
     return system.ref(host.endpoint, "echo")
 
 
+@pytest.mark.slow
 def test_wait_returns_the_answered_asks_and_leaves_the_silent_one_pending_never_cancelled(
     system: ActorSystem, hosts: list[Host]
 ) -> None:

@@ -68,6 +68,7 @@ def test_leader_killed_mid_stream_every_acknowledged_append_is_there_exactly_onc
 
 
 @pytest.mark.parametrize("read", ["index", "log"])
+@pytest.mark.slow
 def test_a_deposed_leader_cut_off_in_a_minority_never_answers_a_get(read: str) -> None:
     with KVCluster(5, read=read) as cluster:
         ck = cluster.make_clerk()
@@ -94,6 +95,7 @@ def test_a_deposed_leader_cut_off_in_a_minority_never_answers_a_get(read: str) -
         cluster.check_linearizable()
 
 
+@pytest.mark.slow
 def test_log_reads_stay_linearizable_under_partitions(tmp_path: Path) -> None:
     generic(tmp_path, 5, 5, partitions=True, read="log", rounds=1)
 
@@ -184,6 +186,7 @@ def kv_cluster_cli() -> Iterator[tuple[str, _Lines, Path]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_cli_cluster_serves_put_and_get_and_a_killed_server_comes_back(kv_cluster_cli: tuple[str, _Lines, Path]) -> None:
     endpoints, lines, root = kv_cluster_cli
     assert lines.wait_for("servers:", 30).split()[-1] == endpoints

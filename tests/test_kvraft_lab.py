@@ -14,8 +14,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from apps.kvraft.testing import KVCluster
 from tests.helpers import ELECTION_TIMEOUT, MAXRAFTSTATE, assert_appends_once_in_order, element, generic
+
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
 
 
 def speed(maxraftstate: int) -> None:

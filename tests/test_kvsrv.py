@@ -127,14 +127,17 @@ def generic(system: ActorSystem, server: str, tmp_path: Path, nclients: int, unr
     assert_linearizable(recorder, tmp_path)
 
 
+@pytest.mark.slow
 def test_basic_2(system: ActorSystem, server: str, tmp_path: Path) -> None:
     generic(system, server, tmp_path, 1, unreliable_net=False)
 
 
+@pytest.mark.slow
 def test_concurrent_2(system: ActorSystem, server: str, tmp_path: Path) -> None:
     generic(system, server, tmp_path, 5, unreliable_net=False)
 
 
+@pytest.mark.slow
 def test_unreliable_2(system: ActorSystem, server: str, tmp_path: Path) -> None:
     generic(system, server, tmp_path, 5, unreliable_net=True)
 
@@ -190,6 +193,7 @@ def random_value(n: int, seed: int) -> str:
     return random.Random(seed).randbytes(n // 2).hex()
 
 
+@pytest.mark.slow
 def test_mem_get_2(system: ActorSystem, mem_server: str) -> None:
     c0, c1 = Clerk(mem_server, system=system), Clerk(mem_server, system=system)
     base = memory(system, mem_server)
@@ -223,6 +227,7 @@ def test_mem_append_2(system: ActorSystem, mem_server: str) -> None:
     assert used <= 30 * MiB, f"server holds {used} bytes for a 20 MiB key"
 
 
+@pytest.mark.slow
 def test_mem_put_many_clients(system: ActorSystem, mem_server: str) -> None:
     nclients, value = 100_000, "v" * 1000
     base = memory(system, mem_server)
@@ -237,6 +242,7 @@ def test_mem_put_many_clients(system: ActorSystem, mem_server: str) -> None:
     assert per_client <= 200, f"server grew {per_client:.0f} bytes per client"
 
 
+@pytest.mark.slow
 def test_mem_get_many_clients(system: ActorSystem, mem_server: str) -> None:
     nclients = 100_000
     Clerk(mem_server, system=system).put("0", "")
@@ -252,6 +258,7 @@ def test_mem_get_many_clients(system: ActorSystem, mem_server: str) -> None:
     assert per_client < 10, f"server grew {per_client:.1f} bytes per reading client"
 
 
+@pytest.mark.slow
 def test_mem_many_appends(system: ActorSystem, mem_server: str) -> None:
     clerk = Clerk(mem_server, system=system)
     base = memory(system, mem_server)

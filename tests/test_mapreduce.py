@@ -25,6 +25,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [str(p) for p in generate_corpus(tmp_path_factory.mktemp("in"), total_bytes=300_000, n_files=6, seed=3)]
 
 
+@pytest.mark.slow
 def test_words_are_exactly_runs_of_isalpha_over_all_of_unicode() -> None:
     for cp in range(0x110000):
         ch = chr(cp)
@@ -34,6 +35,7 @@ def test_words_are_exactly_runs_of_isalpha_over_all_of_unicode() -> None:
     assert words("Ça va? x_y 3rd ²abc½ Ⅻ日本") == ["Ça", "va", "x", "y", "rd", "abc", "日本"]
 
 
+@pytest.mark.slow
 def test_corpus_is_deterministic_and_has_the_odd_files(tmp_path: Path) -> None:
     a = generate_corpus(tmp_path / "a", total_bytes=50_000, n_files=8, seed=9)
     b = generate_corpus(tmp_path / "b", total_bytes=50_000, n_files=8, seed=9)
@@ -46,6 +48,7 @@ def test_corpus_is_deterministic_and_has_the_odd_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("n_reduce", [1, 10])
 @pytest.mark.parametrize("combine", [True, False])
+@pytest.mark.slow
 def test_tasks_equal_the_sequential_reference(tmp_path: Path, corpus: list[str], n_reduce: int, combine: bool) -> None:
     app = load_app("wc")
     if not combine:
@@ -194,6 +197,7 @@ def test_a_map_that_always_raises_fails_the_job_naming_the_input(tmp_path: Path)
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 def test_cli_run_reports_failure_and_bad_arguments(tmp_path: Path) -> None:
     def zactor(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "apps.cli", "mr", *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
@@ -239,6 +243,7 @@ def test_coordinator_and_worker_meet_at_the_default_endpoint_in_the_private_sock
     assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == ["one 1", "two 2"]
 
 
+@pytest.mark.slow
 def test_a_second_coordinator_at_the_default_endpoint_is_refused_and_the_first_runs_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,6 +283,7 @@ def straggler_map(filename: str, contents: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("backups", [False, True])
+@pytest.mark.slow
 def test_backup_tasks_take_the_straggler_off_the_critical_path(tmp_path: Path, backups: bool) -> None:
     """Without backups the job waits out the straggler's 8 s; with them it is done while the straggler's
     first attempt (50 s) still runs: an event, not a wall-clock race against a loaded machine."""
@@ -314,6 +320,7 @@ def hanging_map(filename: str, contents: str) -> list[tuple[str, str]]:
     return [("n", "1")]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_task_has_its_task_reassigned_from_the_supervisor_event(tmp_path: Path) -> None:
     inputs = []
     for name in ("a.txt", "b.txt", "c.txt", "hang.txt"):

@@ -30,6 +30,8 @@ from apps.mapreduce.sequential import read_output_lines, run_sequential
 from tests.helpers import free_port
 from tests.processes import ROOT, Processes, listening
 
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
+
 LIMIT = 90.0
 
 

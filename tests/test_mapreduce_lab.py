@@ -27,6 +27,8 @@ from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.sequential import read_output_lines, run_sequential
 from tests.processes import Processes, listening
 
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
+
 
 @pytest.fixture(scope="module")
 def books(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:

@@ -14,6 +14,8 @@ import pytest
 
 from apps.raft.testing import Cluster
 
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
+
 ELECTION_TIMEOUT = 1.0
 
 

@@ -12,6 +12,8 @@ from actors import CorruptStateError
 from apps.raft.storage import JOURNAL_NAME, RaftStorage
 from apps.raft.testing import Cluster, HarnessFailure
 
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
+
 ELECTION_TIMEOUT = 1.0
 
 

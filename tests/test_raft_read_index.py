@@ -141,6 +141,7 @@ def test_a_follower_echoes_the_read_round_in_every_answer() -> None:
 
 
 @pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.slow
 def test_random_schedules_never_yield_a_stale_read(n: int) -> None:
     yielded = 0
     for seed in range(150):

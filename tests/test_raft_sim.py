@@ -18,6 +18,7 @@ SEEDS = range(300)
 
 @pytest.mark.parametrize("snapshots", [False, True], ids=["log", "snapshots"])
 @pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.slow
 def test_random_schedules_keep_raft_safe_and_live(n: int, snapshots: bool) -> None:
     committed = 0
     for seed in SEEDS:
@@ -34,6 +35,7 @@ def test_a_seed_replays_the_same_run() -> None:
 
 
 @pytest.mark.parametrize("snapshots", [False, True], ids=["log", "snapshots"])
+@pytest.mark.slow
 def test_the_journal_replays_exactly_what_each_peer_made_durable(tmp_path: Path, snapshots: bool) -> None:
     restarts = 0
     for seed in range(100):

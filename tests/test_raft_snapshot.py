@@ -8,6 +8,8 @@ import pytest
 
 from apps.raft.testing import SNAPSHOT_INTERVAL, Cluster
 
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
+
 MAXLOGSIZE = 2000
 
 

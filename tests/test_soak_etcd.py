@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from apps.etcd.ports import free_ports
 from apps.soak.etcd import EtcdError, EtcdKV, EtcdMembers
 from apps.soak.proxy import PeerProxy, sender_of
@@ -146,6 +148,7 @@ def test_partition_through_the_proxy_cuts_a_member_off_and_heal_reconnects_it(tm
         alone.close()
 
 
+@pytest.mark.slow
 def test_etcd_soak_with_kill_pause_partition_passes(tmp_path):
     out = tmp_path / "report"
     proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", "etcd", "--minutes", "0.5", "--seed", "21", "--min-throughput", "10",

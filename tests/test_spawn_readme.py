@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -16,6 +18,7 @@ def _section() -> str:
     return text[start : text.index("\n## ", start + 1)]
 
 
+@pytest.mark.slow
 def test_readme_embedding_example_runs_as_printed(node: tuple[str, Path], tmp_path: Path) -> None:
     endpoint, _ = node
     section = _section()

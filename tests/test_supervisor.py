@@ -136,6 +136,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.slow
 def test_children_do_not_outlive_a_supervisor_process_that_is_killed(tmp_path: Path, sig: signal.Signals) -> None:
     """The supervisor's process gets no chance to stop its children: the fork server sees its parent's
     pipe close and exits, and every child asked the kernel for SIGKILL when the fork server dies."""

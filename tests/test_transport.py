@@ -365,6 +365,19 @@ def test_control_is_immune_to_faults(system: ActorSystem, remote: str) -> None:
     far.set_faults([])
 
 
+def test_set_faults_takes_a_rule_or_nested_lists_of_rules(system: ActorSystem, remote: str) -> None:
+    far = system.control(remote)
+    far.set_faults([unreliable(), disconnected("ipc://elsewhere")])  # the profiles return lists: nesting reads right
+    assert far.ping()["endpoint"] == remote
+    far.set_faults(FaultRule("ipc://elsewhere", "out", connected=False))
+    with pytest.raises(TypeError, match="not str"):
+        far.set_faults(["not a rule"])  # type: ignore[list-item]
+    far.set_faults([])
+    table = FaultTable()
+    table.replace([unreliable(), [disconnected("p")]])
+    assert [r.peer for r in table.rules] == ["*", "*", "p"]
+
+
 def test_unknown_control_op_is_a_clear_error(system: ActorSystem, remote: str) -> None:
     with pytest.raises(ValueError, match="unknown control op"):
         system.control(remote)._call("explode")

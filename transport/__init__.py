@@ -10,7 +10,7 @@ from transport.codec import DEFAULT_MAX_FRAME_BYTES, CodecError, FrameTooLarge, 
 from transport.control import ControlOp, ControlRequest
 from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
-from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
+from transport.faults import FaultRule, FaultSpec, FaultTable, disconnected, flatten, long_reordering, unreliable
 from transport.ipc import default_endpoint
 from transport.keys import InsecureBindError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
 from transport.node import Node
@@ -27,6 +27,7 @@ __all__ = [
     "Envelope",
     "Failure",
     "FaultRule",
+    "FaultSpec",
     "FaultTable",
     "FrameTooLarge",
     "InsecureBindError",
@@ -42,6 +43,7 @@ __all__ = [
     "default_endpoint",
     "disconnected",
     "encode",
+    "flatten",
     "init_keyring",
     "long_reordering",
     "message_type",

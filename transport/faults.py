@@ -92,6 +92,19 @@ def disconnected(peer: str = "*") -> list[FaultRule]:
     return [FaultRule(peer, "both", connected=False)]
 
 
+FaultSpec = FaultRule | Sequence["FaultSpec"]
+"""A rule, or a list of specs: ``[unreliable(), disconnected(peer)]`` reads as it is meant."""
+
+
+def flatten(rules: FaultSpec) -> tuple[FaultRule, ...]:
+    """The rules of ``rules`` in order; the profiles above return lists, so users nest them."""
+    if isinstance(rules, FaultRule):
+        return (rules,)
+    if isinstance(rules, str | bytes) or not isinstance(rules, Sequence):
+        raise TypeError(f"fault rules must be FaultRule or lists of them, not {type(rules).__name__}")
+    return tuple(rule for item in rules for rule in flatten(item))
+
+
 class FaultTable:
     """The rules in force on one node.
 
@@ -106,11 +119,8 @@ class FaultTable:
         """Read-only outside ``replace``; a plain attribute, as every message looks at it."""
         self._rng = random.Random(seed)
 
-    def replace(self, rules: Sequence[FaultRule]) -> None:
-        for rule in rules:
-            if not isinstance(rule, FaultRule):
-                raise TypeError(f"fault rules must be FaultRule, not {type(rule).__name__}")
-        self.rules = tuple(rules)
+    def replace(self, rules: FaultSpec) -> None:
+        self.rules = flatten(rules)
 
     def decide(self, peer: str, direction: str, is_reply: bool, mtype: str = "") -> float:
         """Seconds to hold the message back (0 = now), or DROP."""

@@ -28,6 +28,13 @@ from typing import Any, TypeVar, dataclass_transform
 
 T = TypeVar("T")
 
+_declared: set[type] = set()
+
+
+def is_message(cls: type) -> bool:
+    """Whether ``cls`` itself (not a base of it) was declared with :func:`message`."""
+    return cls in _declared
+
 
 @dataclass_transform(frozen_default=True)  # type checkers see a frozen dataclass
 def message(cls: type[T]) -> type[T]:
@@ -60,4 +67,5 @@ def message(cls: type[T]) -> type[T]:
         return (made, values(self))
 
     made.__reduce_ex__ = __reduce_ex__
+    _declared.add(made)
     return made

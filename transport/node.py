@@ -73,7 +73,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, cast
 
 import zmq
@@ -96,7 +96,7 @@ from transport.control import perform
 from transport.counters import Counters, Tally
 from transport.dealers import DEFAULT_MAX_PEERS, DEFAULT_PEER_IDLE, Dealers, open_dealer
 from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind, message_type
-from transport.faults import DROP, FaultRule, FaultTable
+from transport.faults import DROP, FaultRule, FaultSpec, FaultTable
 from transport.ipc import check_ipc_free, default_endpoint
 from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
@@ -354,10 +354,10 @@ class Node:
             self._wake()
         return timer
 
-    def set_faults(self, rules: Sequence[FaultRule]) -> None:
-        """Replace the fault rules in force; they apply to the next message sent or received."""
+    def set_faults(self, rules: FaultSpec) -> None:
+        """Replace the fault rules in force (a rule or nested lists of them); they apply to the next message."""
         with self._send_lock:
-            self._faults.replace(list(rules))
+            self._faults.replace(rules)
 
     @property
     def fault_rules(self) -> tuple[FaultRule, ...]:

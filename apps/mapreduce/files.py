@@ -15,9 +15,10 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from transport.message import message
 
 BATCH = 2048
 """Groups per pickled batch of a run: big enough that pickle works in C, small enough to stream."""
@@ -91,9 +92,12 @@ def read_run(path: Path) -> Iterator[tuple[str, list[Any]]]:
 # ---- input splits ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Split:
-    """Bytes [start, end) of an input file; the split owns every line that *starts* in that range."""
+    """Bytes [start, end) of an input file; the split owns every line that *starts* in that range.
+
+    A map task carries its split to the worker, so it is a wire class.
+    """
 
     filename: str
     start: int
