@@ -36,6 +36,7 @@ from actors.address import Address
 from actors.spawn import ClassRef, Hosted, ProcessRef, Spawner, host, host_one, not_restarted, spawner_of
 from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
 from transport.keys import endpoint_host
+from transport.private_files import private_dirs
 
 if TYPE_CHECKING:
     from actors.system import ActorSystem
@@ -244,7 +245,7 @@ class DeathWatcher(Actor):
 def run_agent(endpoint: str, workdir: str | os.PathLike[str], *, announce: bool = False) -> None:
     """Run a node agent in this process until SIGTERM or SIGINT (what ``zactor node`` does)."""
     directory = Path(workdir).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dirs(directory)  # 0700: the actors' state is nobody else's to read
     shown = str(directory).replace("{", "{{").replace("}", "}}")  # the announcement is a format string
     announcement = f"node agent listening on {{endpoint}}, directory {shown} (Ctrl-C stops it)" if announce else None
     host(endpoint, [Hosted(AGENT_NAME, NodeAgent, (str(directory),))], announce=announcement)

@@ -50,6 +50,7 @@ import pykka
 from actors.address import Address
 from actors.errors import ActorDeadError
 from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent
+from transport.private_files import private_dirs
 
 if TYPE_CHECKING:
     from actors.system import ActorSystem
@@ -180,7 +181,7 @@ def host(
     from actors.system import ActorSystem  # the system imports this module for spawn_process
 
     if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        private_dirs(workdir)
         os.chdir(workdir)
     with ActorSystem(endpoint, start=False, **system_options) as system:
         if faults:

@@ -9,15 +9,19 @@ on, sending sockets stay bounded, and a flood of tells is bounded too.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import re
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -512,3 +516,123 @@ def test_idle_sending_sockets_are_closed_and_reopened(remote: str) -> None:
         assert [e.body for e in got] == ["first", "again"]
     finally:
         node.close()
+
+
+# ---- data at rest: 0700 directories and 0600 files whatever the umask ------------
+
+
+def _not_private(root: Path) -> list[str]:
+    """Every directory under ``root`` (itself included) not 0700 and every regular file not 0600."""
+    wrong = []
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600 if stat.S_ISREG(st.st_mode) else None
+        if want is not None and stat.S_IMODE(st.st_mode) != want:
+            wrong.append(f"{path} {stat.filemode(st.st_mode)}")
+    return wrong
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_persister_and_journal_state_is_private(tmp_path: Path, umask: int) -> None:
+    from actors import Journal, Persister
+    from apps.raft.storage import RaftStorage
+
+    with _umask(umask):
+        Persister(tmp_path / "state" / "a" / "actor.state").save(b"secret state")
+        journal = Journal(tmp_path / "state" / "b" / "log")
+        journal.append([b"record"])
+        journal.close()
+        storage = RaftStorage(tmp_path / "state" / "raft")
+        storage.journal.append([b"x"])
+        storage.journal.close()
+    assert len([p for p in (tmp_path / "state").rglob("*") if p.is_file()]) == 3
+    assert _not_private(tmp_path / "state") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_a_raft_cluster_data_dir_is_private(tmp_path: Path, umask: int) -> None:
+    data = tmp_path / "deploy" / "raft"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "raft", "cluster", "--peers", "1", "--data-dir", str(data), "--for", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, umask=umask,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded by --for 60
+            if " leader 0 " in line:
+                break
+        else:
+            raise AssertionError(f"no leader: {proc.stderr.read() if proc.stderr else ''}")
+        assert wait_until(lambda: any(p.is_file() for p in data.rglob("*")), 10)  # the leader's vote, on disk
+        assert _not_private(tmp_path / "deploy") == []
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_mapreduce_output_and_work_directories_are_private(tmp_path: Path, umask: int) -> None:
+    text = tmp_path / "in.txt"
+    text.write_text("a b c a\n")
+    out = tmp_path / "job" / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "apps.cli", "mr", "run", "--app", "wc", "--workers", "2", "--reduce-tasks", "2",
+         "--shared-dir", "--quiet", "--out", str(out), str(text)],
+        capture_output=True, text=True, timeout=120, umask=umask,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob("mr-out-*")) == ["mr-out-0", "mr-out-1"]
+    assert _not_private(tmp_path / "job") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_fetched_map_output_is_private(tmp_path: Path, umask: int) -> None:
+    from apps.mapreduce.shuffle import fetch_to_file
+
+    class Server:
+        def ask(self, message: Any, timeout: float) -> bytes:
+            return b"k\tv\n" if message.offset == 0 else b""
+
+    (tmp_path / "fetched").mkdir(mode=0o700)
+    with _umask(umask):
+        fetch_to_file(Server(), "mr-0-0", tmp_path / "fetched" / "mr-0-0", timeout=5)
+    assert (tmp_path / "fetched" / "mr-0-0").read_bytes() == b"k\tv\n"
+    assert _not_private(tmp_path / "fetched") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_a_node_agent_directory_is_private(tmp_path: Path, umask: int) -> None:
+    directory = tmp_path / "nodes" / "a"
+    endpoint = f"ipc://{tmp_path}/agent.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "node", "--endpoint", endpoint, "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=umask,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the announcement comes once the directory is made and the endpoint bound
+            if "node agent listening" in line:
+                break
+        else:
+            raise AssertionError("the agent did not start")
+        assert _not_private(tmp_path / "nodes") == []
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
