@@ -15,6 +15,7 @@ import zmq
 
 from actors import ActorSystem, ChildSpec, Supervisor
 from actors.testing import serve_echo
+from tests.users import User, make_user, remove_user
 from transport.keys import INSECURE_ENV, KEYS_ENV, init_keyring, resolve_keyring
 
 
@@ -83,3 +84,15 @@ def member_socket() -> Iterator[Callable[[str], zmq.Socket]]:
 
     yield connect
     ctx.destroy(linger=0)
+
+
+@pytest.fixture(scope="session")
+def other_user() -> Iterator[User]:
+    """A second unix user, for attacks by another person on this machine (see tests/users.py)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a second unix user (useradd) for the attacker")
+    user = make_user()
+    try:
+        yield user
+    finally:
+        remove_user(user)

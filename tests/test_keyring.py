@@ -27,11 +27,9 @@ from actors import ActorSystem
 from actors.testing import Echo
 from tests.conftest import wait_until
 from tests.test_security import Evil
-from tests.users import User, as_user, other_user
+from tests.users import User, as_user
 from transport import Envelope, Kind, encode
 from transport.keys import Keyring, KeyringError, Member, init_keyring, write_members
-
-__all__ = ["other_user"]  # the fixture, imported for the tests here
 
 
 @pytest.fixture

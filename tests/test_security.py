@@ -10,15 +10,18 @@ on, sending sockets stay bounded, and a flood of tells is bounded too.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +37,7 @@ from apps.kvsrv import Clerk
 from apps.kvsrv.server import serve as serve_kv
 from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
 from tests.conftest import wait_until
+from tests.users import User, as_user
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, InsecureBindError, Kind, encode
 from transport.codec import is_batch, split_batch
 from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, resolve_keyring, write_members
@@ -636,3 +640,114 @@ def test_a_node_agent_directory_is_private(tmp_path: Path, umask: int) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ---- the insecure mode's allow-list, on bind and on connect --------------------------
+
+SQUATTER = r"""
+import json, os, subprocess, sys, time
+import zmq
+from transport import Envelope, Kind, decode, encode
+from transport.codec import is_batch, split_batch
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[1],))
+
+# Only in this network namespace (made by the test, no route out): lo up, and a
+# "remote" address on it, where the squatter listens with no security at all.
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"], check=True)
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+router.setsockopt(zmq.LINGER, 0)
+router.bind("tcp://10.9.9.9:5555")
+client = subprocess.Popen(
+    [sys.executable, "-m", "apps.cli", "kv", "get", "--insecure", "--server", "tcp://10.9.9.9:5555", "--timeout", "3", "k"],
+    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+)
+asks = 0
+deadline = time.monotonic() + 60
+while client.poll() is None and time.monotonic() < deadline:
+    if router.poll(100):
+        peer, frame = router.recv_multipart()
+        for one in split_batch(frame) if is_batch(frame) else [frame]:
+            env = decode(one)
+            asks += 1
+            router.send_multipart([peer, encode(Envelope(Kind.REPLY, "", "tcp://10.9.9.9:5555", env.corr, Evil()))])
+if client.poll() is None:
+    client.kill()
+out, err = client.communicate()
+ctx.destroy(linger=0)
+print(json.dumps({"rc": client.returncode, "stderr": err, "asks": asks}))
+"""
+
+
+def test_insecure_client_refuses_to_dial_beyond_loopback(tmp_path: Path) -> None:
+    """A client with --insecure told to use a non-loopback server (one a squatter answers, in a
+    network namespace this test makes) must not dial it: it would unpickle the squatter's reply."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace of its own (unshare -n)")
+    marker = tmp_path / "MARKER"
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", SQUATTER, str(marker)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not marker.exists(), "the squatter's reply ran code in the client"
+    assert result["asks"] == 0, "the client dialled the squatter"
+    assert result["rc"] == 1, result["stderr"]
+    assert "refusing to connect to tcp://10.9.9.9:5555 with security off" in result["stderr"]
+    assert "Remove --insecure" in result["stderr"] and "Traceback" not in result["stderr"], result["stderr"]
+
+
+@pytest.mark.parametrize("endpoint", ["tipc://{5555,1,0}", "pgm://127.0.0.1;239.192.1.1:5555", "tcp://*:0", "tcp://0.0.0.0:0"])
+def test_insecure_bind_outside_the_allow_list_is_refused(endpoint: str) -> None:
+    with pytest.raises(InsecureBindError, match=r"with security off.*--insecure allows only tcp:// on a loopback address"):
+        ActorSystem(endpoint, secure=False)
+
+
+@pytest.mark.parametrize("dest", ["tipc://{5555,1,0}", "pgm://127.0.0.1;239.192.1.1:5555", "udp://127.0.0.1:5555"])
+def test_insecure_connect_outside_the_allow_list_is_refused(dest: str) -> None:
+    from transport import InsecureConnectError, Node
+
+    node = Node(on_message=lambda env: None, secure=False)
+    try:
+        with pytest.raises(InsecureConnectError, match=r"refusing to connect to .* with security off.*Remove --insecure"):
+            node.send(dest, Envelope(Kind.TELL, "x", node.endpoint, 0, "hi"))
+        assert node.open_peers == 0
+    finally:
+        node.close()
+
+
+def test_insecure_mode_still_reaches_loopback_tcp_and_ipc(tmp_path: Path) -> None:
+    for endpoint in ("tcp://127.0.0.1:0", "tcp://127.0.0.3:0", f"ipc://{tmp_path}/s.sock"):
+        with ActorSystem(endpoint, secure=False) as server, ActorSystem(secure=False) as client:
+            server.spawn(Echo, name="echo")
+            assert client.ref(server.endpoint, "echo").ask("plain", timeout=10) == "plain"
+
+
+def squat(path: Path) -> None:
+    path.mkdir(mode=0o755)
+
+
+def test_a_squatted_socket_directory_names_the_owner_and_the_way_out(other_user: User) -> None:
+    from transport.private_files import socket_directory
+
+    shared = Path(tempfile.mkdtemp(prefix="zactor-tmp-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)  # as /tmp is
+        mine = shared / f"zactor-{os.getuid()}"
+        as_user(other_user, squat, mine)
+        with pytest.raises(PermissionError) as caught:
+            socket_directory(str(mine))
+        text = str(caught.value)
+        assert f"cannot use {mine}" in text and f"belongs to {other_user.name}" in text and "export TMPDIR=" in text
+        assert (mine.stat().st_uid, stat.S_IMODE(mine.stat().st_mode)) == (other_user.uid, 0o755)  # left alone
+        fresh = shared / "fresh"
+        fresh.mkdir(mode=0o777)
+        fresh.chmod(0o777)
+        assert socket_directory(str(fresh)) == str(fresh) and stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

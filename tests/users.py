@@ -1,7 +1,8 @@
 """A second unix user for the attacks that need one: another person on the same machine.
 
 Created with ``useradd`` when the tests run as root (as CI does) and removed
-after; skipped with the reason otherwise. The attacker's steps run in a
+after, by the session fixture ``other_user`` (tests/conftest.py); skipped
+with the reason otherwise. The attacker's steps run in a
 forked child that drops to that user (``setgid``/``setuid``), so they are
 done with exactly that user's rights, by a real process. The interpreter
 lives under ``/root``, which the user cannot read, hence a fork (modules
@@ -16,11 +17,21 @@ import pwd
 import select
 import subprocess
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
+
+def make_user() -> User:
+    """A fresh unix user (no home, no shell); remove it with :func:`remove_user`."""
+    name = f"zatk{os.getpid()}{os.urandom(2).hex()}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, timeout=60)
+    entry = pwd.getpwnam(name)
+    return User(name, entry.pw_uid, entry.pw_gid)
+
+
+def remove_user(user: User) -> None:
+    subprocess.run(["userdel", user.name], check=False, timeout=60)
 
 
 @dataclass(frozen=True)
@@ -28,19 +39,6 @@ class User:
     name: str
     uid: int
     gid: int
-
-
-@pytest.fixture(scope="session")
-def other_user() -> Iterator[User]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a second unix user (useradd) for the attacker")
-    name = f"zatk{os.getpid()}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True, timeout=60)
-    try:
-        entry = pwd.getpwnam(name)
-        yield User(name, entry.pw_uid, entry.pw_gid)
-    finally:
-        subprocess.run(["userdel", name], check=False, timeout=60)
 
 
 class AttackerFailed(AssertionError):

@@ -8,7 +8,7 @@ from transport.codec import DEFAULT_MAX_FRAME_BYTES, CodecError, FrameTooLarge, 
 from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
 from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
-from transport.keys import InsecureBindError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
+from transport.keys import InsecureBindError, InsecureConnectError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
 from transport.node import Channel, ControlOp, ControlRequest, Node, Timer, default_endpoint
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FaultTable",
     "FrameTooLarge",
     "InsecureBindError",
+    "InsecureConnectError",
     "Keyring",
     "KeyringError",
     "Kind",

@@ -53,7 +53,7 @@ from pathlib import Path
 import zmq
 import zmq.utils.z85
 
-from transport.private_files import open_private
+from transport.private_files import open_private, owner_name
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,11 @@ class KeyringError(SecurityError):
 
 
 class InsecureBindError(SecurityError):
-    """Binding a non-loopback address with security turned off."""
+    """Binding an address outside loopback and ipc:// with security turned off."""
+
+
+class InsecureConnectError(SecurityError):
+    """Connecting to an address outside loopback and ipc:// with security turned off."""
 
 
 class SecurityWarning(UserWarning):
@@ -209,13 +213,6 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def _owner(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 def check_parents(path: Path) -> None:
     """Refuse ``path`` if a directory above it could let another user swap it (see the module docstring)."""
     me = os.getuid()
@@ -228,15 +225,15 @@ def check_parents(path: Path) -> None:
             raise KeyringError(f"cannot check keyring path {path}: {parent}: {exc.strerror}") from None
         if st.st_uid not in (me, 0):
             raise KeyringError(
-                f"refusing keyring {path}: its parent directory {parent} belongs to {_owner(st.st_uid)}, who could "
+                f"refusing keyring {path}: its parent directory {parent} belongs to {owner_name(st.st_uid)}, who could "
                 f"replace the keyring; keep the keyring under directories owned by you or root "
                 f"(`chown {_user()} {parent}`, or move it, e.g. to the default {default_keyring_dir()})"
             )
         if st.st_mode & 0o022:
-            owner = _entry_owner(below)
+            owner = _entryowner_name(below)
             if st.st_mode & stat.S_ISVTX and owner not in (me, 0):
                 raise KeyringError(
-                    f"refusing keyring {path}: {below} belongs to {_owner(owner)}, in {parent}, which others can "
+                    f"refusing keyring {path}: {below} belongs to {owner_name(owner)}, in {parent}, which others can "
                     f"write, so that user controls what is under it; use a directory of your own (remove this "
                     f"one with `rm -r {below}` if it is not needed, or choose another path)"
                 )
@@ -249,7 +246,7 @@ def check_parents(path: Path) -> None:
         below = parent
 
 
-def _entry_owner(path: Path) -> int:
+def _entryowner_name(path: Path) -> int:
     """Who owns ``path``; a path not made yet counts as ours (we are about to make it)."""
     try:
         return os.lstat(path).st_uid
@@ -265,7 +262,7 @@ def check_directory(directory: Path) -> None:
         raise KeyringError(f"refusing keyring {directory}: it is not a directory")
     if st.st_uid != os.getuid():
         raise KeyringError(
-            f"refusing keyring {directory}: the directory belongs to {_owner(st.st_uid)}, not to you; "
+            f"refusing keyring {directory}: the directory belongs to {owner_name(st.st_uid)}, not to you; "
             f"fix it with `chown -R {_user()} {directory}` if it is yours"
         )
     if st.st_mode & 0o022:
@@ -298,7 +295,7 @@ def read_checked(path: Path, *, secret: bool = False) -> str | None:
             raise KeyringError(f"refusing keyring file {path}: it is not a regular file; remove it (`rm {path}`)")
         if st.st_uid != os.getuid():
             raise KeyringError(
-                f"refusing keyring file {path}: it belongs to {_owner(st.st_uid)}, not to you; "
+                f"refusing keyring file {path}: it belongs to {owner_name(st.st_uid)}, not to you; "
                 f"fix it with `chown {_user()} {path}` if it is yours"
             )
         if secret and st.st_mode & 0o077:
@@ -546,12 +543,41 @@ def warn_insecure() -> None:
         )
 
 
-def check_insecure_bind(endpoint: str) -> None:
-    """Refuse a non-loopback bind with security off; the message names the flag to drop."""
+INSECURE_ALLOWED = "tcp:// on a loopback address (127.0.0.0/8, ::1, localhost) and ipc://"
+"""What ``--insecure`` may bind and connect to: only what other machines cannot reach."""
+
+
+def insecure_endpoint_allowed(endpoint: str) -> bool:
+    """Whether ``endpoint`` is on the insecure mode's allow-list (every other transport, tipc:// and
+    pgm:// included, and every non-loopback tcp:// address, is refused)."""
+    if endpoint.startswith("ipc://"):
+        return True
     host = endpoint_host(endpoint)
-    if host is not None and not is_loopback(host):
+    if host is None:
+        return False
+    if endpoint.startswith("tcp://") and ";" in endpoint:  # tcp://SOURCE;DEST: the source must be loopback too
+        source = endpoint[len("tcp://") :].split(";", 1)[0].rsplit(":", 1)[0].strip("[]")
+        if not is_loopback(source):
+            return False
+    return is_loopback(host)
+
+
+def check_insecure_bind(endpoint: str) -> None:
+    """Refuse a bind outside the insecure mode's allow-list; the message names the flag to drop."""
+    if not insecure_endpoint_allowed(endpoint):
         raise InsecureBindError(
-            f"refusing to bind {endpoint} with security off: anyone who can reach a non-loopback "
-            "address could run code in this process. Remove --insecure (or secure=False) to turn "
-            "CURVE security back on, or bind a loopback address such as tcp://127.0.0.1:PORT"
+            f"refusing to bind {endpoint} with security off: anyone who can reach it could run code in "
+            f"this process, and --insecure allows only {INSECURE_ALLOWED}. Remove --insecure (or "
+            "secure=False) to turn CURVE security back on, or bind a loopback address such as tcp://127.0.0.1:PORT"
+        )
+
+
+def check_dial(endpoint: str, secure: bool) -> None:
+    """With security off, refuse to connect outside the insecure mode's allow-list (a node calls this
+    before it dials): with no CURVE, whoever answers there would have its replies unpickled."""
+    if not secure and not insecure_endpoint_allowed(endpoint):
+        raise InsecureConnectError(
+            f"refusing to connect to {endpoint} with security off: whoever answers there could run code "
+            f"in this process through its replies, and --insecure allows only {INSECURE_ALLOWED}. "
+            "Remove --insecure (or secure=False) to connect with CURVE security"
         )

@@ -86,7 +86,7 @@ from transport.codec import (
 from transport.counters import Counters, Tally
 from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind, message_type
 from transport.faults import DROP, FaultRule, FaultTable
-from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
+from transport.keys import Keyring, check_dial, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
 
 log = logging.getLogger(__name__)
 
@@ -895,6 +895,7 @@ class Node:
     def _new_dealer(self, dest: str) -> zmq.Socket | None:
         """A DEALER connected to ``dest`` with this node's keys. KeyringError if no key serves it."""
         server_key = self.keyring.server_key(dest) if self.keyring is not None else None
+        check_dial(dest, self.secure)
         if self._destroyed:
             raise ConnectionError(f"node {self.endpoint} is closed")
         sock = self._ctx.socket(zmq.DEALER)

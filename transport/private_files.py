@@ -12,7 +12,10 @@ the user made is the user's choice.
 
 from __future__ import annotations
 
+import errno
 import os
+import pwd
+import stat
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -47,3 +50,36 @@ def open_private(path: str | os.PathLike[str], flags: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def socket_directory(path: str) -> str:
+    """``path`` as this user's directory for ipc:// sockets: made 0700 on first use, refused unless ours.
+
+    It sits in the shared temporary directory, so another user can make it
+    first; then no default endpoint can be made, and the refusal says whose it
+    is and the way out (the path is not ours to remove in a sticky /tmp).
+    """
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+        what = "is not a directory" if not stat.S_ISDIR(st.st_mode) else f"belongs to {owner_name(st.st_uid)}"
+        raise PermissionError(
+            errno.EACCES,
+            f"cannot use {path} for this user's ipc:// sockets: it {what} (made by someone else first, or left "
+            f"behind); set TMPDIR to a directory of your own (e.g. `mkdir -p -m 700 ~/.cache/tmp && export "
+            f"TMPDIR=~/.cache/tmp`), give explicit endpoints (--endpoint), or have root remove {path}",
+        )
+    if st.st_mode & 0o077:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+def owner_name(uid: int) -> str:
+    """A uid as a person reads it: "alice (uid 1000)"."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
