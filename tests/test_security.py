@@ -10,6 +10,7 @@ on, sending sockets stay bounded, and a flood of tells is bounded too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -41,6 +42,7 @@ from tests.users import User, as_user
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, InsecureBindError, Kind, encode
 from transport.codec import is_batch, split_batch
 from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, resolve_keyring, write_members
+from transport.message import message
 
 
 class Evil:
@@ -442,7 +444,7 @@ def test_keys_cli_manages_a_keyring(tmp_path: Path) -> None:
     other = zmq.curve_keypair()[0].decode()
     assert keys("add", "b", other, "--host", "127.0.0.2", "--keys", str(ring)).returncode == 0
     listed = keys("list", "--keys", str(ring)).stdout
-    assert f"b {other} 127.0.0.2" in listed and mine in listed
+    assert f"b {other} client 127.0.0.2" in listed and f"self {mine} member" in listed
     assert Keyring(ring).server_key("tcp://127.0.0.2:7000") == other.encode()
     assert Keyring(ring).server_key("tcp://127.0.0.1:7000") == mine.encode()  # loopback: this machine's key
     bad = keys("add", "c", "not-a-key", "--keys", str(ring))
@@ -751,3 +753,91 @@ def test_a_squatted_socket_directory_names_the_owner_and_the_way_out(other_user:
         assert socket_directory(str(fresh)) == str(fresh) and stat.S_IMODE(fresh.stat().st_mode) == 0o700
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+# ---- key roles: a client key sends requests, never code -----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Unregistered:
+    """A plain dataclass: fine between members, not from a client until registered."""
+
+    value: int
+
+
+@message
+class UsersOwn:
+    """A user's own message class: registered by ``@message``, so a client may send it."""
+
+    text: str
+
+
+def test_a_client_key_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    from transport import MalformedFrame, decode
+
+    marker = tmp_path / "MARKER"
+    bodies = [
+        Evil(marker),  # os.system
+        lambda: os.system(f"touch {marker}"),  # a function, shipped by value (cloudpickle)
+        [1, {"nested": Evil(marker)}],  # hidden inside plain data
+        Unregistered(1),  # data, but not a registered class
+    ]
+    for body in bodies:
+        frame = encode(Envelope(Kind.TELL, "kv", "tcp://127.0.0.1:1", 0, body))
+        with pytest.raises(MalformedFrame, match="neither a registered message class nor plain data"):
+            decode(frame, trusted=False)
+    assert not marker.exists()
+
+
+def test_a_client_key_still_sends_requests_and_plain_data() -> None:
+    import datetime
+    import decimal
+    import uuid
+
+    from apps.kvsrv.messages import Append, Get, MemoryUsage, Put
+    from apps.mapreduce.protocol import RequestTask
+    from transport import Failure, decode, register_message
+
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        failure = Failure.from_exception(exc)
+    bodies: list[Any] = [
+        Get("k"), Put("k", "v", 1, 2), Append("k", "w", 1, 3), MemoryUsage(), RequestTask("w1"), UsersOwn("mine"),
+        {"a": [1, 2.5, (3, "x")], "b": {4, 5}, "c": frozenset({b"6"}), "d": None, "e": True, "f": bytearray(b"7")},
+        decimal.Decimal("1.5"), datetime.datetime(2026, 12, 4, 14, 0), uuid.UUID(int=7), range(3), complex(1, 2),
+        failure,
+    ]
+    for body in bodies:
+        frame = encode(Envelope(Kind.ASK, "kv", "tcp://127.0.0.1:1", 9, body))
+        assert decode(frame, trusted=False).body == decode(frame).body or isinstance(body, Failure)
+    back = decode(encode(Envelope(Kind.ERROR, "", "tcp://127.0.0.1:1", 9, failure)), trusted=False).body
+    assert isinstance(back.to_exception(), KeyError)
+    register_message(Unregistered)  # the user's own plain dataclass, registered by hand
+    assert decode(encode(Envelope(Kind.TELL, "kv", "x", 0, Unregistered(3))), trusted=False).body == Unregistered(3)
+
+
+def test_keys_add_takes_a_role_client_by_default(tmp_path: Path) -> None:
+    ring = init_keyring(tmp_path / "ring")
+    clerk, node = zmq.curve_keypair()[0].decode(), zmq.curve_keypair()[0].decode()
+
+    def keys(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "apps.cli", "keys", *args, "--keys", str(ring)], capture_output=True, text=True, timeout=60)
+
+    assert keys("add", "clerk", clerk).returncode == 0
+    assert keys("add", "b", node, "--host", "127.0.0.2", "--role", "member").returncode == 0
+    bad = keys("add", "c", zmq.curve_keypair()[0].decode(), "--role", "root")
+    assert bad.returncode == 2 and "invalid choice: 'root'" in bad.stderr
+    listed = keys("list").stdout
+    assert f"clerk {clerk} client (no hosts" in listed and f"b {node} member 127.0.0.2" in listed, listed
+    lines = (ring / "members").read_text()
+    assert f"clerk {clerk} role=client" in lines and f"b {node} 127.0.0.2 role=member" in lines
+    loaded = Keyring(ring)
+    assert (loaded.role_of(clerk.encode()), loaded.role_of(node.encode()), loaded.role_of(loaded.public)) == ("client", "member", "member")
+    assert loaded.has_clients()
+    assert loaded.role_of(zmq.curve_keypair()[0]) is None
+    # A line written before roles existed: its key was trusted with code then, and stays a member.
+    legacy = zmq.curve_keypair()[0].decode()
+    with open(ring / "members", "a") as f:
+        f.write(f"old {legacy} 127.0.0.9\n")
+    assert Keyring(ring).role_of(legacy.encode()) == "member"

@@ -9,6 +9,7 @@ from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
 from transport.faults import FaultRule, FaultTable, disconnected, long_reordering, unreliable
 from transport.keys import InsecureBindError, InsecureConnectError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
+from transport.message import register_message
 from transport.node import Channel, ControlOp, ControlRequest, Node, Timer, default_endpoint
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "init_keyring",
     "long_reordering",
     "message_type",
+    "register_message",
     "resolve_keyring",
     "unreliable",
 ]

@@ -5,11 +5,16 @@ A keyring is a directory a person can read::
     DIR/                 0700
       secret.key         0600   "public KEY" and "secret KEY" lines (Z85)
       public.key                this machine's public key, one line to copy
-      members                   one member per line: NAME PUBLIC-KEY [HOST,HOST...]
+      members                   one key per line: NAME PUBLIC-KEY [HOST,HOST...] [role=client|member]
 
-Trust boundary: a key in the keyring (this machine's, or a member's) is
-trusted with code execution, since frames are pickles; a key outside it never
-completes a handshake, so nothing it sends is ever decoded.
+Trust boundary: a key outside the keyring never completes a handshake, so
+nothing it sends is ever decoded. A key of role ``member`` (this machine's,
+system nodes, agents) is trusted with code execution, since frames are
+pickles and spawn ships classes by value; a key of role ``client`` (a clerk,
+a MapReduce worker, a dashboard) is meant to have its frames decoded by the
+restricted unpickler (:func:`transport.codec.restricted_loads`): requests,
+never code. A line without a role is a member (the keyrings made before
+roles existed trusted every key so).
 
 A CURVE client must know the server's public key before it connects, so a
 member line also says which hosts that member serves: connecting to
@@ -63,9 +68,11 @@ SECRET_FILE = "secret.key"
 PUBLIC_FILE = "public.key"
 MEMBERS_FILE = "members"
 _MEMBERS_HEADER = (
-    "# zactor keyring members: NAME PUBLIC-KEY [HOST,HOST...]\n"
-    "# A key listed here is trusted with code execution in every node using this keyring.\n"
+    "# zactor keyring members: NAME PUBLIC-KEY [HOST,HOST...] [role=client|member]\n"
+    "# A member key is trusted with code execution in every node using this keyring; a client key sends\n"
+    "# requests (registered message classes and plain data) only. A line without a role is a member.\n"
 )
+ROLES = ("client", "member")
 
 
 class SecurityError(OSError):
@@ -93,6 +100,8 @@ class Member:
     name: str
     public: bytes
     hosts: tuple[str, ...] = ()
+    role: str = "member"
+    """"member" (trusted with code) or "client" (requests only)."""
 
 
 def curve_available() -> None:
@@ -378,6 +387,19 @@ class Keyring:
                 self._members_mtime = mtime
             return self._members
 
+    def role_of(self, public: bytes) -> str | None:
+        """"member" or "client" for a key in the keyring (this machine's own is a member), else None."""
+        if public == self.public:
+            return "member"
+        for m in self.members():
+            if m.public == public:
+                return m.role
+        return None
+
+    def has_clients(self) -> bool:
+        """Whether any key is of role client (a node need not look up senders' roles otherwise)."""
+        return any(m.role == "client" for m in self.members())
+
     def allows(self, public: bytes) -> bool:
         """Whether a client with this public key (Z85) may connect."""
         return public == self.public or any(m.public == public for m in self.members())
@@ -427,14 +449,19 @@ def read_members(path: Path) -> tuple[Member, ...]:
         if not line or line.startswith("#"):
             continue
         parts = line.split()
-        if len(parts) not in (2, 3):
-            raise KeyringError(f"{path}:{n}: expected NAME PUBLIC-KEY [HOST,...], got {line!r}")
+        roles = [p for p in parts[2:] if p.startswith("role=")]
+        parts = [p for p in parts if not p.startswith("role=")]
+        if len(parts) not in (2, 3) or len(roles) > 1:
+            raise KeyringError(f"{path}:{n}: expected NAME PUBLIC-KEY [HOST,...] [role=client|member], got {line!r}")
+        role = roles[0].removeprefix("role=") if roles else "member"
+        if role not in ROLES:
+            raise KeyringError(f"{path}:{n}: unknown role {role!r} (client or member)")
         try:
             key = _valid_key(parts[1])
         except KeyringError as exc:
             raise KeyringError(f"{path}:{n}: {exc}") from None
         hosts = tuple(h for h in parts[2].split(",") if h) if len(parts) == 3 else ()
-        members.append(Member(parts[0], key, hosts))
+        members.append(Member(parts[0], key, hosts, role))
     return tuple(members)
 
 
@@ -443,7 +470,7 @@ def write_members(path: Path, members: list[Member]) -> None:
     lines = [_MEMBERS_HEADER]
     for m in members:
         hosts = f" {','.join(m.hosts)}" if m.hosts else ""
-        lines.append(f"{m.name} {m.public.decode()}{hosts}\n")
+        lines.append(f"{m.name} {m.public.decode()}{hosts} role={m.role}\n")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with suppress(FileNotFoundError):
         os.unlink(tmp)  # left by a crashed writer of this pid
