@@ -834,7 +834,7 @@ def test_keys_add_takes_a_role_client_by_default(tmp_path: Path) -> None:
     assert f"clerk {clerk} role=client" in lines and f"b {node} 127.0.0.2 role=member" in lines
     loaded = Keyring(ring)
     assert (loaded.role_of(clerk.encode()), loaded.role_of(node.encode()), loaded.role_of(loaded.public)) == ("client", "member", "member")
-    assert loaded.has_clients()
+    assert loaded.has_clients() and loaded.client_keys() == {clerk}
     assert loaded.role_of(zmq.curve_keypair()[0]) is None
     # A line written before roles existed: its key was trusted with code then, and stays a member.
     legacy = zmq.curve_keypair()[0].decode()

@@ -396,9 +396,14 @@ class Keyring:
                 return m.role
         return None
 
+    def client_keys(self) -> frozenset[str]:
+        """The Z85 keys of role client, as a frame's ``User-Id`` property spells them (str): a node
+        decodes a frame whose sender is in this set with ``trusted=False``. Re-read with the members."""
+        return frozenset(m.public.decode() for m in self.members() if m.role == "client")
+
     def has_clients(self) -> bool:
         """Whether any key is of role client (a node need not look up senders' roles otherwise)."""
-        return any(m.role == "client" for m in self.members())
+        return bool(self.client_keys())
 
     def allows(self, public: bytes) -> bool:
         """Whether a client with this public key (Z85) may connect."""
