@@ -37,6 +37,7 @@ from actors.classref import ClassRef
 from actors.host import Hosted, host, host_one
 from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent, not_restarted
 from transport.keys import endpoint_host
+from transport.private_files import private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class NodeAgent(Actor):
 def run_agent(endpoint: str, workdir: str | os.PathLike[str], *, announce: bool = False) -> None:
     """Run a node agent in this process until SIGTERM or SIGINT (what ``zactor node`` does)."""
     directory = Path(workdir).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dirs(directory)  # 0700: the actors' state is nobody else's to read
     shown = str(directory).replace("{", "{{").replace("}", "}}")  # the announcement is a format string
     announcement = f"node agent listening on {{endpoint}}, directory {shown} (Ctrl-C stops it)" if announce else None
     host(endpoint, [Hosted(AGENT_NAME, NodeAgent, (str(directory),))], announce=announcement)

@@ -16,11 +16,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actors.classref import ClassRef
 from actors.system import ActorSystem
+from transport.private_files import private_dirs
 
 if TYPE_CHECKING:
     from transport import FaultRule
@@ -53,7 +53,7 @@ def host(
     ``system_options`` go to the ``ActorSystem`` (``secure``, ``keys``, ``mailbox_limit``...).
     """
     if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        private_dirs(workdir)
         os.chdir(workdir)
     with ActorSystem(endpoint, start=False, **system_options) as system:
         if faults:

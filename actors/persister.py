@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 from actors.errors import CorruptStateError
+from transport.private_files import open_private, private_dirs
 
 _MAGIC = b"ZST"
 _VERSION = 1
@@ -83,9 +84,9 @@ def replace_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
     A temporary file beside the target is written and fsync'd, renamed over
     the target, and the directory is fsync'd so the rename itself survives.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)  # 0600: state is nobody else's to read
     try:
         write_all(fd, data)
         if fsync:

@@ -17,6 +17,7 @@ from pathlib import Path
 from transport.keys import (
     INSECURE_ENV,
     KEYS_ENV,
+    ROLES,
     Keyring,
     KeyringError,
     Member,
@@ -59,17 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage a cluster keyring: this machine's CURVE key pair and the public keys of the "
         "machines allowed in. A key in the keyring is trusted with code execution in every node that uses it.",
         epilog="two machines: on each, `zactor keys init` and copy the printed public key; on A, "
-        "`zactor keys add b KEY-OF-B --host B-ADDRESS`; on B, `zactor keys add a KEY-OF-A --host A-ADDRESS`",
+        "`zactor keys add b KEY-OF-B --host B-ADDRESS --role member`; on B, `zactor keys add a KEY-OF-A "
+        "--host A-ADDRESS --role member`. A clerk or dashboard that only sends requests: "
+        "`zactor keys add NAME KEY` (role client)",
     )
     sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
     p = sub.add_parser("init", help="create a keyring (if missing) and print this machine's public key")
     p.add_argument("dir", nargs="?", help=f"where (default: ${KEYS_ENV}, else {default_keyring_dir()})")
     p = sub.add_parser("show", help="print this machine's public key (a line to copy to other machines)")
     p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
-    p = sub.add_parser("add", help="allow a member in, and say which hosts it serves")
+    p = sub.add_parser("add", help="allow a key in, with its role, and say which hosts it serves")
     p.add_argument("name", help="a name for the member (e.g. its host name)")
     p.add_argument("public_key", metavar="PUBKEY", help="its public key, as `zactor keys show` prints it there")
     p.add_argument("--host", action="append", default=[], help="a host (name or address) it serves; repeatable")
+    p.add_argument(
+        "--role",
+        choices=ROLES,
+        default="client",
+        help="client (default): may send requests (registered message classes and plain data) but never code; "
+        "member: trusted with code execution (other machines of the cluster, node agents)",
+    )
     p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
     p = sub.add_parser("list", help="list this machine's key and the members")
     p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
@@ -119,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             print(ring.public.decode())
         elif args.op == "list":
             print(f"# keyring {ring.directory}")
-            print(f"self {ring.public.decode()} (this machine; ipc:// and loopback)")
+            print(f"self {ring.public.decode()} member (this machine; ipc:// and loopback)")
             for m in ring.members():
-                print(f"{m.name} {m.public.decode()} {','.join(m.hosts) or '(no hosts: may connect, serves none)'}")
+                print(f"{m.name} {m.public.decode()} {m.role} {','.join(m.hosts) or '(no hosts: may connect, serves none)'}")
         elif args.op == "add":
-            return _add(ring, args.name, args.public_key, args.host)
+            return _add(ring, args.name, args.public_key, args.host, args.role)
         elif args.op == "revoke":
             members = list(read_members(ring.members_path)) if ring.members_path.exists() else []
             kept = [m for m in members if m.name != args.name]
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _add(ring: Keyring, name: str, public_key: str, hosts: list[str]) -> int:
+def _add(ring: Keyring, name: str, public_key: str, hosts: list[str], role: str) -> int:
     if not name.isprintable() or any(c.isspace() for c in name) or name.startswith("#"):
         print(f"zactor keys add: a member name has no spaces and does not start with #: {name!r}", file=sys.stderr)
         return 2
@@ -151,9 +161,9 @@ def _add(ring: Keyring, name: str, public_key: str, hosts: list[str]) -> int:
     if any(m.name == name for m in members):
         print(f"zactor keys add: {name!r} is already a member; `zactor keys revoke {name}` first", file=sys.stderr)
         return 1
-    members.append(Member(name, key, tuple(hosts)))
+    members.append(Member(name, key, tuple(hosts), role))
     write_members(ring.members_path, members)
-    print(f"added {name}" + (f" serving {', '.join(hosts)}" if hosts else ""), file=sys.stderr)
+    print(f"added {name} as a {role}" + (f" serving {', '.join(hosts)}" if hosts else ""), file=sys.stderr)
     return 0
 
 

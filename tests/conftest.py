@@ -19,6 +19,7 @@ from actors import ActorSystem, ChildSpec, Supervisor
 from actors.spawn import wait_for_node
 from actors.testing import serve_echo
 from tests.helpers import free_port
+from tests.users import User, make_user, remove_user
 from transport.keys import INSECURE_ENV, KEYS_ENV, init_keyring, resolve_keyring
 
 
@@ -77,6 +78,18 @@ def member_socket() -> Iterator[Callable[[str], zmq.Socket]]:
 
     yield connect
     ctx.destroy(linger=0)
+
+
+@pytest.fixture(scope="session")
+def other_user() -> Iterator[User]:
+    """A second unix user, for attacks by another person on this machine (see tests/users.py)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a second unix user (useradd) for the attacker")
+    user = make_user()
+    try:
+        yield user
+    finally:
+        remove_user(user)
 
 
 AGENT_HOST = "127.0.0.2"

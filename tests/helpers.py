@@ -6,6 +6,7 @@ another test module, so a test file can be read, run or deleted on its own.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -64,6 +65,16 @@ class Held(Actor):
     def on_receive(self, message: Any) -> Any:
         self.gate.wait(10)
         return message
+
+
+class Evil:
+    """Unpickling this runs a shell command: what a stranger would send."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
 
 
 # --- the Raft core alone ----------------------------------------------

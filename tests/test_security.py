@@ -9,14 +9,22 @@ on, sending sockets stay bounded, and a flood of tells is bounded too.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import multiprocessing
 import os
 import pickle
 import re
+import shutil
+import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +36,12 @@ from actors.testing import Echo
 from apps.kvsrv import Clerk
 from apps.kvsrv.server import serve as serve_kv
 from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
-from tests.helpers import free_port, wait_until
+from tests.helpers import Evil, free_port, wait_until
+from tests.users import User, as_user
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, InsecureBindError, Kind, encode
 from transport.codec import is_batch, split_batch
 from transport.keys import KEYS_ENV, Keyring, Member, init_keyring, resolve_keyring, write_members
-
-
-class Evil:
-    """Unpickling this runs a shell command: what a stranger would send."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.marker}",))
+from transport.message import message
 
 
 def stranger_frames(marker: Path, dest: str) -> list[bytes]:
@@ -427,7 +427,7 @@ def test_keys_cli_manages_a_keyring(tmp_path: Path) -> None:
     other = zmq.curve_keypair()[0].decode()
     assert keys("add", "b", other, "--host", "127.0.0.2", "--keys", str(ring)).returncode == 0
     listed = keys("list", "--keys", str(ring)).stdout
-    assert f"b {other} 127.0.0.2" in listed and mine in listed
+    assert f"b {other} client 127.0.0.2" in listed and f"self {mine} member" in listed
     assert Keyring(ring).server_key("tcp://127.0.0.2:7000") == other.encode()
     assert Keyring(ring).server_key("tcp://127.0.0.1:7000") == mine.encode()  # loopback: this machine's key
     bad = keys("add", "c", "not-a-key", "--keys", str(ring))
@@ -505,3 +505,322 @@ def test_idle_sending_sockets_are_closed_and_reopened(remote: str) -> None:
         assert [e.body for e in got] == ["first", "again"]
     finally:
         node.close()
+
+
+# ---- data at rest: 0700 directories and 0600 files whatever the umask ------------
+
+
+def _not_private(root: Path) -> list[str]:
+    """Every directory under ``root`` (itself included) not 0700 and every regular file not 0600."""
+    wrong = []
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        want = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600 if stat.S_ISREG(st.st_mode) else None
+        if want is not None and stat.S_IMODE(st.st_mode) != want:
+            wrong.append(f"{path} {stat.filemode(st.st_mode)}")
+    return wrong
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_persister_and_journal_state_is_private(tmp_path: Path, umask: int) -> None:
+    from actors import Journal, Persister
+    from apps.raft.storage import RaftStorage
+
+    with _umask(umask):
+        Persister(tmp_path / "state" / "a" / "actor.state").save(b"secret state")
+        journal = Journal(tmp_path / "state" / "b" / "log")
+        journal.append([b"record"])
+        journal.close()
+        storage = RaftStorage(tmp_path / "state" / "raft")
+        storage.journal.append([b"x"])
+        storage.journal.close()
+    assert len([p for p in (tmp_path / "state").rglob("*") if p.is_file()]) == 3
+    assert _not_private(tmp_path / "state") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_a_raft_cluster_data_dir_is_private(tmp_path: Path, umask: int) -> None:
+    data = tmp_path / "deploy" / "raft"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "raft", "cluster", "--peers", "1", "--data-dir", str(data), "--for", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, umask=umask,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded by --for 60
+            if " leader 0 " in line:
+                break
+        else:
+            raise AssertionError(f"no leader: {proc.stderr.read() if proc.stderr else ''}")
+        assert wait_until(lambda: any(p.is_file() for p in data.rglob("*")), 10)  # the leader's vote, on disk
+        assert _not_private(tmp_path / "deploy") == []
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_mapreduce_output_and_work_directories_are_private(tmp_path: Path, umask: int) -> None:
+    text = tmp_path / "in.txt"
+    text.write_text("a b c a\n")
+    out = tmp_path / "job" / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "apps.cli", "mr", "run", "--app", "wc", "--workers", "2", "--reduce-tasks", "2",
+         "--shared-dir", "--quiet", "--out", str(out), str(text)],
+        capture_output=True, text=True, timeout=120, umask=umask,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.glob("mr-out-*")) == ["mr-out-0", "mr-out-1"]
+    assert _not_private(tmp_path / "job") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_fetched_map_output_is_private(tmp_path: Path, umask: int) -> None:
+    from apps.mapreduce.shuffle import fetch_to_file
+
+    class Server:
+        def ask(self, message: Any, timeout: float) -> bytes:
+            return b"k\tv\n" if message.offset == 0 else b""
+
+    (tmp_path / "fetched").mkdir(mode=0o700)
+    with _umask(umask):
+        fetch_to_file(Server(), "mr-0-0", tmp_path / "fetched" / "mr-0-0", timeout=5)
+    assert (tmp_path / "fetched" / "mr-0-0").read_bytes() == b"k\tv\n"
+    assert _not_private(tmp_path / "fetched") == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_a_node_agent_directory_is_private(tmp_path: Path, umask: int) -> None:
+    directory = tmp_path / "nodes" / "a"
+    endpoint = f"ipc://{tmp_path}/agent.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "node", "--endpoint", endpoint, "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=umask,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the announcement comes once the directory is made and the endpoint bound
+            if "node agent listening" in line:
+                break
+        else:
+            raise AssertionError("the agent did not start")
+        assert _not_private(tmp_path / "nodes") == []
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- the insecure mode's allow-list, on bind and on connect --------------------------
+
+SQUATTER = r"""
+import json, os, subprocess, sys, time
+import zmq
+from transport import Envelope, Kind, decode, encode
+from transport.codec import is_batch, split_batch
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[1],))
+
+# Only in this network namespace (made by the test, no route out): lo up, and a
+# "remote" address on it, where the squatter listens with no security at all.
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"], check=True)
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+router.setsockopt(zmq.LINGER, 0)
+router.bind("tcp://10.9.9.9:5555")
+client = subprocess.Popen(
+    [sys.executable, "-m", "apps.cli", "kv", "get", "--insecure", "--server", "tcp://10.9.9.9:5555", "--timeout", "3", "k"],
+    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+)
+asks = 0
+deadline = time.monotonic() + 60
+while client.poll() is None and time.monotonic() < deadline:
+    if router.poll(100):
+        peer, frame = router.recv_multipart()
+        for one in split_batch(frame) if is_batch(frame) else [frame]:
+            env = decode(one)
+            asks += 1
+            router.send_multipart([peer, encode(Envelope(Kind.REPLY, "", "tcp://10.9.9.9:5555", env.corr, Evil()))])
+if client.poll() is None:
+    client.kill()
+out, err = client.communicate()
+ctx.destroy(linger=0)
+print(json.dumps({"rc": client.returncode, "stderr": err, "asks": asks}))
+"""
+
+
+def test_insecure_client_refuses_to_dial_beyond_loopback(tmp_path: Path) -> None:
+    """A client with --insecure told to use a non-loopback server (one a squatter answers, in a
+    network namespace this test makes) must not dial it: it would unpickle the squatter's reply."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace of its own (unshare -n)")
+    marker = tmp_path / "MARKER"
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", SQUATTER, str(marker)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not marker.exists(), "the squatter's reply ran code in the client"
+    assert result["asks"] == 0, "the client dialled the squatter"
+    assert result["rc"] == 1, result["stderr"]
+    assert "refusing to connect to tcp://10.9.9.9:5555 with security off" in result["stderr"]
+    assert "Remove --insecure" in result["stderr"] and "Traceback" not in result["stderr"], result["stderr"]
+
+
+@pytest.mark.parametrize("endpoint", ["tipc://{5555,1,0}", "pgm://127.0.0.1;239.192.1.1:5555", "tcp://*:0", "tcp://0.0.0.0:0"])
+def test_insecure_bind_outside_the_allow_list_is_refused(endpoint: str) -> None:
+    with pytest.raises(InsecureBindError, match=r"with security off.*--insecure allows only tcp:// on a loopback address"):
+        ActorSystem(endpoint, secure=False)
+
+
+@pytest.mark.parametrize("dest", ["tipc://{5555,1,0}", "pgm://127.0.0.1;239.192.1.1:5555", "udp://127.0.0.1:5555"])
+def test_insecure_connect_outside_the_allow_list_is_refused(dest: str) -> None:
+    from transport import InsecureConnectError, Node
+
+    node = Node(on_message=lambda env: None, secure=False)
+    try:
+        with pytest.raises(InsecureConnectError, match=r"refusing to connect to .* with security off.*Remove --insecure"):
+            node.send(dest, Envelope(Kind.TELL, "x", node.endpoint, 0, "hi"))
+        assert node.open_peers == 0
+    finally:
+        node.close()
+
+
+def test_insecure_mode_still_reaches_loopback_tcp_and_ipc(tmp_path: Path) -> None:
+    for endpoint in ("tcp://127.0.0.1:0", "tcp://127.0.0.3:0", f"ipc://{tmp_path}/s.sock"):
+        with ActorSystem(endpoint, secure=False) as server, ActorSystem(secure=False) as client:
+            server.spawn(Echo, name="echo")
+            assert client.ref(server.endpoint, "echo").ask("plain", timeout=10) == "plain"
+
+
+def squat(path: Path) -> None:
+    path.mkdir(mode=0o755)
+
+
+def test_a_squatted_socket_directory_names_the_owner_and_the_way_out(other_user: User) -> None:
+    from transport.private_files import socket_directory
+
+    shared = Path(tempfile.mkdtemp(prefix="zactor-tmp-", dir="/tmp"))
+    try:
+        shared.chmod(0o1777)  # as /tmp is
+        mine = shared / f"zactor-{os.getuid()}"
+        as_user(other_user, squat, mine)
+        with pytest.raises(PermissionError) as caught:
+            socket_directory(str(mine))
+        text = str(caught.value)
+        assert f"cannot use {mine}" in text and f"belongs to {other_user.name}" in text and "export TMPDIR=" in text
+        assert (mine.stat().st_uid, stat.S_IMODE(mine.stat().st_mode)) == (other_user.uid, 0o755)  # left alone
+        fresh = shared / "fresh"
+        fresh.mkdir(mode=0o777)
+        fresh.chmod(0o777)
+        assert socket_directory(str(fresh)) == str(fresh) and stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+# ---- key roles: a client key sends requests, never code -----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Unregistered:
+    """A plain dataclass: fine between members, not from a client until registered."""
+
+    value: int
+
+
+@message
+class UsersOwn:
+    """A user's own message class: registered by ``@message``, so a client may send it."""
+
+    text: str
+
+
+def test_a_client_key_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    from transport import MalformedFrame, decode
+
+    marker = tmp_path / "MARKER"
+    bodies = [
+        Evil(marker),  # os.system
+        lambda: os.system(f"touch {marker}"),  # a function, shipped by value (cloudpickle)
+        [1, {"nested": Evil(marker)}],  # hidden inside plain data
+        Unregistered(1),  # data, but not a registered class
+    ]
+    for body in bodies:
+        frame = encode(Envelope(Kind.TELL, "kv", "tcp://127.0.0.1:1", 0, body))
+        with pytest.raises(MalformedFrame, match="neither a registered message class nor plain data"):
+            decode(frame, trusted=False)
+    assert not marker.exists()
+
+
+def test_a_client_key_still_sends_requests_and_plain_data() -> None:
+    import datetime
+    import decimal
+    import uuid
+
+    from apps.kvsrv.messages import Append, Get, MemoryUsage, Put
+    from apps.mapreduce.protocol import RequestTask
+    from transport import Failure, decode, register_message
+
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        failure = Failure.from_exception(exc)
+    bodies: list[Any] = [
+        Get("k"), Put("k", "v", 1, 2), Append("k", "w", 1, 3), MemoryUsage(), RequestTask("w1"), UsersOwn("mine"),
+        {"a": [1, 2.5, (3, "x")], "b": {4, 5}, "c": frozenset({b"6"}), "d": None, "e": True, "f": bytearray(b"7")},
+        decimal.Decimal("1.5"), datetime.datetime(2026, 12, 4, 14, 0), uuid.UUID(int=7), range(3), complex(1, 2),
+        failure,
+    ]
+    for body in bodies:
+        frame = encode(Envelope(Kind.ASK, "kv", "tcp://127.0.0.1:1", 9, body))
+        assert decode(frame, trusted=False).body == decode(frame).body or isinstance(body, Failure)
+    back = decode(encode(Envelope(Kind.ERROR, "", "tcp://127.0.0.1:1", 9, failure)), trusted=False).body
+    assert isinstance(back.to_exception(), KeyError)
+    register_message(Unregistered)  # the user's own plain dataclass, registered by hand
+    assert decode(encode(Envelope(Kind.TELL, "kv", "x", 0, Unregistered(3))), trusted=False).body == Unregistered(3)
+
+
+def test_keys_add_takes_a_role_client_by_default(tmp_path: Path) -> None:
+    ring = init_keyring(tmp_path / "ring")
+    clerk, node = zmq.curve_keypair()[0].decode(), zmq.curve_keypair()[0].decode()
+
+    def keys(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "apps.cli", "keys", *args, "--keys", str(ring)], capture_output=True, text=True, timeout=60)
+
+    assert keys("add", "clerk", clerk).returncode == 0
+    assert keys("add", "b", node, "--host", "127.0.0.2", "--role", "member").returncode == 0
+    bad = keys("add", "c", zmq.curve_keypair()[0].decode(), "--role", "root")
+    assert bad.returncode == 2 and "invalid choice: 'root'" in bad.stderr
+    listed = keys("list").stdout
+    assert f"clerk {clerk} client (no hosts" in listed and f"b {node} member 127.0.0.2" in listed, listed
+    lines = (ring / "members").read_text()
+    assert f"clerk {clerk} role=client" in lines and f"b {node} 127.0.0.2 role=member" in lines
+    loaded = Keyring(ring)
+    assert (loaded.role_of(clerk.encode()), loaded.role_of(node.encode()), loaded.role_of(loaded.public)) == ("client", "member", "member")
+    assert loaded.has_clients() and loaded.client_keys() == {clerk}
+    assert loaded.role_of(zmq.curve_keypair()[0]) is None
+    # A line written before roles existed: its key was trusted with code then, and stays a member.
+    legacy = zmq.curve_keypair()[0].decode()
+    with open(ring / "members", "a") as f:
+        f.write(f"old {legacy} 127.0.0.9\n")
+    assert Keyring(ring).role_of(legacy.encode()) == "member"

@@ -12,7 +12,8 @@ from transport.counters import Counters
 from transport.envelope import CONTROL_NAME, Envelope, Failure, Kind, RemoteError, message_type
 from transport.faults import FaultRule, FaultSpec, FaultTable, disconnected, flatten, long_reordering, unreliable
 from transport.ipc import default_endpoint
-from transport.keys import InsecureBindError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
+from transport.keys import InsecureBindError, InsecureConnectError, Keyring, KeyringError, SecurityWarning, init_keyring, resolve_keyring
+from transport.message import register_message
 from transport.node import Node
 from transport.timers import Timer
 
@@ -31,6 +32,7 @@ __all__ = [
     "FaultTable",
     "FrameTooLarge",
     "InsecureBindError",
+    "InsecureConnectError",
     "Keyring",
     "KeyringError",
     "Kind",
@@ -47,6 +49,7 @@ __all__ = [
     "init_keyring",
     "long_reordering",
     "message_type",
+    "register_message",
     "resolve_keyring",
     "unreliable",
 ]

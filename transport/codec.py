@@ -26,6 +26,13 @@ output plain ``pickle.loads`` reads, so the receiving side has one decoder.
 Every decoding failure is a :class:`MalformedFrame`, which the node logs and
 drops.
 
+A member key is trusted with code; a *client* key (see ``zactor keys add
+--role``) is not: its frames are decoded with ``trusted=False``, by an
+unpickler that builds only registered message classes
+(:mod:`transport.message`) and plain data (:data:`PLAIN_DATA`), so a pickle
+that would call anything else (``os.system``, cloudpickle's function
+rebuilding) is refused as a MalformedFrame before any of it runs.
+
 A *batch* carries several replies to one connection in one message: a frame
 of kind :data:`BATCH` with no names, whose corr is the number of frames in
 its body and whose body is those reply frames end to end. A node that
@@ -38,13 +45,16 @@ body exactly, and are replies, before any of them is decoded.
 
 from __future__ import annotations
 
+import builtins
+import io
 import pickle
 import struct
 from typing import Any
 
 import cloudpickle
 
-from transport.envelope import Envelope, Kind
+from transport.envelope import Envelope, Failure, Kind
+from transport.message import register_message, registered_message
 
 MAGIC = b"ZA4"
 """The wire format's version too: ZA4 added batches of replies, which a ZA3 node would drop
@@ -187,11 +197,13 @@ _unpack_header = _HEADER.unpack_from
 _loads = pickle.loads
 
 
-def decode(frame: bytes, route: bytes | None = None, peer: str = "") -> Envelope:
+def decode(frame: bytes, route: bytes | None = None, peer: str = "", *, trusted: bool = True) -> Envelope:
     """Decode a frame; raises MalformedFrame for anything else, checking the header before unpickling.
 
     ``peer``: the endpoint of the node at the other end of the connection the
     frame came in on, which is the envelope's ``src`` when the frame left it out.
+    ``trusted=False`` (a frame from a client-role key): the body is unpickled by
+    :func:`restricted_loads`, and anything else it names makes it malformed.
     """
     size = len(frame)
     if size < HEADER_BYTES:
@@ -202,8 +214,9 @@ def decode(frame: bytes, route: bytes | None = None, peer: str = "") -> Envelope
         raise MalformedFrame(_what_is_wrong(frame, magic, kind, (n_dest, n_src, n_sender, n_body)))
     block = frame[_NAMES_AT:at]
     names = _decoded.get(block) or _decode_names(block, n_dest, n_src)
+    loads = _loads if trusted else restricted_loads
     try:  # a memoryview: a large body is not copied before unpickling
-        body = _loads(memoryview(frame)[at:]) if n_body > 4096 else _loads(frame[at:])
+        body = loads(memoryview(frame)[at:]) if n_body > 4096 else loads(frame[at:])
     except Exception as exc:  # any unpickling failure means a bad frame
         raise MalformedFrame(f"undecodable body ({n_body} bytes): {exc!r}") from exc
     return _new_envelope(Envelope, (_KINDS[kind], names[0], names[1] if n_src else peer, corr, body, names[2], route))
@@ -240,3 +253,54 @@ def _decode_names(block: bytes, n_dest: int, n_src: int) -> tuple[str, str, str]
         _decoded.clear()
     hit = _decoded[block] = (dest, src, sender)
     return hit
+
+
+# ---- the restricted unpickler, for frames of client-role keys ----------------------
+
+_DATA_BUILTINS = (
+    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list", "range",
+    "set", "slice", "str", "tuple",
+)  # fmt: skip
+PLAIN_DATA: frozenset[tuple[str, str]] = frozenset(
+    [("builtins", name) for name in _DATA_BUILTINS]
+    + [  # the built-in exceptions, so a Failure carrying one still decodes
+        ("builtins", name)
+        for name, value in vars(builtins).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    ]
+    + [
+        ("collections", "OrderedDict"),
+        ("collections", "deque"),
+        ("datetime", "date"),
+        ("datetime", "datetime"),
+        ("datetime", "time"),
+        ("datetime", "timedelta"),
+        ("datetime", "timezone"),
+        ("decimal", "Decimal"),
+        ("fractions", "Fraction"),
+        ("uuid", "UUID"),
+    ]
+)
+"""What a client-role key may send besides registered messages: the standard library's
+value types, in the spirit of the ``find_class`` allow-list of pickle's own documentation."""
+
+register_message(Failure)  # an error reply: type name, text, traceback text, and a built-in exception at most
+
+
+class RefusedClass(pickle.UnpicklingError):
+    """A client-role frame named a class or function that is neither a registered message nor plain data."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in PLAIN_DATA:
+            return super().find_class(module, name)
+        cls = registered_message(module, name)
+        if cls is None:
+            raise RefusedClass(f"{module}.{name} is neither a registered message class nor plain data")
+        return cls
+
+
+def restricted_loads(data: bytes | memoryview) -> Any:
+    """Unpickle ``data`` building only registered message classes and plain data (RefusedClass otherwise)."""
+    return _RestrictedUnpickler(io.BytesIO(data)).load()

@@ -19,7 +19,7 @@ from typing import cast
 
 import zmq
 
-from transport.keys import Keyring
+from transport.keys import Keyring, check_dial
 
 DEFAULT_MAX_PEERS = 256
 """Open sending sockets (one per destination) kept at most; the least recently used is closed."""
@@ -41,8 +41,10 @@ def open_dealer(
     """A DEALER connected to ``dest``; ZMQError (socket closed) if the endpoint is refused.
 
     ``server_key``: ``dest``'s CURVE key, looked up by the caller before any socket exists
-    (an unknown host leaks nothing); with ``keyring`` None the connection is plain.
+    (an unknown host leaks nothing); with ``keyring`` None the connection is plain, and only
+    to the insecure mode's allow-list (InsecureConnectError otherwise, before any socket exists).
     """
+    check_dial(dest, keyring is not None)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 100_000)

@@ -17,6 +17,12 @@ gives each class that cheaper reduction, built once from its fields.
 Loading calls the class's own ``__init__`` (so ``__post_init__`` checks run
 on what a peer sent, too). A subclass that adds fields must be decorated
 itself; one that is not pickles the slow, generic way rather than wrongly.
+
+Every ``@message`` class is also registered: frames from a client-role key
+are decoded by a restricted unpickler (:func:`transport.codec.restricted_loads`)
+that builds only registered classes and plain data, so a client can send
+requests but never code. :func:`register_message` registers a class that is
+not declared with ``@message`` (an enum, a plain dataclass) for the same.
 """
 
 from __future__ import annotations
@@ -34,6 +40,21 @@ _declared: set[type] = set()
 def is_message(cls: type) -> bool:
     """Whether ``cls`` itself (not a base of it) was declared with :func:`message`."""
     return cls in _declared
+
+
+_registered: dict[tuple[str, str], type] = {}
+"""Classes a client-role key may send, by (module, qualified name) as pickle names them."""
+
+
+def register_message(cls: type[T]) -> type[T]:
+    """Let ``cls`` be built from the frames of client-role keys too (``@message`` classes are already)."""
+    _registered[(cls.__module__, cls.__qualname__)] = cls
+    return cls
+
+
+def registered_message(module: str, name: str) -> type | None:
+    """The registered class pickle names ``module.name``, if any (never imports anything)."""
+    return _registered.get((module, name))
 
 
 @dataclass_transform(frozen_default=True)  # type checkers see a frozen dataclass
@@ -68,4 +89,4 @@ def message(cls: type[T]) -> type[T]:
 
     made.__reduce_ex__ = __reduce_ex__
     _declared.add(made)
-    return made
+    return register_message(made)

@@ -17,6 +17,7 @@ from apps.mapreduce.protocol import JobStatus, Status
 from apps.mapreduce.report import job_report
 from apps.mapreduce.worker import worker_main
 from transport.ipc import ipc_directory, ipc_directory_path
+from transport.private_files import private_dirs
 
 # In this user's 0700 socket directory (made when the coordinator binds), so with --insecure
 # another local user still cannot reach it; one fixed name, so a worker finds it without flags.
@@ -187,7 +188,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         hold_reduces=args.hold_reduces, min_workers=args.min_workers, probe_every=args.probe_every,
         probe_timeout=args.probe_timeout,
     )
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    private_dirs(args.out)
     try:
         if args.endpoint == DEFAULT_ENDPOINT:
             ipc_directory()

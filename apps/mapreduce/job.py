@@ -33,6 +33,7 @@ from apps.mapreduce.app import App, load_app
 from apps.mapreduce.coordinator import JobConfig, start_coordinator
 from apps.mapreduce.protocol import JobStatus, Status, WorkerLost
 from apps.mapreduce.worker import worker_id, worker_main
+from transport.private_files import private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def run_job(
         loaded = App(loaded.name, loaded.map, loaded.reduce, None)
     blob = cloudpickle.dumps(loaded)
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    private_dirs(out)
     for stale in out.glob("mr-out-*"):
         stale.unlink()
     workdir = Path(tempfile.mkdtemp(prefix=".mr-work-", dir=out))

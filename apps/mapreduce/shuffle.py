@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from actors import Actor, ActorDeadError, AskTimeout, wait
 from apps.mapreduce.protocol import Ping, Probe, ReadChunk
 from transport.message import message
+from transport.private_files import open_private
 
 if TYPE_CHECKING:
     from actors import ActorSystem
@@ -124,7 +125,7 @@ def fetch_to_file(server: Any, name: str, dest: Path, timeout: float) -> int:
     tmp = dest.with_name(f".{dest.name}.part")
     offset = 0
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
             while True:
                 chunk = _ask(server, ReadChunk(name, offset, CHUNK), timeout)
                 f.write(chunk)

@@ -39,6 +39,7 @@ from apps.mapreduce.files import (
     read_split,
     write_run,
 )
+from transport.private_files import private_dirs
 
 DEFAULT_BUFFER_RECORDS = 1_000_000
 """Values a map groups in memory before it spills a sorted run (about 100 MB of small strings)."""
@@ -168,7 +169,7 @@ def run_map(
     c["input_bytes"] = len(data)
     contents = data.decode("utf-8", errors="replace")
     del data
-    workdir.mkdir(parents=True, exist_ok=True)
+    private_dirs(workdir)
     spiller = _Spiller(app, map_id, n_reduce, workdir, c)
     try:
         output = app.map(split.filename, contents)
@@ -212,7 +213,7 @@ def run_reduce(app: App, reduce_id: int, runs: list[Path], outdir: Path) -> Redu
         if not path.exists():
             raise FileNotFoundError(f"reduce task {reduce_id}: intermediate file {path} is missing")
     c = _counters("reduce_input_groups", "reduce_input_records", "reduce_output_records")
-    outdir.mkdir(parents=True, exist_ok=True)
+    private_dirs(outdir)
     path = outdir / output_name(reduce_id)
     runs, scratch = _fan_in(runs, runs[0].parent if runs else outdir, reduce_id)
     try:

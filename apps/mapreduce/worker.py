@@ -45,6 +45,7 @@ from apps.mapreduce.shuffle import (
     unreachable,
 )
 from apps.mapreduce.tasks import TaskError, run_map, run_reduce
+from transport.private_files import private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class Worker(Actor):
                 else:
                     if fetched_dir is None:
                         base = self.workdir or Path(tempfile.gettempdir())
-                        base.mkdir(parents=True, exist_ok=True)
+                        private_dirs(base)
                         fetched_dir = Path(tempfile.mkdtemp(prefix=f".fetch-{task.id}-", dir=base))
                     path = fetched_dir / name
                     server = system.ref(endpoint, FILES_NAME)
@@ -226,7 +227,7 @@ def worker_main(
     finished = threading.Event()
     outcome = WorkerOutcome()
     if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        private_dirs(workdir)
     with ActorSystem(endpoint, start=False) as system:
         if workdir is not None:
             system.spawn(FileServer, intermediate_resolver(Path(workdir)), name=FILES_NAME)

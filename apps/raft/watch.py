@@ -24,6 +24,7 @@ from pathlib import Path
 
 from actors import ActorDeadError, ActorSystem, AskTimeout
 from apps.raft.peer import PEER_NAME, PeerStatus, Status
+from transport.private_files import private_dirs
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def data_root(data_dir: str | None, prefix: str) -> Iterator[Path]:
     """``data_dir`` (made if missing, and kept), or a new temporary directory removed at exit."""
     temporary = data_dir is None
     root = Path(data_dir or tempfile.mkdtemp(prefix=prefix))
-    root.mkdir(parents=True, exist_ok=True)
+    private_dirs(root)  # 0700 if made here: the peers' state is nobody else's to read
     try:
         yield root
     finally:
