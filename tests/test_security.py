@@ -730,6 +730,15 @@ def test_a_squatted_socket_directory_names_the_owner_and_the_way_out(other_user:
         text = str(caught.value)
         assert f"cannot use {mine}" in text and f"belongs to {other_user.name}" in text and "export TMPDIR=" in text
         assert (mine.stat().st_uid, stat.S_IMODE(mine.stat().st_mode)) == (other_user.uid, 0o755)  # left alone
+        # The same refusal reaches a user of a default command, at once (no hang, no traceback).
+        text_file = shared / "in.txt"
+        text_file.write_text("a b c\n")
+        run = subprocess.run(
+            [sys.executable, "-m", "apps.cli", "mr", "coordinator", str(text_file), "--out", str(shared / "out")],
+            env={**os.environ, "TMPDIR": str(shared)}, capture_output=True, text=True, timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert run.returncode == 1 and f"cannot use {mine}" in run.stderr and "Traceback" not in run.stderr, run.stderr
         fresh = shared / "fresh"
         fresh.mkdir(mode=0o777)
         fresh.chmod(0o777)

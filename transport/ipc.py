@@ -17,6 +17,8 @@ import socket
 import stat
 import tempfile
 
+from transport.private_files import socket_directory
+
 _node_ids = itertools.count(1)
 
 
@@ -28,19 +30,10 @@ def ipc_directory_path() -> str:
 def ipc_directory() -> str:
     """This user's directory for ipc:// sockets (mode 0700), made on first use.
 
-    Another user cannot even reach a socket file inside it, whatever its mode.
+    Another user cannot even reach a socket file inside it, whatever its mode;
+    one who made it first is named in the refusal, with the way out.
     """
-    directory = ipc_directory_path()
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(directory)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise OSError(f"{directory} is not a directory of this user; remove it or set TMPDIR elsewhere")
-    if st.st_mode & 0o077:
-        os.chmod(directory, 0o700)
-    return directory
+    return socket_directory(ipc_directory_path())
 
 
 def check_ipc_free(endpoint: str) -> None:
