@@ -192,6 +192,9 @@ def test_join_leave_5b(make_cluster: Callable[..., ShardCluster]) -> None:
     check_and_append(ck, ka, va)
     cluster.leave(0)
     check_and_append(ck, ka, va)
+    # The lab sleeps a second "to allow time for shards to transfer": wait for that event instead (a
+    # clerk with an older configuration may have been served by 100 just before it gave the shards away).
+    cluster.wait_caught_up(1)
     cluster.check_logs()
     cluster.shutdown_group(0)
     for k, v in zip(ka, va, strict=True):
@@ -488,7 +491,9 @@ def test_challenge2_unaffected(make_cluster: Callable[..., ShardCluster]) -> Non
     for i in range(N):
         if key2shard(ka[i]) in owned:
             va[i] = "101"
-            ck.put(ka[i], va[i])  # served by 101: it has pulled these shards from 100
+            ck.put(ka[i], va[i])
+    # The lab waits a second for the migration to complete: wait for the event (101 holds every shard it owns).
+    cluster.wait_caught_up(1)
     cluster.shutdown_group(0)
     cluster.leave(0)  # 101 cannot get 100's other shards: 100 is dead
     for i in range(N):

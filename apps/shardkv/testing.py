@@ -34,6 +34,7 @@ from apps.raft.testing import HarnessFailure
 from apps.shardctrler.testing import CtrlerCluster
 from apps.shardkv.client import Clerk
 from apps.shardkv.server import ShardKVServer, ShardServerConfig, ShardStatus
+from apps.shardkv.state import PULLING
 from transport import FaultRule
 
 __all__ = ["GroupCluster", "HarnessFailure", "ShardCluster"]
@@ -182,27 +183,31 @@ class ShardCluster:
                 if self.maxraftstate < 0 and snap > 0:
                     raise HarnessFailure(f"group {group.gid} server {i}: maxraftstate is -1, but a snapshot exists")
 
-    def wait_caught_up(self, g: int, timeout: float = 30.0) -> int:
-        """Until every running server of group g is in the controller's latest configuration; returns its number."""
+    def wait_caught_up(self, g: int, timeout: float = 60.0) -> int:
+        """Until every running server of group g is in the controller's latest configuration and holds
+        every shard it owns there (none still to pull); returns that configuration's number."""
         latest = self.mck.query(-1).num
         deadline = time.monotonic() + timeout
         while True:
-            nums = [c for c, up in zip(self.configs_applied(g), self.groups[g].running, strict=True) if up]
-            if nums and all(c is not None and c >= latest for c in nums):
+            seen = [s for s, up in zip(self._statuses(g), self.groups[g].running, strict=True) if up]
+            if seen and all(st is not None and st[0] >= latest and PULLING not in st[1].values() for st in seen):
                 return latest
             if time.monotonic() > deadline:
-                raise HarnessFailure(f"group {self.gid(g)} servers at configurations {nums}, not {latest}, after {timeout} s")
+                raise HarnessFailure(f"group {self.gid(g)} not caught up with configuration {latest} after {timeout} s: {seen}")
             time.sleep(0.05)
 
-    def configs_applied(self, g: int) -> list[int | None]:
-        """The configuration number each server of group g is in (None: down or not answering)."""
-        out: list[int | None] = []
+    def _statuses(self, g: int) -> list[tuple[int, dict[int, str]] | None]:
+        out: list[tuple[int, dict[int, str]] | None] = []
         for i in range(self.n):
             try:
-                out.append(self.groups[g].shard_status(i)[0] if self.groups[g].running[i] else None)
+                out.append(self.groups[g].shard_status(i) if self.groups[g].running[i] else None)
             except (AskTimeout, ActorDeadError):
                 out.append(None)
         return out
+
+    def configs_applied(self, g: int) -> list[int | None]:
+        """The configuration number each server of group g is in (None: down or not answering)."""
+        return [st[0] if st is not None else None for st in self._statuses(g)]
 
     # ---- clerks and the history ----------------------------------------------------------------
 
