@@ -20,9 +20,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from apps.kvraft.client import Clerk as GroupClerk
+from apps.kvraft.messages import Append
+from apps.kvraft.server import SERVER_NAME
 from apps.kvsrv.client import KVUnavailable
 from apps.shardctrler.testing import CtrlerCluster
 from apps.shardkv import key2shard
+from apps.shardkv.messages import DeleteAck, DeleteRequest, PullShards, ShardData
 from apps.shardkv.testing import ShardCluster
 
 N = 10
@@ -518,3 +522,45 @@ def test_challenge2_partial(make_cluster: Callable[..., ShardCluster]) -> None:
             check(ck, ka[i], va[i])
             ck.put(ka[i], va[i] + "-2")
             check(ck, ka[i], va[i] + "-2")
+
+
+# ---- beyond the lab ----------------------------------------------------------------------------
+
+
+def test_a_write_retried_at_the_new_owner_after_its_shard_moved_is_applied_once(make_cluster: Callable[..., ShardCluster]) -> None:
+    """The duplicate table moves with its shard: the same request (client, seq) sent again to the new owner
+    (as a clerk whose reply was lost would) is answered from the table, not applied a second time."""
+    cluster = make_cluster()
+    cluster.join(0)
+    ck = cluster.make_clerk(record=False)
+    ck.put("a", "x")
+    op = Append("a", "y", 12345, 1)
+    assert GroupClerk(cluster.servers(0), system=cluster._system)._call(op) == "x"
+    cluster.join(1)
+    shard = key2shard("a")
+    if cluster.mck.query(-1).shards[shard] != cluster.gid(1):
+        cluster.mck.move(shard, cluster.gid(1))
+    cluster.wait_caught_up(1)
+    assert GroupClerk(cluster.servers(1), system=cluster._system)._call(op) == "x"
+    assert ck.get("a") == "xy"
+
+
+def test_malformed_group_messages_are_ignored_and_the_servers_go_on(make_cluster: Callable[..., ShardCluster]) -> None:
+    cluster = make_cluster()
+    cluster.join(0)
+    ck = cluster.make_clerk(record=False)
+    ck.put("a", "1")
+    group = cluster.groups[0]
+    pids = [group.pid(i) for i in range(3)]
+    num = cluster.mck.query(-1).num
+    for ep in group.endpoints:
+        ref = cluster._system.ref(ep, SERVER_NAME)
+        ref.tell(ShardData(num, {3: ("not a dict", None)}))  # type: ignore[dict-item]
+        ref.tell(ShardData(num, {"x": ({}, {})}))  # type: ignore[dict-item]
+        ref.tell(PullShards("one", (1,), "nowhere"))  # type: ignore[arg-type]
+        ref.tell(DeleteRequest(num, ("bad",), "ipc://nowhere#x"))  # type: ignore[arg-type]
+        ref.tell(DeleteAck(num, 7))  # type: ignore[arg-type]
+    ck.put("a", "2")
+    assert ck.get("a") == "2"
+    assert [group.pid(i) for i in range(3)] == pids, "a server process was restarted"
+    assert all(group.shard_status(i)[0] == num for i in range(3))

@@ -148,7 +148,7 @@ class KVRaftServer(Actor):
             return ServerState(self.config.me, self.term, self.leading, self.applied, self.snapshot_index,
                                len(self._writes), len(self._reads))
         elif isinstance(message, StateDigest):
-            return self.applied, _digest(self.state)
+            return self.applied, self._state_digest()
         else:
             return self._other(message)
         return None
@@ -231,6 +231,10 @@ class KVRaftServer(Actor):
     def _other(self, message: Any) -> Any:
         log.warning("kvraft server %d: ignored a %s", self.config.me, type(message).__name__)
         return None
+
+    def _state_digest(self) -> str:
+        """The same for every replica that applied the same log prefix (see ``StateDigest``)."""
+        return _digest(self.state)
 
     # ---- what Raft decided ------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ Requests, Raft, waiting, duplicate detection and snapshots are
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +31,7 @@ from apps.kvraft.messages import Append, Get, Put, Reply, Request
 from apps.kvraft.server import SERVER_NAME, KVRaftServer, ServerConfig
 from apps.kvraft.server import serve as serve_kv
 from apps.raft.peer import Start
-from apps.shardctrler.messages import Query, ShardConfig
+from apps.shardctrler.messages import NSHARDS, Query, ShardConfig
 from apps.shardkv.messages import (
     DeleteAck,
     DeleteRequest,
@@ -120,7 +122,16 @@ class ShardKVServer(KVRaftServer):
 
     # ---- the configuration and the shards' moves ------------------------------------------------
 
+    def _state_digest(self) -> str:
+        st = self.state
+        shards = sorted((s, sorted(kv.data.items()), sorted(kv.latest.items())) for s, kv in st.shards.items())
+        blob = pickle.dumps((st.cur.num, st.prev.num, sorted(st.status.items()), shards))
+        return hashlib.sha256(blob).hexdigest()
+
     def _other(self, message: Any) -> Any:
+        if isinstance(message, (PullShards, ShardData, DeleteRequest, DeleteAck)) and not _well_formed(message):
+            log.warning("shardkv %d/%d: ignored a malformed %s", self.config.gid, self.config.me, type(message).__name__)
+            return None
         if isinstance(message, _Poll):
             self._poll()
         elif isinstance(message, Reply):
@@ -189,6 +200,23 @@ class ShardKVServer(KVRaftServer):
             self.actor_system.ref(address).tell(message)  # type: ignore[union-attr]
         except Exception as exc:  # a bad endpoint in a configuration must not stop the server
             log.warning("shardkv %d/%d: cannot reach %s: %s", self.config.gid, self.config.me, address, exc)
+
+
+def _well_formed(message: Any) -> bool:
+    """Whether a group's message has the shape this server relies on (a bad one must never reach the log)."""
+    if type(message.num) is not int:
+        return False
+    if isinstance(message, (PullShards, DeleteRequest)) and type(message.reply_to) is not str:
+        return False
+    shards = message.shards
+    if isinstance(message, ShardData):
+        return isinstance(shards, dict) and all(
+            type(s) is int and 0 <= s < NSHARDS and isinstance(v, tuple) and len(v) == 2
+            and isinstance(v[0], dict) and isinstance(v[1], dict)
+            and all(type(k) is str and type(x) is str for k, x in v[0].items())
+            for s, v in shards.items()
+        )
+    return isinstance(shards, (tuple, list)) and all(type(s) is int and 0 <= s < NSHARDS for s in shards)
 
 
 def serve(config: ShardServerConfig, faults: list[FaultRule] | None = None) -> None:
