@@ -78,6 +78,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("mr", "apps.mapreduce.cli", "run a MapReduce job, or its coordinator / workers"),
     ("kv", "apps.kvsrv.cli", "run a KV server, or get/put/append against one"),
     ("raft", "apps.raft.cli", "run a local Raft cluster and watch its leader"),
+    ("shards", "apps.shardkv.cli", "run a sharded KV cluster (controller + replica groups), administer and use it"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
     ("soak", "apps.soak.cli", "crash-recovery soak test of a system, with a verdict and a report"),
     ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),

@@ -30,7 +30,7 @@ _DONE_WAIT = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One system to drive: ``kind`` is ``zactor``, ``etcd`` or ``pysyncobj``.
+    """One system to drive: ``kind`` is ``zactor``, ``shardkv``, ``etcd`` or ``pysyncobj``.
 
     ``endpoints`` are the servers; ``pin`` is the index of the one etcd and
     PySyncObj clients talk to (a zactor clerk is given them all and finds the
@@ -66,6 +66,10 @@ def connect(target: Target) -> Any:
         from apps.kvraft import Clerk
 
         return Clerk(list(target.endpoints), give_up_after=30.0)
+    if target.kind == "shardkv":
+        from benchmarks.shardkv import SpreadClerk
+
+        return SpreadClerk(list(target.endpoints))
     if target.kind == "etcd":
         from apps.etcd.cluster import EtcdClient
 

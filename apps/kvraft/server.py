@@ -100,10 +100,15 @@ class ServerState:
 
 
 class KVRaftServer(Actor):
+    state_class: Any = KVState
+    """The replicated state: ``restore(blob)`` and ``snapshot()``; a subclass serves another."""
+    write_types: tuple[type, ...] = (Put, Append)
+    """Log entries that are clients' writes, keyed by (client, seq) while they wait."""
+
     def __init__(self, config: ServerConfig) -> None:
         super().__init__()
         self.config = config
-        self.state = KVState()
+        self.state = self.state_class()
         self.applied = 0
         self.snapshot_index = 0
         self.term = 0
@@ -112,7 +117,7 @@ class KVRaftServer(Actor):
         assert self.actor_system is not None
         self.raft = self.actor_system.ref(config.endpoints[config.me], PEER_NAME)
         self._writes: dict[tuple[int, int], _Waiting] = {}
-        self._reads: dict[Any, tuple[float, str, str, int]] = {}  # read id -> (since, key, reply_to, corr)
+        self._reads: dict[Any, tuple[float, Any, str, int]] = {}  # read id -> (since, op, reply_to, corr)
         self._ready_reads: list[tuple[int, Any]] = []  # (read index, read id), confirmed, waiting for apply
         self._read_ids = itertools.count(1)
         self._nonce = int.from_bytes(os.urandom(4), "big")  # read ids of log Gets never clash across restarts
@@ -143,9 +148,9 @@ class KVRaftServer(Actor):
             return ServerState(self.config.me, self.term, self.leading, self.applied, self.snapshot_index,
                                len(self._writes), len(self._reads))
         elif isinstance(message, StateDigest):
-            return self.applied, _digest(self.state)
+            return self.applied, self._state_digest()
         else:
-            log.warning("kvraft server %d: ignored a %s", self.config.me, type(message).__name__)
+            return self._other(message)
         return None
 
     # ---- requests ---------------------------------------------------------------------------
@@ -161,33 +166,30 @@ class KVRaftServer(Actor):
         if type(req.reply_to) is not str or type(req.corr) is not int:
             log.warning("kvraft server %d: dropped a request with no usable reply address", self.config.me)
             return
-        op = req.op
-        if isinstance(op, Get):
-            if type(op.key) is not str:
-                self._answer(req.reply_to, req.corr, True, BadRequest(f"key must be a string, not {type(op.key).__name__}"))
-                return
-        elif isinstance(op, (Put, Append)):
-            problem = check_write(op)
-            if problem:
-                self._answer(req.reply_to, req.corr, True, BadRequest(problem))
-                return
-            seen, reply = self.state.duplicate(op.client, op.seq)
+        op: Any = req.op
+        kind, problem = self._classify(op)
+        if problem is not None:
+            self._answer(req.reply_to, req.corr, True, BadRequest(problem))
+            return
+        if kind == "write":
+            seen, reply = self._duplicate(op)
             if seen:  # applied already: any server can say so, leader or not
                 self._answer(req.reply_to, req.corr, True, reply)
                 return
-        else:
-            self._answer(req.reply_to, req.corr, True, BadRequest(f"not a KV request: {type(op).__name__}"))
-            return
         if not self.leading:
             self._answer(req.reply_to, req.corr, False)
             return
-        now = time.monotonic()
-        if isinstance(op, Get) and self._break == "stale-reads":  # test-only: answers without confirming it leads
-            self._answer(req.reply_to, req.corr, True, self.state.get(op.key))
+        refusal = self._refuse(op)
+        if refusal is not None:
+            self._answer(req.reply_to, req.corr, True, refusal)
             return
-        if isinstance(op, Get):
+        now = time.monotonic()
+        if kind == "read" and self._break == "stale-reads":  # test-only: answers without confirming it leads
+            self._answer(req.reply_to, req.corr, True, self._read(op))
+            return
+        if kind == "read":
             rid = (self.config.me, self._nonce, next(self._read_ids))
-            self._reads[rid] = (now, op.key, req.reply_to, req.corr)
+            self._reads[rid] = (now, op, req.reply_to, req.corr)
             if self.config.read == "index":
                 self.raft.tell(ReadIndex(rid))
             else:
@@ -199,13 +201,48 @@ class KVRaftServer(Actor):
             self.raft.tell(Start(op))
         waiting.who.append((req.reply_to, req.corr))
 
+    # ---- what a service on this server decides (a subclass serves other operations) ------------
+
+    def _classify(self, op: Any) -> tuple[str, str | None]:
+        """("read" or "write", None) for an operation this server takes, or (kind, why not)."""
+        if isinstance(op, Get):
+            if type(op.key) is not str:
+                return "read", f"key must be a string, not {type(op.key).__name__}"
+            return "read", None
+        if isinstance(op, (Put, Append)):
+            return "write", check_write(op) or None
+        return "bad", f"not a KV request: {type(op).__name__}"
+
+    def _duplicate(self, op: Any) -> tuple[bool, Any]:
+        return self.state.duplicate(op.client, op.seq)
+
+    def _refuse(self, op: Any) -> Any:
+        """A reply that answers ``op`` at once without Raft (None: take it); the leader asks."""
+        return None
+
+    def _read(self, op: Any) -> Any:
+        """The answer to a confirmed read, from the state applied so far."""
+        return self.state.get(op.key)
+
+    def _apply_write(self, cmd: Any) -> Any:
+        """Apply a committed write (once); its reply."""
+        return self.state.apply(cmd)
+
+    def _other(self, message: Any) -> Any:
+        log.warning("kvraft server %d: ignored a %s", self.config.me, type(message).__name__)
+        return None
+
+    def _state_digest(self) -> str:
+        """The same for every replica that applied the same log prefix (see ``StateDigest``)."""
+        return _digest(self.state)
+
     # ---- what Raft decided ------------------------------------------------------------------
 
     def _applied(self, batch: Applied) -> None:
         for msg in batch.msgs:
             if msg.snapshot_valid:
                 if msg.snapshot_index > self.applied:
-                    self.state = KVState.restore(msg.snapshot)
+                    self.state = self.state_class.restore(msg.snapshot)
                     self.applied = self.snapshot_index = msg.snapshot_index
                 continue
             if not msg.command_valid or msg.command_index <= self.applied:
@@ -228,16 +265,16 @@ class KVRaftServer(Actor):
             self.raft.tell(TakeSnapshot(self.applied, blob))
 
     def _apply(self, cmd: Any) -> None:
-        if isinstance(cmd, (Put, Append)):
-            reply = self.state.apply(cmd)
-            waiting = self._writes.pop((cmd.client, cmd.seq), None)
+        if isinstance(cmd, self.write_types):
+            reply = self._apply_write(cmd)
+            waiting = self._writes.pop((cmd.client, cmd.seq), None)  # type: ignore[attr-defined]
             if waiting is not None:
                 for reply_to, corr in waiting.who:
                     self._answer(reply_to, corr, True, reply)
         elif isinstance(cmd, LogGet):
             read = self._reads.pop(cmd.read_id, None)
             if read is not None:
-                self._answer(read[2], read[3], True, self.state.get(cmd.key))
+                self._answer(read[2], read[3], True, self._read(read[1]))
         elif not isinstance(cmd, NoOp):
             log.warning("kvraft server %d: skipped a log entry of unknown kind %s", self.config.me, type(cmd).__name__)
 
@@ -249,7 +286,7 @@ class KVRaftServer(Actor):
                 continue
             read = self._reads.pop(rid, None)
             if read is not None:
-                self._answer(read[2], read[3], True, self.state.get(read[1]))
+                self._answer(read[2], read[3], True, self._read(read[1]))
         self._ready_reads = still
 
     def _role_changed(self, rc: RoleChanged) -> None:
@@ -285,8 +322,8 @@ def _digest(state: KVState) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
-    """Child-process target: the KV server ``config.me``, its Raft peer beside it, until stopped."""
+def serve(config: ServerConfig, faults: list[FaultRule] | None = None, server: type[KVRaftServer] | None = None) -> None:
+    """Child-process target: the KV server ``config.me`` (or another ``server`` class), its Raft peer beside it."""
     endpoint = config.endpoints[config.me]
     peer = PeerConfig(
         me=config.me,
@@ -297,4 +334,5 @@ def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
         tick=config.tick,
         fsync=config.fsync,
     )
-    host(endpoint, [Hosted(SERVER_NAME, KVRaftServer, (config,)), Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)
+    hosted = Hosted(SERVER_NAME, server or KVRaftServer, (config,))
+    host(endpoint, [hosted, Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)

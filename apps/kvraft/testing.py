@@ -27,7 +27,7 @@ from typing import Any
 
 from actors import ActorDeadError, AskTimeout, ChildSpec
 from apps.kvraft.client import Clerk
-from apps.kvraft.server import ServerConfig, serve
+from apps.kvraft.server import KVRaftServer, ServerConfig, serve
 from apps.linearizability import CheckResult, KVModel, Recorder, Verdict, check, render_html
 from apps.raft.core import Config
 from apps.raft.testing import Cluster, HarnessFailure
@@ -99,8 +99,11 @@ class KVCluster(Cluster):
             return self._own_data / f"server-{i}"
         return super().data_dir(i)
 
-    def _child_spec(self, i: int) -> ChildSpec:
-        config = ServerConfig(
+    server_class: type[KVRaftServer] | None = None
+    """What each server process hosts beside its Raft peer (None: the KV server); a subclass serves another service."""
+
+    def _server_config(self, i: int) -> ServerConfig:
+        return ServerConfig(
             me=i,
             endpoints=self.endpoints,
             data_dir=str(self.data_dir(i)),
@@ -109,7 +112,9 @@ class KVCluster(Cluster):
             raft=self.config,
             tick=self.tick,
         )
-        return ChildSpec(f"peer-{i}", serve, (config, self._rules_for(i)), restart="temporary")
+
+    def _child_spec(self, i: int) -> ChildSpec:
+        return ChildSpec(f"peer-{i}", serve, (self._server_config(i), self._rules_for(i), self.server_class), restart="temporary")
 
     def raft_state_size(self, i: int) -> int:
         return self.peer(i).status().raft_state_size

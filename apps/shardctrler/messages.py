@@ -1,0 +1,61 @@
+"""The shard controller's operations, its configurations, and what goes into its Raft log.
+
+Join, Leave and Move are writes: they carry the clerk's id and sequence
+number, as lab 4's Put does, so a retried one is applied once. Query is a
+read (a ReadIndex read, answered from the configurations applied so far).
+"""
+
+from __future__ import annotations
+
+from transport.message import message
+
+NSHARDS = 10
+"""Shards of the key space, as in the lab."""
+
+
+@message
+class ShardConfig:
+    """Configuration ``num``: which gid serves each shard (0: nobody) and the servers of each group."""
+
+    num: int
+    shards: tuple[int, ...]
+    groups: dict[int, tuple[str, ...]]
+
+    def shards_of(self, gid: int) -> list[int]:
+        return [s for s, g in enumerate(self.shards) if g == gid]
+
+
+EMPTY = ShardConfig(0, (0,) * NSHARDS, {})
+"""Configuration 0: no groups, every shard assigned to gid 0."""
+
+
+@message
+class Join:
+    servers: dict[int, tuple[str, ...]]
+    """gid -> the endpoints of that group's servers."""
+    client: int
+    seq: int
+
+
+@message
+class Leave:
+    gids: tuple[int, ...]
+    client: int
+    seq: int
+
+
+@message
+class Move:
+    shard: int
+    gid: int
+    client: int
+    seq: int
+
+
+@message
+class Query:
+    num: int
+    """A configuration number; -1 (or one not reached yet) asks for the latest."""
+
+
+Write = Join | Leave | Move

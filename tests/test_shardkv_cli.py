@@ -1,0 +1,78 @@
+"""``zactor shards``: the cluster command starts a controller and groups; join, put, get, move and query through the CLI."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_kvraft import _Lines, zactor
+
+
+@pytest.fixture
+def shards_cli() -> Iterator[tuple[_Lines, Path]]:
+    root = Path(tempfile.mkdtemp(prefix="shcli-"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "shards", "cluster", "--groups", "2", "--servers", "3", "--ipc", str(root),
+         "--data-dir", str(root / "data"), "--for", "180"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        yield _Lines(proc), root
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_cli_cluster_join_put_get_and_a_shard_moves_with_its_data(shards_cli: tuple[_Lines, Path]) -> None:
+    lines, root = shards_cli
+    ctrler = lines.wait_for("ctrler:", 60).split()[-1]
+    g100 = lines.wait_for("group 100:", 10).split()[-1]
+    g101 = lines.wait_for("group 101:", 10).split()[-1]
+    out = zactor("shards", "join", "--ctrler", ctrler, f"100={g100}", timeout=60)
+    assert out.returncode == 0 and "shards: 100 100 100 100 100 100 100 100 100 100" in out.stdout, out
+    out = zactor("shards", "put", "--ctrler", ctrler, "greeting", "hello", timeout=60)
+    assert out.returncode == 0, out.stderr
+    out = zactor("shards", "append", "--ctrler", ctrler, "greeting", ", world", timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "hello", out
+    # "greeting" is in shard ord("g") % 10 = 3: move it to group 101, whose servers must get the data.
+    out = zactor("shards", "join", "--ctrler", ctrler, f"101={g101}", timeout=60)
+    assert out.returncode == 0 and "group 101:" in out.stdout, out
+    out = zactor("shards", "move", "--ctrler", ctrler, "3", "101", timeout=60)
+    assert out.returncode == 0, out.stderr
+    out = zactor("shards", "query", "--ctrler", ctrler, timeout=60)
+    assert out.returncode == 0 and out.stdout.split("\n")[1].split()[1 + 3] == "101", out.stdout
+    out = zactor("shards", "get", "--ctrler", ctrler, "greeting", timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "hello, world", out
+    assert (root / "data" / "group-101" / "server-0").is_dir()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["cluster", "--groups", "0"], "--groups and --servers must be at least 1"),
+        (["cluster", "--maxraftstate", "0"], "--maxraftstate must be"),
+        (["join", "--ctrler", "ipc:///tmp/nobody.sock", "abc"], "is not GID=EP"),
+        (["query", "--ctrler", "localhost:1"], "is not an endpoint"),
+        (["get", "k"], "--ctrler"),
+    ],
+)
+def test_cli_bad_flags_are_usage_errors(args: list[str], message: str) -> None:
+    out = zactor("shards", *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_cli_against_no_controller_fails_clearly() -> None:
+    out = zactor("shards", "query", "--ctrler", "ipc:///tmp/shards-nobody-here.sock", "--timeout", "0.5")
+    assert out.returncode == 1 and "no answer" in out.stderr, out.stderr
