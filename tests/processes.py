@@ -1,6 +1,6 @@
 """``zactor`` commands as child processes of a test, each killed at the end if still running.
 
-The MapReduce tests start coordinators and workers the way a user would (``python -m
+The CLI tests start coordinators, workers and clusters the way a user would (``python -m
 apps.cli mr ...``), wait for them with a limit, and must leave nothing behind, also
 when an assertion fails half-way: one helper does that for all of them.
 """
@@ -8,10 +8,12 @@ when an assertion fails half-way: one helper does that for all of them.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,3 +78,35 @@ def listening(proc: subprocess.Popen, limit: float = 30.0) -> str:
             found = re.search(r"listening on (\S+://\S+)", line)
             if found:
                 return found.group(1)
+
+
+def zactor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+class Lines:
+    """A running command's stdout, line by line, with deadlines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self._q.put(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line with {text!r} within {timeout} s; saw {self.seen}")
+            try:
+                line = self._q.get(timeout=left)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if text in line:
+                return line

@@ -4,14 +4,12 @@ safety in a minority, log-based reads, bad input, and ``zactor kv cluster`` as a
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from apps.kvraft.messages import Get, Request
 from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
 from tests.helpers import generic, wait_until
+from tests.processes import Lines, zactor
 
 
 def test_leader_killed_mid_stream_every_acknowledged_append_is_there_exactly_once() -> None:
@@ -133,40 +132,8 @@ def test_a_clerk_with_a_deadline_gives_up_with_a_clear_error() -> None:
 # ---- the command line --------------------------------------------------------------------------------
 
 
-def zactor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, timeout=timeout)
-
-
-class _Lines:
-    """A running command's stdout, line by line, with deadlines."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.seen: list[str] = []
-        self._q: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
-
-    def _pump(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self._q.put(line.rstrip("\n"))
-
-    def wait_for(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line with {text!r} within {timeout} s; saw {self.seen}")
-            try:
-                line = self._q.get(timeout=left)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if text in line:
-                return line
-
-
 @pytest.fixture
-def kv_cluster_cli() -> Iterator[tuple[str, _Lines, Path]]:
+def kv_cluster_cli() -> Iterator[tuple[str, Lines, Path]]:
     root = Path(tempfile.mkdtemp(prefix="kvcli-"))
     endpoints = ",".join(f"ipc://{root}/s{i}.sock" for i in range(3))
     proc = subprocess.Popen(
@@ -175,7 +142,7 @@ def kv_cluster_cli() -> Iterator[tuple[str, _Lines, Path]]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        yield endpoints, _Lines(proc), root
+        yield endpoints, Lines(proc), root
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -187,7 +154,7 @@ def kv_cluster_cli() -> Iterator[tuple[str, _Lines, Path]]:
 
 
 @pytest.mark.slow
-def test_cli_cluster_serves_put_and_get_and_a_killed_server_comes_back(kv_cluster_cli: tuple[str, _Lines, Path]) -> None:
+def test_cli_cluster_serves_put_and_get_and_a_killed_server_comes_back(kv_cluster_cli: tuple[str, Lines, Path]) -> None:
     endpoints, lines, root = kv_cluster_cli
     assert lines.wait_for("servers:", 30).split()[-1] == endpoints
     pids = [int(next(line for line in lines.seen if f"server {i}:" in line).split()[-1]) for i in range(3)]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_kvraft import _Lines, zactor
+from tests.processes import Lines, zactor
 
 
 @pytest.fixture
-def shards_cli() -> Iterator[tuple[_Lines, Path]]:
+def shards_cli() -> Iterator[tuple[Lines, Path]]:
     root = Path(tempfile.mkdtemp(prefix="shcli-"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "apps.cli", "shards", "cluster", "--groups", "2", "--servers", "3", "--ipc", str(root),
@@ -24,7 +24,7 @@ def shards_cli() -> Iterator[tuple[_Lines, Path]]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        yield _Lines(proc), root
+        yield Lines(proc), root
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -35,7 +35,7 @@ def shards_cli() -> Iterator[tuple[_Lines, Path]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_cli_cluster_join_put_get_and_a_shard_moves_with_its_data(shards_cli: tuple[_Lines, Path]) -> None:
+def test_cli_cluster_join_put_get_and_a_shard_moves_with_its_data(shards_cli: tuple[Lines, Path]) -> None:
     lines, root = shards_cli
     ctrler = lines.wait_for("ctrler:", 60).split()[-1]
     g100 = lines.wait_for("group 100:", 10).split()[-1]
