@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             for h in hosts.names:
                 print(f"  {h}  {hosts.address(h)}  netns {hosts.namespace(h)}")
             print("note: CURVE clients find a host's key through the keyring; for these addresses add this machine's key:")
-            print(f"  zactor keys add hosts $(cat KEYRING/public.key) --host {','.join(hosts.address(h) for h in hosts.names)}")
+            print("  zactor keys add hosts $(cat KEYRING/public.key) " + " ".join(f"--host {hosts.address(h)}" for h in hosts.names))
             return 0
         if args.op == "list":
             found = instances()

@@ -9,6 +9,7 @@ destination host, the sender in the source, each a short process
 from __future__ import annotations
 
 import argparse
+import select
 import socket
 import sys
 import time
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
     from apps.hosts.netns import Hosts
 
 PORT = 47999
-QUIET = 0.5
-"""Seconds without a datagram after which the receiver counts what it got."""
+QUIET = 0.2
+"""Seconds the receiver still listens once the sender is done (a veth delivers in microseconds)."""
 
 
 def delivered(hosts: Hosts, src: str, dst: str, count: int = 200, port: int = PORT) -> int:
@@ -29,6 +30,7 @@ def delivered(hosts: Hosts, src: str, dst: str, count: int = 200, port: int = PO
     recv = hosts.popen(
         dst,
         [sys.executable, "-m", "apps.hosts.probe", "recv", hosts.address(dst), str(port), str(count)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -40,7 +42,7 @@ def delivered(hosts: Hosts, src: str, dst: str, count: int = 200, port: int = PO
         sent = hosts.exec(src, [sys.executable, "-m", "apps.hosts.probe", "send", hosts.address(dst), str(port), str(count)], timeout=30)
         if sent.returncode != 0:
             raise RuntimeError(f"probe sender in {src} failed: {sent.stderr.strip()}")
-        out, _ = recv.communicate(timeout=30)
+        out, _ = recv.communicate(timeout=30)  # closes its stdin: the sender is done
         return int(out.split()[-1])
     finally:
         if recv.poll() is None:
@@ -49,19 +51,21 @@ def delivered(hosts: Hosts, src: str, dst: str, count: int = 200, port: int = PO
 
 
 def _recv(addr: str, port: int, count: int) -> int:
+    """Count distinct datagrams until all came, or QUIET seconds after stdin closes (the sender is done)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((addr, port))
         print("ready", flush=True)
         seen: set[int] = set()
-        s.settimeout(5.0)  # the sender starts within this; then QUIET ends the count
-        deadline = time.monotonic() + 20.0
+        watching = [s, sys.stdin]
+        deadline = time.monotonic() + 60.0
         while len(seen) < count and time.monotonic() < deadline:
-            try:
-                data = s.recv(64)
-            except TimeoutError:
+            ready, _, _ = select.select(watching, [], [], QUIET if sys.stdin not in watching else 1.0)
+            if not ready and sys.stdin not in watching:
                 break
-            seen.add(int(data))
-            s.settimeout(QUIET)
+            if sys.stdin in ready and not sys.stdin.readline():
+                watching.remove(sys.stdin)
+            if s in ready:
+                seen.add(int(s.recv(64)))
         return len(seen)
 
 
