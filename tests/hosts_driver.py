@@ -52,6 +52,14 @@ class Driver:
                 raise TimeoutError(f"no leader (other than {exclude}) within {timeout} s; up: {[s.me for s in view.up]}")
             time.sleep(0.05)
 
+    def op_status(self, server: str, timeout: float = 2.0) -> dict:
+        """One Raft peer's status (term, role, commit and last index)."""
+        from dataclasses import asdict
+
+        from apps.raft.peer import PEER_NAME, Status
+
+        return asdict(self.system.ref(server, PEER_NAME).ask(Status(), timeout=timeout))
+
     def op_put(self, servers: list[str], key: str, value: str, timeout: float = 30.0) -> float:
         """Seconds until the put was acknowledged."""
         started = time.monotonic()

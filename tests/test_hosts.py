@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -248,3 +249,102 @@ def test_the_cli_makes_breaks_heals_and_removes_hosts(netns_ready: None, tmp_pat
         down = zactor("--set", prefix, "down")
     assert down.returncode == 0, down.stderr
     assert leftovers(prefix) == []
+
+
+# ---- Raft-KV across hosts --------------------------------------------------------
+
+KV_PORT = 7001
+
+
+def kv_server(hosts: Hosts, i: int, servers: list[str], data: Path) -> subprocess.Popen:
+    """Raft-KV server ``i`` (its Raft peer beside it) as a process of its own on host h{i+1}."""
+    code = (
+        "import sys\nfrom apps.kvraft.server import ServerConfig, serve\n"
+        f"serve(ServerConfig(me={i}, endpoints={tuple(servers)!r}, data_dir={str(data / f'server-{i}')!r}))"
+    )
+    return hosts.popen(f"h{i + 1}", python("-c", code), env=env(), cwd=ROOT, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def kv_hosts(make_hosts: Callable[[int], Hosts], host_keys: Path, tmp_path: Path) -> Iterator[tuple[Hosts, list[str], Driver]]:
+    """Three Raft-KV servers on h1..h3 and a driver (the clerk) on h4 (h5 is free); all killed at the end."""
+    hosts = make_hosts(5)
+    servers = [hosts.endpoint(f"h{i + 1}", KV_PORT) for i in range(3)]
+    procs = [kv_server(hosts, i, servers, tmp_path) for i in range(3)]
+    driver = Driver(hosts, "h4")
+    try:
+        yield hosts, servers, driver
+    finally:
+        driver.close()
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_kv_leader_host_cut_off_a_new_leader_takes_acknowledged_writes(kv_hosts: tuple[Hosts, list[str], Driver]) -> None:
+    hosts, servers, clerk = kv_hosts
+    clerk.ok("put", servers=servers, key="k", value="before")
+    old = clerk.ok("leader", servers=servers)
+    assert isinstance(old, dict)
+    hosts.isolate(f"h{old['me'] + 1}")
+    clerk.ok("put", servers=servers, key="k", value="during")  # acknowledged by the other two
+    new = clerk.ok("leader", servers=servers, exclude=old["me"])
+    assert isinstance(new, dict)
+    assert new["me"] != old["me"] and new["term"] > old["term"]
+    assert old["me"] not in new["up"], "the cut-off host still answered"
+    assert clerk.ok("get", servers=servers, key="k") == "during"
+    hosts.heal()
+    clerk.ok("put", servers=servers, key="k", value="after")
+    assert clerk.ok("get", servers=servers, key="k") == "after"
+    back = rejoined(clerk, servers)
+    assert back["term"] >= new["term"]
+
+
+def rejoined(clerk: Driver, servers: list[str], limit: float = 60.0) -> dict:
+    """The cluster's view once all three servers answer again after a heal (bounded by ``limit``).
+
+    Not at once: a connection that had data in flight during the partition
+    waits for TCP's next retransmission, whose back-off grows with the
+    partition's length (measured: 0.9 s after 5 s cut off, 8.5 s after 20 s).
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        view = clerk.ok("leader", servers=servers)
+        assert isinstance(view, dict)
+        if len(view["up"]) == 3:
+            return view
+        assert time.monotonic() < deadline, f"a server still silent {limit} s after the heal: {view}"
+
+
+def test_kv_after_a_long_partition_no_server_acts_on_the_old_leaders_queued_entries(kv_hosts: tuple[Hosts, list[str], Driver]) -> None:
+    """The old leader takes a write it cannot commit and keeps sending it (its old term) for the whole partition.
+
+    On a real network those AppendEntries are not lost: TCP retransmits them
+    and ZeroMQ delivers its queue when the link heals, after the others have
+    moved to a newer term. Raft must reject them (older term) and the old
+    leader must drop the entry: the write the stranded client gave up on never
+    appears, and every acknowledged write appears exactly once.
+    """
+    hosts, servers, clerk = kv_hosts
+    clerk.ok("append", servers=servers, key="k", value="a")
+    old = clerk.ok("leader", servers=servers)
+    assert isinstance(old, dict)
+    stranded = Driver(hosts, "h5")
+    try:
+        others = [f"h{i + 1}" for i in range(3) if i != old["me"]]
+        hosts.partition([[f"h{old['me'] + 1}", "h5"], [*others, "h4"]])
+        lost = stranded.call("append", servers=[servers[old["me"]]], key="k", value="X", timeout=3.0)
+        assert "KVUnavailable" in lost.get("error", ""), f"the stranded clerk's write was acknowledged: {lost}"
+        stuck = stranded.ok("status", server=servers[old["me"]])
+        assert isinstance(stuck, dict)
+        assert stuck["role"] == "leader" and stuck["term"] == old["term"], stuck
+        assert stuck["last_index"] > stuck["commit_index"], f"X is not in the old leader's log: {stuck}"
+        clerk.ok("append", servers=servers, key="k", value="b")
+        time.sleep(5.0)  # a long partition: the old leader keeps queueing AppendEntries of its old term
+        hosts.heal()
+        clerk.ok("append", servers=servers, key="k", value="c")
+        assert clerk.ok("get", servers=servers, key="k") == "abc"
+        assert stranded.ok("get", servers=servers, key="k") == "abc"  # its own connections, healed too
+        rejoined(clerk, servers)
+    finally:
+        stranded.close()
