@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -348,3 +349,107 @@ def test_kv_after_a_long_partition_no_server_acts_on_the_old_leaders_queued_entr
         rejoined(clerk, servers)
     finally:
         stranded.close()
+
+
+# ---- a node agent on another host ------------------------------------------------
+
+
+def test_a_node_partitioned_from_its_caller_times_out_asks_and_its_ref_works_again_after_heal(
+    make_hosts: Callable[[int], Hosts], host_keys: Path, tmp_path: Path
+) -> None:
+    """``spawn_process(node=...)`` across hosts, then a partition between caller and node.
+
+    What the caller sees: asks time out (AskTimeout, not ProcessDied: nobody
+    can tell a silent network from a slow actor, and the agent's process never
+    died). After heal the same ref works again, and the messages sent during
+    the partition were queued, not lost: they arrive late, at most once each.
+    """
+    hosts = make_hosts(2)
+    node = hosts.endpoint("h2", 7070)
+    agent = hosts.popen("h2", python("-m", "apps.cli", "node", "--endpoint", node, "--dir", str(tmp_path / "node")),
+                        env=env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    caller = None
+    try:
+        assert agent.stderr is not None
+        assert "node agent listening on" in agent.stderr.readline()
+        caller = Driver(hosts, "h1")
+        assert "on node " + node in str(caller.ok("spawn_counter", node=node, name="counter", path="counter.state"))
+        assert caller.ok("incr", name="counter") == 1
+        hosts.partition([["h1"], ["h2"]])
+        late = caller.call("incr", name="counter", timeout=2.0)
+        assert late.get("error", "").startswith("AskTimeout"), late
+        for _ in range(3):
+            caller.ok("tell_incr", name="counter")
+        hosts.heal()
+        back = caller.ok("count_when_back", name="counter", limit=60.0)
+        assert isinstance(back, dict)
+        print(f"after heal: count {back['value']} after {back['seconds']:.2f} s, {back['tries']} asks")
+        assert 1 <= back["value"] <= 5, f"the counter saw {back['value']} increments: 1 acknowledged, at most 4 more sent"
+        assert caller.ok("incr", name="counter") == back["value"] + 1
+    finally:
+        if caller is not None:
+            caller.close()
+        agent.kill()
+        agent.wait(timeout=10)
+        if agent.stderr:
+            agent.stderr.close()
+
+
+# ---- MapReduce workers on hosts of their own ----------------------------------------
+
+
+def mr_job(hosts: Hosts, tmp: Path, books: list[Path], *extra: str) -> tuple[subprocess.Popen, dict[str, subprocess.Popen]]:
+    """A coordinator on h1 and a worker on each of h2..h4, each worker with a private directory it serves map output from."""
+    coordinator = hosts.endpoint("h1", 7100)
+    zactor = python("-m", "apps.cli", "mr")
+    coord = hosts.popen("h1", [*zactor, "coordinator", "--endpoint", coordinator, "--out", str(tmp / "out"), "--split-mb", "0.1",
+                               "--min-workers", "3", *extra, *map(str, books)],
+                        env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = {}
+    for host in ("h2", "h3", "h4"):
+        workers[host] = hosts.popen(host, [*zactor, "worker", "--coordinator", coordinator, "--app", "wc",
+                                           "--workdir", str(tmp / host / "mr"), "--endpoint", hosts.endpoint(host, 0)],
+                                    env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return coord, workers
+
+
+def test_mapreduce_workers_on_three_hosts_equal_the_sequential_reference(make_hosts: Callable[[int], Hosts], host_keys: Path, tmp_path: Path) -> None:
+    from apps.mapreduce.app import load_app
+    from apps.mapreduce.corpus import generate_corpus
+    from apps.mapreduce.sequential import read_output_lines, run_sequential
+
+    hosts = make_hosts(4)
+    books = sorted(generate_corpus(tmp_path / "books", total_bytes=600_000, n_files=4, seed=26))
+    coord, workers = mr_job(hosts, tmp_path, books)
+    _, report = coord.communicate(timeout=120)
+    assert coord.returncode == 0, report
+    for proc in workers.values():
+        assert proc.wait(timeout=60) == 0
+    expected = read_output_lines([run_sequential(load_app("wc"), [str(b) for b in books], tmp_path / "mr-correct.txt")])
+    assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == expected
+    holders = [h for h in workers if list((tmp_path / h / "mr").glob("mr-*-*"))]
+    assert len(holders) >= 2, "the maps did not spread over the hosts"
+
+
+def test_mapreduce_a_worker_host_cut_off_mid_job_still_gives_the_reference(
+    make_hosts: Callable[[int], Hosts], host_keys: Path, tmp_path: Path
+) -> None:
+    """A mapper's host vanishes once it holds map output: its tasks and its output are redone elsewhere."""
+    from apps.mapreduce.app import load_app
+    from apps.mapreduce.corpus import generate_corpus
+    from apps.mapreduce.sequential import read_output_lines, run_sequential
+
+    hosts = make_hosts(4)
+    books = sorted(generate_corpus(tmp_path / "books", total_bytes=600_000, n_files=4, seed=27))
+    coord, _workers = mr_job(hosts, tmp_path, books, "--task-timeout", "3", "--fetch-timeout", "2")
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "h2" / "mr").glob("mr-*-*")):
+        assert coord.poll() is None and time.monotonic() < deadline, "h2 never held map output"
+        time.sleep(0.02)
+    hosts.isolate("h2")
+    _, report = coord.communicate(timeout=150)
+    assert coord.returncode == 0, report
+    expected = read_output_lines([run_sequential(load_app("wc"), [str(b) for b in books], tmp_path / "mr-correct.txt")])
+    assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == expected
+    rerun = re.search(r"Re-executed map tasks \(output lost\)=(\d+)", report)
+    assert rerun and int(rerun.group(1)) >= 1, f"h2's map output was not redone:\n{report}"
