@@ -12,5 +12,6 @@ BENCHMARKS: dict[str, str] = {
     "mr": "benchmarks.mapreduce",
     "raft": "benchmarks.raft",
     "kvraft": "benchmarks.kvraft",
+    "failover": "benchmarks.failover",
 }
 """Name on the command line -> module."""

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from apps.hosts import Hosts, available, instances, sweep_stale
+from apps.hosts import Hosts, available, host_keyring, instances, sweep_stale
 from apps.hosts.netns import state_dir
 from apps.hosts.probe import delivered
-from transport.keys import KEYS_ENV, Member, resolve_keyring, write_members
+from transport.keys import KEYS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = 200
@@ -67,10 +66,7 @@ def make_hosts(netns_ready: None) -> Iterator[Callable[[int], Hosts]]:
 @pytest.fixture
 def host_keys(test_keyring: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the test keyring whose own key also serves the hosts' addresses (every host uses it)."""
-    ring = tmp_path / "keys"
-    shutil.copytree(test_keyring, ring)
-    public = resolve_keyring(ring).public
-    write_members(ring / "members", [Member("hosts", public, tuple(f"10.213.0.{i}" for i in range(11, 31)))])
+    ring = host_keyring(test_keyring, tmp_path / "keys")
     monkeypatch.setenv(KEYS_ENV, str(ring))
     return ring
 

@@ -11,6 +11,6 @@ Needs root (``ip netns``) and the ``nft`` command. Nothing is routed out of
 the namespaces and nothing is added to the machine's own network stack.
 """
 
-from apps.hosts.netns import Hosts, HostsError, Instance, available, instances, sweep_stale
+from apps.hosts.netns import Hosts, HostsError, Instance, available, host_keyring, instances, sweep_stale
 
-__all__ = ["Hosts", "HostsError", "Instance", "available", "instances", "sweep_stale"]
+__all__ = ["Hosts", "HostsError", "Instance", "available", "host_keyring", "instances", "sweep_stale"]

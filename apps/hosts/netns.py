@@ -167,6 +167,24 @@ def address(host: str) -> str:
     return f"{SUBNET}.{FIRST_HOST - 1 + int(m.group(1))}"
 
 
+def host_keyring(source: str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
+    """A copy of keyring ``source`` at ``directory`` whose own key also serves every host address.
+
+    A CURVE client looks a server's key up by the server's host; every test
+    host runs with the one key pair of this machine, so one member line names
+    it for all the hosts' addresses. Set ``$ZACTOR_KEYS`` to the copy for the
+    processes run in the hosts.
+    """
+    from transport.keys import Member, resolve_keyring, write_members
+
+    ring = Path(directory)
+    shutil.copytree(source, ring)
+    public = resolve_keyring(ring).public
+    addresses = tuple(address(f"h{i}") for i in range(1, MAX_HOSTS + 1))
+    write_members(ring / "members", [Member("zactor-hosts", public, addresses)])
+    return ring
+
+
 def instances() -> list[Instance]:
     """Every set with a state file; unreadable ones are logged and left alone."""
     found = []
