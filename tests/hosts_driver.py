@@ -100,9 +100,6 @@ class Driver:
                 if time.monotonic() - started > limit:
                     raise
 
-    def op_peers(self) -> int:
-        return self.system.node.open_peers()
-
 
 def main() -> int:
     driver = Driver(sys.argv[1])

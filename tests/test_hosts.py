@@ -33,6 +33,7 @@ import pytest
 from apps.hosts import Hosts, available, host_keyring, instances, sweep_stale
 from apps.hosts.netns import state_dir
 from apps.hosts.probe import delivered
+from tests.processes import listening
 from transport.keys import KEYS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,7 +401,8 @@ def mr_job(hosts: Hosts, tmp: Path, books: list[Path], *extra: str) -> tuple[sub
     zactor = python("-m", "apps.cli", "mr")
     coord = hosts.popen("h1", [*zactor, "coordinator", "--endpoint", coordinator, "--out", str(tmp / "out"), "--split-mb", "0.1",
                                "--min-workers", "3", *extra, *map(str, books)],
-                        env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                        env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert listening(coord) == coordinator  # workers give up on a silent coordinator within 3 s: start them once it listens
     workers = {}
     for host in ("h2", "h3", "h4"):
         workers[host] = hosts.popen(host, [*zactor, "worker", "--coordinator", coordinator, "--app", "wc",
@@ -417,7 +419,7 @@ def test_mapreduce_workers_on_three_hosts_equal_the_sequential_reference(make_ho
     hosts = make_hosts(4)
     books = sorted(generate_corpus(tmp_path / "books", total_bytes=600_000, n_files=4, seed=26))
     coord, workers = mr_job(hosts, tmp_path, books)
-    _, report = coord.communicate(timeout=120)
+    report = coord.communicate(timeout=120)[1].decode()
     assert coord.returncode == 0, report
     for proc in workers.values():
         assert proc.wait(timeout=60) == 0
@@ -436,14 +438,19 @@ def test_mapreduce_a_worker_host_cut_off_mid_job_still_gives_the_reference(
     from apps.mapreduce.sequential import read_output_lines, run_sequential
 
     hosts = make_hosts(4)
-    books = sorted(generate_corpus(tmp_path / "books", total_bytes=600_000, n_files=4, seed=27))
+    books = sorted(generate_corpus(tmp_path / "books", total_bytes=1_200_000, n_files=6, seed=27))
     coord, _workers = mr_job(hosts, tmp_path, books, "--task-timeout", "3", "--fetch-timeout", "2")
+
+    def maps_held() -> int:
+        """Map tasks whose output h2 holds (files mr-MAP-REDUCE): one it has started the next of is reported done."""
+        return len({f.name.split("-")[1] for f in (tmp_path / "h2" / "mr").glob("mr-*-*")})
+
     deadline = time.monotonic() + 60
-    while not list((tmp_path / "h2" / "mr").glob("mr-*-*")):
-        assert coord.poll() is None and time.monotonic() < deadline, "h2 never held map output"
+    while maps_held() < 2:
+        assert coord.poll() is None and time.monotonic() < deadline, f"h2 held output of {maps_held()} maps only"
         time.sleep(0.02)
     hosts.isolate("h2")
-    _, report = coord.communicate(timeout=150)
+    report = coord.communicate(timeout=150)[1].decode()
     assert coord.returncode == 0, report
     expected = read_output_lines([run_sequential(load_app("wc"), [str(b) for b in books], tmp_path / "mr-correct.txt")])
     assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == expected

@@ -293,10 +293,9 @@ class Hosts:
             raise HostsError(f"this Hosts already holds {self._inst.prefix}")
         if not 1 <= n <= MAX_HOSTS:
             raise HostsError(f"number of hosts must be 1..{MAX_HOSTS}, not {n}")
-        names = {ns for line in _run(["ip", "netns", "list"]).splitlines() if (ns := line.split()[0] if line.strip() else "")}
         while True:
             prefix = "zh" + secrets.token_hex(3)
-            if not any(ns.startswith(prefix + "-") for ns in names) and not (state_dir() / f"{prefix}.json").exists():
+            if not _namespaces(prefix) and not (state_dir() / f"{prefix}.json").exists():
                 break
         pid = os.getpid()
         inst = Instance(prefix, pid if owned else None, _start_time(pid) if owned else None, created=time.time())
