@@ -83,6 +83,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("soak", "apps.soak.cli", "crash-recovery soak test of a system, with a verdict and a report"),
     ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),
     ("node", "apps.node_cli", "run a node agent that hosts actors for the cluster, or list what one hosts"),
+    ("hosts", "apps.hosts.cli", "test hosts: network namespaces as machines, with packet-level faults between them"),
 ]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""
 

@@ -13,5 +13,6 @@ BENCHMARKS: dict[str, str] = {
     "raft": "benchmarks.raft",
     "kvraft": "benchmarks.kvraft",
     "shardkv": "benchmarks.shardkv",
+    "failover": "benchmarks.failover",
 }
 """Name on the command line -> module."""
