@@ -126,13 +126,17 @@ class PeerConfig:
     tick: float = 0.01
     """Seconds per core tick."""
     fsync: bool = True
+    storage: Any = RaftStorage
+    """The storage class (called as ``storage(data_dir, fsync=..., lazy_disk=...)``): a harness's seam for broken variants."""
+    lazy_disk: bool = False
+    """Test-only: the journal's page-cache model, so a SIGKILL loses what was not fsync'd."""
 
 
 class RaftPeer(Actor):
     def __init__(self, config: PeerConfig) -> None:
         super().__init__()
         self.config = config
-        self.storage = RaftStorage(config.data_dir, fsync=config.fsync)
+        self.storage: RaftStorage = config.storage(config.data_dir, fsync=config.fsync, lazy_disk=config.lazy_disk)
         restored = self.storage.load()  # a damaged state file fails the spawn, loudly
         self.core = RaftCore(config.me, len(config.endpoints), config.raft, random.Random(), restored)
         assert self.actor_system is not None
