@@ -106,6 +106,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("raft", "apps.raft.cli", "run a local Raft cluster and watch its leader"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
     ("soak", "apps.soak.cli", "crash-recovery soak test of a system, with a verdict and a report"),
+    ("kvsim", "apps.kvraft.sim", "deterministic simulation of the replicated KV service, seed by seed"),
     ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),
     ("node", "apps.node_cli", "run a node agent that hosts actors for the cluster, or list what one hosts"),
 ]
