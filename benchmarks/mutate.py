@@ -76,11 +76,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("stale-vote-reply-counted", "election safety (votes of an old term do not count)", CORE,
            "if self.role is not Role.CANDIDATE or m.term != self.term or not m.granted:",
            "if self.role is not Role.CANDIDATE or not m.granted:"),
-    Mutant("vote-reply-before-persist", "vote durability (the reply waits for the write)", CORE,
-           "self._pending.after.append(RequestVoteReply(", "self._pending.messages.append(RequestVoteReply(",
-           equivalent="the peer shell (drain_ready) persists a Ready before it sends any of its messages, so "
-                      "`messages` and `messages_after_persist` leave at the same point; the split only matters to a shell "
-                      "that sends `messages` early, which this one never does"),
+    Mutant("vote-reply-before-persist", "vote durability (the Ready's contract: a grant leaves after the write)", CORE,
+           "self._pending.after.append(RequestVoteReply(", "self._pending.messages.append(RequestVoteReply("),
     # ---- log matching and truncation
     Mutant("append-skips-prev-term-check", "log matching (prev_log_term must match)", CORE,
            "        if mine != prev_term:\n", "        if mine != prev_term and False:\n"),

@@ -25,7 +25,9 @@ AppendEntries batch), a tiny ``maxraftstate`` so snapshots race with
 InstallSnapshot.
 
 Checked per seed, each failure naming the seed and the command that replays
-it: election safety; every committed entry stays committed with the same
+it: election safety (one leader per term, and each leader holds a majority
+of votes granted in its own term); vote durability (a restarted server is
+past the term of every vote it sent, or votes the same); every committed entry stays committed with the same
 term and command on every core that has it (no committed entry lost); a new
 leader holds every committed entry (leader completeness); no two servers
 apply different commands at one index, and each applies in order; after the
@@ -182,6 +184,9 @@ class KVSim:
         self.net: list[_InFlight] = []
         self.cut: set[frozenset[int]] = set()
         self.tells: list[list[Any]] = [[] for _ in range(self.n)]
+        self.votes_given: list[tuple[int, int] | None] = [None] * self.n
+        self.grants: dict[int, set[tuple[int, int]]] = {}
+        """term -> (voter, candidate) of every vote granted in it."""
         self.servers: list[_Server | None] = [None] * self.n
         self.incarnation = [0] * self.n
         self.leaders: dict[int, int] = {}
@@ -217,7 +222,14 @@ class KVSim:
 
     def _boot(self, i: int) -> None:
         self.incarnation[i] += 1
-        self.servers[i] = _Server(self, i)
+        s = self.servers[i] = _Server(self, i)
+        given = self.votes_given[i]
+        if given is not None:
+            # A vote that left is durable: the restarted peer is past that term, or still votes the same.
+            hs = s.core.hard_state
+            if hs.term < given[0] or (hs.term == given[0] and hs.voted_for != given[1]):
+                self.fail(f"vote durability: server {i} granted its vote in term {given[0]} to {given[1]}, "
+                          f"but restarted with term {hs.term}, vote {hs.voted_for}")
         self._process(i)
 
     def _crash(self, i: int) -> None:
@@ -276,6 +288,9 @@ class KVSim:
 
     def _send_raft(self, i: int, msg: Any) -> None:
         self._send(msg, msg.dst, i)
+        if isinstance(msg, RequestVoteReply) and msg.granted:
+            self.votes_given[i] = (msg.term, msg.dst)
+            self.grants.setdefault(msg.term, set()).add((i, msg.dst))
         if "crash_after_vote" in self.on and isinstance(msg, RequestVoteReply) and msg.granted and self.rng.random() < 0.2:
             raise _Crashed  # the vote is on disk and on its way; the voter dies before anything else
 
@@ -320,6 +335,10 @@ class KVSim:
     def _on_new_leader(self, s: _Server) -> None:
         """Leader completeness: a new leader holds every entry committed anywhere before."""
         self.stats["elections"] += 1
+        term = s.core.term
+        voters = {s.i} | {v for v, c in self.grants.get(term, ()) if c == s.i}
+        if len(voters) * 2 <= self.n:
+            self.fail(f"election safety: server {s.i} leads term {term} with votes of that term from only {sorted(voters)}")
         log = s.core.log
         for index, (term, command) in self.committed.items():
             if index > log.snapshot_index and (index > log.last_index or (log.entry(index).term, log.entry(index).command) != (term, command)):
