@@ -18,11 +18,11 @@ starting from a state that lost acknowledged records.
 ``rewrite`` replaces the whole file atomically; owners use it to drop records
 that no longer matter (after a snapshot, say), so the file stays bounded.
 
-Test-only: with ``ZACTOR_LAZY_DISK=1`` in the environment (the soak tool's
-``disk`` nemesis sets it for the servers it starts), appended bytes stay in
-process memory until the fsync, and are written and synced together then. A
-SIGKILL thus loses exactly what a power cut would lose from the page cache,
-which a plain kill -9 never does.
+Test-only: ``Journal(path, lazy=True)`` (the soak tool's ``disk`` nemesis and
+the KV simulation pass it in, through the storage they give the servers)
+keeps appended bytes in process memory until the fsync, and writes and syncs
+them together then. A SIGKILL thus loses exactly what a power cut would lose
+from the page cache, which a plain kill -9 never does.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from actors.persister import replace_atomically, write_all
 _FILE_HEADER = b"ZJL\x01"  # magic and format version
 _RECORD = struct.Struct(">II")  # payload length, crc32 of (length bytes + payload)
 _MAX_RECORD = 1 << 31
-LAZY_DISK_ENV = "ZACTOR_LAZY_DISK"
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +61,14 @@ def _encode(records: Iterable[bytes]) -> bytes:
 class Journal:
     """Appends records of bytes to ``path``; reads them back, cutting a torn tail."""
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True, lazy: bool = False) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self.cut_bytes = 0
         """Bytes of torn tail the last ``load`` cut off (0 if the file was clean)."""
         self._fd: int | None = None
         self._size = 0
-        self.lazy = os.environ.get(LAZY_DISK_ENV) == "1"
+        self.lazy = lazy
         """Test-only page-cache model: unsynced appends live in ``_unsynced`` until :meth:`sync`."""
         self._unsynced = bytearray()
         if self.lazy:

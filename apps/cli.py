@@ -81,6 +81,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("shards", "apps.shardkv.cli", "run a sharded KV cluster (controller + replica groups), administer and use it"),
     ("check", "apps.linearizability.cli", "check a recorded history for linearizability"),
     ("soak", "apps.soak.cli", "crash-recovery soak test of a system, with a verdict and a report"),
+    ("kvsim", "apps.kvraft.sim", "deterministic simulation of the replicated KV service, seed by seed"),
     ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),
     ("node", "apps.node_cli", "run a node agent that hosts actors for the cluster, or list what one hosts"),
     ("hosts", "apps.hosts.cli", "test hosts: network namespaces as machines, with packet-level faults between them"),

@@ -140,6 +140,32 @@ def test_a_follower_echoes_the_read_round_in_every_answer() -> None:
     assert [(m.success, m.read_round) for m in replies] == [(True, 7), (False, 8)]
 
 
+def test_a_refusal_of_an_old_term_message_echoes_no_read_round() -> None:
+    """Found by the KV simulation (seed 184): a leader restarted and re-elected counts its rounds from 0
+    again, and a follower's refusal of an AppendEntries its previous incarnation sent in an older term
+    came back with the follower's current term and that message's high round, confirming a round the
+    new leader had not yet sent: an isolated leader yielded a stale read."""
+    c = core(me=1)
+    c.step(AppendEntries(2, 0, 1, 0, 0, (), 0, 1))  # the follower is in term 2
+    c.step(AppendEntries(1, 0, 1, 0, 0, (), 0, 50))  # late, from peer 0's incarnation of term 1
+    replies = sent(drain(c), AppendEntriesReply)
+    assert sorted((m.term, m.success, m.read_round) for m in replies) == [(2, False, 0), (2, True, 1)]
+
+
+def test_a_leader_does_not_confirm_a_read_from_answers_to_an_old_incarnations_rounds() -> None:
+    c = leader_with_own_commit()
+    c.read_index("r1")
+    r = round_of(drain(c), 1)
+    follower = core(me=1)
+    follower.step(AppendEntries(c.term, 0, 1, 0, 0, (), 0, 0))  # follows the leader, answered before the round
+    follower.step(AppendEntries(c.term - 1, 0, 1, 0, 0, (), 0, r + 40))  # late: an older incarnation's round
+    replies = sent(drain(follower), AppendEntriesReply)
+    assert len(replies) == 2
+    for m in replies:
+        c.step(m)
+    assert not reads(drain(c))
+
+
 @pytest.mark.parametrize("n", [3, 5])
 @pytest.mark.slow
 def test_random_schedules_never_yield_a_stale_read(n: int) -> None:

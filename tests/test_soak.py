@@ -153,14 +153,13 @@ def test_check_appends_names_a_phantom_value():
     assert len(problems) == 1 and "nobody appended" in problems[0]
 
 
-def test_lazy_disk_keeps_unsynced_appends_out_of_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZACTOR_LAZY_DISK", "1")
-    j = Journal(tmp_path / "j", fsync=False)
+def test_lazy_disk_keeps_unsynced_appends_out_of_the_file(tmp_path):
+    j = Journal(tmp_path / "j", fsync=False, lazy=True)
     j.append([b"one"])
     assert Journal(tmp_path / "j").load() == []  # what a reader (a restart) sees: the append is not there
     j.sync()
     assert Journal(tmp_path / "j").load() == [b"one"]
-    synced = Journal(tmp_path / "k", fsync=True)
+    synced = Journal(tmp_path / "k", fsync=True, lazy=True)
     synced.append([b"two"])  # fsync on: written and synced at once, as without the lazy disk
     assert Journal(tmp_path / "k").load() == [b"two"]
 
@@ -169,14 +168,13 @@ def test_lazy_disk_a_kill_loses_exactly_the_unsynced_appends(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from actors import Journal
-        j = Journal({str(tmp_path / "j")!r}, fsync=False)
+        j = Journal({str(tmp_path / "j")!r}, fsync=False, lazy=True)
         j.append([b"a"]); j.sync()
         j.append([b"b"])
         print("ready", flush=True)
         time.sleep(60)
     """)
-    env = {**os.environ, "ZACTOR_LAZY_DISK": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parent.parent)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGKILL)
@@ -220,9 +218,24 @@ def test_cli_bad_flags_are_refused_clearly(args, message):
 
 
 def test_cli_unknown_broken_variant_is_refused():
-    r = _soak("kvraft", env={"ZACTOR_SOAK_BREAK": "everything"})
+    r = _soak("kvraft", "--broken", "everything")
     assert r.returncode == 2
-    assert "not a known broken variant" in r.stderr
+    assert "argument --broken: invalid choice: 'everything'" in r.stderr
+
+
+def test_cli_names_every_broken_variant_there_is():
+    from apps.soak.broken import VARIANTS
+    from apps.soak.cli import BREAKS
+
+    assert set(BREAKS) == set(VARIANTS)
+
+
+def test_broken_variants_live_outside_the_production_modules():
+    """No production module reads a switch from the environment to break itself (issue 24)."""
+    root = Path(__file__).parent.parent
+    for path in [*root.glob("apps/**/*.py"), *root.glob("actors/*.py")]:
+        text = path.read_text()
+        assert "ZACTOR_SOAK_BREAK" not in text and "ZACTOR_LAZY_DISK" not in text, path
 
 
 def test_cli_asks_for_plotly_by_name_when_it_is_missing():

@@ -25,10 +25,8 @@ pytestmark = pytest.mark.slow
 
 def soak(tmp_path: Path, *args: str, broken: str = "", timeout: float = 160.0) -> tuple[int, dict, str]:
     out = tmp_path / "report"
-    env = {k: v for k, v in os.environ.items() if k not in ("ZACTOR_SOAK_BREAK", "ZACTOR_LAZY_DISK")}
-    if broken:
-        env["ZACTOR_SOAK_BREAK"] = broken
-    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", *args, "--out", str(out)], cwd=ROOT, env=env,
+    extra = ["--broken", broken] if broken else []
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", *args, *extra, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, err = proc.communicate(timeout=timeout)

@@ -39,6 +39,7 @@ from apps.kvraft.state import KVState
 from apps.kvsrv.server import _check as check_write
 from apps.raft.core import Config
 from apps.raft.peer import PEER_NAME, Applied, PeerConfig, RaftPeer, ReadIndex, RoleChanged, Start, TakeSnapshot
+from apps.raft.storage import RaftStorage
 from transport import FaultRule
 from transport.message import message
 
@@ -49,8 +50,6 @@ MAX_WAIT = 2.0
 """Seconds a request may wait on Raft before it is answered "not leader"."""
 _SWEEP_EVERY = 0.25
 READ_MODES = ("index", "log")
-BREAK_ENV = "ZACTOR_SOAK_BREAK"
-"""Test-only: names a deliberately broken variant for the soak tool's self-test (off unless set)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,11 @@ class ServerConfig:
     raft: Config = Config()  # noqa: RUF009 -- frozen, so one shared default is safe
     tick: float = 0.01
     fsync: bool = True
+    storage: Any = RaftStorage
+    """The Raft peer's storage class (see ``PeerConfig.storage``)."""
+    lazy_disk: bool = False
+    server_class: Any = None
+    """The server actor's class, None for :class:`KVRaftServer`: the seam for broken variants (``apps/soak/broken.py``)."""
 
     def __post_init__(self) -> None:
         if self.read not in READ_MODES:
@@ -100,12 +104,15 @@ class ServerState:
 
 
 class KVRaftServer(Actor):
+    """``raft`` and ``answer`` default to the peer beside it and replies over the actor runtime;
+    the KV simulation (``apps/kvraft/sim.py``) passes its own, and runs this very class."""
+
     state_class: Any = KVState
     """The replicated state: ``restore(blob)`` and ``snapshot()``; a subclass serves another."""
     write_types: tuple[type, ...] = (Put, Append)
     """Log entries that are clients' writes, keyed by (client, seq) while they wait."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, raft: Any = None, answer: Any = None) -> None:
         super().__init__()
         self.config = config
         self.state = self.state_class()
@@ -114,16 +121,16 @@ class KVRaftServer(Actor):
         self.term = 0
         self.leading = False
         self.leader: int | None = None
-        assert self.actor_system is not None
-        self.raft = self.actor_system.ref(config.endpoints[config.me], PEER_NAME)
+        if raft is None:
+            assert self.actor_system is not None
+            raft = self.actor_system.ref(config.endpoints[config.me], PEER_NAME)
+        self.raft = raft
+        self._send_reply = answer
         self._writes: dict[tuple[int, int], _Waiting] = {}
         self._reads: dict[Any, tuple[float, Any, str, int]] = {}  # read id -> (since, op, reply_to, corr)
         self._ready_reads: list[tuple[int, Any]] = []  # (read index, read id), confirmed, waiting for apply
         self._read_ids = itertools.count(1)
         self._nonce = int.from_bytes(os.urandom(4), "big")  # read ids of log Gets never clash across restarts
-        self._break = os.environ.get(BREAK_ENV, "")
-        if self._break in ("stale-reads", "no-dedup-in-snapshot"):
-            log.warning("kvraft server %d: BROKEN ON PURPOSE (%s=%s), test-only", config.me, BREAK_ENV, self._break)
 
     def on_start(self) -> None:
         self.schedule_every(_SWEEP_EVERY, _Sweep())
@@ -158,6 +165,9 @@ class KVRaftServer(Actor):
     def _answer(self, reply_to: str, corr: int, ok: bool, value: Any = None) -> None:
         try:
             hint = None if ok or self.leader is None else self.config.endpoints[self.leader]
+            if self._send_reply is not None:
+                self._send_reply(reply_to, Reply(corr, ok, value, hint))
+                return
             self.actor_system.ref(reply_to).tell(Reply(corr, ok, value, hint))  # type: ignore[union-attr]
         except Exception as exc:  # a malformed reply address must not stop the server
             log.warning("kvraft server %d: cannot answer %r: %s", self.config.me, reply_to, exc)
@@ -184,22 +194,23 @@ class KVRaftServer(Actor):
             self._answer(req.reply_to, req.corr, True, refusal)
             return
         now = time.monotonic()
-        if kind == "read" and self._break == "stale-reads":  # test-only: answers without confirming it leads
-            self._answer(req.reply_to, req.corr, True, self._read(op))
-            return
         if kind == "read":
-            rid = (self.config.me, self._nonce, next(self._read_ids))
-            self._reads[rid] = (now, op, req.reply_to, req.corr)
-            if self.config.read == "index":
-                self.raft.tell(ReadIndex(rid))
-            else:
-                self.raft.tell(Start(LogGet(op.key, rid)))
+            self._start_read(op, req, now)
             return
         waiting = self._writes.get((op.client, op.seq))
         if waiting is None:
             waiting = self._writes[(op.client, op.seq)] = _Waiting(now)
             self.raft.tell(Start(op))
         waiting.who.append((req.reply_to, req.corr))
+
+    def _start_read(self, op: Any, req: Request, now: float) -> None:
+        """Confirm leadership (ReadIndex) or order the read through the log; answered once applied."""
+        rid = (self.config.me, self._nonce, next(self._read_ids))
+        self._reads[rid] = (now, op, req.reply_to, req.corr)
+        if self.config.read == "index":
+            self.raft.tell(ReadIndex(rid))
+        else:
+            self.raft.tell(Start(LogGet(op.key, rid)))
 
     # ---- what a service on this server decides (a subclass serves other operations) ------------
 
@@ -259,10 +270,7 @@ class KVRaftServer(Actor):
         limit = self.config.maxraftstate
         if limit > 0 and batch.raft_state_size >= limit * 0.9 and self.applied > self.snapshot_index:
             self.snapshot_index = self.applied
-            blob = self.state.snapshot()
-            if self._break == "no-dedup-in-snapshot":  # test-only: the duplicate table left out
-                blob = pickle.dumps((self.state.data, {}), protocol=pickle.HIGHEST_PROTOCOL)
-            self.raft.tell(TakeSnapshot(self.applied, blob))
+            self.raft.tell(TakeSnapshot(self.applied, self.state.snapshot()))
 
     def _apply(self, cmd: Any) -> None:
         if isinstance(cmd, self.write_types):
@@ -322,8 +330,8 @@ def _digest(state: KVState) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def serve(config: ServerConfig, faults: list[FaultRule] | None = None, server: type[KVRaftServer] | None = None) -> None:
-    """Child-process target: the KV server ``config.me`` (or another ``server`` class), its Raft peer beside it."""
+def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
+    """Child-process target: the KV server ``config.me`` (or ``config.server_class``), its Raft peer beside it."""
     endpoint = config.endpoints[config.me]
     peer = PeerConfig(
         me=config.me,
@@ -333,6 +341,8 @@ def serve(config: ServerConfig, faults: list[FaultRule] | None = None, server: t
         raft=config.raft,
         tick=config.tick,
         fsync=config.fsync,
+        storage=config.storage,
+        lazy_disk=config.lazy_disk,
     )
-    hosted = Hosted(SERVER_NAME, server or KVRaftServer, (config,))
+    hosted = Hosted(SERVER_NAME, config.server_class or KVRaftServer, (config,))
     host(endpoint, [hosted, Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)

@@ -78,9 +78,13 @@ class KVCluster(Cluster):
         config: Config | None = None,
         tick: float = 0.01,
         seed: int | None = None,
+        lazy_disk: bool = False,
+        server_fields: dict[str, Any] | None = None,
     ) -> None:
+        """``server_fields``: more ``ServerConfig`` fields for every server (a broken variant's, say)."""
         ServerConfig(0, ("x",), "", maxraftstate=maxraftstate, read=read)  # validates both, before any process starts
-        super().__init__(n, reliable=not unreliable, config=config, tick=tick, seed=seed)
+        super().__init__(n, reliable=not unreliable, config=config, tick=tick, seed=seed, lazy_disk=lazy_disk)
+        self.server_fields = dict(server_fields or {})
         self.maxraftstate = maxraftstate
         self.read = read
         self.recorder = Recorder()
@@ -111,10 +115,12 @@ class KVCluster(Cluster):
             read=self.read,
             raft=self.config,
             tick=self.tick,
+            lazy_disk=self.lazy_disk,
+            **{"server_class": self.server_class, **self.server_fields},
         )
 
     def _child_spec(self, i: int) -> ChildSpec:
-        return ChildSpec(f"peer-{i}", serve, (self._server_config(i), self._rules_for(i), self.server_class), restart="temporary")
+        return ChildSpec(f"peer-{i}", serve, (self._server_config(i), self._rules_for(i)), restart="temporary")
 
     def raft_state_size(self, i: int) -> int:
         return self.peer(i).status().raft_state_size

@@ -428,7 +428,10 @@ class RaftCore:
 
     def _on_append(self, m: AppendEntries) -> None:
         if m.term < self.term:
-            self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, m.read_round))
+            # No read round in the refusal: it carries this peer's term, and the sender may lead
+            # that term by now in a new incarnation whose rounds count from 0 again, so an old
+            # round echoed here would confirm a round it has not yet sent (a stale read).
+            self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, 0))
             return
         if self.role is not Role.FOLLOWER:
             self._become_follower(m.term, m.src)

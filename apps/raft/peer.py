@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from actors import Actor
 from actors.host import Hosted, host
-from apps.raft.core import Config, RaftCore
+from apps.raft.core import Config, RaftCore, Ready
 from apps.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -126,13 +127,17 @@ class PeerConfig:
     tick: float = 0.01
     """Seconds per core tick."""
     fsync: bool = True
+    storage: Any = RaftStorage
+    """The storage class (called as ``storage(data_dir, fsync=..., lazy_disk=...)``): a harness's seam for broken variants."""
+    lazy_disk: bool = False
+    """Test-only: the journal's page-cache model, so a SIGKILL loses what was not fsync'd."""
 
 
 class RaftPeer(Actor):
     def __init__(self, config: PeerConfig) -> None:
         super().__init__()
         self.config = config
-        self.storage = RaftStorage(config.data_dir, fsync=config.fsync)
+        self.storage: RaftStorage = config.storage(config.data_dir, fsync=config.fsync, lazy_disk=config.lazy_disk)
         restored = self.storage.load()  # a damaged state file fails the spawn, loudly
         self.core = RaftCore(config.me, len(config.endpoints), config.raft, random.Random(), restored)
         assert self.actor_system is not None
@@ -184,23 +189,36 @@ class RaftPeer(Actor):
     def _process(self) -> None:
         self._deferred = 0
         core = self.core
-        while core.has_ready():
-            rd = core.ready()
-            if rd.must_sync:
-                self.storage.save(rd, core)  # durable before anything of this Ready is sent or applied
-            for msg in rd.messages:
-                self.peers[msg.dst].tell(msg)
-            for msg in rd.messages_after_persist:
-                self.peers[msg.dst].tell(msg)
-            if (rd.apply or rd.read_states) and self.service is not None:
-                self.service.tell(
-                    Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size)
-                )
-            core.advance(rd)
+        service = self.service
+
+        def deliver(rd: Ready) -> None:
+            if service is not None:
+                service.tell(Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size))
+
+        drain_ready(core, self.storage, lambda msg: self.peers[msg.dst].tell(msg), deliver)
         role = (core.term, core.is_leader, core.leader_hint)
         if role != self._role and self.service is not None:
             self._role = role
             self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role))
+
+
+def drain_ready(core: RaftCore, storage: RaftStorage, send: Callable[[Any], None], deliver: Callable[[Ready], None]) -> None:
+    """The Ready cycle, until the core has nothing more: persist, send, hand applies and reads to the service, advance.
+
+    Shared by the peer actor and the KV simulation (``apps/kvraft/sim.py``), so
+    the order the simulation checks is the order the real peer keeps.
+    """
+    while core.has_ready():
+        rd = core.ready()
+        if rd.must_sync:
+            storage.save(rd, core)  # durable before anything of this Ready is sent or applied
+        for msg in rd.messages:
+            send(msg)
+        for msg in rd.messages_after_persist:
+            send(msg)
+        if rd.apply or rd.read_states:
+            deliver(rd)
+        core.advance(rd)
 
 
 def serve_peer(config: PeerConfig, faults: list[FaultRule] | None = None) -> None:

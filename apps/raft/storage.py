@@ -18,7 +18,6 @@ which stops the peer instead of letting it start with a wrong state.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import struct
 from pathlib import Path
@@ -31,22 +30,21 @@ JOURNAL_NAME = "raft-journal"
 _HARD_STATE, _ENTRIES, _SNAPSHOT = b"H", b"E", b"S"
 _SNAPSHOT_HEAD = struct.Struct(">QQ")
 _MIN_GARBAGE_FOR_REWRITE = 1 << 20
-_LAZY_SYNC_EVERY = 16
-"""Test-only broken variant ``ZACTOR_SOAK_BREAK=ack-before-fsync``: sync one append in this many."""
 
 log = logging.getLogger(__name__)
 
 
 class RaftStorage:
-    def __init__(self, directory: str | Path, *, fsync: bool = True) -> None:
+    """The peer's storage; ``lazy_disk`` puts it on the test-only page-cache model (see :class:`~actors.Journal`).
+
+    Harnesses choose the class a peer uses (``PeerConfig.storage``), which is
+    how the soak tool and the simulation run deliberately broken variants
+    (``apps/soak/broken.py``) without a switch in here.
+    """
+
+    def __init__(self, directory: str | Path, *, fsync: bool = True, lazy_disk: bool = False) -> None:
         self.directory = Path(directory)
-        # Test-only broken variant for the soak tool's self-test: appends are
-        # acknowledged before they are durable (synced only now and then).
-        self._ack_before_fsync = os.environ.get("ZACTOR_SOAK_BREAK") == "ack-before-fsync"
-        if self._ack_before_fsync:
-            log.warning("raft storage: BROKEN ON PURPOSE (ZACTOR_SOAK_BREAK=ack-before-fsync): appends acknowledged before fsync")
-        self.journal = Journal(self.directory / JOURNAL_NAME, fsync=fsync and not self._ack_before_fsync)
-        self._appends = 0
+        self.journal = Journal(self.directory / JOURNAL_NAME, fsync=fsync, lazy=lazy_disk)
         self.snapshot_size = 0
         """Bytes of the service's snapshot."""
         self._snapshot_record = 0  # bytes the snapshot takes in the journal
@@ -73,9 +71,6 @@ class RaftStorage:
             records.append(_encode_entries(rd.entries))
             self._note_entries(rd.entries[0].index, rd.entries[-1].index, len(records[-1]))
         self.journal.append(records)
-        self._appends += 1
-        if self._ack_before_fsync and self._appends % _LAZY_SYNC_EVERY == 0:
-            self.journal.sync()
 
     def load(self) -> Restored | None:
         """What was saved, or None for a peer that never saved anything."""

@@ -95,8 +95,11 @@ class Cluster:
         config: Config | None = None,
         tick: float = 0.01,
         seed: int | None = None,
+        lazy_disk: bool = False,
     ) -> None:
         self.n = n
+        self.lazy_disk = lazy_disk
+        """Test-only: every peer on the journal's page-cache model (a kill loses what was not fsync'd)."""
         self.snapshot_mode = snapshot
         self.config = config or Config()
         self.tick = tick
@@ -275,6 +278,7 @@ class Cluster:
             incarnation=self.incarnation[i],
             raft=self.config,
             tick=self.tick,
+            lazy_disk=self.lazy_disk,
         )
         return ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary")
 

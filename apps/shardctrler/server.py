@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from dataclasses import replace
 from typing import Any
 
 from apps.kvraft.server import KVRaftServer, ServerConfig
@@ -50,4 +51,4 @@ class CtrlerServer(KVRaftServer):
 
 def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
     """Child-process target: controller server ``config.me`` and its Raft peer, until stopped."""
-    serve_kv(config, faults, CtrlerServer)
+    serve_kv(replace(config, server_class=CtrlerServer), faults)

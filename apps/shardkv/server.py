@@ -24,7 +24,7 @@ import hashlib
 import logging
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from apps.kvraft.messages import Append, Get, Put, Reply, Request
@@ -221,4 +221,4 @@ def _well_formed(message: Any) -> bool:
 
 def serve(config: ShardServerConfig, faults: list[FaultRule] | None = None) -> None:
     """Child-process target: server ``config.me`` of group ``config.gid`` and its Raft peer, until stopped."""
-    serve_kv(config, faults, ShardKVServer)
+    serve_kv(replace(config, server_class=ShardKVServer), faults)

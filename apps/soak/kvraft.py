@@ -4,8 +4,8 @@ The cluster is :class:`apps.kvraft.testing.KVCluster`: five server processes
 under a supervisor, SIGKILL crashes and restarts from disk, partitions and
 the lab's unreliable network as the transport's fault rules. Pauses are
 SIGSTOP and SIGCONT of a server's process. The ``disk`` nemesis runs every
-server on the lazy disk (``ZACTOR_LAZY_DISK=1``: an append reaches the file
-only at its fsync) so that a kill loses what a power cut would, and flips a
+server on the lazy disk (``KVCluster(lazy_disk=True)``: an append reaches the
+file only at its fsync) so that a kill loses what a power cut would, and flips a
 bit in a stopped server's journal, which the server must refuse to load.
 
 After the last heal: a leader must be elected, every list-append key is read
@@ -269,7 +269,10 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     """The whole run: cluster up, schedule and workload, final heal and checks; always tears the cluster down."""
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
-    with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed) as cluster:
+    from apps.soak.broken import server_fields
+
+    with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
+                   server_fields=server_fields(config.broken)) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
         checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0)

@@ -42,7 +42,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     stop = threading.Event()
     done = threading.Event()
 
-    with Cluster(config.servers, reliable=True, seed=config.seed) as cluster:
+    with Cluster(config.servers, reliable=True, seed=config.seed, lazy_disk="disk" in config.nemeses) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)  # type: ignore[arg-type]
         majority = config.servers // 2 + 1
         started = time.monotonic()

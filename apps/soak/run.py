@@ -40,7 +40,7 @@ class SoakConfig:
     command: str = ""
     """The command line that replays this run."""
     broken: str = ""
-    """The test-only broken variant switched on in the environment, if any."""
+    """The test-only broken variant the servers run (``--broken``; see ``apps/soak/broken.py``), if any."""
     fail_fast: bool = False
     """Stop the faults and traffic at the first violation found while they run (the report is written all the same)."""
 

@@ -1,0 +1,307 @@
+"""The mutation campaign: how many classic Raft and KV bugs do our checkers catch, and how fast?
+
+Each named mutant below is one classic bug, planted as a tiny text change in
+a temporary copy of the tree; the campaign then runs the killing commands
+against that copy, cheapest first, and stops at the first that fails:
+
+1. ``sim``: the deterministic KV simulation (``apps/kvraft/sim.py``), seeds
+   1..N, stopping at the first failing seed;
+2. ``fast-tests``: ``tests/test_raft_core.py tests/test_raft_sim.py
+   tests/test_raft_read_index.py``.
+
+A mutant is *killed* when a killer fails within the per-mutant budget, and
+*survives* otherwise. Before any mutant, the same killers run on the clean
+copy and must pass (a killer that fails on correct code kills nothing).
+``zactor bench`` does not run this; run it on demand::
+
+    python -m benchmarks.mutate                        every mutant, table on the terminal
+    python -m benchmarks.mutate --target kvraft --json mutants.json
+    python -m benchmarks.mutate --only figure8-commit-old-term --seeds 2000
+    python -m benchmarks.mutate --list
+
+A mutant marked ``equivalent`` cannot change behaviour in this code base
+(its note says why); it is run all the same, and its survival is reported as
+expected rather than as a gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_TESTS = ("tests/test_raft_core.py", "tests/test_raft_sim.py", "tests/test_raft_read_index.py")
+COPIED = ("actors", "transport", "apps", "benchmarks", "tests", "setup.cfg", "pyproject.toml")
+TARGETS = {
+    "raft": ("apps/raft/core.py", "apps/raft/storage.py", "apps/raft/peer.py"),
+    "kvraft": ("apps/kvraft/state.py", "apps/kvraft/server.py"),
+}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    breaks: str
+    """The safety property the bug breaks."""
+    path: str
+    old: str
+    new: str
+    equivalent: str = ""
+    """Why the change cannot be observed, for a mutant that is equivalent; empty otherwise."""
+
+
+CORE, STORAGE, PEER = "apps/raft/core.py", "apps/raft/storage.py", "apps/raft/peer.py"
+STATE, SERVER = "apps/kvraft/state.py", "apps/kvraft/server.py"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ---- elections and vote durability
+    Mutant("vote-ignores-log", "leader completeness (the election restriction, §5.4.1)", CORE,
+           "granted = m.term == self.term and self.voted_for in (None, m.src) and up_to_date",
+           "granted = m.term == self.term and self.voted_for in (None, m.src)"),
+    Mutant("vote-twice-in-a-term", "election safety (one vote per term)", CORE,
+           "granted = m.term == self.term and self.voted_for in (None, m.src) and up_to_date",
+           "granted = m.term == self.term and up_to_date"),
+    Mutant("vote-not-made-durable", "election safety (a vote survives a crash)", CORE,
+           "                self.voted_for = m.src\n                self._hs_dirty = True\n",
+           "                self.voted_for = m.src\n"),
+    Mutant("stale-vote-reply-counted", "election safety (votes of an old term do not count)", CORE,
+           "if self.role is not Role.CANDIDATE or m.term != self.term or not m.granted:",
+           "if self.role is not Role.CANDIDATE or not m.granted:"),
+    Mutant("vote-reply-before-persist", "vote durability (the Ready's contract: a grant leaves after the write)", CORE,
+           "self._pending.after.append(RequestVoteReply(", "self._pending.messages.append(RequestVoteReply("),
+    # ---- log matching and truncation
+    Mutant("append-skips-prev-term-check", "log matching (prev_log_term must match)", CORE,
+           "        if mine != prev_term:\n", "        if mine != prev_term and False:\n"),
+    Mutant("stale-append-truncates", "log matching (a late AppendEntries must not cut newer entries)", CORE,
+           "            if have == entry.term:\n                continue\n", ""),
+    Mutant("replay-keeps-truncated-entries", "log truncation is durable (replay drops overwritten entries)", STORAGE,
+           "                        del entries[first - base - 1 :]\n", ""),
+    # ---- commit rules
+    Mutant("figure8-commit-old-term", "leader completeness (Figure 8: count replicas only for the current term)", CORE,
+           "if candidate > self.commit_index and self.log.term_at(candidate) == self.term:",
+           "if candidate > self.commit_index:"),
+    Mutant("follower-commits-beyond-match", "state machine safety (commit only what matches the leader)", CORE,
+           "self.commit_index = max(self.commit_index, min(m.leader_commit, last_new))",
+           "self.commit_index = max(self.commit_index, m.leader_commit)"),
+    # ---- stale terms and stale messages
+    Mutant("append-from-old-term-accepted", "log matching (a deposed leader's AppendEntries is refused)", CORE,
+           "    def _on_append(self, m: AppendEntries) -> None:\n        if m.term < self.term:",
+           "    def _on_append(self, m: AppendEntries) -> None:\n        if m.term < self.term - 1:"),
+    Mutant("stale-append-reply-counted", "commit safety (replies of an old term do not count)", CORE,
+           "    def _on_append_reply(self, m: AppendEntriesReply) -> None:\n        if self.role is not Role.LEADER or m.term != self.term:",
+           "    def _on_append_reply(self, m: AppendEntriesReply) -> None:\n        if self.role is not Role.LEADER:"),
+    # ---- ReadIndex
+    Mutant("refusal-echoes-read-round", "linearizable reads (a refusal of an old-term message confirms no round)", CORE,
+           "self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, 0))",
+           "self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, m.read_round))"),
+    Mutant("readindex-leader-alone-confirms", "linearizable reads (a majority confirms leadership)", CORE,
+           "        confirmed = rounds[self.n // 2]", "        confirmed = rounds[0]"),
+    Mutant("readindex-before-term-commit", "linearizable reads (a new leader's commit index may be stale)", CORE,
+           "        if self.log.term_at(self.commit_index) != self.term:\n            self._reads_need_commit",
+           "        if False:\n            self._reads_need_commit"),
+    Mutant("read-answered-before-applied", "linearizable reads (answer once the read index is applied)", SERVER,
+           "            if index > self.applied:\n                still.append", "            if False:\n                still.append"),
+    # ---- snapshots and InstallSnapshot ordering
+    Mutant("install-older-snapshot", "apply order (an InstallSnapshot behind the commit index is ignored)", CORE,
+           "        if m.last_included_index > self.commit_index:", "        if m.last_included_index > self.log.snapshot_index:"),
+    # ---- the duplicate table and exactly-once
+    Mutant("dedup-off-by-one", "exactly-once (a retry of the latest request is a duplicate)", STATE,
+           "if last is None or seq > last[0]:", "if last is None or seq >= last[0]:"),
+    Mutant("dedup-left-out-of-snapshot", "exactly-once across snapshots", STATE,
+           "return pickle.dumps((self.data, self.latest), protocol=pickle.HIGHEST_PROTOCOL)",
+           "return pickle.dumps((self.data, {}), protocol=pickle.HIGHEST_PROTOCOL)"),
+    Mutant("duplicate-answers-nothing", "exactly-once replies (a retry gets the first reply)", STATE,
+           "return True, (last[1] if seq == last[0] else None)", "return True, None"),
+    # ---- fsync and acknowledgement order
+    Mutant("journal-without-fsync", "durability before acknowledgement", STORAGE,
+           "fsync=fsync, lazy=lazy_disk)", "fsync=False, lazy=lazy_disk)"),
+    Mutant("vote-journaled-only-with-entries", "vote durability (a term and vote record of its own)", STORAGE,
+           "        if rd.hard_state is not None:\n            records.append",
+           "        if rd.hard_state is not None and rd.entries:\n            records.append"),
+    Mutant("send-before-fsync", "durability before acknowledgement (the shell's order)", PEER,
+           "        if rd.must_sync:\n            storage.save(rd, core)  # durable before anything of this Ready is sent or applied\n"
+           "        for msg in rd.messages:\n            send(msg)\n        for msg in rd.messages_after_persist:\n            send(msg)\n",
+           "        for msg in rd.messages:\n            send(msg)\n        for msg in rd.messages_after_persist:\n            send(msg)\n"
+           "        if rd.must_sync:\n            storage.save(rd, core)\n"),
+    # ---- apply order and restarts
+    Mutant("apply-uncommitted", "state machine safety (apply only committed entries)", CORE,
+           "        upto = min(self.commit_index, self.log.last_index)\n", "        upto = self.log.last_index\n"),
+    Mutant("restart-trusts-whole-log", "state machine safety (a restarted peer knows only its snapshot is committed)", CORE,
+           "        self.commit_index = self.log.snapshot_index\n", "        self.commit_index = self.log.last_index\n"),
+)
+
+
+@dataclass
+class Outcome:
+    name: str
+    breaks: str
+    path: str
+    status: str
+    """killed, survived, or error (the patch did not apply)."""
+    killed_by: str = ""
+    seconds: float = 0.0
+    detail: str = ""
+    equivalent: str = ""
+
+
+def copy_tree(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache")
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+
+
+def apply(mutant: Mutant, tree: Path) -> None:
+    path = tree / mutant.path
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise ValueError(f"{mutant.name}: the text to change occurs {count} times in {mutant.path}, not once")
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def _run(cmd: list[str], tree: Path, timeout: float) -> tuple[bool, str]:
+    """(failed, tail of output); a timeout is not a failure (the budget ran out first)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        return False, "budget ran out"
+    out = (r.stdout + r.stderr).strip().splitlines()
+    fails = [line for line in out if line.startswith(("FAIL", "FAILED", "E  "))]
+    return r.returncode != 0, "\n".join(fails[:3] or out[-3:])
+
+
+def killers(seeds: int) -> list[tuple[str, list[str]]]:
+    py = sys.executable
+    return [
+        ("sim", [py, "-m", "apps.kvraft.sim", "--seeds", str(seeds)]),
+        ("fast-tests", [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *FAST_TESTS]),
+    ]
+
+
+def run_mutant(mutant: Mutant, seeds: int, budget: float) -> Outcome:
+    out = Outcome(mutant.name, mutant.breaks, mutant.path, "survived", equivalent=mutant.equivalent)
+    with tempfile.TemporaryDirectory(prefix="zactor-mutant-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        try:
+            apply(mutant, tree)
+        except ValueError as exc:
+            out.status, out.detail = "error", str(exc)
+            return out
+        started = time.monotonic()
+        for name, cmd in killers(seeds):
+            left = budget - (time.monotonic() - started)
+            if left <= 0:
+                break
+            failed, detail = _run(cmd, tree, left)
+            if failed:
+                out.status, out.killed_by, out.detail = "killed", name, detail
+                break
+        out.seconds = round(time.monotonic() - started, 1)
+    return out
+
+
+def check_clean(seeds: int, budget: float) -> list[str]:
+    """The killers on the unmutated tree: each must pass, or the campaign means nothing."""
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="zactor-mutant-clean-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        for name, cmd in killers(seeds):
+            failed, detail = _run(cmd, tree, budget * 3)
+            if failed:
+                problems.append(f"{name} fails on the clean tree: {detail}")
+    return problems
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [("mutant", "file", "result", "by", "time", "breaks")]
+    for o in outcomes:
+        result = o.status + (" (equivalent)" if o.equivalent and o.status == "survived" else "")
+        rows.append((o.name, o.path.removeprefix("apps/"), result, o.killed_by or "-", f"{o.seconds:.0f} s", o.breaks))
+    widths = [max(len(r[k]) for r in rows) for k in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def score(outcomes: list[Outcome]) -> dict[str, Any]:
+    real = [o for o in outcomes if not o.equivalent and o.status != "error"]
+    killed = [o for o in real if o.status == "killed"]
+    return {
+        "mutants": len(outcomes),
+        "non_equivalent": len(real),
+        "killed": len(killed),
+        "kill_rate": round(len(killed) / len(real), 3) if real else None,
+        "survivors": [o.name for o in real if o.status != "killed"],
+        "equivalent": [o.name for o in outcomes if o.equivalent],
+        "max_seconds_to_kill": max((o.seconds for o in killed), default=None),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.mutate",
+        description="Plant each named Raft/KV bug in a copy of the tree and run the simulation and the fast tests "
+        "against it; report which killer caught each bug and how fast. Exit 1 if a non-equivalent mutant survives.",
+    )
+    p.add_argument("--target", choices=["raft", "kvraft", "all"], default="all", help="which files' mutants (default all)")
+    p.add_argument("--budget", type=float, default=3.0, help="minutes per mutant before it counts as surviving (default 3)")
+    p.add_argument("--seeds", type=int, default=400, help="simulation seeds per mutant, stopping at the first failure (default 400)")
+    p.add_argument("--only", default="", help="comma-separated mutant names")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--skip-clean", action="store_true", help="do not first check that the killers pass the clean tree")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = p.parse_args(argv)
+    chosen = [m for m in MUTANTS if args.target == "all" or m.path in TARGETS[args.target]]
+    if args.only:
+        names = set(args.only.split(","))
+        unknown = names - {m.name for m in MUTANTS}
+        if unknown:
+            p.error(f"unknown mutant(s) {', '.join(sorted(unknown))}; see --list")
+        chosen = [m for m in chosen if m.name in names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:34} {m.path:24} {m.breaks}" + ("  [equivalent]" if m.equivalent else ""))
+        return 0
+    budget = args.budget * 60.0
+    if not args.skip_clean:
+        print(f"clean tree: {args.seeds} simulation seeds and the fast tests ...", file=sys.stderr, flush=True)
+        problems = check_clean(args.seeds, budget)
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            return 2
+    outcomes = []
+    for k, m in enumerate(chosen, 1):
+        print(f"[{k}/{len(chosen)}] {m.name} ...", file=sys.stderr, flush=True)
+        o = run_mutant(m, args.seeds, budget)
+        print(f"    {o.status} {('by ' + o.killed_by) if o.killed_by else ''} in {o.seconds:.0f} s  {o.detail.splitlines()[0] if o.detail else ''}",
+              file=sys.stderr, flush=True)
+        outcomes.append(o)
+    print(table(outcomes))
+    summary = score(outcomes)
+    print(f"\nkilled {summary['killed']} of {summary['non_equivalent']} non-equivalent mutants"
+          + (f" ({summary['kill_rate']:.0%})" if summary["kill_rate"] is not None else "")
+          + (f"; survivors: {', '.join(summary['survivors'])}" if summary["survivors"] else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "mutants": [asdict(o) for o in outcomes],
+                                               "budget_minutes": args.budget, "seeds": args.seeds}, indent=1))
+    return 1 if summary["survivors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
