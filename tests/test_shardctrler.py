@@ -17,6 +17,8 @@ from apps.shardctrler import NSHARDS, CtrlerClerk, ShardConfig
 from apps.shardctrler.state import rebalance
 from apps.shardctrler.testing import CtrlerCluster
 
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
+
 NSERVERS = 3
 NPARA = 10
 

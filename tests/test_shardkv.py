@@ -29,6 +29,8 @@ from apps.shardkv import key2shard
 from apps.shardkv.messages import DeleteAck, DeleteRequest, PullShards, ShardData
 from apps.shardkv.testing import ShardCluster
 
+pytestmark = pytest.mark.slow  # a lab port: real processes for tens of seconds (see setup.cfg)
+
 N = 10
 OUTCOME = 60.0
 """Seconds an operation the scenario expects to complete may take (a busy shared machine), before the test fails."""

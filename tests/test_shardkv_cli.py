@@ -35,6 +35,7 @@ def shards_cli() -> Iterator[tuple[Lines, Path]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_cli_cluster_join_put_get_and_a_shard_moves_with_its_data(shards_cli: tuple[Lines, Path]) -> None:
     lines, root = shards_cli
     ctrler = lines.wait_for("ctrler:", 60).split()[-1]
