@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.linearizability import KVModel, check, render_html
-from apps.soak.verdict import EXIT_NAMES, Findings
+from apps.soak.verdict import EXIT_NAMES, INTERRUPTED, Findings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def write(config: Any, findings: Findings, extra: dict[str, Any], code: int, sta
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     series = extra.pop("samples").series(extra.get("seconds", config.seconds))
-    tens = [sum(series["ok"][i : i + 10]) / 10.0 for i in range(0, max(1, len(series["ok"]) - 9), 10)]
+    per_window = extra.get("window_throughputs", [])
     summary = {
         "system": config.system,
         "verdict": EXIT_NAMES[code],
@@ -53,7 +53,9 @@ def write(config: Any, findings: Findings, extra: dict[str, Any], code: int, sta
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "answered": sum(series["ok"]),
         "throughput": extra.get("throughput"),
-        "min_throughput_10s": min(tens) if tens else 0,
+        "interrupted": code == INTERRUPTED,
+        "throughput_window": config.throughput_window,
+        "min_window_throughput": min(per_window) if per_window else None,
         "min_throughput_required": config.min_throughput,
         "violations": findings.violations,
         "invalid": findings.invalid,
@@ -109,7 +111,7 @@ def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], 
                             marker_color=[_COLORS.get(k.split("/")[0], "#7f7f7f") for k in counts]))
     bars.update_layout(title="faults inflicted, by nemesis and variant", height=320, margin={"l": 60, "r": 20, "t": 50, "b": 80})
     verdict = summary["verdict"]
-    color = {"pass": "#2ca02c", "violation": "#d62728", "invalid": "#ff7f0e"}[verdict]
+    color = {"pass": "#2ca02c", "violation": "#d62728", "invalid": "#ff7f0e", "interrupted": "#7f7f7f"}[verdict]
     rows = "".join(
         f"<tr><td>{w['number']}</td><td>{w['ops']}</td><td>{w['verdict']}</td><td>{w['seconds']}</td>"
         f"<td>{html.escape(', '.join(w['illegal_keys'] + w['undecided_keys']))}</td></tr>"
@@ -126,7 +128,7 @@ def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], 
         f'<p><a href="{p}">{p}</a> (the checker\'s time line of the keys that failed)</p>'
         f'<iframe src="{p}" style="width:100%;height:520px;border:1px solid #ccc"></iframe>' for p in violation_pages
     )
-    facts = {k: summary.get(k) for k in ("seed", "minutes", "nemeses", "clients", "answered", "throughput", "min_throughput_10s",
+    facts = {k: summary.get(k) for k in ("seed", "minutes", "nemeses", "clients", "answered", "throughput", "min_window_throughput",
                                          "min_throughput_required", "final_reads", "corrupt_journals", "errors", "error_kinds",
                                          "jobs", "broken_variant", "stopped_early", "started_at")}
     facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(json.dumps(v, default=str))}</td></tr>" for k, v in facts.items() if v is not None)
