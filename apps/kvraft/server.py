@@ -38,7 +38,17 @@ from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Rep
 from apps.kvraft.state import KVState
 from apps.kvsrv.server import _check as check_write
 from apps.raft.core import Config
-from apps.raft.peer import PEER_NAME, Applied, PeerConfig, RaftPeer, ReadIndex, RoleChanged, Start, TakeSnapshot
+from apps.raft.peer import (
+    PEER_NAME,
+    Applied,
+    PeerConfig,
+    RaftPeer,
+    ReadIndex,
+    RoleChanged,
+    Start,
+    TakeSnapshot,
+    refusing_damaged_state,
+)
 from transport import FaultRule
 from transport.message import message
 
@@ -297,4 +307,5 @@ def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
         tick=config.tick,
         fsync=config.fsync,
     )
-    host(endpoint, [Hosted(SERVER_NAME, KVRaftServer, (config,)), Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)
+    with refusing_damaged_state(f"kv server {config.me}"):
+        host(endpoint, [Hosted(SERVER_NAME, KVRaftServer, (config,)), Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)

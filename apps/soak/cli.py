@@ -216,12 +216,27 @@ def _run(config: SoakConfig) -> int:
     verdict = EXIT_NAMES[code].upper()
     print(f"zactor soak {config.system}: {verdict} ({answered} {UNITS[config.system]} answered, {throughput:.1f}/s, "
           f"{len(extra.get('events', []))} faults)", file=sys.stderr)
+    for line in expected_lines(extra):
+        print(f"  {line}", file=sys.stderr)
     for v in findings.violations[:10]:
         print(f"  violation: {v}", file=sys.stderr)
     for v in findings.invalid[:10]:
         print(f"  invalid: {v}", file=sys.stderr)
     print(f"  report: {paths[0]}\n  replay: {config.command}", file=sys.stderr)
     return code
+
+
+def expected_lines(extra: dict[str, Any]) -> list[str]:
+    """One line per kind of expected trouble the faults caused: refused damaged journals, calls that gave up."""
+    lines = []
+    corrupt = extra.get("corrupt_journals") or {}
+    if any(corrupt.values()):
+        lines.append(f"damaged journals: {corrupt.get('refused', 0)} refused at start as they must be (CorruptStateError), "
+                     f"{corrupt.get('loaded', 0)} loaded, {corrupt.get('skipped', 0)} not flipped (too short)")
+    kinds = extra.get("error_kinds") or {}
+    if kinds:
+        lines.append(f"calls that gave up during faults: {sum(kinds.values())} (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
+    return lines
 
 
 if __name__ == "__main__":
