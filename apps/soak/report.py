@@ -174,7 +174,7 @@ def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], 
                                          "min_throughput_required", "final_reads", "corrupt_journals", "errors", "error_kinds",
                                          "acknowledged", "checked_commands", "final_index", "final_check", "worker_kills",
                                          "replicas", "final_heal", "broken_variant", "stopped_early", "started_at")}
-    facts_html = "".join(f"<tr><th>{k.replace('_', ' ')}</th><td>{html.escape(_cell(v))}</td></tr>"
+    facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(_cell(v))}</td></tr>"
                          for k, v in facts.items() if v is not None)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>zactor soak {config.system}: {verdict}</title>
