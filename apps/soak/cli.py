@@ -30,7 +30,7 @@ MIN_THROUGHPUT = {"kvraft": 100.0, "etcd": 100.0, "raft": 50.0, "mr": 0.0}
 """Default answered calls/s below which a run is invalid. raft's clients go through the lab harness's
 ``one()`` (an ask, then a wait for the applier to see a majority), a test driver rather than a client,
 so its bar is lower; mr's unit is a whole job, and a run is invalid there only if no job completed."""
-UNITS = {"kvraft": "calls", "etcd": "calls", "raft": "commands", "mr": "jobs"}
+UNITS = {"kvraft": "calls answered", "etcd": "calls answered", "raft": "commands acknowledged", "mr": "jobs completed"}
 """What each system's throughput counts."""
 BREAKS = ("ack-before-fsync", "stale-reads", "no-dedup-in-snapshot")
 
@@ -214,7 +214,7 @@ def _run(config: SoakConfig) -> int:
     code = INTERRUPTED if config.interrupt.is_set() else findings.exit_code()
     paths = report.write(config, findings, extra, code, started)
     verdict = EXIT_NAMES[code].upper()
-    print(f"zactor soak {config.system}: {verdict} ({answered} {UNITS[config.system]} answered, {throughput:.1f}/s, "
+    print(f"zactor soak {config.system}: {verdict} ({answered} {UNITS[config.system]}, {throughput:.1f}/s, "
           f"{len(extra.get('events', []))} faults)", file=sys.stderr)
     for line in expected_lines(extra):
         print(f"  {line}", file=sys.stderr)
