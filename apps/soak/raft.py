@@ -90,9 +90,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                 t.join(bounded(config, 15.0))
             status.phase = "final heal"
             final: dict[str, Any] = {}
-            if nemesis_still_healing(nemesis, final):
-                pass
-            elif heal_everything(target, findings):
+            if not nemesis_still_healing(nemesis, final) and heal_everything(target, findings):
                 if config.interrupt.is_set():
                     with cluster._lock:
                         findings.violations.extend(f"apply check: {e}" for e in cluster.errors[:20])

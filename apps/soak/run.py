@@ -218,7 +218,7 @@ def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: li
     stop = threading.Event()
     workload.start()
     checker.start()
-    status.start(lambda: status_line(config, status, workload.elapsed(), workload.ops(), "ops", workload.errors, findings))
+    status.start(lambda: status_line(config, status, workload.elapsed(), workload.ops(), "calls", workload.errors, findings))
     nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), name="soak-nemesis", daemon=True)
     nemesis.start()
     try:
@@ -230,9 +230,7 @@ def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: li
         nemesis.join(bounded(config, 60.0))
         workload.stop(bounded(config, 30.0))
         status.phase = "final heal"
-        if nemesis_still_healing(nemesis, extra):
-            pass
-        elif heal_everything(target, findings):
+        if not nemesis_still_healing(nemesis, extra) and heal_everything(target, findings):
             if config.interrupt.is_set():
                 extra = {"final_reads": "skipped: interrupted"}
             else:
