@@ -200,6 +200,26 @@ def test_an_interrupted_soak_stops_within_seconds_with_its_report(run_soak, how)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("system", ["raft", "mr"])
+def test_ctrl_c_stops_the_other_soaks_too(run_soak, system):
+    soak = run_soak(system, "--minutes", "2", "--seed", "5", *(["--min-throughput", "5"] if system == "raft" else []))
+    soak.wait_for_status(10)
+    os.killpg(soak.pgid, signal.SIGINT)
+    try:
+        code = soak.proc.wait(10.0)
+    except subprocess.TimeoutExpired:
+        pytest.fail("still running 10 s after Ctrl-C: " + "".join(soak.stderr)[-3000:])
+    assert code == 130, "".join(soak.stderr)[-3000:]
+    deadline = time.monotonic() + 5.0
+    while soak.group() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert soak.group() == []
+    summary = json.loads((soak.out / "summary.json").read_text())
+    assert summary["verdict"] == "interrupted" and 10 <= summary["seconds"] < 120 and not summary["violations"]
+    assert (soak.out / "report.html").exists() and "Traceback" not in "".join(soak.stderr)
+
+
+@pytest.mark.slow
 def test_a_soak_with_an_outage_in_the_middle_is_invalid_and_its_history_checks_clean(run_soak):
     # An outage the way the issue saw it: every server process stopped while the soak itself runs on.
     soak = run_soak("kvraft", "--minutes", "0.6", "--seed", "8", "--nemesis", "none", "--min-throughput", "10",

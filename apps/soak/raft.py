@@ -62,7 +62,9 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                     ok = True
                     with lock:
                         acked.append((index, command))
-                except HarnessFailure:
+                except Exception as exc:  # HarnessFailure; or, once the run is over, the teardown under a call in flight
+                    if done.is_set() and not isinstance(exc, HarnessFailure):
+                        return
                     with lock:
                         counts["errors"] += 1
                     with cluster._lock:
@@ -86,8 +88,9 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
             ran = status.end_timed_part(clock())
             nemesis.join(bounded(config, 60.0))
             done.set()
+            deadline = time.monotonic() + bounded(config, 15.0)  # one bound for all the clients, not one each
             for t in threads:
-                t.join(bounded(config, 15.0))
+                t.join(max(0.0, deadline - time.monotonic()))
             status.phase = "final heal"
             final: dict[str, Any] = {}
             if not nemesis_still_healing(nemesis, final) and heal_everything(target, findings):
