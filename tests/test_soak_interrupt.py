@@ -171,7 +171,7 @@ def run_soak(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_an_interrupted_soak_stops_within_seconds_with_its_report(run_soak, how):
-    soak = run_soak("kvraft", "--minutes", "2", "--seed", "5", "--min-throughput", "10")
+    soak = run_soak("kvraft", "--minutes", "2", "--seed", "5", "--min-throughput", "10", *(["--no-history"] if how == "sigterm" else []))
     soak.wait_for_status(20)
     if how == "ctrl-c":
         os.killpg(soak.pgid, signal.SIGINT)  # what the terminal does: the whole foreground group gets it
@@ -193,6 +193,7 @@ def test_an_interrupted_soak_stops_within_seconds_with_its_report(run_soak, how)
     assert 15 <= summary["seconds"] < 120 and summary["stopped_early"].startswith("interrupted")
     assert summary["windows"] and all(w["verdict"] == "OK" for w in summary["windows"])
     assert "INTERRUPTED" in (soak.out / "report.html").read_text()
+    assert (soak.out / HISTORY_FILE).exists() == (how == "ctrl-c")  # the sigterm run asked for --no-history
     err = "".join(soak.stderr)
     assert "INTERRUPTED" in err and "Traceback" not in err
     statuses = re.findall(r" (\d\d:\d\d)/02:00", err)

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "run's average: an outage makes the run invalid (default 10)")
     p.add_argument("--window", type=_positive(float), default=15.0, help="seconds of history per checked window (default 15)")
     p.add_argument("--maxraftstate", type=int, default=4000, help="kvraft: snapshot at this many bytes of Raft state (default 4000)")
+    p.add_argument("--no-history", action="store_true",
+                   help="kvraft, etcd: do not write DIR/history.jsonl (about 1 KB per call, as an append's reply is the "
+                        "list so far: some 250 MB per ten minutes; its windows are checked all the same)")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop the faults and traffic at the first violation found while they run, rather than at the "
                         "end of --minutes (the final checks and the report follow as usual)")
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SoakConfig(
         system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
         min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
-        fail_fast=args.fail_fast, throughput_window=args.throughput_window,
+        fail_fast=args.fail_fast, throughput_window=args.throughput_window, history=not args.no_history,
         servers=5 if args.system in ("kvraft", "raft") else 3,
     )
     if broken:

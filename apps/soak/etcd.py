@@ -414,7 +414,7 @@ def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
             target = EtcdTarget(members, config.seed)
             workload = Workload(lambda c: EtcdKV(members.client_ports, c), config.clients, config.window, config.seed)
             checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0,
-                                    history=Path(config.out) / HISTORY_FILE)
+                                    history=Path(config.out) / HISTORY_FILE if config.history else None)
             ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

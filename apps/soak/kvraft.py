@@ -273,7 +273,7 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         target = KVRaftTarget(cluster, config.seed, findings)
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
         checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0,
-                                    history=Path(config.out) / HISTORY_FILE)
+                                    history=Path(config.out) / HISTORY_FILE if config.history else None)
         ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
     extra["seconds"] = round(ran, 2)
     extra["schedule"] = [f.to_json() for f in schedule]

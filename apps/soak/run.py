@@ -45,6 +45,8 @@ class SoakConfig:
     """Stop the faults and traffic at the first violation found while they run (the report is written all the same)."""
     throughput_window: float = 10.0
     """Seconds per window of the minimum-throughput rule: every full window of the timed part must reach it."""
+    history: bool = True
+    """Write every checked window's calls to ``out/history.jsonl`` (kvraft, etcd)."""
     interrupt: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
     """Set by Ctrl-C or SIGTERM: the timed part ends at once, the final steps are cut short, the report is written."""
 
