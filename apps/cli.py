@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    parser.add_argument("--version", action="version", version=f"zactor {version()}", help="print zactor's version and exit")
     add_security_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in plugged.items():
@@ -89,8 +90,19 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""
 
 
+def version() -> str:
+    """The installed package's version (from its metadata, so it is the one pip reports)."""
+    try:
+        return importlib.metadata.version("zactor")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree without `pip install -e .`)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"zactor {version()}")
+        return 0
     verbose = 0
     security = argparse.Namespace(keys=None, insecure=False)
     while argv and (argv[0] in ("-v", "-vv", "--verbose", "--insecure") or argv[0].startswith("--keys")):

@@ -65,11 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "`zactor keys add NAME KEY` (role client)",
     )
     sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
-    p = sub.add_parser("init", help="create a keyring (if missing) and print this machine's public key")
-    p.add_argument("dir", nargs="?", help=f"where (default: ${KEYS_ENV}, else {default_keyring_dir()})")
-    p = sub.add_parser("show", help="print this machine's public key (a line to copy to other machines)")
-    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
-    p = sub.add_parser("add", help="allow a key in, with its role, and say which hosts it serves")
+    p = sub.add_parser("init", help="create a keyring (if missing) and print this machine's public key",
+                       description="Create a keyring (if missing) and print this machine's public key.")
+    p.add_argument("dir", nargs="?", help="where (the same as --keys DIR)")
+    _keys_option(p)
+    p = sub.add_parser("show", help="print this machine's public key (a line to copy to other machines)",
+                       description="Print this machine's public key: the line to copy to the other machines.")
+    _keys_option(p)
+    p = sub.add_parser("add", help="allow a key in, with its role, and say which hosts it serves",
+                       description="Allow a key in, with its role (client or member), and say which hosts it serves.")
     p.add_argument("name", help="a name for the member (e.g. its host name)")
     p.add_argument("public_key", metavar="PUBKEY", help="its public key, as `zactor keys show` prints it there")
     p.add_argument("--host", action="append", default=[], help="a host (name or address) it serves; repeatable")
@@ -80,13 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="client (default): may send requests (registered message classes and plain data) but never code; "
         "member: trusted with code execution (other machines of the cluster, node agents)",
     )
-    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
-    p = sub.add_parser("list", help="list this machine's key and the members")
-    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
-    p = sub.add_parser("revoke", help="remove a member; nodes refuse its new connections at once")
-    p.add_argument("name")
-    p.add_argument("--keys", metavar="DIR", help="the keyring (default as for init)")
+    _keys_option(p)
+    p = sub.add_parser("list", help="list this machine's key and the members",
+                       description="List this machine's key and the members of the keyring, with their roles.")
+    _keys_option(p)
+    p = sub.add_parser("revoke", help="remove a member; nodes refuse its new connections at once",
+                       description="Remove a member; nodes refuse its new connections at once.")
+    p.add_argument("name", help="the member's name, as `zactor keys list` shows it")
+    _keys_option(p)
     return parser
+
+
+def _keys_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", metavar="DIR", help=f"the keyring (default: ${KEYS_ENV}, else {default_keyring_dir()})")
 
 
 def _dir(given: str | None) -> Path:
@@ -116,10 +126,13 @@ def _is_key(text: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_keys_as_operands(list(sys.argv[1:] if argv is None else argv)))
+    parser = build_parser()
+    args = parser.parse_args(_keys_as_operands(list(sys.argv[1:] if argv is None else argv)))
     try:
         if args.op == "init":
-            directory = init_keyring(_dir(args.dir))
+            if args.dir and args.keys and Path(args.dir).expanduser().absolute() != Path(args.keys).expanduser().absolute():
+                parser.error(f"init: two different keyrings named: {args.dir} and --keys {args.keys}")
+            directory = init_keyring(_dir(args.dir or args.keys))
             ring = Keyring(directory)
             print(f"keyring {directory}", file=sys.stderr)
             print(ring.public.decode())

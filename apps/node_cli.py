@@ -14,24 +14,39 @@ from actors.agent import run_agent
 from actors.spawn import node_children
 from apps.keys_cli import add_security_options, apply_security_options
 
+ACTIONS = ("serve", "list")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zactor node",
         description="Run a node agent: a supervisor that hosts actors which authenticated peers "
         "(keys in the keyring) place on it with system.spawn_process(..., node=ENDPOINT); "
-        "or list what a running agent hosts.",
-        epilog="examples:\n  zactor node --endpoint tcp://127.0.0.2:7070 --dir ./node\n"
+        "or list what a running agent hosts. `zactor node ACTION --help` tells about one action.",
+        epilog="examples:\n  zactor node --endpoint tcp://127.0.0.2:7070 --dir ./node      (serve is the default action)\n"
         "  zactor node list --node tcp://127.0.0.2:7070",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", nargs="?", choices=["serve", "list"], default="serve", help="serve (default) or list")
-    parser.add_argument("--endpoint", help="serve: where the agent listens, tcp://HOST:PORT (or ipc://PATH)")
-    parser.add_argument("--dir", default=".", help="serve: the agent's directory; each actor works in a subdirectory (default: .)")
-    parser.add_argument("--node", help="list: the agent to ask, tcp://HOST:PORT")
-    parser.add_argument("--timeout", type=float, default=5.0, help="list: seconds to wait for the answer (default 5)")
-    add_security_options(parser)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("serve", help="run a node agent until Ctrl-C or SIGTERM (the default action)",
+                       description="Run a node agent until Ctrl-C or SIGTERM: it hosts the actors that peers whose "
+                       "keys are in the keyring place on it, each in its own supervised process.")
+    p.add_argument("--endpoint", required=True, help="where the agent listens, tcp://HOST:PORT (or ipc://PATH)")
+    p.add_argument("--dir", default=".", help="the agent's directory; each actor works in a subdirectory (default: .)")
+    add_security_options(p)
+    p = sub.add_parser("list", help="list the actors a running agent hosts",
+                       description="List the actors a running agent hosts: name, status, pid, restarts, uptime, class, endpoint.")
+    p.add_argument("--node", required=True, help="the agent to ask, tcp://HOST:PORT")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    add_security_options(p)
     return parser
+
+
+def _with_action(argv: list[str]) -> list[str]:
+    """``zactor node --endpoint ...`` (no action) serves, as it always has."""
+    if argv and argv[0] in (*ACTIONS, "-h", "--help"):
+        return argv
+    return ["serve", *argv]
 
 
 def _uptime(seconds: float | None) -> str:
@@ -44,19 +59,15 @@ def _uptime(seconds: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_with_action(list(sys.argv[1:] if argv is None else argv)))
     apply_security_options(args)
     if args.action == "serve":
-        if not args.endpoint:
-            parser.error("serve needs --endpoint tcp://HOST:PORT")
         try:
             run_agent(args.endpoint, args.dir, announce=True)
         except (OSError, ValueError) as exc:
             print(f"zactor node: {exc}", file=sys.stderr)
             return 1
         return 0
-    if not args.node:
-        parser.error("list needs --node tcp://HOST:PORT")
     try:
         children = node_children(ActorSystem.shared(), args.node, timeout=args.timeout)
     except AskTimeout:

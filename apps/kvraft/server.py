@@ -38,7 +38,17 @@ from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Rep
 from apps.kvraft.state import KVState
 from apps.kvsrv.server import _check as check_write
 from apps.raft.core import Config
-from apps.raft.peer import PEER_NAME, Applied, PeerConfig, RaftPeer, ReadIndex, RoleChanged, Start, TakeSnapshot
+from apps.raft.peer import (
+    PEER_NAME,
+    Applied,
+    PeerConfig,
+    RaftPeer,
+    ReadIndex,
+    RoleChanged,
+    Start,
+    TakeSnapshot,
+    refusing_damaged_state,
+)
 from apps.raft.storage import RaftStorage
 from transport import FaultRule
 from transport.message import message
@@ -345,4 +355,5 @@ def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
         lazy_disk=config.lazy_disk,
     )
     hosted = Hosted(SERVER_NAME, config.server_class or KVRaftServer, (config,))
-    host(endpoint, [hosted, Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)
+    with refusing_damaged_state(f"kv server {config.me}"):
+        host(endpoint, [hosted, Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)

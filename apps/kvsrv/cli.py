@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--server", help="a single KV server's endpoint (`zactor kv serve`), e.g. tcp://127.0.0.1:5555")
         where.add_argument("--servers", help="a replicated cluster's endpoints, comma-separated (`zactor kv cluster` prints them)")
         p.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds (default 10)")
-        p.add_argument("key")
+        p.add_argument("key", help="the key (any string)")
         if nargs:
-            p.add_argument("value")
+            p.add_argument("value", help="the value to " + op + (" (its old value is printed)" if op == "append" else ""))
         add_security_options(p)
     return parser
 

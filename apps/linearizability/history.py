@@ -72,10 +72,10 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def save(history: Iterable[Operation], path: str | Path) -> Path:
-    """Write ``history`` as JSON lines to ``path``; returns the path."""
+def save(history: Iterable[Operation], path: str | Path, append: bool = False) -> Path:
+    """Write ``history`` as JSON lines to ``path`` (after what it holds, with ``append``); returns the path."""
     out = Path(path)
-    with out.open("w", encoding="utf-8") as f:
+    with out.open("a" if append else "w", encoding="utf-8") as f:
         for op in history:
             row = {"client": op.client, "call": op.call, "return": op.ret, "input": op.input, "output": op.output}
             f.write(json.dumps(row, default=_jsonable, ensure_ascii=False))

@@ -29,9 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zactor mr",
         description="MapReduce on the actor runtime: a coordinator hands map and reduce tasks to worker processes.",
-        epilog="example: zactor mr run --app wc --workers 4 --out out data/*.txt",
+        epilog="example: zactor mr sample-data books && zactor mr run --app wc --workers 4 --out out books/*.txt",
     )
     sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
+    sample = sub.add_parser(
+        "sample-data", help="write generated text files to try a job on (no download)",
+        description="Write generated text files to try a job on: words of several scripts drawn with a skew, as in "
+        "prose, digits and punctuation, one file empty and one with bytes that are not UTF-8, as real inputs have. "
+        "The same --seed writes the same files.",
+    )
+    sample.add_argument("dir", metavar="DIR", help="where to write them (made if missing)")
+    sample.add_argument("--mb", type=float, default=2.0, help="about this many megabytes in all (default 2)")
+    sample.add_argument("--files", type=int, default=8, help="how many files (default 8, at least 2)")
+    sample.add_argument("--seed", type=int, default=1, help="seed of the text (default 1)")
     run = sub.add_parser("run", help="run a whole job: coordinator and N supervised workers, with progress")
     run.add_argument("--app", required=True, help=APPS_HELP)
     run.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -103,6 +113,17 @@ def _progress_printer(interactive: bool):
     return show
 
 
+def _sample_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from apps.mapreduce.corpus import generate_corpus
+
+    if args.files < 2 or not 0 < args.mb <= 10_000:
+        parser.error("sample-data needs --files of at least 2 and --mb between 0 and 10000")
+    paths = generate_corpus(args.dir, total_bytes=int(args.mb * 1e6), n_files=args.files, seed=args.seed)
+    total = sum(p.stat().st_size for p in paths)
+    print(f"wrote {len(paths)} files, {total / 1e6:.1f} MB, to {args.dir}/", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -117,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--probe-timeout must be positive seconds")
     if args.op == "worker":
         return _worker(args)
+    if args.op == "sample-data":
+        return _sample_data(parser, args)
     problem = _check_inputs(args.files)
     if problem:
         print(f"zactor mr {args.op}: {problem}", file=sys.stderr)

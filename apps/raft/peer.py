@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from actors import Actor
+from actors import Actor, CorruptStateError
 from actors.host import Hosted, host
 from apps.raft.core import Config, RaftCore, Ready
 from apps.raft.messages import (
@@ -221,6 +223,23 @@ def drain_ready(core: RaftCore, storage: RaftStorage, send: Callable[[Any], None
         core.advance(rd)
 
 
+DAMAGED_STATE_EXIT = 3
+"""Exit code of a peer's process that refused its damaged state (a journal with a flipped bit, a torn snapshot)."""
+
+
+@contextmanager
+def refusing_damaged_state(who: str) -> Iterator[None]:
+    """A process that finds its persisted state damaged says so in one line and exits with
+    :data:`DAMAGED_STATE_EXIT`: the refusal is the correct outcome, not a crash to print a traceback for
+    (a soak that flips bits on purpose would otherwise fill the terminal with them)."""
+    try:
+        yield
+    except CorruptStateError as exc:
+        log.error("%s refuses to start from damaged state: %s", who, exc)
+        sys.exit(DAMAGED_STATE_EXIT)
+
+
 def serve_peer(config: PeerConfig, faults: list[FaultRule] | None = None) -> None:
     """Child-process target: one Raft peer at ``config.endpoints[config.me]`` until stopped."""
-    host(config.endpoints[config.me], [Hosted(PEER_NAME, RaftPeer, (config,))], faults=faults)
+    with refusing_damaged_state(f"raft peer {config.me}"):
+        host(config.endpoints[config.me], [Hosted(PEER_NAME, RaftPeer, (config,))], faults=faults)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import random
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.soak.run import SoakConfig, Status, stopped_early
-from apps.soak.verdict import EXIT_NAMES, INVALID
+from apps.soak.verdict import EXIT_NAMES, INTERRUPTED, INVALID, slow_windows, window_throughputs
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ MIN_THROUGHPUT = {"kvraft": 100.0, "etcd": 100.0, "raft": 50.0, "mr": 0.0}
 """Default answered calls/s below which a run is invalid. raft's clients go through the lab harness's
 ``one()`` (an ask, then a wait for the applier to see a majority), a test driver rather than a client,
 so its bar is lower; mr's unit is a whole job, and a run is invalid there only if no job completed."""
+UNITS = {"kvraft": "calls answered", "etcd": "calls answered", "raft": "commands acknowledged", "mr": "jobs completed"}
+"""What each system's throughput counts."""
 BREAKS = ("ack-before-fsync", "stale-reads", "no-dedup-in-snapshot")
 """The broken variants of ``apps/soak/broken.py`` (named here so that --help stays instant)."""
 
@@ -42,7 +45,12 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   (mr takes kill only: workers killed every few seconds; etcd takes kill, pause, partition,
    its partitions through a TCP proxy in front of each member's peer port)
 
-exit codes: 0 pass, 1 violation, 2 invalid run (too little traffic, or no verdict)
+exit codes: 0 pass, 1 violation, 2 invalid run (too little traffic in the run or in any 10 s of it, or
+no verdict), 130 interrupted (Ctrl-C or SIGTERM: the faults and traffic stop, everything is healed, the
+windows recorded so far are checked, and the report and summary.json are written, marked interrupted;
+a second Ctrl-C quits at once, without them)
+
+history: DIR/history.jsonl holds every checked call (kvraft, etcd), as `zactor check` reads it
 
 examples:
   zactor soak kvraft --minutes 10 --out soak-out        every nemesis, ten minutes
@@ -81,8 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report directory (default soak-SYSTEM-SEED)")
     p.add_argument("--min-throughput", type=float, default=None,
                    help="answered calls per second below which the run is invalid (default: 100; raft 50; mr: no job completed)")
+    p.add_argument("--throughput-window", type=_positive(int), default=10, metavar="SECONDS",
+                   help="every full window of this many seconds must reach --min-throughput too, not only the "
+                        "run's average: an outage makes the run invalid (default 10)")
     p.add_argument("--window", type=_positive(float), default=15.0, help="seconds of history per checked window (default 15)")
     p.add_argument("--maxraftstate", type=int, default=4000, help="kvraft: snapshot at this many bytes of Raft state (default 4000)")
+    p.add_argument("--no-history", action="store_true",
+                   help="kvraft, etcd: do not write DIR/history.jsonl (about 1 KB per call, as an append's reply is the "
+                        "list so far: some 250 MB per ten minutes; its windows are checked all the same)")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop the faults and traffic at the first violation found while they run, rather than at the "
                         "end of --minutes (the final checks and the report follow as usual)")
@@ -112,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(
         ["zactor", "soak", args.system, "--minutes", f"{args.minutes:g}", "--seed", str(seed), "--nemesis", ",".join(nemeses) or "none",
          "--clients", str(args.clients), "--window", f"{args.window:g}",
+         *(["--throughput-window", str(args.throughput_window)] if args.throughput_window != 10 else []),
          *(["--maxraftstate", str(args.maxraftstate)] if args.system == "kvraft" else []),
          *(["--fail-fast"] if args.fail_fast else []), *(["--broken", broken] if broken else []), "--out", str(out)]
     )
@@ -132,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SoakConfig(
         system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
         min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
-        fail_fast=args.fail_fast,
+        fail_fast=args.fail_fast, throughput_window=args.throughput_window, history=not args.no_history,
         servers=5 if args.system in ("kvraft", "raft") else 3,
     )
     if broken:
@@ -144,6 +159,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: SoakConfig) -> int:
+    """The run, its verdict and its report; Ctrl-C or SIGTERM end it early with the report all the same (exit 130)."""
+    previous = {sig: signal.signal(sig, _on_signal(config)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(config)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _on_signal(config: SoakConfig) -> Callable[[int, Any], None]:
+    """The first Ctrl-C or SIGTERM ends the timed part and cuts the final steps short; a second one quits at once."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if config.interrupt.is_set():
+            raise KeyboardInterrupt
+        config.interrupt.set()
+        print(f"\nzactor soak: {signal.Signals(signum).name}: stopping; healing, checking what was recorded and writing "
+              "the report (again to quit at once, without a report)", file=sys.stderr, flush=True)
+
+    return handle
+
+
+def _run(config: SoakConfig) -> int:
     from apps.soak import report
 
     status = Status(config)
@@ -164,23 +202,42 @@ def run(config: SoakConfig) -> int:
         from apps.soak.mr import run_mr
 
         findings, extra = run_mr(config, status)
-    extra.update(stopped_early(config, extra.get("seconds", config.seconds)))
+    ran = extra.get("seconds", config.seconds)
+    extra.update(stopped_early(config, ran))
     answered = extra["samples"].answered
-    throughput = answered / max(extra.get("seconds", config.seconds), 1e-9)
+    throughput = answered / max(ran, 1e-9)
     extra["throughput"] = round(throughput, 1)
     if throughput < config.min_throughput:
         findings.invalid.append(f"throughput {throughput:.1f} answered calls/s is below the minimum {config.min_throughput:g}")
-    code = findings.exit_code()
+    per_window = window_throughputs(extra["samples"].series(ran)["ok"], ran, config.throughput_window)
+    extra["window_throughputs"] = per_window
+    findings.invalid.extend(slow_windows(per_window, config.throughput_window, config.min_throughput))
+    code = INTERRUPTED if config.interrupt.is_set() else findings.exit_code()
     paths = report.write(config, findings, extra, code, started)
     verdict = EXIT_NAMES[code].upper()
-    print(f"zactor soak {config.system}: {verdict} ({answered} calls answered, {throughput:.0f}/s, "
+    print(f"zactor soak {config.system}: {verdict} ({answered} {UNITS[config.system]}, {throughput:.1f}/s, "
           f"{len(extra.get('events', []))} faults)", file=sys.stderr)
+    for line in expected_lines(extra):
+        print(f"  {line}", file=sys.stderr)
     for v in findings.violations[:10]:
         print(f"  violation: {v}", file=sys.stderr)
     for v in findings.invalid[:10]:
         print(f"  invalid: {v}", file=sys.stderr)
     print(f"  report: {paths[0]}\n  replay: {config.command}", file=sys.stderr)
     return code
+
+
+def expected_lines(extra: dict[str, Any]) -> list[str]:
+    """One line per kind of expected trouble the faults caused: refused damaged journals, calls that gave up."""
+    lines = []
+    corrupt = extra.get("corrupt_journals") or {}
+    if any(corrupt.values()):
+        lines.append(f"damaged journals: {corrupt.get('refused', 0)} refused at start as they must be (CorruptStateError), "
+                     f"{corrupt.get('loaded', 0)} loaded, {corrupt.get('skipped', 0)} not flipped (too short)")
+    kinds = extra.get("error_kinds") or {}
+    if kinds:
+        lines.append(f"calls that gave up during faults: {sum(kinds.values())} (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
+    return lines
 
 
 if __name__ == "__main__":

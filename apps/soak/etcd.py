@@ -38,7 +38,7 @@ from apps.etcd.ports import free_ports
 from apps.soak.proxy import PeerProxy
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
-from apps.soak.verdict import FinalReadFailed, Findings, WindowChecker, check_final_reads
+from apps.soak.verdict import HISTORY_FILE, FinalReadFailed, Findings, WindowChecker, check_final_reads
 from apps.soak.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -410,7 +410,8 @@ def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         with EtcdMembers(directory, logs=Path(config.out)) as members:
             target = EtcdTarget(members, config.seed)
             workload = Workload(lambda c: EtcdKV(members.client_ports, c), config.clients, config.window, config.seed)
-            checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0)
+            checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0,
+                                    history=Path(config.out) / HISTORY_FILE if config.history else None)
             ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -33,7 +33,7 @@ from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
-from apps.soak.verdict import FinalReadFailed, Findings, WindowChecker, check_final_reads
+from apps.soak.verdict import HISTORY_FILE, FinalReadFailed, Findings, WindowChecker, check_final_reads
 from apps.soak.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,8 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                    server_fields=server_fields(config.broken)) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
-        checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0)
+        checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0,
+                                    history=Path(config.out) / HISTORY_FILE if config.history else None)
         ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
     extra["seconds"] = round(ran, 2)
     extra["schedule"] = [f.to_json() for f in schedule]

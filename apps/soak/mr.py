@@ -26,7 +26,7 @@ from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.job import JobFailed, run_job
 from apps.mapreduce.sequential import read_output_lines, run_sequential
-from apps.soak.run import FaultEvent, keep_going, play
+from apps.soak.run import FaultEvent, bounded, keep_going, play, status_line
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings
 from apps.soak.workload import PerSecond, Sample
@@ -98,6 +98,15 @@ class MRTarget:
         """Nothing is left broken between jobs."""
 
 
+class _Interrupted(Exception):
+    """Raised from a job's progress callback after Ctrl-C: the job's workers are stopped as it unwinds."""
+
+
+def _unless_interrupted(config: Any) -> None:
+    if config.interrupt.is_set():
+        raise _Interrupted
+
+
 def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, ("kill",), WORKERS)
@@ -115,8 +124,8 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         files = generate_corpus(Path(tmp) / "in", total_bytes=3_000_000, n_files=8, seed=config.seed)
         app = load_app("wc")
         reference = read_output_lines([run_sequential(app, [str(f) for f in files], Path(tmp) / "reference.txt")])
-        status.start(lambda: f"soak mr {status.phase} {clock():.0f}/{config.seconds:.0f}s  jobs {len(jobs)}  faults {status.faults}  "
-                             f"worker kills {target.kills}  failed jobs {sum(1 for j in jobs if not j['ok'])}")
+        status.start(lambda: status_line(config, status, clock(), sum(1 for j in jobs if j["ok"]), "jobs",
+                                         sum(1 for j in jobs if not j["ok"]), findings, f"worker kills {target.kills}"))
         nemesis = threading.Thread(target=play, args=(schedule, target, clock, stop, events, status), name="soak-nemesis", daemon=True)
         nemesis.start()
         try:
@@ -127,7 +136,7 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                 out = Path(tmp) / f"job-{n}"
                 try:
                     result = run_job(app, files, workers=WORKERS, n_reduce=5, outdir=out, task_timeout=3.0, timeout=_JOB_TIMEOUT,
-                                     fetch_timeout=_FETCH_TIMEOUT)
+                                     fetch_timeout=_FETCH_TIMEOUT, progress=lambda _: _unless_interrupted(config))
                     lines = read_output_lines(result.outputs)
                     ok = lines == reference
                     st = result.status
@@ -140,6 +149,8 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                         extra = len(set(lines) - set(reference))
                         findings.violations.append(f"job {n}: output differs from the sequential reference "
                                                    f"({missing} lines missing or wrong, {extra} unexpected)")
+                except _Interrupted:
+                    break  # the job cut short is neither passed nor failed
                 except JobFailed as exc:
                     ok, note = False, f"failed: {exc}"
                     findings.violations.append(f"job {n} failed: {exc}")
@@ -149,12 +160,13 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                 shutil.rmtree(out, ignore_errors=True)
         finally:
             stop.set()
-            nemesis.join(30.0)
+            ran = status.end_timed_part(clock())
+            nemesis.join(bounded(config, 30.0))
             status.stop()
     if not any(j["ok"] for j in jobs):
         findings.invalid.append("no job completed")
     extra_out: dict[str, Any] = {
-        "seconds": round(clock(), 2),
+        "seconds": round(ran, 2),
         "schedule": [f.to_json() for f in schedule],
         "events": [e.to_json() for e in events],
         "samples": samples,

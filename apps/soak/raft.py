@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from apps.raft.testing import Cluster, HarnessFailure
 from apps.soak.kvraft import KVRaftTarget
-from apps.soak.run import FaultEvent, heal_everything, keep_going, play, status_line
+from apps.soak.run import FaultEvent, bounded, heal_everything, keep_going, nemesis_still_healing, play, status_line, wait_while_running
 from apps.soak.schedule import make_schedule
 from apps.soak.verdict import Findings
 from apps.soak.workload import PerSecond, Sample
@@ -62,7 +62,9 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                     ok = True
                     with lock:
                         acked.append((index, command))
-                except HarnessFailure:
+                except Exception as exc:  # HarnessFailure; or, once the run is over, the teardown under a call in flight
+                    if done.is_set() and not isinstance(exc, HarnessFailure):
+                        return
                     with lock:
                         counts["errors"] += 1
                     with cluster._lock:
@@ -72,42 +74,33 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
                 with lock:
                     samples.add(Sample(end - started, end - began, ok, "start"))
 
-        class _Progress:  # what the status line reads
-            windows: ClassVar[list] = []
-
-            @staticmethod
-            def elapsed() -> float:
-                return clock()
-
-            @staticmethod
-            def ops() -> int:
-                return len(acked)
-
-            @property
-            def errors(self) -> int:
-                return counts["errors"]
-
         threads = [threading.Thread(target=client, args=(c,), name=f"soak-raft-client-{c}", daemon=True) for c in range(config.clients)]
         for t in threads:
             t.start()
-        status.start(lambda: status_line(config, _Progress(), status, findings))
+        status.start(lambda: status_line(config, status, clock(), len(acked), "commands", counts["errors"], findings))
         nemesis = threading.Thread(target=play, args=(schedule, target, clock, stop, events, status), name="soak-nemesis", daemon=True)
         nemesis.start()
         try:
             while keep_going(config, clock(), findings, len(cluster.errors)):
-                time.sleep(min(0.5, max(0.0, config.seconds - clock())))
+                wait_while_running(config, min(0.5, config.seconds - clock()))
         finally:
             stop.set()
-            nemesis.join(60.0)
-            ran = clock()
+            ran = status.end_timed_part(clock())
+            nemesis.join(bounded(config, 60.0))
             done.set()
+            deadline = time.monotonic() + bounded(config, 15.0)  # one bound for all the clients, not one each
             for t in threads:
-                t.join(15.0)
+                t.join(max(0.0, deadline - time.monotonic()))
             status.phase = "final heal"
             final: dict[str, Any] = {}
-            if heal_everything(target, findings):
-                status.phase = "final check"
-                final = _final_check(cluster, acked, findings)
+            if not nemesis_still_healing(nemesis, final) and heal_everything(target, findings):
+                if config.interrupt.is_set():
+                    with cluster._lock:
+                        findings.violations.extend(f"apply check: {e}" for e in cluster.errors[:20])
+                    final = {"final_check": "skipped: interrupted"}
+                else:
+                    status.phase = "final check"
+                    final = _final_check(cluster, acked, findings)
             status.stop()
     extra: dict[str, Any] = {
         "seconds": round(ran, 2),

@@ -43,6 +43,12 @@ class SoakConfig:
     """The test-only broken variant the servers run (``--broken``; see ``apps/soak/broken.py``), if any."""
     fail_fast: bool = False
     """Stop the faults and traffic at the first violation found while they run (the report is written all the same)."""
+    throughput_window: float = 10.0
+    """Seconds per window of the minimum-throughput rule: every full window of the timed part must reach it."""
+    history: bool = True
+    """Write every checked window's calls to ``out/history.jsonl`` (kvraft, etcd)."""
+    interrupt: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    """Set by Ctrl-C or SIGTERM: the timed part ends at once, the final steps are cut short, the report is written."""
 
 
 @dataclass
@@ -88,6 +94,8 @@ class Status:
         self.tty = self.stream.isatty()
         self.faults = 0
         self.phase = "running"
+        self.ran: float | None = None
+        """Seconds the timed part ran, once it has ended (the status clock stops there)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_plain = -1e9
@@ -107,6 +115,13 @@ class Status:
             self._last_plain = time.monotonic()
             self.stream.write(text + "\n")
         self.stream.flush()
+
+    def end_timed_part(self, elapsed: float) -> float:
+        """The timed part is over after ``elapsed`` seconds (an interrupt's phase says so); returns ``elapsed``."""
+        self.ran = elapsed
+        if self.config.interrupt.is_set():
+            self.phase = "interrupted"
+        return elapsed
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,11 +159,30 @@ def keep_going(config: SoakConfig, elapsed: float, findings: Findings, found: in
 
     ``found``: violations a target keeps outside ``findings`` until its final check (Raft's apply check).
     """
+    if config.interrupt.is_set():
+        return False
     return elapsed < config.seconds and not (config.fail_fast and (findings.violations or found))
 
 
+AFTER_INTERRUPT = 3.0
+"""Seconds each step after a Ctrl-C may take (the nemesis's last heal, the clients' last calls): a user who
+pressed Ctrl-C gets the report within a few seconds, not after the minutes the steps may take otherwise."""
+
+
+def bounded(config: SoakConfig, seconds: float) -> float:
+    """``seconds``, or :data:`AFTER_INTERRUPT` once the run was interrupted."""
+    return min(seconds, AFTER_INTERRUPT) if config.interrupt.is_set() else seconds
+
+
+def wait_while_running(config: SoakConfig, seconds: float) -> None:
+    """Sleep up to ``seconds``, waking at once on an interrupt (the main loop's tick)."""
+    config.interrupt.wait(max(0.0, seconds))
+
+
 def stopped_early(config: SoakConfig, ran: float) -> dict[str, Any]:
-    """The summary's note on a run that ``fail_fast`` cut short (nothing when it ran its time)."""
+    """The summary's note on a run that ``fail_fast`` or an interrupt cut short (nothing when it ran its time)."""
+    if config.interrupt.is_set():
+        return {"stopped_early": f"interrupted (Ctrl-C or SIGTERM) at {ran:.0f} s of {config.seconds:.0f} s"}
     if not config.fail_fast or ran >= config.seconds:
         return {}
     return {"stopped_early": f"--fail-fast: stopped at {ran:.0f} s of {config.seconds:.0f} s, at the first violation"}
@@ -166,6 +200,15 @@ def heal_everything(target: Target, findings: Any) -> bool:
 
 
 
+def nemesis_still_healing(nemesis: threading.Thread, extra: dict[str, Any]) -> bool:
+    """After an interrupt: whether the nemesis's own heal is still going (a restart), so the final heal must not
+    run beside it (two restarts of one server at once); the teardown then stops everything, healed or not."""
+    if not nemesis.is_alive():
+        return False
+    extra["final_heal"] = "skipped: interrupted while the nemesis was still healing its last fault"
+    return True
+
+
 def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: list[Fault], findings: Findings, status: Status) -> tuple[float, list[FaultEvent], dict[str, Any]]:
     """The timed part of a run that every target shares: workload and nemesis until time is up, then the
     final heal, the target's final checks and the last window checks.
@@ -177,35 +220,44 @@ def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: li
     stop = threading.Event()
     workload.start()
     checker.start()
-    status.start(lambda: status_line(config, workload, status, findings))
+    status.start(lambda: status_line(config, status, workload.elapsed(), workload.ops(), "calls", workload.errors, findings))
     nemesis = threading.Thread(target=play, args=(schedule, target, workload.elapsed, stop, events, status), name="soak-nemesis", daemon=True)
     nemesis.start()
     try:
         while keep_going(config, workload.elapsed(), findings):
-            time.sleep(min(0.5, max(0.0, config.seconds - workload.elapsed())))
+            wait_while_running(config, min(0.5, config.seconds - workload.elapsed()))
     finally:
         stop.set()
-        nemesis.join(60.0)
-        ran = workload.elapsed()
-        workload.stop()
+        ran = status.end_timed_part(workload.elapsed())
+        nemesis.join(bounded(config, 60.0))
+        workload.stop(bounded(config, 30.0))
         status.phase = "final heal"
-        if heal_everything(target, findings):
-            status.phase = "final reads"
-            extra = target.final_checks(workload, findings)
+        if not nemesis_still_healing(nemesis, extra) and heal_everything(target, findings):
+            if config.interrupt.is_set():
+                extra = {"final_reads": "skipped: interrupted"}
+            else:
+                status.phase = "final reads"
+                extra = target.final_checks(workload, findings)
         status.phase = "checking"
-        checker.finish()
+        checker.finish(interrupted=config.interrupt.is_set())
         status.stop()
     return ran, events, extra
 
-def status_line(config: Any, workload: Any, status: Any, findings: Findings) -> str:
-    """The live status: phase, elapsed of planned time, answered calls and rate, faults, errors, windows, violations."""
-    t = workload.elapsed()
-    ops = workload.ops()
+def status_line(config: Any, status: Status, elapsed: float, done: int, unit: str, errors: int, findings: Findings,
+                more: str = "") -> str:
+    """The live status, one format for every system: phase, elapsed of planned time, work done and its rate
+    (``unit``: calls, commands, jobs), faults, errors, windows checked, ``more`` (a system's own figure), violations.
+
+    The clock stops with the timed part: the final heal and checks are shown as phases, not as overtime.
+    """
+    t = min(elapsed if status.ran is None else status.ran, config.seconds)
     bad = len(findings.violations)
+    rate = done / max(t, 1e-9)
     return (
-        f"soak {config.system} {status.phase} {_mmss(t)}/{_mmss(config.seconds)}  ops {ops} ({ops / max(t, 1e-9):.0f}/s)  "
-        f"faults {status.faults}  errors {workload.errors}  windows checked {len(findings.windows)}"
-        + (f"  VIOLATIONS {bad}" if bad else "")
+        f"soak {config.system} {status.phase} {_mmss(t)}/{_mmss(config.seconds)}  {unit} {done} "
+        f"({rate:.{0 if rate >= 10 else 1}f}/s)  faults {status.faults}  errors {errors}"
+        + (f"  windows checked {len(findings.windows)}" if config.system in ("kvraft", "etcd") else "")
+        + (f"  {more}" if more else "") + (f"  VIOLATIONS {bad}" if bad else "")
     )
 
 

@@ -15,14 +15,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from apps.linearizability import CheckResult, KVModel, Operation, Verdict, check
+from apps.linearizability.history import save
 
 log = logging.getLogger(__name__)
 
 PASS, VIOLATION, INVALID = 0, 1, 2
-EXIT_NAMES = {PASS: "pass", VIOLATION: "violation", INVALID: "invalid"}
+INTERRUPTED = 130
+"""Ctrl-C or SIGTERM ended the run early: the report holds what was found until then (the shell's 128 + SIGINT)."""
+EXIT_NAMES = {PASS: "pass", VIOLATION: "violation", INVALID: "invalid", INTERRUPTED: "interrupted"}
 
 
 @dataclass
@@ -68,14 +72,30 @@ def check_window(number: int, history: list[Operation], budget: float, findings:
     return out
 
 
-class WindowChecker:
-    """A thread that checks each window once all its calls are done."""
+HISTORY_FILE = "history.jsonl"
+"""The recorded history's name in a run's report directory."""
+INTERRUPTED_BUDGET = 1.0
+"""Seconds the checker may spend on each window still unchecked after a Ctrl-C (UNKNOWN after that)."""
 
-    def __init__(self, workload: Any, findings: Findings, budget: float, grace: float) -> None:
+
+class WindowChecker:
+    """A thread that checks each window once all its calls are done.
+
+    Each checked window's history is appended to ``history`` (JSON lines, as
+    ``zactor check`` reads them) before the window is compacted: windows use
+    keys of their own, so the file is the whole run's history and checks to the
+    same verdict.
+    """
+
+    def __init__(self, workload: Any, findings: Findings, budget: float, grace: float, history: Path | None = None) -> None:
         self.workload = workload
         self.findings = findings
         self.budget = budget
         self.grace = grace
+        self.history = history
+        if history is not None:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            history.write_text("")
         self.done: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-checker", daemon=True)
@@ -92,22 +112,34 @@ class WindowChecker:
         with self._lock:
             for w in self.workload.finished_windows(self.grace):
                 if w.number not in self.done:
-                    self.done.add(w.number)
-                    check_window(w.number, w.history(), self.budget, self.findings)
+                    self._check(w, self.budget)
             for w in self.workload.windows:
                 # Checked windows shrink to their appends, once no call of theirs is still out.
                 if w.number in self.done and w.in_flight == 0:
                     w.compact()
 
-    def finish(self) -> None:
-        """Stop the thread and check every window not checked yet."""
+    def _check(self, w: Any, budget: float) -> None:
+        self.done.add(w.number)
+        history = w.history()
+        if self.history is not None:
+            save(history, self.history, append=True)
+        check_window(w.number, history, budget, self.findings)
+
+    def finish(self, interrupted: bool = False) -> None:
+        """Stop the thread and check every window not checked yet (after an interrupt, on a short budget each)."""
         self._stop.set()
-        self._thread.join(self.budget * 2 + 10)
-        with self._lock:
+        budget = INTERRUPTED_BUDGET if interrupted else self.budget
+        wait = 5.0 if interrupted else self.budget * 2 + 10
+        self._thread.join(wait)
+        if not self._lock.acquire(timeout=wait):  # a window's check is still running (interrupted: not waited for)
+            self.findings.invalid.append("a window's check was still running when the run was interrupted")
+            return
+        try:
             for w in self.workload.windows:
                 if w.number not in self.done:
-                    self.done.add(w.number)
-                    check_window(w.number, w.history(), self.budget, self.findings)
+                    self._check(w, budget)
+        finally:
+            self._lock.release()
 
 
 def check_appends(key: str, ops: list[Operation], final: str) -> list[str]:
@@ -152,6 +184,28 @@ def check_appends(key: str, ops: list[Operation], final: str) -> list[str]:
     if reordered:
         problems.append(f"{key}: {len(reordered)} acknowledged append(s) reordered, e.g. {reordered[:3]}")
     return problems
+
+
+def window_throughputs(answered_per_second: list[int], ran: float, window: float) -> list[float]:
+    """Answered calls per second in each full ``window`` of the timed part, one after another.
+
+    The run's average hides an outage: 40 s at 0 calls/s in a ten-minute run
+    still averages well above any bar. A window shorter than ``window`` at the
+    end (the rest of the run) is left out: it would be judged on too little.
+    """
+    step = max(1, round(window))
+    full = int(ran // step)
+    return [round(sum(answered_per_second[i * step : (i + 1) * step]) / step, 1) for i in range(full)]
+
+
+def slow_windows(per_window: list[float], window: float, minimum: float) -> list[str]:
+    """The invalid-run findings for the windows below ``minimum`` (one line for them all)."""
+    step = max(1, round(window))
+    slow = [(i, rate) for i, rate in enumerate(per_window) if rate < minimum]
+    if not slow:
+        return []
+    shown = ", ".join(f"{i * step}-{(i + 1) * step} s: {rate:g}/s" for i, rate in slow[:5]) + (" ..." if len(slow) > 5 else "")
+    return [f"throughput below the minimum {minimum:g}/s in {len(slow)} of {len(per_window)} windows of {step} s ({shown})"]
 
 
 class FinalReadFailed(Exception):
