@@ -11,10 +11,13 @@ import os
 import queue
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,20 @@ class Lines:
             self.seen.append(line)
             if text in line:
                 return line
+
+
+@contextmanager
+def running(*args: str) -> Iterator[Lines]:
+    """``zactor ARGS`` running for the block, its output read line by line; SIGTERM at the end, then SIGKILL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
+    try:
+        yield Lines(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from apps.kvraft.messages import Get, Request
 from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
 from tests.helpers import generic, wait_until
-from tests.processes import Lines, zactor
+from tests.processes import Lines, running, zactor
 
 
 def test_leader_killed_mid_stream_every_acknowledged_append_is_there_exactly_once() -> None:
@@ -136,20 +134,11 @@ def test_a_clerk_with_a_deadline_gives_up_with_a_clear_error() -> None:
 def kv_cluster_cli() -> Iterator[tuple[str, Lines, Path]]:
     root = Path(tempfile.mkdtemp(prefix="kvcli-"))
     endpoints = ",".join(f"ipc://{root}/s{i}.sock" for i in range(3))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apps.cli", "kv", "cluster", "--servers", "3", "--endpoints", endpoints,
-         "--data-dir", str(root / "data"), "--maxraftstate", "2000", "--for", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
     try:
-        yield endpoints, Lines(proc), root
+        with running("kv", "cluster", "--servers", "3", "--endpoints", endpoints, "--data-dir", str(root / "data"),
+                     "--maxraftstate", "2000", "--for", "120") as lines:
+            yield endpoints, lines, root
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.processes import Lines, zactor
+from tests.processes import Lines, running, zactor
 
 
 @pytest.fixture
 def shards_cli() -> Iterator[tuple[Lines, Path]]:
     root = Path(tempfile.mkdtemp(prefix="shcli-"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apps.cli", "shards", "cluster", "--groups", "2", "--servers", "3", "--ipc", str(root),
-         "--data-dir", str(root / "data"), "--for", "180"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
     try:
-        yield Lines(proc), root
+        with running("shards", "cluster", "--groups", "2", "--servers", "3", "--ipc", str(root),
+                     "--data-dir", str(root / "data"), "--for", "180") as lines:
+            yield lines, root
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
         shutil.rmtree(root, ignore_errors=True)
 
 
