@@ -11,12 +11,13 @@ the same noise:
          (``disconnected``), set through each node's control channel.
 
 Each round: wait for a leader and a first write, cut, time one put from the
-cut to its acknowledgement, heal, and time until all three servers answer
-again (after a real cut that waits on TCP's retransmission back-off). The
+cut to its acknowledgement, keep the cut ``--hold`` seconds more, heal, and
+time until all three servers answer again (after a real cut that waits on
+TCP's retransmission back-off, which grows with the cut's length). The
 whole loop runs in a client process on h4 (``--inside``), which makes the
 cuts itself; needs root, ``ip`` and ``nft``.
 
-    python -m benchmarks.failover [--rounds 20] [--json]
+    python -m benchmarks.failover [--rounds 20] [--hold S] [--json]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ PORT = 7001
 MODES = ("nft", "rules")
 
 
-def _inside(prefix: str, rounds: int) -> dict[str, Any]:
+def _inside(prefix: str, rounds: int, hold: float) -> dict[str, Any]:
     """The measuring loop, run in host h4: the clerk, the cuts and the heals."""
     from actors import ActorSystem
     from apps.hosts import Hosts
@@ -77,6 +78,7 @@ def _inside(prefix: str, rounds: int) -> dict[str, Any]:
                         system.control(servers[i]).set_faults(disconnected(servers[leader]))
             clerk.put("failover", f"after-{r}")
             times[mode].append(time.monotonic() - cut)
+            time.sleep(hold)  # a longer partition: the old leader's connections back off further
             if mode == "nft":
                 hosts.heal()
             else:
@@ -98,7 +100,7 @@ def _server(hosts: Any, i: int, servers: list[str], data: Path, env: dict[str, s
     return hosts.popen(f"h{i + 1}", [sys.executable, "-c", code], stderr=subprocess.DEVNULL, env=env)
 
 
-def run(rounds: int = 20, progress: bool = False) -> dict[str, Any]:
+def run(rounds: int = 20, progress: bool = False, hold: float = 0.0) -> dict[str, Any]:
     from apps.hosts import Hosts, available, host_keyring
     from transport.keys import KEYS_ENV, resolve_keyring
 
@@ -114,10 +116,10 @@ def run(rounds: int = 20, progress: bool = False) -> dict[str, Any]:
         try:
             client = hosts.popen(
                 "h4",
-                [sys.executable, "-m", "benchmarks.failover", "--inside", hosts.prefix, "--rounds", str(rounds)],
+                [sys.executable, "-m", "benchmarks.failover", "--inside", hosts.prefix, "--rounds", str(rounds), "--hold", str(hold)],
                 stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE, text=True, env=env, cwd=root,
             )
-            out, err = client.communicate(timeout=60.0 * rounds)
+            out, err = client.communicate(timeout=(60.0 + 2 * hold) * rounds)
         finally:
             for p in procs:
                 p.kill()
@@ -125,7 +127,7 @@ def run(rounds: int = 20, progress: bool = False) -> dict[str, Any]:
         if client.returncode != 0:
             raise SystemExit(f"the failover client failed ({client.returncode}): {(err or '')[-2000:]}")
         measured = json.loads(out.strip().splitlines()[-1])
-    result: dict[str, Any] = {"rounds": rounds}
+    result: dict[str, Any] = {"rounds": rounds, "hold_s": hold}
     for mode in MODES:
         f, j = measured["failover_s"][mode], measured["rejoin_s"][mode]
         result[mode] = {"failover_median_s": statistics.median(f), "failover_worst_s": max(f), "failover_best_s": min(f),
@@ -138,7 +140,8 @@ def report(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"failover: skipped ({result['skipped']})"
     lines = [
-        f"failover: Raft-KV, 3 servers, leader cut off, {result['rounds']} rounds of each kind, interleaved",
+        f"failover: Raft-KV, 3 servers, leader cut off, {result['rounds']} rounds of each kind, interleaved; "
+        f"healed {result['hold_s']} s after the first acknowledged write",
         f"  {'cut':<7}{'failover median s':>19}{'worst':>8}{'best':>8}{'rejoin median s':>17}{'worst':>8}",
     ]
     for mode in MODES:
@@ -152,15 +155,18 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zactor bench failover", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="cuts of each kind (default 20)")
+    parser.add_argument("--hold", type=float, default=0.0, help="keep the cut this many seconds after the new leader's first write (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--inside", metavar="PREFIX", help=argparse.SUPPRESS)  # the client, run in host h4
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.hold < 0:
+        parser.error("--hold must be 0 or more seconds")
     if args.inside:
-        print(json.dumps(_inside(args.inside, args.rounds)), flush=True)
+        print(json.dumps(_inside(args.inside, args.rounds, args.hold)), flush=True)
         return 0
-    result = run(args.rounds, progress=not args.json)
+    result = run(args.rounds, progress=not args.json, hold=args.hold)
     print(json.dumps(result) if args.json else report(result))
     return 0
 
