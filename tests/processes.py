@@ -83,14 +83,16 @@ def listening(proc: subprocess.Popen, limit: float = 30.0) -> str:
                 return found.group(1)
 
 
-def zactor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, timeout=timeout)
+def zactor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``zactor ARGS`` run to its end (bounded by ``timeout``), output captured: the one way tests run a command."""
+    return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 class Lines:
     """A running command's stdout, line by line, with deadlines."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
         self.seen: list[str] = []
         self._q: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, args=(proc,), daemon=True).start()

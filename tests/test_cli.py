@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import signal
 
 import pytest
 
 from apps.cli import plugins
-
-
-def zactor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+from tests.processes import running, zactor
 
 
 def test_help_lists_the_commands() -> None:
@@ -86,10 +80,14 @@ def test_bench_raft_rejects_a_command_too_small_for_its_sequence_number() -> Non
 
 
 def test_raft_cluster_prints_its_leader_and_stops() -> None:
-    out = zactor("raft", "cluster", "--peers", "3", "--for", "3")
-    assert out.returncode == 0, out.stderr
-    assert "3 peers running" in out.stdout
-    assert " leader " in out.stdout and "term " in out.stdout and out.stdout.rstrip().endswith("stopped")
+    """Waits for the leader line (not a fixed --for, which a loaded machine can outrun), then stops it as Ctrl-C would."""
+    with running("raft", "cluster", "--peers", "3", "--for", "120") as lines:
+        lines.wait_for("3 peers running", 60)
+        leader = lines.wait_for(" leader ", 60)
+        assert "term " in leader
+        lines.proc.send_signal(signal.SIGTERM)
+        assert lines.proc.wait(timeout=30) == 0
+        assert lines.wait_for("stopped", 10).strip() == "stopped"
 
 
 def test_system_commands_have_their_own_help() -> None:

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import zactor
+
 ROOT = Path(__file__).parent.parent
-
-
-def zactor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def test_version_comes_from_the_package_metadata() -> None:
@@ -40,7 +38,7 @@ def test_every_keys_subcommand_takes_keys_dir(tmp_path: Path) -> None:
     other = zactor("keys", "init", "--keys", str(tmp_path / "other")).stdout.strip()
     assert zactor("keys", "add", "b", other, "--host", "10.0.0.2", "--keys", str(ring)).returncode == 0
     listed = zactor("keys", "list", "--keys", str(ring))
-    assert f"self {public}" in listed.stdout and f"b {other} 10.0.0.2" in listed.stdout
+    assert f"self {public}" in listed.stdout and f"b {other} client 10.0.0.2" in listed.stdout
     assert zactor("keys", "revoke", "b", "--keys", str(ring)).returncode == 0
     assert "b " not in zactor("keys", "list", "--keys", str(ring)).stdout.split("\n", 2)[2]
     clash = zactor("keys", "init", str(tmp_path / "a"), "--keys", str(tmp_path / "b"))

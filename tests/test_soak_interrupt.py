@@ -27,6 +27,7 @@ import pytest
 from apps.linearizability import Operation
 from apps.soak.run import SoakConfig, Status, status_line
 from apps.soak.verdict import HISTORY_FILE, Findings, WindowChecker, slow_windows, window_throughputs
+from tests.processes import zactor
 
 ROOT = Path(__file__).parent.parent
 
@@ -79,8 +80,7 @@ def _op(client: int, op: str, key: str, value: str, call: int, ret: int, out: st
 
 
 def _zactor_check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps.cli", "check", str(path)], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+    return zactor("check", str(path), timeout=60)
 
 
 def test_the_history_file_checks_to_the_verdict_the_run_found(tmp_path):
