@@ -67,7 +67,7 @@ def connect(target: Target) -> Any:
 
         return Clerk(list(target.endpoints), give_up_after=30.0)
     if target.kind == "shardkv":
-        from benchmarks.shardkv import SpreadClerk
+        from benchmarks.shardkv_client import SpreadClerk
 
         return SpreadClerk(list(target.endpoints))
     if target.kind == "etcd":

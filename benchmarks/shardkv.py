@@ -29,34 +29,11 @@ import json
 import sys
 import tempfile
 import time
-import zlib
 from typing import Any
 
 from benchmarks.kvdriver import Batch, DriverPool, Target
 
 OPS = (("put", 10), ("get", 10))
-
-
-class SpreadClerk:
-    """A sharded clerk whose keys are spread over every shard (the drivers' keys share a first letter)."""
-
-    def __init__(self, ctrlers: list[str]) -> None:
-        from apps.shardkv import Clerk
-
-        self.clerk = Clerk(ctrlers, give_up_after=30.0)
-
-    @staticmethod
-    def _key(key: str) -> str:
-        return f"{zlib.crc32(key.encode()) % 10}{key}"
-
-    def put(self, key: str, value: str) -> None:
-        self.clerk.put(self._key(key), value)
-
-    def get(self, key: str) -> str:
-        return self.clerk.get(self._key(key))
-
-    def append(self, key: str, value: str) -> str:
-        return self.clerk.append(self._key(key), value)
 
 
 def _pids(cluster: Any) -> list[int]:
