@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -65,3 +66,16 @@ def test_cli_bad_flags_are_usage_errors(args: list[str], message: str) -> None:
 def test_cli_against_no_controller_fails_clearly() -> None:
     out = zactor("shards", "query", "--ctrler", "ipc:///tmp/shards-nobody-here.sock", "--timeout", "0.5")
     assert out.returncode == 1 and "no answer" in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+def test_bench_shardkv_json_measures_every_group_count_beside_lab_4_and_a_move() -> None:
+    out = zactor("bench", "shardkv", "--json", "--clients", "2", "--seconds", "0.3", "--rounds", "1", "--procs", "1",
+                 "--move-keys", "20", timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert {(r["groups"], r["op"]) for r in result["rows"]} == {(g, op) for g in (1, 2, 3) for op in ("put", "get")}
+    for row in result["rows"]:
+        assert row["shardkv_ops"] > 0 and row["kvraft_ops"] > 0, row
+        assert row["shardkv_server_cpu_us_per_op"] > 0 and row["kvraft_server_cpu_us_per_op"] > 0, row
+    assert result["move"]["keys"] == 20 and result["move"]["shard_data_bytes"] > 0
