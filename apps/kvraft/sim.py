@@ -567,8 +567,15 @@ def _scratch() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
+SCRATCH: str | None = None
+"""Where each seed's scratch directory goes (default: /dev/shm if writable, else the system's temp directory)."""
+
+
 def run_seed(seed: int, options: SimOptions | None = None) -> dict[str, Any]:
-    return KVSim(seed, options).run()
+    if SCRATCH is None:
+        return KVSim(seed, options).run()
+    with tempfile.TemporaryDirectory(prefix="zactor-kvsim-", dir=SCRATCH) as tmp:
+        return KVSim(seed, options, Path(tmp)).run()
 
 
 def run_seeds(seeds: range | list[int], options: SimOptions | None = None, stop_at_first: bool = True,
@@ -604,7 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ticks", type=int, default=SimOptions.ticks, help=f"simulated ticks of faults per seed (default {SimOptions.ticks})")
     p.add_argument("--keep-going", action="store_true", help="run every seed even after a failure")
     p.add_argument("--broken", default="", help="test-only: a broken variant of apps/soak/broken.py (the checks must catch it)")
+    p.add_argument("--scratch", default=None, help="directory for the simulated disks (default /dev/shm, else the temp directory)")
     args = p.parse_args(argv)
+    global SCRATCH
+    SCRATCH = args.scratch
     options = SimOptions(ticks=args.ticks, broken=args.broken)
     if args.seed is not None:
         try:
