@@ -69,6 +69,8 @@ from apps.raft.core import Config, RaftCore, Ready, Role
 from apps.raft.messages import ApplyMsg, RequestVoteReply
 from apps.raft.peer import Applied, ReadIndex, RoleChanged, Start, TakeSnapshot, drain_ready
 from apps.raft.storage import RaftStorage
+from apps.soak.broken import server_fields
+from apps.soak.verdict import check_appends
 
 REPLAY = "python -m apps.kvraft.sim --seed {seed}"
 SWITCHES = ("long_delays", "duplicates", "crash_after_vote", "crash_after_fsync", "isolate_after_burst", "tiny_snapshots",
@@ -176,8 +178,6 @@ class KVSim:
         self.switches = sorted(self.on)
         self.config = Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, max_batch=4, max_inflight=2)
         self.maxraftstate = rng.choice((600, 1200)) if "tiny_snapshots" in self.on else rng.choice((-1, 6000))
-        from apps.soak.broken import server_fields
-
         fields = server_fields(opt.broken)
         self.storage_class: Callable[..., RaftStorage] = fields.get("storage", RaftStorage)
         self.server_class: Callable[..., KVRaftServer] = fields.get("server_class") or KVRaftServer
@@ -533,8 +533,6 @@ class KVSim:
         if len(digests) != 1:
             self.fail(f"replicas differ after settling at applied index {servers[0].kv.applied}")
         state = servers[0].kv.state
-        from apps.soak.verdict import check_appends
-
         by_key: dict[str, list[Operation]] = {}
         for op in self.history:
             by_key.setdefault(op.input["key"], []).append(op)
