@@ -18,7 +18,9 @@ run takes a fraction of a second:
 
 Faults come from the seed, and BUGGIFY-style switches (each on or off per
 seed) make rare paths common: messages held back past several terms, old
-messages duplicated and delivered late, a crash right after a granted vote
+messages duplicated and delivered late, some held for hundreds of ticks
+(past terms and restarts of their sender), and the messages a server was
+sent in earlier terms delivered to it again right as it becomes leader, a crash right after a granted vote
 or right after an fsync (before the Ready's messages leave), a leader
 isolated right after it appended a burst of entries (longer than one
 AppendEntries batch), a tiny ``maxraftstate`` so snapshots race with
@@ -26,7 +28,8 @@ InstallSnapshot.
 
 Checked per seed, each failure naming the seed and the command that replays
 it: election safety (one leader per term, and each leader holds a majority
-of votes granted in its own term); vote durability (a restarted server is
+of votes granted in its own term); the newest leader's match index for each
+follower is backed by that follower's log; vote durability (a restarted server is
 past the term of every vote it sent, or votes the same); every committed entry stays committed with the same
 term and command on every core that has it (no committed entry lost); a new
 leader holds every committed entry (leader completeness); no two servers
@@ -66,10 +69,12 @@ from apps.raft.core import Config, RaftCore, Ready, Role
 from apps.raft.messages import ApplyMsg, RequestVoteReply
 from apps.raft.peer import Applied, ReadIndex, RoleChanged, Start, TakeSnapshot, drain_ready
 from apps.raft.storage import RaftStorage
+from apps.soak.broken import server_fields
+from apps.soak.verdict import check_appends
 
 REPLAY = "python -m apps.kvraft.sim --seed {seed}"
 SWITCHES = ("long_delays", "duplicates", "crash_after_vote", "crash_after_fsync", "isolate_after_burst", "tiny_snapshots",
-            "lossy", "crashes", "partitions")
+            "lossy", "crashes", "partitions", "old_messages")
 """The BUGGIFY switches; each seed turns each on or off."""
 
 
@@ -173,8 +178,6 @@ class KVSim:
         self.switches = sorted(self.on)
         self.config = Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, max_batch=4, max_inflight=2)
         self.maxraftstate = rng.choice((600, 1200)) if "tiny_snapshots" in self.on else rng.choice((-1, 6000))
-        from apps.soak.broken import server_fields
-
         fields = server_fields(opt.broken)
         self.storage_class: Callable[..., RaftStorage] = fields.get("storage", RaftStorage)
         self.server_class: Callable[..., KVRaftServer] = fields.get("server_class") or KVRaftServer
@@ -185,6 +188,9 @@ class KVSim:
         self.cut: set[frozenset[int]] = set()
         self.tells: list[list[Any]] = [[] for _ in range(self.n)]
         self.votes_given: list[tuple[int, int] | None] = [None] * self.n
+        self.max_term = 0
+        self.held: list[list[Any]] = [[] for _ in range(self.n)]
+        """The latest Raft messages sent to each server, for the old_messages switch to deliver again."""
         self.grants: dict[int, set[tuple[int, int]]] = {}
         """term -> (voter, candidate) of every vote granted in it."""
         self.servers: list[_Server | None] = [None] * self.n
@@ -252,6 +258,14 @@ class KVSim:
         heapq.heappush(self.net, _InFlight(self.now + delay, rng.random(), msg, dst, src))
         if "duplicates" in on and rng.random() < 0.05:
             heapq.heappush(self.net, _InFlight(self.now + rng.randint(1, 120), rng.random(), msg, dst, src))
+        if src is not None and not clerk_link:
+            held = self.held[dst]
+            held.append(msg)
+            if len(held) > 40:
+                del held[:20]
+        if "old_messages" in on and src is not None and rng.random() < 0.02:
+            # Held back and delivered much later, typically terms and incarnations after it was sent.
+            heapq.heappush(self.net, _InFlight(self.now + rng.randint(100, 500), rng.random(), msg, dst, src))
 
     # ---- one server's Ready cycle --------------------------------------------------------------
 
@@ -272,6 +286,11 @@ class KVSim:
                 s.role = role
                 if became:
                     self._on_new_leader(s)
+                    if "old_messages" in self.on and self.rng.random() < 0.5:
+                        # What was said to it in earlier terms comes back just as it takes over.
+                        for msg in self.held[i]:
+                            if msg.term < core.term:
+                                heapq.heappush(self.net, _InFlight(self.now + self.rng.randint(1, 10), self.rng.random(), msg, i, msg.src))
                 s.kv._role_changed(RoleChanged(i, self.incarnation[i], *role))
             if not self.tells[i]:
                 return
@@ -316,10 +335,14 @@ class KVSim:
             s.applied_upto = index
 
     def _check_commits(self) -> None:
+        top = max((s.core.term for s in self.servers if s is not None), default=0)
+        self.max_term = max(self.max_term, top)
         for s in self.servers:
             if s is None:
                 continue
             core = s.core
+            if core.role is Role.LEADER and core.term == self.max_term:
+                self._check_matches(s)
             if core.role is Role.LEADER:
                 other = self.leaders.setdefault(core.term, core.me)
                 if other != core.me:
@@ -331,6 +354,23 @@ class KVSim:
                 if seen != (e.term, e.command):
                     self.fail(f"server {s.i} committed {(e.term, e.command)!r} at {index}, but {seen!r} was committed there")
             s.committed_checked = max(s.committed_checked, core.commit_index)
+
+    def _check_matches(self, s: _Server) -> None:
+        """The newest leader's match index for a follower is never beyond what that follower's log holds.
+
+        Nobody can have cut the follower's log since it answered, because no
+        term above this leader's has been seen; so a match index the follower
+        does not back (a reply of another term taken for this one's, say) is a bug.
+        """
+        log = s.core.log
+        for peer, prog in s.core.progress.items():
+            other = self.servers[peer]
+            m = prog.match_index
+            if other is None or m <= max(other.core.log.snapshot_index, log.snapshot_index):
+                continue
+            if other.core.log.term_at(m) != log.term_at(m):
+                self.fail(f"leader {s.i} of term {s.core.term} takes server {peer} to match it through {m}, "
+                          f"but {peer} has term {other.core.log.term_at(m)} there, the leader {log.term_at(m)}")
 
     def _on_new_leader(self, s: _Server) -> None:
         """Leader completeness: a new leader holds every entry committed anywhere before."""
@@ -461,7 +501,7 @@ class KVSim:
                 self._faults()
                 self._tick(stopping=False)
             self.cut.clear()
-            self.on -= {"lossy", "long_delays", "duplicates", "crash_after_vote", "crash_after_fsync"}
+            self.on -= {"lossy", "long_delays", "duplicates", "old_messages", "crash_after_vote", "crash_after_fsync"}
             for i in range(self.n):
                 if self.servers[i] is None:
                     self._boot(i)
@@ -493,8 +533,6 @@ class KVSim:
         if len(digests) != 1:
             self.fail(f"replicas differ after settling at applied index {servers[0].kv.applied}")
         state = servers[0].kv.state
-        from apps.soak.verdict import check_appends
-
         by_key: dict[str, list[Operation]] = {}
         for op in self.history:
             by_key.setdefault(op.input["key"], []).append(op)
@@ -527,8 +565,15 @@ def _scratch() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
+SCRATCH: str | None = None
+"""Where each seed's scratch directory goes (default: /dev/shm if writable, else the system's temp directory)."""
+
+
 def run_seed(seed: int, options: SimOptions | None = None) -> dict[str, Any]:
-    return KVSim(seed, options).run()
+    if SCRATCH is None:
+        return KVSim(seed, options).run()
+    with tempfile.TemporaryDirectory(prefix="zactor-kvsim-", dir=SCRATCH) as tmp:
+        return KVSim(seed, options, Path(tmp)).run()
 
 
 def run_seeds(seeds: range | list[int], options: SimOptions | None = None, stop_at_first: bool = True,
@@ -564,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ticks", type=int, default=SimOptions.ticks, help=f"simulated ticks of faults per seed (default {SimOptions.ticks})")
     p.add_argument("--keep-going", action="store_true", help="run every seed even after a failure")
     p.add_argument("--broken", default="", help="test-only: a broken variant of apps/soak/broken.py (the checks must catch it)")
+    p.add_argument("--scratch", default=None, help="directory for the simulated disks (default /dev/shm, else the temp directory)")
     args = p.parse_args(argv)
+    global SCRATCH
+    SCRATCH = args.scratch
     options = SimOptions(ticks=args.ticks, broken=args.broken)
     if args.seed is not None:
         try:

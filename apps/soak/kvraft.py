@@ -31,6 +31,7 @@ from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
 from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
+from apps.soak.broken import server_fields
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import HISTORY_FILE, FinalReadFailed, Findings, WindowChecker, check_final_reads
@@ -269,8 +270,6 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     """The whole run: cluster up, schedule and workload, final heal and checks; always tears the cluster down."""
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
-    from apps.soak.broken import server_fields
-
     with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
                    server_fields=server_fields(config.broken)) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
