@@ -452,27 +452,26 @@ def test_challenge1_delete(make_cluster: Callable[..., ShardCluster]) -> None:
         ck.put(k, v)
     for i in range(3):
         check(ck, ka[i], va[i])
+
+    def settle_and_check() -> None:
+        """Every group caught up with the latest configuration, then the first keys read back."""
+        for g in range(3):
+            cluster.wait_caught_up(g)
+        for i in range(3):
+            check(ck, ka[i], va[i])
+
     for _ in range(2):
         cluster.join(1)
         cluster.leave(0)
         cluster.join(2)
-        for g in range(3):
-            cluster.wait_caught_up(g)
-        for i in range(3):
-            check(ck, ka[i], va[i])
+        settle_and_check()
         cluster.leave(1)
         cluster.join(0)
         cluster.leave(2)
-        for g in range(3):
-            cluster.wait_caught_up(g)
-        for i in range(3):
-            check(ck, ka[i], va[i])
+        settle_and_check()
     cluster.join(1)
     cluster.join(2)
-    for g in range(3):
-        cluster.wait_caught_up(g)
-    for i in range(3):
-        check(ck, ka[i], va[i])
+    settle_and_check()
     # Every group is in the last configuration; the shards given away are deleted once their new owner
     # has confirmed, which the groups do within a few polling rounds: wait for that event, bounded.
     expected = 3 * (((n - 3) * 1000) + 2 * 3 * 1000 + 6000)
