@@ -33,7 +33,8 @@ from apps.kvsrv.client import Clerk as KVClerk
 from apps.kvsrv.server import KVServer
 from apps.mapreduce.job import run_job
 from apps.raft.messages import InstallSnapshot
-from apps.raft.peer import PEER_NAME, PeerConfig, RaftPeer
+from apps.raft.peer import PEER_NAME, PeerConfig, RaftPeer, Status
+from tests.helpers import wait_until
 from transport import disconnected
 from transport.message import is_message
 
@@ -96,13 +97,14 @@ def _replicated_kv(tmp_path: Path) -> None:
     """Three KV servers with their Raft peers, one cut off long enough to need a snapshot."""
     endpoints = tuple(f"ipc://{tmp_path}/kv{i}.sock" for i in range(3))
     systems = [ActorSystem(e, ask_timeout=10.0) for e in endpoints]
+    peers = []
     try:
         for i, system in enumerate(systems):
             config = ServerConfig(i, endpoints, str(tmp_path / f"kv{i}"), maxraftstate=400)
             system.spawn(KVRaftServer, config, name=SERVER_NAME)
             peer = PeerConfig(i, endpoints, config.data_dir, apply_to=f"{endpoints[i]}#{SERVER_NAME}", raft=config.raft,
                               tick=config.tick, fsync=config.fsync)
-            system.spawn(RaftPeer, peer, name=PEER_NAME)
+            peers.append(system.spawn(RaftPeer, peer, name=PEER_NAME))
         with ActorSystem(ask_timeout=10.0) as client:
             clerk = RaftClerk(list(endpoints), system=client)
             clerk.put("k", "")
@@ -116,6 +118,10 @@ def _replicated_kv(tmp_path: Path) -> None:
                 c.set_faults([])
             clerk.append("k", "last")  # server 2 catches up by InstallSnapshot
             assert clerk.get("k").endswith("last")
+            # The clerk's answer needs only a majority; wait for the cut-off server itself to catch up.
+            committed = max(peers[i].ask(Status()).commit_index for i in (0, 1))
+            assert wait_until(lambda: peers[2].ask(Status()).commit_index >= committed, timeout=10.0), \
+                "the cut-off server never caught up"
     finally:
         for system in systems:
             system.stop()
