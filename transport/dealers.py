@@ -27,6 +27,24 @@ DEFAULT_MAX_PEERS = 256
 DEFAULT_PEER_IDLE = 300.0
 """Seconds without a send after which a sending socket is closed (reopened on the next send)."""
 
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+CONNECT_TIMEOUT_MS = 1000
+
+
+def watch_liveness(sock: zmq.Socket) -> None:
+    """Close a connection whose peer stops answering ZMTP pings, so that it is redialled.
+
+    Why: after a network cut, TCP keeps the old connection and backs its
+    retransmissions off exponentially, so traffic resumed seconds after the
+    cut healed (6.3 s median after a 20 s cut, ``zactor bench failover``).
+    A connection silent for ``HEARTBEAT_TIMEOUT_MS`` is dropped instead, and
+    the DEALER reconnects within ``RECONNECT_IVL_MAX`` of the heal (0.6 s).
+    On a ROUTER it also frees the descriptor of a client that vanished.
+    """
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+
 
 def open_dealer(
     ctx: zmq.Context,
@@ -53,6 +71,9 @@ def open_dealer(
     # A restarted peer should be reachable again within milliseconds.
     sock.setsockopt(zmq.RECONNECT_IVL, 10)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+    # A dial into a cut network gives up and retries instead of waiting on TCP's SYN backoff.
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+    watch_liveness(sock)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
     if keyring is not None:

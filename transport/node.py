@@ -94,7 +94,7 @@ from transport.codec import (
 )
 from transport.control import perform
 from transport.counters import Counters, Tally
-from transport.dealers import DEFAULT_MAX_PEERS, DEFAULT_PEER_IDLE, Dealers, open_dealer
+from transport.dealers import DEFAULT_MAX_PEERS, DEFAULT_PEER_IDLE, Dealers, open_dealer, watch_liveness
 from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind, message_type
 from transport.faults import DROP, FaultRule, FaultSpec, FaultTable
 from transport.ipc import check_ipc_free, default_endpoint
@@ -155,6 +155,7 @@ class Node:
         self._router.setsockopt(zmq.RCVHWM, inbound_hwm)
         self._router.setsockopt(zmq.SNDHWM, 100_000)  # replies queued for one asker, as for a DEALER
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot go is counted, not silently lost
+        watch_liveness(self._router)
         # ZeroMQ refuses (and disconnects) a sender of a larger message, so no
         # peer can make this process allocate more than that.
         self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 4096)
