@@ -1,4 +1,4 @@
-"""``zactor shards``: the cluster command starts a controller and groups; join, put, get, move and query through the CLI."""
+"""``zactor shards``: the cluster command starts a controller and groups; join, move and query administer it, ``zactor kv --ctrler`` reads and writes."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def test_cli_cluster_join_put_get_and_a_shard_moves_with_its_data(shards_cli: tu
     g101 = lines.wait_for("group 101:", 10).split()[-1]
     out = zactor("shards", "join", "--ctrler", ctrler, f"100={g100}", timeout=60)
     assert out.returncode == 0 and "shards: 100 100 100 100 100 100 100 100 100 100" in out.stdout, out
-    out = zactor("shards", "put", "--ctrler", ctrler, "greeting", "hello", timeout=60)
+    out = zactor("kv", "put", "--ctrler", ctrler, "greeting", "hello", timeout=60)
     assert out.returncode == 0, out.stderr
-    out = zactor("shards", "append", "--ctrler", ctrler, "greeting", ", world", timeout=60)
+    out = zactor("kv", "append", "--ctrler", ctrler, "greeting", ", world", timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "hello", out
     # "greeting" is in shard ord("g") % 10 = 3: move it to group 101, whose servers must get the data.
     out = zactor("shards", "join", "--ctrler", ctrler, f"101={g101}", timeout=60)
@@ -43,7 +43,7 @@ def test_cli_cluster_join_put_get_and_a_shard_moves_with_its_data(shards_cli: tu
     assert out.returncode == 0, out.stderr
     out = zactor("shards", "query", "--ctrler", ctrler, timeout=60)
     assert out.returncode == 0 and out.stdout.split("\n")[1].split()[1 + 3] == "101", out.stdout
-    out = zactor("shards", "get", "--ctrler", ctrler, "greeting", timeout=60)
+    out = zactor("kv", "get", "--ctrler", ctrler, "greeting", timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "hello, world", out
     assert (root / "data" / "group-101" / "server-0").is_dir()
 
@@ -55,7 +55,7 @@ def test_cli_cluster_join_put_get_and_a_shard_moves_with_its_data(shards_cli: tu
         (["cluster", "--maxraftstate", "0"], "--maxraftstate must be"),
         (["join", "--ctrler", "ipc:///tmp/nobody.sock", "abc"], "is not GID=EP"),
         (["query", "--ctrler", "localhost:1"], "is not an endpoint"),
-        (["get", "k"], "--ctrler"),
+        (["get", "--ctrler", "ipc:///tmp/nobody.sock", "k"], "invalid choice: 'get'"),
     ],
 )
 def test_cli_bad_flags_are_usage_errors(args: list[str], message: str) -> None:
@@ -66,6 +66,13 @@ def test_cli_bad_flags_are_usage_errors(args: list[str], message: str) -> None:
 def test_cli_against_no_controller_fails_clearly() -> None:
     out = zactor("shards", "query", "--ctrler", "ipc:///tmp/shards-nobody-here.sock", "--timeout", "0.5")
     assert out.returncode == 1 and "no answer" in out.stderr, out.stderr
+    out = zactor("kv", "get", "--ctrler", "ipc:///tmp/shards-nobody-here.sock", "--timeout", "0.5", "k")
+    assert out.returncode == 1 and "zactor kv get:" in out.stderr and "no answer" in out.stderr, out.stderr
+
+
+def test_kv_takes_one_kind_of_address() -> None:
+    out = zactor("kv", "get", "--ctrler", "ipc:///tmp/a.sock", "--servers", "ipc:///tmp/b.sock", "k")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr, out.stderr
 
 
 @pytest.mark.slow

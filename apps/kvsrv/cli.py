@@ -7,6 +7,7 @@ import logging
 import sys
 
 import apps.kvraft as kvraft
+import apps.shardkv as shardkv
 from apps.keys_cli import add_security_options, apply_security_options
 from apps.kvraft import cli as kvraft_cli
 from apps.kvsrv.client import Clerk, KVUnavailable
@@ -17,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zactor kv",
         description="An exactly-once, linearizable key/value server (`serve`, one process), its replicated "
-        "version on Raft (`cluster`), and command-line clients for either.",
+        "version on Raft (`cluster`), and command-line clients for either or for a sharded cluster "
+        "(`zactor shards cluster`, addressed by its controller with --ctrler).",
         epilog="examples: zactor kv serve --endpoint tcp://127.0.0.1:5555 &  "
         "zactor kv put --server tcp://127.0.0.1:5555 k hello;  "
         "zactor kv cluster --servers 3 &  "
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         where = p.add_mutually_exclusive_group(required=True)
         where.add_argument("--server", help="a single KV server's endpoint (`zactor kv serve`), e.g. tcp://127.0.0.1:5555")
         where.add_argument("--servers", help="a replicated cluster's endpoints, comma-separated (`zactor kv cluster` prints them)")
+        where.add_argument("--ctrler", help="a sharded cluster's controller endpoints, comma-separated "
+                           "(`zactor shards cluster` prints them); the clerk finds the key's group")
         p.add_argument("--timeout", type=float, default=10.0, help="give up after this many seconds (default 10)")
         p.add_argument("key", help="the key (any string)")
         if nargs:
@@ -59,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print("zactor kv: --timeout must be positive", file=sys.stderr)
         return 2
     try:
-        clerk: kvraft.Clerk | Clerk
+        clerk: kvraft.Clerk | Clerk | shardkv.Clerk
         if args.servers is not None:
             clerk = kvraft.Clerk(kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout)
+        elif args.ctrler is not None:
+            clerk = shardkv.Clerk(kvraft_cli.parse_endpoints(args.ctrler), give_up_after=args.timeout)
         else:
             clerk = Clerk(args.server, give_up_after=args.timeout)
         if args.op == "get":

@@ -4,7 +4,8 @@
 groups of ``--servers`` servers each, every server a supervised OS process
 (restarted after a crash, recovering from its data directory), and prints
 the endpoints. The groups serve nothing until they join:
-``zactor shards join --ctrler EPS 100=EP,EP,EP``.
+``zactor shards join --ctrler EPS 100=EP,EP,EP``. Keys are read and written
+with ``zactor kv get|put|append --ctrler EPS``, as for the other KV services.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from apps.kvsrv.client import KVUnavailable
 from apps.raft.watch import data_root, stop_on_signals
 from apps.shardctrler import CtrlerClerk, ShardConfig
 from apps.shardctrler import serve as serve_ctrler
-from apps.shardkv import Clerk, ShardServerConfig
+from apps.shardkv import ShardServerConfig
 from apps.shardkv import serve as serve_group
 
 FIRST_GID = 100
@@ -62,12 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="print a configuration (default: the latest)")
     ctrler(q)
     q.add_argument("num", nargs="?", type=int, default=-1)
-    for name, help_text in (("get", "print a key's value"), ("put", "set a key"), ("append", "append to a key; prints the old value")):
-        q = sub.add_parser(name, help=help_text)
-        ctrler(q)
-        q.add_argument("key")
-        if name != "get":
-            q.add_argument("value")
     return parser
 
 
@@ -94,15 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser, ctrlers: list[str], system: ActorSystem) -> int:
-    if args.cmd in ("get", "put", "append"):
-        ck = Clerk(ctrlers, system=system, give_up_after=args.timeout)
-        if args.cmd == "get":
-            print(ck.get(args.key))
-        elif args.cmd == "put":
-            ck.put(args.key, args.value)
-        else:
-            print(ck.append(args.key, args.value))
-        return 0
     mck = CtrlerClerk(ctrlers, system=system, give_up_after=args.timeout)
     if args.cmd == "join":
         groups: dict[int, list[str]] = {}
