@@ -121,7 +121,7 @@ class ProcessRef(RemoteRef):
         """The hosting process died (exit code, or None if unknown); ``final`` if it stays dead."""
         error = ProcessDied(
             f"the process hosting {self.address.name!r} died (exit code {exitcode}) while this ask was in flight"
-            + ("" if final is not None else "; unless its restart limit is reached it is restarted, and later asks reach the new process")
+            + (f": {final}" if final is not None else "; unless its restart limit is reached it is restarted, and later asks reach the new process")
         )
         with self._lock:
             self.deaths += 1

@@ -45,7 +45,7 @@ from actors.classref import ClassRef
 from actors.directory import find_on_nodes
 from actors.host import host_one
 from actors.process_ref import ProcessRef, RestartLimitReached
-from actors.supervisor import ChildSpec, RestartKind, Supervisor, SupervisorEvent, not_restarted
+from actors.supervisor import EXIT_UNGUARDED_MAIN, ChildSpec, RestartKind, Supervisor, SupervisorEvent, not_restarted
 from actors.system import ActorSystem, factory_kwargs, plug_process_layer
 
 WATCHER_NAME = "zactor.spawn-watch"
@@ -136,7 +136,11 @@ class Spawner:
             return
         if event.kind == "exited":
             final = None
-            if not_restarted(entry.restart, event.exitcode):
+            if event.exitcode == EXIT_UNGUARDED_MAIN:
+                final = RestartLimitReached(
+                    f"{event.child!r} cannot start: the script that spawned it starts actors at import time, "
+                    "and its child processes import it; put that code under `if __name__ == \"__main__\":`")
+            elif not_restarted(entry.restart, event.exitcode):
                 final = RestartLimitReached(f"{event.child!r} exited with {event.exitcode} and is not restarted (restart={entry.restart!r})")
             entry.ref._died(event.exitcode, final)
         elif event.kind == "gave_up":

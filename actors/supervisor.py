@@ -62,9 +62,35 @@ log = logging.getLogger(__name__)
 RestartKind = Literal["permanent", "transient", "temporary"]
 
 
+EXIT_UNGUARDED_MAIN = 78
+"""A child's exit code when it found the user's script starting actors while the child imported it."""
+
+
 def not_restarted(restart: RestartKind, exitcode: int | None) -> bool:
-    """Whether a child of this restart kind that exited with ``exitcode`` stays down (the supervisor's rule)."""
-    return restart == "temporary" or (restart == "transient" and exitcode == 0)
+    """Whether a child of this restart kind that exited with ``exitcode`` stays down (the supervisor's rule).
+
+    A child that died of an unguarded script would die the same way every time.
+    """
+    return restart == "temporary" or (restart == "transient" and exitcode == 0) or exitcode == EXIT_UNGUARDED_MAIN
+
+
+def refuse_unguarded_main() -> None:
+    """End this process at once if it is a child re-running the parent's script to import it.
+
+    Why: a child started by the fork server imports the parent's ``__main__``
+    to find the classes it runs; a script with no ``if __name__ == "__main__":``
+    guard then starts an actor system (and spawns) inside the child, and
+    multiprocessing answers with a long traceback while the parent restarts
+    the child forever. One line here and a dedicated exit code let the parent
+    stop restarting and say what to change.
+    """
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    script = getattr(sys.modules.get("__mp_main__"), "__file__", None) or "the main script"
+    print(f"zactor: {script} starts an actor system when it is imported; child processes import it to find "
+          f"your classes. Put the code that starts actors under `if __name__ == \"__main__\":`.",
+          file=sys.stderr, flush=True)
+    os._exit(EXIT_UNGUARDED_MAIN)
 
 PRELOAD = ("zmq", "pykka", "cloudpickle", "transport", "actors", "actors.system", "actors.supervisor", "actors.testing")
 

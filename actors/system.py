@@ -60,6 +60,7 @@ from actors.actor import _InlineInbox, _PykkaEnvelope, hosted_by
 from actors.address import Address, check_endpoint
 from actors.errors import ActorDeadError, SystemStopped
 from actors.future import ReplyFuture
+from actors.supervisor import refuse_unguarded_main
 from actors.wire import NodeControl, Wire
 from transport import Envelope, Keyring, Node, Timer
 from transport.codec import DEFAULT_MAX_FRAME_BYTES
@@ -235,6 +236,7 @@ class ActorSystem:
         ``start=False`` binds the endpoint but handles no traffic until ``start()``:
         a process that hosts actors spawns them first, so a message that was
         waiting for the restarted process never finds an empty system."""
+        refuse_unguarded_main()
         if ask_timeout <= 0:
             raise ValueError(f"ask_timeout must be positive seconds, got {ask_timeout}")
         if mailbox_limit < 1:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -237,3 +239,24 @@ def test_a_death_noticed_while_the_ask_is_being_sent_fails_it_with_process_died(
     with pytest.raises(ProcessDied, match="in flight"):
         tally.ask(KillOnTheWayOut(tally), timeout=5.0)
     assert time.monotonic() - t0 < 5.0  # the death ended it, not the timeout
+
+
+_UNGUARDED = '''
+from actors import ActorSystem
+from actors.testing import Echo
+with ActorSystem() as system:
+    print(system.spawn_process(Echo, name="echo").ask("hi"))
+'''
+
+
+def test_a_script_without_a_main_guard_gets_one_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out
+    assert f"zactor: {script} starts an actor system when it is imported" in out.stderr, out.stderr
+    assert "'echo' cannot start" in out.stderr and 'if __name__ == "__main__":' in out.stderr, out.stderr
+    assert "freeze_support" not in out.stderr and "restarting" not in out.stderr, out.stderr  # no multiprocessing dump, no restart loop
+    assert len(out.stderr.splitlines()) < 20, out.stderr
+    assert list(tmp_path.glob("zactor-spawn-*")) == [], "the spawn directory was left behind"
