@@ -19,6 +19,12 @@ instead of waiting out its timeout; later asks reach the new incarnation.
 When the supervisor gives up (more than ``max_restarts`` deaths within
 ``within`` seconds) every ask fails at once with ``RestartLimitReached``.
 
+A process lives as long as the system that spawned it: local ones are its
+supervisor's children, and those placed on node agents are stopped when the
+system stops, unless spawned with ``detached=True`` (then ``zactor node
+stop NAME`` or ``system.stop_process(NAME, node=...)`` ends them). Without
+that, a script's second run would find its first run's actors still there.
+
 The actor's class travels as a :class:`~actors.classref.ClassRef`. One
 :class:`Spawner` per system holds all of this (``spawner_of(system)``, a
 system extension); it is the system's process layer too, which
@@ -28,6 +34,7 @@ system extension); it is the system's process layer too, which
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -52,6 +59,7 @@ WATCHER_NAME = "zactor.spawn-watch"
 """The actor in a system that spawned onto a node agent and hears of its children's deaths."""
 
 _unnamed = itertools.count(1)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +80,7 @@ class Spawner:
         self._dir: str | None = None
         self._local: dict[str, _Local] = {}
         self._remote: dict[tuple[str, str], ProcessRef] = {}
+        self._owned: set[tuple[str, str]] = set()  # (node, name) placed on agents, stopped with the system
         self._watcher = False
         self._count = 0
 
@@ -79,6 +88,21 @@ class Spawner:
 
     def spawn_process(self, factory: type, args: tuple, name: str | None, node: str | None, options: dict[str, Any]) -> ProcessRef:
         return spawn_process(self._system, factory, *args, name=name, node=node, **options)
+
+    def stop_process(self, name: str, node: str | None, timeout: float) -> None:
+        """Stop the process ``name`` for good: one this system spawned, or one the agent at ``node`` hosts."""
+        if node is None:
+            local = self.local_ref(name)
+            if local is None:
+                raise LookupError(f"{self._system} spawned no process named {name!r} (give node= for one on a node agent)")
+            self.stop(local, timeout)
+            return
+        with self._lock:
+            ref = self._remote.get((node, name))
+        if ref is not None:
+            self.stop(ref, timeout)
+        else:
+            stop_on_node(self._system, node, name, timeout)
 
     def lookup(self, name: str, timeout: float) -> ProcessRef:
         """A process this system spawned by that name, else one a known node hosts (``LookupError`` if none)."""
@@ -167,6 +191,8 @@ class Spawner:
         final = RestartLimitReached(f"{ref.name!r} was stopped with stop()")
         if ref.node is not None:
             stop_on_node(self._system, ref.node, ref.name, timeout)
+            with self._lock:
+                self._owned.discard((ref.node, ref.name))
             ref._died(None, final)
             return
         with self._lock:
@@ -190,6 +216,11 @@ class Spawner:
                 self._watcher = True
         return str(Address(self._system.endpoint, WATCHER_NAME))
 
+    def own(self, node: str, name: str) -> None:
+        """Stop ``name`` on ``node`` when this system stops."""
+        with self._lock:
+            self._owned.add((node, name))
+
     def remember_remote(self, ref: ProcessRef) -> ProcessRef:
         assert ref.node is not None
         with self._lock:
@@ -204,6 +235,19 @@ class Spawner:
     # ---- the end -------------------------------------------------------------------
 
     def close(self) -> None:
+        with self._lock:
+            owned, self._owned = sorted(self._owned), set()
+        unreachable: set[str] = set()
+        for node, name in owned:
+            if node in unreachable:
+                continue
+            try:
+                stop_on_node(self._system, node, name, timeout=2.0)
+            except LookupError:
+                pass  # stopped by someone else already
+            except Exception as exc:  # the agent may be gone: then so is what it hosted
+                unreachable.add(node)
+                log.warning("could not stop %r on the node agent at %s: %s", name, node, exc)
         with self._lock:
             sup, self._sup = self._sup, None
             directory, self._dir = self._dir, None
@@ -246,11 +290,14 @@ def spawn_process(
     within: float = 10.0,
     persist_dir: str | os.PathLike[str] | None = None,
     timeout: float = 10.0,
+    detached: bool = False,
     kwargs: Mapping[str, Any] | None = None,
     **more: Any,
 ) -> ProcessRef:
     """What ``ActorSystem.spawn_process`` does; see the module docstring."""
     kwargs = factory_kwargs(kwargs, more)
+    if detached and node is None:
+        raise ValueError("detached=True needs node=: a process spawned here is a child of this system's supervisor")
     if max_restarts < 0 or within <= 0:
         raise ValueError(f"need max_restarts >= 0 and within > 0, got {max_restarts} and {within}")
     name = name or f"{getattr(actor_class, '__name__', 'actor')}-{next(_unnamed)}"
@@ -261,7 +308,7 @@ def spawn_process(
         )
     return spawn_on_node(
         system, node, actor_class, args, kwargs, name=name, restart=restart, max_restarts=max_restarts,
-        within=within, persist_dir=None if persist_dir is None else str(persist_dir), timeout=timeout,
+        within=within, persist_dir=None if persist_dir is None else str(persist_dir), timeout=timeout, detached=detached,
     )
 
 
@@ -272,11 +319,14 @@ def _agent(system: ActorSystem, node: str) -> Any:
     return system.ref(Address(node, AGENT_NAME))
 
 
-def spawn_on_node(system: ActorSystem, node: str, actor_class: type, args: tuple, kwargs: dict, *, name: str, timeout: float, **options: Any) -> ProcessRef:
+def spawn_on_node(system: ActorSystem, node: str, actor_class: type, args: tuple, kwargs: dict, *, name: str, timeout: float,
+                  detached: bool = False, **options: Any) -> ProcessRef:
     """Ask the agent at ``node`` to host the actor; the ref is watched for deaths."""
     spawner = spawner_of(system)
     req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), watcher=spawner.watcher(), **options)
     done: Spawned = _agent(system, node).ask(req, timeout=timeout)
+    if not detached:
+        spawner.own(node, name)
     system.join(node)
     return spawner.remember_remote(ProcessRef(system, Address(done.endpoint, name), spawner, node=node, via=done.via))
 

@@ -96,6 +96,9 @@ class ProcessLayer(Extension, Protocol):
     def lookup(self, name: str, timeout: float) -> Any:
         """A ref to ``name`` in a process this system spawned or on a known node; ``LookupError`` if none."""
 
+    def stop_process(self, name: str, node: str | None, timeout: float) -> None:
+        """Stop ``name`` for good (here, or on the agent at ``node``); ``LookupError`` if there is none."""
+
 
 _process_layer: list[Callable[[ActorSystem], ProcessLayer]] = []
 
@@ -247,6 +250,7 @@ class ActorSystem:
         self._lock = threading.RLock()
         self._names = itertools.count(1)
         self._stopped = threading.Event()
+        self._closing = False  # stop() has begun (it sets _stopped once extensions are closed)
         self.nodes: list[str] = list(nodes)
         self._extensions: dict[Callable[[ActorSystem], Extension], Extension] = {}  # see extension()
         self._node = Node(
@@ -307,14 +311,19 @@ class ActorSystem:
         return self._stopped.is_set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop every hosted actor, fail pending asks, close the node; idempotent."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Stop every hosted actor, fail pending asks, close the node; idempotent.
+
+        Extensions close first, while this system can still ask other nodes:
+        the process layer stops what it placed on node agents.
+        """
         with self._lock:
+            if self._closing or self._stopped.is_set():  # set alone by run_until_stopped's signal handler
+                return
+            self._closing = True
             extensions = list(self._extensions.values())
         for extension in extensions:
             extension.close()
+        self._stopped.set()
         with self._lock:
             refs = [h.ref for h in self._hosted.values() if h.ref is not None]
             self._hosted.clear()
@@ -388,9 +397,14 @@ class ActorSystem:
         default 10; ignored without ``node``). Other options: ``restart``,
         ``max_restarts``, ``within``, ``persist_dir``, and keyword arguments for
         the factory; ``kwargs=`` (a mapping) carries those whose names are
-        among these options. See :mod:`actors.spawn`.
+        among these options. With ``node``, the process is stopped when this
+        system stops unless ``detached=True``. See :mod:`actors.spawn`.
         """
         return self._processes().spawn_process(factory, args, name, node, options)
+
+    def stop_process(self, name: str, *, node: str | None = None, timeout: float = 5.0) -> None:
+        """Stop the process ``name`` for good: one this system spawned, or (``node``) one a node agent hosts."""
+        self._processes().stop_process(name, node, timeout)
 
     def lookup(self, name: str, timeout: float = 5.0) -> Any:
         """A ref to the actor ``name`` here, in a process this system spawned, or on a known node.

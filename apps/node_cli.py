@@ -1,7 +1,8 @@
-"""``zactor node``: run a node agent, or list what one hosts.
+"""``zactor node``: run a node agent, list what one hosts, or stop one of its actors.
 
     zactor node --endpoint tcp://127.0.0.2:7070 --dir ./node     # serve until Ctrl-C or SIGTERM
     zactor node list --node tcp://127.0.0.2:7070                 # name, status, pid, restarts, uptime
+    zactor node stop there --node tcp://127.0.0.2:7070           # one actor, for good
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import sys
 
 from actors import ActorSystem, AskTimeout
 from actors.agent import run_agent
-from actors.spawn import node_children
+from actors.spawn import node_children, stop_on_node
 from apps.keys_cli import add_security_options, apply_security_options
 
-ACTIONS = ("serve", "list")
+ACTIONS = ("serve", "list", "stop")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zactor node",
         description="Run a node agent: a supervisor that hosts actors which authenticated peers "
         "(keys in the keyring) place on it with system.spawn_process(..., node=ENDPOINT); "
-        "or list what a running agent hosts. `zactor node ACTION --help` tells about one action.",
+        "list what a running agent hosts, or stop one of its actors. `zactor node ACTION --help` tells about one action.",
         epilog="examples:\n  zactor node --endpoint tcp://127.0.0.2:7070 --dir ./node      (serve is the default action)\n"
-        "  zactor node list --node tcp://127.0.0.2:7070",
+        "  zactor node list --node tcp://127.0.0.2:7070\n"
+        "  zactor node stop there --node tcp://127.0.0.2:7070",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -38,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the actors a running agent hosts: name, status, pid, restarts, uptime, class, endpoint.")
     p.add_argument("--node", required=True, help="the agent to ask, tcp://HOST:PORT")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    add_security_options(p)
+    p = sub.add_parser("stop", help="stop one actor an agent hosts, for good",
+                       description="Stop one actor a running agent hosts, for good (it is not restarted): for one spawned "
+                       "with detached=True, or one whose spawner died without stopping it.")
+    p.add_argument("name", help="the actor's name, as `zactor node list` shows it")
+    p.add_argument("--node", required=True, help="the agent that hosts it, tcp://HOST:PORT")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to give the actor's process to end (default 5)")
     add_security_options(p)
     return parser
 
@@ -69,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     try:
+        if args.action == "stop":
+            stop_on_node(ActorSystem.shared(), args.node, args.name, timeout=args.timeout)
+            print(f"stopped {args.name!r} on {args.node}")
+            return 0
         children = node_children(ActorSystem.shared(), args.node, timeout=args.timeout)
     except AskTimeout:
         print(f"zactor node: no answer from {args.node} within {args.timeout} s (is an agent running there, and is its key in your keyring?)", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
-        print(f"zactor node: {exc}", file=sys.stderr)
+    except (OSError, ValueError, LookupError) as exc:
+        print(f"zactor node {args.action}: {exc}", file=sys.stderr)
         return 1
     if not children:
         print(f"{args.node} hosts no actors")

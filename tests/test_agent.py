@@ -160,3 +160,46 @@ def test_a_stranger_cannot_make_the_agent_spawn_anything(node: tuple[str, Path],
         while not constructed.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
     assert constructed.exists()
+
+
+def _names(system: ActorSystem, node: str) -> set[str]:
+    return {c.name for c in node_children(system, node)}
+
+
+def test_a_process_on_a_node_ends_with_its_spawner_unless_detached(node: tuple[str, Path]) -> None:
+    endpoint, _ = node
+    with ActorSystem() as spawner:
+        spawner.spawn_process(PersistentCounter, "a.state", name="tied", node=endpoint).ask(Incr(1))
+        spawner.spawn_process(PersistentCounter, "b.state", name="kept", node=endpoint, detached=True).ask(Incr(1))
+        assert _names(spawner, endpoint) == {"tied", "kept"}
+    with ActorSystem() as later:
+        assert _names(later, endpoint) == {"kept"}, "the tied process outlived its spawner"
+        # A second run of the same script can spawn its tied actor again.
+        assert later.spawn_process(PersistentCounter, "a.state", name="tied", node=endpoint).ask(Get()) == 1
+        later.stop_process("kept", node=endpoint)
+        assert _names(later, endpoint) == {"tied"}
+        with pytest.raises(LookupError, match="no actor named 'kept'"):
+            later.stop_process("kept", node=endpoint)
+        with pytest.raises(ValueError, match="detached=True needs node="):
+            later.spawn_process(PersistentCounter, "c.state", name="local", detached=True)
+
+
+def test_stop_process_ends_a_local_process_for_good(system: ActorSystem, tmp_path: Path) -> None:
+    ref = system.spawn_process(PersistentCounter, str(tmp_path / "c.state"), name="local-one")
+    assert ref.ask(Incr(1)) == 1
+    system.stop_process("local-one")
+    with pytest.raises(RestartLimitReached, match="stopped"):
+        ref.ask(Get())
+    with pytest.raises(LookupError, match="no process named 'local-one'"):
+        system.stop_process("local-one")
+
+
+def test_node_stop_cli_stops_a_detached_actor(system: ActorSystem, node: tuple[str, Path]) -> None:
+    endpoint, _ = node
+    system.spawn_process(PersistentCounter, "c.state", name="left", node=endpoint, detached=True).ask(Incr(1))
+    cli = [sys.executable, "-m", "apps.cli", "node", "stop", "left", "--node", endpoint]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "stopped 'left'" in out.stdout, out
+    assert "left" not in _names(system, endpoint)
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "zactor node stop:" in out.stderr and "no actor named 'left'" in out.stderr, out

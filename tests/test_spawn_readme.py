@@ -35,3 +35,10 @@ def test_readme_embedding_example_runs_as_printed(node: tuple[str, Path], tmp_pa
     assert listed.returncode == 0, listed.stderr
     row = listed.stdout.splitlines()[1].split()
     assert row[0] == "there" and row[1] == "running" and row[3] == "1" and "(cloudpickle)" in row
+    stop_line = next(line for line in shell.splitlines() if line.startswith("$ zactor node stop"))
+    stopped = subprocess.run([sys.executable, "-m", "apps.cli", *stop_line.split()[2:-1], endpoint],
+                             capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and stopped.stdout == shell.split(stop_line + "\n")[1].split("\n")[0].replace(
+        "tcp://127.0.0.2:7070", endpoint) + "\n", stopped
+    again = subprocess.run([sys.executable, str(script), endpoint], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr  # "there" is gone, so a second run can place it again
