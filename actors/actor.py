@@ -29,6 +29,7 @@ import contextvars
 import logging
 import queue
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -65,6 +66,9 @@ class Host(Protocol):
 
     def actor_failed(self, name: str, ref: pykka.ActorRef, exc: BaseException | None) -> None:
         """Called on the serving thread when a tell handler of the actor ``name`` raised."""
+
+    def actor_built(self, name: str, actor: Actor) -> None:
+        """Called by each new instance of the actor ``name`` (its figures are read from it)."""
 
 
 _hosting: contextvars.ContextVar[tuple[Host, str] | None] = contextvars.ContextVar("zactor_hosting", default=None)
@@ -170,6 +174,10 @@ class _InlineInbox:
             self._node.run_soon(self._drain)
 
 
+_TOOK_RING = 256
+"""Handling times kept per actor for its p99 (the last this many messages)."""
+
+
 class Actor(pykka.ThreadingActor):
     """Subclass this and implement ``on_receive``; spawn with ``system.spawn(Cls, ..., name=...)``."""
 
@@ -185,6 +193,12 @@ class Actor(pykka.ThreadingActor):
         self.actor_system: ActorSystem | None = cast("ActorSystem", context[0]) if context else None
         super().__init__()
         self.actor_name: str = context[1] if context else self.actor_urn
+        # What `zactor top` shows: written by the serving thread alone, read by the I/O
+        # thread (a count and a fixed ring of list slots: each read one atomic operation).
+        self.handled = 0
+        self._took: list[float] = [0.0] * _TOOK_RING
+        if context:
+            context[0].actor_built(self.actor_name, self)
 
     def _create_actor_inbox(self) -> Any:  # type: ignore[override]  # pykka's hook, per instance here
         # SimpleQueue (in C, unbounded like pykka's own) puts and gets several
@@ -252,7 +266,20 @@ class Actor(pykka.ThreadingActor):
             message = message.message
         if type(message).__module__ == _PYKKA_MESSAGES:  # a stop or a proxy call: pykka's to serve
             return super()._handle_receive(message)
-        return self.on_receive(message)  # the rest, as pykka would after four isinstance checks
+        start = time.perf_counter()
+        try:
+            return self.on_receive(message)  # the rest, as pykka would after four isinstance checks
+        finally:
+            self._took[self.handled % _TOOK_RING] = time.perf_counter() - start
+            self.handled += 1
+
+    def handling_p99(self) -> float | None:
+        """Seconds: the 99th percentile of the last handled messages' handling time (None before any)."""
+        n = min(self.handled, _TOOK_RING)
+        if n == 0:
+            return None
+        took = sorted(self._took[:n])
+        return took[min(n - 1, int(n * 0.99))]
 
     def more_waiting(self) -> bool:
         """Whether more messages wait in the mailbox already.

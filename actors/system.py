@@ -56,7 +56,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import pykka
 
-from actors.actor import _InlineInbox, _PykkaEnvelope, hosted_by
+from actors.actor import Actor, _InlineInbox, _PykkaEnvelope, hosted_by
 from actors.address import Address, check_endpoint
 from actors.errors import ActorDeadError, SystemStopped
 from actors.future import ReplyFuture
@@ -129,6 +129,7 @@ class _Hosted:
     kwargs: dict
     limit: RestartLimit
     ref: pykka.ActorRef | None = None
+    actor: Actor | None = None  # the current instance, for describe()
     failures: deque = field(default_factory=deque)
     restarts: int = 0
     gave_up: BaseException | None = None
@@ -265,6 +266,7 @@ class ActorSystem:
         self.endpoint = self._node.endpoint
         self._wire = Wire(self._node, ask_timeout=ask_timeout, mailbox_limit=mailbox_limit, lookup=self._lookup, label=repr(self))
         self._node.on_message = self._wire.on_message
+        self._node.describe = self.describe
         self._node.call_later(1.0, self._wire.sweep)
         if start:
             self._node.start()
@@ -453,6 +455,33 @@ class ActorSystem:
             hosted = self._hosted.pop(name, None)
         if hosted is not None and hosted.ref is not None:
             self._stop_ref(hosted.ref, timeout)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each hosted actor's figures for a live view (``zactor top``): cheap, and safe on any thread."""
+        with self._lock:
+            hosted = [(name, h) for name, h in self._hosted.items() if h.ref is not None]
+        rows = []
+        for name, h in hosted:
+            ref = h.ref
+            assert ref is not None
+            actor = h.actor
+            inbox = ref.actor_inbox
+            p99 = actor.handling_p99() if isinstance(actor, Actor) else None
+            rows.append({
+                "name": name,
+                "class": h.factory.__name__,
+                "mailbox": inbox.qsize() if hasattr(inbox, "qsize") else None,
+                "handled": actor.handled if isinstance(actor, Actor) else None,
+                "p99_ms": None if p99 is None else round(p99 * 1000, 3),
+                "restarts": h.restarts,
+            })
+        return rows
+
+    def actor_built(self, name: str, actor: Actor) -> None:
+        with self._lock:
+            hosted = self._hosted.get(name)
+            if hosted is not None:
+                hosted.actor = actor
 
     def restarts(self, name: str) -> int:
         """How many times the actor ``name`` has been rebuilt after a failure."""

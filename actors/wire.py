@@ -247,3 +247,7 @@ class NodeControl:
 
     def reset_counters(self) -> None:
         self._call(ControlOp.RESET_COUNTERS)
+
+    def stats(self) -> dict:
+        """The node's counters and its actors' figures (what ``zactor top`` shows)."""
+        return self._call(ControlOp.STATS)

@@ -85,6 +85,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("kvsim", "apps.kvraft.sim", "deterministic simulation of the replicated KV service, seed by seed"),
     ("keys", "apps.keys_cli", "manage the cluster keyring (CURVE keys of the machines allowed in)"),
     ("node", "apps.node_cli", "run a node agent that hosts actors for the cluster, or list what one hosts"),
+    ("top", "apps.top.cli", "a live view of running nodes: actors, mailboxes, rates, Raft roles (and Prometheus metrics)"),
     ("hosts", "apps.hosts.cli", "test hosts: network namespaces as machines, with packet-level faults between them"),
 ]
 """(name, module with ``main(argv) -> int``, one-line help) of the systems' commands."""

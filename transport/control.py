@@ -27,6 +27,7 @@ class ControlOp(enum.StrEnum):
     SET_FAULTS = "set_faults"
     COUNTERS = "counters"
     RESET_COUNTERS = "reset_counters"
+    STATS = "stats"
 
 
 @message
@@ -46,6 +47,9 @@ class Controlled(Protocol):
     @property
     def open_peers(self) -> int: ...
 
+    def describe(self) -> list[dict]:
+        """What the layer above hosts here (its actors), for a live view."""
+
     def set_faults(self, rules: Sequence[FaultRule]) -> None: ...
 
 
@@ -55,6 +59,8 @@ def perform(node: Controlled, request: object) -> Any:
         raise ValueError(f"not a control request: {type(request).__name__}")
     if request.op == ControlOp.PING:
         return {"endpoint": node.endpoint, "pid": os.getpid()}
+    if request.op == ControlOp.STATS:
+        return {"endpoint": node.endpoint, "pid": os.getpid(), "counters": node.counters.snapshot(), "actors": node.describe()}
     if request.op == ControlOp.SET_FAULTS:
         rules = list(request.arg or ())
         node.set_faults(rules)

@@ -134,6 +134,7 @@ class Node:
             raise ValueError("max_peers and inbound_hwm must be at least 1, peer_idle positive")
         self.peer_idle = peer_idle
         self.on_message = on_message
+        self.describe: Callable[[], list[dict]] = list  # what the layer above hosts (its actors), for STATS
         """Called on the I/O thread with every envelope for an actor name; replaceable before ``start()``."""
         self.max_frame_bytes = max_frame_bytes
         self.max_peers = max_peers

@@ -100,6 +100,8 @@ class PeerStatus:
     last_index: int
     raft_state_size: int
     snapshot_size: int
+    applied_index: int = 0
+    """The last index handed to the service (its state machine is this far)."""
 
 
 @message
@@ -178,7 +180,7 @@ class RaftPeer(Actor):
         elif isinstance(message, Status):
             c = self.core
             return PeerStatus(c.me, c.term, c.role.value, c.leader_hint, c.commit_index, c.last_index,
-                              self.storage.raft_state_size, self.storage.snapshot_size)
+                              self.storage.raft_state_size, self.storage.snapshot_size, c.last_applied)
         else:
             log.warning("raft peer %d: ignored a %s", self.config.me, type(message).__name__)
         return None
