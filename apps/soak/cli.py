@@ -43,6 +43,7 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   disk       servers on a lazy disk (writes reach the file only at fsync): kills that lose the
              unsynced tail; a flipped bit in a stopped server's journal, which it must refuse
   burst      the leader's AppendEntries held while a burst of writes reaches it, then it is isolated
+             or killed (and restarted at the heal)
   vote       an election forced, a follower SIGKILLed the moment its term rises (its vote), restarted
   stale      everything one server sends its peers held 0.5-2.5 s and reordered, delivered after the
              others moved to a new term

@@ -23,7 +23,7 @@ NEMESES: dict[str, tuple[str, ...]] = {
     "partition": ("majority-minority", "leader-isolated", "bridge"),
     "net": ("unreliable", "long-reordering"),
     "disk": ("lose-unsynced-all", "lose-unsynced-leader", "bitflip"),
-    "burst": ("leader",),  # the targeted nemeses: see apps/soak/targeted.py
+    "burst": ("leader-isolated", "leader-crashed"),  # the targeted nemeses: see apps/soak/targeted.py
     "vote": ("follower",),
     "stale": ("leader", "one"),
 }

@@ -4,10 +4,11 @@ A random kill or partition rarely lands in the few milliseconds where a
 Raft bug shows. These three wait for the moment, or make it:
 
 - ``burst``: the leader's AppendEntries are held back while a burst of
-  writes reaches it, so it appends entries nobody else has; as soon as it
-  holds them, it is isolated. A new leader is elected, and on the heal the
-  old one must throw its divergent tail away (longer than one AppendEntries
-  batch when the burst is large enough) and apply what the others applied.
+  writes reaches it, so it appends (and fsyncs) entries nobody else has; as
+  soon as it holds them, it is isolated (``leader-isolated``) or SIGKILLed
+  and restarted at the heal (``leader-crashed``). A new leader is elected,
+  and the old one must throw its divergent tail away and apply what the
+  others applied: never the entries only it had, not even after a restart.
 - ``vote``: an election is forced (the leader's AppendEntries are held
   back), a follower is watched, and it is SIGKILLed as soon as its term
   rises, which is when it votes (for a candidate, or for itself), and
@@ -67,7 +68,8 @@ def inflict(cluster: KVCluster, rng: random.Random, kind: str, variant: str, lea
     if kind == "burst":
         who = leader if leader is not None else rng.randrange(n)
         event.targets = [who]
-        event.note = _burst(cluster, who) + ("" if leader is not None else " (no leader: a random server)")
+        event.note = _burst(cluster, who, crash=variant == "leader-crashed")
+        event.note += "" if leader is not None else " (no leader: a random server)"
     elif kind == "vote":
         followers = [i for i in range(n) if i != leader and cluster.running[i]]
         victim = rng.choice(followers or list(range(n)))
@@ -88,14 +90,14 @@ def heal(cluster: KVCluster, kind: str, targets: list[int]) -> None:
     for i in list(cluster.extra_rules):
         cluster.set_peer_rules(i, [])
     if kind == "burst":
-        cluster.heal()
+        cluster.heal()  # after a crash too: the restart below connects the server again
     for i in targets:
         if not cluster.running[i] or cluster.pid(i) is None:
             cluster.restart(i)
 
 
-def _burst(cluster: KVCluster, leader: int) -> str:
-    """Hold the leader's AppendEntries, send it a burst, isolate it once it has appended (or after 1 s)."""
+def _burst(cluster: KVCluster, leader: int, crash: bool) -> str:
+    """Hold the leader's AppendEntries, send it a burst; once it has appended (or after 1 s) isolate or kill it."""
     before = _last_index(cluster, leader)
     cluster.set_peer_rules(leader, _HOLD_APPENDS)
     tag = f"burst{time.monotonic_ns()}"
@@ -118,10 +120,13 @@ def _burst(cluster: KVCluster, leader: int) -> str:
         if before is not None and last is not None and last - before >= BURST // 2:
             break
         time.sleep(0.01)
-    cluster.partition([[leader], [j for j in range(cluster.n) if j != leader]])
+    if crash:
+        cluster.crash(leader)
+    else:
+        cluster.partition([[leader], [j for j in range(cluster.n) if j != leader]])
     cluster.set_peer_rules(leader, [])
     appended = "?" if before is None or last is None else str(last - before)
-    return f"leader {leader} appended {appended} entries nobody else has, then was isolated"
+    return f"leader {leader} appended {appended} entries nobody else has, then was {'killed' if crash else 'isolated'}"
 
 
 def _vote(cluster: KVCluster, victim: int, leader: int | None) -> str:
