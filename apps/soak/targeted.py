@@ -68,8 +68,8 @@ def inflict(cluster: KVCluster, rng: random.Random, kind: str, variant: str, lea
     if kind == "burst":
         who = leader if leader is not None else rng.randrange(n)
         event.targets = [who]
-        event.note = _burst(cluster, who, crash=variant == "leader-crashed")
-        event.note += "" if leader is not None else " (no leader: a random server)"
+        subject = f"leader {who}" if leader is not None else f"no leader: server {who}"
+        event.note = f"{subject} {_burst(cluster, who, crash=variant == 'leader-crashed')}"
     elif kind == "vote":
         followers = [i for i in range(n) if i != leader and cluster.running[i]]
         victim = rng.choice(followers or list(range(n)))
@@ -126,7 +126,7 @@ def _burst(cluster: KVCluster, leader: int, crash: bool) -> str:
         cluster.partition([[leader], [j for j in range(cluster.n) if j != leader]])
     cluster.set_peer_rules(leader, [])
     appended = "?" if before is None or last is None else str(last - before)
-    return f"leader {leader} appended {appended} entries nobody else has, then was {'killed' if crash else 'isolated'}"
+    return f"appended {appended} entries nobody else has, then was {'killed' if crash else 'isolated'}"
 
 
 def _vote(cluster: KVCluster, victim: int, leader: int | None) -> str:
