@@ -77,6 +77,10 @@ class ServerConfig:
     lazy_disk: bool = False
     server_class: Any = None
     """The server actor's class, None for :class:`KVRaftServer`: the seam for broken variants (``apps/soak/broken.py``)."""
+    apply_log: str = ""
+    """A directory (empty: none) where the server appends ``INDEX DIGEST`` to ``server-ME.applied`` for every
+    command it applies, so that a checker can compare what every replica applied at each index over a whole
+    run (``apps/soak/applied.py``), not only the final states."""
 
     def __post_init__(self) -> None:
         if self.read not in READ_MODES:
@@ -141,9 +145,18 @@ class KVRaftServer(Actor):
         self._ready_reads: list[tuple[int, Any]] = []  # (read index, read id), confirmed, waiting for apply
         self._read_ids = itertools.count(1)
         self._nonce = int.from_bytes(os.urandom(4), "big")  # read ids of log Gets never clash across restarts
+        self._apply_log = -1
+        if config.apply_log:
+            path = os.path.join(config.apply_log, f"server-{config.me}.applied")
+            self._apply_log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def on_start(self) -> None:
         self.schedule_every(_SWEEP_EVERY, _Sweep())
+
+    def on_stop(self) -> None:
+        if self._apply_log >= 0:
+            os.close(self._apply_log)
+            self._apply_log = -1
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # Rebuilding this actor alone would give it an empty state while its
@@ -260,6 +273,7 @@ class KVRaftServer(Actor):
     # ---- what Raft decided ------------------------------------------------------------------
 
     def _applied(self, batch: Applied) -> None:
+        record: list[str] = []
         for msg in batch.msgs:
             if msg.snapshot_valid:
                 if msg.snapshot_index > self.applied:
@@ -272,6 +286,11 @@ class KVRaftServer(Actor):
                 raise RuntimeError(f"kvraft server {self.config.me}: apply {msg.command_index} after {self.applied}")
             self.applied = msg.command_index
             self._apply(msg.command)
+            if self._apply_log >= 0:
+                record.append(f"{msg.command_index} {command_digest(msg.command)}\n")
+        if record:
+            # One write per batch, of whole lines: a SIGKILL never leaves half a line for the next process to extend.
+            os.write(self._apply_log, "".join(record).encode())
         for rs in batch.reads:
             if rs.request_id in self._reads:
                 self._ready_reads.append((rs.index, rs.request_id))
@@ -332,6 +351,11 @@ class KVRaftServer(Actor):
     def _sweep(self) -> None:
         cutoff = time.monotonic() - MAX_WAIT
         self._fail_waiting(lambda since: since < cutoff)
+
+
+def command_digest(command: Any) -> str:
+    """A short digest of a log command, the same in every process (a message's repr names its fields)."""
+    return hashlib.blake2b(repr(command).encode(), digest_size=8).hexdigest()
 
 
 def _digest(state: KVState) -> str:

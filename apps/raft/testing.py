@@ -112,6 +112,8 @@ class Cluster:
         self.incarnation = [0] * n
         self.reliable = reliable
         self.long_reordering = False
+        self.extra_rules: dict[int, list[FaultRule]] = {}
+        """More fault rules on one peer (``set_peer_rules``), kept through partitions, heals and restarts."""
         self.logs: list[dict[int, Any]] = [{} for _ in range(n)]
         self.last_applied = [0] * n
         self.max_index = 0
@@ -161,6 +163,7 @@ class Cluster:
                 rules.append(FaultRule(peer, "out", types=REPLY_TYPES, drop=0.1))
             if self.long_reordering:
                 rules.append(FaultRule(peer, "out", types=REPLY_TYPES, reorder=600 / 900))
+        rules.extend(self.extra_rules.get(i, ()))
         return rules
 
     def _apply_rules(self) -> None:
@@ -200,6 +203,19 @@ class Cluster:
     def set_unreliable(self, unreliable: bool) -> None:
         self.reliable = not unreliable
         self._apply_rules()
+
+    def set_peer_rules(self, i: int, rules: list[FaultRule]) -> None:
+        """Fault rules of the caller's own on peer i, beside the harness's (an empty list removes them):
+        a soak's targeted nemesis holds back one peer's AppendEntries, or delays everything it sends."""
+        if rules:
+            self.extra_rules[i] = list(rules)
+        else:
+            self.extra_rules.pop(i, None)
+        if self.running[i]:
+            try:
+                self._system.control(self.endpoints[i], timeout=2.0).set_faults(self._rules_for(i))
+            except AskTimeout:
+                log.warning("harness: peer %d did not take its fault rules", i)
 
     def set_long_reordering(self, on: bool) -> None:
         self.long_reordering = on

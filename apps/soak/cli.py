@@ -19,7 +19,7 @@ from apps.soak.verdict import EXIT_NAMES, INTERRUPTED, INVALID, slow_windows, wi
 log = logging.getLogger(__name__)
 
 SYSTEMS = {
-    "kvraft": ("kill", "pause", "partition", "net", "disk"),
+    "kvraft": ("kill", "pause", "partition", "net", "disk", "burst", "vote", "stale"),
     "raft": ("kill", "pause", "partition", "net", "disk"),
     "mr": ("kill",),
     "etcd": ("kill", "pause", "partition"),
@@ -42,6 +42,12 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   net        the lab's unreliable network, and long reordering
   disk       servers on a lazy disk (writes reach the file only at fsync): kills that lose the
              unsynced tail; a flipped bit in a stopped server's journal, which it must refuse
+  burst      the leader's AppendEntries held while a burst of writes reaches it, then it is isolated
+             or killed (and restarted at the heal)
+  vote       an election forced, a follower SIGKILLed the moment its term rises (its vote), restarted
+  stale      everything one server sends its peers held 0.5-2.5 s and reordered, delivered after the
+             others moved to a new term
+  (burst, vote and stale are kvraft's; the others are every Raft system's)
   (mr takes kill only: workers killed every few seconds; etcd takes kill, pause, partition,
    its partitions through a TCP proxy in front of each member's peer port)
 
@@ -84,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("system", choices=sorted(SYSTEMS), help="what to soak")
     p.add_argument("--minutes", type=_positive(float), default=1.0, help="how long the faults and traffic go on (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault schedule and workload (default: random, printed)")
-    p.add_argument("--nemesis", default="all", help="comma-separated nemeses, 'all' (default) or 'none'")
+    p.add_argument("--nemesis", default="all", help="comma-separated nemeses (each described below), 'all' (default) or 'none'")
     p.add_argument("--clients", type=_positive(int), default=8, help="workload client threads (default 8)")
     p.add_argument("--out", default=None, help="report directory (default soak-SYSTEM-SEED)")
     p.add_argument("--min-throughput", type=float, default=None,

@@ -10,7 +10,10 @@ bit in a stopped server's journal, which the server must refuse to load.
 
 After the last heal: a leader must be elected, every list-append key is read
 once more (lost, duplicated, reordered and phantom appends), and every
-server's state digest must match once they have applied the same log.
+server's state digest must match once they have applied the same log. All
+through the run, every server's apply log (index -> command digest) is
+compared with the others' (``apps/soak/applied.py``): no two servers may
+ever apply different commands at the same index.
 """
 
 from __future__ import annotations
@@ -31,19 +34,24 @@ from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
 from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
+from apps.soak import targeted
+from apps.soak.applied import AppliedChecker
 from apps.soak.broken import server_fields
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
+from apps.soak.targeted import TARGETED
 from apps.soak.verdict import HISTORY_FILE, FinalReadFailed, Findings, WindowChecker, check_final_reads
 from apps.soak.workload import Workload
 
 log = logging.getLogger(__name__)
 
-NEMESES = ("kill", "pause", "partition", "net", "disk")
+NEMESES = ("kill", "pause", "partition", "net", "disk", *TARGETED)
 GIVE_UP = 5.0
 """Seconds a workload call keeps retrying before it gives up (and is recorded as never answered)."""
 _FINAL_READ_WAIT = 60.0
 _CONVERGE_WAIT = 30.0
+APPLY_DIR = "applied"
+"""Where in the report directory each server's apply log goes (see ``apps/soak/applied.py``)."""
 
 
 class KVRaftTarget:
@@ -95,6 +103,8 @@ class KVRaftTarget:
                 c.set_long_reordering(True)
         elif fault.kind == "disk" and fault.variant == "bitflip":
             self._bitflip(targets[0], event)
+        elif fault.kind in TARGETED:
+            targeted.inflict(c, self.rng, fault.kind, fault.variant, c.leader(), event)
         else:
             raise ValueError(f"no such fault: {fault.kind}/{fault.variant}")
 
@@ -114,6 +124,8 @@ class KVRaftTarget:
         elif fault.kind == "net":
             c.set_long_reordering(False)
             c.set_unreliable(False)
+        elif fault.kind in TARGETED:
+            targeted.heal(c, fault.kind, event.targets)
 
     def _resume_all(self) -> None:
         for i in sorted(self.paused):
@@ -128,6 +140,8 @@ class KVRaftTarget:
     def heal_all(self) -> None:
         c = self.cluster
         self._resume_all()
+        for i in list(c.extra_rules):
+            c.set_peer_rules(i, [])
         c.set_long_reordering(False)
         c.set_unreliable(False)
         c.heal()
@@ -270,13 +284,17 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     """The whole run: cluster up, schedule and workload, final heal and checks; always tears the cluster down."""
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
+    applied = AppliedChecker(Path(config.out).resolve() / APPLY_DIR, config.servers, findings)
+    fields = {**server_fields(config.broken), "apply_log": str(applied.directory)}
     with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
-                   server_fields=server_fields(config.broken)) as cluster:
+                   server_fields=fields) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
+        applied.start()
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
         checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0,
                                     history=Path(config.out) / HISTORY_FILE if config.history else None)
         ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
+        extra["state_machine_safety"] = applied.finish()  # after the final heal and reads: every server caught up
     extra["seconds"] = round(ran, 2)
     extra["schedule"] = [f.to_json() for f in schedule]
     extra["events"] = [e.to_json() for e in events]

@@ -23,7 +23,8 @@ from apps.soak.verdict import EXIT_NAMES, INTERRUPTED, Findings
 
 log = logging.getLogger(__name__)
 
-_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#ff7f0e", "net": "#17becf", "disk": "#8c564b"}
+_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#ff7f0e", "net": "#17becf", "disk": "#8c564b",
+           "burst": "#e377c2", "vote": "#bcbd22", "stale": "#7f7f7f"}
 
 
 def require_plotly() -> Any:
@@ -88,7 +89,8 @@ WINDOWED = ("kvraft", "etcd")
 
 CLEAN = {
     "kvraft": "no violation found: every checked window of the history linearizable, every acknowledged append "
-              "present once and in order, every replica's state the same after the final heal",
+              "present once and in order, every server applied the same command at each index all through the run, "
+              "every replica's state the same after the final heal",
     "etcd": "no violation found: every checked window of the history linearizable, every acknowledged append "
             "present once and in order, every member's key space the same after the final heal",
     "raft": "no violation found: every peer applied the same command at each index, in order, and every "
@@ -173,7 +175,7 @@ def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], 
     facts = {k: summary.get(k) for k in ("seed", "minutes", "nemeses", "clients", "answered", "throughput", "min_window_throughput",
                                          "min_throughput_required", "final_reads", "corrupt_journals", "errors", "error_kinds",
                                          "acknowledged", "checked_commands", "final_index", "final_check", "worker_kills",
-                                         "replicas", "final_heal", "broken_variant", "stopped_early", "started_at")}
+                                         "replicas", "state_machine_safety", "final_heal", "broken_variant", "stopped_early", "started_at")}
     facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(_cell(v))}</td></tr>"
                          for k, v in facts.items() if v is not None)
     return f"""<!doctype html>

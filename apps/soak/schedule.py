@@ -23,10 +23,14 @@ NEMESES: dict[str, tuple[str, ...]] = {
     "partition": ("majority-minority", "leader-isolated", "bridge"),
     "net": ("unreliable", "long-reordering"),
     "disk": ("lose-unsynced-all", "lose-unsynced-leader", "bitflip"),
+    "burst": ("leader-isolated", "leader-crashed"),  # the targeted nemeses: see apps/soak/targeted.py
+    "vote": ("follower",),
+    "stale": ("leader", "one"),
 }
 """Every nemesis and its variants (what a fault of that kind does, see the runners)."""
 
-_DURATION = {"kill": (1.0, 4.0), "pause": (1.5, 3.0), "partition": (2.0, 5.0), "net": (3.0, 6.0), "disk": (1.0, 3.0)}
+_DURATION = {"kill": (1.0, 4.0), "pause": (1.5, 3.0), "partition": (2.0, 5.0), "net": (3.0, 6.0), "disk": (1.0, 3.0),
+             "burst": (2.0, 4.0), "vote": (1.5, 3.0), "stale": (2.0, 4.0)}
 """Seconds a fault of each kind lasts before its heal. A pause outlasts the
 election timeout (0.4-0.8 s at the default tick), so the paused leader wakes
 up deposed but believing it leads."""
@@ -99,7 +103,7 @@ def make_schedule(seed: int, seconds: float, nemeses: Sequence[str], servers: in
 
 def _targets(rng: random.Random, kind: str, variant: str, n: int) -> tuple[int, ...]:
     minority = (n - 1) // 2
-    if "leader" in variant:
+    if "leader" in variant or variant == "follower":
         return ()
     if variant in ("all", "lose-unsynced-all", "unreliable", "long-reordering"):
         return tuple(range(n))
