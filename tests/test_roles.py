@@ -154,13 +154,14 @@ def test_revocation_cuts_a_live_session_within_a_second(rings: Rings, kv_server:
         assert out.returncode == 0, out.stderr
         revoked_at = time.monotonic()
         # Ask on the same connection until an ask goes unanswered; every answer must come within 1 s.
-        for _ in range(100):
+        while time.monotonic() - revoked_at < 1.0 + 4 * CHECK_EVERY:  # bounded: one more ask after 1 s fails
             reply = member.ask(KV_NAME, Get("k"), timeout=4 * CHECK_EVERY)
             if reply is None:
                 break
             assert time.monotonic() - revoked_at < 1.0, "a revoked key was still answered after 1 s"
+            time.sleep(0.01)  # a pace for the asks, not a wait for an event
         else:
-            pytest.fail("a revoked key was answered 100 times")
+            pytest.fail("a revoked key's asks were answered until the loop's bound")
         assert time.monotonic() - revoked_at < 1.0 + 4 * CHECK_EVERY
         assert wait_until(lambda: counters(rings, kv_server)["revoked"] == 1, 10)
         # The same open connection: a code-running pickle is refused undecoded, as is an ask.
