@@ -236,3 +236,28 @@ def test_a_revoked_member_cannot_even_ask_through_an_actor_system(rings: Rings, 
 
         assert wait_until(refused, 1.0 + 2 * CHECK_EVERY, interval=0.0)
         assert time.monotonic() - revoked_at < 1.0 + 4 * CHECK_EVERY
+
+
+def test_what_clerks_send_and_are_sent_decodes_restricted() -> None:
+    """The sharded clerk's wire traffic (its requests, the controller's and groups' replies, an error),
+    decoded as a client key's frames are: a clerk of lab 5 needs no code either."""
+    from apps.kvraft.messages import Reply, Request
+    from apps.shardctrler.messages import Join, Leave, Move, Query, ShardConfig
+    from apps.shardkv.messages import WrongGroup
+
+    try:
+        raise KeyError("k")
+    except KeyError as exc:
+        failure = Failure.from_exception(exc)
+    config = ShardConfig(3, (100,) * 10, {100: ("tcp://127.0.0.1:7211",)})
+    bodies: list[Any] = [
+        Request(Get("k"), "tcp://127.0.0.5:9#box", 1), Request(Put("k", "v", 7, 1), "x#box", 2),
+        Request(Append("k", "w", 7, 2), "x#box", 3), Reply(1, True, "v"), Reply(2, False, None, "tcp://127.0.0.1:7212"),
+        Reply(3, True, WrongGroup()), Query(-1), Reply(4, True, config), Join({101: ("tcp://127.0.0.1:7221",)}, 7, 3),
+        Leave((101,), 7, 4), Move(3, 100, 7, 5), failure,
+    ]
+    for body in bodies:
+        frame = encode(Envelope(Kind.TELL, "kvraft", "", 1, body))
+        back = decode(frame, trusted=False).body
+        assert back == body or isinstance(body, Failure), (body, back)
+    assert isinstance(decode(encode(Envelope(Kind.ERROR, "", "", 1, failure)), trusted=False).body.to_exception(), KeyError)

@@ -29,7 +29,10 @@ key pair from the keyring (:mod:`transport.keys`). The bound ROUTER is a
 CURVE server whose ZAP handler (:mod:`transport.auth`), run on the I/O
 thread, admits only public keys in the keyring; a peer that fails the
 handshake (no keys, a key outside the keyring, a revoked key) never gets a
-byte to the codec and is counted in ``rejected``. ``secure=False`` turns
+byte to the codec and is counted in ``rejected``. Each request's key is
+looked up again, frame by frame (:mod:`transport.roles`): a client key's
+frames are decoded restricted, a key revoked while connected is refused on
+the connection it has. ``secure=False`` turns
 CURVE off for loopback and ipc:// only, with a warning once per process.
 
 pyzmq sockets are not thread-safe, so each socket has one user at a time.
