@@ -60,7 +60,8 @@ class Admission:
         return cast(int, self._zap.get(zmq.FD)), cast(int, self._monitor.get(zmq.FD))
 
     def answer(self) -> bool:
-        """Admit a CURVE client only if its public key is in the keyring; whether requests are left.
+        """Admit a CURVE client only if its public key is in the keyring, naming the key as the
+        connection's User-Id; whether requests are left.
 
         Reads until none are left, or a bound (the rest wait for the next turn).
         """
@@ -80,7 +81,8 @@ class Admission:
                 log.error("node %s: refusing a connection, cannot check it: %s", self.label, exc)
             if not ok:
                 log.warning("node %s: refused a connection from %s: key not in the keyring", self.label, address.decode(errors="replace"))
-            zap.send_multipart([version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not in keyring", b"", b""])
+            # The User-Id names the key on every frame of the connection (see transport.roles).
+            zap.send_multipart([version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not in keyring", client if ok else b"", b""])
         return True
 
     def read_monitor(self) -> bool:

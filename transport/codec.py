@@ -90,6 +90,17 @@ class MalformedFrame(CodecError):
     """A frame that is not an envelope this codec wrote."""
 
 
+class RefusedFrame(MalformedFrame):
+    """A client-role key's frame that named a class it may not send; nothing of its body ran.
+
+    ``request`` is the envelope its header describes, with no body (``None``):
+    enough to answer an ask with an error, so the client learns why."""
+
+    def __init__(self, text: str, request: Envelope) -> None:
+        super().__init__(text)
+        self.request = request
+
+
 class FrameTooLarge(CodecError):
     """An envelope whose encoding exceeds the frame size limit."""
 
@@ -217,6 +228,9 @@ def decode(frame: bytes, route: bytes | None = None, peer: str = "", *, trusted:
     loads = _loads if trusted else restricted_loads
     try:  # a memoryview: a large body is not copied before unpickling
         body = loads(memoryview(frame)[at:]) if n_body > 4096 else loads(frame[at:])
+    except RefusedClass as exc:  # a client key's frame naming code: refused before it ran
+        request = _new_envelope(Envelope, (_KINDS[kind], names[0], names[1] if n_src else peer, corr, None, names[2], route))
+        raise RefusedFrame(f"refused a client key's frame: {exc}", request) from exc
     except Exception as exc:  # any unpickling failure means a bad frame
         raise MalformedFrame(f"undecodable body ({n_body} bytes): {exc!r}") from exc
     return _new_envelope(Envelope, (_KINDS[kind], names[0], names[1] if n_src else peer, corr, body, names[2], route))

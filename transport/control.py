@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from transport.counters import Counters
 from transport.faults import FaultRule
-from transport.message import message
+from transport.message import message, register_message
 
 
 class ControlOp(enum.StrEnum):
@@ -30,12 +30,20 @@ class ControlOp(enum.StrEnum):
     STATS = "stats"
 
 
+register_message(ControlOp)  # a client key's ping names it (see CLIENT_OPS)
+
+
 @message
 class ControlRequest:
     """A request to a node itself: one of :class:`ControlOp`, with its argument."""
 
     op: str
     arg: Any = None
+
+
+CLIENT_OPS = frozenset({ControlOp.PING, ControlOp.COUNTERS})
+"""What a client-role key may ask of a node (look, never change): fault rules and counter resets
+are the harness's, which runs with a member key."""
 
 
 class Controlled(Protocol):
@@ -53,10 +61,16 @@ class Controlled(Protocol):
     def set_faults(self, rules: Sequence[FaultRule]) -> None: ...
 
 
-def perform(node: Controlled, request: object) -> Any:
-    """Run one control request on ``node``; its result. ValueError for what is not a control request."""
+def perform(node: Controlled, request: object, *, client: bool = False) -> Any:
+    """Run one control request on ``node``; its result. ValueError for what is not a control request;
+    PermissionError for one a client-role key (``client``) may not make (see :data:`CLIENT_OPS`)."""
     if not isinstance(request, ControlRequest):
         raise ValueError(f"not a control request: {type(request).__name__}")
+    if client and request.op not in CLIENT_OPS:
+        raise PermissionError(
+            f"control op {request.op!r} needs a member key; a client-role key may only "
+            f"{' and '.join(sorted(CLIENT_OPS))} (`zactor keys add NAME KEY --role member` to trust a key with more)"
+        )
     if request.op == ControlOp.PING:
         return {"endpoint": node.endpoint, "pid": os.getpid()}
     if request.op == ControlOp.STATS:

@@ -59,6 +59,12 @@ class Counters:
     rejected: int = 0
     """Connections refused before a byte was decoded (failed CURVE handshake: no keys, a key not in the keyring;
     also the probe of a node that checks whether this one still listens on its ipc endpoint)."""
+    refused: int = 0
+    """Frames from a client-role key that named a class it may not send (code, or an unregistered class):
+    refused before any of it ran (see :mod:`transport.roles`)."""
+    revoked: int = 0
+    """Frames refused undecoded on a live connection whose key is no longer in the keyring (revoked),
+    or whose key the node cannot check (see :mod:`transport.roles`)."""
     dropped_full: int = 0
     """Tells dropped because the actor's mailbox was at its bound."""
     busy: int = 0
@@ -144,6 +150,8 @@ class Counters:
                 "send_failures": self.send_failures,
                 "control": self.control,
                 "rejected": self.rejected,
+                "refused": self.refused,
+                "revoked": self.revoked,
                 "dropped_full": self.dropped_full,
                 "busy": self.busy,
                 "messages_total": sum(sent.values()),
@@ -156,6 +164,7 @@ class Counters:
             self.dropped_by_faults = self.malformed = 0
             self.unknown_actor = self.send_failures = self.control = 0
             self.rejected = self.dropped_full = self.busy = 0
+            self.refused = self.revoked = 0
 
 
 def _add(into: Tally, t: Tally) -> None:

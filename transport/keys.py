@@ -360,7 +360,7 @@ class Keyring:
                 f"{secret_path}; fix it with `zactor keys show --keys {self.directory} > {self.directory / PUBLIC_FILE}`"
             )
         self._lock = threading.Lock()
-        self._members_mtime: int | None = None
+        self._members_mtime: tuple[int, int, int] | None = None
         self._members: tuple[Member, ...] = ()
         self.members()  # a bad members file is refused now, not at the first handshake
 
@@ -377,8 +377,9 @@ class Keyring:
         Every re-read checks the file (and the directory) again: a members file
         someone else could have written raises KeyringError, and a node refuses
         every connection it cannot check."""
-        try:
-            mtime = os.lstat(self.members_path).st_mtime_ns
+        try:  # the inode too: a file replaced twice within the clock's tick keeps its mtime
+            st = os.lstat(self.members_path)
+            mtime: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             mtime = None
         with self._lock:

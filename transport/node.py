@@ -29,7 +29,10 @@ key pair from the keyring (:mod:`transport.keys`). The bound ROUTER is a
 CURVE server whose ZAP handler (:mod:`transport.auth`), run on the I/O
 thread, admits only public keys in the keyring; a peer that fails the
 handshake (no keys, a key outside the keyring, a revoked key) never gets a
-byte to the codec and is counted in ``rejected``. ``secure=False`` turns
+byte to the codec and is counted in ``rejected``. Each request's key is
+looked up again, frame by frame (:mod:`transport.roles`): a client key's
+frames are decoded restricted, a key revoked while connected is refused on
+the connection it has. ``secure=False`` turns
 CURVE off for loopback and ipc:// only, with a warning once per process.
 
 pyzmq sockets are not thread-safe, so each socket has one user at a time.
@@ -85,6 +88,7 @@ from transport.codec import (
     BATCH_MAX_FRAMES,
     DEFAULT_MAX_FRAME_BYTES,
     MalformedFrame,
+    RefusedFrame,
     decode,
     encode,
     encode_batch,
@@ -100,6 +104,7 @@ from transport.faults import DROP, FaultRule, FaultSpec, FaultTable
 from transport.ipc import check_ipc_free, default_endpoint
 from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
+from transport.roles import Roles, refusal
 from transport.timers import Timer, TimerQueue
 
 log = logging.getLogger(__name__)
@@ -151,6 +156,7 @@ class Node:
         check_ipc_free(requested)
         self._ctx = zmq.Context(io_threads=1)
         self._admission: Admission | None = None
+        self._roles: Roles | None = None  # every request's key checked against the keyring (secure only)
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.RCVHWM, inbound_hwm)
@@ -165,6 +171,7 @@ class Node:
                 # The ZAP handler must exist before the first connection: without
                 # one, libzmq lets any CURVE client in.
                 self._admission = Admission(self._ctx, self._router, self.keyring, self.counters)
+                self._roles = Roles(self.keyring, self.counters)
             self._router.bind(requested)
         except zmq.ZMQError as exc:
             self._ctx.destroy(linger=0)
@@ -176,6 +183,8 @@ class Node:
             self.endpoint = requested  # keep the caller's spelling (host name vs address)
         if self._admission is not None:
             self._admission.label = self.endpoint
+        if self._roles is not None:
+            self._roles.label = self.endpoint
         # Every DEALER this node opens names it, once per connection, in its
         # routing id ("z|<endpoint>|<random>", unique per socket); frames on it
         # then leave their src out. An endpoint too long for a routing id
@@ -211,6 +220,8 @@ class Node:
         self._thread = threading.Thread(target=self._run, name=f"zactor-io:{self.endpoint}", daemon=True)
         self._io_ident: int | None = None  # the I/O thread's ident once it runs (a C call to compare, on the hot path)
         self.call_later(min(peer_idle, 30.0), self._close_idle)
+        if self._roles is not None:
+            self._roles.watch(self.call_later)  # a revocation reaches live connections (transport.roles)
         if start:
             self.start()
 
@@ -691,7 +702,7 @@ class Node:
         reply sent (here, or by the I/O loop, which ``_router_sent`` tells to
         look), and that look is what re-arms its descriptor.
         """
-        router = self._router
+        router, roles = self._router, self._roles
         burst = False
         try:
             for _ in range(10_000):
@@ -705,7 +716,9 @@ class Node:
                     held.reads += 1  # connection, and for BATCH_MAX_FRAMES of them at most (tells count)
                     if route != held.route or held.reads > BATCH_MAX_FRAMES:
                         held.flush()
-                frame = raw_recv(router, NOBLOCK)  # a ROUTER's identity part is always followed by one more
+                # A ROUTER's identity part is always followed by one more; with security on, read as a
+                # zmq.Frame, whose User-Id names the sender's key (see transport.roles).
+                frame: Any = raw_recv(router, NOBLOCK, roles is None)
                 if raw_get(router, RCVMORE):
                     extra = 1
                     while raw_get(router, RCVMORE):
@@ -713,8 +726,12 @@ class Node:
                         extra += 1
                     self.counters.add("malformed")
                     log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, extra + 1)
-                else:
+                elif roles is None:
                     self._receive(frame, route)
+                elif (trust := roles.trust(frame)) is None:
+                    roles.refuse(frame)
+                else:
+                    self._receive(frame.bytes, route, trusted=trust)
                 if not burst:
                     if not events(router) & POLLIN:
                         self._router_sent = False
@@ -738,7 +755,7 @@ class Node:
         self.call_later(delay, lambda: self._deliver_or_send(dest, frame))
 
     def accept(
-        self, frame: bytes, route: bytes | None, replies_only: bool, peer: str, tally: Tally
+        self, frame: bytes, route: bytes | None, replies_only: bool, peer: str, tally: Tally, *, trusted: bool = True
     ) -> Envelope | None:
         """Decode one frame that came in, count it, and pass it through the "in" fault rules.
 
@@ -749,9 +766,16 @@ class Node:
         Any thread: the fault table is shared, so its decision is taken under
         the send lock (only when there are rules, which is never on the fast path).
         ``tally``: the calling thread's own (the I/O thread's, or the channel's it holds).
+        ``trusted=False``: a client-role key's request (see :mod:`transport.roles`).
         """
         try:
-            env = decode(frame, route, peer)
+            env = decode(frame, route, peer, trusted=trusted)
+        except RefusedFrame as exc:  # a client key's frame that would build code: nothing of it ran
+            self.counters.add("refused")
+            log.warning("node %s: %s", self.endpoint, exc)
+            if exc.request.kind == Kind.ASK:
+                self.reply(exc.request, refusal(exc), Kind.ERROR)
+            return None
         except MalformedFrame as exc:
             self.counters.add("malformed")
             log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
@@ -787,7 +811,9 @@ class Node:
                 accepted.append(env)
         return accepted
 
-    def _receive(self, frame: bytes, route: bytes | None, replies_only: bool = False, peer: str = "") -> None:
+    def _receive(
+        self, frame: bytes, route: bytes | None, replies_only: bool = False, peer: str = "", trusted: bool = True
+    ) -> None:
         """On the I/O thread: accept a frame and hand it on (to the node itself, or to ``on_message``)."""
         if replies_only and is_batch(frame):
             for reply in self.accept_batch(frame, peer, self._io_tally):
@@ -795,11 +821,11 @@ class Node:
             return
         if route is not None:
             peer = (self._route_peers.get(route) or self._peer_of(route)) if route else self.endpoint
-        env = self.accept(frame, route, replies_only, peer, self._io_tally)
+        env = self.accept(frame, route, replies_only, peer, self._io_tally, trusted=trusted)
         if env is None:
             return
         if env.dest == CONTROL_NAME and env.kind < KIND_REPLY:  # a reply never runs a control operation
-            self._control(env)
+            self._control(env, client=not trusted)
             return
         self._deliver(env)
 
@@ -818,11 +844,11 @@ class Node:
         except Exception:
             log.exception("node %s: handler failed for %s", self.endpoint, type(env.body).__name__)
 
-    def _control(self, env: Envelope) -> None:
+    def _control(self, env: Envelope, client: bool = False) -> None:
         """Run a control request (see :mod:`transport.control`) and answer it, if it is an ask."""
         kind, result = Kind.REPLY, cast(Any, None)
         try:
-            result = perform(self, env.body)
+            result = perform(self, env.body, client=client)
         except Exception as exc:  # reported to the caller, never fatal to the node
             kind, result = Kind.ERROR, Failure.from_exception(exc)
         if env.kind == Kind.ASK:
