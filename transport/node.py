@@ -99,6 +99,7 @@ from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind
 from transport.faults import DROP, FaultRule, FaultSpec, FaultTable
 from transport.ipc import check_ipc_free, default_endpoint
 from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
+from transport.probe import PROBE_TIMEOUT, LinkReport, probe
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
 from transport.timers import Timer, TimerQueue
 
@@ -277,6 +278,13 @@ class Node:
         return ch
 
     # ---- any thread -------------------------------------------------------
+
+    def probe(self, dest: str, timeout: float = PROBE_TIMEOUT) -> LinkReport:
+        """Why ``dest`` might not answer: a trial connection with this node's keys (see :mod:`transport.probe`)."""
+        server_key = self.keyring.server_key(dest) if self.keyring is not None else None
+        if self._destroyed:
+            raise ConnectionError(f"node {self.endpoint} is closed")
+        return probe(self._ctx, dest, keyring=self.keyring, server_key=server_key, max_frame_bytes=self.max_frame_bytes, timeout=timeout)
 
     def send(self, dest_endpoint: str, env: Envelope) -> int:
         """Queue ``env`` for ``dest_endpoint``; returns the encoded size in bytes.

@@ -9,7 +9,8 @@ import sys
 import apps.kvraft as kvraft
 from apps.keys_cli import add_security_options, apply_security_options
 from apps.kvraft import cli as kvraft_cli
-from apps.kvsrv.client import Clerk, KVUnavailable
+from apps.kvraft.server import SERVER_NAME as KVRAFT_NAME
+from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
 from apps.kvsrv.server import serve
 
 
@@ -70,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             clerk.put(args.key, args.value)
         else:
             print(clerk.append(args.key, args.value))
+    except KVMisdirected as exc:
+        hint = ""
+        if KVRAFT_NAME in exc.hosted:
+            hint = (
+                "; it is a server of a replicated KV cluster (`zactor kv cluster`): "
+                "give all the cluster's endpoints with --servers EP1,EP2,... instead of --server"
+            )
+        print(f"zactor kv {args.op}: {exc}{hint}", file=sys.stderr)
+        return 1
     except (KVUnavailable, ValueError, OSError) as exc:
         print(f"zactor kv {args.op}: {exc}", file=sys.stderr)
         return 1
