@@ -19,7 +19,7 @@ from transport.probe import LinkState
 
 SERVER_NAME = "kv"
 
-PROBE_EVERY = 1.0
+PROBE_EVERY = 0.5
 """Seconds between two looks at why the server does not answer (a trial connection each)."""
 
 
@@ -99,7 +99,7 @@ class Clerk(KeyValueCalls):
         with the reason, when the reason will not pass by waiting: the
         endpoint hosts another service (the node's NoSuchActor reply says what
         it hosts), this machine's key is refused, the security settings
-        differ, or nothing has listened there for a second. The lab's clerk
+        differ, or nothing has listened there for half a second. The lab's clerk
         (no ``give_up_after``) waits out servers that are down, as the lab wants.
         """
         deadline = None if self.give_up_after is None else time.monotonic() + self.give_up_after
@@ -141,7 +141,7 @@ class Clerk(KeyValueCalls):
 
     def _explain_silence(self, not_listening: int) -> int:
         """Raise KVUnavailable if a trial connection finds a reason that waiting will not cure;
-        the count of looks in a row that found nothing listening (two, a second apart, are enough)."""
+        the count of looks in a row that found nothing listening (two, PROBE_EVERY apart, are enough)."""
         endpoint = self._server.address.endpoint
         report = self._system.probe(endpoint)
         if report.lasting:

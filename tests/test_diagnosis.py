@@ -1,0 +1,162 @@
+"""Why nothing answered: each cause a client can observe is named, with its fix, within 2 s (not at the timeout).
+
+Real processes throughout: a KV server (`zactor kv serve`) or a Raft-KV
+cluster (`zactor kv cluster`) in children, and a clerk here whose keyring,
+security mode or endpoint is the one a user got wrong. Each test asserts the
+sentence the user reads and how soon it comes; the clerk's own timeout is
+10 s, so an answer within 2 s can only come from the diagnosis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors import ActorSystem
+from actors.errors import NoSuchActor
+from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
+from tests.helpers import free_port
+from tests.processes import Processes, listening, running, zactor
+from transport.keys import SecurityWarning, init_keyring, resolve_keyring
+from transport.probe import LinkState
+
+WITHIN = 2.0
+"""Seconds within which an observable cause must be reported (the clerk's timeout is 10 s)."""
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    p = Processes(tmp_path, limit=30)
+    try:
+        yield p
+    finally:
+        p.kill_all()
+
+
+def kv_server(procs: Processes, *security: str) -> str:
+    """A `zactor kv serve` on a free loopback port; its endpoint once it listens."""
+    return listening(procs.start(*security, "kv", "serve", "--endpoint", f"tcp://127.0.0.1:{free_port()}"))
+
+
+def timed_get(clerk: Clerk) -> tuple[Exception, float]:
+    """The error a clerk's get ends in, and the seconds it took."""
+    t0 = time.monotonic()
+    with pytest.raises(KVUnavailable) as caught:
+        clerk.get("k")
+    return caught.value, time.monotonic() - t0
+
+
+def other_keyring(tmp_path: Path, *, knows_server: bool) -> Path:
+    """A second machine's keyring; ``knows_server``: it has the server's key for 127.0.0.1 (but the server not its)."""
+    ring = init_keyring(tmp_path / "other-keys")
+    if knows_server:
+        assert zactor("keys", "add", "server", resolve_keyring().public.decode(), "--host", "127.0.0.1",
+                      "--role", "member", "--keys", str(ring)).returncode == 0
+    return ring
+
+
+# ---- a peer that answers for other names ------------------------------------
+
+
+def test_an_ask_for_a_name_a_node_does_not_host_fails_at_once_naming_node_and_what_it_hosts(remote: str, system: ActorSystem) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(NoSuchActor) as caught:
+        system.ref(remote, "nobody").ask("hello?", timeout=10.0)
+    assert time.monotonic() - t0 < WITHIN
+    err = caught.value
+    assert (err.name, err.node) == ("nobody", remote)
+    assert {"echo", "collector"} <= set(err.hosted)
+    assert f"no actor named 'nobody' on {remote}; it hosts " in str(err) and "'echo'" in str(err)
+
+
+def test_the_node_logs_asks_for_an_unknown_name_once_not_per_message(system: ActorSystem, caplog: pytest.LogCaptureFixture) -> None:
+    with ActorSystem() as client, caplog.at_level(logging.WARNING, logger="actors.wire"):
+        for _ in range(5):
+            with pytest.raises(NoSuchActor):
+                client.ref(system.endpoint, "ghost").ask("x", timeout=5.0)
+    lines = [r.getMessage() for r in caplog.records if "'ghost'" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "which this node does not host" in lines[0]
+    assert system.node.counters.snapshot()["unknown_actor"] == 5
+
+
+def test_a_kv_clerk_at_a_raft_kv_node_is_told_so_within_2s() -> None:
+    ports = [free_port() for _ in range(3)]
+    endpoints = [f"tcp://127.0.0.1:{p}" for p in ports]
+    with running("kv", "cluster", "--servers", "3", "--endpoints", ",".join(endpoints)) as out:
+        out.wait_for("leader: server", timeout=30)  # the servers are up and answering
+        with ActorSystem() as system:
+            t0 = time.monotonic()
+            with pytest.raises(KVMisdirected) as caught:
+                Clerk(endpoints[0], system=system, give_up_after=10.0).get("k")
+            assert time.monotonic() - t0 < WITHIN
+        assert "kvraft" in caught.value.hosted
+        assert f"{endpoints[0]} is not a KV server" in str(caught.value)
+        cli = zactor("kv", "get", "--server", endpoints[0], "k", timeout=30)
+        assert cli.returncode == 1
+        assert "is not a KV server" in cli.stderr and "replicated KV cluster" in cli.stderr
+        assert "--servers" in cli.stderr, cli.stderr
+
+
+# ---- what the socket monitor tells ---------------------------------------------
+
+
+def test_nothing_listening_is_named_within_2s_with_the_command_that_starts_a_server() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with ActorSystem() as system:
+        err, took = timed_get(Clerk(endpoint, system=system, give_up_after=10.0))
+    assert took < WITHIN
+    assert f"nothing is listening at {endpoint}" in str(err)
+    assert f"zactor kv serve --endpoint {endpoint}" in str(err)
+
+
+def test_a_key_the_server_refuses_is_named_within_2s_with_keys_add(procs: Processes, tmp_path: Path) -> None:
+    endpoint = kv_server(procs)
+    ring = other_keyring(tmp_path, knows_server=True)
+    with ActorSystem(keys=ring) as system:
+        assert system.probe(endpoint).state is LinkState.KEY_REFUSED
+        err, took = timed_get(Clerk(endpoint, system=system, give_up_after=10.0))
+    assert took < WITHIN
+    assert f"the node at {endpoint} refused this machine's key" in str(err)
+    assert "zactor keys add" in str(err)
+    cli = zactor("--keys", str(ring), "kv", "get", "--server", endpoint, "k", timeout=30)
+    assert cli.returncode == 1 and "refused this machine's key" in cli.stderr, cli.stderr
+
+
+def test_a_server_on_another_keyring_is_named_within_2s(procs: Processes, tmp_path: Path) -> None:
+    endpoint = kv_server(procs)
+    with ActorSystem(keys=other_keyring(tmp_path, knows_server=False)) as system:
+        err, took = timed_get(Clerk(endpoint, system=system, give_up_after=10.0))
+    assert took < WITHIN
+    assert "uses another keyring" in str(err) and "--keys DIR" in str(err) and "zactor keys add" in str(err)
+
+
+def test_an_insecure_client_against_a_secure_server_is_told_within_2s(procs: Processes) -> None:
+    endpoint = kv_server(procs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)
+        with ActorSystem(secure=False) as system:
+            err, took = timed_get(Clerk(endpoint, system=system, give_up_after=10.0))
+    assert took < WITHIN
+    assert f"the node at {endpoint} requires CURVE security and this side runs with --insecure" in str(err)
+
+
+def test_a_secure_client_against_an_insecure_server_is_told_within_2s(procs: Processes) -> None:
+    endpoint = kv_server(procs, "--insecure")
+    with ActorSystem() as system:
+        err, took = timed_get(Clerk(endpoint, system=system, give_up_after=10.0))
+    assert took < WITHIN
+    assert f"the node at {endpoint} runs without security (--insecure)" in str(err)
+
+
+def test_a_reachable_server_probes_ok_and_the_clerk_gets_its_answer(procs: Processes) -> None:
+    endpoint = kv_server(procs)
+    with ActorSystem() as system:
+        assert system.probe(endpoint).ok
+        assert Clerk(endpoint, system=system, give_up_after=10.0).get("k") == ""
+
