@@ -30,6 +30,10 @@ class NoSuchActor(ActorDeadError):
         return (type(self), (self.name, self.node, self.hosted))
 
 
+class NoNodeAgent(ConnectionError):
+    """The address answers, but no node agent runs there (``spawn_process(node=...)`` needs one)."""
+
+
 class Unreachable(ConnectionError):
     """A node did not answer, and a trial connection tells why (``report``: nothing listening, key refused...)."""
 
@@ -62,4 +66,4 @@ class CorruptStateError(RuntimeError):
     """A state file exists but is damaged; it is never read as empty."""
 
 
-__all__ = ["ActorDeadError", "AskTimeout", "BlockingOnIOThread", "CorruptStateError", "Failure", "MailboxFull", "NoSuchActor", "RemoteError", "SystemStopped", "Unreachable"]
+__all__ = ["ActorDeadError", "AskTimeout", "BlockingOnIOThread", "CorruptStateError", "Failure", "MailboxFull", "NoNodeAgent", "NoSuchActor", "RemoteError", "SystemStopped", "Unreachable"]

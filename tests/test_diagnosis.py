@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from actors import ActorSystem
-from actors.errors import NoSuchActor
+from actors.errors import NoNodeAgent, NoSuchActor, Unreachable
+from actors.testing import Echo
 from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
 from tests.helpers import free_port
 from tests.processes import Processes, listening, running, zactor
@@ -109,10 +110,23 @@ def test_a_kv_clerk_at_a_raft_kv_node_is_told_so_within_2s() -> None:
 def test_nothing_listening_is_named_within_2s_with_the_command_that_starts_a_server() -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with ActorSystem() as system:
-        err, took = timed_get(Clerk(endpoint, system=system, give_up_after=10.0))
+        err, took = timed_get(Clerk(endpoint, system=system, give_up_after=10.0, unreachable_after=0.5))
     assert took < WITHIN
     assert f"nothing is listening at {endpoint}" in str(err)
     assert f"zactor kv serve --endpoint {endpoint}" in str(err)
+    cli = zactor("kv", "get", "--server", endpoint, "k", timeout=30)
+    assert cli.returncode == 1 and f"nothing is listening at {endpoint}" in cli.stderr, cli.stderr
+
+
+def test_a_patient_clerk_waits_for_a_server_that_starts_late(procs: Processes) -> None:
+    """Nothing listening is not final for a clerk without unreachable_after: the server may be starting."""
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    with ActorSystem() as system:
+        clerk = Clerk(endpoint, system=system, give_up_after=30.0)
+        assert system.probe(endpoint).state is LinkState.NOTHING_LISTENING
+        procs.start("kv", "serve", "--endpoint", endpoint)
+        assert clerk.get("k") == ""
 
 
 def test_a_key_the_server_refuses_is_named_within_2s_with_keys_add(procs: Processes, tmp_path: Path) -> None:
@@ -160,3 +174,26 @@ def test_a_reachable_server_probes_ok_and_the_clerk_gets_its_answer(procs: Proce
         assert system.probe(endpoint).ok
         assert Clerk(endpoint, system=system, give_up_after=10.0).get("k") == ""
 
+
+
+# ---- spawn_process(node=...) ------------------------------------------------------
+
+
+def test_spawn_process_where_no_agent_runs_names_the_address_and_the_command_within_2s(system: ActorSystem) -> None:
+    node = f"tcp://127.0.0.2:{free_port('127.0.0.2')}"
+    t0 = time.monotonic()
+    with pytest.raises(Unreachable) as caught:
+        system.spawn_process(Echo, node=node, timeout=10.0)
+    assert time.monotonic() - t0 < WITHIN
+    assert caught.value.state is LinkState.NOTHING_LISTENING
+    assert f"nothing is listening at {node}" in str(caught.value)
+    assert f"zactor node --endpoint {node}" in str(caught.value)
+
+
+def test_spawn_process_at_a_node_that_runs_no_agent_says_what_runs_there(system: ActorSystem, remote: str) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(NoNodeAgent) as caught:
+        system.spawn_process(Echo, node=remote, timeout=10.0)
+    assert time.monotonic() - t0 < WITHIN
+    text = str(caught.value)
+    assert f"no node agent at {remote}" in text and "'echo'" in text and f"zactor node --endpoint {remote}" in text

@@ -72,9 +72,12 @@ class Clerk(KeyValueCalls):
     Each try waits ``try_timeout`` seconds for a reply, then the same request
     (same sequence number) is sent again. By default a clerk retries for ever,
     as the lab's clerk does; ``give_up_after`` bounds that for interactive use.
+    ``unreachable_after``: with ``give_up_after``, give up sooner once nothing
+    has listened at the endpoint for that many seconds (a command a person
+    waits on; a server being started needs the default, None).
     """
 
-    __slots__ = ("_server", "_system", "give_up_after", "try_timeout")
+    __slots__ = ("_server", "_system", "give_up_after", "try_timeout", "unreachable_after")
 
     def __init__(
         self,
@@ -83,6 +86,7 @@ class Clerk(KeyValueCalls):
         system: ActorSystem | None = None,
         try_timeout: float = 0.1,
         give_up_after: float | None = None,
+        unreachable_after: float | None = None,
     ) -> None:
         if try_timeout <= 0:
             raise ValueError(f"try_timeout must be positive seconds, got {try_timeout}")
@@ -91,6 +95,7 @@ class Clerk(KeyValueCalls):
         self._server = self._system.ref(endpoint, SERVER_NAME)
         self.try_timeout = try_timeout
         self.give_up_after = give_up_after
+        self.unreachable_after = unreachable_after
 
     def _call(self, request: Get | Put | Append) -> Any:
         """Send ``request`` until it is answered.
@@ -99,12 +104,12 @@ class Clerk(KeyValueCalls):
         with the reason, when the reason will not pass by waiting: the
         endpoint hosts another service (the node's NoSuchActor reply says what
         it hosts), this machine's key is refused, the security settings
-        differ, or nothing has listened there for half a second. The lab's clerk
+        differ, or (with ``unreachable_after``) nothing has listened there for that long. The lab's clerk
         (no ``give_up_after``) waits out servers that are down, as the lab wants.
         """
         deadline = None if self.give_up_after is None else time.monotonic() + self.give_up_after
         next_probe = 0.0
-        not_listening = 0
+        silent_since: float | None = None  # when a look first found nothing listening
         # Every try of one request is the same request (same sequence number),
         # so a late reply to an earlier try is as good as one to the last:
         # keep the recent tries' futures, so a reply that takes longer than
@@ -119,7 +124,7 @@ class Clerk(KeyValueCalls):
             except AskTimeout:
                 reply = next((f.get() for f in tries if f.done and _answered(f)), _NO_REPLY)
                 if reply is _NO_REPLY and deadline is not None and time.monotonic() >= next_probe:
-                    not_listening = self._explain_silence(not_listening)
+                    silent_since = self._explain_silence(silent_since)
                     next_probe = time.monotonic() + PROBE_EVERY
             except NoSuchActor as exc:
                 if exc.hosted:  # another service: no retry will change that
@@ -139,21 +144,23 @@ class Clerk(KeyValueCalls):
                 )
 
 
-    def _explain_silence(self, not_listening: int) -> int:
-        """Raise KVUnavailable if a trial connection finds a reason that waiting will not cure;
-        the count of looks in a row that found nothing listening (two, PROBE_EVERY apart, are enough)."""
+    def _explain_silence(self, silent_since: float | None) -> float | None:
+        """Raise KVUnavailable if a trial connection finds a reason that waiting will not cure, or nothing
+        has listened for ``unreachable_after`` s; since when nothing has listened (None: something does)."""
         endpoint = self._server.address.endpoint
         report = self._system.probe(endpoint)
         if report.lasting:
             raise KVUnavailable(f"no answer from the KV server at {endpoint}: {report.explanation}")
         if report.state is not LinkState.NOTHING_LISTENING:
-            return 0
-        if not_listening >= 1:
+            return None
+        now = time.monotonic()
+        since = now if silent_since is None else silent_since
+        if self.unreachable_after is not None and now - since >= self.unreachable_after:
             raise KVUnavailable(
                 f"no answer from the KV server at {endpoint}: {report.explanation} "
                 f"(start one with `zactor kv serve --endpoint {endpoint}`)"
             )
-        return not_listening + 1
+        return since
 
 
 _KEEP_TRIES = 64
