@@ -9,7 +9,11 @@ sentence the user reads and how soon it comes; the clerk's own timeout is
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -197,3 +201,52 @@ def test_spawn_process_at_a_node_that_runs_no_agent_says_what_runs_there(system:
     assert time.monotonic() - t0 < WITHIN
     text = str(caught.value)
     assert f"no node agent at {remote}" in text and "'echo'" in text and f"zactor node --endpoint {remote}" in text
+
+
+# ---- warnings at the default level, once per cause ---------------------------------
+
+
+def json_lines(text: str) -> list[dict]:
+    """The JSON log records among a command's stderr lines (other lines are its own prints)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_a_server_warns_once_per_cause_at_the_default_level_in_json(procs: Processes, tmp_path: Path) -> None:
+    proc = procs.start("--log-format", "json", "kv", "serve", "--endpoint", f"tcp://127.0.0.1:{free_port()}")
+    endpoint = listening(proc)
+    ring = other_keyring(tmp_path, knows_server=True)
+    for _ in range(2):  # two clients, each refused on its connection and its probe
+        with ActorSystem(keys=ring) as stranger:
+            timed_get(Clerk(endpoint, system=stranger, give_up_after=10.0))
+    with ActorSystem() as member:
+        for _ in range(3):
+            with pytest.raises(NoSuchActor):
+                member.ref(endpoint, "ghost").ask("x", timeout=5.0)
+        counters = member.control(endpoint).counters()
+    assert counters["rejected"] >= 4 and counters["unknown_actor"] == 3
+    proc.terminate()
+    assert proc.stderr is not None
+    records = json_lines(proc.stderr.read().decode())
+    refused = [r for r in records if "refused a connection" in r["message"]]
+    ghost = [r for r in records if "'ghost'" in r["message"]]
+    assert len(refused) == 1 and refused[0]["level"] == "WARNING", records
+    assert "is not in the keyring" in refused[0]["message"]
+    assert len(ghost) == 1 and ghost[0]["level"] == "WARNING", records
+    assert {"time", "logger", "process"} <= set(ghost[0])
+
+
+def test_a_restart_is_a_warning_at_the_default_level() -> None:
+    endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    with running("--log-format", "json", "kv", "cluster", "--servers", "3", "--endpoints", ",".join(endpoints)) as out:
+        line = out.wait_for("server 1:", timeout=30)
+        pid = int(re.search(r"pid (\d+)", line).group(1))  # type: ignore[union-attr]
+        out.wait_for("leader: server", timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        restart = out.wait_for("restarting", timeout=30)
+    record = json.loads(restart)
+    assert record["level"] == "WARNING" and str(pid) in record["message"]
+
+
+def test_an_unknown_log_format_is_refused_clearly() -> None:
+    cli = zactor("--log-format", "xml", "kv", "get", "--server", "tcp://127.0.0.1:1", "k")
+    assert cli.returncode == 2 and "--log-format takes text or json, not 'xml'" in cli.stderr
