@@ -25,8 +25,8 @@ FIRST_LOOK = 0.3
 
 
 def ask_or_explain(system: ActorSystem, address: Address, message: Any, timeout: float, *, hint: str = "") -> Any:
-    """``message``'s answer from the actor at ``address`` (within ``timeout`` s); Unreachable (with ``hint``)
-    as soon as a trial connection shows the node cannot answer."""
+    """``message``'s answer from the actor at ``address`` (within ``timeout`` s); Unreachable as soon as a
+    trial connection shows the node cannot answer. ``hint``: what to do when nothing listens there."""
     future = system.ref(address).ask(message, block=False, timeout=timeout)
     try:
         return future.get(timeout=min(FIRST_LOOK, timeout))
@@ -34,6 +34,6 @@ def ask_or_explain(system: ActorSystem, address: Address, message: Any, timeout:
         if timeout <= FIRST_LOOK:
             raise
     report = system.probe(address.endpoint)
-    if not report.ok and report.state is not LinkState.NO_OUTCOME:
-        raise Unreachable(report, hint)
+    if report.lasting or report.state is LinkState.NOTHING_LISTENING:  # final; a partition may heal
+        raise Unreachable(report, hint if report.state is LinkState.NOTHING_LISTENING else "")
     return future.get()  # the rest of its timeout

@@ -24,6 +24,7 @@ import pytest
 from actors import ActorSystem
 from actors.errors import NoNodeAgent, NoSuchActor, Unreachable
 from actors.testing import Echo
+from apps import kvraft
 from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
 from tests.helpers import free_port
 from tests.processes import Processes, listening, running, zactor
@@ -178,6 +179,29 @@ def test_a_reachable_server_probes_ok_and_the_clerk_gets_its_answer(procs: Proce
         assert system.probe(endpoint).ok
         assert Clerk(endpoint, system=system, give_up_after=10.0).get("k") == ""
 
+
+
+
+def test_a_replicated_clerk_where_nothing_listens_is_told_within_2s() -> None:
+    endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    with ActorSystem() as system:
+        clerk = kvraft.Clerk(endpoints, system=system, give_up_after=10.0, unreachable_after=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(KVUnavailable) as caught:
+            clerk.get("k")
+        assert time.monotonic() - t0 < WITHIN
+    assert all(f"nothing is listening at {ep}" in str(caught.value) for ep in endpoints)
+    assert "zactor kv cluster" in str(caught.value)
+
+
+def test_a_replicated_clerk_whose_key_every_server_refuses_is_told_within_2s(procs: Processes, tmp_path: Path) -> None:
+    endpoint = kv_server(procs)
+    with ActorSystem(keys=other_keyring(tmp_path, knows_server=True)) as system:
+        clerk = kvraft.Clerk([endpoint], system=system, give_up_after=10.0, unreachable_after=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(KVUnavailable, match="refused this machine's key"):
+            clerk.get("k")
+        assert time.monotonic() - t0 < WITHIN
 
 
 # ---- spawn_process(node=...) ------------------------------------------------------

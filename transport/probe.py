@@ -44,6 +44,8 @@ class LinkState(enum.Enum):
     """This side is insecure, the server requires CURVE."""
     HANDSHAKE_FAILED = "handshake failed"
     """Most likely the server's key is not the one the keyring has for that host."""
+    NO_RESPONSE = "no response"
+    """No answer at all to the connection attempt in time: a host down, a firewall or a partition dropping packets."""
     NO_OUTCOME = "no outcome"
     """Connected, but the handshake neither completed nor failed in time (a slow or foreign peer)."""
 
@@ -158,7 +160,7 @@ def _outcome(monitor: zmq.Socket, endpoint: str, secure: bool, deadline: float) 
                 return explain(endpoint, LinkState.NOTHING_LISTENING)
     if connected:
         return explain(endpoint, LinkState.NO_OUTCOME)
-    return explain(endpoint, LinkState.NOTHING_LISTENING)
+    return explain(endpoint, LinkState.NOTHING_LISTENING if retries else LinkState.NO_RESPONSE)
 
 
 def explain(endpoint: str, state: LinkState) -> LinkReport:
@@ -185,6 +187,10 @@ def explain(endpoint: str, state: LinkState) -> LinkReport:
             f"this keyring has for {host}, or this machine's key is not among its members): give both the same "
             f"--keys DIR, or run `zactor keys show` on each side and `zactor keys add NAME KEY --host {host} --role member` "
             "on the other"
+        ),
+        LinkState.NO_RESPONSE: (
+            f"no response from {endpoint} to a connection attempt: the host may be down, or a firewall "
+            "or a network partition drops the packets"
         ),
         LinkState.NO_OUTCOME: f"the node at {endpoint} took a connection but never completed the handshake (a foreign or stalled process?)",
     }[state]

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clerk: kvraft.Clerk | Clerk
         if args.servers is not None:
-            clerk = kvraft.Clerk(kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout)
+            clerk = kvraft.Clerk(
+                kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout, unreachable_after=min(0.5, args.timeout)
+            )
         else:
             clerk = Clerk(args.server, give_up_after=args.timeout, unreachable_after=min(0.5, args.timeout))
         if args.op == "get":

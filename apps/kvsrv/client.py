@@ -151,15 +151,13 @@ class Clerk(KeyValueCalls):
         report = self._system.probe(endpoint)
         if report.lasting:
             raise KVUnavailable(f"no answer from the KV server at {endpoint}: {report.explanation}")
-        if report.state is not LinkState.NOTHING_LISTENING:
+        if report.state not in (LinkState.NOTHING_LISTENING, LinkState.NO_RESPONSE):
             return None
         now = time.monotonic()
         since = now if silent_since is None else silent_since
         if self.unreachable_after is not None and now - since >= self.unreachable_after:
-            raise KVUnavailable(
-                f"no answer from the KV server at {endpoint}: {report.explanation} "
-                f"(start one with `zactor kv serve --endpoint {endpoint}`)"
-            )
+            start = f" (start one with `zactor kv serve --endpoint {endpoint}`)" if report.state is LinkState.NOTHING_LISTENING else ""
+            raise KVUnavailable(f"no answer from the KV server at {endpoint}: {report.explanation}{start}")
         return since
 
 
