@@ -26,7 +26,7 @@ from actors.errors import NoNodeAgent, NoSuchActor, Unreachable
 from actors.testing import Echo
 from apps import kvraft
 from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 from tests.processes import Processes, listening, running, zactor
 from transport.keys import SecurityWarning, init_keyring, resolve_keyring
 from transport.probe import LinkState
@@ -91,12 +91,14 @@ def test_the_node_logs_asks_for_an_unknown_name_once_not_per_message(system: Act
     assert system.node.counters.snapshot()["unknown_actor"] == 5
 
 
+@pytest.mark.slow
 def test_a_kv_clerk_at_a_raft_kv_node_is_told_so_within_2s() -> None:
     ports = [free_port() for _ in range(3)]
     endpoints = [f"tcp://127.0.0.1:{p}" for p in ports]
     with running("kv", "cluster", "--servers", "3", "--endpoints", ",".join(endpoints)) as out:
-        out.wait_for("leader: server", timeout=30)  # the servers are up and answering
+        out.wait_for("servers:", timeout=60)
         with ActorSystem() as system:
+            assert wait_until(lambda: system.probe(endpoints[0]).ok, 60)  # server 0 is up and serving
             t0 = time.monotonic()
             with pytest.raises(KVMisdirected) as caught:
                 Clerk(endpoints[0], system=system, give_up_after=10.0).get("k")
@@ -259,12 +261,13 @@ def test_a_server_warns_once_per_cause_at_the_default_level_in_json(procs: Proce
     assert {"time", "logger", "process"} <= set(ghost[0])
 
 
+@pytest.mark.slow
 def test_a_restart_is_a_warning_at_the_default_level() -> None:
     endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
     with running("--log-format", "json", "kv", "cluster", "--servers", "3", "--endpoints", ",".join(endpoints)) as out:
-        line = out.wait_for("server 1:", timeout=30)
+        line = out.wait_for("server 1:", timeout=60)
         pid = int(re.search(r"pid (\d+)", line).group(1))  # type: ignore[union-attr]
-        out.wait_for("leader: server", timeout=30)
+        out.wait_for("leader: server", timeout=60)
         os.kill(pid, signal.SIGKILL)
         restart = out.wait_for("restarting", timeout=30)
     record = json.loads(restart)
