@@ -29,6 +29,7 @@ from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
 from tests.helpers import free_port, wait_until
 from tests.processes import Processes, listening, running, zactor
 from transport.keys import SecurityWarning, init_keyring, resolve_keyring
+from transport.once import OncePerCause
 from transport.probe import LinkState
 
 WITHIN = 2.0
@@ -277,3 +278,20 @@ def test_a_restart_is_a_warning_at_the_default_level() -> None:
 def test_an_unknown_log_format_is_refused_clearly() -> None:
     cli = zactor("--log-format", "xml", "kv", "get", "--server", "tcp://127.0.0.1:1", "k")
     assert cli.returncode == 2 and "--log-format takes text or json, not 'xml'" in cli.stderr
+
+
+def test_once_per_cause_logs_a_cause_once_then_a_summary_with_the_count(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("tests.once")
+    quiet = OncePerCause(logger, every=3600.0)
+    with caplog.at_level(logging.WARNING, logger="tests.once"):
+        assert quiet.warn("a", "cause %s", "a") and quiet.warn("b", "cause %s", "b")
+        assert not any(quiet.warn("a", "cause %s", "a") for _ in range(4))
+        assert quiet.repeats("a") == 4 and quiet.repeats("b") == 0
+        summary = OncePerCause(logger, every=0.0)  # every repeat is due a line: the summary's wording
+        summary.warn("c", "cause %s", "c")
+        summary.warn("c", "cause %s", "c")
+    assert [r.getMessage() for r in caplog.records] == ["cause a", "cause b", "cause c", "cause c (again; 1 more like it in the last 0 s)"]
+    bounded = OncePerCause(logger, every=3600.0, max_causes=2)
+    for cause in ("x", "y", "z"):
+        bounded.warn(cause, "cause")
+    assert bounded.repeats("x") == 0 and bounded.warn("x", "cause")  # forgotten (the oldest), so logged again
