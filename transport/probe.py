@@ -135,7 +135,7 @@ def _try(
 
 def _outcome(monitor: zmq.Socket, endpoint: str, secure: bool, deadline: float) -> LinkReport:
     connected = False
-    retries = 0
+    retries = 0  # refused connection attempts
     for _ in range(10_000):  # bounded: a few events per connection attempt, attempts every 10-200 ms
         left = deadline - time.monotonic()
         if left <= 0 or not monitor.poll(max(1, int(left * 1000))):
@@ -156,7 +156,7 @@ def _outcome(monitor: zmq.Socket, endpoint: str, secure: bool, deadline: float) 
             connected = True
         elif kind == zmq.EVENT_CONNECT_RETRIED:
             retries += 1
-            if retries >= 3 and not connected:  # refused three times in a row: nothing there
+            if not connected:  # the connection was refused (a caller that must be sure looks again later)
                 return explain(endpoint, LinkState.NOTHING_LISTENING)
     if connected:
         return explain(endpoint, LinkState.NO_OUTCOME)
