@@ -50,6 +50,8 @@ from actors.address import Address, check_name
 from actors.agent_protocol import AGENT_NAME, ChildDied, ChildInfo, ListChildren, Spawned, SpawnRequest, StopChild
 from actors.classref import ClassRef
 from actors.directory import find_on_nodes
+from actors.errors import NoNodeAgent, NoSuchActor
+from actors.explain import ask_or_explain
 from actors.host import host_one
 from actors.process_ref import ProcessRef, RestartLimitReached
 from actors.supervisor import EXIT_UNGUARDED_MAIN, ChildSpec, RestartKind, Supervisor, SupervisorEvent, not_restarted
@@ -319,12 +321,31 @@ def _agent(system: ActorSystem, node: str) -> Any:
     return system.ref(Address(node, AGENT_NAME))
 
 
+def start_agent_hint(node: str) -> str:
+    """The command that starts a node agent at ``node`` (run on that machine)."""
+    return f"start a node agent there with `zactor node --endpoint {node} --dir DIR` (on the machine that owns that address)"
+
+
+def ask_agent(system: ActorSystem, node: str, message: Any, timeout: float) -> Any:
+    """Ask the agent at ``node``; a clear error at once when nothing (or no agent) can answer there.
+
+    Unreachable (a ConnectionError) when a trial connection shows the node
+    cannot answer (nothing listening, key refused...); NoNodeAgent when the
+    node answers but hosts no agent (another service at that address).
+    """
+    try:
+        return ask_or_explain(system, Address(node, AGENT_NAME), message, timeout, hint=start_agent_hint(node))
+    except NoSuchActor as exc:
+        raise NoNodeAgent(f"no node agent at {node}: the node there hosts {', '.join(map(repr, exc.hosted)) or 'nothing'} "
+                          f"(another service?); {start_agent_hint(node)}") from None
+
+
 def spawn_on_node(system: ActorSystem, node: str, actor_class: type, args: tuple, kwargs: dict, *, name: str, timeout: float,
                   detached: bool = False, **options: Any) -> ProcessRef:
     """Ask the agent at ``node`` to host the actor; the ref is watched for deaths."""
     spawner = spawner_of(system)
     req = SpawnRequest(name, ClassRef.of(actor_class, with_blob=True), tuple(args), dict(kwargs), watcher=spawner.watcher(), **options)
-    done: Spawned = _agent(system, node).ask(req, timeout=timeout)
+    done: Spawned = ask_agent(system, node, req, timeout)
     if not detached:
         spawner.own(node, name)
     system.join(node)

@@ -64,6 +64,7 @@ from actors.supervisor import refuse_unguarded_main
 from actors.wire import NodeControl, Wire
 from transport import Envelope, Keyring, Node, Timer
 from transport.codec import DEFAULT_MAX_FRAME_BYTES
+from transport.probe import PROBE_TIMEOUT, LinkReport
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +265,8 @@ class ActorSystem:
             secure=secure,
         )
         self.endpoint = self._node.endpoint
-        self._wire = Wire(self._node, ask_timeout=ask_timeout, mailbox_limit=mailbox_limit, lookup=self._lookup, label=repr(self))
+        self._wire = Wire(self._node, ask_timeout=ask_timeout, mailbox_limit=mailbox_limit, lookup=self._lookup, label=repr(self),
+                          names=lambda: sorted(self._hosted))
         self._node.on_message = self._wire.on_message
         self._node.describe = self.describe
         self._node.call_later(1.0, self._wire.sweep)
@@ -546,6 +548,12 @@ class ActorSystem:
     def control(self, endpoint: str | None = None, timeout: float = 5.0) -> NodeControl:
         """Control of the node at ``endpoint`` (this node by default)."""
         return NodeControl(self._wire, endpoint or self.endpoint, timeout)
+
+    def probe(self, endpoint: str, timeout: float = PROBE_TIMEOUT) -> LinkReport:
+        """Why the node at ``endpoint`` might not answer (nothing listening, this key refused...):
+        a trial connection with this system's keys, watched by ZeroMQ's monitor (see :mod:`transport.probe`)."""
+        self._check_running()
+        return self._node.probe(endpoint, timeout)
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
         """Run ``fn`` after ``delay`` seconds on the I/O thread: keep it short, e.g. a tell."""

@@ -32,11 +32,12 @@ import pykka
 
 from actors.actor import _InlineInbox, _PykkaEnvelope
 from actors.address import Address
-from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull
+from actors.errors import ActorDeadError, AskTimeout, Failure, MailboxFull, NoSuchActor
 from actors.future import ReplyFuture
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultSpec, Kind, Node, flatten
 from transport.control import ControlOp
 from transport.envelope import KIND_ASK, KIND_REPLY, KIND_TELL
+from transport.once import OncePerCause
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,16 @@ class Wire:
         mailbox_limit: int,
         lookup: Callable[[str], pykka.ActorRef | None],
         label: str,
+        names: Callable[[], list[str]] = list,
     ) -> None:
+        """``names``: what the system hosts, told to an asker of a name it does not host."""
         self._node = node
         self.ask_timeout = ask_timeout
         self.mailbox_limit = mailbox_limit
         self._lookup = lookup
+        self._names = names
         self._label = label
+        self._notices = OncePerCause(log)
         self._pending: dict[int, ReplyFuture] = {}
         # Random start: a reply meant for an earlier incarnation of this node
         # (same endpoint, before a restart) matches nothing and is dropped.
@@ -195,9 +200,14 @@ class Wire:
 
     def _dead(self, env: Envelope) -> None:
         self._node.counters.add("unknown_actor")
-        log.warning("%s: %s for unknown actor %r from %s dropped", self._label, type(env.body).__name__, env.dest, env.src)
+        answered = "answered with NoSuchActor" if env.kind == Kind.ASK else "dropped"
+        self._notices.warn(
+            ("unknown actor", env.dest),
+            "%s: a %s for actor %r, which this node does not host (%s; further ones counted in unknown_actor)",
+            self._label, type(env.body).__name__, env.dest, answered,
+        )
         if env.kind == Kind.ASK:
-            self.reply(env, Failure.from_exception(ActorDeadError(f"no actor named {env.dest!r} on {self._node.endpoint}")), True)
+            self.reply(env, Failure.from_exception(NoSuchActor(env.dest, self._node.endpoint, tuple(self._names()))), True)
 
     def _refuse_full(self, env: Envelope) -> None:
         counters = self._node.counters

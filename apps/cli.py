@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import logging
 import sys
 from collections.abc import Callable
 
 from apps.keys_cli import add_security_options, apply_security_options
+from apps.logs import LOG_FORMATS, configure
 
 PLUGIN_GROUP = "zactor.commands"
 """Entry-point group of commands other packages add: ``NAME = module``."""
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zactor", description=DESCRIPTION, epilog=EPILOG.format(examples=examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug; default: warnings)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="log lines as text (default) or JSON, one object a line")
     parser.add_argument("--version", action="version", version=f"zactor {version()}", help="print zactor's version and exit")
     add_security_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -105,10 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zactor {version()}")
         return 0
     verbose = 0
+    log_format = "text"
     security = argparse.Namespace(keys=None, insecure=False)
-    while argv and (argv[0] in ("-v", "-vv", "--verbose", "--insecure") or argv[0].startswith("--keys")):
+    while argv and (argv[0] in ("-v", "-vv", "--verbose", "--insecure") or argv[0].startswith(("--keys", "--log-format"))):
         opt = argv.pop(0)
-        if opt == "--insecure":
+        if opt.startswith("--log-format"):
+            log_format = opt.partition("=")[2] or (argv.pop(0) if argv else "")
+            if log_format not in LOG_FORMATS:
+                print(f"zactor: --log-format takes {' or '.join(LOG_FORMATS)}, not {log_format!r}", file=sys.stderr)
+                return 2
+        elif opt == "--insecure":
             security.insecure = True
         elif opt.startswith("--keys"):
             value = opt.partition("=")[2] or (argv.pop(0) if argv else "")
@@ -119,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             verbose += 2 if opt == "-vv" else 1
     apply_security_options(security)  # before any command: it reaches every system and child process
-    level = [logging.ERROR, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(verbose, log_format)
     delegates = {**plugins(), **{name: module for name, module, _ in SUBCOMMANDS}}
     if argv and argv[0] in delegates:
         # Handed over whole, --help included: each system's command has its own parser.

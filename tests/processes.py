@@ -76,7 +76,9 @@ def listening(proc: subprocess.Popen, limit: float = 30.0) -> str:
         remaining = deadline - time.monotonic()
         assert remaining > 0, "the coordinator never said where it listens"
         if select.select([proc.stderr], [], [], remaining)[0]:
-            line = proc.stderr.readline().decode()
+            # Unbuffered, a byte at a time: a buffered readline could take the next line out of
+            # the pipe too, where select cannot see it (a warning printed just before the line).
+            line = proc.stderr.raw.readline().decode()  # type: ignore[attr-defined]
             assert line, "the coordinator exited before it listened"
             found = re.search(r"listening on (\S+://\S+)", line)
             if found:

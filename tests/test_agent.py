@@ -16,6 +16,7 @@ import pytest
 from actors import Actor, ActorSystem, AskTimeout, ProcessDied, RestartLimitReached
 from actors.agent_protocol import AGENT_NAME, SpawnRequest
 from actors.classref import ClassRef
+from actors.errors import Unreachable
 from actors.spawn import node_children
 from actors.testing import Get, Incr, PersistentCounter
 from tests.helpers import answer_after_kill, free_port
@@ -145,7 +146,7 @@ def test_a_stranger_cannot_make_the_agent_spawn_anything(node: tuple[str, Path],
     unpickled = tmp_path / "unpickled"
     constructed = tmp_path / "constructed"
     with ActorSystem("tcp://127.0.0.1:0", keys=stranger.directory) as outsider:
-        with pytest.raises(AskTimeout):
+        with pytest.raises(Unreachable, match="refused this machine's key"):  # said at once, not at the timeout
             outsider.spawn_process(Marker, str(constructed), name="intruder", node=endpoint, timeout=2.0)
         evil = SpawnRequest("evil", ClassRef(None, cloudpickle.dumps(EvilClass(unpickled))), (), {})
         with pytest.raises(AskTimeout):

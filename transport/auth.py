@@ -21,8 +21,10 @@ import zmq.utils.z85
 
 from transport.counters import Counters
 from transport.keys import Keyring
+from transport.once import OncePerCause
 
 log = logging.getLogger(__name__)
+_notices = OncePerCause(log)  # a refused client retries: one line per cause, not per attempt
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 """Where libzmq asks a context's ZAP handler (fixed by the ZAP protocol)."""
@@ -72,6 +74,7 @@ class Admission:
             except zmq.Again:
                 return False
             ok = False
+            client = b""
             try:
                 version, request_id, _domain, address, _identity, mechanism = request[:6]
                 client = zmq.utils.z85.encode(request[6]) if mechanism == b"CURVE" and len(request) > 6 else b""
@@ -80,7 +83,8 @@ class Admission:
                 version, request_id, address = b"1.0", request[1] if len(request) > 1 else b"", b"?"
                 log.error("node %s: refusing a connection, cannot check it: %s", self.label, exc)
             if not ok:
-                log.warning("node %s: refused a connection from %s: key not in the keyring", self.label, address.decode(errors="replace"))
+                _notices.warn(("key", self.label, client), "node %s: refused a connection from %s: its key %s is not in the keyring",
+                              self.label, address.decode(errors="replace"), (client or b"(none)").decode())
             # The User-Id names the key on every frame of the connection (see transport.roles).
             zap.send_multipart([version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not in keyring", client if ok else b"", b""])
         return True
@@ -94,4 +98,8 @@ class Admission:
                 return False
             if event["event"] & HANDSHAKE_FAILURES:
                 self._counters.add("rejected")
+                if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # a refused key was logged by answer()
+                    _notices.warn(("handshake", self.label), "node %s: refused a connection that failed the CURVE handshake "
+                                  "(a client with --insecure, or one whose keyring has another key for this node; more: rejected)",
+                                  self.label)
         return True

@@ -23,9 +23,11 @@ from transport.codec import encode_fields, is_batch
 from transport.counters import Counters, Tally
 from transport.envelope import CONTROL_NAME, Envelope
 from transport.faults import DROP, FaultTable
+from transport.once import OncePerCause
 from transport.rawzmq import NOBLOCK, RCVTIMEO, raw_recv, raw_send, raw_set
 
 log = logging.getLogger(__name__)
+_notices = OncePerCause(log)
 
 
 class ChannelHost(Protocol):
@@ -120,7 +122,7 @@ class Channel:
                 raw_send(self._sock, frame, NOBLOCK)
             except zmq.Again:
                 host.counters.add("send_failures")
-                log.warning("node %s: queue to %s is full; message dropped", host.endpoint, self.dest)
+                _notices.warn(("queue full", host.endpoint, self.dest), "node %s: queue to %s is full; message dropped (more: send_failures)", host.endpoint, self.dest)
         return size
 
     def receive(self, timeout: float) -> list[Envelope]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import cast
 
 import zmq
@@ -55,12 +56,14 @@ def open_dealer(
     routing_id: bytes | None,
     inbound_hwm: int,
     max_frame_bytes: int,
+    before_connect: Callable[[zmq.Socket], object] | None = None,
 ) -> zmq.Socket:
     """A DEALER connected to ``dest``; ZMQError (socket closed) if the endpoint is refused.
 
     ``server_key``: ``dest``'s CURVE key, looked up by the caller before any socket exists
     (an unknown host leaks nothing); with ``keyring`` None the connection is plain, and only
     to the insecure mode's allow-list (InsecureConnectError otherwise, before any socket exists).
+    ``before_connect``: called with the socket just before it connects (a probe attaches its monitor there).
     """
     check_dial(dest, keyring is not None)
     sock = ctx.socket(zmq.DEALER)
@@ -81,6 +84,8 @@ def open_dealer(
         sock.curve_publickey = keyring.public
         sock.curve_secretkey = keyring.secret
     try:
+        if before_connect is not None:
+            before_connect(sock)
         sock.connect(dest)
     except zmq.ZMQError:
         sock.close()

@@ -103,11 +103,14 @@ from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind
 from transport.faults import DROP, FaultRule, FaultSpec, FaultTable
 from transport.ipc import check_ipc_free, default_endpoint
 from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
+from transport.once import OncePerCause
+from transport.probe import PROBE_TIMEOUT, LinkReport, probe
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
 from transport.roles import Roles, refusal
 from transport.timers import Timer, TimerQueue
 
 log = logging.getLogger(__name__)
+_notices = OncePerCause(log)  # what a peer can repeat per message is logged once per cause
 
 LOCAL = b""
 """Route of an envelope this node sent to itself: its reply is delivered locally too."""
@@ -290,6 +293,13 @@ class Node:
         return ch
 
     # ---- any thread -------------------------------------------------------
+
+    def probe(self, dest: str, timeout: float = PROBE_TIMEOUT) -> LinkReport:
+        """Why ``dest`` might not answer: a trial connection with this node's keys (see :mod:`transport.probe`)."""
+        server_key = self.keyring.server_key(dest) if self.keyring is not None else None
+        if self._destroyed:
+            raise ConnectionError(f"node {self.endpoint} is closed")
+        return probe(self._ctx, dest, keyring=self.keyring, server_key=server_key, max_frame_bytes=self.max_frame_bytes, timeout=timeout)
 
     def send(self, dest_endpoint: str, env: Envelope) -> int:
         """Queue ``env`` for ``dest_endpoint``; returns the encoded size in bytes.
@@ -617,7 +627,7 @@ class Node:
             sock.send(frame, NOBLOCK)
         except zmq.Again:
             self.counters.add("send_failures")
-            log.warning("node %s: queue to %s is full; message dropped", self.endpoint, dest)
+            _notices.warn(("queue full", self.endpoint, dest), "node %s: queue to %s is full; message dropped (more: send_failures)", self.endpoint, dest)
         # ZMQ_FD is edge-triggered: this send may have consumed the signal of
         # a reply that just arrived, so the I/O thread must look by itself.
         if events(sock) & POLLIN and not self._input_waiting:
@@ -629,7 +639,7 @@ class Node:
         """A new shared DEALER to ``dest``; callers hold the send lock. KeyringError if no key serves it."""
         if len(self._dealers) >= 2 * self.max_peers:  # the I/O thread has not caught up closing old ones
             self.counters.add("send_failures")
-            log.warning("node %s: %d connections open; message to %s dropped", self.endpoint, len(self._dealers), dest)
+            _notices.warn(("connections", self.endpoint), "node %s: %d connections open; message to %s dropped (more: send_failures)", self.endpoint, len(self._dealers), dest)
             return None
         sock = self._new_dealer(dest)
         if sock is None:
@@ -725,7 +735,7 @@ class Node:
                         raw_recv(router, NOBLOCK)
                         extra += 1
                     self.counters.add("malformed")
-                    log.warning("node %s: dropped a message of %d parts (want 1)", self.endpoint, extra + 1)
+                    _notices.warn(("parts", self.endpoint, route), "node %s: dropped a message of %d parts (want 1; more: malformed)", self.endpoint, extra + 1)
                 elif roles is None:
                     self._receive(frame, route)
                 elif (trust := roles.trust(frame)) is None:
@@ -778,11 +788,11 @@ class Node:
             return None
         except MalformedFrame as exc:
             self.counters.add("malformed")
-            log.warning("node %s: dropped a malformed frame: %s", self.endpoint, exc)
+            _notices.warn(("malformed", self.endpoint, peer), "node %s: dropped a malformed frame from %s: %s (more: malformed)", self.endpoint, peer or "?", exc)
             return None
         if replies_only and env.kind < KIND_REPLY:
             self.counters.add("malformed")
-            log.warning("node %s: dropped a %s that came back on a sending connection", self.endpoint, env.kind.name)
+            _notices.warn(("came back", self.endpoint, peer), "node %s: dropped a %s that came back on a sending connection (more: malformed)", self.endpoint, env.kind.name)
             return None
         tally.received += 1
         if self._faults.rules and not env.is_control:  # no rules (the normal case): no decision at all
@@ -802,7 +812,7 @@ class Node:
             frames = split_batch(frame)
         except MalformedFrame as exc:
             self.counters.add("malformed")
-            log.warning("node %s: dropped a malformed batch: %s", self.endpoint, exc)
+            _notices.warn(("malformed", self.endpoint, peer), "node %s: dropped a malformed batch from %s: %s (more: malformed)", self.endpoint, peer or "?", exc)
             return []
         accepted = []
         for one in frames:

@@ -22,7 +22,8 @@ from typing import Any
 from actors import Actor, ActorSystem
 from apps.kvraft.messages import Append, BadRequest, Get, Put, Reply, Request
 from apps.kvraft.server import SERVER_NAME
-from apps.kvsrv.client import KeyValueCalls, KVUnavailable
+from apps.kvsrv.client import PROBE_EVERY, KeyValueCalls, KVUnavailable
+from transport.probe import LinkState
 
 REPLY_BOX = "kvraft-replies"
 _boxes_lock = threading.Lock()
@@ -87,7 +88,12 @@ class Clerk(KeyValueCalls):
     """``get``, ``put`` and ``append`` against a replicated KV service at ``servers``.
 
     Retries for ever by default, as the lab's clerk does; ``give_up_after``
-    (seconds) bounds a call for interactive use and raises ``KVUnavailable``.
+    (seconds) bounds a call for interactive use and raises ``KVUnavailable``,
+    and with ``unreachable_after`` (a command a person waits on) sooner, when
+    no server answers and trial connections show why none can: each refuses
+    this machine's key or speaks the other security mode, or nothing has
+    listened at any of them for ``unreachable_after`` seconds. (Without it no
+    probe is made: a soak's or a sharded group's clerk waits out partitions.)
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class Clerk(KeyValueCalls):
         system: ActorSystem | None = None,
         try_timeout: float = 0.1,
         give_up_after: float | None = None,
+        unreachable_after: float | None = None,
     ) -> None:
         if not servers:
             raise ValueError("a clerk needs at least one server endpoint")
@@ -109,6 +116,7 @@ class Clerk(KeyValueCalls):
         self._leader = 0
         self.try_timeout = try_timeout
         self.give_up_after = give_up_after
+        self.unreachable_after = unreachable_after
 
     @property
     def servers(self) -> list[str]:
@@ -123,6 +131,8 @@ class Clerk(KeyValueCalls):
     def _call(self, op: Get | Put | Append) -> Any:
         started = time.monotonic()
         refused = 0
+        heard = started  # when a server last answered at all (a silent cluster is looked at after PROBE_EVERY)
+        silent_since: float | None = None
         while True:
             refs = self._refs
             i = self._leader % len(refs)
@@ -144,8 +154,30 @@ class Clerk(KeyValueCalls):
             else:
                 self._leader = i + 1
             if reply is not None:
+                heard = time.monotonic()
                 refused += 1
                 if refused % len(refs) == 0:
                     time.sleep(0.02)  # nobody leads right now (an election): do not spin
+            elif self.unreachable_after is not None and time.monotonic() - heard >= PROBE_EVERY:
+                silent_since = self._explain_silence(silent_since)
+                heard = time.monotonic()
             if self.give_up_after is not None and time.monotonic() - started > self.give_up_after:
                 raise KVUnavailable(f"no answer from the KV service at {', '.join(self._servers)} within {self.give_up_after} s")
+
+    def _explain_silence(self, silent_since: float | None) -> float | None:
+        """Raise KVUnavailable when trial connections show that no server can answer; since when nothing
+        has listened at any of them (None: some server accepts this machine, so waiting may help)."""
+        reports = [self._system.probe(endpoint) for endpoint in self._servers]
+        if any(r.ok or r.state is LinkState.NO_OUTCOME for r in reports):
+            return None
+        if all(r.lasting for r in reports):
+            why = "; ".join(dict.fromkeys(r.explanation for r in reports))
+            raise KVUnavailable(f"no answer from the KV service at {', '.join(self._servers)}: {why}")
+        now = time.monotonic()
+        since = now if silent_since is None else silent_since
+        if self.unreachable_after is not None and now - since >= self.unreachable_after:
+            why = "; ".join(dict.fromkeys(r.explanation for r in reports))
+            raise KVUnavailable(
+                f"no answer from the KV service at {', '.join(self._servers)}: {why} (start a cluster with `zactor kv cluster`)"
+            )
+        return since

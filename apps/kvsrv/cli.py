@@ -10,7 +10,8 @@ import apps.kvraft as kvraft
 import apps.shardkv as shardkv
 from apps.keys_cli import add_security_options, apply_security_options
 from apps.kvraft import cli as kvraft_cli
-from apps.kvsrv.client import Clerk, KVUnavailable
+from apps.kvraft.server import SERVER_NAME as KVRAFT_NAME
+from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
 from apps.kvsrv.server import serve
 
 
@@ -65,17 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clerk: kvraft.Clerk | Clerk | shardkv.Clerk
         if args.servers is not None:
-            clerk = kvraft.Clerk(kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout)
+            clerk = kvraft.Clerk(
+                kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout, unreachable_after=min(0.5, args.timeout)
+            )
         elif args.ctrler is not None:
             clerk = shardkv.Clerk(kvraft_cli.parse_endpoints(args.ctrler), give_up_after=args.timeout)
         else:
-            clerk = Clerk(args.server, give_up_after=args.timeout)
+            clerk = Clerk(args.server, give_up_after=args.timeout, unreachable_after=min(0.5, args.timeout))
         if args.op == "get":
             print(clerk.get(args.key))
         elif args.op == "put":
             clerk.put(args.key, args.value)
         else:
             print(clerk.append(args.key, args.value))
+    except KVMisdirected as exc:
+        hint = ""
+        if KVRAFT_NAME in exc.hosted:
+            hint = (
+                "; it is a server of a replicated KV cluster (`zactor kv cluster`): "
+                "give all the cluster's endpoints with --servers EP1,EP2,... instead of --server"
+            )
+        print(f"zactor kv {args.op}: {exc}{hint}", file=sys.stderr)
+        return 1
     except (KVUnavailable, ValueError, OSError) as exc:
         print(f"zactor kv {args.op}: {exc}", file=sys.stderr)
         return 1
