@@ -23,10 +23,12 @@ NEMESES: dict[str, tuple[str, ...]] = {
     "partition": ("majority-minority", "leader-isolated", "bridge"),
     "net": ("unreliable", "long-reordering"),
     "disk": ("lose-unsynced-all", "lose-unsynced-leader", "bitflip"),
+    "reconfig": ("leave", "move", "churn", "lossy-churn", "crash-churn"),
 }
 """Every nemesis and its variants (what a fault of that kind does, see the runners)."""
 
-_DURATION = {"kill": (1.0, 4.0), "pause": (1.5, 3.0), "partition": (2.0, 5.0), "net": (3.0, 6.0), "disk": (1.0, 3.0)}
+_DURATION = {"kill": (1.0, 4.0), "pause": (1.5, 3.0), "partition": (2.0, 5.0), "net": (3.0, 6.0), "disk": (1.0, 3.0),
+             "reconfig": (2.0, 5.0)}
 """Seconds a fault of each kind lasts before its heal. A pause outlasts the
 election timeout (0.4-0.8 s at the default tick), so the paused leader wakes
 up deposed but believing it leads."""
