@@ -12,10 +12,10 @@ time, while the clerks keep writing to the shards on the move; in
 ``lossy-churn`` the burst comes with the lab's unreliable network (as in the
 lab's unreliable tests), so that answers to writes are lost just as their
 shards move and the clerks retry them at the new owner; in ``crash-churn`` a
-whole group is SIGKILLed as the burst begins and restarted at the heal (the
-lab's concurrent-restart test): writes it had logged but not yet answered
-are applied when it comes back, while their clerks have gone to ask the
-controller and wait at the shards' new owners to retry them.
+whole group is SIGKILLed as the burst begins and restarted from its disk as
+it ends (the lab's concurrent-restart test): writes it had logged but not
+yet answered are applied when it comes back, while their clerks have gone
+to ask the controller and wait at the shards' new owners to retry them.
 
 The workload's keys all begin with ``w`` (one shard of ten); the clients here
 put each key behind a prefix drawn from it (:func:`spread`), so a window's keys
@@ -100,7 +100,7 @@ class ShardKVTarget:
         self.left: set[int] = set()
         """Groups that left in a reconfig fault and join again at its heal."""
         self.crashed: set[int] = set()
-        """Groups killed by a crash-churn fault, restarted at its heal."""
+        """Groups killed by a crash-churn fault, restarted as its burst ends (or at the heal, if the burst failed)."""
 
     def _rng(self, fault: Fault) -> random.Random:
         """The draws of one fault, from the seed and its offset alone (so a replay draws the same)."""
@@ -181,6 +181,9 @@ class ShardKVTarget:
                     steps.append(self._leave(g))
                 else:
                     steps.append(self._move(rng, g))
+            if fault.variant == "crash-churn":
+                self._restart()
+                steps.append(f"group {c.gid(event.targets[0])} restarted")
             event.note = "; ".join(steps)
         else:
             raise ValueError(f"no such fault: {fault.kind}/{fault.variant}")
