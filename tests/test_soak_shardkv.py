@@ -68,8 +68,11 @@ def test_cli_schedule_only_draws_reconfig_faults_for_shardkv():
 
 @pytest.mark.slow
 def test_clean_shardkv_run_with_every_nemesis_passes(tmp_path):
+    # --min-throughput 1: the run needs real traffic only. Every client soon waits on a shard of a group that is
+    # down (each call up to 8 s), so the 10 s that hold a group's power cut and its restart on a loaded machine
+    # fall to a few calls/s (seen: 2/s at load 40); the bar itself is tested in test_soak_runs.
     code, summary, err = soak(tmp_path, "shardkv", "--minutes", "0.75", "--seed", "266", "--nemesis", "all",
-                              "--min-throughput", "10", "--fail-fast", timeout=240.0)
+                              "--min-throughput", "1", "--fail-fast", timeout=240.0)
     assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass" and summary["system"] == "shardkv"
     assert summary["seconds"] >= 45 and "stopped_early" not in summary

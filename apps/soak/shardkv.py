@@ -242,7 +242,25 @@ class ShardKVTarget:
             return out
         out["final_reads"] = checked
         out["replicas"] = {self._name(part): target._compare_replicas(findings) for part, target in self.parts.items()}
+        out["diverged"] = self._diverged(out["replicas"])
         out["corrupt_journals"] = {k: sum(t.corruptions[k] for t in self.parts.values()) for k in ("refused", "loaded", "skipped")}
+        return out
+
+
+    def _diverged(self, replicas: dict[str, Any]) -> dict[str, Any]:
+        """For each group whose replicas differ: each server's configuration and shard statuses, the first clue
+        to whether they differ in what they own or in the data of a shard."""
+        out: dict[str, Any] = {}
+        for g, group in enumerate(self.cluster.groups):
+            digests = replicas.get(self._name(g)) or []
+            if len({tuple(d) for d in digests if d is not None}) > 1:
+                statuses: list[Any] = []
+                for i in range(group.n):
+                    try:
+                        statuses.append(group.shard_status(i))
+                    except Exception as exc:  # a clue only: a server that does not answer is noted, not fatal
+                        statuses.append(f"{type(exc).__name__}: {exc}")
+                out[self._name(g)] = statuses
         return out
 
 
