@@ -82,8 +82,14 @@ class ShardCluster:
         unreliable: bool = False,
         nctrlers: int = 3,
         seed: int | None = None,
+        lazy_disk: bool = False,
+        server_fields: dict[str, Any] | None = None,
     ) -> None:
-        self.ctrler = CtrlerCluster(nctrlers, unreliable=unreliable, seed=seed)
+        """``lazy_disk``: every server's writes reach its files only at fsync (as ``KVCluster``'s);
+        ``server_fields``: more ``ShardServerConfig`` fields for every group's server (a broken variant's, say)."""
+        self.ctrler = CtrlerCluster(nctrlers, unreliable=unreliable, seed=seed, lazy_disk=lazy_disk)
+        self.lazy_disk = lazy_disk
+        self.server_fields = dict(server_fields or {})
         self.groups: list[GroupCluster] = []
         self.ngroups, self.n, self.maxraftstate = ngroups, n, maxraftstate
         self.unreliable = unreliable
@@ -99,7 +105,7 @@ class ShardCluster:
             for g in range(self.ngroups):
                 group = GroupCluster(
                     FIRST_GID + g, self.n, self.ctrler.endpoints, maxraftstate=self.maxraftstate,
-                    unreliable=self.unreliable, seed=self.seed,
+                    unreliable=self.unreliable, seed=self.seed, lazy_disk=self.lazy_disk, server_fields=self.server_fields,
                 )
                 self.groups.append(group)
                 group.__enter__()

@@ -13,6 +13,9 @@ classes carry no switch for it. Each breaks one promise the service makes:
   confirming it still leads: a deposed leader serves stale values.
 - ``no-dedup-in-snapshot``: snapshots leave the duplicate table out, so a
   request retried after a server restored a snapshot is applied twice.
+- ``dedup-not-moved`` (shardkv): a shard moves to its new group without its
+  duplicate table, so a write applied by the old owner and retried after the
+  move (its answer lost or late) is applied a second time by the new one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from apps.kvraft.server import KVRaftServer
 from apps.kvraft.state import KVState
 from apps.raft.core import RaftCore, Ready
 from apps.raft.storage import RaftStorage
+from apps.shardkv.server import ShardKVServer, ShardServerConfig
+from apps.shardkv.state import ShardKVState
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,26 @@ class NoDedupInSnapshotServer(KVRaftServer):
     state_class = _NoDedupState
 
 
+class _DedupLeftBehindState(ShardKVState):
+    def export(self, num: int, shards: tuple[int, ...]) -> dict[int, tuple[dict, dict]] | None:
+        copies = super().export(num, shards)
+        return None if copies is None else {s: (data, {}) for s, (data, _) in copies.items()}
+
+
+class DedupNotMovedServer(ShardKVServer):
+    state_class = _DedupLeftBehindState
+
+    def __init__(self, config: ShardServerConfig) -> None:
+        super().__init__(config)
+        self.state = _DedupLeftBehindState(config.gid)
+        log.warning("shardkv: BROKEN ON PURPOSE (dedup-not-moved): shards move without their duplicate tables")
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "ack-before-fsync": {"storage": AckBeforeFsyncStorage},
     "stale-reads": {"server_class": StaleReadServer},
     "no-dedup-in-snapshot": {"server_class": NoDedupInSnapshotServer},
+    "dedup-not-moved": {"server_class": DedupNotMovedServer},
 }
 """Each variant's name and the ``ServerConfig`` fields that switch it on."""
 

@@ -23,16 +23,20 @@ SYSTEMS = {
     "raft": ("kill", "pause", "partition", "net", "disk"),
     "mr": ("kill",),
     "etcd": ("kill", "pause", "partition"),
+    "shardkv": ("kill", "pause", "partition", "net", "disk", "reconfig"),
 }
 """Each system and the nemeses it takes."""
-MIN_THROUGHPUT = {"kvraft": 100.0, "etcd": 100.0, "raft": 50.0, "mr": 0.0}
+MIN_THROUGHPUT = {"kvraft": 100.0, "etcd": 100.0, "raft": 50.0, "mr": 0.0, "shardkv": 50.0}
 """Default answered calls/s below which a run is invalid. raft's clients go through the lab harness's
 ``one()`` (an ask, then a wait for the applier to see a majority), a test driver rather than a client,
 so its bar is lower; mr's unit is a whole job, and a run is invalid there only if no job completed."""
-UNITS = {"kvraft": "calls answered", "etcd": "calls answered", "raft": "commands acknowledged", "mr": "jobs completed"}
+UNITS = {"kvraft": "calls answered", "etcd": "calls answered", "raft": "commands acknowledged", "mr": "jobs completed",
+         "shardkv": "calls answered"}
 """What each system's throughput counts."""
-BREAKS = ("ack-before-fsync", "stale-reads", "no-dedup-in-snapshot")
+BREAKS = ("ack-before-fsync", "stale-reads", "no-dedup-in-snapshot", "dedup-not-moved")
 """The broken variants of ``apps/soak/broken.py`` (named here so that --help stays instant)."""
+BROKEN_FOR = {"dedup-not-moved": "shardkv"}
+"""The system of each broken variant that is not kvraft's."""
 
 EPILOG = """\
 nemeses (each on a random schedule from the seed, each healed before the next):
@@ -47,7 +51,11 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   vote       an election forced, a follower SIGKILLed the moment its term rises (its vote), restarted
   stale      everything one server sends its peers held 0.5-2.5 s and reordered, delivered after the
              others moved to a new term
-  (burst, vote and stale are kvraft's; the others are every Raft system's)
+  reconfig   shardkv only: a group leaves and joins again, shards move to a group, or a burst of both
+             (lossy-churn: on the unreliable network),
+             while the clerks write to the shards on the move (shardkv's other faults hit one group
+             or the controller, drawn from the seed; net hits the whole service)
+  (burst, vote and stale are kvraft's; reconfig is shardkv's; the others are every system's)
   (mr takes kill only: workers killed every few seconds; etcd takes kill, pause, partition,
    its partitions through a TCP proxy in front of each member's peer port)
 
@@ -63,6 +71,7 @@ examples:
   zactor soak kvraft --minutes 1 --nemesis kill,disk --seed 7
   zactor soak mr --minutes 3
   zactor soak etcd --minutes 3                          the same workloads and verdict against etcd
+  zactor soak shardkv --minutes 10                      a controller and 3 groups of 3, every nemesis
 """
 
 
@@ -99,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every full window of this many seconds must reach --min-throughput too, not only the "
                         "run's average: an outage makes the run invalid (default 10)")
     p.add_argument("--window", type=_positive(float), default=15.0, help="seconds of history per checked window (default 15)")
-    p.add_argument("--maxraftstate", type=int, default=4000, help="kvraft: snapshot at this many bytes of Raft state (default 4000)")
+    p.add_argument("--groups", type=_positive(int), default=3, help="shardkv: replica groups of 3 servers (default 3)")
+    p.add_argument("--maxraftstate", type=int, default=4000, help="kvraft, shardkv: snapshot at this many bytes of Raft state (default 4000)")
     p.add_argument("--no-history", action="store_true",
                    help="kvraft, etcd: do not write DIR/history.jsonl (about 1 KB per call, as an append's reply is the "
                         "list so far: some 250 MB per ten minutes; its windows are checked all the same)")
@@ -107,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop the faults and traffic at the first violation found while they run, rather than at the "
                         "end of --minutes (the final checks and the report follow as usual)")
     p.add_argument("--broken", choices=BREAKS, default="",
-                   help="test-only, kvraft: run a deliberately broken server variant, to check the checkers catch it")
+                   help="test-only, kvraft (shardkv: dedup-not-moved): run a deliberately broken server variant, to check the checkers catch it")
     p.add_argument("--schedule-only", action="store_true", help="print the fault schedule as JSON and exit")
     return p
 
@@ -127,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"soak-{args.system}-{seed}")
     seconds = args.minutes * 60.0
     broken = args.broken
-    if broken and args.system != "kvraft":
-        parser.error("--broken is for kvraft only")
+    if broken and args.system != BROKEN_FOR.get(broken, "kvraft"):
+        parser.error(f"--broken {broken} is for {BROKEN_FOR.get(broken, 'kvraft')} only")
     command = shlex.join(
         ["zactor", "soak", args.system, "--minutes", f"{args.minutes:g}", "--seed", str(seed), "--nemesis", ",".join(nemeses) or "none",
          "--clients", str(args.clients), "--window", f"{args.window:g}",
          *(["--throughput-window", str(args.throughput_window)] if args.throughput_window != 10 else []),
-         *(["--maxraftstate", str(args.maxraftstate)] if args.system == "kvraft" else []),
+         *(["--maxraftstate", str(args.maxraftstate)] if args.system in ("kvraft", "shardkv") else []),
+         *(["--groups", str(args.groups)] if args.system == "shardkv" else []),
          *(["--fail-fast"] if args.fail_fast else []), *(["--broken", broken] if broken else []), "--out", str(out)]
     )
     if args.schedule_only:
@@ -154,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
         min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
         fail_fast=args.fail_fast, throughput_window=args.throughput_window, history=not args.no_history,
-        servers=5 if args.system in ("kvraft", "raft") else 3,
+        servers=5 if args.system in ("kvraft", "raft") else 3, groups=args.groups,
     )
     if broken:
         print(f"zactor soak: WARNING: the broken variant {broken} is switched on (test-only)", file=sys.stderr)
@@ -200,6 +211,10 @@ def _run(config: SoakConfig) -> int:
         from apps.soak.raft import run_raft
 
         findings, extra = run_raft(config, status)
+    elif config.system == "shardkv":
+        from apps.soak.shardkv import run_shardkv
+
+        findings, extra = run_shardkv(config, status)
     elif config.system == "etcd":
         from apps.soak.etcd import run_etcd
 

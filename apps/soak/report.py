@@ -24,7 +24,7 @@ from apps.soak.verdict import EXIT_NAMES, INTERRUPTED, Findings
 log = logging.getLogger(__name__)
 
 _COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#ff7f0e", "net": "#17becf", "disk": "#8c564b",
-           "burst": "#e377c2", "vote": "#bcbd22", "stale": "#7f7f7f"}
+           "burst": "#e377c2", "vote": "#bcbd22", "stale": "#7f7f7f", "reconfig": "#2ca02c"}
 
 
 def require_plotly() -> Any:
@@ -84,7 +84,7 @@ def _violation_pages(findings: Findings, out: Path) -> list[str]:
     return pages
 
 
-WINDOWED = ("kvraft", "etcd")
+WINDOWED = ("kvraft", "etcd", "shardkv")
 """The systems whose history is checked window by window (the others have their own checks)."""
 
 CLEAN = {
@@ -93,6 +93,9 @@ CLEAN = {
               "every replica's state the same after the final heal",
     "etcd": "no violation found: every checked window of the history linearizable, every acknowledged append "
             "present once and in order, every member's key space the same after the final heal",
+    "shardkv": "no violation found: every checked window of the history linearizable, every acknowledged append "
+               "present once and in order while shards moved between groups, every group in the latest configuration "
+               "with its shards, and the replicas of each group and of the controller the same after the final heal",
     "raft": "no violation found: every peer applied the same command at each index, in order, and every "
             "acknowledged command is still at its index on every peer after the final heal",
     "mr": "no violation found: every job's output equal to the sequential word count's, line for line, "

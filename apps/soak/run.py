@@ -34,6 +34,8 @@ class SoakConfig:
     window: float = 15.0
     """Seconds per checked window of the history."""
     servers: int = 5
+    groups: int = 3
+    """shardkv: replica groups (of ``servers`` servers each)."""
     maxraftstate: int = 4000
     check_budget: float = 60.0
     """Seconds the checker may spend on one window before it is UNKNOWN."""
@@ -256,7 +258,7 @@ def status_line(config: Any, status: Status, elapsed: float, done: int, unit: st
     return (
         f"soak {config.system} {status.phase} {_mmss(t)}/{_mmss(config.seconds)}  {unit} {done} "
         f"({rate:.{0 if rate >= 10 else 1}f}/s)  faults {status.faults}  errors {errors}"
-        + (f"  windows checked {len(findings.windows)}" if config.system in ("kvraft", "etcd") else "")
+        + (f"  windows checked {len(findings.windows)}" if config.system in ("kvraft", "etcd", "shardkv") else "")
         + (f"  {more}" if more else "") + (f"  VIOLATIONS {bad}" if bad else "")
     )
 

@@ -26,11 +26,13 @@ NEMESES: dict[str, tuple[str, ...]] = {
     "burst": ("leader-isolated", "leader-crashed"),  # the targeted nemeses: see apps/soak/targeted.py
     "vote": ("follower",),
     "stale": ("leader", "one"),
+    "reconfig": ("leave", "move", "churn", "lossy-churn", "crash-churn"),
 }
 """Every nemesis and its variants (what a fault of that kind does, see the runners)."""
 
 _DURATION = {"kill": (1.0, 4.0), "pause": (1.5, 3.0), "partition": (2.0, 5.0), "net": (3.0, 6.0), "disk": (1.0, 3.0),
-             "burst": (2.0, 4.0), "vote": (1.5, 3.0), "stale": (2.0, 4.0)}
+             "burst": (2.0, 4.0), "vote": (1.5, 3.0), "stale": (2.0, 4.0),
+             "reconfig": (2.0, 5.0)}
 """Seconds a fault of each kind lasts before its heal. A pause outlasts the
 election timeout (0.4-0.8 s at the default tick), so the paused leader wakes
 up deposed but believing it leads."""
