@@ -399,6 +399,23 @@ class Hosts:
         drops = [[a, b] for a in self.names for b in self.names if a != b and side[a] != side[b]]
         self._change(drops=drops)
 
+    def drop_links(self, pairs: Iterable[Sequence[str]]) -> None:
+        """Exactly these ``[src, dst]`` links drop their packets (at dst); replaces earlier drops.
+
+        For faults that are not a partition of all the hosts into groups: a
+        partition among some hosts that leaves the others (a client's host)
+        talking to everyone, or groups that overlap in a bridge.
+        """
+        drops = []
+        for src, dst in pairs:
+            self._check(src)
+            self._check(dst)
+            if src == dst:
+                raise HostsError(f"a link from {src} to itself cannot be cut")
+            if [src, dst] not in drops:
+                drops.append([src, dst])
+        self._change(drops=drops)
+
     def one_way(self, src: str, dst: str) -> None:
         """Packets from ``src`` to ``dst`` are dropped; the other direction still flows. Adds to earlier drops."""
         self._check(src)

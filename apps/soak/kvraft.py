@@ -32,6 +32,7 @@ from apps.kvraft.testing import KVCluster
 from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
 from apps.soak.broken import server_fields
+from apps.soak.netns import kv_cluster
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import HISTORY_FILE, FinalReadFailed, Findings, WindowChecker, check_final_reads
@@ -270,7 +271,7 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     """The whole run: cluster up, schedule and workload, final heal and checks; always tears the cluster down."""
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
-    with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
+    with kv_cluster(config, config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
                    server_fields=server_fields(config.broken)) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
