@@ -111,6 +111,19 @@ def test_without_ip_and_nft_hosts_netns_fails_at_once_and_names_what_is_missing(
 
 
 def test_hosts_netns_for_a_system_it_is_not_built_for_is_refused_by_name(tmp_path: Path) -> None:
-    done = soak(tmp_path, "etcd", "--hosts", "netns", "--minutes", "1", timeout=60)
-    assert done.returncode == 2 and "--hosts netns is not built for etcd yet" in done.stderr, done.stderr
+    done = soak(tmp_path, "mr", "--hosts", "netns", "--minutes", "1", timeout=60)
+    assert done.returncode == 2 and "--hosts netns is not built for mr yet" in done.stderr, done.stderr
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_an_etcd_soak_on_namespace_hosts_with_partitions_passes_and_removes_its_hosts(netns_ready: None, tmp_path: Path) -> None:
+    done = soak(tmp_path, "etcd", "--hosts", "netns", "--minutes", "0.3", "--nemesis", "partition", "--seed", "5",
+                "--clients", "4", "--no-history", "--min-throughput", "10")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["verdict"] == "pass" and summary["hosts"] == "netns"
+    partitions = [e for e in summary["events"] if e["kind"] == "partition"]
+    assert partitions and summary["packet_faults"] == {"partition": len(partitions), "heal": len(partitions)}
+    assert len({r[1] for r in summary["replicas"]}) == 1
+    assert summary["host_set"] and leftovers(summary["host_set"]) == []

@@ -40,8 +40,8 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   pause      SIGSTOP of a server or the leader for longer than an election timeout, then SIGCONT
   partition  majority/minority, the leader isolated, a bridge; through the transport's fault rules
   net        the lab's unreliable network, and long reordering
-  (--hosts netns, kvraft and raft: each server in a network namespace of its own, the clerks in
-   another; partition drops the packets between hosts, net/unreliable drops 10% of every server's
+  (--hosts netns, kvraft, raft and etcd: each server in a network namespace of its own, the clients
+   in another; partition drops the packets between hosts, net/unreliable drops 10% of every server's
    packets, net/long-reordering flaps every server's link; the report says `hosts: netns`)
   disk       servers on a lazy disk (writes reach the file only at fsync): kills that lose the
              unsynced tail; a flipped bit in a stopped server's journal, which it must refuse
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broken", choices=BREAKS, default="",
                    help="test-only, kvraft: run a deliberately broken server variant, to check the checkers catch it")
     p.add_argument("--hosts", choices=("local", "netns"), default="local",
-                   help="kvraft, raft: where the servers run. local (default): all on this machine, partition and net "
+                   help="kvraft, raft, etcd: where the servers run. local (default): all on this machine, partition and net "
                         "faults as the transport's fault rules. netns: each server in a network namespace of its own and "
                         "the clerks in another, partition and net faults as nftables packet filters (needs root, ip, nft)")
     p.add_argument("--schedule-only", action="store_true", help="print the fault schedule as JSON and exit")

@@ -28,6 +28,9 @@ Faults on hosts:
 - ``net/unreliable``: every server's link drops :data:`LOSS` percent of its
   packets both ways, at random (TCP retransmits: calls slow down, none is
   lost by the network alone).
+- etcd (which takes ``partition`` but not ``net``): the links between members
+  in different groups drop every packet, in place of the TCP proxy in front
+  of each member's peer port; members listen on their hosts' addresses.
 - ``net/long-reordering``: every server's link flaps, down and up with
   periods of its own; ``tc netem`` is not available here, so delay and
   reordering come from retransmissions after each outage instead.
@@ -53,12 +56,13 @@ from actors import ChildSpec
 from apps.hosts import Hosts, HostsError, available, host_keyring, sweep_stale
 from apps.kvraft.testing import KVCluster
 from apps.raft.testing import Cluster
+from apps.soak.etcd import MEMBERS, EtcdMembers, member_args
 from transport import FaultRule
 from transport.keys import KEYS_ENV, resolve_keyring
 
 HOSTS_KINDS = ("local", "netns")
 """``--hosts``: ``local`` (every server on this machine, faults as transport rules) or ``netns``."""
-SYSTEMS = ("kvraft", "raft")
+SYSTEMS = ("kvraft", "raft", "etcd")
 """The systems that run on namespace hosts so far."""
 SERVER_PORT = 7001
 LOSS = 10
@@ -304,3 +308,41 @@ def raft_cluster(config: Any, n: int, **kwargs: Any) -> Cluster:
     if getattr(config, "hosts", "local") == "netns":
         return NetnsCluster(n, **kwargs)
     return Cluster(n, **kwargs)
+
+
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+
+
+class NetnsEtcdMembers(EtcdMembers):
+    """Three etcd members, member i on host h(i+1) with no proxy in between; partitions as packet filters."""
+
+    def __init__(self, directory: Path, logs: Path | None = None) -> None:
+        super().__init__(directory, logs)
+        for proxy in self.proxies:  # the proxies the loopback layout made: the hosts' links take their place
+            proxy.stop()
+        self.proxies = []
+        self.net = _network(MEMBERS, None)
+        self.client_hosts = [self.net.hosts.address(self.net.host(i)) for i in range(MEMBERS)]
+        self.client_ports = [ETCD_CLIENT_PORT] * MEMBERS
+        self.peer_ports = self.proxy_ports = [ETCD_PEER_PORT] * MEMBERS
+
+    def _args(self, i: int) -> list[str]:
+        peer = [f"http://{h}:{ETCD_PEER_PORT}" for h in self.client_hosts]
+        cluster = ",".join(f"m{j}={peer[j]}" for j in range(MEMBERS))
+        argv = member_args(self.binary, i, str(self.directory / f"member-{i}"), f"http://{self.client_hosts[i]}:{ETCD_CLIENT_PORT}",
+                           peer[i], peer[i], cluster, self.token)
+        return self.net.hosts.command(self.net.host(i), argv)  # `ip netns exec` execs etcd: the pid is etcd's
+
+    def partition(self, groups: list[list[int]]) -> None:
+        self.net.partition(groups)
+
+    def heal(self) -> None:
+        self.net.heal()
+
+
+def etcd_members(config: Any, directory: Path, logs: Path | None = None) -> EtcdMembers:
+    """The etcd members a run asks for: on loopback behind proxies, or on hosts (``--hosts netns``)."""
+    if getattr(config, "hosts", "local") == "netns":
+        return NetnsEtcdMembers(directory, logs)
+    return EtcdMembers(directory, logs)
