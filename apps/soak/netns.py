@@ -208,7 +208,7 @@ class PacketNetwork:
 
     def flapping(self, on: bool) -> None:
         if not on:
-            self.hosts.stop_flapping()
+            self.hosts.heal()  # every link up, whatever a flap was doing when it stopped (no other fault overlaps)
             return
         _applied["flap"] += 1
         already = set(self.hosts.faults()["flapping"])
