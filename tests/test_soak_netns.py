@@ -46,9 +46,10 @@ def namespaces() -> list[str]:
 
 @pytest.mark.slow
 def test_a_kvraft_soak_on_namespace_hosts_with_partitions_passes_and_removes_its_hosts(netns_ready: None, tmp_path: Path) -> None:
-    """Without snapshots (``--maxraftstate -1``): with them, a server cut off while the others compact their
-    logs was still behind 30 s after the heal in 2 of 3 such runs (found by this soak, reported on issue 26,
-    not fixed here); this test is about the soak on hosts, not that bug."""
+    """Without snapshots (``--maxraftstate -1``): with them, a server cut off while the others compacted their
+    logs was still behind 30 s after the heal in 3 of about 6 such runs (0 of 6 since the hosts' flap fix,
+    which does not obviously touch partitions: cause not established, reported on issue 26). This test is
+    about the soak on hosts, and must not inherit that."""
     done = soak(tmp_path, "kvraft", "--hosts", "netns", "--minutes", "0.4", "--nemesis", "partition", "--seed", "3",
                 "--clients", "4", "--no-history", "--min-throughput", "10", "--maxraftstate", "-1")
     assert done.returncode == 0, done.stderr[-3000:]
