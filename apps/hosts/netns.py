@@ -273,7 +273,9 @@ class Hosts:
 
     def __init__(self, instance: Instance | None = None) -> None:
         self._inst = instance
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """Held over every read-modify-write of the fault state: links flapping in threads of their own
+        change it at once, and a change computed from a stale copy undid another's (a host left cut off)."""
         self._flappers: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._finalizer: weakref.finalize | None = None
 
@@ -399,36 +401,57 @@ class Hosts:
         drops = [[a, b] for a in self.names for b in self.names if a != b and side[a] != side[b]]
         self._change(drops=drops)
 
+    def drop_links(self, pairs: Iterable[Sequence[str]]) -> None:
+        """Exactly these ``[src, dst]`` links drop their packets (at dst); replaces earlier drops.
+
+        For faults that are not a partition of all the hosts into groups: a
+        partition among some hosts that leaves the others (a client's host)
+        talking to everyone, or groups that overlap in a bridge.
+        """
+        drops = []
+        for src, dst in pairs:
+            self._check(src)
+            self._check(dst)
+            if src == dst:
+                raise HostsError(f"a link from {src} to itself cannot be cut")
+            if [src, dst] not in drops:
+                drops.append([src, dst])
+        self._change(drops=drops)
+
     def one_way(self, src: str, dst: str) -> None:
         """Packets from ``src`` to ``dst`` are dropped; the other direction still flows. Adds to earlier drops."""
         self._check(src)
         self._check(dst)
         if src == dst:
             raise HostsError("one_way needs two different hosts")
-        drops = [d for d in self.instance.drops if d != [src, dst]] + [[src, dst]]
-        self._change(drops=drops)
+        with self._lock:
+            drops = [d for d in self.instance.drops if d != [src, dst]] + [[src, dst]]
+            self._change(drops=drops)
 
     def loss(self, host: str, pct: int) -> None:
         """Drop ``pct`` percent of the packets into and out of ``host``'s link, at random (0 ends it)."""
         self._check(host)
         if not 0 <= pct <= 100:
             raise HostsError(f"loss must be 0..100 percent, not {pct}")
-        loss = dict(self.instance.loss)
-        if pct:
-            loss[host] = int(pct)
-        else:
-            loss.pop(host, None)
-        self._change(loss=loss)
+        with self._lock:
+            loss = dict(self.instance.loss)
+            if pct:
+                loss[host] = int(pct)
+            else:
+                loss.pop(host, None)
+            self._change(loss=loss)
 
     def isolate(self, host: str) -> None:
         """Cut ``host`` off completely: nothing in or out of its link."""
         self._check(host)
-        self._change(cut=sorted({*self.instance.cut, host}))
+        with self._lock:
+            self._change(cut=sorted({*self.instance.cut, host}))
 
     def reconnect(self, host: str) -> None:
         """Undo ``isolate(host)`` (other faults stay)."""
         self._check(host)
-        self._change(cut=[h for h in self.instance.cut if h != host])
+        with self._lock:
+            self._change(cut=[h for h in self.instance.cut if h != host])
 
     def flap(self, host: str, down_for: float = 0.5, up_for: float = 0.5) -> None:
         """Take ``host``'s link down and up again and again (a thread of this process) until ``heal()``."""

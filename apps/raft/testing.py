@@ -86,6 +86,10 @@ class PeerHandle:
 
 
 class Cluster:
+    harness_endpoint: str | None = None
+    """Where the harness's own node binds (None: a fresh ipc:// endpoint); a subclass whose peers live
+    on other hosts binds a TCP address they can reach."""
+
     def __init__(
         self,
         n: int,
@@ -121,7 +125,7 @@ class Cluster:
         self._lock = threading.Condition()
         self._dead_counts = {"rpcs": 0, "bytes": 0}
         self._sup = Supervisor(max_restarts=1000, within=1.0)
-        self._system = ActorSystem(ask_timeout=5.0)
+        self._system = ActorSystem(self.harness_endpoint, ask_timeout=5.0)
         self._applier = self._system.spawn(_Applier, self, name="applier")
         self.started_at = time.monotonic()
 

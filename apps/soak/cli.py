@@ -44,6 +44,9 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   pause      SIGSTOP of a server or the leader for longer than an election timeout, then SIGCONT
   partition  majority/minority, the leader isolated, a bridge; through the transport's fault rules
   net        the lab's unreliable network, and long reordering
+  (--hosts netns, kvraft, raft and etcd: each server in a network namespace of its own, the clients
+   in another; partition drops the packets between hosts, net/unreliable drops 10% of every server's
+   packets, net/long-reordering flaps every server's link; the report says `hosts: netns`)
   disk       servers on a lazy disk (writes reach the file only at fsync): kills that lose the
              unsynced tail; a flipped bit in a stopped server's journal, which it must refuse
   burst      the leader's AppendEntries held while a burst of writes reaches it, then it is isolated
@@ -118,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "end of --minutes (the final checks and the report follow as usual)")
     p.add_argument("--broken", choices=BREAKS, default="",
                    help="test-only, kvraft (shardkv: dedup-not-moved): run a deliberately broken server variant, to check the checkers catch it")
+    p.add_argument("--hosts", choices=("local", "netns"), default="local",
+                   help="kvraft, raft, etcd: where the servers run. local (default): all on this machine, partition and net "
+                        "faults as the transport's fault rules. netns: each server in a network namespace of its own and "
+                        "the clerks in another, partition and net faults as nftables packet filters (needs root, ip, nft)")
     p.add_argument("--schedule-only", action="store_true", help="print the fault schedule as JSON and exit")
     return p
 
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
          *(["--throughput-window", str(args.throughput_window)] if args.throughput_window != 10 else []),
          *(["--maxraftstate", str(args.maxraftstate)] if args.system in ("kvraft", "shardkv") else []),
          *(["--groups", str(args.groups)] if args.system == "shardkv" else []),
-         *(["--fail-fast"] if args.fail_fast else []), *(["--broken", broken] if broken else []), "--out", str(out)]
+         *(["--fail-fast"] if args.fail_fast else []), *(["--broken", broken] if broken else []),
+         *(["--hosts", args.hosts] if args.hosts != "local" else []), "--out", str(out)]
     )
     if args.schedule_only:
         import json
@@ -165,8 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         system=args.system, seconds=seconds, seed=seed, nemeses=nemeses, clients=args.clients, out=out,
         min_throughput=min_tp, window=args.window, maxraftstate=args.maxraftstate, command=command, broken=broken,
         fail_fast=args.fail_fast, throughput_window=args.throughput_window, history=not args.no_history,
-        servers=5 if args.system in ("kvraft", "raft") else 3, groups=args.groups,
+        servers=5 if args.system in ("kvraft", "raft") else 3, groups=args.groups, hosts=args.hosts,
     )
+    if args.hosts == "netns":
+        from apps.soak.netns import unavailable
+
+        why = unavailable(config)
+        if why:
+            print(f"zactor soak: --hosts netns: {why}", file=sys.stderr)
+            return INVALID
     if broken:
         print(f"zactor soak: WARNING: the broken variant {broken} is switched on (test-only)", file=sys.stderr)
     print(f"zactor soak {args.system}: seed {seed}, {args.minutes:g} min, nemeses {','.join(nemeses) or 'none'}, report in {out}/",
@@ -177,9 +192,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: SoakConfig) -> int:
     """The run, its verdict and its report; Ctrl-C or SIGTERM end it early with the report all the same (exit 130)."""
+    from apps.soak import netns
+
     previous = {sig: signal.signal(sig, _on_signal(config)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _run(config)
+        with netns.soak_hosts(config):  # --hosts netns: the hosts, removed at the end whatever happens
+            return _run(config)
+    except netns.HostsError as exc:
+        print(f"zactor soak: --hosts netns: {exc}", file=sys.stderr)
+        return INVALID
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -200,6 +221,7 @@ def _on_signal(config: SoakConfig) -> Callable[[int, Any], None]:
 
 def _run(config: SoakConfig) -> int:
     from apps.soak import report
+    from apps.soak.netns import describe as describe_hosts
 
     status = Status(config)
     started = time.time()
@@ -223,6 +245,7 @@ def _run(config: SoakConfig) -> int:
         from apps.soak.mr import run_mr
 
         findings, extra = run_mr(config, status)
+    extra.update(describe_hosts(config))
     ran = extra.get("seconds", config.seconds)
     extra.update(stopped_early(config, ran))
     answered = extra["samples"].answered

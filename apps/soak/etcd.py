@@ -64,8 +64,10 @@ class EtcdError(RuntimeError):
 class EtcdKV:
     """get / put / append against etcd over one keep-alive HTTP connection; moves to the next member after an error."""
 
-    def __init__(self, ports: list[int], first: int, timeout: float = GIVE_UP) -> None:
+    def __init__(self, ports: list[int], first: int, timeout: float = GIVE_UP, hosts: list[str] | None = None) -> None:
+        """``hosts``: each member's client address, beside its port (default: all on loopback)."""
         self.ports = ports
+        self.hosts = hosts or ["127.0.0.1"] * len(ports)
         self.member = first % len(ports)
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
@@ -78,7 +80,7 @@ class EtcdKV:
         """
         deadline = time.monotonic() + self.timeout
         while self._conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", self.ports[self.member], timeout=self.timeout)
+            conn = http.client.HTTPConnection(self.hosts[self.member], self.ports[self.member], timeout=self.timeout)
             try:
                 conn.connect()
                 self._conn = conn
@@ -158,6 +160,7 @@ class EtcdMembers:
         self.logs.mkdir(parents=True, exist_ok=True)
         ports = free_ports(3 * MEMBERS)
         self.client_ports = ports[:MEMBERS]
+        self.client_hosts = ["127.0.0.1"] * MEMBERS
         self.peer_ports = ports[MEMBERS : 2 * MEMBERS]
         self.proxy_ports = ports[2 * MEMBERS :]
         self.ids: dict[str, int] = {}
@@ -202,7 +205,7 @@ class EtcdMembers:
             if proc is None or proc.poll() is not None:
                 raise RuntimeError(f"etcd member {i} exited with {proc.returncode if proc else None}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.client_ports[i], timeout=1.0)
+                conn = http.client.HTTPConnection(self.client_hosts[i], self.client_ports[i], timeout=1.0)
                 conn.request("GET", "/health")
                 healthy = json.loads(conn.getresponse().read()).get("health") == "true"
                 conn.close()
@@ -214,7 +217,7 @@ class EtcdMembers:
         raise RuntimeError(f"etcd member {i} not healthy within {_START_WAIT} s")
 
     def _learn_ids(self) -> None:
-        kv = EtcdKV(self.client_ports, 0)
+        kv = EtcdKV(self.client_ports, 0, hosts=self.client_hosts)
         try:
             for m in kv._post("/v3/cluster/member/list", {})["members"]:
                 self.ids[format(int(m["ID"]), "x")] = int(m["name"][1:])
@@ -260,7 +263,7 @@ class EtcdMembers:
         for i in range(MEMBERS):
             if not self.running(i) or i in self.paused:
                 continue
-            kv = EtcdKV([self.client_ports[i]], 0, timeout=1.0)
+            kv = EtcdKV([self.client_ports[i]], 0, timeout=1.0, hosts=[self.client_hosts[i]])
             try:
                 status = kv._post("/v3/maintenance/status", {})
                 leader = format(int(status["leader"]), "x")
@@ -334,7 +337,7 @@ class EtcdTarget:
 
     def final_checks(self, workload: Any, findings: Findings) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        kv = EtcdKV(self.m.client_ports, 0, timeout=10.0)
+        kv = EtcdKV(self.m.client_ports, 0, timeout=10.0, hosts=self.m.client_hosts)
 
         def read(key: str) -> str:
             final = _retry(lambda: kv.get(key), 60.0)
@@ -366,7 +369,7 @@ class EtcdTarget:
             try:
                 revs = []
                 for i in range(MEMBERS):
-                    kv = EtcdKV([self.m.client_ports[i]], 0, timeout=5.0)
+                    kv = EtcdKV([self.m.client_ports[i]], 0, timeout=5.0, hosts=[self.m.client_hosts[i]])
                     try:
                         revs.append(int(kv._post("/v3/maintenance/status", {})["header"]["revision"]))
                     finally:
@@ -374,7 +377,7 @@ class EtcdTarget:
                 rev = min(revs)
                 digests = []
                 for i in range(MEMBERS):
-                    kv = EtcdKV([self.m.client_ports[i]], 0, timeout=10.0)
+                    kv = EtcdKV([self.m.client_ports[i]], 0, timeout=10.0, hosts=[self.m.client_hosts[i]])
                     try:
                         body = {"key": _b64("\0"), "range_end": _b64("\0"), "revision": str(rev), "serializable": True}
                         kvs = kv._post("/v3/kv/range", body).get("kvs", [])
@@ -403,13 +406,14 @@ def _retry(call: Any, seconds: float) -> Any:
 
 
 def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
+    from apps.soak.netns import etcd_members  # not at the top: apps.soak.netns builds on this module
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, MEMBERS)
     directory = Path(tempfile.mkdtemp(prefix="zactor-soak-etcd-"))
     try:
-        with EtcdMembers(directory, logs=Path(config.out)) as members:
+        with etcd_members(config, directory, logs=Path(config.out)) as members:
             target = EtcdTarget(members, config.seed)
-            workload = Workload(lambda c: EtcdKV(members.client_ports, c), config.clients, config.window, config.seed)
+            workload = Workload(lambda c: EtcdKV(members.client_ports, c, hosts=members.client_hosts), config.clients, config.window, config.seed)
             checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0,
                                     history=Path(config.out) / HISTORY_FILE if config.history else None)
             ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)

@@ -37,6 +37,7 @@ from apps.raft.testing import HarnessFailure
 from apps.soak import targeted
 from apps.soak.applied import AppliedChecker
 from apps.soak.broken import server_fields
+from apps.soak.netns import kv_cluster
 from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.targeted import TARGETED
@@ -286,8 +287,8 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
     applied = AppliedChecker(Path(config.out).resolve() / APPLY_DIR, config.servers, findings)
     fields = {**server_fields(config.broken), "apply_log": str(applied.directory)}
-    with KVCluster(config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
-                   server_fields=fields) as cluster:
+    with kv_cluster(config, config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
+                    server_fields=fields) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)
         applied.start()
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)

@@ -21,6 +21,7 @@ from typing import Any
 
 from apps.raft.testing import Cluster, HarnessFailure
 from apps.soak.kvraft import KVRaftTarget
+from apps.soak.netns import raft_cluster
 from apps.soak.run import FaultEvent, bounded, heal_everything, keep_going, nemesis_still_healing, play, status_line, wait_while_running
 from apps.soak.schedule import make_schedule
 from apps.soak.verdict import Findings
@@ -42,7 +43,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     stop = threading.Event()
     done = threading.Event()
 
-    with Cluster(config.servers, reliable=True, seed=config.seed, lazy_disk="disk" in config.nemeses) as cluster:
+    with raft_cluster(config, config.servers, reliable=True, seed=config.seed, lazy_disk="disk" in config.nemeses) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)  # type: ignore[arg-type]
         majority = config.servers // 2 + 1
         started = time.monotonic()

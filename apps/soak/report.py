@@ -178,7 +178,8 @@ def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], 
     facts = {k: summary.get(k) for k in ("seed", "minutes", "nemeses", "clients", "answered", "throughput", "min_window_throughput",
                                          "min_throughput_required", "final_reads", "corrupt_journals", "errors", "error_kinds",
                                          "acknowledged", "checked_commands", "final_index", "final_check", "worker_kills",
-                                         "replicas", "state_machine_safety", "final_heal", "broken_variant", "stopped_early", "started_at")}
+                                         "replicas", "state_machine_safety", "final_heal", "broken_variant", "stopped_early",
+                                         "started_at", "hosts", "host_layout")}
     facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(_cell(v))}</td></tr>"
                          for k, v in facts.items() if v is not None)
     return f"""<!doctype html>

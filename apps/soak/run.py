@@ -48,6 +48,9 @@ class SoakConfig:
     throughput_window: float = 10.0
     """Seconds per window of the minimum-throughput rule: every full window of the timed part must reach it."""
     history: bool = True
+    hosts: str = "local"
+    """Where the servers run: ``local`` (this machine; partition and net faults as transport rules) or ``netns``
+    (a network namespace each; those faults as packet filters, see ``apps/soak/netns.py``)."""
     """Write every checked window's calls to ``out/history.jsonl`` (kvraft, etcd)."""
     interrupt: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
     """Set by Ctrl-C or SIGTERM: the timed part ends at once, the final steps are cut short, the report is written."""
