@@ -352,7 +352,8 @@ class ActorSystem:
         """
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self._stopped.set())
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # a supervised child leaves Ctrl-C to its supervisor
+                    signal.signal(sig, lambda *_: self._stopped.set())
         while not self._stopped.wait(0.5):
             pass
         self.stop()
