@@ -195,8 +195,9 @@ class Actor(pykka.ThreadingActor):
         self.actor_name: str = context[1] if context else self.actor_urn
         # What `zactor top` shows: written by the serving thread alone, read by the I/O
         # thread (a count and a fixed ring of list slots: each read one atomic operation).
-        self.handled = 0
-        self._took: list[float] = [0.0] * _TOOK_RING
+        # Prefixed: a subclass's own `handled` or `_took` must not collide with them.
+        self._zactor_handled = 0
+        self._zactor_took: list[float] = [0.0] * _TOOK_RING
         if context:
             context[0].actor_built(self.actor_name, self)
 
@@ -270,15 +271,19 @@ class Actor(pykka.ThreadingActor):
         try:
             return self.on_receive(message)  # the rest, as pykka would after four isinstance checks
         finally:
-            self._took[self.handled % _TOOK_RING] = time.perf_counter() - start
-            self.handled += 1
+            self._zactor_took[self._zactor_handled % _TOOK_RING] = time.perf_counter() - start
+            self._zactor_handled += 1
+
+    def handled_count(self) -> int:
+        """How many messages this instance has handled (pykka's own stop and proxy calls aside)."""
+        return self._zactor_handled
 
     def handling_p99(self) -> float | None:
         """Seconds: the 99th percentile of the last handled messages' handling time (None before any)."""
-        n = min(self.handled, _TOOK_RING)
+        n = min(self._zactor_handled, _TOOK_RING)
         if n == 0:
             return None
-        took = sorted(self._took[:n])
+        took = sorted(self._zactor_took[:n])
         return took[min(n - 1, int(n * 0.99))]
 
     def more_waiting(self) -> bool:

@@ -474,7 +474,7 @@ class ActorSystem:
                 "name": name,
                 "class": h.factory.__name__,
                 "mailbox": inbox.qsize() if hasattr(inbox, "qsize") else None,
-                "handled": actor.handled if isinstance(actor, Actor) else None,
+                "handled": actor.handled_count() if isinstance(actor, Actor) else None,
                 "p99_ms": None if p99 is None else round(p99 * 1000, 3),
                 "restarts": h.restarts,
             })
