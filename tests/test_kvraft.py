@@ -173,7 +173,7 @@ def test_cli_cluster_serves_put_and_get_and_a_killed_server_comes_back(kv_cluste
         (["cluster", "--endpoints", "localhost:1"], "is not an endpoint"),
         (["cluster", "--servers", "2", "--endpoints", "ipc:///tmp/a,ipc:///tmp/b,ipc:///tmp/c"], "names 3 servers"),
         (["cluster", "--read", "lease"], "invalid choice"),
-        (["get", "k"], "one of the arguments --server --servers is required"),
+        (["get", "k"], "one of the arguments --server --servers --ctrler is required"),
         (["get", "--server", "tcp://127.0.0.1:1", "--servers", "tcp://127.0.0.1:1", "k"], "not allowed with"),
     ],
 )

@@ -239,8 +239,9 @@ def _run(config: SoakConfig) -> int:
         findings, extra = run_shardkv(config, status)
     elif config.system == "etcd":
         from apps.soak.etcd import run_etcd
+        from apps.soak.netns import etcd_members
 
-        findings, extra = run_etcd(config, status)
+        findings, extra = run_etcd(config, status, etcd_members)
     else:
         from apps.soak.mr import run_mr
 

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -405,8 +406,10 @@ def _retry(call: Any, seconds: float) -> Any:
     return None
 
 
-def run_etcd(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
-    from apps.soak.netns import etcd_members  # not at the top: apps.soak.netns builds on this module
+def run_etcd(config: Any, status: Any, etcd_members: Callable[..., EtcdMembers] | None = None) -> tuple[Findings, dict[str, Any]]:
+    """``etcd_members(config, directory, logs=)``: who starts the members (``apps.soak.netns.etcd_members``
+    for ``--hosts netns``; that module builds on this one, so the caller passes it in)."""
+    etcd_members = etcd_members or (lambda _config, directory, logs=None: EtcdMembers(directory, logs))
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, MEMBERS)
     directory = Path(tempfile.mkdtemp(prefix="zactor-soak-etcd-"))
