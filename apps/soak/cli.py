@@ -55,7 +55,8 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   stale      everything one server sends its peers held 0.5-2.5 s and reordered, delivered after the
              others moved to a new term
   reconfig   shardkv only: a group leaves and joins again, shards move to a group, or a burst of both
-             (lossy-churn: on the unreliable network),
+             (lossy-churn: on the unreliable network; crash-churn: with one group killed through it;
+             muted-leave: a group's answers to the clerks lost just before it leaves),
              while the clerks write to the shards on the move (shardkv's other faults hit one group
              or the controller, drawn from the seed; net hits the whole service)
   (burst, vote and stale are kvraft's; reconfig is shardkv's; the others are every system's)

@@ -26,7 +26,7 @@ NEMESES: dict[str, tuple[str, ...]] = {
     "burst": ("leader-isolated", "leader-crashed"),  # the targeted nemeses: see apps/soak/targeted.py
     "vote": ("follower",),
     "stale": ("leader", "one"),
-    "reconfig": ("leave", "move", "churn", "lossy-churn", "crash-churn"),
+    "reconfig": ("leave", "move", "churn", "lossy-churn", "crash-churn", "muted-leave"),
 }
 """Every nemesis and its variants (what a fault of that kind does, see the runners)."""
 

@@ -15,7 +15,12 @@ shards move and the clerks retry them at the new owner; in ``crash-churn`` a
 whole group is SIGKILLed as the burst begins and restarted from its disk as
 it ends (the lab's concurrent-restart test): writes it had logged but not
 yet answered are applied when it comes back, while their clerks have gone
-to ask the controller and wait at the shards' new owners to retry them.
+to ask the controller and wait at the shards' new owners to retry them. In
+``muted-leave`` a group's answers to the clerks are all lost for a moment
+before it leaves: every write it takes in that moment is applied with its
+answer lost, and its clerk retries it at the shard's next owner. That is
+the one moment a shard's duplicate table exists for, so this variant makes
+it happen on every run instead of by the luck of the draw.
 
 The workload's keys all begin with ``w`` (one shard of ten); the clients here
 put each key behind a prefix drawn from it (:func:`spread`), so a window's keys
@@ -45,6 +50,7 @@ from apps.soak.run import FaultEvent, drive
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import HISTORY_FILE, FinalReadFailed, Findings, WindowChecker, check_final_reads
 from apps.soak.workload import Workload
+from transport.faults import FaultRule
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,11 @@ CHURN_GAP = 0.25
 _FINAL_READ_WAIT = 60.0
 _CONVERGE_WAIT = 60.0
 CTRLER = "ctrler"
+MUTE_LEAD = 0.5
+"""Seconds a ``muted-leave`` group takes writes with their answers lost before it leaves: several calls per
+clerk at the workload's rate, so every clerk whose key the group owns has one applied and unanswered."""
+_MUTED = [FaultRule("*", "out", types=("Reply",), drop=1.0)]
+"""What a muted group's servers send the clerks: nothing (their Raft and shard traffic goes on)."""
 
 
 def spread(key: str) -> str:
@@ -101,6 +112,8 @@ class ShardKVTarget:
         """Groups that left in a reconfig fault and join again at its heal."""
         self.crashed: set[int] = set()
         """Groups killed by a crash-churn fault, restarted as its burst ends (or at the heal, if the burst failed)."""
+        self.muted: set[int] = set()
+        """Groups whose answers to clerks a muted-leave fault drops, until its heal."""
 
     def _rng(self, fault: Fault) -> random.Random:
         """The draws of one fault, from the seed and its offset alone (so a replay draws the same)."""
@@ -136,6 +149,7 @@ class ShardKVTarget:
         c = self.cluster
         if fault.kind == "reconfig":
             c.set_unreliable(False)
+            self._unmute()
             self._restart()
             self._rejoin()
         elif fault.kind == "net":
@@ -150,6 +164,7 @@ class ShardKVTarget:
             part.heal_all()
         self.cluster.set_unreliable(False)
         self.crashed.clear()  # the parts' heal_all restarted them
+        self._unmute()
         self._rejoin()
 
     # ---- the reconfig nemesis ------------------------------------------------------------------
@@ -163,6 +178,13 @@ class ShardKVTarget:
             event.note = self._leave(g)
         elif fault.variant == "move":
             event.note = self._move(rng, g)
+        elif fault.variant == "muted-leave":
+            if g in self.left or len(self.left) >= len(c.groups) - 1:
+                event.note = self._move(rng, g)  # g cannot leave: the last group in the configuration
+                return
+            self._mute(g)
+            time.sleep(MUTE_LEAD)
+            event.note = f"group {c.gid(g)} muted; " + self._leave(g)
         elif fault.variant in ("churn", "lossy-churn", "crash-churn"):
             steps = []
             if fault.variant == "lossy-churn":
@@ -206,6 +228,19 @@ class ShardKVTarget:
         for s in shards:
             self.cluster.mck.move(s, self.cluster.gid(g))
         return f"shards {','.join(map(str, shards))} moved to group {self.cluster.gid(g)}"
+
+    def _mute(self, g: int) -> None:
+        self.muted.add(g)
+        group = self.cluster.groups[g]
+        for i in range(group.n):
+            group.set_peer_rules(i, _MUTED)
+
+    def _unmute(self) -> None:
+        for g in sorted(self.muted):
+            group = self.cluster.groups[g]
+            for i in range(group.n):
+                group.set_peer_rules(i, [])
+        self.muted.clear()
 
     def _restart(self) -> None:
         for g in sorted(self.crashed):
