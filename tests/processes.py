@@ -7,6 +7,7 @@ when an assertion fails half-way: one helper does that for all of them.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from apps.hosts.netns import state_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,3 +137,104 @@ def running(*args: str) -> Iterator[Lines]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+# ---- zactor soak -------------------------------------------------------------------------------
+
+
+def soak_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``zactor soak ARGS`` for what it prints and its exit code (help, usage errors, ``--schedule-only``)."""
+    return subprocess.run([sys.executable, "-m", "apps.cli", "soak", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def soak_run(out: Path, *args: str, broken: str = "", tree: Path = ROOT, env: dict[str, str] | None = None,
+             timeout: float = 240.0) -> tuple[int, dict, str]:
+    """A whole ``zactor soak ARGS --out OUT`` run in a session of its own, killed whole if it outlives
+    ``timeout``: its exit code, its summary.json ({} when it wrote none) and its stderr.
+
+    ``tree``: the source tree to run (a mutant's copy, for the mutation tests); ``broken``: ``--broken NAME``;
+    ``env``: variables set for the run, over the test's own environment.
+    """
+    extra = ["--broken", broken] if broken else []
+    env = {**os.environ, **(env or {}), **({"PYTHONPATH": str(tree)} if tree != ROOT else {})}
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", *args, *extra, "--out", str(out)], cwd=tree,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    summary = out / "summary.json"
+    return proc.returncode, json.loads(summary.read_text()) if summary.exists() else {}, err
+
+
+class Soak:
+    """``zactor soak`` in a session of its own; its stderr lines as they come; the whole session killed at the end."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.out = tmp_path / "report"
+        env = {k: v for k, v in os.environ.items() if k not in ("ZACTOR_SOAK_BREAK", "ZACTOR_LAZY_DISK")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", *args, "--out", str(self.out)], cwd=ROOT, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.pgid = self.proc.pid
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+
+    def wait_for_status(self, seconds: int, timeout: float = 120.0) -> None:
+        """Until the status line shows at least ``seconds`` of traffic."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1.0)
+            except queue.Empty:
+                assert self.proc.poll() is None, "".join(self.stderr)[-3000:]
+                continue
+            m = re.search(r" running (\d\d):(\d\d)/", line)
+            if m and int(m[1]) * 60 + int(m[2]) >= seconds:
+                return
+        pytest.fail(f"no status line at {seconds} s within {timeout} s: {''.join(self.stderr)[-3000:]}")
+
+    def group(self) -> list[int]:
+        """Processes of the run's group still alive (zombies not counted: they have exited)."""
+        alive = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if int(fields[2]) == self.pgid and fields[0] != "Z":
+                alive.append(int(entry))
+        return alive
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Every object named with ``prefix`` still on the machine: namespaces, links, nft tables, state file."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith(prefix)]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    found += [f"link {line}" for line in links.splitlines() if prefix in line]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    found += [f"nft {line}" for line in tables.splitlines() if prefix in line]
+    if (state_dir() / f"{prefix}.json").exists():
+        found.append("state file")
+    return found

@@ -31,9 +31,8 @@ from pathlib import Path
 import pytest
 
 from apps.hosts import Hosts, available, host_keyring, instances, sweep_stale
-from apps.hosts.netns import state_dir
 from apps.hosts.probe import delivered
-from tests.processes import listening
+from tests.processes import leftovers, listening
 from transport.keys import KEYS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,20 +115,6 @@ class Driver:
         for f in (self.proc.stdin, self.proc.stdout):
             if f:
                 f.close()
-
-
-def leftovers(prefix: str) -> list[str]:
-    """Every object named with ``prefix`` still on the machine: namespaces, links, nft tables, state file."""
-    found = []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith(prefix)]
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    found += [f"link {line}" for line in links.splitlines() if prefix in line]
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
-    found += [f"nft {line}" for line in tables.splitlines() if prefix in line]
-    if (state_dir() / f"{prefix}.json").exists():
-        found.append("state file")
-    return found
 
 
 # ---- the facility ---------------------------------------------------------------

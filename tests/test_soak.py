@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from apps.linearizability import Operation
 from apps.soak.run import SoakConfig, keep_going, stopped_early
 from apps.soak.schedule import NEMESES, make_schedule, parse_nemeses
 from apps.soak.verdict import FinalReadFailed, Findings, check_appends, check_final_reads
+from tests.processes import soak_cli
 
 
 def test_same_seed_gives_the_same_schedule():
@@ -185,15 +185,10 @@ def test_lazy_disk_a_kill_loses_exactly_the_unsynced_appends(tmp_path):
     assert Journal(tmp_path / "j").load() == [b"a"]
 
 
-def _soak(*args: str, env: dict | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "apps.cli", "soak", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=Path(__file__).parent.parent)
-
-
 def test_cli_schedule_only_replays_by_seed():
-    a = _soak("kvraft", "--minutes", "2", "--seed", "9", "--schedule-only")
-    b = _soak("kvraft", "--minutes", "2", "--seed", "9", "--schedule-only")
-    c = _soak("kvraft", "--minutes", "2", "--seed", "10", "--schedule-only")
+    a = soak_cli("kvraft", "--minutes", "2", "--seed", "9", "--schedule-only")
+    b = soak_cli("kvraft", "--minutes", "2", "--seed", "9", "--schedule-only")
+    c = soak_cli("kvraft", "--minutes", "2", "--seed", "10", "--schedule-only")
     assert a.returncode == b.returncode == c.returncode == 0, a.stderr
     assert json.loads(a.stdout) == json.loads(b.stdout) != json.loads(c.stdout)
     assert json.loads(a.stdout)[0]["offset"] == 3.0
@@ -212,13 +207,13 @@ def test_cli_schedule_only_replays_by_seed():
     ],
 )
 def test_cli_bad_flags_are_refused_clearly(args, message):
-    r = _soak(*args)
+    r = soak_cli(*args)
     assert r.returncode == 2
     assert message in r.stderr
 
 
 def test_cli_unknown_broken_variant_is_refused():
-    r = _soak("kvraft", "--broken", "everything")
+    r = soak_cli("kvraft", "--broken", "everything")
     assert r.returncode == 2
     assert "argument --broken: invalid choice: 'everything'" in r.stderr
 

@@ -13,12 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import pytest
 from apps.linearizability import Operation
 from apps.soak.run import SoakConfig, Status, status_line
 from apps.soak.verdict import HISTORY_FILE, Findings, WindowChecker, slow_windows, window_throughputs
-from tests.processes import zactor
+from tests.processes import Soak, zactor
 
 ROOT = Path(__file__).parent.parent
 
@@ -97,62 +94,6 @@ def test_the_history_file_checks_to_the_verdict_the_run_found(tmp_path):
 
 
 # ---- real runs ---------------------------------------------------------------------------------
-
-
-class Soak:
-    """``zactor soak`` in a session of its own; its stderr lines as they come; the whole session killed at the end."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.out = tmp_path / "report"
-        env = {k: v for k, v in os.environ.items() if k not in ("ZACTOR_SOAK_BREAK", "ZACTOR_LAZY_DISK")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", *args, "--out", str(self.out)], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        self.pgid = self.proc.pid
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-            self.lines.put(line)
-
-    def wait_for_status(self, seconds: int, timeout: float = 120.0) -> None:
-        """Until the status line shows at least ``seconds`` of traffic."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=1.0)
-            except queue.Empty:
-                assert self.proc.poll() is None, "".join(self.stderr)[-3000:]
-                continue
-            m = re.search(r" running (\d\d):(\d\d)/", line)
-            if m and int(m[1]) * 60 + int(m[2]) >= seconds:
-                return
-        pytest.fail(f"no status line at {seconds} s within {timeout} s: {''.join(self.stderr)[-3000:]}")
-
-    def group(self) -> list[int]:
-        """Processes of the run's group still alive (zombies not counted: they have exited)."""
-        alive = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if int(fields[2]) == self.pgid and fields[0] != "Z":
-                alive.append(int(entry))
-        return alive
-
-    def close(self) -> None:
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
 
 
 @pytest.fixture

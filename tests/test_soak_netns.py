@@ -15,15 +15,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from apps.hosts import available, sweep_stale
-from tests.test_hosts import leftovers
-from tests.test_soak_interrupt import ROOT, Soak
+from tests.processes import Soak, leftovers, soak_run
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +30,6 @@ def netns_ready() -> None:
     if why:
         pytest.skip(f"soak on real hosts: {why}")
     sweep_stale()
-
-
-def soak(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apps.cli", "soak", *args, "--out", str(tmp_path / "report")], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def namespaces() -> list[str]:
@@ -50,10 +43,9 @@ def test_a_kvraft_soak_on_namespace_hosts_with_partitions_passes_and_removes_its
     logs was still behind 30 s after the heal in 3 of about 6 such runs (0 of 6 since the hosts' flap fix,
     which does not obviously touch partitions: cause not established, reported on issue 26). This test is
     about the soak on hosts, and must not inherit that."""
-    done = soak(tmp_path, "kvraft", "--hosts", "netns", "--minutes", "0.4", "--nemesis", "partition", "--seed", "3",
-                "--clients", "4", "--no-history", "--min-throughput", "10", "--maxraftstate", "-1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--hosts", "netns", "--minutes", "0.4", "--nemesis", "partition", "--seed", "3",
+                                  "--clients", "4", "--no-history", "--min-throughput", "10", "--maxraftstate", "-1")
+    assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass" and summary["hosts"] == "netns"
     assert "--hosts netns" in summary["replay"]
     partitions = [e for e in summary["events"] if e["kind"] == "partition"]
@@ -93,9 +85,8 @@ def test_ctrl_c_of_a_soak_on_namespace_hosts_removes_its_hosts(netns_ready: None
 
 @pytest.mark.slow
 def test_the_default_soak_says_its_faults_are_transport_rules(tmp_path: Path) -> None:
-    done = soak(tmp_path, "kvraft", "--minutes", "0.1", "--nemesis", "none", "--clients", "2", "--no-history", "--min-throughput", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--minutes", "0.1", "--nemesis", "none", "--clients", "2", "--no-history", "--min-throughput", "1")
+    assert code == 0, err[-3000:]
     assert summary["hosts"] == "transport rules" and "host_set" not in summary and "--hosts" not in summary["replay"]
 
 
@@ -103,26 +94,25 @@ def test_without_ip_and_nft_hosts_netns_fails_at_once_and_names_what_is_missing(
     empty = tmp_path / "bin"
     empty.mkdir()
     started = time.monotonic()
-    done = soak(tmp_path, "kvraft", "--hosts", "netns", "--minutes", "1", env={**os.environ, "PATH": str(empty)}, timeout=60)
-    assert done.returncode == 2, done.stderr
+    code, _, err = soak_run(tmp_path / "report", "kvraft", "--hosts", "netns", "--minutes", "1", env={"PATH": str(empty)}, timeout=60)
+    assert code == 2, err
     missing = "needs root" if os.geteuid() != 0 else "needs the `ip` command"
-    assert f"zactor soak: --hosts netns: {missing}" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "report").exists()
+    assert f"zactor soak: --hosts netns: {missing}" in err, err
+    assert "Traceback" not in err and not (tmp_path / "report").exists()
     assert time.monotonic() - started < 30
 
 
 def test_hosts_netns_for_a_system_it_is_not_built_for_is_refused_by_name(tmp_path: Path) -> None:
-    done = soak(tmp_path, "mr", "--hosts", "netns", "--minutes", "1", timeout=60)
-    assert done.returncode == 2 and "--hosts netns is not built for mr yet" in done.stderr, done.stderr
+    code, _, err = soak_run(tmp_path / "report", "mr", "--hosts", "netns", "--minutes", "1", timeout=60)
+    assert code == 2 and "--hosts netns is not built for mr yet" in err, err
     assert not (tmp_path / "report").exists()
 
 
 @pytest.mark.slow
 def test_an_etcd_soak_on_namespace_hosts_with_partitions_passes_and_removes_its_hosts(netns_ready: None, tmp_path: Path) -> None:
-    done = soak(tmp_path, "etcd", "--hosts", "netns", "--minutes", "0.3", "--nemesis", "partition", "--seed", "5",
-                "--clients", "4", "--no-history", "--min-throughput", "10")
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    code, summary, err = soak_run(tmp_path / "report", "etcd", "--hosts", "netns", "--minutes", "0.3", "--nemesis", "partition", "--seed", "5",
+                                  "--clients", "4", "--no-history", "--min-throughput", "10")
+    assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass" and summary["hosts"] == "netns"
     partitions = [e for e in summary["events"] if e["kind"] == "partition"]
     assert partitions and summary["packet_faults"] == {"partition": len(partitions), "heal": len(partitions)}

@@ -10,36 +10,18 @@ enforced is its own test, with a bar no run can reach.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import soak_run
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.slow
 
 
-def soak(tmp_path: Path, *args: str, broken: str = "", timeout: float = 160.0) -> tuple[int, dict, str]:
-    out = tmp_path / "report"
-    extra = ["--broken", broken] if broken else []
-    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", *args, *extra, "--out", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    summary = json.loads((out / "summary.json").read_text())
-    return proc.returncode, summary, err
-
-
 def test_clean_kvraft_run_with_every_nemesis_passes(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "0.75", "--seed", "11", "--nemesis", "all", "--min-throughput", "10",
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--minutes", "0.75", "--seed", "11", "--nemesis", "all", "--min-throughput", "10",
                               "--fail-fast")
     assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass"
@@ -56,21 +38,21 @@ def test_clean_kvraft_run_with_every_nemesis_passes(tmp_path):
 
 
 def test_broken_ack_before_fsync_is_caught_by_disk(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "1", "--seed", "3", "--nemesis", "disk", broken="ack-before-fsync")
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--minutes", "1", "--seed", "3", "--nemesis", "disk", broken="ack-before-fsync")
     assert code == 1, err[-3000:]
     assert any("acknowledged append(s) lost" in v for v in summary["violations"]), summary["violations"]
     assert summary["broken_variant"] == "ack-before-fsync"
 
 
 def test_broken_stale_reads_are_caught_by_partition(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "1", "--seed", "2", "--nemesis", "partition,pause", broken="stale-reads")
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--minutes", "1", "--seed", "2", "--nemesis", "partition,pause", broken="stale-reads")
     assert code == 1, err[-3000:]
     assert any("not linearizable" in v for v in summary["violations"]), summary["violations"]
     assert list((tmp_path / "report").glob("violation-window-*.html"))  # the checker's time line of the failing keys
 
 
 def test_fail_fast_stops_at_the_first_violation_and_still_reports_it(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "3", "--seed", "2", "--nemesis", "partition,pause", "--window", "5",
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--minutes", "3", "--seed", "2", "--nemesis", "partition,pause", "--window", "5",
                               "--fail-fast", broken="stale-reads")
     assert code == 1, err[-3000:]
     assert any("not linearizable" in v for v in summary["violations"]), summary["violations"]
@@ -81,27 +63,27 @@ def test_fail_fast_stops_at_the_first_violation_and_still_reports_it(tmp_path):
 
 
 def test_broken_dedup_left_out_of_snapshots_is_caught_by_kill(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "1", "--seed", "4", "--nemesis", "kill,net", broken="no-dedup-in-snapshot")
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--minutes", "1", "--seed", "4", "--nemesis", "kill,net", broken="no-dedup-in-snapshot")
     assert code == 1, err[-3000:]
     assert any("duplicated" in v or "replicas differ" in v for v in summary["violations"]), summary["violations"]
 
 
 def test_mr_soak_with_workers_killed_passes(tmp_path):
-    code, summary, err = soak(tmp_path, "mr", "--minutes", "0.5", "--seed", "5")
+    code, summary, err = soak_run(tmp_path / "report", "mr", "--minutes", "0.5", "--seed", "5")
     assert code == 0, err[-3000:]
     assert summary["jobs"] and all(j["ok"] for j in summary["jobs"])
     assert summary["worker_kills"] > 0
 
 
 def test_raft_soak_with_every_nemesis_passes(tmp_path):
-    code, summary, err = soak(tmp_path, "raft", "--minutes", "0.5", "--seed", "31", "--nemesis", "all", "--min-throughput", "10")
+    code, summary, err = soak_run(tmp_path / "report", "raft", "--minutes", "0.5", "--seed", "31", "--nemesis", "all", "--min-throughput", "10")
     assert code == 0, err[-3000:]
     assert summary["checked_commands"] > 0 and summary["final_index"] > summary["checked_commands"] - 1
     assert summary["events"]
 
 
 def test_a_run_below_the_minimum_throughput_is_invalid_not_passed(tmp_path):
-    code, summary, err = soak(tmp_path, "kvraft", "--minutes", "0.1", "--seed", "1", "--nemesis", "none", "--min-throughput", "1000000")
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--minutes", "0.1", "--seed", "1", "--nemesis", "none", "--min-throughput", "1000000")
     assert code == 2, err[-3000:]
     assert summary["verdict"] == "invalid" and not summary["violations"]
     assert any("below the minimum 1e+06" in v for v in summary["invalid"]), summary["invalid"]

@@ -17,8 +17,7 @@ from apps.soak.cli import SYSTEMS
 from apps.soak.schedule import NEMESES, make_schedule, parse_nemeses
 from apps.soak.shardkv import spread
 from apps.soak.workload import Window
-from tests.test_soak import _soak
-from tests.test_soak_runs import soak
+from tests.processes import soak_cli, soak_run
 
 
 def test_spread_puts_each_key_in_the_shard_its_crc_names_and_the_windows_over_many_shards():
@@ -44,23 +43,23 @@ def test_reconfig_is_shardkvs_own_nemesis():
 
 
 def test_cli_help_and_errors_name_shardkv_and_reconfig():
-    r = _soak("--help")
+    r = soak_cli("--help")
     assert r.returncode == 0
     assert "shardkv" in r.stdout and "reconfig" in r.stdout and "--groups" in r.stdout and "dedup-not-moved" in r.stdout
-    r = _soak("kvraft", "--nemesis", "reconfig")
+    r = soak_cli("kvraft", "--nemesis", "reconfig")
     assert r.returncode == 2 and "unknown nemesis reconfig" in r.stderr
-    r = _soak("kvraft", "--broken", "dedup-not-moved")
+    r = soak_cli("kvraft", "--broken", "dedup-not-moved")
     assert r.returncode == 2 and "--broken dedup-not-moved is for shardkv only" in r.stderr
-    r = _soak("shardkv", "--broken", "stale-reads")
+    r = soak_cli("shardkv", "--broken", "stale-reads")
     assert r.returncode == 2 and "--broken stale-reads is for kvraft only" in r.stderr
-    r = _soak("shardkv", "--groups", "0")
+    r = soak_cli("shardkv", "--groups", "0")
     assert r.returncode == 2 and "must be positive" in r.stderr
 
 
 def test_cli_schedule_only_draws_reconfig_faults_for_shardkv():
     import json
 
-    r = _soak("shardkv", "--minutes", "3", "--seed", "4", "--schedule-only")
+    r = soak_cli("shardkv", "--minutes", "3", "--seed", "4", "--schedule-only")
     assert r.returncode == 0, r.stderr
     kinds = {f["kind"] for f in json.loads(r.stdout)}
     assert kinds == set(SYSTEMS["shardkv"])
@@ -71,7 +70,7 @@ def test_clean_shardkv_run_with_every_nemesis_passes(tmp_path):
     # --min-throughput 1: the run needs real traffic only. Every client soon waits on a shard of a group that is
     # down (each call up to 8 s), so the 10 s that hold a group's power cut and its restart on a loaded machine
     # fall to a few calls/s (seen: 2/s at load 40); the bar itself is tested in test_soak_runs.
-    code, summary, err = soak(tmp_path, "shardkv", "--minutes", "0.75", "--seed", "266", "--nemesis", "all",
+    code, summary, err = soak_run(tmp_path / "report", "shardkv", "--minutes", "0.75", "--seed", "266", "--nemesis", "all",
                               "--min-throughput", "1", "--fail-fast", timeout=240.0)
     assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass" and summary["system"] == "shardkv"
@@ -95,7 +94,7 @@ def test_broken_dedup_not_moved_is_caught_when_a_muted_group_leaves(tmp_path):
     # Seed 6 opens with three muted-leave faults (3, 9 and 14 s in): a group's answers to the clerks dropped for
     # half a second, then the group leaves, so writes it applied are retried at the shards' new owners. The other
     # reconfig variants only catch this bug by luck (seed 1's nine faults, none muted-leave, missed it in CI).
-    code, summary, err = soak(tmp_path, "shardkv", "--minutes", "0.5", "--seed", "6", "--nemesis", "reconfig",
+    code, summary, err = soak_run(tmp_path / "report", "shardkv", "--minutes", "0.5", "--seed", "6", "--nemesis", "reconfig",
                               broken="dedup-not-moved", timeout=180.0)
     assert code == 1, err[-3000:]
     assert summary["broken_variant"] == "dedup-not-moved"
@@ -106,7 +105,7 @@ def test_broken_dedup_not_moved_is_caught_when_a_muted_group_leaves(tmp_path):
 @pytest.mark.slow
 def test_a_clean_service_survives_muted_leaves(tmp_path):
     # --min-throughput 1: see the clean run above; this run's subject is the verdict on what was answered.
-    code, summary, err = soak(tmp_path, "shardkv", "--minutes", "0.5", "--seed", "6", "--nemesis", "reconfig",
+    code, summary, err = soak_run(tmp_path / "report", "shardkv", "--minutes", "0.5", "--seed", "6", "--nemesis", "reconfig",
                               "--min-throughput", "1", "--fail-fast", timeout=180.0)
     assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass"

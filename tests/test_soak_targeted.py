@@ -12,32 +12,14 @@ makes the moment: the leader is killed holding a tail nobody else has.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from apps.soak.cli import SYSTEMS, build_parser
 from benchmarks.mutate import MUTANTS, apply, copy_tree
-
-ROOT = Path(__file__).parent.parent
-
-
-def soak(tree: Path, out: Path, *args: str, timeout: float = 240.0) -> tuple[int, dict, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "soak", "kvraft", *args, "--no-history", "--out", str(out)],
-                            cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    return proc.returncode, json.loads((out / "summary.json").read_text()), err
+from tests.processes import ROOT, soak_run
 
 
 def test_help_lists_every_targeted_nemesis_on_a_line_of_its_own():
@@ -58,7 +40,7 @@ def test_targeted_nemeses_are_kvraft_only():
 
 @pytest.mark.slow
 def test_each_targeted_nemesis_hits_its_moment_and_clean_code_passes(tmp_path):
-    code, summary, err = soak(ROOT, tmp_path / "report", "--minutes", "0.75", "--seed", "11", "--nemesis", "burst,vote,stale",
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--no-history", "--minutes", "0.75", "--seed", "11", "--nemesis", "burst,vote,stale",
                               "--min-throughput", "10")
     assert code == 0, err[-3000:]
     notes = {e["kind"]: [] for e in summary["events"]}
@@ -83,8 +65,8 @@ def test_a_peer_that_trusts_its_whole_log_after_a_restart_is_caught_by_state_mac
     apply(mutant, tree)
     # Seed 4's first burst fault is leader-crashed, at 3 s. The soak before the targeted nemeses and this
     # check ran the same mutant for a minute at seeds 1 and 2 with every nemesis it had, and found nothing.
-    code, summary, err = soak(tree, tmp_path / "report", "--minutes", "1", "--seed", "4", "--nemesis", "burst",
-                              "--fail-fast", "--min-throughput", "10")
+    code, summary, err = soak_run(tmp_path / "report", "kvraft", "--no-history", "--minutes", "1", "--seed", "4", "--nemesis", "burst",
+                              "--fail-fast", "--min-throughput", "10", tree=tree)
     assert code == 1, err[-3000:]
     assert summary["verdict"] == "violation"
     first = summary["violations"][0]

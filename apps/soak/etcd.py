@@ -419,16 +419,7 @@ def run_etcd(config: Any, status: Any, etcd_members: Callable[..., EtcdMembers] 
             workload = Workload(lambda c: EtcdKV(members.client_ports, c, hosts=members.client_hosts), config.clients, config.window, config.seed)
             checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP * 2 + 2.0,
                                     history=Path(config.out) / HISTORY_FILE if config.history else None)
-            ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
+            extra = drive(config, target, workload, checker, schedule, findings, status)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    extra.update({
-        "seconds": round(ran, 2),
-        "schedule": [f.to_json() for f in schedule],
-        "events": [e.to_json() for e in events],
-        "samples": workload.samples,
-        "errors": workload.errors,
-        "error_kinds": workload.error_kinds,
-        "windows": [vars(w) for w in findings.windows],
-    })
     return findings, extra

@@ -294,13 +294,6 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         workload = Workload(make_client_factory(cluster, config.seed), config.clients, config.window, config.seed)
         checker = WindowChecker(workload, findings, config.check_budget, grace=GIVE_UP + 2.0,
                                     history=Path(config.out) / HISTORY_FILE if config.history else None)
-        ran, events, extra = drive(config, target, workload, checker, schedule, findings, status)
+        extra = drive(config, target, workload, checker, schedule, findings, status)
         extra["state_machine_safety"] = applied.finish()  # after the final heal and reads: every server caught up
-    extra["seconds"] = round(ran, 2)
-    extra["schedule"] = [f.to_json() for f in schedule]
-    extra["events"] = [e.to_json() for e in events]
-    extra["samples"] = workload.samples
-    extra["errors"] = workload.errors
-    extra["error_kinds"] = workload.error_kinds
-    extra["windows"] = [vars(w) for w in findings.windows]
     return findings, extra

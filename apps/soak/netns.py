@@ -223,46 +223,12 @@ def _network(n: int, seed: int | None) -> PacketNetwork:
     return PacketNetwork(_active, n, seed)
 
 
-class NetnsKVCluster(KVCluster):
-    """The Raft-KV harness with each server on a host of its own and the network faults as packet filters."""
-
-    def __init__(self, n: int, **kwargs: Any) -> None:
-        self.net = _network(n, kwargs.get("seed"))
-        self.harness_endpoint = self.net.harness_endpoint()
-        super().__init__(n, **kwargs)
-        self.endpoints = self.net.endpoints()
-
-    def _child_spec(self, i: int) -> ChildSpec:
-        return self.net.child_spec(i, super()._child_spec(i))
-
-    def _rules_for(self, i: int) -> list[FaultRule]:
-        return []
-
-    def _clerk_rules(self) -> list[FaultRule]:
-        return []
-
-    def _apply_rules(self) -> None:
-        """No transport rules on hosts: the packet filters are the network."""
-
-    def partition(self, groups: Iterable[Iterable[int]]) -> None:
-        super().partition(groups)
-        self.net.partition(self.groups or [])
-
-    def heal(self) -> None:
-        super().heal()
-        self.net.heal()
-
-    def set_unreliable(self, unreliable: bool) -> None:
-        super().set_unreliable(unreliable)
-        self.net.unreliable(unreliable)
-
-    def set_long_reordering(self, on: bool) -> None:
-        super().set_long_reordering(on)
-        self.net.flapping(on)
-
-
 class NetnsCluster(Cluster):
-    """The bare Raft harness with each peer on a host of its own and the network faults as packet filters."""
+    """The bare Raft harness with each peer on a host of its own and the network faults as packet filters.
+
+    Also the first base of :class:`NetnsKVCluster`, where ``super()`` is the Raft-KV harness: the same
+    overrides put either harness on hosts.
+    """
 
     def __init__(self, n: int, *args: Any, **kwargs: Any) -> None:
         self.net = _network(n, kwargs.get("seed"))
@@ -294,6 +260,13 @@ class NetnsCluster(Cluster):
     def set_long_reordering(self, on: bool) -> None:
         super().set_long_reordering(on)
         self.net.flapping(on)
+
+
+class NetnsKVCluster(NetnsCluster, KVCluster):
+    """The Raft-KV harness with each server on a host of its own and the network faults as packet filters."""
+
+    def _clerk_rules(self) -> list[FaultRule]:
+        return []
 
 
 def kv_cluster(config: Any, n: int, **kwargs: Any) -> KVCluster:

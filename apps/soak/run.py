@@ -214,11 +214,12 @@ def nemesis_still_healing(nemesis: threading.Thread, extra: dict[str, Any]) -> b
     return True
 
 
-def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: list[Fault], findings: Findings, status: Status) -> tuple[float, list[FaultEvent], dict[str, Any]]:
+def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: list[Fault], findings: Findings, status: Status) -> dict[str, Any]:
     """The timed part of a run that every target shares: workload and nemesis until time is up, then the
     final heal, the target's final checks and the last window checks.
 
-    Returns the seconds the workload ran, the fault events and what the final checks found.
+    Returns the summary's fields for the run: what the final checks found, with the seconds the workload
+    ran, the schedule, the fault events, the samples, the errors and the checked windows.
     """
     events: list[FaultEvent] = []
     extra: dict[str, Any] = {}
@@ -246,7 +247,16 @@ def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: li
         status.phase = "checking"
         checker.finish(interrupted=config.interrupt.is_set())
         status.stop()
-    return ran, events, extra
+    extra.update({
+        "seconds": round(ran, 2),
+        "schedule": [f.to_json() for f in schedule],
+        "events": [e.to_json() for e in events],
+        "samples": workload.samples,
+        "errors": workload.errors,
+        "error_kinds": workload.error_kinds,
+        "windows": [vars(w) for w in findings.windows],
+    })
+    return extra
 
 def status_line(config: Any, status: Status, elapsed: float, done: int, unit: str, errors: int, findings: Findings,
                 more: str = "") -> str:
