@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from actors.logs import configure_from_env
 from transport.keys import INSECURE_ENV, KEYS_ENV, env_insecure, process_keyring_dir
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def _child_main(target: Callable[..., Any], args: tuple, kwargs: Mapping[str, An
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    configure_from_env()  # the parent's --log-format and level: the fork server did not inherit them
     target(*args, **dict(kwargs))
 
 

@@ -275,6 +275,21 @@ def test_a_restart_is_a_warning_at_the_default_level() -> None:
     assert record["level"] == "WARNING" and str(pid) in record["message"]
 
 
+@pytest.mark.slow
+def test_the_server_processes_of_a_cluster_log_in_the_format_the_command_was_given() -> None:
+    """The servers are children started from the fork server, which does not inherit the command's logging:
+    their warnings must still be JSON lines at the command's level, not bare text."""
+    endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    with running("--log-format", "json", "kv", "cluster", "--servers", "3", "--endpoints", ",".join(endpoints)) as out:
+        out.wait_for("leader: server", timeout=60)
+        with ActorSystem() as member, pytest.raises(NoSuchActor):
+            member.ref(endpoints[1], "ghost").ask("x", timeout=5.0)
+        line = out.wait_for("'ghost'", timeout=30)
+        record = json.loads(line)
+        assert record["level"] == "WARNING" and record["process"] != out.proc.pid, record
+        assert {"time", "logger", "message"} <= set(record)
+
+
 def test_an_unknown_log_format_is_refused_clearly() -> None:
     cli = zactor("--log-format", "xml", "kv", "get", "--server", "tcp://127.0.0.1:1", "k")
     assert cli.returncode == 2 and "--log-format takes text or json, not 'xml'" in cli.stderr

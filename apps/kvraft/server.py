@@ -81,6 +81,8 @@ class ServerConfig:
     """A directory (empty: none) where the server appends ``INDEX DIGEST`` to ``server-ME.applied`` for every
     command it applies, so that a checker can compare what every replica applied at each index over a whole
     run (``apps/soak/applied.py``), not only the final states."""
+    damage_expected: bool = False
+    """See ``PeerConfig.damage_expected``: the soak's disk nemesis flips bits and reports the refusals."""
 
     def __post_init__(self) -> None:
         if self.read not in READ_MODES:
@@ -377,7 +379,8 @@ def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
         fsync=config.fsync,
         storage=config.storage,
         lazy_disk=config.lazy_disk,
+        damage_expected=config.damage_expected,
     )
     hosted = Hosted(SERVER_NAME, config.server_class or KVRaftServer, (config,))
-    with refusing_damaged_state(f"kv server {config.me}"):
+    with refusing_damaged_state(f"kv server {config.me}", expected=config.damage_expected):
         host(endpoint, [hosted, Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)

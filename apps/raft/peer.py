@@ -135,6 +135,9 @@ class PeerConfig:
     """The storage class (called as ``storage(data_dir, fsync=..., lazy_disk=...)``): a harness's seam for broken variants."""
     lazy_disk: bool = False
     """Test-only: the journal's page-cache model, so a SIGKILL loses what was not fsync'd."""
+    damage_expected: bool = False
+    """A harness that damages state files on purpose counts each refusal itself and reports them as one line
+    per kind: the peer's own refusal line is then INFO, not ERROR (see :func:`refusing_damaged_state`)."""
 
 
 class RaftPeer(Actor):
@@ -230,18 +233,19 @@ DAMAGED_STATE_EXIT = 3
 
 
 @contextmanager
-def refusing_damaged_state(who: str) -> Iterator[None]:
+def refusing_damaged_state(who: str, *, expected: bool = False) -> Iterator[None]:
     """A process that finds its persisted state damaged says so in one line and exits with
     :data:`DAMAGED_STATE_EXIT`: the refusal is the correct outcome, not a crash to print a traceback for
-    (a soak that flips bits on purpose would otherwise fill the terminal with them)."""
+    (a soak that flips bits on purpose would otherwise fill the terminal with them). ``expected``: the
+    damage was done on purpose by a harness that reports it, so the line is INFO, not ERROR."""
     try:
         yield
     except CorruptStateError as exc:
-        log.error("%s refuses to start from damaged state: %s", who, exc)
+        log.log(logging.INFO if expected else logging.ERROR, "%s refuses to start from damaged state: %s", who, exc)
         sys.exit(DAMAGED_STATE_EXIT)
 
 
 def serve_peer(config: PeerConfig, faults: list[FaultRule] | None = None) -> None:
     """Child-process target: one Raft peer at ``config.endpoints[config.me]`` until stopped."""
-    with refusing_damaged_state(f"raft peer {config.me}"):
+    with refusing_damaged_state(f"raft peer {config.me}", expected=config.damage_expected):
         host(config.endpoints[config.me], [Hosted(PEER_NAME, RaftPeer, (config,))], faults=faults)

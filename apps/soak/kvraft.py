@@ -286,7 +286,7 @@ def run_kvraft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
     applied = AppliedChecker(Path(config.out).resolve() / APPLY_DIR, config.servers, findings)
-    fields = {**server_fields(config.broken), "apply_log": str(applied.directory)}
+    fields = {**server_fields(config.broken), "apply_log": str(applied.directory), "damage_expected": "disk" in config.nemeses}
     with kv_cluster(config, config.servers, maxraftstate=config.maxraftstate, seed=config.seed, lazy_disk="disk" in config.nemeses,
                     server_fields=fields) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)

@@ -305,7 +305,7 @@ def run_shardkv(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     findings = Findings()
     schedule = make_schedule(config.seed, config.seconds, config.nemeses, config.servers)
     with ShardCluster(config.groups, config.servers, maxraftstate=config.maxraftstate, seed=config.seed,
-                      lazy_disk="disk" in config.nemeses, server_fields=server_fields(config.broken)) as cluster:
+                      lazy_disk="disk" in config.nemeses, server_fields={**server_fields(config.broken), "damage_expected": "disk" in config.nemeses}) as cluster:
         cluster.joinm(range(config.groups))
         target = ShardKVTarget(cluster, config.seed, findings)
 
