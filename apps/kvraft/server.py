@@ -26,7 +26,6 @@ import hashlib
 import itertools
 import logging
 import os
-import pickle
 import signal
 import time
 from dataclasses import dataclass, field
@@ -180,7 +179,7 @@ class KVRaftServer(Actor):
             return ServerState(self.config.me, self.term, self.leading, self.applied, self.snapshot_index,
                                len(self._writes), len(self._reads))
         elif isinstance(message, StateDigest):
-            return self.applied, self._state_digest()
+            return self.applied, self.state.digest()
         else:
             return self._other(message)
         return None
@@ -268,10 +267,6 @@ class KVRaftServer(Actor):
         log.warning("kvraft server %d: ignored a %s", self.config.me, type(message).__name__)
         return None
 
-    def _state_digest(self) -> str:
-        """The same for every replica that applied the same log prefix (see ``StateDigest``)."""
-        return _digest(self.state)
-
     # ---- what Raft decided ------------------------------------------------------------------
 
     def _applied(self, batch: Applied) -> None:
@@ -358,12 +353,6 @@ class KVRaftServer(Actor):
 def command_digest(command: Any) -> str:
     """A short digest of a log command, the same in every process (a message's repr names its fields)."""
     return hashlib.blake2b(repr(command).encode(), digest_size=8).hexdigest()
-
-
-def _digest(state: KVState) -> str:
-    """The same for every replica with the same data and duplicate table, whatever order they were built in."""
-    blob = pickle.dumps((sorted(state.data.items()), sorted(state.latest.items())), protocol=pickle.HIGHEST_PROTOCOL)
-    return hashlib.sha256(blob).hexdigest()
 
 
 def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.kvraft.messages import Append, Get, Reply, Request
-from apps.kvraft.server import KVRaftServer, ServerConfig, _digest
+from apps.kvraft.server import KVRaftServer, ServerConfig
 from apps.linearizability import KVModel, Operation, Verdict, check
 from apps.raft.core import Config, RaftCore, Ready, Role
 from apps.raft.messages import ApplyMsg, RequestVoteReply
@@ -529,7 +529,7 @@ class KVSim:
 
     def _final_checks(self) -> None:
         servers = [s for s in self.servers if s is not None]
-        digests = {_digest(s.kv.state) for s in servers}
+        digests = {s.kv.state.digest() for s in servers}
         if len(digests) != 1:
             self.fail(f"replicas differ after settling at applied index {servers[0].kv.applied}")
         state = servers[0].kv.state

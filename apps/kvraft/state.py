@@ -8,10 +8,22 @@ wherever it lands and answered from the table instead of applied twice.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from typing import Any
 
 from apps.kvsrv.messages import Append, Put
+
+
+def canonical_digest(value: Any) -> str:
+    """A digest of ``value`` (built of str, int, None, tuples and lists, dicts already sorted into lists) that
+    depends on what it holds alone.
+
+    Not pickle: pickle writes a second reference to one object as a back-reference but an equal copy in
+    full, so two replicas in the same state got different digests when one had restored a snapshot (its
+    strings copies, the other's shared): the soak reported replicas that differed and did not.
+    """
+    return hashlib.sha256(repr(value).encode()).hexdigest()
 
 
 class KVState:
@@ -43,6 +55,10 @@ class KVState:
             self.data[op.key] = reply + op.value
         self.latest[op.client] = (op.seq, reply)
         return reply
+
+    def digest(self) -> str:
+        """The same for every replica that applied the same log prefix, whatever order it built its dicts in."""
+        return canonical_digest((sorted(self.data.items()), sorted(self.latest.items())))
 
     def snapshot(self) -> bytes:
         return pickle.dumps((self.data, self.latest), protocol=pickle.HIGHEST_PROTOCOL)

@@ -8,8 +8,6 @@ them, and applies them to :class:`CtrlerState`.
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 from dataclasses import replace
 from typing import Any
 
@@ -44,9 +42,6 @@ class CtrlerServer(KVRaftServer):
     def _read(self, op: Any) -> Any:
         return self.state.query(op.num)
 
-    def _state_digest(self) -> str:
-        blob = pickle.dumps(([(c.num, c.shards, sorted(c.groups.items())) for c in self.state.configs], sorted(self.state.latest.items())))
-        return hashlib.sha256(blob).hexdigest()
 
 
 def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:

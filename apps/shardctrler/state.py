@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from apps.kvraft.state import canonical_digest
 from apps.shardctrler.messages import EMPTY, NSHARDS, Join, Leave, Move, ShardConfig, Write
 
 
@@ -51,6 +52,11 @@ class CtrlerState:
         self.configs: list[ShardConfig] = [EMPTY]
         self.latest: dict[int, int] = {}
         """client -> seq of its latest applied Join/Leave/Move (their reply is always None)."""
+
+    def digest(self) -> str:
+        """The same for every controller replica that applied the same log prefix (see ``canonical_digest``)."""
+        configs = [(c.num, c.shards, sorted(c.groups.items())) for c in self.configs]
+        return canonical_digest((configs, sorted(self.latest.items())))
 
     def query(self, num: int) -> ShardConfig:
         if num < 0 or num >= len(self.configs):

@@ -20,9 +20,7 @@ Requests, Raft, waiting, duplicate detection and snapshots are
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import pickle
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -121,12 +119,6 @@ class ShardKVServer(KVRaftServer):
             super()._apply(cmd)
 
     # ---- the configuration and the shards' moves ------------------------------------------------
-
-    def _state_digest(self) -> str:
-        st = self.state
-        shards = sorted((s, sorted(kv.data.items()), sorted(kv.latest.items())) for s, kv in st.shards.items())
-        blob = pickle.dumps((st.cur.num, st.prev.num, sorted(st.status.items()), shards))
-        return hashlib.sha256(blob).hexdigest()
 
     def _other(self, message: Any) -> Any:
         if isinstance(message, (PullShards, ShardData, DeleteRequest, DeleteAck)) and not _well_formed(message):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from apps.kvraft.state import KVState
+from apps.kvraft.state import KVState, canonical_digest
 from apps.kvsrv.messages import Append, Put
 from apps.shardctrler.messages import EMPTY, NSHARDS, ShardConfig
 from apps.shardkv.messages import DeleteShards, InstallShards, NewConfig, ShardsReleased, key2shard
@@ -113,6 +113,11 @@ class ShardKVState:
         for s in entry.shards:
             if self.status.get(s) == RELEASING:
                 self.status[s] = SERVING
+
+    def digest(self) -> str:
+        """The same for every replica of the group that applied the same log prefix (see ``canonical_digest``)."""
+        shards = sorted((s, sorted(kv.data.items()), sorted(kv.latest.items())) for s, kv in self.shards.items())
+        return canonical_digest((self.cur.num, self.prev.num, sorted(self.status.items()), shards))
 
     # ---- snapshots ----------------------------------------------------------------------------
 
