@@ -402,7 +402,9 @@ def test_mapreduce_workers_on_three_hosts_equal_the_sequential_reference(make_ho
     from apps.mapreduce.sequential import read_output_lines, run_sequential
 
     hosts = make_hosts(4)
-    books = sorted(generate_corpus(tmp_path / "books", total_bytes=600_000, n_files=4, seed=26))
+    # 30 maps of 0.1 MB: with 6 (0.6 MB) the first worker to ask could finish every map before the other two
+    # asked again (they poll each 0.1 s), and once did, on a loaded machine; 30 keep it busy for longer.
+    books = sorted(generate_corpus(tmp_path / "books", total_bytes=3_000_000, n_files=4, seed=26))
     coord, workers = mr_job(hosts, tmp_path, books)
     report = coord.communicate(timeout=120)[1].decode()
     assert coord.returncode == 0, report
