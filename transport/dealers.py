@@ -30,6 +30,10 @@ DEFAULT_PEER_IDLE = 300.0
 
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 10_000
+HANDSHAKE_MS = 5_000
+"""How long a node's ROUTER waits for a connection to finish its (CURVE) handshake before closing it: long
+enough for a member on a loaded machine (a handshake takes milliseconds), short for a stranger holding a
+descriptor and a buffer open."""
 CONNECT_TIMEOUT_MS = 1000
 
 

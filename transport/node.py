@@ -98,11 +98,12 @@ from transport.codec import (
 )
 from transport.control import perform
 from transport.counters import Counters, Tally
-from transport.dealers import DEFAULT_MAX_PEERS, DEFAULT_PEER_IDLE, Dealers, open_dealer, watch_liveness
+from transport.dealers import DEFAULT_MAX_PEERS, DEFAULT_PEER_IDLE, HANDSHAKE_MS, Dealers, open_dealer, watch_liveness
 from transport.envelope import CONTROL_NAME, KIND_REPLY, Envelope, Failure, Kind, message_type
 from transport.faults import DROP, FaultRule, FaultSpec, FaultTable
 from transport.ipc import check_ipc_free, default_endpoint
 from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
+from transport.limits import raise_open_files
 from transport.once import OncePerCause
 from transport.probe import PROBE_TIMEOUT, LinkReport, probe
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
@@ -157,6 +158,7 @@ class Node:
         if not self.secure:
             check_insecure_bind(requested)
         check_ipc_free(requested)
+        raise_open_files()
         self._ctx = zmq.Context(io_threads=1)
         self._admission: Admission | None = None
         self._roles: Roles | None = None  # every request's key checked against the keyring (secure only)
@@ -166,6 +168,9 @@ class Node:
         self._router.setsockopt(zmq.SNDHWM, 100_000)  # replies queued for one asker, as for a DEALER
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot go is counted, not silently lost
         watch_liveness(self._router)
+        # A connection that has not logged in within HANDSHAKE_MS is closed: a stranger's idle
+        # connection holds a descriptor (and whatever it sent) for that long, not libzmq's 30 s.
+        self._router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         # ZeroMQ refuses (and disconnects) a sender of a larger message, so no
         # peer can make this process allocate more than that.
         self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 4096)
