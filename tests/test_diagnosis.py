@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -122,8 +123,31 @@ def test_nothing_listening_is_named_within_2s_with_the_command_that_starts_a_ser
     assert took < WITHIN
     assert f"nothing is listening at {endpoint}" in str(err)
     assert f"zactor kv serve --endpoint {endpoint}" in str(err)
-    cli = zactor("kv", "get", "--server", endpoint, "k", timeout=30)
+    cli = zactor("kv", "get", "--server", endpoint, "k", "--timeout", "3", timeout=30)
     assert cli.returncode == 1 and f"nothing is listening at {endpoint}" in cli.stderr, cli.stderr
+    note, failure = cli.stderr.strip().splitlines()[-2:]
+    assert note.endswith("waiting up to 2 s for it") and f"nothing is listening at {endpoint}" in note, cli.stderr
+    assert failure.startswith("zactor kv get: no answer from the KV server") and "zactor kv serve --endpoint" in failure
+
+
+def test_a_clerk_says_at_once_why_it_waits_and_gets_its_answer_from_a_server_that_starts(procs: Processes) -> None:
+    """A cluster just started in the background (the README's three commands) is not there for a moment: the
+    command says so at once, and its call is answered once the server listens."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    notes: list[str] = []
+    answers: list[str] = []
+    with ActorSystem() as system:
+        clerk = Clerk(endpoint, system=system, give_up_after=60.0, unreachable_after=60.0, tell_waiting=notes.append)
+        caller = threading.Thread(target=lambda: answers.append(clerk.get("k")), daemon=True)
+        t0 = time.monotonic()
+        caller.start()
+        assert wait_until(lambda: notes, WITHIN), "no word of why the clerk waits"
+        assert time.monotonic() - t0 < WITHIN and f"nothing is listening at {endpoint}" in notes[0]
+        procs.start("kv", "serve", "--endpoint", endpoint)
+        caller.join(60)
+    assert answers == [""] and len(notes) == 1
+    with running("kv", "put", "--server", endpoint, "k", "v") as out:  # and the command, now the server is up
+        assert out.proc.wait(30) == 0
 
 
 def test_a_patient_clerk_waits_for_a_server_that_starts_late(procs: Processes) -> None:

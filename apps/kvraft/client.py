@@ -16,7 +16,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors import Actor, ActorSystem
@@ -94,6 +94,8 @@ class Clerk(KeyValueCalls):
     this machine's key or speaks the other security mode, or nothing has
     listened at any of them for ``unreachable_after`` seconds. (Without it no
     probe is made: a soak's or a sharded group's clerk waits out partitions.)
+    ``tell_waiting``: called once, with what the trial connections found, when
+    they first find nothing listening anywhere (see the single server's clerk).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Clerk(KeyValueCalls):
         try_timeout: float = 0.1,
         give_up_after: float | None = None,
         unreachable_after: float | None = None,
+        tell_waiting: Callable[[str], None] | None = None,
     ) -> None:
         if not servers:
             raise ValueError("a clerk needs at least one server endpoint")
@@ -117,6 +120,7 @@ class Clerk(KeyValueCalls):
         self.try_timeout = try_timeout
         self.give_up_after = give_up_after
         self.unreachable_after = unreachable_after
+        self.tell_waiting = tell_waiting
 
     @property
     def servers(self) -> list[str]:
@@ -174,10 +178,10 @@ class Clerk(KeyValueCalls):
             why = "; ".join(dict.fromkeys(r.explanation for r in reports))
             raise KVUnavailable(f"no answer from the KV service at {', '.join(self._servers)}: {why}")
         now = time.monotonic()
+        why = "; ".join(dict.fromkeys(r.explanation for r in reports)) + " (start a cluster with `zactor kv cluster`)"
+        if silent_since is None and self.tell_waiting is not None:
+            self.tell_waiting(why)
         since = now if silent_since is None else silent_since
         if self.unreachable_after is not None and now - since >= self.unreachable_after:
-            why = "; ".join(dict.fromkeys(r.explanation for r in reports))
-            raise KVUnavailable(
-                f"no answer from the KV service at {', '.join(self._servers)}: {why} (start a cluster with `zactor kv cluster`)"
-            )
+            raise KVUnavailable(f"no answer from the KV service at {', '.join(self._servers)}: {why}")
         return since

@@ -11,7 +11,7 @@ import apps.shardkv as shardkv
 from apps.keys_cli import add_security_options, apply_security_options
 from apps.kvraft import cli as kvraft_cli
 from apps.kvraft.server import SERVER_NAME as KVRAFT_NAME
-from apps.kvsrv.client import Clerk, KVMisdirected, KVUnavailable
+from apps.kvsrv.client import PROBE_EVERY, Clerk, KVMisdirected, KVUnavailable
 from apps.kvsrv.server import serve
 
 
@@ -63,16 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout <= 0:
         print("zactor kv: --timeout must be positive", file=sys.stderr)
         return 2
+
+    # A server that is starting (a cluster just put in the background) answers in a moment: the command says
+    # at once why nothing answers yet, then waits for it to listen, failing with that reason a look before the
+    # --timeout (after it, the reason would be lost to a plain "no answer").
+    listen_wait = max(args.timeout - 2 * PROBE_EVERY, min(args.timeout, 0.5))
+
+    def waiting(why: str) -> None:
+        print(f"zactor kv {args.op}: {why}; waiting up to {listen_wait:g} s for it", file=sys.stderr, flush=True)
+
     try:
         clerk: kvraft.Clerk | Clerk | shardkv.Clerk
         if args.servers is not None:
-            clerk = kvraft.Clerk(
-                kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout, unreachable_after=min(0.5, args.timeout)
-            )
+            clerk = kvraft.Clerk(kvraft_cli.parse_endpoints(args.servers), give_up_after=args.timeout,
+                                 unreachable_after=listen_wait, tell_waiting=waiting)
         elif args.ctrler is not None:
             clerk = shardkv.Clerk(kvraft_cli.parse_endpoints(args.ctrler), give_up_after=args.timeout)
         else:
-            clerk = Clerk(args.server, give_up_after=args.timeout, unreachable_after=min(0.5, args.timeout))
+            clerk = Clerk(args.server, give_up_after=args.timeout, unreachable_after=listen_wait, tell_waiting=waiting)
         if args.op == "get":
             print(clerk.get(args.key))
         elif args.op == "put":

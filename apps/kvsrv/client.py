@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from actors import ActorDeadError, ActorSystem, AskTimeout
@@ -75,9 +76,12 @@ class Clerk(KeyValueCalls):
     ``unreachable_after``: with ``give_up_after``, give up sooner once nothing
     has listened at the endpoint for that many seconds (a command a person
     waits on; a server being started needs the default, None).
+    ``tell_waiting``: called once, with what a trial connection found, when
+    it first finds nothing listening: a command tells its user at once why it
+    waits, and still waits for a server that is starting.
     """
 
-    __slots__ = ("_server", "_system", "give_up_after", "try_timeout", "unreachable_after")
+    __slots__ = ("_server", "_system", "give_up_after", "tell_waiting", "try_timeout", "unreachable_after")
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class Clerk(KeyValueCalls):
         try_timeout: float = 0.1,
         give_up_after: float | None = None,
         unreachable_after: float | None = None,
+        tell_waiting: Callable[[str], None] | None = None,
     ) -> None:
         if try_timeout <= 0:
             raise ValueError(f"try_timeout must be positive seconds, got {try_timeout}")
@@ -96,6 +101,7 @@ class Clerk(KeyValueCalls):
         self.try_timeout = try_timeout
         self.give_up_after = give_up_after
         self.unreachable_after = unreachable_after
+        self.tell_waiting = tell_waiting
 
     def _call(self, request: Get | Put | Append) -> Any:
         """Send ``request`` until it is answered.
@@ -154,9 +160,11 @@ class Clerk(KeyValueCalls):
         if report.state not in (LinkState.NOTHING_LISTENING, LinkState.NO_RESPONSE):
             return None
         now = time.monotonic()
+        start = f" (start one with `zactor kv serve --endpoint {endpoint}`)" if report.state is LinkState.NOTHING_LISTENING else ""
+        if silent_since is None and self.tell_waiting is not None:
+            self.tell_waiting(f"{report.explanation}{start}")
         since = now if silent_since is None else silent_since
         if self.unreachable_after is not None and now - since >= self.unreachable_after:
-            start = f" (start one with `zactor kv serve --endpoint {endpoint}`)" if report.state is LinkState.NOTHING_LISTENING else ""
             raise KVUnavailable(f"no answer from the KV server at {endpoint}: {report.explanation}{start}")
         return since
 
