@@ -31,6 +31,9 @@ import tempfile
 import time
 from typing import Any
 
+from apps.kvraft.testing import KVCluster
+from apps.shardkv.messages import key2shard
+from apps.shardkv.testing import ShardCluster
 from benchmarks.kvdriver import Batch, DriverPool, Target
 
 OPS = (("put", 10), ("get", 10))
@@ -42,10 +45,6 @@ def _pids(cluster: Any) -> list[int]:
 
 def run(clients: int = 16, seconds: float = 2.0, warmup: float = 0.3, rounds: int = 4, procs: int = 4,
         move_keys: int = 1000, progress: bool = False) -> dict[str, Any]:
-    from apps.kvraft.testing import KVCluster
-    from apps.shardkv.messages import key2shard
-    from apps.shardkv.testing import ShardCluster
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="zactor-bench-shardkv-") as tmp, contextlib.ExitStack() as stack:
         single = stack.enter_context(KVCluster(3, data_dir=f"{tmp}/kvraft"))

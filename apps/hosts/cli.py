@@ -19,6 +19,7 @@ import sys
 import time
 
 from apps.hosts.netns import Hosts, HostsError, Instance, available, instances, remove, state_dir, sweep_stale
+from apps.hosts.probe import delivered
 
 EPILOG = """\
 examples:
@@ -155,8 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.op == "heal":
             hosts.heal()
         elif args.op == "probe":
-            from apps.hosts.probe import delivered
-
             got = delivered(hosts, args.src, args.dst, args.count)
             print(f"{args.src} -> {args.dst}: {got}/{args.count} datagrams delivered")
             return 0

@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transport.keys import Member, resolve_keyring, write_members
+
 log = logging.getLogger(__name__)
 
 STATE_ENV = "ZACTOR_HOSTS_DIR"
@@ -175,8 +177,6 @@ def host_keyring(source: str | os.PathLike[str], directory: str | os.PathLike[st
     it for all the hosts' addresses. Set ``$ZACTOR_KEYS`` to the copy for the
     processes run in the hosts.
     """
-    from transport.keys import Member, resolve_keyring, write_members
-
     ring = Path(directory)
     shutil.copytree(source, ring)
     public = resolve_keyring(ring).public

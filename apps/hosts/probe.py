@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import select
 import socket
+import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -25,8 +26,6 @@ QUIET = 0.2
 
 def delivered(hosts: Hosts, src: str, dst: str, count: int = 200, port: int = PORT) -> int:
     """How many of ``count`` datagrams from ``src`` arrive at ``dst`` (each sent once, 1 ms apart)."""
-    import subprocess
-
     recv = hosts.popen(
         dst,
         [sys.executable, "-m", "apps.hosts.probe", "recv", hosts.address(dst), str(port), str(count)],

@@ -12,6 +12,7 @@ from actors import ActorSystem
 from apps.keys_cli import add_security_options, apply_security_options
 from apps.mapreduce.app import AppError, load_app
 from apps.mapreduce.coordinator import JobConfig, start_coordinator
+from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.job import JobFailed, Progress, run_job
 from apps.mapreduce.protocol import JobStatus, Status
 from apps.mapreduce.report import job_report
@@ -114,8 +115,6 @@ def _progress_printer(interactive: bool):
 
 
 def _sample_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from apps.mapreduce.corpus import generate_corpus
-
     if args.files < 2 or not 0 < args.mb <= 10_000:
         parser.error("sample-data needs --files of at least 2 and --mb between 0 and 10000")
     paths = generate_corpus(args.dir, total_bytes=int(args.mb * 1e6), n_files=args.files, seed=args.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import shlex
@@ -13,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from apps.soak import netns, report
 from apps.soak.run import SoakConfig, Status, stopped_early
+from apps.soak.schedule import make_schedule, parse_nemeses
 from apps.soak.verdict import EXIT_NAMES, INTERRUPTED, INVALID, slow_windows, window_throughputs
 
 log = logging.getLogger(__name__)
@@ -133,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from apps.soak.schedule import make_schedule, parse_nemeses
 
     try:
         nemeses = parse_nemeses(args.nemesis, SYSTEMS[args.system])
@@ -157,12 +159,10 @@ def main(argv: list[str] | None = None) -> int:
          *(["--hosts", args.hosts] if args.hosts != "local" else []), "--out", str(out)]
     )
     if args.schedule_only:
-        import json
 
         servers = 5 if args.system in ("kvraft", "raft") else 3
         print(json.dumps([f.to_json() for f in make_schedule(seed, seconds, nemeses, servers)], indent=1))
         return 0
-    from apps.soak import report
 
     try:
         report.require_plotly()
@@ -177,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         servers=5 if args.system in ("kvraft", "raft") else 3, groups=args.groups, hosts=args.hosts,
     )
     if args.hosts == "netns":
-        from apps.soak.netns import unavailable
-
-        why = unavailable(config)
+        why = netns.unavailable(config)
         if why:
             print(f"zactor soak: --hosts netns: {why}", file=sys.stderr)
             return INVALID
@@ -193,8 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: SoakConfig) -> int:
     """The run, its verdict and its report; Ctrl-C or SIGTERM end it early with the report all the same (exit 130)."""
-    from apps.soak import netns
-
     previous = {sig: signal.signal(sig, _on_signal(config)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with netns.soak_hosts(config):  # --hosts netns: the hosts, removed at the end whatever happens
@@ -221,9 +217,7 @@ def _on_signal(config: SoakConfig) -> Callable[[int, Any], None]:
 
 
 def _run(config: SoakConfig) -> int:
-    from apps.soak import report
-    from apps.soak.netns import describe as describe_hosts
-
+    # Each system's runner is imported when its run starts: a run loads its own harness only.
     status = Status(config)
     started = time.time()
     if config.system == "kvraft":
@@ -240,14 +234,13 @@ def _run(config: SoakConfig) -> int:
         findings, extra = run_shardkv(config, status)
     elif config.system == "etcd":
         from apps.soak.etcd import run_etcd
-        from apps.soak.netns import etcd_members
 
-        findings, extra = run_etcd(config, status, etcd_members)
+        findings, extra = run_etcd(config, status, netns.etcd_members)
     else:
         from apps.soak.mr import run_mr
 
         findings, extra = run_mr(config, status)
-    extra.update(describe_hosts(config))
+    extra.update(netns.describe(config))
     ran = extra.get("seconds", config.seconds)
     extra.update(stopped_early(config, ran))
     answered = extra["samples"].answered
