@@ -58,7 +58,7 @@ class _Disk:
     def of(cls, core: RaftCore) -> _Disk:
         snap = None
         if core.log.snapshot_index:
-            snap = Snapshot(core.log.snapshot_index, core.log.snapshot_term, core.snapshot_data)
+            snap = Snapshot(core.log.snapshot_index, core.log.snapshot_term, core.snapshot_data, core.snapshot_membership)
         return cls(core.hard_state, snap, tuple(core.log.entries))
 
     def restored(self) -> Restored:
