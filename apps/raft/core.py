@@ -399,7 +399,9 @@ class RaftCore:
     # ---- replication ---------------------------------------------------------------------------
 
     def _send_append(self, peer: int, heartbeat: bool = False) -> None:
-        prog = self.progress[peer]
+        prog = self.progress.get(peer)
+        if prog is None:  # removed by the commit this answer brought (or this leader stepped down)
+            return
         if prog.next_index <= self.log.snapshot_index:
             if heartbeat or prog.inflight == 0:
                 prog.inflight = 1
