@@ -28,6 +28,7 @@ from apps.raft.membership import (
     REMOVE,
     ConfChange,
     ConfChangeRefused,
+    ConfEntry,
     Membership,
 )
 from apps.raft.messages import Entry, InstallSnapshot, Message, RequestVote, RequestVoteReply
@@ -276,6 +277,8 @@ def test_changes_that_do_not_fit_the_configuration_are_refused() -> None:
             leader.propose_conf_change(ConfChange(op, server))
     with pytest.raises(ConfChangeRefused, match="not the leader"):
         net.cores[1].propose_conf_change(ConfChange(REMOVE, 2))
+    with pytest.raises(ConfChangeRefused, match="propose_conf_change"):  # not around the rules through propose
+        leader.propose(ConfEntry(ConfChange(REMOVE, 1), Membership((0, 2), (3,))))
     with pytest.raises(ValueError, match="unknown configuration change"):
         ConfChange("add-voter", 5)
     solo = cluster(1)

@@ -43,7 +43,6 @@ when appended; voters elect and form every majority, learners only receive.
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 from dataclasses import dataclass, field
@@ -63,17 +62,11 @@ from apps.raft.messages import (
     RequestVote,
     RequestVoteReply,
 )
-from apps.raft.ready import Config, HardState, Ready, Restored, Snapshot
+from apps.raft.ready import Config, HardState, Ready, Restored, Role, Snapshot
 
 __all__ = ["Config", "HardState", "RaftCore", "Ready", "Restored", "Role", "Snapshot"]  # the boundary types live in apps.raft.ready
 
 log = logging.getLogger(__name__)
-
-
-class Role(enum.Enum):
-    FOLLOWER = "follower"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
 
 
 @dataclass
@@ -192,10 +185,16 @@ class RaftCore:
 
     def propose(self, command: Any) -> tuple[int, int, bool]:
         """Append ``command`` if this peer leads; returns (index, term, is_leader) at once."""
+        if isinstance(command, ConfEntry):  # that would skip every rule of propose_conf_change
+            raise ConfChangeRefused("a configuration change is proposed with propose_conf_change")
+        return self._append(command)
+
+    def _append(self, command: Any) -> tuple[int, int, bool]:
         if self.role is not Role.LEADER:
             return -1, self.term, False
         entry = Entry(self.term, self.log.last_index + 1, command)
         self.log.append(entry)
+        self.confs.appended(entry.index, command)
         self._replicate = True  # sent when the Ready is taken: one AppendEntries for all new entries
         if self.membership.voters == (self.me,):
             self._maybe_commit()
@@ -211,8 +210,7 @@ class RaftCore:
             uncommitted=self.confs.last_index if self.confs.last_index > self.commit_index else 0,
             match=prog.match_index if prog is not None else 0, last_index=self.log.last_index, catch_up=self.config.catch_up_entries,
         )
-        index, _, _ = self.propose(ConfEntry(change, membership))
-        self.confs.appended(index, self.log.entry(index).command)
+        index, _, _ = self._append(ConfEntry(change, membership))
         for peer in membership.members:  # a removed server keeps its progress until the removal commits
             if peer != self.me and peer not in self.progress:
                 self.progress[peer] = _Progress(next_index=max(1, self.log.snapshot_index))

@@ -1,4 +1,4 @@
-"""The Raft core's boundary: its timing, the durable state it restarts from, and the Ready batch it hands its shell.
+"""The Raft core's boundary: its timing, its roles, the durable state it restarts from, and the Ready batch it hands its shell.
 
 Kept apart from ``apps.raft.core`` (which re-exports them) so the core
 module holds the protocol alone.
@@ -6,10 +6,17 @@ module holds the protocol alone.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from apps.raft.membership import Membership
 from apps.raft.messages import ApplyMsg, Entry, Message, ReadState
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
 
 
 @dataclass(frozen=True, slots=True)
