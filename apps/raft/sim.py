@@ -82,6 +82,9 @@ class _Disk:
 
 
 class SimCluster:
+    change_rate = 0.06
+    """With ``membership``: the share of steps that propose a configuration change."""
+
     def __init__(
         self,
         n: int,
@@ -254,7 +257,7 @@ class SimCluster:
     def step(self) -> None:
         self.step_no += 1
         rng = self.rng
-        if self.membership and rng.random() < 0.06:
+        if self.membership and rng.random() < self.change_rate:
             self._reconfigure()
             self.check()
             return
