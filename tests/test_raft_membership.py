@@ -589,3 +589,35 @@ def test_the_journal_replays_the_configuration_through_membership_changes(tmp_pa
         restarts += c.restarts
         snapshots += sum(1 for core in c.cores if core is not None and core.log.snapshot_index)
     assert restarts > 100 and snapshots > 100
+
+
+class StaysLeader(RaftCore):
+    """Planted bug: a leader whose removal commits stops sending to the removed, but leads on."""
+
+    def _conf_committed(self) -> None:
+        self.progress = {p: prog for p, prog in self.progress.items() if p in self.membership.members}
+
+
+class CountsLearners(RaftCore):
+    """Planted bug: a candidate asks the learners too and counts every grant."""
+
+    def _won(self) -> bool:
+        return len(self.votes) * 2 > len(self.membership.voters)
+
+    def _campaign(self) -> None:
+        super()._campaign()
+        for s in self.membership.learners:
+            self._pending.after.append(RequestVote(self.term, self.me, s, self.log.last_index, self.log.last_term))
+
+
+@pytest.mark.parametrize(("bug", "caught_as"), [(StaysLeader, "leads on after its removal committed"),
+                                                 (CountsLearners, "not a majority of voters")])
+def test_the_simulator_catches_a_planted_membership_bug(bug: type[RaftCore], caught_as: str) -> None:
+    caught = 0
+    for seed in range(100):
+        try:
+            SimCluster(3, seed, membership=True, core_class=bug).run(500).settle()
+        except SimulationFailure as failure:
+            assert caught_as in str(failure)
+            caught += 1
+    assert caught >= 3  # measured: 17 and 9 of these 100 seeds
