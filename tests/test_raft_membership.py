@@ -552,6 +552,22 @@ def test_a_truncated_change_brings_back_the_configuration_before_it() -> None:
     assert net.cores[4].membership == Membership((0, 1, 2, 3, 4))
 
 
+def test_a_change_is_an_ordinary_entry_that_keeps_the_context_of_each_member() -> None:
+    net = cluster(3)
+    index = net.cores[0].propose_conf_change(ConfChange(ADD_LEARNER, 3, "tcp://127.0.0.1:7003"))
+    net.start(3)
+    net.pump(0)
+    net.flow(range(4))
+    entry = net.cores[1].log.entry(index)
+    assert isinstance(entry.command, ConfEntry) and entry.command.change.context == "tcp://127.0.0.1:7003"
+    assert pickle.loads(pickle.dumps(entry.command)) == entry.command
+    assert net.applied[0][-1] == entry.command  # the service is handed it like any command, once committed
+    net.change(0, PROMOTE, 3, range(4))
+    assert net.cores[2].membership.contexts == ((3, "tcp://127.0.0.1:7003"),)  # kept through the promotion
+    net.change(0, REMOVE, 3, range(4))
+    assert net.cores[2].membership == Membership((0, 1, 2))  # and dropped with the server
+
+
 # ---- the simulator ----------------------------------------------------------------------------------------
 
 

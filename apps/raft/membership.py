@@ -97,13 +97,6 @@ class Membership:
     def members(self) -> tuple[int, ...]:
         return tuple(sorted(self.voters + self.learners))
 
-    def context(self, server: int) -> Any:
-        return dict(self.contexts).get(server)
-
-
-EMPTY = Membership(())
-"""The configuration of a server that joins a running cluster, until the leader's log or snapshot tells it its own."""
-
 
 @message
 class ConfChange:
