@@ -381,6 +381,9 @@ def test_a_server_removed_while_cut_off_cannot_depose_the_leader() -> None:
     net.flow(range(4))
     assert net.cores[0].is_leader and all(net.cores[s].term == term for s in (0, 1, 2))
     net.commit(0, "still", [0, 1, 2])
+    net.campaign(2)  # a voter's request is taken as it always was (the rule is for non-voters only)
+    net.flow([0, 2])
+    assert not net.cores[0].is_leader and net.cores[0].term == term + 1
 
 
 # ---- the 2015 bug: three schedules, with and without the rule ----------------------------------------------

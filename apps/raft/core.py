@@ -254,9 +254,9 @@ class RaftCore:
         if msg.dst != self.me or msg.src < 0 or msg.src == self.me:
             log.warning("peer %d: dropped a misaddressed %s", self.me, type(msg).__name__)
             return
-        if isinstance(msg, RequestVote) and msg.term > self.term and self._leader_alive():
-            # Thesis §4.2.3: a server removed while cut off never learns it and keeps asking;
-            # a cluster whose leader is heard from does not even take its term.
+        if isinstance(msg, RequestVote) and msg.term > self.term and msg.src not in self.membership.voters and self._leader_alive():
+            # Thesis §4.2.3, for non-voters only: a server removed while cut off never learns it and keeps
+            # asking; while a leader is heard from, its term is not even taken. Voters ask as they always did.
             return
         if msg.term > self.term:
             self._become_follower(msg.term, msg.src if isinstance(msg, (AppendEntries, InstallSnapshot)) else None)

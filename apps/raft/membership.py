@@ -51,12 +51,17 @@ the change commits, then steps down and stops sending; as a non-voter it
 never campaigns again. A leader keeps replicating to a server it removed
 until the removal commits, so the server learns of its own removal and goes
 quiet. One that missed it (it was cut off) still times out and asks for
-votes; thesis §4.2.3 keeps it from deposing a healthy leader: a server that
-heard from a leader within the minimum election timeout ignores a
-RequestVote (the core does this in ``step``). Every server answers a
-RequestVote whatever its own configuration says (a learner whose promotion
-a candidate holds but it does not yet may be the vote the candidate needs),
-but a candidate asks, and counts, only the voters of its own configuration.
+votes; thesis §4.2.3, narrowed to non-voters, keeps it from deposing a
+healthy leader: a server that heard from a leader within the minimum
+election timeout ignores a RequestVote from a server that is not a voter in
+its own configuration (the core does this in ``step``). A voter's request is
+taken as it always was, so a cluster whose membership never changes behaves
+exactly as before; members that lack the removal can still be disturbed
+until they get it (a majority has it: it committed). With no leader heard
+from, any server answers any RequestVote whatever its own configuration
+says: a candidate whose log promoted a server that the receiver still takes
+for a learner may need exactly that vote. A candidate asks, and counts, only
+the voters of its own configuration.
 
 Snapshots carry the configuration as of their last index. One written before
 this module existed has none, which means the starting peers ``0..n-1``.
