@@ -104,7 +104,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, 0))",
            "self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, m.read_round))"),
     Mutant("readindex-leader-alone-confirms", "linearizable reads (a majority confirms leadership)", CORE,
-           "        confirmed = rounds[self.n // 2]", "        confirmed = rounds[0]"),
+           "        confirmed = rounds[len(rounds) // 2]", "        confirmed = rounds[0]"),
     Mutant("readindex-before-term-commit", "linearizable reads (a new leader's commit index may be stale)", CORE,
            "        if self.log.term_at(self.commit_index) != self.term:\n            self._reads_need_commit",
            "        if False:\n            self._reads_need_commit"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apps.raft.core import Config, HardState, Restored, Role, Snapshot
+from apps.raft.membership import Membership
 from apps.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -155,7 +156,7 @@ def test_service_snapshot_compacts_and_a_lagging_follower_gets_it() -> None:
     assert c.last_applied == 5
     c.snapshot(4, b"state@4")
     (rd,) = drain(c)
-    assert rd.snapshot == Snapshot(4, c.term, b"state@4")
+    assert rd.snapshot == Snapshot(4, c.term, b"state@4", Membership.of(3))  # the configuration travels with it
     assert c.log.snapshot_index == 4 and [e.index for e in c.log.entries] == [5]
     c.step(AppendEntriesReply(c.term, 2, 0, False, 0, 0, 1))  # peer 2 has nothing
     (install,) = sent(drain(c), InstallSnapshot)
@@ -189,5 +190,5 @@ def test_restart_from_a_snapshot_delivers_it_first() -> None:
 def test_misaddressed_messages_are_ignored() -> None:
     c = core(me=1)
     c.step(RequestVote(9, 0, 2, 0, 0))  # for peer 2
-    c.step(RequestVote(9, 7, 1, 0, 0))  # from nobody
+    c.step(RequestVote(9, -1, 1, 0, 0))  # from nobody (any number >= 0 may be a server added later)
     assert c.term == 0 and not c.has_ready()

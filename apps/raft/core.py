@@ -35,17 +35,21 @@ later one in the leader's term. Confirmed reads come out in
 ``Ready.read_states``; the service answers each once it has applied its
 index. A leader that steps down drops its unconfirmed reads, and one cut off
 in a minority never confirms a round, so it never yields a read. No leases.
+
+Membership (``apps.raft.membership``): configuration entries take effect
+when appended; voters elect and form every majority, learners only receive.
+``propose_conf_change`` refuses what is unsafe now, with the reason.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from apps.raft.log import InvariantError, RaftLog
+from apps.raft.membership import ConfChange, ConfChangeRefused, ConfEntry, Configurations, Membership, vet_change
 from apps.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -58,82 +62,11 @@ from apps.raft.messages import (
     RequestVote,
     RequestVoteReply,
 )
+from apps.raft.ready import Config, HardState, Ready, Restored, Role, Snapshot
+
+__all__ = ["Config", "HardState", "RaftCore", "Ready", "Restored", "Role", "Snapshot"]  # the boundary types live in apps.raft.ready
 
 log = logging.getLogger(__name__)
-
-
-class Role(enum.Enum):
-    FOLLOWER = "follower"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Timing in ticks (the shell decides how long a tick is; 10 ms by default).
-
-    The lab allows at most ten heartbeats a second and wants a new leader
-    within five seconds of a failure; elections must time out well after a
-    heartbeat is due, or a healthy leader would be deposed.
-    """
-
-    election_ticks_min: int = 40
-    election_ticks_max: int = 80
-    heartbeat_ticks: int = 10
-    max_batch: int = 512
-    """Most entries in one AppendEntries."""
-    max_inflight: int = 2
-    """Most unanswered AppendEntries carrying entries, per follower."""
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_ticks < 1:
-            raise ValueError(f"heartbeat_ticks must be at least 1, got {self.heartbeat_ticks}")
-        if self.election_ticks_min <= 2 * self.heartbeat_ticks:
-            raise ValueError(
-                f"election_ticks_min ({self.election_ticks_min}) must exceed twice heartbeat_ticks ({self.heartbeat_ticks})"
-            )
-        if self.election_ticks_max < self.election_ticks_min:
-            raise ValueError("election_ticks_max must be at least election_ticks_min")
-        if self.max_batch < 1 or self.max_inflight < 1:
-            raise ValueError("max_batch and max_inflight must be at least 1")
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    term: int
-    voted_for: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    index: int
-    term: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    """What a restarted peer read back from its storage."""
-
-    hard_state: HardState
-    snapshot: Snapshot | None
-    entries: tuple[Entry, ...]
-
-
-@dataclass(slots=True)
-class Ready:
-    hard_state: HardState | None
-    entries: tuple[Entry, ...]
-    """To persist: first drop stored entries at index >= entries[0].index, then append these."""
-    snapshot: Snapshot | None
-    """To persist: replaces the stored log through snapshot.index."""
-    messages: tuple[Message, ...]
-    messages_after_persist: tuple[Message, ...]
-    apply: tuple[ApplyMsg, ...]
-    must_sync: bool
-    """Whether anything above must be written (and fsync'd) before the messages go out."""
-    read_states: tuple[ReadState, ...] = ()
-    """ReadIndex reads whose leadership round is confirmed (see ``RaftCore.read_index``)."""
 
 
 @dataclass
@@ -152,15 +85,22 @@ class _Pending:
 
 
 class RaftCore:
+    """One Raft server of a cluster that started with voters ``0..n-1``.
+
+    Every server of the cluster is built with the same ``n``: a server that
+    joins later has a new number (``me >= n``) and, not a member of the
+    starting configuration, waits quietly to be added and sent the log.
+    """
+
     def __init__(self, me: int, n: int, config: Config, rng: random.Random, restored: Restored | None = None) -> None:
-        if not 0 <= me < n:
-            raise ValueError(f"peer {me} is not among 0..{n - 1}")
+        if me < 0 or n < 1:
+            raise ValueError(f"peer {me} of a cluster that started with {n}: need me >= 0 and n >= 1")
         self.me, self.n, self.config, self.rng = me, n, config, rng
-        self._peers = tuple(p for p in range(n) if p != me)
         self.term = 0
         self.voted_for: int | None = None
         self.log = RaftLog()
         self.snapshot_data = b""
+        self.confs = Configurations(Membership.of(n))
         if restored is not None:
             self.term = restored.hard_state.term
             self.voted_for = restored.hard_state.voted_for
@@ -168,8 +108,12 @@ class RaftCore:
             if snap is not None:
                 self.log = RaftLog(snap.index, snap.term, restored.entries)
                 self.snapshot_data = snap.data
+                if snap.membership is not None:
+                    self.confs = Configurations(snap.membership)
             else:
                 self.log = RaftLog(0, 0, restored.entries)
+            for entry in self.log.entries:
+                self.confs.appended(entry.index, entry.command)
         self.commit_index = self.log.snapshot_index
         self.last_applied = self.log.snapshot_index
         self.role = Role.FOLLOWER
@@ -212,6 +156,16 @@ class RaftCore:
     def hard_state(self) -> HardState:
         return HardState(self.term, self.voted_for)
 
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force here: the latest in the log, else the snapshot's."""
+        return self.confs.current
+
+    @property
+    def snapshot_membership(self) -> Membership:
+        """The configuration as of the snapshot's last index (the starting one without a snapshot)."""
+        return self.confs.base
+
     # ---- inputs ------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -219,27 +173,52 @@ class RaftCore:
             self.heartbeat_elapsed += 1
             if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
                 self.heartbeat_elapsed = 0
-                for peer in self._peers:
-                    prog = self.progress[peer]
+                for peer, prog in self.progress.items():
                     if prog.inflight:  # unanswered: assume lost, resend from what is known to match
                         prog.inflight = 0
                         prog.next_index = prog.match_index + 1
                     self._send_append(peer, heartbeat=True)
             return
         self.election_elapsed += 1
-        if self.election_elapsed >= self.election_timeout:
-            self._campaign()
+        if self.election_elapsed >= self.election_timeout and self.me in self.membership.voters:
+            self._campaign()  # learners, removed servers and servers not yet added never campaign
 
     def propose(self, command: Any) -> tuple[int, int, bool]:
         """Append ``command`` if this peer leads; returns (index, term, is_leader) at once."""
+        if isinstance(command, ConfEntry):  # that would skip every rule of propose_conf_change
+            raise ConfChangeRefused("a configuration change is proposed with propose_conf_change")
+        return self._append(command)
+
+    def _append(self, command: Any) -> tuple[int, int, bool]:
         if self.role is not Role.LEADER:
             return -1, self.term, False
         entry = Entry(self.term, self.log.last_index + 1, command)
         self.log.append(entry)
+        self.confs.appended(entry.index, command)
         self._replicate = True  # sent when the Ready is taken: one AppendEntries for all new entries
-        if self.n == 1:
+        if self.membership.voters == (self.me,):
             self._maybe_commit()
         return entry.index, self.term, True
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a one-server configuration change; its index. ConfChangeRefused says why not now (``vet_change``)."""
+        if self.role is not Role.LEADER:
+            raise ConfChangeRefused(f"peer {self.me} is not the leader (leader: {self.leader_hint})")
+        prog = self.progress.get(change.server)
+        membership = vet_change(
+            self.membership, change, own_term_committed=self._committed_own_term(),
+            uncommitted=self.confs.last_index if self.confs.last_index > self.commit_index else 0,
+            match=prog.match_index if prog is not None else 0, last_index=self.log.last_index, catch_up=self.config.catch_up_entries,
+        )
+        index, _, _ = self._append(ConfEntry(change, membership))
+        for peer in membership.members:  # a removed server keeps its progress until the removal commits
+            if peer != self.me and peer not in self.progress:
+                self.progress[peer] = _Progress(next_index=max(1, self.log.snapshot_index))
+        self._maybe_commit()  # a removal can shrink the majority
+        return index
+
+    def _committed_own_term(self) -> bool:
+        return self.log.term_at(self.commit_index) == self.term
 
     def read_index(self, request_id: Any) -> bool:
         """Start a linearizable read; False (and nothing queued) unless this peer leads.
@@ -265,13 +244,19 @@ class RaftCore:
         term = self.log.term_at(index)
         if term is None:
             raise InvariantError(f"no entry at {index} to snapshot")
+        membership = self.confs.at(index)
         self.log.compact(index, term)
+        self.confs.compacted(index, membership)
         self.snapshot_data = bytes(data)
-        self._snapshot_to_persist = Snapshot(index, term, self.snapshot_data)
+        self._snapshot_to_persist = Snapshot(index, term, self.snapshot_data, membership)
 
     def step(self, msg: Message) -> None:
-        if msg.dst != self.me or not 0 <= msg.src < self.n or msg.src == self.me:
+        if msg.dst != self.me or msg.src < 0 or msg.src == self.me:
             log.warning("peer %d: dropped a misaddressed %s", self.me, type(msg).__name__)
+            return
+        if isinstance(msg, RequestVote) and msg.term > self.term and msg.src not in self.membership.voters and self._leader_alive():
+            # Thesis §4.2.3, for non-voters only: a server removed while cut off never learns it and keeps
+            # asking; while a leader is heard from, its term is not even taken. Voters ask as they always did.
             return
         if msg.term > self.term:
             self._become_follower(msg.term, msg.src if isinstance(msg, (AppendEntries, InstallSnapshot)) else None)
@@ -307,7 +292,7 @@ class RaftCore:
 
     def ready(self) -> Ready:
         if self._replicate and self.role is Role.LEADER:
-            for peer in self._peers:
+            for peer in self.progress:
                 self._send_append(peer)
         self._replicate = False
         if self._reads_unsent and self.role is Role.LEADER:
@@ -346,6 +331,13 @@ class RaftCore:
     def _random_timeout(self) -> int:
         return self.rng.randint(self.config.election_ticks_min, self.config.election_ticks_max)
 
+    def _leader_alive(self) -> bool:
+        return self.role is Role.LEADER or (self.leader_hint is not None and self.election_elapsed < self.config.election_ticks_min)
+
+    def _won(self) -> bool:
+        voters = self.membership.voters
+        return sum(1 for v in voters if v in self.votes) * 2 > len(voters)
+
     def _become_follower(self, term: int, leader: int | None) -> None:
         if term > self.term:
             self.term = term
@@ -366,10 +358,12 @@ class RaftCore:
         self._hs_dirty = True
         self.election_elapsed = 0
         self.election_timeout = self._random_timeout()
-        if len(self.votes) * 2 > self.n:
+        if self._won():
             self._become_leader()
             return
-        for peer in self._peers:
+        for peer in self.membership.voters:
+            if peer == self.me:
+                continue
             # After the write: this term and this vote must be durable before anyone counts them.
             self._pending.after.append(RequestVote(self.term, self.me, peer, self.log.last_index, self.log.last_term))
 
@@ -386,30 +380,32 @@ class RaftCore:
     def _on_vote_reply(self, m: RequestVoteReply) -> None:
         if self.role is not Role.CANDIDATE or m.term != self.term or not m.granted:
             return
-        self.votes.add(m.src)
-        if len(self.votes) * 2 > self.n:
+        self.votes.add(m.src)  # a grant from a non-voter is kept but never counted (_won)
+        if self._won():
             self._become_leader()
 
     def _become_leader(self) -> None:
         self.role = Role.LEADER
         self.leader_hint = self.me
         self.heartbeat_elapsed = 0
-        self.progress = {p: _Progress(next_index=self.log.last_index + 1) for p in self._peers}
+        self.progress = {p: _Progress(next_index=self.log.last_index + 1) for p in self.membership.members if p != self.me}
         self._acked_round = {}
         log.info("peer %d: leader of term %d", self.me, self.term)
-        for peer in self._peers:
+        for peer in self.progress:
             self._send_append(peer, heartbeat=True)
 
     # ---- replication ---------------------------------------------------------------------------
 
     def _send_append(self, peer: int, heartbeat: bool = False) -> None:
-        prog = self.progress[peer]
+        prog = self.progress.get(peer)
+        if prog is None:  # removed by the commit this answer brought (or this leader stepped down)
+            return
         if prog.next_index <= self.log.snapshot_index:
             if heartbeat or prog.inflight == 0:
                 prog.inflight = 1
-                self._pending.messages.append(
-                    InstallSnapshot(self.term, self.me, peer, self.log.snapshot_index, self.log.snapshot_term, self.snapshot_data)
-                )
+                self._pending.messages.append(InstallSnapshot(
+                    self.term, self.me, peer, self.log.snapshot_index, self.log.snapshot_term, self.snapshot_data, self.confs.base
+                ))
             return
         has_new = prog.next_index <= self.log.last_index
         if not heartbeat and (not has_new or prog.inflight >= self.config.max_inflight):
@@ -463,9 +459,11 @@ class RaftCore:
                 if entry.index <= self.commit_index:
                     raise InvariantError(f"peer {self.me}: leader {m.src} overwrites committed entry {entry.index}")
                 self.log.truncate_from(entry.index)
+                self.confs.truncated(entry.index)  # an uncommitted change goes with its entry
                 self._unstable_from = min(self._unstable_from, entry.index)
                 self._persisted_index = min(self._persisted_index, entry.index - 1)
             self.log.append(entry)
+            self.confs.appended(entry.index, entry.command)
         last_new = prev + len(entries)
         if m.leader_commit > self.commit_index:
             self.commit_index = max(self.commit_index, min(m.leader_commit, last_new))
@@ -477,7 +475,9 @@ class RaftCore:
         if m.read_round > self._acked_round.get(m.src, 0):
             self._acked_round[m.src] = m.read_round
             self._confirm_reads()
-        prog = self.progress[m.src]
+        prog = self.progress.get(m.src)
+        if prog is None:  # a removed server's late answer
+            return
         if m.success:
             if m.match_index > prog.match_index:
                 prog.match_index = m.match_index
@@ -496,14 +496,25 @@ class RaftCore:
         self._send_append(m.src, heartbeat=True)
 
     def _maybe_commit(self) -> None:
-        matches = sorted([self._persisted_index] + [p.match_index for p in self.progress.values()], reverse=True)
-        candidate = matches[self.n // 2]  # the highest index a majority holds
+        # A leader tracks every member but itself; its own entries count once durable, and only if it votes.
+        matches = sorted((self._persisted_index if v == self.me else self.progress[v].match_index for v in self.membership.voters), reverse=True)
+        candidate = matches[len(matches) // 2]  # the highest index a majority of the voters holds
         # Only an entry of the current term commits by counting replicas (Figure 8).
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
-            self.commit_index = candidate
+            before, self.commit_index = self.commit_index, candidate
             if self._reads_need_commit:  # this term's first commit: the waiting reads can have an index now
                 self._reads_unsent.extend(ReadState(rid, candidate) for rid in self._reads_need_commit)
                 self._reads_need_commit = []
+            if before < self.confs.last_index <= candidate:
+                self._conf_committed()
+
+    def _conf_committed(self) -> None:
+        """The configuration in force is committed: stop sending to those it removed; leave if it removed this leader."""
+        members = self.membership.members
+        self.progress = {p: prog for p, prog in self.progress.items() if p in members}
+        if self.me not in self.membership.voters:
+            log.info("peer %d: removed from the cluster, steps down as leader of term %d", self.me, self.term)
+            self._become_follower(self.term, None)
 
     # ---- ReadIndex --------------------------------------------------------------------------
 
@@ -516,7 +527,7 @@ class RaftCore:
         self._read_round += 1
         self._reads_in_round.extend((self._read_round, rs) for rs in self._reads_unsent)
         self._reads_unsent = []
-        for peer in self._peers:
+        for peer in list(self.progress):
             if self.progress[peer].next_index > self.log.snapshot_index:  # never resend a snapshot for a read
                 self._send_append(peer, heartbeat=True)
         self._confirm_reads()  # a single peer is its own majority
@@ -525,8 +536,9 @@ class RaftCore:
         if not self._reads_in_round:
             return
         # The highest round a majority (this leader included) has answered.
-        rounds = sorted([self._read_round] + [self._acked_round.get(p, 0) for p in self._peers], reverse=True)
-        confirmed = rounds[self.n // 2]
+        voters = self.membership.voters
+        rounds = sorted((self._read_round if p == self.me else self._acked_round.get(p, 0) for p in voters), reverse=True)
+        confirmed = rounds[len(rounds) // 2]
         done = 0
         while done < len(self._reads_in_round) and self._reads_in_round[done][0] <= confirmed:
             done += 1
@@ -553,12 +565,14 @@ class RaftCore:
         if m.last_included_index > self.commit_index:
             self._collect_applies()  # what was committed before goes to the service first
             self.log.compact(m.last_included_index, m.last_included_term)
+            self.confs.compacted(m.last_included_index, m.membership or Membership.of(self.n))
+            self.confs.truncated(self.log.last_index + 1)  # entries after it that did not match are gone
             self.snapshot_data = m.data
             self.commit_index = m.last_included_index
             self.last_applied = m.last_included_index
             self._unstable_from = max(self._unstable_from, m.last_included_index + 1)
             self._persisted_index = min(self._persisted_index, self.log.last_index)
-            self._snapshot_to_persist = Snapshot(m.last_included_index, m.last_included_term, m.data)
+            self._snapshot_to_persist = Snapshot(m.last_included_index, m.last_included_term, m.data, self.confs.base)
             self._pending.apply.append(
                 ApplyMsg(snapshot_valid=True, snapshot=m.data, snapshot_term=m.last_included_term, snapshot_index=m.last_included_index)
             )
@@ -567,7 +581,9 @@ class RaftCore:
     def _on_install_snapshot_reply(self, m: InstallSnapshotReply) -> None:
         if self.role is not Role.LEADER or m.term != self.term:
             return
-        prog = self.progress[m.src]
+        prog = self.progress.get(m.src)
+        if prog is None:
+            return
         prog.inflight = 0
         prog.match_index = max(prog.match_index, m.last_included_index)
         prog.next_index = max(prog.next_index, prog.match_index + 1)

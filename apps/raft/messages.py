@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apps.raft.membership import Membership
 from transport.message import message
 
 
@@ -68,6 +69,8 @@ class InstallSnapshot:
     last_included_index: int
     last_included_term: int
     data: bytes
+    membership: Membership | None = None
+    """The configuration as of last_included_index (a leader always sends it)."""
 
 
 @message

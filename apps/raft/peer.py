@@ -188,6 +188,13 @@ class RaftPeer(Actor):
             log.warning("raft peer %d: ignored a %s", self.config.me, type(message).__name__)
         return None
 
+    def _send(self, msg: Any) -> None:
+        peer = self.peers.get(msg.dst)
+        if peer is None:  # a server this shell has no endpoint for (membership changes reach the shell later)
+            log.warning("raft peer %d: no endpoint for peer %d, dropped a %s", self.config.me, msg.dst, type(msg).__name__)
+            return
+        peer.tell(msg)
+
     def _process_when_idle(self) -> None:
         self._deferred += 1
         if self._deferred >= _MAX_DEFERRED or not self.more_waiting():
@@ -202,7 +209,7 @@ class RaftPeer(Actor):
             if service is not None:
                 service.tell(Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size))
 
-        drain_ready(core, self.storage, lambda msg: self.peers[msg.dst].tell(msg), deliver)
+        drain_ready(core, self.storage, self._send, deliver)
         role = (core.term, core.is_leader, core.leader_hint)
         if role != self._role and self.service is not None:
             self._role = role

@@ -16,6 +16,17 @@ step the safety properties of the Raft paper are checked:
   least as high as every entry committed anywhere before the read was asked
   (so a deposed leader can never serve it from a stale state).
 
+With ``membership``, the run also changes the configuration one server at
+a time while the other faults go on: a new server added as a learner, a
+learner promoted, a member (the leader too) removed, and a replacement (add
+a new learner, promote it, remove an old voter), each proposed to the
+leader and often refused (not caught up, a change in flight, no entry of
+the leader's term committed yet); ``core_class`` runs a variant of the core
+(a test's deliberately broken one). On top of the checks above: a leader's
+votes are a majority of the voters of its configuration, a leader the
+committed configuration removed has stepped down, and every committed
+configuration is one server away from the one committed before it.
+
 With ``storage_dir``, every peer also writes its Readys through the real
 :class:`~apps.raft.storage.RaftStorage` (fsync off), and each restart checks
 that what the journal replays equals what the peer made durable.
@@ -32,12 +43,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.raft.core import Config, HardState, RaftCore, Restored, Role, Snapshot
+from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE, ConfChange, ConfChangeRefused, ConfEntry, Membership
 from apps.raft.messages import Entry, Message
 from apps.raft.storage import RaftStorage
 
 
 class SimulationFailure(AssertionError):
     pass
+
+
+_SPARES = 4
+"""Servers a run with membership changes may add (numbered n, n+1, ...)."""
 
 
 @dataclass
@@ -58,7 +74,7 @@ class _Disk:
     def of(cls, core: RaftCore) -> _Disk:
         snap = None
         if core.log.snapshot_index:
-            snap = Snapshot(core.log.snapshot_index, core.log.snapshot_term, core.snapshot_data)
+            snap = Snapshot(core.log.snapshot_index, core.log.snapshot_term, core.snapshot_data, core.snapshot_membership)
         return cls(core.hard_state, snap, tuple(core.log.entries))
 
     def restored(self) -> Restored:
@@ -66,6 +82,9 @@ class _Disk:
 
 
 class SimCluster:
+    change_rate = 0.06
+    """With ``membership``: the share of steps that propose a configuration change."""
+
     def __init__(
         self,
         n: int,
@@ -74,16 +93,24 @@ class SimCluster:
         snapshots: bool = False,
         storage_dir: Path | None = None,
         reads: bool = False,
+        membership: bool = False,
+        core_class: type[RaftCore] = RaftCore,
     ) -> None:
         self.n, self.seed, self.snapshots = n, seed, snapshots
+        self.membership, self.core_class = membership, core_class
+        slots = n + (_SPARES if membership else 0)  # servers that may join get numbers n, n+1, ...
         self.storage_dir = storage_dir
-        self.storages: list[RaftStorage | None] = [None] * n
+        self.storages: list[RaftStorage | None] = [None] * slots
         self.rng = random.Random(seed)
-        self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3)
-        self.disks = [_Disk(HardState(0, None), None, ()) for _ in range(n)]
-        self.applied_upto = [0] * n
+        self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=3)
+        self.disks = [_Disk(HardState(0, None), None, ()) for _ in range(slots)]
+        self.applied_upto = [0] * slots
         self.boots = 0
-        self.cores: list[RaftCore | None] = [self._boot(i) for i in range(n)]
+        self.cores: list[RaftCore | None] = [self._boot(i) for i in range(n)] + [None] * (slots - n)
+        self.created = n  # servers 0..created-1 exist (the rest were never added)
+        self.plans: list[ConfChange] = []  # the rest of a replacement in progress
+        self.conf_proposed = self.conf_refused = 0
+        self.confs: dict[int, Membership] = {}  # index -> configuration, as committed anywhere
         self.net: list[Message] = []
         self.cut: set[frozenset[int]] = set()
         self.leaders: dict[int, int] = {}
@@ -103,7 +130,7 @@ class SimCluster:
             if old is not None:
                 old.close()
             self.storages[i] = self._replay_journal(i)
-        return RaftCore(i, self.n, self.config, random.Random(self.rng.random()), self.disks[i].restored())
+        return self.core_class(i, self.n, self.config, random.Random(self.rng.random()), self.disks[i].restored())
 
     def _replay_journal(self, i: int) -> RaftStorage:
         """Peer ``i``'s storage, freshly loaded; fails the run unless it replays what ``i`` made durable."""
@@ -180,11 +207,62 @@ class SimCluster:
         core.snapshot(index, data)
         self._process(i)
 
+    def _leader(self) -> RaftCore | None:
+        leaders = [c for c in self.cores if c is not None and c.is_leader]
+        return max(leaders, key=lambda c: c.term, default=None)
+
+    def committed_membership(self) -> Membership:
+        """The latest configuration committed anywhere (the starting one before any)."""
+        return self.confs[max(self.confs)] if self.confs else Membership.of(self.n)
+
+    def _reconfigure(self) -> None:
+        """Propose one configuration change to the leader; refusals are expected and counted."""
+        leader, rng = self._leader(), self.rng
+        if leader is None:
+            return
+        m = leader.membership
+        change: ConfChange | None = None
+        if self.plans:
+            change = self.plans[0]
+        else:
+            r = rng.random()
+            spare = self.created if self.created < len(self.cores) else None
+            if r < 0.25 and spare is not None:
+                change = ConfChange(ADD_LEARNER, spare)
+            elif r < 0.45 and spare is not None and len(m.voters) > 1:
+                old = rng.choice(m.voters)
+                self.plans = [ConfChange(ADD_LEARNER, spare), ConfChange(PROMOTE, spare), ConfChange(REMOVE, old)]
+                change = self.plans[0]
+            elif r < 0.7 and m.learners:
+                change = ConfChange(PROMOTE, rng.choice(m.learners))
+            elif len(m.members) > 2:
+                change = ConfChange(REMOVE, rng.choice(m.members))
+        if change is None:
+            return
+        self.conf_proposed += 1
+        try:
+            leader.propose_conf_change(change)
+        except ConfChangeRefused:
+            self.conf_refused += 1
+            if self.plans and rng.random() < 0.05:
+                self.plans = []  # give the replacement up (its server may be gone, or removed already)
+            return
+        if self.plans:
+            self.plans.pop(0)
+        if change.op == ADD_LEARNER and change.server == self.created:
+            self.cores[self.created] = self._boot(self.created)  # a new, empty server starts
+            self.created += 1
+        self._process(leader.me)
+
     def step(self) -> None:
         self.step_no += 1
         rng = self.rng
+        if self.membership and rng.random() < self.change_rate:
+            self._reconfigure()
+            self.check()
+            return
         r = rng.random()
-        live = [i for i in range(self.n) if self.cores[i] is not None]
+        live = [i for i in range(self.created) if self.cores[i] is not None]
         if r < 0.35 and live:
             i = rng.choice(live)
             self.cores[i].tick()  # type: ignore[union-attr]
@@ -213,14 +291,14 @@ class SimCluster:
                     self._process(i)
                     break
         elif r < 0.89:
-            a, b = rng.sample(range(self.n), 2)
+            a, b = rng.sample(range(self.created), 2)
             self.cut.add(frozenset((a, b)))
         elif r < 0.93:
             self.cut.clear()
-        elif r < 0.95 and len(live) > self.n // 2 + 1:
+        elif r < 0.95 and self._may_crash(live):
             self.cores[rng.choice(live)] = None  # crash: only the disk survives
         elif r < 0.98:
-            dead = [i for i in range(self.n) if self.cores[i] is None]
+            dead = [i for i in range(self.created) if self.cores[i] is None]
             if dead:
                 i = rng.choice(dead)
                 self.cores[i] = self._boot(i)
@@ -229,15 +307,25 @@ class SimCluster:
             self._snapshot(rng.choice(live))
         self.check()
 
+    def _may_crash(self, live: list[int]) -> bool:
+        if not self.membership:
+            return len(live) > self.n // 2 + 1
+        voters = self.committed_membership().voters
+        return sum(1 for v in voters if v in live) > len(voters) // 2 + 1
+
     # ---- invariants -------------------------------------------------------------------------------
 
     def check(self) -> None:
         live = [c for c in self.cores if c is not None]
+        new_conf = False
         for core in live:
             if core.role is Role.LEADER:
+                elected_now = core.term not in self.leaders
                 other = self.leaders.setdefault(core.term, core.me)
                 if other != core.me:
                     self.fail(f"two leaders in term {core.term}: {other} and {core.me}")
+                if self.membership:
+                    self._check_leader(core, elected_now)
             for index in range(max(core.log.snapshot_index + 1, 1), core.commit_index + 1):
                 if index > core.log.last_index:
                     break
@@ -245,6 +333,11 @@ class SimCluster:
                 seen = self.committed.setdefault(index, (e.term, e.command))
                 if seen != (e.term, e.command):
                     self.fail(f"peer {core.me} committed {e} at {index}, but {seen} was committed there")
+                if isinstance(e.command, ConfEntry) and index not in self.confs:
+                    self.confs[index] = e.command.membership
+                    new_conf = True
+        if new_conf:
+            self._check_conf_chain()
         for a in live:
             for b in live:
                 if a.me >= b.me:
@@ -265,6 +358,24 @@ class SimCluster:
                     if index > core.log.last_index or core.log.entry(index) != Entry(term, index, command):
                         self.fail(f"leader {core.me} of term {core.term} lacks committed entry {index}")
 
+    def _check_leader(self, core: RaftCore, elected_now: bool) -> None:
+        m = core.membership
+        if core.me not in m.voters and core.confs.last_index <= core.commit_index:
+            self.fail(f"leader {core.me} of term {core.term} leads on after its removal committed")
+        counted = [v for v in m.voters if v in core.votes]
+        if elected_now and len(counted) * 2 <= len(m.voters):  # it has proposed no change yet: m is what it counted with
+            self.fail(f"leader {core.me} of term {core.term} won with votes {sorted(core.votes)}, not a majority of voters {m.voters}")
+
+    def _check_conf_chain(self) -> None:
+        """Each committed configuration differs from the one committed before it by one server at most."""
+        before = Membership.of(self.n)
+        for index in sorted(self.confs):
+            after = self.confs[index]
+            moved = (set(before.voters) ^ set(after.voters)) | (set(before.learners) ^ set(after.learners))
+            if len(moved) > 1:
+                self.fail(f"the configuration committed at {index} ({after}) moves {sorted(moved)} at once from {before}")
+            before = after
+
     # ---- driving ------------------------------------------------------------------------------------
 
     def run(self, steps: int) -> SimCluster:
@@ -273,9 +384,10 @@ class SimCluster:
         return self
 
     def settle(self, max_steps: int = 20_000) -> int:
-        """Heal everything, restart the dead, deliver reliably; a proposal must commit everywhere."""
+        """Heal everything, restart the dead, deliver reliably; a proposal must commit on every member."""
         self.cut.clear()
-        for i in range(self.n):
+        self.plans = []
+        for i in range(self.created):
             if self.cores[i] is None:
                 self.cores[i] = self._boot(i)
                 self._process(i)
@@ -285,7 +397,7 @@ class SimCluster:
             if self.net:
                 self._deliver(0)
             else:
-                for i in range(self.n):
+                for i in range(self.created):
                     self.cores[i].tick()  # type: ignore[union-attr]
                     self._process(i)
             self.check()
@@ -297,9 +409,10 @@ class SimCluster:
                 if ok:
                     target, proposer = index, (leaders[0], term)
                     self._process(leaders[0].me)
-            if target is not None and all(u >= target for u in self.applied_upto):
+            members = self.committed_membership().members  # a removed server need not catch up
+            if target is not None and all(self.applied_upto[i] >= target for i in members):
                 if self.storage_dir is not None:
-                    for i in range(self.n):
+                    for i in range(self.created):
                         self._replay_journal(i).close()
                 return step
         self.fail(f"no progress after the faults stopped ({max_steps} steps): applied {self.applied_upto}, target {target}")

@@ -8,7 +8,9 @@ entries record starting at or below the last stored index replaces the stored
 entries from there on, as Raft's log truncation does.
 
 A snapshot rewrites the journal atomically: the snapshot (always the first
-record), then the term and vote, then the entries after the snapshot. That is also how superseded
+record), its configuration (the second; a journal written before membership
+changes has none, and its snapshot stands for the starting peers), then the
+term and vote, then the entries after the snapshot. That is also how superseded
 records (old votes, truncated entries) are dropped when they add up. On load
 the records are replayed in order; a torn last append is cut by the journal
 (it was never acknowledged), and anything worse raises CorruptStateError,
@@ -20,14 +22,16 @@ from __future__ import annotations
 import logging
 import pickle
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 from actors import CorruptStateError, Journal
 from apps.raft.core import HardState, RaftCore, Ready, Restored, Snapshot
+from apps.raft.membership import Membership
 from apps.raft.messages import Entry
 
 JOURNAL_NAME = "raft-journal"
-_HARD_STATE, _ENTRIES, _SNAPSHOT = b"H", b"E", b"S"
+_HARD_STATE, _ENTRIES, _SNAPSHOT, _MEMBERSHIP = b"H", b"E", b"S", b"C"
 _SNAPSHOT_HEAD = struct.Struct(">QQ")
 _MIN_GARBAGE_FOR_REWRITE = 1 << 20
 
@@ -99,6 +103,12 @@ class RaftStorage:
                     snapshot = Snapshot(index, snap_term, bytes(body[_SNAPSHOT_HEAD.size :]))
                     base = index
                     self._snapshot_record, self.snapshot_size = len(record), len(snapshot.data)
+                elif kind == _MEMBERSHIP:
+                    if number != 2 or snapshot is None:
+                        raise ValueError("a configuration record is only ever written right after a snapshot")
+                    voters, learners, contexts = pickle.loads(body)
+                    snapshot = replace(snapshot, membership=Membership(tuple(voters), tuple(learners), tuple(contexts)))
+                    self._snapshot_record += len(record)
                 elif kind == _ENTRIES:
                     new = [Entry(t, i, c) for t, i, c in pickle.loads(body) if i > base]
                     if new:
@@ -123,7 +133,9 @@ class RaftStorage:
         self._snapshot_record = self.snapshot_size = 0
         if core.log.snapshot_index:
             records.append(_SNAPSHOT + _SNAPSHOT_HEAD.pack(core.log.snapshot_index, core.log.snapshot_term) + core.snapshot_data)
-            self._snapshot_record, self.snapshot_size = len(records[0]), len(core.snapshot_data)
+            m = core.snapshot_membership
+            records.append(_MEMBERSHIP + pickle.dumps((m.voters, m.learners, m.contexts), protocol=pickle.HIGHEST_PROTOCOL))
+            self._snapshot_record, self.snapshot_size = len(records[0]) + len(records[1]), len(core.snapshot_data)
         records.append(_encode_hard_state(core.hard_state))
         if core.log.entries:
             records.append(_encode_entries(core.log.entries))
