@@ -388,6 +388,20 @@ def test_a_server_removed_while_cut_off_cannot_depose_the_leader() -> None:
 # ---- the 2015 bug: three schedules, with and without the rule ----------------------------------------------
 
 
+def _old_leader_returns(net: Net) -> Net:
+    """The deposed leader 0 restarts and campaigns with 3 and 4 twice (term 2, in which 3 already voted for 1,
+    then term 3); if it wins, it commits an entry of its own over what the others committed."""
+    net.queue.clear()
+    net.start(0)
+    for _ in range(2):
+        net.wait([3, 4])
+        net.campaign(0)
+        net.flow([0, 3, 4])
+    if net.cores[0].is_leader:
+        net.commit(0, "x", [0, 3, 4])
+    return net
+
+
 def _change_or_rule(net: Net, leader: int, op: str, server: int, among: list[int], noop_to: list[int]) -> None:
     """The new leader's change: at once if the core allows it; else what the rule makes it do first (commit a
     no-op of its term, on ``noop_to``, a majority of the old voters), then the same change."""
@@ -409,15 +423,7 @@ def two_adds(core: type[RaftCore]) -> Net:
     net.elect(1, [1, 2, 3])
     net.heartbeat(1, [1, 2, 5])  # 1 learns 5 is caught up
     _change_or_rule(net, 1, PROMOTE, 5, [1, 2, 5], noop_to=[1, 2, 3])
-    net.queue.clear()
-    net.start(0)
-    for _ in range(2):  # term 2 (3 voted for 1 already), then term 3
-        net.wait([3, 4])
-        net.campaign(0)
-        net.flow([0, 3, 4])
-    if net.cores[0].is_leader:
-        net.commit(0, "x", [0, 3, 4])
-    return net
+    return _old_leader_returns(net)
 
 
 def two_removes(core: type[RaftCore]) -> Net:
@@ -448,15 +454,7 @@ def add_and_remove(core: type[RaftCore]) -> Net:
     net.change(0, PROMOTE, 4, [0, 4])
     net.elect(1, [1, 2, 3])
     _change_or_rule(net, 1, REMOVE, 3, [1, 2], noop_to=[1, 2, 3])
-    net.queue.clear()
-    net.start(0)
-    for _ in range(2):
-        net.wait([3, 4])
-        net.campaign(0)
-        net.flow([0, 3, 4])
-    if net.cores[0].is_leader:
-        net.commit(0, "x", [0, 3, 4])
-    return net
+    return _old_leader_returns(net)
 
 
 SCHEDULES: dict[str, Callable[[type[RaftCore]], Net]] = {
