@@ -9,7 +9,7 @@ keep what an actor must not lose across a restart.
 # The layer above the system: importing it plugs spawn_process and lookup into every ActorSystem
 # (actors.system.plug_process_layer), so whoever imports anything of actors has them.
 import actors.spawn  # noqa: F401
-from actors.actor import Actor
+from actors.actor import Actor, ReplyTarget
 from actors.address import Address
 from actors.classref import ClassRef
 from actors.errors import (
@@ -54,6 +54,7 @@ __all__ = [
     "RemoteError",
     "RemoteRef",
     "ReplyFuture",
+    "ReplyTarget",
     "RestartLimit",
     "RestartLimitReached",
     "Supervisor",

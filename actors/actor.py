@@ -14,7 +14,10 @@ semantics, but its mailbox is drained by the node's I/O thread right after
 the frames that filled it were read, so a remote ask wakes one thread on
 this side (as a raw pyzmq echo server does) instead of two. A handler that
 blocks there stalls the whole node, which is why it is opt-in; a blocking ask
-from it is refused with ``BlockingOnIOThread``.
+from it is refused with ``BlockingOnIOThread``. An inline actor may also
+answer an ask *later* (:meth:`Actor.reply_later`): a server whose answer
+waits on something else (a Raft commit) keeps the ask's reply target instead
+of making its client bind a reply address and wake a second thread there.
 
 The seam to the host is public and small: :class:`Host` (what an actor
 needs from its system) and :func:`hosted_by` (the context a system starts
@@ -82,6 +85,12 @@ def hosted_by(host: Host, name: str) -> Iterator[None]:
         yield
     finally:
         _hosting.reset(token)
+
+
+class ReplyTarget(Protocol):
+    """Where the answer to an ask goes (see :meth:`Actor.reply_later`); one-shot, any thread."""
+
+    def set(self, value: Any = None) -> None: ...
 
 
 class _InlineInbox:
@@ -198,6 +207,7 @@ class Actor(pykka.ThreadingActor):
         # Prefixed: a subclass's own `handled` or `_took` must not collide with them.
         self._zactor_handled = 0
         self._zactor_took: list[float] = [0.0] * _TOOK_RING
+        self._zactor_reply: Any = None  # the reply target of the ask being served inline, until taken
         if context:
             context[0].actor_built(self.actor_name, self)
 
@@ -216,19 +226,35 @@ class Actor(pykka.ThreadingActor):
 
     def _serve_one(self, message: Any, reply_to: Any) -> None:
         """One turn of pykka's actor loop, for an inline actor (same semantics, no thread)."""
+        self._zactor_reply = reply_to
         try:
             response = self._handle_receive(message)
-            if reply_to is not None:
+            if self._zactor_reply is not None:  # None: a tell, or the handler answers later
                 reply_to.set(response)
         except Exception:
             if reply_to is not None:
-                reply_to.set_exception()
+                reply_to.set_exception()  # one-shot targets: a later answer from the handler is ignored
             else:
                 self._handle_failure(*sys.exc_info())
                 try:
                     self.on_failure(*sys.exc_info())
                 except Exception:
                     self._handle_failure(*sys.exc_info())
+        finally:
+            self._zactor_reply = None
+
+    def reply_later(self) -> ReplyTarget | None:
+        """Take the reply target of the ask being handled (None for a tell): the handler's return
+        value is then not sent, and whoever holds the target answers once with ``set(value)``.
+
+        For inline actors only: their handlers run where the ask's connection
+        is served, so holding the target costs nothing; a threaded actor
+        would need its own loop to offer this, and raises instead.
+        """
+        if not type(self).inline:
+            raise RuntimeError(f"{type(self).__name__} is not inline: only an inline actor can answer an ask later")
+        target, self._zactor_reply = self._zactor_reply, None
+        return cast("ReplyTarget | None", target)
 
     def schedule(self, delay: float, message: Any) -> Timer:
         """Deliver ``message`` to this actor instance after ``delay`` seconds.

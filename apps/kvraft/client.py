@@ -1,87 +1,31 @@
 """The clerk of the replicated KV service: finds the leader, retries one request id until it is answered.
 
-Requests are tells carrying the address of the process's reply box (one
-``_ReplyBox`` actor per actor system, shared by every clerk in the process,
-so a hundred clerks cost one node and one connection per server). A server
-answers when Raft has decided, or "not leader" (with its guess of who leads);
-the clerk then moves to that server, or the next one, and sends the same
-request (same client id and seq) again. A try that gets no answer within
+A request is an ask, sent and read back on the calling thread's own
+connection to that server: the server keeps the ask's reply target until
+Raft has decided (``Actor.reply_later``), so nothing in the clerk's process
+binds a reply address or wakes a second thread for it. A server answers
+when Raft has decided, or "not leader" (with its guess of who leads); the
+clerk then moves to that server, or the next one, and sends the same request
+(same client id and seq) again. A try that gets no answer within
 ``try_timeout`` (a lost message, a crashed server, a leader cut off in a
-minority) also moves on.
+minority) also moves on, and so does one that reaches a process not (yet)
+serving the KV service.
 """
 
 from __future__ import annotations
 
-import itertools
-import random
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from actors import Actor, ActorSystem
+from actors import ActorDeadError, ActorSystem, AskTimeout, MailboxFull
 from apps.kvraft.messages import Append, BadRequest, Get, Put, Reply, Request
 from apps.kvraft.server import SERVER_NAME
 from apps.kvsrv.client import PROBE_EVERY, KeyValueCalls, KVUnavailable
 from transport.probe import LinkState
 
-REPLY_BOX = "kvraft-replies"
-_boxes_lock = threading.Lock()
-
-
-class _Slot:
-    __slots__ = ("event", "reply")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.reply: Reply | None = None
-
-
-class _ReplyBox(Actor):
-    """Hands each server reply to the clerk thread waiting for its ``corr``; drops late ones."""
-
-    def __init__(self, slots: dict[int, _Slot]) -> None:
-        super().__init__()
-        self.slots = slots
-
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Reply):
-            slot = self.slots.get(message.corr)
-            if slot is not None:
-                slot.reply = message
-                slot.event.set()
-        return None
-
-
-class _Box:
-    """The reply box of one actor system: its address and the waiting slots."""
-
-    _corr = itertools.count(random.getrandbits(40) << 20)
-
-    def __init__(self, system: ActorSystem) -> None:
-        self.slots: dict[int, _Slot] = {}
-        system.spawn(_ReplyBox, self.slots, name=REPLY_BOX)
-        self.address = f"{system.endpoint}#{REPLY_BOX}"
-
-    def expect(self) -> tuple[int, _Slot]:
-        corr = next(self._corr)
-        slot = self.slots[corr] = _Slot()
-        return corr, slot
-
-    def forget(self, corr: int) -> None:
-        self.slots.pop(corr, None)
-
-
-_boxes: dict[int, tuple[ActorSystem, _Box]] = {}
-
-
-def _box_of(system: ActorSystem) -> _Box:
-    """The reply box of ``system``, spawned on first use."""
-    with _boxes_lock:
-        known = _boxes.get(id(system))
-        if known is None or known[0] is not system or system.stopped:
-            known = _boxes[id(system)] = (system, _Box(system))
-        return known[1]
+_NOT_SERVING = Reply(0, False, None, None)
+"""What a try counts as when the process there answered but hosts no KV server, or its mailbox is full."""
 
 
 class Clerk(KeyValueCalls):
@@ -114,7 +58,6 @@ class Clerk(KeyValueCalls):
             raise ValueError(f"try_timeout must be positive seconds, got {try_timeout}")
         super().__init__()
         self._system = system or ActorSystem.shared()
-        self._box = _box_of(self._system)
         self.servers = list(servers)
         self._leader = 0
         self.try_timeout = try_timeout
@@ -140,13 +83,15 @@ class Clerk(KeyValueCalls):
         while True:
             refs = self._refs
             i = self._leader % len(refs)
-            corr, slot = self._box.expect()
+            reply: Reply | None
             try:
-                refs[i].tell(Request(op, self._box.address, corr))
-                slot.event.wait(self.try_timeout)
-            finally:
-                self._box.forget(corr)
-            reply = slot.reply
+                reply = refs[i].ask(Request(op, "", 0), timeout=self.try_timeout)
+            except AskTimeout:
+                reply = None
+            except (ActorDeadError, MailboxFull):
+                reply = _NOT_SERVING
+            if reply is not None and type(reply) is not Reply:  # some other actor by that name
+                reply = _NOT_SERVING
             if reply is not None and reply.ok:
                 self._leader = i
                 if isinstance(reply.value, BadRequest):

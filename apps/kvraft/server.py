@@ -7,6 +7,14 @@ waits, keyed by (client, seq), until an entry with that client and seq
 applies (whoever proposed it); the reply then comes from the duplicate
 table, so a retry after a leader change is answered, never applied twice.
 
+The actor is inline (served on its node's I/O thread: its handlers only
+compute and tell, never block), and a clerk's request is an ask whose reply
+target the server keeps until Raft has decided (``reply_later``): the answer
+goes back on the request's own connection, read there by the clerk's own
+thread, with no reply address and no extra thread on either side. A
+``Request`` that comes as a tell (another server's query, the simulation) is
+answered by a tell to its ``reply_to`` address, as before.
+
 Gets are ReadIndex reads by default (``read="index"``): the server asks its
 peer to confirm leadership with one heartbeat round and answers once it has
 applied up to the index the peer yields. ``read="log"`` puts each Get in the
@@ -93,8 +101,8 @@ class ServerConfig:
 @dataclass
 class _Waiting:
     since: float
-    who: list[tuple[str, int]] = field(default_factory=list)
-    """(reply_to, corr) of every copy of the request that waits."""
+    who: list[tuple[Any, int]] = field(default_factory=list)
+    """(reply_to, corr) of every copy of the request that waits: an address, or an ask's reply target."""
 
 
 @message
@@ -122,6 +130,8 @@ class KVRaftServer(Actor):
     """``raft`` and ``answer`` default to the peer beside it and replies over the actor runtime;
     the KV simulation (``apps/kvraft/sim.py``) passes its own, and runs this very class."""
 
+    inline = True  # only computes and tells (Raft's fsync is the peer's): served on the I/O thread
+
     state_class: Any = KVState
     """The replicated state: ``restore(blob)`` and ``snapshot()``; a subclass serves another."""
     write_types: tuple[type, ...] = (Put, Append)
@@ -142,7 +152,7 @@ class KVRaftServer(Actor):
         self.raft = raft
         self._send_reply = answer
         self._writes: dict[tuple[int, int], _Waiting] = {}
-        self._reads: dict[Any, tuple[float, Any, str, int]] = {}  # read id -> (since, op, reply_to, corr)
+        self._reads: dict[Any, tuple[float, Any, Any, int]] = {}  # read id -> (since, op, reply_to, corr)
         self._ready_reads: list[tuple[int, Any]] = []  # (read index, read id), confirmed, waiting for apply
         self._read_ids = itertools.count(1)
         self._nonce = int.from_bytes(os.urandom(4), "big")  # read ids of log Gets never clash across restarts
@@ -186,9 +196,13 @@ class KVRaftServer(Actor):
 
     # ---- requests ---------------------------------------------------------------------------
 
-    def _answer(self, reply_to: str, corr: int, ok: bool, value: Any = None) -> None:
+    def _answer(self, reply_to: Any, corr: int, ok: bool, value: Any = None) -> None:
+        """Answer one waiting copy of a request: ``reply_to`` is an address, or the reply target of an ask."""
         try:
             hint = None if ok or self.leader is None else self.config.endpoints[self.leader]
+            if type(reply_to) is not str:
+                reply_to.set(Reply(corr, ok, value, hint))
+                return
             if self._send_reply is not None:
                 self._send_reply(reply_to, Reply(corr, ok, value, hint))
                 return
@@ -200,37 +214,39 @@ class KVRaftServer(Actor):
         if type(req.reply_to) is not str or type(req.corr) is not int:
             log.warning("kvraft server %d: dropped a request with no usable reply address", self.config.me)
             return
+        asked = self.reply_later()
+        reply_to: Any = req.reply_to if asked is None else asked
         op: Any = req.op
         kind, problem = self._classify(op)
         if problem is not None:
-            self._answer(req.reply_to, req.corr, True, BadRequest(problem))
+            self._answer(reply_to, req.corr, True, BadRequest(problem))
             return
         if kind == "write":
             seen, reply = self._duplicate(op)
             if seen:  # applied already: any server can say so, leader or not
-                self._answer(req.reply_to, req.corr, True, reply)
+                self._answer(reply_to, req.corr, True, reply)
                 return
         if not self.leading:
-            self._answer(req.reply_to, req.corr, False)
+            self._answer(reply_to, req.corr, False)
             return
         refusal = self._refuse(op)
         if refusal is not None:
-            self._answer(req.reply_to, req.corr, True, refusal)
+            self._answer(reply_to, req.corr, True, refusal)
             return
         now = time.monotonic()
         if kind == "read":
-            self._start_read(op, req, now)
+            self._start_read(op, reply_to, req.corr, now)
             return
         waiting = self._writes.get((op.client, op.seq))
         if waiting is None:
             waiting = self._writes[(op.client, op.seq)] = _Waiting(now)
             self.raft.tell(Start(op))
-        waiting.who.append((req.reply_to, req.corr))
+        waiting.who.append((reply_to, req.corr))
 
-    def _start_read(self, op: Any, req: Request, now: float) -> None:
+    def _start_read(self, op: Any, reply_to: Any, corr: int, now: float) -> None:
         """Confirm leadership (ReadIndex) or order the read through the log; answered once applied."""
         rid = (self.config.me, self._nonce, next(self._read_ids))
-        self._reads[rid] = (now, op, req.reply_to, req.corr)
+        self._reads[rid] = (now, op, reply_to, corr)
         if self.config.read == "index":
             self.raft.tell(ReadIndex(rid))
         else:

@@ -24,7 +24,7 @@ import logging
 import pickle
 from typing import Any
 
-from apps.kvraft.messages import Get, Request
+from apps.kvraft.messages import Get
 from apps.kvraft.server import KVRaftServer
 from apps.kvraft.state import KVState
 from apps.raft.core import RaftCore, Ready
@@ -52,8 +52,8 @@ class AckBeforeFsyncStorage(RaftStorage):
 
 
 class StaleReadServer(KVRaftServer):
-    def _start_read(self, op: Get, req: Request, now: float) -> None:
-        self._answer(req.reply_to, req.corr, True, self._read(op))
+    def _start_read(self, op: Get, reply_to: Any, corr: int, now: float) -> None:
+        self._answer(reply_to, corr, True, self._read(op))
 
 
 class _NoDedupState(KVState):
