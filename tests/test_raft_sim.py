@@ -6,11 +6,13 @@ replays it exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from apps.raft.sim import SimCluster
+from apps.raft.core import RaftCore, Ready
+from apps.raft.sim import SimCluster, SimulationFailure
 
 STEPS = 300
 SEEDS = range(300)
@@ -43,3 +45,43 @@ def test_the_journal_replays_exactly_what_each_peer_made_durable(tmp_path: Path,
         cluster.settle()  # every restart compares the journal's replay with the durable state
         restarts += cluster.restarts
     assert restarts > 50  # the schedules did crash and restart peers
+
+
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.slow
+def test_crashes_between_sending_appends_and_writing_them_keep_raft_safe(n: int) -> None:
+    """A leader sends its appends before its own write (thesis 10.2.1): a crash in between leaves followers
+    with entries the leader lost; the safety checks must still hold after every step."""
+    committed = torn = 0
+    for seed in range(150):
+        cluster = SimCluster(n, seed, snapshots=seed % 2 == 1, crash_before_write=0.05).run(STEPS)
+        cluster.settle()
+        committed += len(cluster.committed)
+        torn += cluster.crashes_before_write
+    assert torn > 100, f"only {torn} crashes fell between a send and its write"
+    assert committed > 150
+
+
+class _AcksBeforeWrite(RaftCore):
+    """Broken on purpose: a follower's acknowledgements and votes go out with the appends, before its write."""
+
+    def ready(self) -> Ready:
+        rd = super().ready()
+        return dataclasses.replace(rd, messages=rd.messages + rd.messages_after_persist, messages_after_persist=())
+
+
+def _first_failing_seed(**options: object) -> int | None:
+    for seed in range(300):
+        try:
+            SimCluster(3, seed, core_class=_AcksBeforeWrite, **options).run(STEPS).settle()  # type: ignore[arg-type]
+        except SimulationFailure:
+            return seed
+    return None
+
+
+@pytest.mark.slow
+def test_acknowledging_before_the_write_is_caught_only_with_crashes_between_send_and_write() -> None:
+    """The crash window the peer's send-before-write opens is the one this bug needs: the old schedules
+    (crashes only between whole Readys) never see it; with crashes in that window a seed finds it."""
+    assert _first_failing_seed() is None
+    assert _first_failing_seed(crash_before_write=0.05) is not None

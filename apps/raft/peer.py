@@ -217,17 +217,25 @@ class RaftPeer(Actor):
 
 
 def drain_ready(core: RaftCore, storage: RaftStorage, send: Callable[[Any], None], deliver: Callable[[Ready], None]) -> None:
-    """The Ready cycle, until the core has nothing more: persist, send, hand applies and reads to the service, advance.
+    """The Ready cycle, until the core has nothing more: send, persist, send what needed the disk, hand applies
+    and reads to the service, advance.
+
+    A leader's appends and heartbeats (``rd.messages``) go out before its own
+    write, so followers write their copies while the leader writes its own
+    (Raft thesis §10.2.1): the core counts the leader's entries toward a
+    majority only after ``advance``, and an answer to these messages is
+    handled only after this cycle returns, so nothing commits on a leader's
+    unwritten entry. Votes and acknowledgements wait for the write.
 
     Shared by the peer actor and the KV simulation (``apps/kvraft/sim.py``), so
     the order the simulation checks is the order the real peer keeps.
     """
     while core.has_ready():
         rd = core.ready()
-        if rd.must_sync:
-            storage.save(rd, core)  # durable before anything of this Ready is sent or applied
         for msg in rd.messages:
             send(msg)
+        if rd.must_sync:
+            storage.save(rd, core)  # durable before any acknowledgement or vote of this Ready is sent, or an apply
         for msg in rd.messages_after_persist:
             send(msg)
         if rd.apply or rd.read_states:

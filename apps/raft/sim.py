@@ -3,7 +3,8 @@
 Everything is driven by one seeded ``random.Random``: which peer ticks, which
 message is delivered (any pending one: reordering), dropped or duplicated,
 partitions, crashes (a crashed peer keeps only what its completed Readys told
-it to persist) and restarts, proposals and service snapshots. After every
+it to persist; with ``crash_before_write``, also between sending a Ready's
+appends and writing it) and restarts, proposals and service snapshots. After every
 step the safety properties of the Raft paper are checked:
 
 - election safety: at most one leader per term, ever;
@@ -95,8 +96,13 @@ class SimCluster:
         reads: bool = False,
         membership: bool = False,
         core_class: type[RaftCore] = RaftCore,
+        crash_before_write: float = 0.0,
     ) -> None:
+        """``crash_before_write``: the chance that a peer crashes between sending a Ready's messages and writing
+        it (the real peer sends a leader's appends before its own write); 0 keeps every seed's old schedule."""
         self.n, self.seed, self.snapshots = n, seed, snapshots
+        self.crash_before_write = crash_before_write
+        self.crashes_before_write = 0
         self.membership, self.core_class = membership, core_class
         slots = n + (_SPARES if membership else 0)  # servers that may join get numbers n, n+1, ...
         self.storage_dir = storage_dir
@@ -154,12 +160,18 @@ class SimCluster:
         core = self.cores[i]
         while core is not None and core.has_ready():
             rd = core.ready()
+            self.net.extend(rd.messages)  # before the write, as the peer does (apps.raft.peer.drain_ready)
+            if rd.must_sync and self.crash_before_write and self.rng.random() < self.crash_before_write:
+                live = [j for j in range(self.created) if self.cores[j] is not None]
+                if self._may_crash(live):
+                    self.cores[i] = None  # its disk keeps the last Ready it finished writing
+                    self.crashes_before_write += 1
+                    return
             if rd.must_sync:
                 self.disks[i] = _Disk.of(core)
                 storage = self.storages[i]
                 if storage is not None:
                     storage.save(rd, core)
-            self.net.extend(rd.messages)
             self.net.extend(rd.messages_after_persist)
             for msg in rd.apply:
                 self._applied(i, msg)
@@ -387,6 +399,7 @@ class SimCluster:
         """Heal everything, restart the dead, deliver reliably; a proposal must commit on every member."""
         self.cut.clear()
         self.plans = []
+        self.crash_before_write = 0.0  # settling is fault-free
         for i in range(self.created):
             if self.cores[i] is None:
                 self.cores[i] = self._boot(i)
