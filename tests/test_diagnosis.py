@@ -221,6 +221,19 @@ def test_a_replicated_clerk_where_nothing_listens_is_told_within_2s() -> None:
     assert "zactor kv cluster" in str(caught.value)
 
 
+def test_a_replicated_clerk_at_a_single_kv_server_is_told_so_within_2s(procs: Processes) -> None:
+    endpoint = kv_server(procs)
+    with ActorSystem() as system:
+        clerk = kvraft.Clerk([endpoint], system=system, give_up_after=10.0)
+        t0 = time.monotonic()
+        with pytest.raises(KVMisdirected) as caught:
+            clerk.get("k")
+        assert time.monotonic() - t0 < WITHIN
+    assert caught.value.hosted == ("kv",)
+    assert f"{endpoint}: not a replicated KV server" in str(caught.value)
+    assert "`zactor kv get --server`" in str(caught.value)
+
+
 def test_a_replicated_clerk_whose_key_every_server_refuses_is_told_within_2s(procs: Processes, tmp_path: Path) -> None:
     endpoint = kv_server(procs)
     with ActorSystem(keys=other_keyring(tmp_path, knows_server=True)) as system:

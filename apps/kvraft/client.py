@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors import ActorDeadError, ActorSystem, AskTimeout, MailboxFull
+from actors.errors import NoSuchActor
 from apps.kvraft.messages import Append, BadRequest, Get, Put, Reply, Request
 from apps.kvraft.server import SERVER_NAME
-from apps.kvsrv.client import PROBE_EVERY, KeyValueCalls, KVUnavailable
+from apps.kvsrv.client import PROBE_EVERY, KeyValueCalls, KVMisdirected, KVUnavailable
+from apps.raft.peer import PEER_NAME
 from transport.probe import LinkState
 
 _NOT_SERVING = Reply(0, False, None, None)
@@ -80,6 +82,7 @@ class Clerk(KeyValueCalls):
         refused = 0
         heard = started  # when a server last answered at all (a silent cluster is looked at after PROBE_EVERY)
         silent_since: float | None = None
+        elsewhere: dict[str, tuple[str, ...]] = {}  # endpoints that host another service: what they host
         while True:
             refs = self._refs
             i = self._leader % len(refs)
@@ -88,6 +91,16 @@ class Clerk(KeyValueCalls):
                 reply = refs[i].ask(Request(op, "", 0), timeout=self.try_timeout)
             except AskTimeout:
                 reply = None
+            except NoSuchActor as exc:
+                reply = _NOT_SERVING
+                if exc.hosted and SERVER_NAME not in exc.hosted and PEER_NAME not in exc.hosted:
+                    elsewhere[self._servers[i]] = exc.hosted  # not a replicated KV server, not one starting up
+                    if set(elsewhere) >= set(self._servers):  # and no server in the list is: no retry helps
+                        raise KVMisdirected(
+                            f"{', '.join(self._servers)}: not a replicated KV server ({exc}); "
+                            "`zactor kv cluster` starts one, `zactor kv get --server` talks to a single KV server",
+                            self._servers[i], exc.hosted,
+                        ) from None
             except (ActorDeadError, MailboxFull):
                 reply = _NOT_SERVING
             if reply is not None and type(reply) is not Reply:  # some other actor by that name
