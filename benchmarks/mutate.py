@@ -132,9 +132,9 @@ MUTANTS: tuple[Mutant, ...] = (
            "        if rd.hard_state is not None:\n            records.append",
            "        if rd.hard_state is not None and rd.entries:\n            records.append"),
     Mutant("send-before-fsync", "durability before acknowledgement (the shell's order)", PEER,
-           "        if rd.must_sync:\n            storage.save(rd, core)  # durable before anything of this Ready is sent or applied\n"
-           "        for msg in rd.messages:\n            send(msg)\n        for msg in rd.messages_after_persist:\n            send(msg)\n",
-           "        for msg in rd.messages:\n            send(msg)\n        for msg in rd.messages_after_persist:\n            send(msg)\n"
+           "        if rd.must_sync:\n            storage.save(rd, core)  # durable before any acknowledgement or vote of this"
+           " Ready is sent, or an apply\n        for msg in rd.messages_after_persist:\n            send(msg)\n",
+           "        for msg in rd.messages_after_persist:\n            send(msg)\n"
            "        if rd.must_sync:\n            storage.save(rd, core)\n"),
     # ---- apply order and restarts
     Mutant("apply-uncommitted", "state machine safety (apply only committed entries)", CORE,
