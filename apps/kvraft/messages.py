@@ -1,10 +1,12 @@
 """What clerks and replicated KV servers say to each other, and what goes into the Raft log.
 
-A clerk's request is a tell that names where the answer goes (``reply_to``,
-the clerk process's reply box) and a number the box matches it by
-(``corr``): the server answers when Raft has decided, which may be long
-after the request arrived, so the answer cannot be the return value of an
-ask. The operations themselves are lab 2's ``Get``, ``Put`` and ``Append``.
+A clerk's request is an ask: the server keeps its reply target until Raft
+has decided (``Actor.reply_later``), which may be long after the request
+arrived. A ``Request`` sent as a tell (a shardkv server's query to the
+controller, the simulation) names instead where the answer goes
+(``reply_to``, an actor's address) and a number the answer carries back
+(``corr``); an ask leaves both empty. The operations themselves are lab
+2's ``Get``, ``Put`` and ``Append``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["Append", "BadRequest", "Get", "LogGet", "NoOp", "Put", "Reply", "Req
 class Request:
     op: Get | Put | Append
     reply_to: str
-    """Address (``endpoint#name``) of the clerk process's reply box."""
+    """For a tell: the address (``endpoint#name``) the ``Reply`` goes to; empty in an ask."""
     corr: int
 
 

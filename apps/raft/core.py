@@ -6,8 +6,9 @@ runs a peer (``apps.raft.peer``) loops::
     core.step(message) / core.tick() / core.propose(command)
     while core.has_ready():
         rd = core.ready()
+        send rd.messages (a leader's appends may leave before its own write)
         persist rd.hard_state, rd.snapshot, rd.entries (fsync if rd.must_sync)
-        send rd.messages and rd.messages_after_persist; deliver rd.apply
+        send rd.messages_after_persist; deliver rd.apply
         core.advance(rd)
 
 Durable before acknowledged is a property of the Ready, not a convention:
