@@ -82,7 +82,7 @@ class Clerk(KeyValueCalls):
         refused = 0
         heard = started  # when a server last answered at all (a silent cluster is looked at after PROBE_EVERY)
         silent_since: float | None = None
-        elsewhere: dict[str, tuple[str, ...]] = {}  # endpoints that host another service: what they host
+        elsewhere: set[str] = set()  # endpoints that host another service
         while True:
             refs = self._refs
             i = self._leader % len(refs)
@@ -94,8 +94,8 @@ class Clerk(KeyValueCalls):
             except NoSuchActor as exc:
                 reply = _NOT_SERVING
                 if exc.hosted and SERVER_NAME not in exc.hosted and PEER_NAME not in exc.hosted:
-                    elsewhere[self._servers[i]] = exc.hosted  # not a replicated KV server, not one starting up
-                    if set(elsewhere) >= set(self._servers):  # and no server in the list is: no retry helps
+                    elsewhere.add(self._servers[i])  # not a replicated KV server, not one starting up
+                    if elsewhere.issuperset(self._servers):  # and no server in the list is: no retry helps
                         raise KVMisdirected(
                             f"{', '.join(self._servers)}: not a replicated KV server ({exc}); "
                             "`zactor kv cluster` starts one, `zactor kv get --server` talks to a single KV server",
