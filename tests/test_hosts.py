@@ -380,7 +380,9 @@ def test_a_node_partitioned_from_its_caller_times_out_asks_and_its_ref_works_aga
 # ---- MapReduce workers on hosts of their own ----------------------------------------
 
 
-def mr_job(hosts: Hosts, tmp: Path, books: list[Path], *extra: str) -> tuple[subprocess.Popen, dict[str, subprocess.Popen]]:
+def mr_job(
+    hosts: Hosts, tmp: Path, books: list[Path], *extra: str, app: str = "wc"
+) -> tuple[subprocess.Popen, dict[str, subprocess.Popen]]:
     """A coordinator on h1 and a worker on each of h2..h4, each worker with a private directory it serves map output from."""
     coordinator = hosts.endpoint("h1", 7100)
     zactor = python("-m", "apps.cli", "mr")
@@ -390,7 +392,7 @@ def mr_job(hosts: Hosts, tmp: Path, books: list[Path], *extra: str) -> tuple[sub
     assert listening(coord) == coordinator  # workers give up on a silent coordinator within 3 s: start them once it listens
     workers = {}
     for host in ("h2", "h3", "h4"):
-        workers[host] = hosts.popen(host, [*zactor, "worker", "--coordinator", coordinator, "--app", "wc",
+        workers[host] = hosts.popen(host, [*zactor, "worker", "--coordinator", coordinator, "--app", app,
                                            "--workdir", str(tmp / host / "mr"), "--endpoint", hosts.endpoint(host, 0)],
                                     env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return coord, workers
@@ -426,23 +428,30 @@ def test_mapreduce_a_worker_host_cut_off_mid_job_still_gives_the_reference(
 
     hosts = make_hosts(4)
     books = sorted(generate_corpus(tmp_path / "books", total_bytes=1_200_000, n_files=6, seed=27))
-    coord, _workers = mr_job(hosts, tmp_path, books, "--task-timeout", "3", "--fetch-timeout", "2")
+    # wc whose maps take 0.3 s each: with plain wc one host once did all 12 maps before another asked, and
+    # the map phase can end between two looks at the directories; at 0.3 s a map, it lasts over a second.
+    slow_wc = tmp_path / "slow_wc.py"
+    slow_wc.write_text(
+        "import time\nfrom apps.mapreduce.apps.wc import combine, reduce, map as _map\n\n\n"
+        "def map(filename, contents):\n    time.sleep(0.3)\n    return _map(filename, contents)\n"
+    )
+    coord, workers = mr_job(hosts, tmp_path, books, "--task-timeout", "3", "--fetch-timeout", "2", app=str(slow_wc))
 
-    def maps_held() -> int:
-        """Map tasks whose output h2 holds (files mr-MAP-REDUCE): one it has started the next of is reported done."""
-        return len({f.name.split("-")[1] for f in (tmp_path / "h2" / "mr").glob("mr-*-*")})
+    def maps_held(host: str) -> int:
+        """Map tasks whose output a host holds (files mr-MAP-REDUCE): one it has started the next of is reported done."""
+        return len({f.name.split("-")[1] for f in (tmp_path / host / "mr").glob("mr-*-*")})
 
     deadline = time.monotonic() + 60
-    while maps_held() < 2:
-        assert coord.poll() is None and time.monotonic() < deadline, f"h2 held output of {maps_held()} maps only"
+    while not (mappers := [h for h in workers if maps_held(h) >= 2]):
+        assert coord.poll() is None and time.monotonic() < deadline, {h: maps_held(h) for h in workers}
         time.sleep(0.02)
-    hosts.isolate("h2")
+    hosts.isolate(mappers[0])
     report = coord.communicate(timeout=150)[1].decode()
     assert coord.returncode == 0, report
     expected = read_output_lines([run_sequential(load_app("wc"), [str(b) for b in books], tmp_path / "mr-correct.txt")])
     assert read_output_lines(sorted((tmp_path / "out").glob("mr-out-*"))) == expected
     rerun = re.search(r"Re-executed map tasks \(output lost\)=(\d+)", report)
-    assert rerun and int(rerun.group(1)) >= 1, f"h2's map output was not redone:\n{report}"
+    assert rerun and int(rerun.group(1)) >= 1, f"{mappers[0]}'s map output was not redone:\n{report}"
 
 
 def test_links_flapping_together_all_end_up_when_the_flapping_stops(make_hosts: Callable[[int], Hosts]) -> None:
