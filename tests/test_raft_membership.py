@@ -30,6 +30,7 @@ from apps.raft.membership import (
     ConfChangeRefused,
     ConfEntry,
     Membership,
+    apply_change,
 )
 from apps.raft.messages import Entry, InstallSnapshot, Message, RequestVote, RequestVoteReply
 from apps.raft.storage import RaftStorage
@@ -543,3 +544,23 @@ def test_a_change_is_an_ordinary_entry_that_keeps_the_context_of_each_member() -
     assert net.cores[2].membership.contexts == ((3, "tcp://127.0.0.1:7003"),)  # kept through the promotion
     net.change(0, REMOVE, 3, range(4))
     assert net.cores[2].membership == Membership((0, 1, 2))  # and dropped with the server
+
+
+def test_a_server_number_is_never_given_twice_not_even_across_a_snapshot_and_restart(tmp_path: Path) -> None:
+    """A removed server's process may still run: its number reused, its old votes would count as the new server's."""
+    net = cluster(3, storage_dir=tmp_path)
+    net.change(0, ADD_LEARNER, 3, range(4))
+    net.change(0, REMOVE, 3, range(4))
+    assert net.cores[0].membership.fresh_id == 4
+    with pytest.raises(ConfChangeRefused, match=r"never reused \(the next free one is 4\)"):
+        net.cores[0].propose_conf_change(ConfChange(ADD_LEARNER, 3))
+    net.commit(0, "x", range(3))
+    for i in range(3):
+        c = net.cores[i]
+        c.snapshot(c.last_applied, pickle.dumps(net.applied[i]))
+        net.pump(i)
+    restarted = net.start(1)  # its journal now holds the configuration only in the snapshot's record
+    assert restarted.snapshot_membership == Membership((0, 1, 2)) and restarted.membership.fresh_id == 4
+    with pytest.raises(ConfChangeRefused, match="never reused"):
+        apply_change(restarted.membership, ConfChange(ADD_LEARNER, 2 + 1))
+    assert Membership.of(3).fresh_id == 3 and Membership((0, 5)).fresh_id == 6

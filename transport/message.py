@@ -22,7 +22,8 @@ Every ``@message`` class is also registered: frames from a client-role key
 are decoded by a restricted unpickler (:func:`transport.codec.restricted_loads`)
 that builds only registered classes and plain data, so a client can send
 requests but never code. :func:`register_message` registers a class that is
-not declared with ``@message`` (an enum, a plain dataclass) for the same.
+not declared with ``@message`` (an enum, a plain dataclass) for the same;
+:func:`members_only` takes a declared one off the list.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ _registered: dict[tuple[str, str], type] = {}
 def register_message(cls: type[T]) -> type[T]:
     """Let ``cls`` be built from the frames of client-role keys too (``@message`` classes are already)."""
     _registered[(cls.__module__, cls.__qualname__)] = cls
+    return cls
+
+
+def members_only(cls: type[T]) -> type[T]:
+    """Keep ``cls`` off the client-role keys' list: a request only a member may make (changing who is in a
+    cluster, say). A client key's frame that holds one is refused before anything in it is built."""
+    _registered.pop((cls.__module__, cls.__qualname__), None)
     return cls
 
 

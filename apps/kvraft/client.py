@@ -10,6 +10,11 @@ clerk then moves to that server, or the next one, and sends the same request
 ``try_timeout`` (a lost message, a crashed server, a leader cut off in a
 minority) also moves on, and so does one that reaches a process not (yet)
 serving the KV service.
+
+A cluster's members change (``zactor kv cluster add/remove/replace``): a
+"not leader" that names a leader outside the clerk's list makes it ask that
+server's Raft peer who the members are now, and take that list, so a clerk
+started before a server was replaced finds the new one without a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from actors.errors import NoSuchActor
 from apps.kvraft.messages import Append, BadRequest, Get, Put, Reply, Request
 from apps.kvraft.server import SERVER_NAME
 from apps.kvsrv.client import PROBE_EVERY, KeyValueCalls, KVMisdirected, KVUnavailable
-from apps.raft.peer import PEER_NAME
+from apps.raft.peer import PEER_NAME, Members, MembersInfo
 from transport.probe import LinkState
 
 _NOT_SERVING = Reply(0, False, None, None)
@@ -42,6 +47,9 @@ class Clerk(KeyValueCalls):
     probe is made: a soak's or a sharded group's clerk waits out partitions.)
     ``tell_waiting``: called once, with what the trial connections found, when
     they first find nothing listening anywhere (see the single server's clerk).
+    ``learn``: take the cluster's own list of members when a server names a
+    leader this clerk does not know (off: keep to ``servers``, as a test that
+    binds a clerk to some servers needs).
     """
 
     def __init__(
@@ -53,6 +61,7 @@ class Clerk(KeyValueCalls):
         give_up_after: float | None = None,
         unreachable_after: float | None = None,
         tell_waiting: Callable[[str], None] | None = None,
+        learn: bool = True,
     ) -> None:
         if not servers:
             raise ValueError("a clerk needs at least one server endpoint")
@@ -66,6 +75,7 @@ class Clerk(KeyValueCalls):
         self.give_up_after = give_up_after
         self.unreachable_after = unreachable_after
         self.tell_waiting = tell_waiting
+        self.learn = learn
 
     @property
     def servers(self) -> list[str]:
@@ -111,6 +121,8 @@ class Clerk(KeyValueCalls):
                     raise ValueError(f"the KV service refused {type(op).__name__}: {reply.value.reason}")
                 return reply.value
             servers = self._servers
+            if reply is not None and reply.leader is not None and reply.leader not in servers and self.learn:
+                servers = self._learn(reply.leader)
             if reply is not None and reply.leader in servers and servers.index(reply.leader) != i:
                 self._leader = servers.index(reply.leader)
             else:
@@ -125,6 +137,16 @@ class Clerk(KeyValueCalls):
                 heard = time.monotonic()
             if self.give_up_after is not None and time.monotonic() - started > self.give_up_after:
                 raise KVUnavailable(f"no answer from the KV service at {', '.join(self._servers)} within {self.give_up_after} s")
+
+    def _learn(self, leader: str) -> list[str]:
+        """Take the members the named leader's Raft peer lists (the list as it was, if it does not answer)."""
+        try:
+            info = self._system.ref(leader, PEER_NAME).ask(Members(), timeout=self.try_timeout)
+        except (AskTimeout, NoSuchActor, ActorDeadError, MailboxFull):
+            return self._servers
+        if isinstance(info, MembersInfo) and info.endpoints:
+            self.servers = [ep for _, ep in info.endpoints]
+        return self._servers
 
     def _explain_silence(self, silent_since: float | None) -> float | None:
         """Raise KVUnavailable when trial connections show that no server can answer; since when nothing

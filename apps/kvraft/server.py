@@ -45,6 +45,7 @@ from apps.kvraft.messages import Append, BadRequest, Get, LogGet, NoOp, Put, Rep
 from apps.kvraft.state import KVState
 from apps.kvsrv.server import _check as check_write
 from apps.raft.core import Config
+from apps.raft.membership import ConfEntry
 from apps.raft.peer import (
     PEER_NAME,
     Applied,
@@ -90,6 +91,8 @@ class ServerConfig:
     run (``apps/soak/applied.py``), not only the final states."""
     damage_expected: bool = False
     """See ``PeerConfig.damage_expected``: the soak's disk nemesis flips bits and reports the refusals."""
+    initial: int = 0
+    """See ``PeerConfig.initial``: a server added to a running cluster is given the cluster's first size."""
 
     def __post_init__(self) -> None:
         if self.read not in READ_MODES:
@@ -146,6 +149,7 @@ class KVRaftServer(Actor):
         self.term = 0
         self.leading = False
         self.leader: int | None = None
+        self.leader_endpoint: str | None = None
         if raft is None:
             assert self.actor_system is not None
             raft = self.actor_system.ref(config.endpoints[config.me], PEER_NAME)
@@ -199,7 +203,7 @@ class KVRaftServer(Actor):
     def _answer(self, reply_to: Any, corr: int, ok: bool, value: Any = None) -> None:
         """Answer one waiting copy of a request: ``reply_to`` is an address, or the reply target of an ask."""
         try:
-            hint = None if ok or self.leader is None else self.config.endpoints[self.leader]
+            hint = None if ok else self.leader_endpoint
             if type(reply_to) is not str:
                 reply_to.set(Reply(corr, ok, value, hint))
                 return
@@ -325,7 +329,7 @@ class KVRaftServer(Actor):
             read = self._reads.pop(cmd.read_id, None)
             if read is not None:
                 self._answer(read[2], read[3], True, self._read(read[1]))
-        elif not isinstance(cmd, NoOp):
+        elif not isinstance(cmd, (NoOp, ConfEntry)):  # a configuration change is the Raft peer's business
             log.warning("kvraft server %d: skipped a log entry of unknown kind %s", self.config.me, type(cmd).__name__)
 
     def _answer_reads(self) -> None:
@@ -342,6 +346,7 @@ class KVRaftServer(Actor):
     def _role_changed(self, rc: RoleChanged) -> None:
         lost = rc.term != self.term or (self.leading and not rc.is_leader)
         self.term, self.leader = rc.term, rc.leader
+        self.leader_endpoint = rc.leader_endpoint
         became = rc.is_leader and (lost or not self.leading)
         self.leading = rc.is_leader
         if lost:
@@ -385,6 +390,7 @@ def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
         storage=config.storage,
         lazy_disk=config.lazy_disk,
         damage_expected=config.damage_expected,
+        initial=config.initial,
     )
     hosted = Hosted(SERVER_NAME, config.server_class or KVRaftServer, (config,))
     with refusing_damaged_state(f"kv server {config.me}", expected=config.damage_expected):

@@ -291,7 +291,7 @@ class KVSim:
                         for msg in self.held[i]:
                             if msg.term < core.term:
                                 heapq.heappush(self.net, _InFlight(self.now + self.rng.randint(1, 10), self.rng.random(), msg, i, msg.src))
-                s.kv._role_changed(RoleChanged(i, self.incarnation[i], *role))
+                s.kv._role_changed(RoleChanged(i, self.incarnation[i], *role, None if role[2] is None else f"sim://{role[2]}"))
             if not self.tells[i]:
                 return
             tells, self.tells[i] = self.tells[i], []

@@ -116,6 +116,7 @@ class KVCluster(Cluster):
             raft=self.config,
             tick=self.tick,
             lazy_disk=self.lazy_disk,
+            initial=self.initial,
             **{"server_class": self.server_class, **self.server_fields},
         )
 
@@ -153,8 +154,11 @@ class KVCluster(Cluster):
     # ---- clerks and the history --------------------------------------------------------------
 
     def make_clerk(self, servers: Sequence[int] | None = None, *, record: bool = True) -> Any:
-        """A clerk bound to ``servers`` (default all); recorded in the history unless ``record=False``."""
-        clerk = Clerk(self._endpoints_of(servers), system=self._system)
+        """A clerk bound to ``servers`` (default all); recorded in the history unless ``record=False``.
+
+        One bound to all follows membership changes as a user's clerk does; one bound to some keeps to them.
+        """
+        clerk = Clerk(self._endpoints_of(servers), system=self._system, learn=servers is None)
         if not record:
             return clerk
         self._clients += 1
@@ -164,9 +168,10 @@ class KVCluster(Cluster):
         """Rebind a clerk (even one in the middle of a call) to ``servers`` (default all)."""
         target = clerk.clerk if isinstance(clerk, RecordingClerk) else clerk
         target.servers = self._endpoints_of(servers)
+        target.learn = servers is None
 
     def _endpoints_of(self, servers: Sequence[int] | None) -> list[str]:
-        return [self.endpoints[j] for j in (range(self.n) if servers is None else servers)]
+        return self.member_endpoints() if servers is None else [self.endpoints[j] for j in servers]
 
     def check_linearizable(self, timeout: float = 60.0, html: Path | None = None) -> CheckResult:
         """Check every recorded operation; fails on a non-linearizable history and on no verdict."""

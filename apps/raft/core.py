@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apps.raft.log import InvariantError, RaftLog
-from apps.raft.membership import ConfChange, ConfChangeRefused, ConfEntry, Configurations, Membership, vet_change
+from apps.raft.membership import ConfChange, ConfChangeNotNow, ConfChangeRefused, ConfEntry, Configurations, Membership, vet_change
 from apps.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -204,7 +204,7 @@ class RaftCore:
     def propose_conf_change(self, change: ConfChange) -> int:
         """Append a one-server configuration change; its index. ConfChangeRefused says why not now (``vet_change``)."""
         if self.role is not Role.LEADER:
-            raise ConfChangeRefused(f"peer {self.me} is not the leader (leader: {self.leader_hint})")
+            raise ConfChangeNotNow(f"peer {self.me} is not the leader (leader: {self.leader_hint})")
         prog = self.progress.get(change.server)
         membership = vet_change(
             self.membership, change, own_term_committed=self._committed_own_term(),

@@ -69,6 +69,7 @@ this module existed has none, which means the starting peers ``0..n-1``.
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import Any
 
 from transport.message import message
@@ -86,6 +87,9 @@ class Membership:
     contexts: tuple[tuple[int, Any], ...] = ()
     """(server, the context of the change that added it), for the members that came with one (the shell's
     business, e.g. an endpoint; the core never reads it), so a snapshot alone tells the shell how to reach everyone."""
+    next_id: int = field(default=0, compare=False)
+    """No server added from here on may have a lower number (see :attr:`fresh_id`); bookkeeping, not membership,
+    so two configurations with the same members are equal whatever it says."""
 
     def __post_init__(self) -> None:
         if set(self.voters) & set(self.learners):
@@ -96,11 +100,23 @@ class Membership:
     @classmethod
     def of(cls, n: int) -> Membership:
         """The starting configuration of a cluster of ``n``: voters 0..n-1."""
-        return cls(tuple(range(n)))
+        return cls(tuple(range(n)), next_id=n)
 
     @property
     def members(self) -> tuple[int, ...]:
         return tuple(sorted(self.voters + self.learners))
+
+    @property
+    def fresh_id(self) -> int:
+        """The lowest number a new server may take: above every server this cluster ever had.
+
+        A number is never given twice. A removed server's process may still
+        run (it was cut off when it was removed, or its operator has not
+        stopped it yet); were its number handed to a new server, its old
+        votes and replies would count as the new one's, and one server's
+        vote given twice in a term can elect two leaders.
+        """
+        return max(self.next_id, max(self.members, default=-1) + 1)
 
 
 @message
@@ -128,7 +144,12 @@ class ConfEntry:
 
 
 class ConfChangeRefused(Exception):
-    """A configuration change this leader will not propose now; the message says why."""
+    """A configuration change that makes no sense against the configuration (adding a member, say)."""
+
+
+class ConfChangeNotNow(ConfChangeRefused):
+    """A change refused for now only (another change not yet committed, a learner still catching up, no
+    entry of the leader's term committed yet, not the leader): the same change may be asked again later."""
 
 
 def apply_change(current: Membership, change: ConfChange) -> Membership:
@@ -136,10 +157,14 @@ def apply_change(current: Membership, change: ConfChange) -> Membership:
     voters, learners = set(current.voters), set(current.learners)
     contexts = dict(current.contexts)
     s = change.server
+    next_id = current.fresh_id
     if change.op == ADD_LEARNER:
         if s in voters or s in learners:
             raise ConfChangeRefused(f"server {s} is already a {'voter' if s in voters else 'learner'}")
+        if s < next_id:
+            raise ConfChangeRefused(f"server number {s} was given before: numbers are never reused (the next free one is {next_id})")
         learners.add(s)
+        next_id = s + 1
         if change.context is not None:
             contexts[s] = change.context
     elif change.op == PROMOTE:
@@ -155,7 +180,7 @@ def apply_change(current: Membership, change: ConfChange) -> Membership:
         voters.discard(s)
         learners.discard(s)
         contexts.pop(s, None)
-    return Membership(tuple(sorted(voters)), tuple(sorted(learners)), tuple(sorted(contexts.items())))
+    return Membership(tuple(sorted(voters)), tuple(sorted(learners)), tuple(sorted(contexts.items())), next_id)
 
 
 def vet_change(
@@ -167,15 +192,15 @@ def vet_change(
     (0: none); ``match`` what the leader knows the server holds.
     """
     if not own_term_committed:
-        raise ConfChangeRefused(
+        raise ConfChangeNotNow(
             "the leader has not yet committed an entry of its own term: propose one first (the KV service's no-op), "
             "then change the configuration"
         )
     if uncommitted:
-        raise ConfChangeRefused(f"the change at index {uncommitted} is not committed yet (one change at a time)")
+        raise ConfChangeNotNow(f"the change at index {uncommitted} is not committed yet (one change at a time)")
     new = apply_change(current, change)
     if change.op == PROMOTE and match < last_index - catch_up:
-        raise ConfChangeRefused(
+        raise ConfChangeNotNow(
             f"learner {change.server} has not caught up: it holds {match} of {last_index} entries "
             f"(promotion waits until it is within {catch_up})"
         )

@@ -15,6 +15,13 @@ proposals queue up and share one fsync; it learns the outcome from the
 ``Applied`` stream (which carries confirmed reads too) and from
 ``RoleChanged``, told whenever this peer's term or leadership changes, so a
 waiting request is never left hanging on a leadership that is gone.
+
+Membership: the peer reaches a server by the endpoint the configuration
+keeps for it (the context of the change that added it), else by its place in
+``PeerConfig.endpoints`` (the servers a cluster started with), and follows
+every configuration the core takes, appended or truncated. ``Members`` and
+``ChangeMembers`` asks are how an operator's tool sees and changes it
+(``apps/raft/admin.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 from actors import Actor, CorruptStateError
 from actors.host import Hosted, host
 from apps.raft.core import Config, RaftCore, Ready
+from apps.raft.membership import ADD_LEARNER, ConfChange, ConfChangeNotNow, ConfChangeRefused
 from apps.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -42,7 +50,7 @@ from apps.raft.messages import (
 )
 from apps.raft.storage import RaftStorage
 from transport import FaultRule
-from transport.message import message
+from transport.message import members_only, message
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +91,58 @@ class RoleChanged:
     term: int
     is_leader: bool
     leader: int | None
+    leader_endpoint: str | None = None
+    """Where the leader is reached (None: not known), for the service's "try there" hints."""
+
+
+@message
+class Members:
+    """Asked of a peer: the configuration it is in, and where each member is reached."""
+
+
+@message
+class MembersInfo:
+    me: int
+    term: int
+    leader: int | None
+    leader_endpoint: str | None
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    endpoints: tuple[tuple[int, str], ...]
+    """(server, endpoint) for every member this peer can reach, itself included."""
+    fresh_id: int
+    """The number a server added now would take (numbers are never reused)."""
+    initial: int
+    """How many servers the cluster started with (0..initial-1): a new server's core starts from that configuration."""
+    commit_index: int
+    pending: int
+    """Index of a configuration entry not yet committed here (0: none): one change at a time."""
+
+
+@members_only
+@message
+class ChangeMembers:
+    """Asked of the leader's peer: propose a one-server change (``endpoint``: where a server being added listens).
+
+    Members only: a client-role key may read and write keys, never decide who holds them."""
+
+    op: str
+    server: int
+    endpoint: str | None = None
+
+
+@message
+class ChangeAccepted:
+    index: int
+    term: int
+
+
+@message
+class ChangeRefused:
+    reason: str
+    leader_endpoint: str | None = None
+    later: bool = False
+    """Refused for now only (another change in flight, a learner catching up, not the leader): ask again."""
 
 
 @message
@@ -123,6 +183,8 @@ class _Tick:
 class PeerConfig:
     me: int
     endpoints: tuple[str, ...]
+    """Where server i is reached, by number ("" for one not known); ``endpoints[me]`` is this peer's own. The
+    servers a cluster started with are 0..initial-1; those added later are found in the configuration."""
     data_dir: str
     apply_to: str | None = None
     """Address (``endpoint#name``) of the service actor that receives ``Applied``."""
@@ -138,6 +200,9 @@ class PeerConfig:
     damage_expected: bool = False
     """A harness that damages state files on purpose counts each refusal itself and reports them as one line
     per kind: the peer's own refusal line is then INFO, not ERROR (see :func:`refusing_damaged_state`)."""
+    initial: int = 0
+    """How many servers the cluster started with (0: ``len(endpoints)``). A server added later is given the
+    cluster's number, so that its core starts from the configuration the cluster started from, as it is not in."""
 
 
 class RaftPeer(Actor):
@@ -146,9 +211,10 @@ class RaftPeer(Actor):
         self.config = config
         self.storage: RaftStorage = config.storage(config.data_dir, fsync=config.fsync, lazy_disk=config.lazy_disk)
         restored = self.storage.load()  # a damaged state file fails the spawn, loudly
-        self.core = RaftCore(config.me, len(config.endpoints), config.raft, random.Random(), restored)
+        self.core = RaftCore(config.me, config.initial or len(config.endpoints), config.raft, random.Random(), restored)
+        self.peers: dict[int, Any] = {}
+        self._endpoints: dict[int, str] = {}
         assert self.actor_system is not None
-        self.peers = {i: self.actor_system.ref(ep, PEER_NAME) for i, ep in enumerate(config.endpoints) if i != config.me}
         self.service = self.actor_system.ref(config.apply_to) if config.apply_to else None
         self._deferred = 0
         self._role: tuple[int, bool, int | None] | None = None
@@ -184,13 +250,59 @@ class RaftPeer(Actor):
             c = self.core
             return PeerStatus(c.me, c.term, c.role.value, c.leader_hint, c.commit_index, c.last_index,
                               self.storage.raft_state_size, self.storage.snapshot_size, c.last_applied)
+        elif isinstance(message, Members):
+            return self._members_info()
+        elif isinstance(message, ChangeMembers):
+            return self._change(message)
         else:
             log.warning("raft peer %d: ignored a %s", self.config.me, type(message).__name__)
         return None
 
+    # ---- membership --------------------------------------------------------------------------
+
+    def endpoint_of(self, server: int | None) -> str | None:
+        """Where ``server`` is reached: the configuration's word for it, else the starting list's, else None.
+
+        A number is never given to two servers (``Membership.fresh_id``), so
+        what is found once stays true: a removed server is still reached
+        while the leader tells it of its removal.
+        """
+        if server is None:
+            return None
+        found = self._endpoints.get(server)
+        if found is None:
+            found = dict(self.core.membership.contexts).get(server)
+            if not isinstance(found, str):
+                eps = self.config.endpoints
+                found = eps[server] if 0 <= server < len(eps) else ""
+            if found:
+                self._endpoints[server] = found
+        return found or None
+
+    def _members_info(self) -> MembersInfo:
+        c = self.core
+        m = c.membership
+        pending = c.confs.last_index if c.confs.last_index > c.commit_index else 0
+        reachable = tuple((s, ep) for s in m.members if (ep := self.endpoint_of(s) if s != c.me else self.config.endpoints[c.me]))
+        return MembersInfo(c.me, c.term, c.leader_hint, self.endpoint_of(c.leader_hint), m.voters, m.learners, reachable,
+                           m.fresh_id, c.n, c.commit_index, pending)
+
+    def _change(self, req: ChangeMembers) -> ChangeAccepted | ChangeRefused:
+        if req.op == ADD_LEARNER and not (isinstance(req.endpoint, str) and req.endpoint):
+            return ChangeRefused("a server is added with the endpoint it listens on")
+        try:
+            change = ConfChange(req.op, req.server, req.endpoint if req.op == ADD_LEARNER else None)
+            index = self.core.propose_conf_change(change)
+        except (ConfChangeRefused, ValueError) as exc:
+            return ChangeRefused(str(exc), self.endpoint_of(self.core.leader_hint), isinstance(exc, ConfChangeNotNow))
+        return ChangeAccepted(index, self.core.term)
+
     def _send(self, msg: Any) -> None:
         peer = self.peers.get(msg.dst)
-        if peer is None:  # a server this shell has no endpoint for (membership changes reach the shell later)
+        if peer is None and (endpoint := self.endpoint_of(msg.dst)) is not None:
+            assert self.actor_system is not None
+            peer = self.peers[msg.dst] = self.actor_system.ref(endpoint, PEER_NAME)
+        if peer is None:  # a server added by a change this peer has not got (it learns of it with the log)
             log.warning("raft peer %d: no endpoint for peer %d, dropped a %s", self.config.me, msg.dst, type(msg).__name__)
             return
         peer.tell(msg)
@@ -213,7 +325,7 @@ class RaftPeer(Actor):
         role = (core.term, core.is_leader, core.leader_hint)
         if role != self._role and self.service is not None:
             self._role = role
-            self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role))
+            self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role, self.endpoint_of(core.leader_hint)))
 
 
 def drain_ready(core: RaftCore, storage: RaftStorage, send: Callable[[Any], None], deliver: Callable[[Ready], None]) -> None:

@@ -106,8 +106,8 @@ class RaftStorage:
                 elif kind == _MEMBERSHIP:
                     if number != 2 or snapshot is None:
                         raise ValueError("a configuration record is only ever written right after a snapshot")
-                    voters, learners, contexts = pickle.loads(body)
-                    snapshot = replace(snapshot, membership=Membership(tuple(voters), tuple(learners), tuple(contexts)))
+                    voters, learners, contexts, *next_id = pickle.loads(body)  # journals before next_id have three
+                    snapshot = replace(snapshot, membership=Membership(tuple(voters), tuple(learners), tuple(contexts), *next_id))
                     self._snapshot_record += len(record)
                 elif kind == _ENTRIES:
                     new = [Entry(t, i, c) for t, i, c in pickle.loads(body) if i > base]
@@ -134,7 +134,7 @@ class RaftStorage:
         if core.log.snapshot_index:
             records.append(_SNAPSHOT + _SNAPSHOT_HEAD.pack(core.log.snapshot_index, core.log.snapshot_term) + core.snapshot_data)
             m = core.snapshot_membership
-            records.append(_MEMBERSHIP + pickle.dumps((m.voters, m.learners, m.contexts), protocol=pickle.HIGHEST_PROTOCOL))
+            records.append(_MEMBERSHIP + pickle.dumps((m.voters, m.learners, m.contexts, m.fresh_id), protocol=pickle.HIGHEST_PROTOCOL))
             self._snapshot_record, self.snapshot_size = len(records[0]) + len(records[1]), len(core.snapshot_data)
         records.append(_encode_hard_state(core.hard_state))
         if core.log.entries:

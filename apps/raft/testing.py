@@ -35,9 +35,11 @@ from typing import Any, Self
 
 from actors import Actor, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from actors.errors import ActorDeadError
+from apps.raft.admin import change_membership, find_leader, plan_join
 from apps.raft.core import Config
+from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
 from apps.raft.messages import REPLY_TYPES, REQUEST_TYPES
-from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, PeerStatus, Start, Status, TakeSnapshot, serve_peer
+from apps.raft.peer import PEER_NAME, Applied, GetState, MembersInfo, PeerConfig, PeerStatus, Start, Status, TakeSnapshot, serve_peer
 from transport import FaultRule
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,10 @@ class Cluster:
         lazy_disk: bool = False,
     ) -> None:
         self.n = n
+        self.initial = n
+        """How many servers the cluster started with (``n`` grows as :meth:`add_server` adds them)."""
+        self.removed: set[int] = set()
+        """Servers :meth:`remove_server` took out: never started again."""
         self.lazy_disk = lazy_disk
         """Test-only: every peer on the journal's page-cache model (a kill loses what was not fsync'd)."""
         self.snapshot_mode = snapshot
@@ -247,6 +253,55 @@ class Cluster:
         self._launch(i)
         self._await_up(i)
 
+    # ---- membership -------------------------------------------------------------------------
+
+    def members_info(self, timeout: float = 10.0) -> MembersInfo:
+        """The leader's view of the configuration (voters, learners, where each is)."""
+        return find_leader(self._system, self.member_endpoints(), timeout=timeout)[0]
+
+    def member_endpoints(self) -> list[str]:
+        """Endpoints of every server not removed by :meth:`remove_server`."""
+        return [self.endpoints[i] for i in range(self.n) if i not in self.removed]
+
+    def add_server(self, timeout: float = 30.0) -> int:
+        """A new, empty server's process, added to the configuration as a learner; its number.
+
+        It catches up by InstallSnapshot and the log; :meth:`promote` makes it a voter.
+        """
+        plan = plan_join(self.members_info(timeout), f"ipc://{self._dir}/peer-{self.n}.sock")
+        if plan.me != self.n:
+            raise HarnessFailure(f"the cluster's next server number is {plan.me}, the harness's {self.n}: "
+                                 "was a server added behind the harness's back?")
+        with self._lock:
+            self.n += 1
+            self.endpoints = (*self.endpoints, plan.endpoints[plan.me])
+            self.connected.append(False)
+            self.running.append(False)
+            self.incarnation.append(0)
+            self.last_applied.append(0)
+            self.logs.append({})
+        self.start(plan.me)
+        self.connect(plan.me)
+        change_membership(self._system, self.member_endpoints(), ADD_LEARNER, plan.me, self.endpoints[plan.me], timeout=timeout)
+        return plan.me
+
+    def promote(self, i: int, timeout: float = 30.0) -> None:
+        """Learner i becomes a voter (once it has caught up)."""
+        change_membership(self._system, self.member_endpoints(), PROMOTE, i, timeout=timeout)
+
+    def remove_server(self, i: int, timeout: float = 30.0) -> None:
+        """Take server i out of the configuration, then stop its process for good."""
+        change_membership(self._system, self.member_endpoints(), REMOVE, i, timeout=timeout)
+        self.removed.add(i)
+        self.crash(i)
+
+    def replace(self, i: int, timeout: float = 30.0) -> int:
+        """Server i replaced by a new, empty one (added, caught up and promoted, then i removed); its number."""
+        new = self.add_server(timeout)
+        self.promote(new, timeout)
+        self.remove_server(i, timeout)
+        return new
+
     def crash_all(self) -> None:
         """Every peer cut off and SIGKILLed at once (not one by one, which would take turns)."""
         for i in range(self.n):
@@ -261,7 +316,7 @@ class Cluster:
 
     def start_all(self, connect: bool = True) -> None:
         """A new process for every crashed peer, all launched before waiting for any."""
-        down = [i for i in range(self.n) if not self.running[i]]
+        down = [i for i in range(self.n) if not self.running[i] and i not in self.removed]
         if connect:
             for i in range(self.n):
                 self.connected[i] = True
@@ -299,6 +354,7 @@ class Cluster:
             raft=self.config,
             tick=self.tick,
             lazy_disk=self.lazy_disk,
+            initial=self.initial,
         )
         return ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary")
 
