@@ -60,6 +60,7 @@ from actors.actor import Actor, _InlineInbox, _PykkaEnvelope, hosted_by
 from actors.address import Address, check_endpoint
 from actors.errors import ActorDeadError, SystemStopped
 from actors.future import ReplyFuture
+from actors.signals import setting
 from actors.supervisor import refuse_unguarded_main
 from actors.wire import NodeControl, Wire
 from transport import Envelope, Keyring, Node, Timer
@@ -353,7 +354,7 @@ class ActorSystem:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 if signal.getsignal(sig) is not signal.SIG_IGN:  # a supervised child leaves Ctrl-C to its supervisor
-                    signal.signal(sig, lambda *_: self._stopped.set())
+                    signal.signal(sig, setting(self._stopped))
         while not self._stopped.wait(0.5):
             pass
         self.stop()

@@ -8,9 +8,14 @@ that follow the cluster to servers they were never told about.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +23,7 @@ from apps.kvraft.testing import KVCluster, RecordingClerk
 from apps.raft.admin import MembershipError, change_membership, plan_join
 from apps.raft.membership import ADD_LEARNER, REMOVE
 from tests.helpers import assert_appends_once_in_order, element
+from tests.processes import running, zactor
 
 MAXRAFTSTATE = 4000
 """Small enough that a new server's catch-up goes through InstallSnapshot, not the log alone."""
@@ -68,6 +74,7 @@ def wait_for_progress(done: list[int], more: int, timeout: float = 30.0) -> None
     raise AssertionError(f"clerks stalled: {done}, wanted {target}")
 
 
+@pytest.mark.slow
 def test_replacing_each_server_in_turn_under_appends_loses_and_duplicates_nothing() -> None:
     """Every server of the cluster a clerk was started with is replaced: it follows to the new ones."""
     with KVCluster(3, maxraftstate=MAXRAFTSTATE) as cluster:
@@ -84,6 +91,7 @@ def test_replacing_each_server_in_turn_under_appends_loses_and_duplicates_nothin
         cluster.check_linearizable()
 
 
+@pytest.mark.slow
 def test_growing_to_five_and_shrinking_back_to_three_under_appends() -> None:
     with KVCluster(3, maxraftstate=MAXRAFTSTATE) as cluster:
         with appending(cluster, 2) as done:
@@ -103,6 +111,7 @@ def test_growing_to_five_and_shrinking_back_to_three_under_appends() -> None:
         cluster.check_linearizable()
 
 
+@pytest.mark.slow
 def test_removing_the_leader_hands_over_to_a_remaining_server() -> None:
     with KVCluster(3) as cluster:
         with appending(cluster, 2) as done:
@@ -132,3 +141,60 @@ def test_changes_that_cannot_succeed_are_refused_at_once_with_the_reason() -> No
         ck = cluster.make_clerk()
         ck.put("a", "1")
         assert ck.get("a") == "1"  # nothing refused disturbed the service
+
+
+# ---- the command line: replacing a dead server ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_replaces_a_dead_server_and_the_same_data_dir_brings_the_new_one_back(tmp_path: Path) -> None:
+    """README's three commands: `members` shows the dead server, `replace` brings in a new one, clerks carry on."""
+    endpoints = ",".join(f"ipc://{tmp_path}/s{i}.sock" for i in range(3))
+    new = f"ipc://{tmp_path}/s3.sock"
+    with running("kv", "cluster", "--servers", "3", "--endpoints", endpoints, "--data-dir", str(tmp_path / "data"),
+                 "--maxraftstate", "2000", "--for", "120") as cluster:
+        pid1 = int(cluster.wait_for("server 1:", 30).split()[-1])
+        cluster.wait_for("leader: server", 30)
+        for i in range(10):  # 2 kB and more: past --maxraftstate, so the new server starts from a snapshot
+            assert zactor("kv", "append", "--servers", endpoints, "log", f"[{i}{'.' * 250}]").returncode == 0
+        os.kill(pid1, signal.SIGSTOP)  # dead to the others, never restarted: as a machine that went away
+        try:
+            out = zactor("kv", "cluster", "members", "--servers", endpoints)
+            assert out.returncode == 0, out.stderr
+            assert re.search(r"server 1 .*voter\s+down", out.stdout), out.stdout
+            with running("kv", "cluster", "replace", "1", "--servers", endpoints, "--endpoint", new,
+                         "--data-dir", str(tmp_path / "new"), "--for", "120") as replace:
+                assert replace.wait_for("server 3:", 30)
+                replace.wait_for("server 3 is a voter", 60)
+                replace.wait_for("server 1 removed", 60)
+                assert replace.wait_for("servers:", 30).split()[-1] == ",".join(
+                    e for i, e in enumerate([*endpoints.split(","), new]) if i != 1
+                )
+                out = zactor("kv", "cluster", "members", "--servers", endpoints)
+                assert "server 1 " not in out.stdout and re.search(r"server 3 .*voter\s+up", out.stdout), out.stdout
+                out = zactor("kv", "append", "--servers", endpoints, "log", "[10]")
+                assert out.returncode == 0, out.stderr
+            # The new server's command stopped (its process with it); the same data dir starts the same server.
+            with running("kv", "cluster", "add", "--servers", endpoints, "--data-dir", str(tmp_path / "new"), "--for", "60") as again:
+                again.wait_for("server 3 starts again", 30)
+                again.wait_for("servers:", 60)
+                assert not any("added as a learner" in line for line in again.seen)
+                out = zactor("kv", "get", "--servers", new, "log")  # the new server alone names the rest
+                assert out.returncode == 0 and out.stdout.strip() == "".join(f"[{i}{'.' * 250}]" for i in range(10)) + "[10]", out
+            assert json.loads((tmp_path / "new" / "member.json").read_text())["me"] == 3
+        finally:
+            os.kill(pid1, signal.SIGCONT)
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["members"], 2, "the following arguments are required: --servers"),
+        (["remove", "--servers", "localhost:1", "1"], 2, "is not an endpoint"),
+        (["members", "--servers", "ipc:///tmp/zactor-nobody.sock", "--timeout", "0.5"], 1, "no leader among"),
+        (["add", "--servers", "ipc:///tmp/zactor-nobody.sock", "--timeout", "-1"], 2, "--timeout must be positive"),
+    ],
+)
+def test_cli_membership_mistakes_get_clear_errors(args: list[str], code: int, message: str) -> None:
+    out = zactor("kv", "cluster", *args)
+    assert out.returncode == code and message in out.stderr, out.stderr

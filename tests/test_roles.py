@@ -23,6 +23,7 @@ import zmq
 from actors import ActorSystem, AskTimeout
 from apps.kvraft import Clerk as RaftClerk
 from apps.kvsrv.messages import Append, Get, Put
+from apps.raft.peer import ChangeMembers, Members
 from tests.helpers import Evil, free_port, wait_until
 from tests.processes import running, zactor
 from transport import ControlRequest, Envelope, Failure, Kind, decode, encode
@@ -201,8 +202,8 @@ def test_a_member_made_client_loses_code_on_its_live_session(rings: Rings, kv_se
 
 @pytest.mark.slow
 def test_a_client_key_uses_a_replicated_kv_cluster(rings: Rings, tmp_path: Path) -> None:
-    """The kvraft clerk from Python with a client key: the servers answer by telling its reply box,
-    so its node listens on an address the servers' keyring gives the clerk's key (127.0.0.5)."""
+    """The kvraft clerk from Python with a client key (its node on 127.0.0.5, the address the servers'
+    keyring gives that key): it reads and writes, and may list the members but not change them."""
     ports = [free_port() for _ in range(3)]
     endpoints = ",".join(f"tcp://127.0.0.1:{p}" for p in ports)
     with running("kv", "cluster", "--servers", "3", "--endpoints", endpoints, "--data-dir", str(tmp_path / "data"),
@@ -213,6 +214,11 @@ def test_a_client_key_uses_a_replicated_kv_cluster(rings: Rings, tmp_path: Path)
             clerk.put("greeting", "hello")
             assert clerk.append("greeting", ", world") == "hello"
             assert clerk.get("greeting") == "hello, world"
+            # It may see who the members are (a clerk follows a cluster whose servers change), never change them.
+            raft = system.ref(endpoints.split(",")[0], "raft")
+            assert raft.ask(Members(), timeout=10).voters == (0, 1, 2)
+            with pytest.raises(PermissionError, match="client-role key may send only registered"):
+                raft.ask(ChangeMembers("remove", 0), timeout=10)
         # The cluster's own tools (same keyring, a member) read what the client wrote.
         out = zactor("kv", "get", "--servers", endpoints, "--keys", str(rings.server.directory), "greeting")
         assert out.returncode == 0 and out.stdout.strip() == "hello, world", out

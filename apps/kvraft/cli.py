@@ -15,20 +15,22 @@ import sys
 import threading
 import time
 
-from actors import ActorSystem, ChildSpec, Supervisor
+from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
+from apps.raft.peer import PEER_NAME, Members, PeerStatus
 from apps.raft.watch import data_root, stop_on_signals, watch
 
 DEFAULT_FIRST_PORT = 7001
 
 
-def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
+def add_cluster_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "cluster",
         help="run a local replicated (Raft) KV cluster until Ctrl-C",
         description="Run N replicated KV servers as supervised processes on this machine. A server killed "
         "(even with SIGKILL) is restarted and recovers from its data directory. Prints the endpoints for "
-        "`zactor kv get/put/append --servers ...`, then who leads whenever that changes.",
+        "`zactor kv get/put/append --servers ...`, then who leads whenever that changes. With an ACTION, "
+        "look at or change the servers of a running cluster instead (`zactor kv cluster add --help`).",
     )
     p.add_argument("--servers", type=int, help="number of servers (default 3, or as many as --endpoints names)")
     p.add_argument(
@@ -41,6 +43,7 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--read", choices=READ_MODES, default="index", help="Gets by ReadIndex (default) or through the log")
     p.add_argument("--for", dest="duration", type=float, help="stop after this many seconds instead of at Ctrl-C")
+    return p
 
 
 def parse_endpoints(text: str) -> list[str]:
@@ -112,8 +115,10 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 def _watch(sup: Supervisor, system: ActorSystem, endpoints: list[str], stop: threading.Event, started: float, duration: float | None) -> None:
     pids = {i: sup.pid(f"server-{i}") for i in range(len(endpoints))}
+    watched = list(endpoints)  # grows with servers added to the cluster (`zactor kv cluster add`)
+    book = dict(enumerate(endpoints))
     last = None
-    for seen in watch(system, endpoints, stop, started=started, duration=duration):
+    for seen in watch(system, watched, stop, started=started, duration=duration):
         now = seen.elapsed
         for i in range(len(endpoints)):
             pid, status = sup.pid(f"server-{i}"), sup.status(f"server-{i}")
@@ -127,7 +132,25 @@ def _watch(sup: Supervisor, system: ActorSystem, endpoints: list[str], stop: thr
         view = (top.me, top.term) if top else (None, len(seen.up))
         if view != last:
             last = view
+            _follow_members(system, seen.up, book, watched)
             if top:
-                print(f"{now:7.2f}s  leader: server {top.me} ({endpoints[top.me]})  term {top.term}  servers up {len(seen.up)}/{len(endpoints)}", flush=True)
+                print(f"{now:7.2f}s  leader: server {top.me} ({book.get(top.me, '?')})  term {top.term}  servers up {len(seen.up)}/{len(watched)}", flush=True)
             else:
-                print(f"{now:7.2f}s  no leader  servers up {len(seen.up)}/{len(endpoints)}", flush=True)
+                print(f"{now:7.2f}s  no leader  servers up {len(seen.up)}/{len(watched)}", flush=True)
+
+
+def _follow_members(system: ActorSystem, up: list[PeerStatus], book: dict[int, str], watched: list[str]) -> None:
+    """Add the servers the cluster has taken in since it started to those watched (asked of one that answers)."""
+    for status in up:
+        endpoint = book.get(status.me)
+        if endpoint is None:
+            continue
+        try:
+            info = system.ref(endpoint, PEER_NAME).ask(Members(), timeout=0.5)
+        except (AskTimeout, ActorDeadError):
+            continue
+        for server, ep in info.endpoints:
+            book.setdefault(server, ep)
+            if ep not in watched:
+                watched.append(ep)
+        return

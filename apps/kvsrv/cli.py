@@ -10,6 +10,7 @@ import apps.kvraft as kvraft
 import apps.shardkv as shardkv
 from apps.keys_cli import add_security_options, apply_security_options
 from apps.kvraft import cli as kvraft_cli
+from apps.kvraft import members_cli
 from apps.kvraft.server import SERVER_NAME as KVRAFT_NAME
 from apps.kvsrv.client import PROBE_EVERY, Clerk, KVMisdirected, KVUnavailable
 from apps.kvsrv.server import serve
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run a server in the foreground until Ctrl-C or SIGTERM")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="where to listen (default tcp://127.0.0.1:5555)")
     add_security_options(p)
-    kvraft_cli.add_cluster_parser(sub)
-    add_security_options(sub.choices["cluster"])
+    cluster = kvraft_cli.add_cluster_parser(sub)
+    add_security_options(cluster)
+    members_cli.add_membership_parsers(cluster, add_security_options)
     for op, help_text, nargs in (("get", "print a key's value", 0), ("put", "set a key", 1), ("append", "append to a key, print the old value", 1)):
         p = sub.add_parser(op, help=help_text)
         where = p.add_mutually_exclusive_group(required=True)
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apply_security_options(args)
     if args.op == "cluster":
+        if args.cluster_action:
+            return members_cli.run_membership(args, parser)
         return kvraft_cli.run_cluster(args, parser)
     if args.op == "serve":
         try:

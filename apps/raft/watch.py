@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actors import ActorDeadError, ActorSystem, AskTimeout
+from actors.signals import setting
 from apps.raft.peer import PEER_NAME, PeerStatus, Status
 from transport.private_files import private_dirs
 
@@ -76,8 +77,8 @@ def watch(
 def stop_on_signals() -> threading.Event:
     """An event that Ctrl-C (SIGINT) and SIGTERM set, so the command stops its cluster and cleans up."""
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, setting(stop))
+    signal.signal(signal.SIGTERM, setting(stop))
     return stop
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.signals import setting
 from apps.soak import netns, report
 from apps.soak.run import SoakConfig, Status, stopped_early
 from apps.soak.schedule import make_schedule, parse_nemeses
@@ -209,7 +210,7 @@ def _on_signal(config: SoakConfig) -> Callable[[int, Any], None]:
     def handle(signum: int, frame: Any) -> None:
         if config.interrupt.is_set():
             raise KeyboardInterrupt
-        config.interrupt.set()
+        setting(config.interrupt)(signum, frame)
         print(f"\nzactor soak: {signal.Signals(signum).name}: stopping; healing, checking what was recorded and writing "
               "the report (again to quit at once, without a report)", file=sys.stderr, flush=True)
 
