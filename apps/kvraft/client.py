@@ -12,9 +12,11 @@ minority) also moves on, and so does one that reaches a process not (yet)
 serving the KV service.
 
 A cluster's members change (``zactor kv cluster add/remove/replace``): a
-"not leader" that names a leader outside the clerk's list makes it ask that
-server's Raft peer who the members are now, and take that list, so a clerk
-started before a server was replaced finds the new one without a restart.
+reply that says a change has been applied since the clerk last looked, or a
+"not leader" that names a leader outside the clerk's list, makes it ask that
+server's Raft peer who the members are now, and take that list; so a clerk
+started before its servers were replaced, one after the other, finds the new
+ones without a restart.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Clerk(KeyValueCalls):
         self.unreachable_after = unreachable_after
         self.tell_waiting = tell_waiting
         self.learn = learn
+        self._members_seen = 0
 
     @property
     def servers(self) -> list[str]:
@@ -115,6 +118,12 @@ class Clerk(KeyValueCalls):
                 reply = _NOT_SERVING
             if reply is not None and type(reply) is not Reply:  # some other actor by that name
                 reply = _NOT_SERVING
+            if reply is not None and reply.members > self._members_seen and self.learn:
+                self._members_seen = reply.members  # the cluster changed since this clerk last looked
+                answered = self._servers[i]
+                self._learn(answered)
+                i = self._servers.index(answered) if answered in self._servers else 0
+                refs = self._refs
             if reply is not None and reply.ok:
                 self._leader = i
                 if isinstance(reply.value, BadRequest):

@@ -35,6 +35,9 @@ class Reply:
     value: Any = None
     leader: str | None = None
     """On ``ok=False``: the endpoint of the server this one believes leads, if it knows one."""
+    members: int = 0
+    """The log index of the latest membership change this server has applied (0: none since it started): a
+    clerk that sees a higher one than before asks for the members, so it follows servers being replaced."""
 
 
 @message

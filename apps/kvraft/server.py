@@ -150,6 +150,8 @@ class KVRaftServer(Actor):
         self.leading = False
         self.leader: int | None = None
         self.leader_endpoint: str | None = None
+        self.members_index = 0
+        """Index of the latest membership change applied here (told to clerks in every Reply)."""
         if raft is None:
             assert self.actor_system is not None
             raft = self.actor_system.ref(config.endpoints[config.me], PEER_NAME)
@@ -203,14 +205,14 @@ class KVRaftServer(Actor):
     def _answer(self, reply_to: Any, corr: int, ok: bool, value: Any = None) -> None:
         """Answer one waiting copy of a request: ``reply_to`` is an address, or the reply target of an ask."""
         try:
-            hint = None if ok else self.leader_endpoint
+            reply = Reply(corr, ok, value, None if ok else self.leader_endpoint, self.members_index)
             if type(reply_to) is not str:
-                reply_to.set(Reply(corr, ok, value, hint))
+                reply_to.set(reply)
                 return
             if self._send_reply is not None:
-                self._send_reply(reply_to, Reply(corr, ok, value, hint))
+                self._send_reply(reply_to, reply)
                 return
-            self.actor_system.ref(reply_to).tell(Reply(corr, ok, value, hint))  # type: ignore[union-attr]
+            self.actor_system.ref(reply_to).tell(reply)  # type: ignore[union-attr]
         except Exception as exc:  # a malformed reply address must not stop the server
             log.warning("kvraft server %d: cannot answer %r: %s", self.config.me, reply_to, exc)
 
@@ -329,7 +331,9 @@ class KVRaftServer(Actor):
             read = self._reads.pop(cmd.read_id, None)
             if read is not None:
                 self._answer(read[2], read[3], True, self._read(read[1]))
-        elif not isinstance(cmd, (NoOp, ConfEntry)):  # a configuration change is the Raft peer's business
+        elif isinstance(cmd, ConfEntry):  # the Raft peer's business; clerks are told it happened
+            self.members_index = self.applied
+        elif not isinstance(cmd, NoOp):
             log.warning("kvraft server %d: skipped a log entry of unknown kind %s", self.config.me, type(cmd).__name__)
 
     def _answer_reads(self) -> None:

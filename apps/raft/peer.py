@@ -217,7 +217,7 @@ class RaftPeer(Actor):
         assert self.actor_system is not None
         self.service = self.actor_system.ref(config.apply_to) if config.apply_to else None
         self._deferred = 0
-        self._role: tuple[int, bool, int | None] | None = None
+        self._role: tuple[int, bool, int | None, str | None] | None = None
 
     def on_start(self) -> None:
         self.schedule_every(self.config.tick, _Tick())
@@ -322,10 +322,12 @@ class RaftPeer(Actor):
                 service.tell(Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size))
 
         drain_ready(core, self.storage, self._send, deliver)
-        role = (core.term, core.is_leader, core.leader_hint)
+        # The leader's endpoint is part of it: a lagging follower may hear from a leader its log does not
+        # name yet, and learns where it is only when the change that added it arrives.
+        role = (core.term, core.is_leader, core.leader_hint, self.endpoint_of(core.leader_hint))
         if role != self._role and self.service is not None:
             self._role = role
-            self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role, self.endpoint_of(core.leader_hint)))
+            self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role))
 
 
 def drain_ready(core: RaftCore, storage: RaftStorage, send: Callable[[Any], None], deliver: Callable[[Ready], None]) -> None:
