@@ -14,5 +14,6 @@ BENCHMARKS: dict[str, str] = {
     "kvraft": "benchmarks.kvraft",
     "shardkv": "benchmarks.shardkv",
     "failover": "benchmarks.failover",
+    "membership": "benchmarks.membership",
 }
 """Name on the command line -> module."""

@@ -198,3 +198,26 @@ def test_cli_replaces_a_dead_server_and_the_same_data_dir_brings_the_new_one_bac
 def test_cli_membership_mistakes_get_clear_errors(args: list[str], code: int, message: str) -> None:
     out = zactor("kv", "cluster", *args)
     assert out.returncode == code and message in out.stderr, out.stderr
+
+
+# ---- the benchmark -------------------------------------------------------------------------------------
+
+
+def test_bench_membership_measures_the_dip_from_completion_times() -> None:
+    from benchmarks.membership import _shape
+
+    before = [10.0 + i / 100 for i in range(200)]  # 100 ops/s for the 2 s before the change
+    during = [12.0 + i / 50 for i in range(25)] + [12.75 + i / 100 for i in range(25)]  # 50 ops/s, then 0, then 100
+    shape = _shape(before + during, began=12.0, ended=13.0, warmup=2.0)
+    assert shape == {"before_ops_s": 100.0, "during_share": 0.5, "worst_window_share": 0.0, "change_s": 1.0}
+
+
+@pytest.mark.slow
+def test_bench_membership_replaces_a_follower_in_zactor_and_in_etcd() -> None:
+    out = zactor("bench", "membership", "--json", "--trials", "1", "--clients", "2", timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for system in ("zactor", "etcd"):
+        [run] = result["runs"][system]
+        assert run["before_ops_s"] > 0 and run["change_s"] > 0 and run["during_share"] > 0 and run["worst_window_share"] >= 0, run
+    assert zactor("bench", "membership", "--trials", "0").returncode == 2

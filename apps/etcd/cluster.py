@@ -57,7 +57,11 @@ class EtcdClient:
         self.retries = 0
         """Requests sent again so far: etcd answered 5xx (a leader change, say) or the connection broke."""
 
-    def _post(self, path: str, body: dict[str, str]) -> dict[str, Any]:
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Any v3 gateway call (``/v3/cluster/member/add``, say): its JSON answer; RuntimeError on a refusal."""
+        return self._post(path, body)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         payload = json.dumps(body)
         deadline = time.monotonic() + self.retry_for
         while True:
