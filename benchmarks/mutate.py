@@ -7,7 +7,8 @@ against that copy, cheapest first, and stops at the first that fails:
 1. ``sim``: the deterministic KV simulation (``apps/kvraft/sim.py``), seeds
    1..N, stopping at the first failing seed;
 2. ``fast-tests``: ``tests/test_raft_core.py tests/test_raft_sim.py
-   tests/test_raft_read_index.py``.
+   tests/test_raft_read_index.py`` and the membership tests
+   (``tests/test_raft_membership.py tests/test_raft_membership_sim.py``).
 
 A mutant is *killed* when a killer fails within the per-mutant budget, and
 *survives* otherwise. Before any mutant, the same killers run on the clean
@@ -39,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_TESTS = ("tests/test_raft_core.py", "tests/test_raft_sim.py", "tests/test_raft_read_index.py")
+FAST_TESTS = ("tests/test_raft_core.py", "tests/test_raft_sim.py", "tests/test_raft_read_index.py",
+              "tests/test_raft_membership.py", "tests/test_raft_membership_sim.py")
 COPIED = ("actors", "transport", "apps", "benchmarks", "tests", "setup.cfg", "pyproject.toml")
 TARGETS = {
-    "raft": ("apps/raft/core.py", "apps/raft/storage.py", "apps/raft/peer.py"),
+    "raft": ("apps/raft/core.py", "apps/raft/storage.py", "apps/raft/peer.py", "apps/raft/membership.py"),
     "kvraft": ("apps/kvraft/state.py", "apps/kvraft/server.py"),
 }
 
@@ -60,6 +62,7 @@ class Mutant:
 
 
 CORE, STORAGE, PEER = "apps/raft/core.py", "apps/raft/storage.py", "apps/raft/peer.py"
+MEMBERSHIP = "apps/raft/membership.py"
 STATE, SERVER = "apps/kvraft/state.py", "apps/kvraft/server.py"
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -136,6 +139,15 @@ MUTANTS: tuple[Mutant, ...] = (
            " Ready is sent, or an apply\n        for msg in rd.messages_after_persist:\n            send(msg)\n",
            "        for msg in rd.messages_after_persist:\n            send(msg)\n"
            "        if rd.must_sync:\n            storage.save(rd, core)\n"),
+    # ---- membership changes
+    Mutant("conf-change-without-own-term-rule", "election safety across changes (the 2015 single-server bug)", MEMBERSHIP,
+           "    if not own_term_committed:\n", "    if False:\n"),
+    Mutant("two-conf-changes-in-flight", "election safety across changes (one change at a time)", MEMBERSHIP,
+           "    if uncommitted:\n", "    if False:\n"),
+    Mutant("server-number-reused", "election safety (a removed server's old votes count for a new one)", MEMBERSHIP,
+           "        if s < next_id:\n", "        if False:\n"),
+    Mutant("learner-counts-toward-commit", "state machine safety (only voters form a majority)", CORE,
+           "for v in self.membership.voters), reverse=True)", "for v in self.membership.members), reverse=True)"),
     # ---- apply order and restarts
     Mutant("apply-uncommitted", "state machine safety (apply only committed entries)", CORE,
            "        upto = min(self.commit_index, self.log.last_index)\n", "        upto = self.log.last_index\n"),
