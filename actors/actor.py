@@ -46,6 +46,7 @@ import pykka.messages
 # _handle_receive) and the loop steps it calls (_actor_loop_setup, _actor_loop_teardown, _stop, _handle_failure).
 from pykka._envelope import Envelope as _PykkaEnvelope
 
+from actors.errors import SystemStopped
 from transport.node import Node, Timer
 
 if TYPE_CHECKING:
@@ -296,6 +297,13 @@ class Actor(pykka.ThreadingActor):
         start = time.perf_counter()
         try:
             return self.on_receive(message)  # the rest, as pykka would after four isinstance checks
+        except SystemStopped:
+            # A tell or ask made while this actor's own system stops (its process got SIGTERM, say): the
+            # process is going away, not failing. Raised on, it was a traceback in the log and a failure.
+            if self.actor_system is not None and self.actor_system.stopped:
+                log.debug("%s: its system stopped during a %s", self, type(message).__name__)
+                return None
+            raise
         finally:
             self._zactor_took[self._zactor_handled % _TOOK_RING] = time.perf_counter() - start
             self._zactor_handled += 1

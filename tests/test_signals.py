@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 
+import pytest
+
+from actors import Actor, ActorSystem
 from actors.signals import setting
 
 
@@ -55,3 +59,41 @@ def test_the_plain_way_would_hang_the_main_thread() -> None:
     t.start()
     t.join(5)
     assert not returned.is_set(), "Event's lock is reentrant after all: the handler would not need a thread"
+
+
+def test_a_handler_cut_short_by_its_systems_stop_is_not_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """A stop signal's ``stop()`` stops the system before its actors: a tell in a handler running then
+    raises SystemStopped, which is the process going away, not the actor failing (no traceback, no on_failure)."""
+    started, proceed, told = threading.Event(), threading.Event(), threading.Event()
+    failures: list[BaseException | None] = []
+
+    class Teller(Actor):
+        def on_receive(self, message: object) -> None:
+            started.set()
+            proceed.wait(10)
+            try:
+                assert self.actor_system is not None
+                self.actor_system.ref("ipc:///tmp/zactor-nobody-here.sock", "x").tell("hello")
+            finally:
+                told.set()
+
+        def on_failure(self, exception_type: object, exception_value: BaseException | None, traceback: object) -> None:
+            failures.append(exception_value)
+
+    system = ActorSystem()
+    ref = system.spawn(Teller, name="teller")
+    ref.tell("go")
+    assert started.wait(10)
+    stopping = threading.Thread(target=system.stop)
+    stopping.start()
+    for _ in range(200):  # until stop() has marked the system stopped (it then waits for the handler)
+        if system.stopped:
+            break
+        threading.Event().wait(0.01)
+    assert system.stopped
+    with caplog.at_level(logging.ERROR):
+        proceed.set()
+        assert told.wait(10)
+        stopping.join(15)
+    assert not stopping.is_alive() and failures == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
