@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import pytest
 
+from apps.kvraft.testing import KVCluster
+from apps.raft.admin import MembershipError
 from apps.soak.cli import SYSTEMS, build_parser
-from apps.soak.schedule import NEMESES, make_schedule
+from apps.soak.kvraft import KVRaftTarget
+from apps.soak.run import FaultEvent
+from apps.soak.schedule import NEMESES, Fault, make_schedule
+from apps.soak.verdict import Findings
 from tests.processes import soak_cli, soak_run
 
 SERVERS = 5
@@ -98,3 +103,34 @@ def test_replacements_mixed_with_kills_and_partitions_hit_only_current_servers(t
     assert hit_new, "no fault after a replacement hit the server that took the slot"
     assert gone == {r["old"] for r in replaced(summary)}
     assert_final_state_is_the_current_members(summary)
+
+
+@pytest.mark.slow
+def test_a_replacement_cut_short_by_a_partition_is_reported_and_finished_at_its_heal():
+    """No majority anywhere: the replacement fails, says so in the run log, and leaves the slots as they were;
+    once the network is whole the heal finishes it (the steps already done are not asked again)."""
+    with KVCluster(3, maxraftstate=4000) as cluster:
+        findings = Findings()
+        target = KVRaftTarget(cluster, 1, findings)
+        target.replace_within = 3.0
+        cluster.wait_for_leader(10.0)
+        cluster.make_clerk(record=False).put("k", "before")
+        cluster.partition([[0], [1], [2]])
+        fault = Fault(0.0, "membership", "replace-one", (1,), 3.0)
+        event = FaultEvent(fault, 0.0)
+        with pytest.raises(MembershipError):
+            target.inflict(fault, event)
+        assert "replacing server 1 (slot 1) failed after " in event.note and "its heal finishes it" in event.note
+        assert target.pending is not None and target.slots == [0, 1, 2] and not target.replacements
+        assert target.members() == [0, 1, 2]  # the old server stays a target until it is replaced
+        cluster.heal()
+        target.replace_within = 60.0
+        target.heal(fault, event)
+        [done] = target.replacements
+        assert done.old == 1 and done.new == 3 and done.slot == 1
+        assert "finished at the heal: server 1 replaced by server 3 in slot 1" in event.note, event.note
+        assert target.slots == [0, 3, 2] and target.pending is None
+        assert 1 in cluster.removed and not cluster.data_dir(1).exists()
+        assert sorted(cluster.members_info().voters) == [0, 2, 3]
+        assert cluster.make_clerk(record=False).get("k") == "before"
+        assert not findings.violations and not findings.invalid

@@ -45,6 +45,7 @@ from apps.kvraft.client import Clerk
 from apps.kvraft.messages import StateDigest
 from apps.kvraft.server import SERVER_NAME
 from apps.kvraft.testing import KVCluster
+from apps.raft.admin import MembershipError
 from apps.raft.storage import JOURNAL_NAME
 from apps.raft.testing import HarnessFailure
 from apps.soak import targeted
@@ -66,8 +67,9 @@ _FINAL_READ_WAIT = 60.0
 _CONVERGE_WAIT = 30.0
 APPLY_DIR = "applied"
 """Where in the report directory each server's apply log goes (see ``apps/soak/applied.py``)."""
-STEP_TIMEOUT = 20.0
-"""Seconds each step of a replacement (add, promote, remove) may take before the replacement has failed."""
+REPLACE_WITHIN = 40.0
+"""Seconds one try at a replacement (add, promote, remove, each asked of the leader) may take before it has
+failed; well inside the 60 s the run's end waits for the nemesis's last fault."""
 
 
 @dataclass
@@ -102,6 +104,7 @@ class KVRaftTarget:
         self.replacements: list[Replacement] = []
         self.pending: Replacement | None = None
         """A replacement that failed part-way, finished at its heal (or at the final heal)."""
+        self.replace_within = REPLACE_WITHIN
 
     def members(self) -> list[int]:
         """The servers faults and clerks may reach now: the slots' servers, less any whose data is gone."""
@@ -251,12 +254,43 @@ class KVRaftTarget:
         return f"server {r.old} replaced by server {r.new} in slot {r.slot} ({how}; {r.seconds:.1f} s)"
 
     def _finish(self, r: Replacement) -> None:
-        """The replacement's steps that are not yet done, each skipped if the cluster shows it done already."""
+        """The replacement's steps that are not yet done, each skipped if the cluster shows it done already.
+
+        A step refused for good is looked at again: the leader asked for the configuration may have been a
+        deposed one still in charge in its own eyes (a partition just healed), whose view a new leader's log
+        does not share.
+        """
+        deadline = time.monotonic() + self.replace_within
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MembershipError(f"the replacement of server {r.old} took more than {self.replace_within:g} s")
+            return remaining
+
+        while True:
+            try:
+                self._steps(r, left)
+                break
+            except MembershipError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+        self._wipe(r)
+        assert r.new is not None  # the steps set it
+        slots = list(self.slots)
+        slots[r.slot] = r.new
+        self.slots = slots
+        r.done = True
+        self.replacements.append(r)
+        self.pending = None
+
+    def _steps(self, r: Replacement, left: Callable[[], float]) -> None:
         c = self.cluster
         if r.new is None:
             before = c.n
             try:
-                r.new = c.add_server(STEP_TIMEOUT)
+                r.new = c.add_server(left())
             except Exception:
                 if c.n > before:  # the harness took the number (and maybe started the process) before it failed
                     r.new = before
@@ -265,25 +299,18 @@ class KVRaftTarget:
                 if self.applied is not None:
                     self.applied.grow(c.n)
         else:  # a second try: what the cluster shows done is not asked again (it would be refused for good)
-            info = c.members_info(STEP_TIMEOUT)
+            info = c.members_info(left())
             if r.new not in info.voters and r.new not in info.learners:
                 c.restart(r.new)  # a fresh process (the first may never have come up), from what it holds
-                c.add_learner(r.new, STEP_TIMEOUT)
-        if r.new not in c.members_info(STEP_TIMEOUT).voters:
-            c.promote(r.new, STEP_TIMEOUT)
-        info = c.members_info(STEP_TIMEOUT)
+                c.add_learner(r.new, left())
+        if r.new not in c.members_info(left()).voters:
+            c.promote(r.new, left())
+        info = c.members_info(left())
         if r.old in info.voters or r.old in info.learners:
-            c.remove_server(r.old, STEP_TIMEOUT)  # then SIGKILL
+            c.remove_server(r.old, left())  # then SIGKILL
         else:  # removed by an attempt that timed out before it saw the commit
             c.removed.add(r.old)
             c.crash(r.old)
-        self._wipe(r)
-        slots = list(self.slots)
-        slots[r.slot] = r.new
-        self.slots = slots
-        r.done = True
-        self.replacements.append(r)
-        self.pending = None
 
     def _wipe(self, r: Replacement) -> None:
         if not r.wiped:
