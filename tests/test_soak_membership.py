@@ -9,6 +9,8 @@ removed one: the mixed run checks that from the run log, fault by fault.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from apps.kvraft.testing import KVCluster
@@ -54,10 +56,17 @@ def test_membership_is_kvraft_only_and_on_by_default():
     assert "replaced" in line
 
 
-def test_membership_is_refused_on_netns_hosts_by_name():
+def test_membership_is_refused_on_netns_hosts_by_name_and_all_leaves_it_out_there():
     r = soak_cli("kvraft", "--hosts", "netns", "--nemesis", "kill,membership", "--schedule-only")
     assert r.returncode == 2
     assert "--hosts netns does not take the nemesis membership" in r.stderr
+    kinds = {}
+    for hosts in ("local", "netns"):
+        r = soak_cli("kvraft", "--hosts", hosts, "--minutes", "5", "--seed", "3", "--schedule-only")
+        assert r.returncode == 0, r.stderr
+        kinds[hosts] = {f["kind"] for f in json.loads(r.stdout)}
+    assert kinds["local"] == set(SYSTEMS["kvraft"])
+    assert kinds["netns"] == set(SYSTEMS["kvraft"]) - {"membership"}
 
 
 @pytest.mark.slow
