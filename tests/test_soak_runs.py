@@ -26,7 +26,7 @@ def test_clean_kvraft_run_with_every_nemesis_passes(tmp_path):
     assert code == 0, err[-3000:]
     assert summary["verdict"] == "pass"
     assert summary["seconds"] >= 45 and "stopped_early" not in summary  # nothing found: --fail-fast runs its time
-    assert set(summary["nemeses"]) == {"kill", "pause", "partition", "net", "disk", "burst", "vote", "stale"}
+    assert set(summary["nemeses"]) == {"kill", "pause", "partition", "net", "disk", "burst", "vote", "stale", "membership"}
     safety = summary["state_machine_safety"]  # every server's applies compared, index by index, all run long
     assert safety["conflicting_indexes"] == 0 and safety["indexes_checked"] > 0 and min(safety["applies_recorded"]) > 0
     assert summary["windows"] and all(w["verdict"] == "OK" for w in summary["windows"])

@@ -164,11 +164,16 @@ class KVCluster(Cluster):
         self._clients += 1
         return RecordingClerk(clerk, self.recorder, self._clients)
 
-    def connect_clerk(self, clerk: Clerk | RecordingClerk, servers: Sequence[int] | None = None) -> None:
-        """Rebind a clerk (even one in the middle of a call) to ``servers`` (default all)."""
+    def connect_clerk(self, clerk: Clerk | RecordingClerk, servers: Sequence[int] | None = None, *,
+                      learn: bool | None = None) -> None:
+        """Rebind a clerk (even one in the middle of a call) to ``servers`` (default all).
+
+        ``learn``: whether it follows membership changes (default: only when bound to all); a soak's clerk
+        bound to every member in an order of its own still follows them.
+        """
         target = clerk.clerk if isinstance(clerk, RecordingClerk) else clerk
         target.servers = self._endpoints_of(servers)
-        target.learn = servers is None
+        target.learn = servers is None if learn is None else learn
 
     def _endpoints_of(self, servers: Sequence[int] | None) -> list[str]:
         return self.member_endpoints() if servers is None else [self.endpoints[j] for j in servers]

@@ -282,8 +282,13 @@ class Cluster:
             self.logs.append({})
         self.start(plan.me)
         self.connect(plan.me)
-        change_membership(self._system, self.member_endpoints(), ADD_LEARNER, plan.me, self.endpoints[plan.me], timeout=timeout)
+        self.add_learner(plan.me, timeout)
         return plan.me
+
+    def add_learner(self, i: int, timeout: float = 30.0) -> None:
+        """Tell the cluster about server i, whose process :meth:`add_server` started (again, after that step
+        failed: a soak's nemesis finishes a replacement a partition cut short)."""
+        change_membership(self._system, self.member_endpoints(), ADD_LEARNER, i, self.endpoints[i], timeout=timeout)
 
     def promote(self, i: int, timeout: float = 30.0) -> None:
         """Learner i becomes a voter (once it has caught up)."""

@@ -12,8 +12,10 @@ applied an entry a deposed leader never committed, and later took a
 snapshot from the new leader, ends with the right state and leaves no trace
 in the clients' history. Its apply log keeps the trace.
 
-Memory is 9 bytes per index (the digest, and who applied it first), in
-arrays indexed by the log index, which grows by one per command.
+Memory is 10 bytes per index (the digest, and who applied it first), in
+arrays indexed by the log index, which grows by one per command. Servers
+added while the run goes on (the ``membership`` nemesis) are read from the
+moment :meth:`AppliedChecker.grow` names them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class AppliedChecker:
             old.unlink()
         self._offsets = [0] * servers
         self._digests = array("Q")  # by index; 0: nothing seen yet there
-        self._first = array("b")  # by index: the server that applied it first
+        self._first = array("h")  # by index: the server that applied it first
         self.applies = [0] * servers
         """Commands each server applied (a restarted server applies its log again from its snapshot)."""
         self._highest = [0] * servers  # by server: the highest index it applied so far
@@ -53,6 +55,16 @@ class AppliedChecker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def grow(self, servers: int) -> None:
+        """Read the apply logs of servers numbered up to ``servers`` too (servers added to the cluster)."""
+        with self._lock:
+            more = servers - self.servers
+            if more > 0:
+                self._offsets.extend([0] * more)
+                self.applies.extend([0] * more)
+                self._highest.extend([0] * more)
+                self.servers = servers
 
     def path(self, i: int) -> Path:
         return self.directory / f"server-{i}{APPLY_SUFFIX}"

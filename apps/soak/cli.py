@@ -23,13 +23,15 @@ from apps.soak.verdict import EXIT_NAMES, INTERRUPTED, INVALID, slow_windows, wi
 log = logging.getLogger(__name__)
 
 SYSTEMS = {
-    "kvraft": ("kill", "pause", "partition", "net", "disk", "burst", "vote", "stale"),
+    "kvraft": ("kill", "pause", "partition", "net", "disk", "burst", "vote", "stale", "membership"),
     "raft": ("kill", "pause", "partition", "net", "disk"),
     "mr": ("kill",),
     "etcd": ("kill", "pause", "partition"),
     "shardkv": ("kill", "pause", "partition", "net", "disk", "reconfig"),
 }
 """Each system and the nemeses it takes."""
+LOCAL_ONLY = ("membership",)
+"""Nemeses not built for ``--hosts netns`` (a new server would need a host of its own): ``all`` leaves them out there."""
 MIN_THROUGHPUT = {"kvraft": 100.0, "etcd": 100.0, "raft": 50.0, "mr": 0.0, "shardkv": 50.0}
 """Default answered calls/s below which a run is invalid. raft's clients go through the lab harness's
 ``one()`` (an ask, then a wait for the applier to see a majority), a test driver rather than a client,
@@ -63,7 +65,16 @@ nemeses (each on a random schedule from the seed, each healed before the next):
              muted-leave: a group's answers to the clerks lost just before it leaves),
              while the clerks write to the shards on the move (shardkv's other faults hit one group
              or the controller, drawn from the seed; net hits the whole service)
-  (burst, vote and stale are kvraft's; reconfig is shardkv's; the others are every system's)
+  membership kvraft only: a server replaced while the clerks write. replace-one: a fresh, empty server
+             is started on a new endpoint and added as a learner, promoted to a voter once it has
+             caught up, then the old one is removed, SIGKILLed and its data directory deleted;
+             replace-leader: the same for the leader, which removes itself and steps down;
+             replace-dead: the old one SIGKILLed and its data deleted first (a dead disk), then
+             replaced. The new server takes the old one's place as a target of the later faults;
+             the report names who replaced whom (summary.json: replacements), and a replacement
+             that fails (no leader in time) is the fault's error, finished at its heal
+             (not with --hosts netns, where `all` leaves it out)
+  (burst, vote, stale and membership are kvraft's; reconfig is shardkv's; the others are every system's)
   (mr takes kill only: workers killed every few seconds; etcd takes kill, pause, partition,
    its partitions through a TCP proxy in front of each member's peer port)
 
@@ -142,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         nemeses = parse_nemeses(args.nemesis, SYSTEMS[args.system])
     except ValueError as exc:
         parser.error(str(exc))
+    if args.hosts == "netns":
+        if args.nemesis.strip() == "all":
+            nemeses = tuple(n for n in nemeses if n not in LOCAL_ONLY)
+        elif set(nemeses) & set(LOCAL_ONLY):
+            parser.error(f"--hosts netns does not take the nemesis {', '.join(sorted(set(nemeses) & set(LOCAL_ONLY)))} yet "
+                         "(a new server would need a host of its own)")
     if args.maxraftstate == 0 or args.maxraftstate < -1:
         parser.error(f"--maxraftstate must be -1 (never snapshot) or positive bytes, got {args.maxraftstate}")
     seed = args.seed if args.seed is not None else random.randrange(1, 10**9)

@@ -244,6 +244,9 @@ def drive(config: Any, target: Target, workload: Any, checker: Any, schedule: li
             else:
                 status.phase = "final reads"
                 extra = target.final_checks(workload, findings)
+        if nemesis.is_alive() and not config.interrupt.is_set():  # a run judged without its final reads is no pass
+            findings.invalid.append("the nemesis was still inflicting or healing its last fault 60 s after the end: "
+                                    "no final heal, no final reads")
         status.phase = "checking"
         checker.finish(interrupted=config.interrupt.is_set())
         status.stop()

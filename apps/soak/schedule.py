@@ -27,12 +27,13 @@ NEMESES: dict[str, tuple[str, ...]] = {
     "vote": ("follower",),
     "stale": ("leader", "one"),
     "reconfig": ("leave", "move", "churn", "lossy-churn", "crash-churn", "muted-leave"),
+    "membership": ("replace-one", "replace-leader", "replace-dead"),  # kvraft's: see apps/soak/kvraft.py
 }
 """Every nemesis and its variants (what a fault of that kind does, see the runners)."""
 
 _DURATION = {"kill": (1.0, 4.0), "pause": (1.5, 3.0), "partition": (2.0, 5.0), "net": (3.0, 6.0), "disk": (1.0, 3.0),
              "burst": (2.0, 4.0), "vote": (1.5, 3.0), "stale": (2.0, 4.0),
-             "reconfig": (2.0, 5.0)}
+             "reconfig": (2.0, 5.0), "membership": (3.0, 6.0)}
 """Seconds a fault of each kind lasts before its heal. A pause outlasts the
 election timeout (0.4-0.8 s at the default tick), so the paused leader wakes
 up deposed but believing it leads."""
@@ -51,7 +52,8 @@ class Fault:
     kind: str
     variant: str
     targets: tuple[int, ...]
-    """Server (or worker) indexes; empty when the target is decided at run time (the leader)."""
+    """Server (or worker) indexes; empty when the target is decided at run time (the leader). For kvraft
+    they are slots: the server that holds the slot when the fault comes (a replacement takes its old one's)."""
     duration: float
     """Seconds until the heal."""
 

@@ -62,23 +62,24 @@ def _last_index(cluster: KVCluster, i: int) -> int | None:
         return None
 
 
-def inflict(cluster: KVCluster, rng: random.Random, kind: str, variant: str, leader: int | None, event: Any) -> None:
-    """Start the targeted fault ``kind``; ``leader`` is who leads now (None if nobody does)."""
-    n = cluster.n
+def inflict(cluster: KVCluster, rng: random.Random, kind: str, variant: str, leader: int | None, event: Any,
+            members: list[int]) -> None:
+    """Start the targeted fault ``kind``; ``leader`` is who leads now (None if nobody does), ``members`` the
+    servers in the cluster now (never one the ``membership`` nemesis took out)."""
     if kind == "burst":
-        who = leader if leader is not None else rng.randrange(n)
+        who = leader if leader is not None else rng.choice(members)
         event.targets = [who]
         subject = f"leader {who}" if leader is not None else f"no leader: server {who}"
-        event.note = f"{subject} {_burst(cluster, who, crash=variant == 'leader-crashed')}"
+        event.note = f"{subject} {_burst(cluster, who, members, crash=variant == 'leader-crashed')}"
     elif kind == "vote":
-        followers = [i for i in range(n) if i != leader and cluster.running[i]]
-        victim = rng.choice(followers or list(range(n)))
+        followers = [i for i in members if i != leader and cluster.running[i]]
+        victim = rng.choice(followers or members)
         event.targets = [victim]
         event.note = _vote(cluster, victim, leader)
     elif kind == "stale":
-        who = leader if variant == "leader" and leader is not None else rng.randrange(n)
+        who = leader if variant == "leader" and leader is not None else rng.choice(members)
         event.targets = [who]
-        rules = [FaultRule(cluster.endpoints[j], "out", delay=STALE_DELAY) for j in range(n) if j != who]
+        rules = [FaultRule(cluster.endpoints[j], "out", delay=STALE_DELAY) for j in members if j != who]
         cluster.set_peer_rules(who, rules)
         event.note = f"held back {STALE_DELAY[0]}-{STALE_DELAY[1]} s: everything server {who} sends to its peers"
     else:
@@ -92,11 +93,11 @@ def heal(cluster: KVCluster, kind: str, targets: list[int]) -> None:
     if kind == "burst":
         cluster.heal()  # after a crash too: the restart below connects the server again
     for i in targets:
-        if not cluster.running[i] or cluster.pid(i) is None:
+        if i not in cluster.removed and (not cluster.running[i] or cluster.pid(i) is None):
             cluster.restart(i)
 
 
-def _burst(cluster: KVCluster, leader: int, crash: bool) -> str:
+def _burst(cluster: KVCluster, leader: int, members: list[int], crash: bool) -> str:
     """Hold the leader's AppendEntries, send it a burst; once it has appended (or after 1 s) isolate or kill it."""
     before = _last_index(cluster, leader)
     cluster.set_peer_rules(leader, _HOLD_APPENDS)
@@ -123,7 +124,7 @@ def _burst(cluster: KVCluster, leader: int, crash: bool) -> str:
     if crash:
         cluster.crash(leader)
     else:
-        cluster.partition([[leader], [j for j in range(cluster.n) if j != leader]])
+        cluster.partition([[leader], [j for j in members if j != leader]])
     cluster.set_peer_rules(leader, [])
     appended = "?" if before is None or last is None else str(last - before)
     return f"appended {appended} entries nobody else has, then was {'killed' if crash else 'isolated'}"
