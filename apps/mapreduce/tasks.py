@@ -217,13 +217,14 @@ def run_map(
             c["map_output_records"] = len(output)
             spiller.spill({key: [value] for key, value in output.items()})
         else:
-            pairs = iter(output)
             groups: dict[str, list[Any]] = defaultdict(list)
             buffered = 0
-            while True:
-                chunk = list(itertools.islice(pairs, min(65536, buffer_records)))
-                if not chunk:
-                    break
+            if isinstance(output, list) and len(output) <= buffer_records:
+                chunks: Iterable[list[Any]] = [output]  # in memory already and no spill due: group it, no copies
+            else:
+                pairs = iter(output)
+                chunks = iter(lambda: list(itertools.islice(pairs, min(65536, buffer_records))), [])
+            for chunk in chunks:
                 for key, value in chunk:
                     groups[key].append(value)
                 buffered += len(chunk)
