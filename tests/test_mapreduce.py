@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from apps.mapreduce import App, AppError, JobFailed, load_app, read_output_lines, run_job, run_sequential
 from apps.mapreduce import files as mrfiles
 from apps.mapreduce.corpus import generate_corpus
-from apps.mapreduce.tasks import TaskError, run_map, run_reduce, shared_runs
+from apps.mapreduce.tasks import TaskError, fold, run_map, run_reduce, shared_runs
 from apps.mapreduce.text import words
 from tests.processes import Processes, listening
 
@@ -71,6 +72,60 @@ def test_combiner_leaves_one_value_per_key(tmp_path: Path, corpus: list[str]) ->
     assert all(len(values) == 1 for _, values in combined)
     assert sum(len(values) for _, values in raw) == n_words > len(combined)
     assert (tmp_path / "with" / "mr-0-0").stat().st_size < (tmp_path / "without" / "mr-0-0").stat().st_size
+
+
+def test_a_combiner_folds_copies_of_one_value_in_few_short_calls() -> None:
+    seen: list[list[str]] = []
+
+    def add(key: str, values: list[str]) -> list[str]:
+        seen.append(list(values))
+        return [str(sum(int(v) for v in values))]
+
+    for n in (8, 9, 1000, 1024, 65537):
+        seen.clear()
+        assert fold(add, "k", ["1"] * n) == [str(n)]
+        assert sum(map(len, seen)) < 4 * n.bit_length() and max(map(len, seen)) <= n.bit_length()
+    seen.clear()
+    assert fold(add, "k", ["1"] * 7) == ["7"] and seen == [["1"] * 7]  # too few copies to bother
+
+
+def test_fold_hands_values_that_are_not_copies_to_the_combiner_unchanged() -> None:
+    calls: list[list[object]] = []
+
+    def keep(key: str, values: list[object]) -> list[object]:
+        calls.append(values)
+        return values
+
+    mixed: list[object] = [1] * 9 + [True]  # equal to 1, but not the same object: must not become a 1
+    equal_strings = ["xy"] + ["".join(["x", "y"]) for _ in range(9)]  # equal, different objects
+    for values in (mixed, equal_strings, ["b", "a"] * 10):
+        calls.clear()
+        assert fold(keep, "k", list(values)) == values and calls == [values]
+
+
+def test_fold_stops_calling_once_the_combiner_leaves_nothing() -> None:
+    calls: list[list[str]] = []
+
+    def drop(key: str, values: list[str]) -> list[str]:
+        calls.append(values)
+        assert values, "the combiner was called with no values"
+        return []
+
+    assert fold(drop, "k", ["1"] * 100) == []
+    assert len(calls) == 1
+
+
+def test_map_output_with_the_folding_combiner_counts_every_value(tmp_path: Path, corpus: list[str]) -> None:
+    app = load_app("wc")
+    source = max(corpus, key=os.path.getsize)
+    result = run_map(app, 0, source, 1, tmp_path)
+    counts = Counter(words(open(source, encoding="utf-8", errors="replace").read()))
+    repeated = {w: n for w, n in counts.items() if n > 1}  # a key's only value is not combined
+    assert result.counters["map_output_records"] == sum(counts.values())
+    assert result.counters["combine_input_records"] == sum(repeated.values())
+    assert result.counters["combine_output_records"] == len(repeated)
+    combined = dict(mrfiles.read_run(tmp_path / "mr-0-0"))
+    assert {w: int(v) for w, (v,) in combined.items()} == counts
 
 
 def test_partition_is_the_same_in_every_process() -> None:

@@ -21,6 +21,10 @@ class AppError(ValueError):
 
 @dataclass(frozen=True)
 class App:
+    """The user's functions. ``combine`` pre-reduces a key's values in the mapper; it may run any
+    number of times on any part of them and on its own output (spills, merges, folding copies of one
+    value), so it must be pure and accept what it returns, like a sum and unlike a count."""
+
     name: str
     map: Callable[[str, str], Any]
     reduce: Callable[[str, list[str]], str]

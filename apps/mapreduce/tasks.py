@@ -23,7 +23,8 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from operator import is_, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,7 @@ class _Spiller:
         n = self.n_reduce
         for key, values in groups.items():
             if combine is not None and len(values) > 1:
-                self.c["combine_input_records"] += len(values)
-                values = list(combine(key, values))
-                self.c["combine_output_records"] += len(values)
+                values = self._combined(combine, key, values)
             buckets[partition(key, n) if n > 1 else 0].append((key, values))
         paths = []
         k = len(self.spills)
@@ -133,10 +132,50 @@ class _Spiller:
         for key, groups in itertools.groupby(heapq.merge(*(read_run(p) for p in runs), key=_KEY), key=_KEY):
             values = [v for _, vs in groups for v in vs]
             if combine is not None and len(values) > 1:
-                self.c["combine_input_records"] += len(values)
-                values = list(combine(key, values))
-                self.c["combine_output_records"] += len(values)
+                values = self._combined(combine, key, values)
             yield key, values
+
+    def _combined(self, combine: Callable[[str, list[Any]], Iterable[Any]], key: str, values: list[Any]) -> list[Any]:
+        self.c["combine_input_records"] += len(values)
+        values = fold(combine, key, values)
+        self.c["combine_output_records"] += len(values)
+        return values
+
+
+FOLD_MIN = 8
+"""Copies of one value from which ``fold`` combines by doubling; fewer go to the combiner as they are."""
+
+
+def fold(combine: Callable[[str, list[Any]], Iterable[Any]], key: str, values: list[Any]) -> list[Any]:
+    """``combine(key, values)``, from far fewer values when they are n copies of one object.
+
+    A combiner already runs on parts of a key's values and again on its own
+    output (each spill is combined, then the merge combines the spills), so
+    it must be a pure function that its output can be fed back into. Then n
+    copies of one value fold by the binary digits of n: 2^k copies combine
+    to ``combine(key, c + c)`` where c is what 2^(k-1) copies combined to,
+    and the digits' outputs are combined once more. About log2(n) calls on
+    short lists replace one call on n values: the lab's ``wc`` emits the
+    same "1" for every word, and its combiner (an ``int`` per value, 0.09 µs
+    a word) cost more than grouping the pairs. Copies means the same
+    object, not equal ones (1, 1.0 and True are equal): a list of anything
+    else goes to the combiner unchanged, in its order.
+    """
+    first = values[0]
+    if len(values) < FOLD_MIN or not all(map(is_, values, repeat(first))):
+        return list(combine(key, values))
+    n = len(values)
+    power: list[Any] = [first]
+    digits: list[Any] = []
+    while True:
+        if n & 1:
+            digits += power
+        n >>= 1
+        if not n:
+            break
+        if power:  # a combiner may leave nothing; nothing needs no combining (nor a call with [])
+            power = list(combine(key, power + power))
+    return list(combine(key, digits)) if len(digits) > 1 else digits
 
 
 def _counters(*names: str) -> dict[str, int]:
@@ -178,13 +217,14 @@ def run_map(
             c["map_output_records"] = len(output)
             spiller.spill({key: [value] for key, value in output.items()})
         else:
-            pairs = iter(output)
             groups: dict[str, list[Any]] = defaultdict(list)
             buffered = 0
-            while True:
-                chunk = list(itertools.islice(pairs, min(65536, buffer_records)))
-                if not chunk:
-                    break
+            if isinstance(output, list) and len(output) <= buffer_records:
+                chunks: Iterable[list[Any]] = [output]  # in memory already and no spill due: group it, no copies
+            else:
+                pairs = iter(output)
+                chunks = iter(lambda: list(itertools.islice(pairs, min(65536, buffer_records))), [])
+            for chunk in chunks:
                 for key, value in chunk:
                     groups[key].append(value)
                 buffered += len(chunk)
