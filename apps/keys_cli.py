@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from transport.keys import (
     INSECURE_ENV,
@@ -29,17 +30,25 @@ from transport.keys import (
 )
 
 
-def add_security_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--keys DIR`` and ``--insecure`` to a command's parser."""
+def add_security_options(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """Add ``--keys DIR`` and ``--insecure`` to a command's parser.
+
+    ``nested`` is for a sub-command's parser whose parent has the options too:
+    its defaults are then left out, or argparse would let the sub-command's
+    unset default overwrite a value given before the sub-command's name.
+    """
     group = parser.add_argument_group("security")
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
     group.add_argument(
         "--keys",
         metavar="DIR",
+        **unset,
         help=f"the cluster keyring (default: ${KEYS_ENV}, else {default_keyring_dir()}, created on first use)",
     )
     group.add_argument(
         "--insecure",
         action="store_true",
+        **unset,
         help="turn CURVE authentication and encryption off (loopback and ipc:// only): "
         "anyone who can reach the endpoint can then run code in this process",
     )

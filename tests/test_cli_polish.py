@@ -118,3 +118,17 @@ def test_raft_cluster_prints_pids_commits_and_an_election_follows_a_kill() -> No
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@pytest.mark.parametrize("action", ["members", "remove 1", "add --endpoint tcp://127.0.0.1:7009", "replace 1 --endpoint tcp://127.0.0.1:7009"])
+def test_keys_given_before_a_cluster_action_is_kept(action: str) -> None:
+    """``--keys`` (and ``--insecure``) belong to ``kv cluster`` and to each of its actions; given before the action they must not be lost."""
+    from apps.kvsrv.cli import build_parser
+
+    parser = build_parser()
+    tail = [*action.split(), "--servers", "tcp://127.0.0.1:7001"]
+    before = parser.parse_args(["cluster", "--keys", "/ring", "--insecure", *tail])
+    after = parser.parse_args(["cluster", *tail, "--keys", "/ring", "--insecure"])
+    neither = parser.parse_args(["cluster", *tail])
+    assert (before.keys, before.insecure) == (after.keys, after.insecure) == ("/ring", True)
+    assert (neither.keys, neither.insecure) == (None, False)

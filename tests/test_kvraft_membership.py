@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -181,7 +182,9 @@ def test_cli_replaces_a_dead_server_and_the_same_data_dir_brings_the_new_one_bac
                 assert not any("added as a learner" in line for line in again.seen)
                 out = zactor("kv", "get", "--servers", new, "log")  # the new server alone names the rest
                 assert out.returncode == 0 and out.stdout.strip() == "".join(f"[{i}{'.' * 250}]" for i in range(10)) + "[10]", out
-            assert json.loads((tmp_path / "new" / "member.json").read_text())["me"] == 3
+            saved = tmp_path / "new" / "member.json"
+            assert json.loads(saved.read_text())["me"] == 3
+            assert stat.S_IMODE(saved.stat().st_mode) == 0o600  # data at rest is the owner's only, whatever the umask
         finally:
             os.kill(pid1, signal.SIGCONT)
 

@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from actors import ActorSystem, ChildSpec, Supervisor
+from actors import ActorSystem, ChildSpec, RemoteError, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
-from apps.raft.admin import JoinPlan, MembershipError, change_membership, find_leader, plan_join
+from apps.raft.admin import JoinPlan, MembershipError, ask_peer, change_membership, find_leader, plan_join
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
-from apps.raft.peer import PEER_NAME, MembersInfo, PeerStatus, Status
+from apps.raft.peer import MembersInfo, PeerStatus, Status
 from apps.raft.watch import data_root, stop_on_signals
+from transport.private_files import open_private
 
 MEMBER_FILE = "member.json"
 ACTIONS = ("members", "add", "remove", "replace")
@@ -107,9 +109,10 @@ def _status(system: ActorSystem, endpoint: str | None) -> PeerStatus | None:
     if endpoint is None:
         return None
     try:
-        return system.ref(endpoint, PEER_NAME).ask(Status(), timeout=1.0)
-    except Exception:  # down, refusing this key, or not a Raft peer: all "no answer" here
+        status = ask_peer(system, endpoint, Status(), timeout=1.0)
+    except RemoteError:  # it refused this key's ask: as good as no answer here
         return None
+    return status if isinstance(status, PeerStatus) else None
 
 
 def _which(info: MembersInfo, server: str) -> int:
@@ -192,7 +195,8 @@ def _serve_until_stopped(sup: Supervisor, me: int, stop: threading.Event, starte
 def _save_plan(root: Path, plan: JoinPlan) -> None:
     path = root / MEMBER_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"me": plan.me, "initial": plan.initial, "endpoints": list(plan.endpoints)}))
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
+        json.dump({"me": plan.me, "initial": plan.initial, "endpoints": list(plan.endpoints)}, f)
     tmp.replace(path)
 
 

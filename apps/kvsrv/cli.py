@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 
 import apps.kvraft as kvraft
 import apps.shardkv as shardkv
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_security_options(p)
     cluster = kvraft_cli.add_cluster_parser(sub)
     add_security_options(cluster)
-    members_cli.add_membership_parsers(cluster, add_security_options)
+    members_cli.add_membership_parsers(cluster, partial(add_security_options, nested=True))
     for op, help_text, nargs in (("get", "print a key's value", 0), ("put", "set a key", 1), ("append", "append to a key, print the old value", 1)):
         p = sub.add_parser(op, help=help_text)
         where = p.add_mutually_exclusive_group(required=True)

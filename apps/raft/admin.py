@@ -45,7 +45,8 @@ class JoinPlan:
     initial: int
 
 
-def _ask(system: ActorSystem, endpoint: str, message: object, timeout: float = _ASK_TIMEOUT) -> object:
+def ask_peer(system: ActorSystem, endpoint: str, message: object, timeout: float = _ASK_TIMEOUT) -> object:
+    """The Raft peer at ``endpoint``'s answer, or None when it is down, busy or refuses this key."""
     try:
         return system.ref(endpoint, PEER_NAME).ask(message, timeout=timeout)
     except (AskTimeout, ActorDeadError, NoSuchActor, MailboxFull):
@@ -66,7 +67,7 @@ def find_leader(system: ActorSystem, endpoints: Sequence[str], *, timeout: float
         best: tuple[MembersInfo, str] | None = None
         answered = 0
         for endpoint in list(known):
-            info = _ask(system, endpoint, Members())
+            info = ask_peer(system, endpoint, Members())
             if not isinstance(info, MembersInfo):
                 continue
             answered += 1
@@ -137,7 +138,7 @@ def change_membership(
                 return info
             last = f"waiting for the change at index {info.pending} to commit"
         else:  # not proposed yet, or proposed and lost with a leader that never replicated it
-            reply = _ask(system, at, ChangeMembers(op, server, endpoint))
+            reply = ask_peer(system, at, ChangeMembers(op, server, endpoint))
             if isinstance(reply, ChangeRefused):
                 if not reply.later:
                     raise MembershipError(f"{op} of server {server} refused: {reply.reason}")
