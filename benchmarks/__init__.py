@@ -5,6 +5,8 @@ Each module has ``run(...) -> dict`` (defaults are the published settings),
 calls ``main``, plain ``zactor bench`` runs them all and prints a table.
 """
 
+import argparse
+
 BENCHMARKS: dict[str, str] = {
     "transport": "benchmarks.transport",
     "supervisor": "benchmarks.supervisor",
@@ -17,3 +19,10 @@ BENCHMARKS: dict[str, str] = {
     "membership": "benchmarks.membership",
 }
 """Name on the command line -> module."""
+
+
+def bench_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser every ``zactor bench NAME`` starts from, so that all of them describe themselves and take ``--json`` alike."""
+    parser = argparse.ArgumentParser(prog=f"zactor bench {name}", description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser

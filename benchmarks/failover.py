@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import bench_parser
+
 PORT = 7001
 MODES = ("nft", "rules")
 
@@ -153,10 +155,9 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench failover", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("failover", __doc__)
     parser.add_argument("--rounds", type=int, default=20, help="cuts of each kind (default 20)")
     parser.add_argument("--hold", type=float, default=0.0, help="keep the cut this many seconds after the new leader's first write (default 0)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--inside", metavar="PREFIX", help=argparse.SUPPRESS)  # the client, run in host h4
     args = parser.parse_args(argv)
     if args.rounds < 1:

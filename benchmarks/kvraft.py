@@ -47,6 +47,7 @@ import time
 from typing import Any
 
 from apps.etcd.cluster import EtcdCluster
+from benchmarks import bench_parser
 from benchmarks.kvdriver import Batch, DriverPool, Target
 from benchmarks.pysyncobj_kv import PySyncObjCluster
 
@@ -288,8 +289,7 @@ def _positive_ints(parser: argparse.ArgumentParser, text: str, flag: str) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench kvraft", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("kvraft", __doc__)
     parser.add_argument("--clients", default="1,4,16", help="comma-separated client counts (default 1,4,16)")
     parser.add_argument("--seconds", type=float, default=1.0, help="measured load per system and measurement (default 1)")
     parser.add_argument("--rounds", type=int, default=4, help="slices the systems take turns in, per measurement (default 4)")

@@ -15,7 +15,6 @@ kv/echo (each trial's ratio is listed too), and of p50/p99 latency.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import pickle
@@ -30,6 +29,7 @@ import zmq
 from actors import ChildSpec, Supervisor
 from apps.kvsrv import Clerk
 from apps.kvsrv.server import serve
+from benchmarks import bench_parser
 from benchmarks.percentiles import p50_p99
 from benchmarks.transport import zmq_echo_server
 from transport.keys import resolve_keyring
@@ -153,8 +153,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench kv", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("kv", __doc__)
     parser.add_argument("--clients", default="1,4,16", help="comma-separated client counts (default 1,4,16)")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each run (default 2)")
     parser.add_argument("--trials", type=int, default=3, help="repetitions; figures are medians over them (default 3)")

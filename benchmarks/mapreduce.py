@@ -21,7 +21,6 @@ against ``--rss-bound``) and a job on a tiny input (the fixed cost of a job).
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import statistics
@@ -37,6 +36,7 @@ from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.files import Split, local_reader, make_splits, read_split
 from apps.mapreduce.sequential import read_output_lines
 from apps.mapreduce.text import words
+from benchmarks import bench_parser
 
 SPLIT_BYTES = 8_000_000
 
@@ -153,8 +153,7 @@ def report(result: dict[str, Any], rss_bound_mb: float = 300.0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench mr", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("mr", __doc__)
     parser.add_argument("--mb", type=float, default=100.0, help="size of the generated corpus in MB (default 100)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the Pool and for zactor (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; times are medians (default 3)")

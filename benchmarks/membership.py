@@ -21,7 +21,6 @@ before, and how long the change took.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -32,6 +31,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from benchmarks import bench_parser
 
 SYSTEMS = ("zactor", "etcd")
 _BIN = 0.25
@@ -195,8 +196,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench membership", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("membership", __doc__)
     parser.add_argument("--trials", type=int, default=3, help="trials per system, alternating (default 3)")
     parser.add_argument("--clients", type=int, default=8, help="client threads putting during the change (default 8)")
     args = parser.parse_args(argv)

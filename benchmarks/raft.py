@@ -21,7 +21,6 @@ with the re-run's first ones, and the re-run's time includes that.)
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import multiprocessing
@@ -40,6 +39,7 @@ from actors import Actor, ActorSystem, ChildSpec, Supervisor
 from actors.host import Hosted, host
 from apps.etcd.ports import free_ports
 from apps.raft.peer import PEER_NAME, Applied, GetState, PeerConfig, RaftPeer, Start
+from benchmarks import bench_parser
 from benchmarks.percentiles import p50_p99
 from benchmarks.pysyncobj_kv import keep_warnings
 
@@ -551,8 +551,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench raft", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("raft", __doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run (default 3)")
     parser.add_argument("--window", type=int, default=10000, help="commands in flight during throughput runs (default 10000)")
     parser.add_argument("--trials", type=int, default=1, help="run both systems this many times and report medians (default 1)")

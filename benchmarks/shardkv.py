@@ -23,7 +23,6 @@ owner serves it and the bytes of ``ShardData`` sent are measured.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 from apps.kvraft.testing import KVCluster
 from apps.shardkv.messages import key2shard
 from apps.shardkv.testing import ShardCluster
+from benchmarks import bench_parser
 from benchmarks.kvdriver import Batch, DriverPool, Target
 
 OPS = (("put", 10), ("get", 10))
@@ -131,8 +131,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench shardkv", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("shardkv", __doc__)
     parser.add_argument("--clients", type=int, default=16, help="clients (default 16)")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured load per system and measurement (default 2)")
     parser.add_argument("--rounds", type=int, default=4, help="alternating slices per measurement (default 4)")

@@ -20,7 +20,6 @@ median and quartiles.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from actors.testing import Get, Incr, PersistentCounter, serve_counter
+from benchmarks import bench_parser
 
 
 def _await_answer(ref: Any, expect: int, limit: float = 10.0) -> float:
@@ -160,8 +160,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench supervisor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("supervisor", __doc__)
     parser.add_argument("--restarts", type=int, default=20, help="kills to measure (default 20)")
     parser.add_argument("--spawns", type=int, help="spawn_process calls to measure, each paired with a baseline (default: as many as --restarts)")
     args = parser.parse_args(argv)

@@ -29,7 +29,6 @@ not traced, so bytes are reported: ``alloc_peak_bytes``).
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import multiprocessing
@@ -50,6 +49,7 @@ import zmq
 from actors import ActorSystem
 from actors.host import Hosted, host
 from actors.testing import Echo
+from benchmarks import bench_parser
 from transport.keys import SecurityWarning, resolve_keyring
 
 PAYLOAD = (12345, "ping", 3.5)
@@ -298,8 +298,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zactor bench transport", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser = bench_parser("transport", __doc__)
     parser.add_argument("--trials", type=int, default=3, help="whole alternations; figures are medians over them (default 3)")
     parser.add_argument("--batches", type=int, default=6, help="alternating batches per trial (default 6)")
     parser.add_argument("--messages", type=int, default=300, help="round trips per contender per batch (default 300; 4x that pipelined)")
