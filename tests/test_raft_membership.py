@@ -32,7 +32,7 @@ from apps.raft.membership import (
     Membership,
     apply_change,
 )
-from apps.raft.messages import Entry, InstallSnapshot, Message, RequestVote, RequestVoteReply
+from apps.raft.messages import AppendEntries, Entry, InstallSnapshot, Message, RequestVote, RequestVoteReply
 from apps.raft.storage import RaftStorage
 
 CFG = Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=4)
@@ -385,6 +385,27 @@ def test_a_server_removed_while_cut_off_cannot_depose_the_leader() -> None:
     net.flow([0, 2])
     assert not net.cores[0].is_leader and net.cores[0].term == term + 1
 
+
+
+def test_a_non_voters_higher_term_is_ignored_only_while_a_leader_is_heard_from() -> None:
+    """Thesis §4.2.3's window, no wider: a follower that has heard no leader, or none for the minimum election
+    timeout, takes a non-voter's higher term as any other (a voter it has not learned of yet may be asking)."""
+    slow = Config(election_ticks_min=10, election_ticks_max=40, heartbeat_ticks=2)
+    fresh = RaftCore(1, 3, slow, random.Random(1))
+    assert fresh.leader_hint is None
+    fresh.step(RequestVote(2, 5, 1, 0, 0))
+    assert fresh.term == 2  # no leader known: nothing to protect
+
+    f = RaftCore(1, 3, slow, random.Random(1))
+    f.step(AppendEntries(1, 0, 1, 0, 0, (), 0))
+    assert f.leader_hint == 0 and f.election_timeout > slow.election_ticks_min  # it will not campaign in this test
+    for _ in range(slow.election_ticks_min - 1):
+        f.tick()
+    f.step(RequestVote(2, 5, 1, 0, 0))
+    assert f.term == 1 and f.role is Role.FOLLOWER  # the leader was heard from within the window
+    f.tick()  # now the minimum election timeout has passed since
+    f.step(RequestVote(2, 5, 1, 0, 0))
+    assert f.term == 2
 
 # ---- the 2015 bug: three schedules, with and without the rule ----------------------------------------------
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from apps.raft.core import Config, RaftCore, Ready
-from apps.raft.messages import AppendEntries, AppendEntriesReply, ReadState
+from apps.raft.messages import AppendEntries, AppendEntriesReply, InstallSnapshot, ReadState
 from apps.raft.sim import SimCluster
 from tests.helpers import core, drain, elect, sent
 
@@ -175,3 +175,33 @@ def test_random_schedules_never_yield_a_stale_read(n: int) -> None:
         cluster.settle()
         yielded += cluster.reads_yielded
     assert yielded > 100  # the schedules did confirm reads, not only drop them
+
+
+def test_with_four_voters_a_read_waits_for_three_of_them() -> None:
+    """A majority of an even configuration is more than half: two of four is a tie, not a quorum."""
+    c = leader_with_own_commit(n=4)
+    c.read_index("r1")
+    r = round_of(drain(c), 1)
+    c.step(AppendEntriesReply(c.term, 1, 0, True, c.commit_index, 0, 0, r))
+    assert not reads(drain(c))  # the leader and one follower
+    c.step(AppendEntriesReply(c.term, 2, 0, True, c.commit_index, 0, 0, r))
+    assert reads(drain(c)) == [ReadState("r1", c.commit_index)]
+
+
+def test_a_read_round_never_sends_a_snapshot_again() -> None:
+    """A follower that needs the snapshot gets it once; the heartbeats of a read round skip it rather than
+    resend megabytes per read (its answer to the snapshot confirms later rounds anyway)."""
+    c = leader_with_own_commit()
+    for command in ("a", "b", "c"):
+        c.propose(command)
+    drain(c)
+    c.step(AppendEntriesReply(c.term, 1, 0, True, c.last_index, 0, 0))
+    drain(c)
+    assert c.commit_index == c.last_index == 4
+    c.snapshot(3, b"state at 3")
+    c.step(AppendEntriesReply(c.term, 2, 0, False, 0, 0, 3))  # 2 holds two entries: it needs index 3 on
+    assert [m.dst for m in sent(drain(c), InstallSnapshot)] == [2]
+    c.read_index("r1")
+    out = drain(c)
+    assert not sent(out, InstallSnapshot)
+    assert [m.dst for m in sent(out, AppendEntries)] == [1]
