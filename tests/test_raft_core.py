@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from apps.raft.core import Config, HardState, Restored, Role, Snapshot
+from apps.raft.core import Config, HardState, RaftCore, Restored, Role, Snapshot
 from apps.raft.membership import Membership
 from apps.raft.messages import (
     AppendEntries,
@@ -178,6 +180,43 @@ def test_follower_installs_a_newer_snapshot_in_order_with_entries() -> None:
     c.step(InstallSnapshot(1, 0, 2, 2, 1, b"older"))  # an older snapshot changes nothing
     assert not [m for rd in drain(c) for m in rd.apply]
 
+
+
+def test_an_installsnapshot_is_a_leader_heard_from_as_an_appendentries_is() -> None:
+    """A candidate of the sender's term steps down; any follower takes the sender as leader and restarts its
+    election timer (a follower that has only ever had snapshots from the leader must not campaign against it)."""
+    slow = Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=2)
+    cand = RaftCore(1, 3, slow, random.Random(1))
+    for _ in range(slow.election_ticks_max):
+        cand.tick()
+    assert cand.role is Role.CANDIDATE and cand.term == 1
+    cand.step(InstallSnapshot(1, 0, 1, 3, 1, b"snap@3"))
+    assert cand.role is Role.FOLLOWER and cand.leader_hint == 0 and cand.term == 1
+
+    f = RaftCore(2, 3, slow, random.Random(2))
+    for _ in range(slow.election_ticks_min - 1):
+        f.tick()
+    f.step(InstallSnapshot(1, 0, 2, 3, 1, b"snap@3"))
+    assert f.leader_hint == 0
+    for _ in range(f.election_timeout - 1):
+        f.tick()
+    assert f.role is Role.FOLLOWER  # a whole timeout from the snapshot, not from before it
+    f.tick()
+    assert f.role is Role.CANDIDATE
+
+
+def test_an_old_terms_installsnapshot_is_refused_claiming_nothing() -> None:
+    c = core(me=2, restored=Restored(HardState(3, None), None, ()))
+    c.step(InstallSnapshot(2, 0, 2, 5, 2, b"old"))
+    (refusal,) = sent(drain(c), InstallSnapshotReply)
+    assert (refusal.term, refusal.dst, refusal.last_included_index) == (3, 0, 0) and c.commit_index == 0
+
+
+def test_a_leader_counts_only_its_own_terms_snapshot_answers() -> None:
+    c = core()
+    elect(c)
+    c.step(InstallSnapshotReply(c.term - 1, 2, 0, 7))  # an answer to an older leader's snapshot
+    assert c.progress[2].match_index == 0 and c.commit_index == 0
 
 def test_restart_from_a_snapshot_delivers_it_first() -> None:
     c = core(me=1, restored=Restored(HardState(5, 0), Snapshot(7, 4, b"s"), (Entry(5, 8, "x"),)))
