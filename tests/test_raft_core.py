@@ -171,10 +171,12 @@ def test_follower_installs_a_newer_snapshot_in_order_with_entries() -> None:
     c.step(InstallSnapshot(1, 0, 2, 3, 1, b"snap@3"))
     readies = drain(c)
     applies = [m for rd in readies for m in rd.apply]
-    assert [(m.command_valid, m.command_index, m.snapshot_valid, m.snapshot_index) for m in applies] == [
-        (True, 1, False, 0),
-        (False, 0, True, 3),
+    assert [(m.command_valid, m.command_index, m.snapshot_valid, m.snapshot_index, m.snapshot_term) for m in applies] == [
+        (True, 1, False, 0, 0),
+        (False, 0, True, 3, 1),
     ]
+    (stored,) = [rd.snapshot for rd in readies if rd.snapshot is not None]
+    assert (stored.index, stored.term, stored.data) == (3, 1, b"snap@3")
     (ack,) = sent(readies, InstallSnapshotReply, after=True)
     assert ack.last_included_index == 3 and c.commit_index == 3
     c.step(InstallSnapshot(1, 0, 2, 2, 1, b"older"))  # an older snapshot changes nothing

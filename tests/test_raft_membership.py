@@ -551,6 +551,16 @@ def test_a_truncated_change_brings_back_the_configuration_before_it() -> None:
     assert net.cores[4].membership == Membership((0, 1, 2, 3, 4))
 
 
+
+def test_a_snapshot_below_a_change_keeps_the_change_after_it() -> None:
+    """A follower's entries after an installed snapshot stay when they match, and so does a change among them."""
+    f = RaftCore(4, 5, CFG, random.Random(4))
+    removal = ConfEntry(ConfChange(REMOVE, 3), Membership((0, 1, 2, 4)))
+    f.step(AppendEntries(1, 0, 4, 0, 0, (Entry(1, 1, "a"), Entry(1, 2, removal)), 0))
+    assert f.membership == Membership((0, 1, 2, 4))
+    f.step(InstallSnapshot(1, 0, 4, 1, 1, b"snap@1", Membership.of(5)))
+    assert f.log.last_index == 2 and f.membership == Membership((0, 1, 2, 4))
+
 def test_a_change_is_an_ordinary_entry_that_keeps_the_context_of_each_member() -> None:
     net = cluster(3)
     index = net.cores[0].propose_conf_change(ConfChange(ADD_LEARNER, 3, "tcp://127.0.0.1:7003"))
