@@ -186,6 +186,8 @@ class _Step:
     label: str = ""
     """An add's name for the server it adds, by which a later promote of the same plan finds its number."""
     proposed: bool = False
+    term: int = 0
+    """The term of the leader that took the change."""
     reused: bool = False
 
 
@@ -676,11 +678,17 @@ class KVSim:
                 return
             self.plan = [_Step(REMOVE)]  # after the faults: only a dead voter left behind is removed
         step = self.plan[0]
+        hasty = "hasty_operator" in self.on
         if step.proposed and step.server is not None and _in_force(info, step.op, step.server):
-            if not info.pending or "hasty_operator" in self.on:  # hasty: the next change without waiting for the commit
+            if not info.pending or hasty:  # hasty: the next change without waiting for the commit
                 self.plan.pop(0)
                 self._done(step)
             return
+        if step.proposed and hasty and info.term > step.term and len(self.plan) > 1:
+            # Lost with its leader: a hasty operator goes on to the next change, so the new leader is asked
+            # for another change than the one the old leader may still hold (the 2015 bug's schedule).
+            self.plan.pop(0)
+            step = self.plan[0]
         if not self._choose(step, info):
             self.plan = []
             return
@@ -698,7 +706,7 @@ class KVSim:
         assert isinstance(reply, ChangeAccepted)
         if step.op == ADD_LEARNER and not step.proposed:
             self._start_new(step.server, info)
-        step.proposed = True
+        step.proposed, step.term = True, info.term
         if step.op == REMOVE and step.server == s.i:
             self.stats["leaders_removed"] += 1
         self._process(s.i)
@@ -710,15 +718,18 @@ class KVSim:
                 if j not in (s.i, keep):
                     self.cut.add(frozenset((s.i, j)))
             self.heal_at = self.now + rng.randint(30, 120)
+            if rng.random() < 0.5 and self._may_crash(s.i):
+                self._crash(s.i)  # and it crashes: restarted, it is a follower that may campaign with that change
 
     def _choose(self, step: _Step, info: MembersInfo) -> bool:
         """Name the server of ``step`` if the plan left it open; False if there is none to name."""
         rng = self.rng
         if step.op == ADD_LEARNER and step.server is None:
             step.server = info.fresh_id
-            if "reused_numbers" in self.on and self.retired and rng.random() < 0.3:
-                # An operator who names a number of a server that has left: the leader must refuse it.
-                step.server, step.reused = rng.choice(self.retired), True
+            if "reused_numbers" in self.on and self.retired and rng.random() < 0.6:
+                # An operator who names the number of a server that has left (most often the one that left last,
+                # whose answers may still be on their way): the leader must refuse it.
+                step.server, step.reused = self.retired[-1] if rng.random() < 0.7 else rng.choice(self.retired), True
             self.labels[step.label] = step.server
         elif step.op == PROMOTE and step.server is None:
             step.server = self.labels.get(step.label)
@@ -796,14 +807,18 @@ class KVSim:
         """The configurations a crash must leave a live majority of: the committed one and every leader's."""
         return [self.conf_committed[1].voters, *(s.core.membership.voters for s in self._live() if s.core.is_leader)]
 
+    def _may_crash(self, victim: int) -> bool:
+        """Whether a live majority of every configuration in play would be left without ``victim``."""
+        left = {i for i, s in self.servers.items() if s is not None and i != victim}
+        return all(sum(1 for v in voters if v in left) > len(voters) // 2 for voters in self._voter_sets())
+
     def _faults(self) -> None:
         rng, on = self.rng, self.on
         live = [i for i, s in self.servers.items() if s is not None]
         r = rng.random()
         if "crashes" in on and r < 0.006 and live:
             victim = rng.choice(live)
-            left = set(live) - {victim}
-            if all(sum(1 for v in voters if v in left) > len(voters) // 2 for voters in self._voter_sets()):
+            if self._may_crash(victim):
                 self._crash(victim)
         elif r < 0.02:
             dead = [i for i, s in self.servers.items() if s is None and i not in self.gone]
