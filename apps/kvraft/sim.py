@@ -632,7 +632,14 @@ class KVSim:
         voters = list(info.voters)
         r = rng.random()
         room = len(self.servers) < MAX_SERVERS
-        if r < 0.5 and room:
+        if "reused_numbers" in self.on and r < 0.15 and len(voters) > 2:
+            # A server "replaced in place": removed, then added back under its own number on a new disk. The
+            # leader must refuse the number (the operator then takes a fresh one): the removed server's answers
+            # still on their way would count as the new one's.
+            victim = rng.choice(voters)
+            if self._may_lose(voters, victim):
+                self.plan = [_Step(REMOVE, victim), _Step(ADD_LEARNER, victim, label="new", reused=True), _Step(PROMOTE, label="new")]
+        elif r < 0.5 and room:
             victim = rng.choice(voters)
             how = rng.random()
             if how < 0.3 and self._may_lose(voters, victim):
@@ -724,7 +731,9 @@ class KVSim:
     def _choose(self, step: _Step, info: MembersInfo) -> bool:
         """Name the server of ``step`` if the plan left it open; False if there is none to name."""
         rng = self.rng
-        if step.op == ADD_LEARNER and step.server is None:
+        if step.op == ADD_LEARNER and step.server is not None:
+            self.labels[step.label] = step.server
+        elif step.op == ADD_LEARNER:
             step.server = info.fresh_id
             if "reused_numbers" in self.on and self.retired and rng.random() < 0.6:
                 # An operator who names the number of a server that has left (most often the one that left last,
