@@ -326,6 +326,8 @@ class KVSim:
         self.labels: dict[str, int] = {}
         self.retired: list[int] = []
         self.leaving: list[int] = []
+        self.split: tuple[int, int, int] | None = None
+        """membership_cuts: (old leader, the follower it kept, its term) until a new leader is elected."""
         """Servers the operator removed whose removal is not yet seen committed."""
         """Numbers of the servers the operator removed (what the reused_numbers switch asks to add again)."""
         self.clerks = [_Clerk(c + 1, [_endpoint(j) for j in range(self.n)], leader=rng.randrange(self.n)) for c in range(opt.clerks)]
@@ -423,6 +425,8 @@ class KVSim:
                 s.role = role
                 if became:
                     self._on_new_leader(s)
+                    if self.split is not None:
+                        self._split(s)
                     if "old_messages" in self.on and self.rng.random() < 0.5:
                         # What was said to it in earlier terms comes back just as it takes over.
                         for msg in self.held.get(i, ()):
@@ -720,13 +724,40 @@ class KVSim:
         if "membership_cuts" in self.on and not stopping and step.op != ADD_LEARNER and rng.random() < 0.3:
             # The leader is cut off right after appending a change of voters (one follower may have it): a new
             # leader takes over while the change is uncommitted, and the operator asks that one for its change.
-            keep = rng.choice([j for j in self.servers if j != s.i])
+            promoted = step.server if step.op == PROMOTE and step.server in self.servers else None
+            keep = promoted if promoted is not None else rng.choice([j for j in self.servers if j != s.i])
             for j in self.servers:
                 if j not in (s.i, keep):
                     self.cut.add(frozenset((s.i, j)))
             self.heal_at = self.now + rng.randint(30, 120)
             if rng.random() < 0.5 and self._may_crash(s.i):
                 self._crash(s.i)  # and it crashes: restarted, it is a follower that may campaign with that change
+            else:
+                self.split = (s.i, keep, s.core.term)
+
+    def _split(self, new: _Server) -> None:
+        """The 2015 schedule's second half: a voter that just elected ``new`` goes over to the old leader's side.
+
+        The old leader (cut off, with its uncommitted change on one follower)
+        then hears of the new term from that voter, steps down and campaigns;
+        the voter has none of the new leader's entries, so it may vote for it:
+        a majority of the old leader's configuration, if the new leader has
+        since committed another change without an entry of its own term first.
+        """
+        assert self.split is not None
+        old, keep, term = self.split
+        if new.core.term <= term or new.i in (old, keep):
+            return
+        self.split = None
+        voters = sorted(v for v, c in self.grants.get(new.core.term, ()) if c == new.i and v not in (old, keep))
+        if not voters:
+            return
+        moved = self.rng.choice(voters)
+        for j in self.servers:
+            if j not in (old, keep, moved):
+                self.cut.add(frozenset((moved, j)))
+        self.cut.discard(frozenset((old, moved)))
+        self.heal_at = self.now + self.rng.randint(30, 120)
 
     def _choose(self, step: _Step, info: MembersInfo) -> bool:
         """Name the server of ``step`` if the plan left it open; False if there is none to name."""
@@ -861,6 +892,7 @@ class KVSim:
             self._operate(stopping=False)
         if self.now == self.heal_at:
             self.cut.clear()
+            self.split = None
 
     def _isolate(self, i: int) -> None:
         for j in self.servers:
@@ -888,6 +920,7 @@ class KVSim:
                 self._faults()
                 self._tick(stopping=False)
             self.cut.clear()
+            self.split = None
             self.on -= {"lossy", "long_delays", "duplicates", "old_messages", "crash_after_vote", "crash_after_fsync"}
             for i in self.retired:
                 if self.servers.get(i) is not None and i not in self._members_now():
