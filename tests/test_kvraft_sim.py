@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from apps.kvraft.sim import SWITCHES, KVSim, SimFailure, SimOptions, run_seed, run_seeds
+from apps.raft import membership
 
 CI_SEEDS = 60
 
@@ -95,3 +96,24 @@ def test_failure_is_an_assertion_error_naming_seed_and_tick():
     assert issubclass(SimFailure, AssertionError)
     with pytest.raises(SimFailure, match=r"seed 2, tick \d+: .*\n  replay: python -m apps.kvraft.sim --seed 2 --broken ack-before-fsync"):
         run_seed(2, SimOptions(broken="ack-before-fsync"))
+
+
+def test_a_server_number_given_twice_is_caught(monkeypatch):
+    """A planted membership bug the simulation missed before it changed membership (the campaign's
+    ``server-number-reused``): the leader takes a removed server's number for a new server, and the removed
+    one's late answers count as the new one's."""
+    real = membership.apply_change
+
+    def reusing(current: membership.Membership, change: membership.ConfChange) -> membership.Membership:
+        if change.op != membership.ADD_LEARNER or change.server in current.members:
+            return real(current, change)
+        contexts = dict(current.contexts)
+        if change.context is not None:
+            contexts[change.server] = change.context
+        return membership.Membership(current.voters, tuple(sorted((*current.learners, change.server))),
+                                     tuple(sorted(contexts.items())), current.fresh_id)
+
+    monkeypatch.setattr(membership, "apply_change", reusing)  # the same seeds pass the real one (the test above)
+    results, failures = run_seeds(range(1, 41))
+    assert failures, "a reused server number survived 40 seeds"
+    assert f"replay: python -m apps.kvraft.sim --seed {len(results) + 1}" in failures[0]
