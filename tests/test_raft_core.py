@@ -48,6 +48,26 @@ def test_vote_is_granted_once_per_term_and_only_after_persisting() -> None:
     assert not rd.messages and rd.hard_state == HardState(1, 0)
 
 
+
+def test_a_candidate_that_meets_its_terms_leader_keeps_its_own_vote() -> None:
+    """Stepping down within a term is not a new term: the vote cast in it stands (else two leaders in one term)."""
+    c = core(me=1)
+    for _ in range(CFG.election_ticks_max):
+        c.tick()
+    assert c.role is Role.CANDIDATE and (c.term, c.voted_for) == (1, 1)
+    c.step(AppendEntries(1, 0, 1, 0, 0, (), 0))  # 0 won term 1
+    assert c.role is Role.FOLLOWER and c.leader_hint == 0
+    c.step(RequestVote(1, 2, 1, 0, 0))
+    assert [m.granted for m in sent(drain(c), RequestVoteReply)] == [False] and c.voted_for == 1
+
+
+def test_only_a_leader_accepts_a_command() -> None:
+    follower = core(me=1)
+    assert follower.propose("x") == (-1, 0, False) and follower.last_index == 0
+    leader = core()
+    elect(leader)
+    assert leader.propose("x") == (1, 1, True)
+
 def test_vote_is_refused_to_a_candidate_with_an_older_log() -> None:
     c = core(me=1, restored=Restored(HardState(2, None), None, (Entry(1, 1, "a"), Entry(2, 2, "b"))))
     c.step(RequestVote(3, 0, 1, last_log_index=5, last_log_term=1))  # longer, but an older last term
@@ -171,9 +191,9 @@ def test_follower_installs_a_newer_snapshot_in_order_with_entries() -> None:
     c.step(InstallSnapshot(1, 0, 2, 3, 1, b"snap@3"))
     readies = drain(c)
     applies = [m for rd in readies for m in rd.apply]
-    assert [(m.command_valid, m.command_index, m.snapshot_valid, m.snapshot_index, m.snapshot_term) for m in applies] == [
-        (True, 1, False, 0, 0),
-        (False, 0, True, 3, 1),
+    assert [(m.command_valid, m.command_index, m.command_term, m.snapshot_valid, m.snapshot_index, m.snapshot_term) for m in applies] == [
+        (True, 1, 1, False, 0, 0),
+        (False, 0, 0, True, 3, 1),
     ]
     (stored,) = [rd.snapshot for rd in readies if rd.snapshot is not None]
     assert (stored.index, stored.term, stored.data) == (3, 1, b"snap@3")
