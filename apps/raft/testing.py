@@ -235,8 +235,9 @@ class Cluster:
         """Cut peer i off and kill its process (SIGKILL): only what it persisted survives."""
         self.connected[i] = False
         if self.running[i]:
-            self._remember_counters(i)
-            self._sup.kill(f"peer-{i}")
+            if self._sup.status(f"peer-{i}") == "running":  # not one that stopped itself (removed from the cluster)
+                self._remember_counters(i)
+                self._sup.kill(f"peer-{i}")
             self._await_exit(i)
             self.running[i] = False
         self._apply_rules()
@@ -295,7 +296,8 @@ class Cluster:
         change_membership(self._system, self.member_endpoints(), PROMOTE, i, timeout=timeout)
 
     def remove_server(self, i: int, timeout: float = 30.0) -> None:
-        """Take server i out of the configuration, then stop its process for good."""
+        """Take server i out of the configuration, then make sure its process is gone (it stops itself once it
+        learns of its removal; one that has not yet is killed)."""
         change_membership(self._system, self.member_endpoints(), REMOVE, i, timeout=timeout)
         self.removed.add(i)
         self.crash(i)
@@ -402,8 +404,16 @@ class Cluster:
 
     def exit_code(self, i: int) -> int | None:
         """The exit code of peer i's last process to exit (-9 after a crash), None if none has."""
-        codes = [e.exitcode for e in self._sup.events if e.child == f"peer-{i}" and e.kind == "exited"]
-        return codes[-1] if codes else None
+        return self._sup.exit_code(f"peer-{i}")
+
+    def wait_for_exit(self, i: int, timeout: float) -> int | None:
+        """Peer i's exit code once its process has ended by itself (a removed server stops), None if it still
+        runs after ``timeout`` seconds (woken by the supervisor's events, not polled)."""
+        name = f"peer-{i}"
+        if not self._sup.wait_for(lambda: self._sup.status(name) != "running", timeout):
+            return None
+        self.running[i] = self.connected[i] = False
+        return self._sup.exit_code(name)
 
     def _remember_counters(self, i: int) -> None:
         try:
