@@ -107,7 +107,7 @@ class RaftCore:
         self.log = RaftLog()
         self.snapshot_data = b""
         self.confs = Configurations(Membership.of(n))
-        self._told_removed = False
+        self._told_removed: Membership | None = None  # the configuration a peer's Removed named
         if restored is not None:
             self.term = restored.hard_state.term
             self.voted_for = restored.hard_state.voted_for
@@ -174,15 +174,24 @@ class RaftCore:
         return self.confs.at(min(self.commit_index, self.log.last_index))
 
     @property
-    def removed(self) -> bool:
-        """This server knows a committed configuration leaves it out for good (it applied one, or a peer said so).
+    def removed_by(self) -> Membership | None:
+        """The committed configuration that leaves this server out for good, once it knows one (it applied it,
+        or a peer named it in ``Removed``); None until then.
 
-        Never true of a server merely cut off or behind: only a committed
+        Never set for a server merely cut off or behind: only a committed
         configuration counts, and only one whose ``fresh_id`` is above this
         server's number (numbers are never given twice), so it can never be
-        added back. A removed core ignores every message and never campaigns.
+        added back.
         """
-        return self._told_removed or self.committed_membership.excludes_for_good(self.me)
+        if self._told_removed is not None:
+            return self._told_removed
+        committed = self.committed_membership
+        return committed if committed.excludes_for_good(self.me) else None
+
+    @property
+    def removed(self) -> bool:
+        """Out of the cluster for good (``removed_by``): the core ignores every message and never campaigns."""
+        return self.removed_by is not None
 
     @property
     def snapshot_membership(self) -> Membership:
@@ -570,7 +579,7 @@ class RaftCore:
             log.warning("peer %d: peer %d says it is removed, but the configuration it sent has it: ignored", self.me, m.src)
             return
         log.info("peer %d: peer %d says a committed configuration (voters %s) has removed it", self.me, m.src, list(m.membership.voters))
-        self._told_removed = True
+        self._told_removed = m.membership
         self._become_follower(self.term, None)
 
     # ---- ReadIndex --------------------------------------------------------------------------

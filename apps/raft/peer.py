@@ -249,6 +249,10 @@ class RaftPeer(Actor):
         # Every message ends here, so a Ready deferred while others were
         # queued is taken by whichever message empties the mailbox.
         self._process_when_idle()
+        if self.core.removed and not self._left:
+            # Here, not in on_start: a server started again after its removal finds out at its first tick,
+            # once its host has started the node, not while the host is still setting up.
+            self._leave()
         return result
 
     def _handle(self, message: Any) -> Any:
@@ -357,8 +361,6 @@ class RaftPeer(Actor):
                 service.tell(Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size))
 
         drain_ready(core, self.storage, self._send, deliver)
-        if core.removed and not self._left:
-            self._leave()
         # The leader's endpoint is part of it: a lagging follower may hear from a leader its log does not
         # name yet, and learns where it is only when the change that added it arrives.
         role = (core.term, core.is_leader, core.leader_hint, self.endpoint_of(core.leader_hint))
@@ -370,9 +372,9 @@ class RaftPeer(Actor):
     def _leave(self) -> None:
         """Removed for good: say so once, and stop this process's actor system if the host asked for that."""
         self._left = True
-        c = self.core
+        by = self.core.removed_by
         log.warning("raft peer %d: removed from the cluster for good (voters now %s); this server stops",
-                    c.me, list(c.committed_membership.voters))
+                    self.core.me, list(by.voters) if by is not None else "?")
         if self.config.on_removed is None:
             return
         self.config.on_removed()

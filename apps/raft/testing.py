@@ -39,7 +39,19 @@ from apps.raft.admin import change_membership, find_leader, plan_join
 from apps.raft.core import Config
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
 from apps.raft.messages import REPLY_TYPES, REQUEST_TYPES
-from apps.raft.peer import PEER_NAME, Applied, GetState, MembersInfo, PeerConfig, PeerStatus, Start, Status, TakeSnapshot, serve_peer
+from apps.raft.peer import (
+    PEER_NAME,
+    REMOVED_EXIT,
+    Applied,
+    GetState,
+    MembersInfo,
+    PeerConfig,
+    PeerStatus,
+    Start,
+    Status,
+    TakeSnapshot,
+    serve_peer,
+)
 from transport import FaultRule
 
 log = logging.getLogger(__name__)
@@ -347,6 +359,13 @@ class Cluster:
                 self.peer(i).get_state()
                 break
             except (AskTimeout, ActorDeadError):
+                if self._sup.status(f"peer-{i}") != "running" and self._sup.exit_code(f"peer-{i}") == REMOVED_EXIT:
+                    # Started again after the cluster removed it (a change that timed out before the harness saw
+                    # it commit): it found out and stopped, as it should. The harness starts it no more.
+                    log.info("harness: peer %d stopped at once: the cluster had removed it", i)
+                    self.removed.add(i)
+                    self.running[i] = self.connected[i] = False
+                    return
                 if time.monotonic() > deadline or self._sup.status(f"peer-{i}") != "running":
                     raise HarnessFailure(f"peer {i} did not start") from None
 
