@@ -158,3 +158,26 @@ def _until(predicate: object, what: str, timeout: float = 30.0) -> None:
             return
         wake.wait(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_cli_add_reports_its_server_removed_and_stops(tmp_path: Path) -> None:
+    """The server `add` runs is removed by another command: `add` says so and ends, nothing restarted."""
+    endpoints = ",".join(f"ipc://{tmp_path}/s{i}.sock" for i in range(3))
+    new = f"ipc://{tmp_path}/s3.sock"
+    with running("kv", "cluster", "--servers", "3", "--endpoints", endpoints, "--data-dir", str(tmp_path / "data"),
+                 "--for", "120") as cluster:
+        cluster.wait_for("leader: server", 30)
+        with running("kv", "cluster", "add", "--servers", endpoints, "--endpoint", new, "--data-dir", str(tmp_path / "new"),
+                     "--for", "120") as add:
+            add.wait_for("server 3 is a voter", 60)
+            add.wait_for("servers:", 30)
+            out = zactor("kv", "cluster", "remove", new, "--servers", endpoints)  # by endpoint this time
+            assert out.returncode == 0 and "server 3 removed; voters now [0, 1, 2]" in out.stdout, out
+            add.wait_for("server 3 removed from the cluster; its process stopped", 30)
+            add.wait_for("stopped", 30)
+            assert add.proc.wait(timeout=30) == 0
+        assert not any("restarted" in line or "keeps failing" in line for line in add.seen), add.seen
+        out = zactor("kv", "cluster", "remove", "3", "--servers", endpoints)  # asked again, by number
+        assert out.returncode == 0 and "voters now [0, 1, 2]" in out.stdout, out
+        out = zactor("kv", "cluster", "remove", new, "--servers", endpoints)  # by endpoint: no longer a member's
+        assert out.returncode == 1 and "a server removed already is named by its number" in out.stderr, out
