@@ -368,7 +368,6 @@ class RaftPeer(Actor):
             self._role = role
             self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role))
 
-
     def _leave(self) -> None:
         """Removed for good: say so once, and stop this process's actor system if the host asked for that."""
         self._left = True
