@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from actors import EXIT_DONE, ChildSpec, Supervisor
 from apps.kvraft.testing import KVCluster
 from apps.raft.admin import MembershipError, change_membership
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
@@ -112,13 +111,6 @@ def test_retried_and_concurrent_changes_succeed_with_the_configuration_as_it_is(
         ck = cluster.make_clerk([1, 2, new])
         ck.put("a", "1")
         assert ck.get("a") == "1"
-
-
-def test_the_supervisor_never_restarts_a_child_that_exits_done() -> None:
-    with Supervisor(max_restarts=5, within=10.0) as sup:
-        sup.start_child(ChildSpec("done", os._exit, (EXIT_DONE,)))  # permanent: any other exit is restarted
-        assert sup.wait_for(lambda: sup.status("done") == "exited", 30)
-        assert sup.exit_code("done") == EXIT_DONE and sup.restarts("done") == 0
 
 
 def test_cli_remove_stops_the_removed_server_and_a_retried_remove_succeeds(tmp_path: Path) -> None:
