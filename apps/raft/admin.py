@@ -87,8 +87,12 @@ def find_leader(system: ActorSystem, endpoints: Sequence[str], *, timeout: float
 
 def plan_join(info: MembersInfo, endpoint: str) -> JoinPlan:
     """The number and address book of a new server at ``endpoint`` (from the leader's ``MembersInfo``)."""
-    if any(ep == endpoint for _, ep in info.endpoints):
-        raise MembershipError(f"{endpoint} is already a member's endpoint")
+    for server, ep in info.endpoints:
+        if ep == endpoint:
+            # Not a new number for it: a member started again empty under a new number would be a second
+            # server on one endpoint. The member itself is started again from its own data directory.
+            raise MembershipError(f"{endpoint} is already a member's endpoint (server {server}): it is in the cluster "
+                                  "already; to run that server again, start it from its data directory")
     me = info.fresh_id
     book = [""] * (me + 1)
     for server, ep in info.endpoints:
