@@ -27,10 +27,11 @@ from actors.journal import Journal
 from actors.persister import Persister
 from actors.process_ref import ProcessDied, ProcessRef, RestartLimitReached
 from actors.ref import ActorRef
-from actors.supervisor import ChildSpec, ChildStatus, EventKind, Supervisor, SupervisorEvent
+from actors.supervisor import EXIT_DONE, ChildSpec, ChildStatus, EventKind, Supervisor, SupervisorEvent
 from actors.system import ActorSystem, LocalRef, NodeControl, RemoteRef, RestartLimit
 
 __all__ = [
+    "EXIT_DONE",
     "Actor",
     "ActorDeadError",
     "ActorRef",

@@ -19,7 +19,9 @@ restarting a crash loop forever.
 
 Restart kinds, per child: ``permanent`` (always restarted), ``transient``
 (restarted only after an abnormal exit: non-zero code or a signal),
-``temporary`` (never restarted). A ``ChildSpec`` may carry its own restart
+``temporary`` (never restarted). A child of any kind that exits with
+:data:`EXIT_DONE` has finished for good (a Raft server removed from its
+cluster) and is not restarted either. A ``ChildSpec`` may carry its own restart
 intensity; ``add_listener`` hears every event as it is recorded (what
 ``spawn_process`` uses to fail asks in flight when a child dies).
 
@@ -66,13 +68,19 @@ RestartKind = Literal["permanent", "transient", "temporary"]
 EXIT_UNGUARDED_MAIN = 78
 """A child's exit code when it found the user's script starting actors while the child imported it."""
 
+EXIT_DONE = 79
+"""A child's exit code when its work is over for good, whatever its restart kind: a Raft server removed from its
+cluster can never take part again (its number is never given twice), so starting it again would only start a
+process that finds out and stops once more."""
+
 
 def not_restarted(restart: RestartKind, exitcode: int | None) -> bool:
     """Whether a child of this restart kind that exited with ``exitcode`` stays down (the supervisor's rule).
 
-    A child that died of an unguarded script would die the same way every time.
+    A child that died of an unguarded script would die the same way every time; one that exited with
+    :data:`EXIT_DONE` said it is finished.
     """
-    return restart == "temporary" or (restart == "transient" and exitcode == 0) or exitcode == EXIT_UNGUARDED_MAIN
+    return restart == "temporary" or (restart == "transient" and exitcode == 0) or exitcode in (EXIT_UNGUARDED_MAIN, EXIT_DONE)
 
 
 def refuse_unguarded_main() -> None:
@@ -125,7 +133,7 @@ class ChildStatus(enum.StrEnum):
     FAILED = "failed"
     """Died too often within the restart window: the supervisor gave up on it."""
     EXITED = "exited"
-    """Ended with exit code 0: done, not restarted."""
+    """Ended and not restarted: a transient child's exit code 0, :data:`EXIT_DONE`, or any end of a temporary one."""
     STOPPED = "stopped"
 
 
@@ -306,6 +314,12 @@ class Supervisor:
             if child is None or child.status != ChildStatus.RUNNING:
                 return None
             return child.process.pid
+
+    def exit_code(self, name: str) -> int | None:
+        """The exit code of the child's last process to end (a negative signal number if killed), None if none has."""
+        with self._cond:
+            codes = [e.exitcode for e in self.events if e.child == name and e.kind == EventKind.EXITED]
+        return codes[-1] if codes else None
 
     def restarts(self, name: str) -> int:
         with self._cond:

@@ -148,6 +148,12 @@ MUTANTS: tuple[Mutant, ...] = (
            "        if s < next_id:\n", "        if False:\n"),
     Mutant("learner-counts-toward-commit", "state machine safety (only voters form a majority)", CORE,
            "for v in self.membership.voters), reverse=True)", "for v in self.membership.members), reverse=True)"),
+    Mutant("removed-by-an-uncommitted-change", "membership (a server stops only once its removal has committed)", CORE,
+           "        committed = self.committed_membership\n        return committed",
+           "        committed = self.membership\n        return committed"),
+    Mutant("removed-told-on-an-uncommitted-change", "membership (a peer tells a server it is removed only once that committed)",
+           CORE, "        committed = self.committed_membership\n        if committed.excludes_for_good(msg.src):",
+           "        committed = self.membership\n        if committed.excludes_for_good(msg.src):"),
     # ---- apply order and restarts
     Mutant("apply-uncommitted", "state machine safety (apply only committed entries)", CORE,
            "        upto = min(self.commit_index, self.log.last_index)\n", "        upto = self.log.last_index\n"),

@@ -32,7 +32,7 @@ from apps.raft.membership import (
     Membership,
     apply_change,
 )
-from apps.raft.messages import AppendEntries, Entry, InstallSnapshot, Message, RequestVote, RequestVoteReply
+from apps.raft.messages import AppendEntries, Entry, InstallSnapshot, MemberCheck, Message, Removed, RequestVote, RequestVoteReply
 from apps.raft.storage import RaftStorage
 
 CFG = Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=4)
@@ -229,7 +229,12 @@ def test_a_learner_never_campaigns_and_a_candidate_never_asks_or_counts_it() -> 
     for _ in range(20 * CFG.election_ticks_max):
         learner.tick()
     net.pump(3)
-    assert learner.role is Role.FOLLOWER and learner.term == net.cores[0].term and not net.queue
+    assert learner.role is Role.FOLLOWER and learner.term == net.cores[0].term
+    # Hearing from no leader, it only asks the voters whether it is still a member (never for a vote), and a
+    # member is told nothing.
+    assert net.queue and all(isinstance(m, MemberCheck) and m.dst in (0, 1, 2) for m in net.queue)
+    net.flow(range(5))
+    assert not net.queue and not learner.removed and net.cores[0].is_leader
 
     cand = net.cores[1]
     net.campaign(1)
@@ -361,7 +366,7 @@ def test_a_leader_that_removes_itself_leads_until_the_removal_commits_then_steps
     net.flow([0, 1])  # 1 holds it and so does the leader's disk: two of three, but the leader no longer counts
     assert leader.is_leader and leader.commit_index < index
     net.heartbeat(0, [0, 1, 2])
-    assert leader.commit_index >= index and leader.role is Role.FOLLOWER and not leader.progress
+    assert leader.commit_index >= index and leader.role is Role.FOLLOWER and not leader.progress and leader.removed
     for _ in range(10 * CFG.election_ticks_max):
         leader.tick()
     net.pump(0)
@@ -406,6 +411,63 @@ def test_a_non_voters_higher_term_is_ignored_only_while_a_leader_is_heard_from()
     f.tick()  # now the minimum election timeout has passed since
     f.step(RequestVote(2, 5, 1, 0, 0))
     assert f.term == 2
+
+
+def test_a_server_removed_while_cut_off_is_told_by_the_first_peer_it_reaches_and_stops() -> None:
+    net = cluster(4)
+    net.change(0, REMOVE, 3, [0, 1, 2])
+    assert not net.cores[3].removed
+    net.campaign(3)
+    net.flow(range(4))
+    told = [m for m in net.delivered if isinstance(m, Removed)]
+    assert told and all(m.dst == 3 and m.membership.voters == (0, 1, 2) for m in told)
+    assert net.cores[3].removed and net.cores[3].role is Role.FOLLOWER
+    for _ in range(10 * CFG.election_ticks_max):  # out for good: it never campaigns nor asks again
+        net.cores[3].tick()
+    net.pump(3)
+    assert not net.queue
+
+
+def test_a_removed_server_learns_it_when_the_removal_commits_or_asks_when_the_word_is_lost() -> None:
+    net = cluster(3)
+    net.change(0, REMOVE, 2, [0, 1, 2])  # connected: the leader tells it once the removal commits
+    assert net.cores[2].removed and any(isinstance(m, Removed) and m.dst == 2 for m in net.delivered)
+
+    net = cluster(4)
+    leader, gone = net.cores[0], net.cores[3]
+    index = leader.propose_conf_change(ConfChange(REMOVE, 3))
+    net.pump(0)
+    net.flow([0, 3])  # 3 holds its removal, but it is not committed: 3 is not a voter of {0, 1, 2}
+    assert gone.membership.voters == (0, 1, 2) and leader.commit_index < index and not gone.removed
+    net.heartbeat(0, [0, 1, 2])  # it commits, and the leader's word to 3 is lost
+    assert leader.commit_index >= index and not gone.removed
+    for _ in range(CFG.election_ticks_max):
+        gone.tick()
+    net.pump(3)
+    assert {m.dst for m in net.queue if isinstance(m, MemberCheck)} == {0, 1, 2}
+    net.flow(range(4))
+    assert gone.removed
+
+
+def test_a_cut_off_or_lagging_server_is_never_told_it_is_removed() -> None:
+    net = cluster(3, learners=[3])
+    for k in range(3):
+        net.commit(0, f"c{k}", [0, 1])  # 2 and the learner 3 fall behind, cut off
+    for _ in range(3):
+        net.campaign(2)  # no one hears it
+    for _ in range(3 * CFG.election_ticks_max):
+        net.cores[3].tick()
+    net.pump(3)
+    net.queue = [m for m in net.queue if m.src in (2, 3)]  # now they are heard (the leader's heartbeats were lost)
+    net.flow(range(4))
+    assert not any(isinstance(m, Removed) for m in net.delivered)
+    leader = net.settle()
+    assert not net.cores[2].removed and not net.cores[3].removed
+    assert leader.membership == Membership((0, 1, 2), (3,))
+    # A Removed whose configuration still holds the receiver is not believed.
+    net.cores[2].step(Removed(leader.term, leader.me, 2, Membership((0, 1, 2), (3,), next_id=4)))
+    assert not net.cores[2].removed
+
 
 # ---- the 2015 bug: three schedules, with and without the rule ----------------------------------------------
 

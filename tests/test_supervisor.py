@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
+from actors import EXIT_DONE, ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from actors.testing import Get, Incr, crash_at_once, serve_counter
 from tests.helpers import wait_until
 
@@ -164,3 +164,14 @@ def test_children_do_not_outlive_a_supervisor_process_that_is_killed(tmp_path: P
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_child_that_exits_done_is_never_restarted_whatever_its_kind() -> None:
+    """EXIT_DONE: finished for good (a Raft server removed from its cluster), even for a permanent child."""
+    with Supervisor(max_restarts=5, within=10.0) as sup:
+        for kind in ("permanent", "transient"):
+            sup.start_child(ChildSpec(kind, os._exit, (EXIT_DONE,), restart=kind))
+        sup.start_child(ChildSpec("other", os._exit, (5,)))  # any other exit of a permanent child is restarted
+        assert sup.wait_for(lambda: all(sup.status(k) == "exited" for k in ("permanent", "transient")), 30)
+        assert all(sup.exit_code(k) == EXIT_DONE and sup.restarts(k) == 0 for k in ("permanent", "transient"))
+        assert sup.wait_for(lambda: sup.restarts("other") >= 1, 30) and sup.exit_code("other") == 5

@@ -4,7 +4,9 @@ The cluster runs each server (a Raft peer and the KV state machine) as a
 supervised OS process: one killed with SIGKILL is started again by the
 supervisor and recovers from its data directory. The command prints the
 endpoints clerks should use, then a line whenever the leader changes or a
-server comes back.
+server comes back. A server removed from the cluster (``zactor kv cluster
+remove``) stops by itself and is not started again: the command says so and
+stops counting it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
-from apps.raft.peer import PEER_NAME, Members, PeerStatus
+from apps.raft.peer import PEER_NAME, REMOVED_EXIT, Members, PeerStatus
 from apps.raft.watch import data_root, stop_on_signals, watch
 
 DEFAULT_FIRST_PORT = 7001
@@ -115,33 +117,47 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 def _watch(sup: Supervisor, system: ActorSystem, endpoints: list[str], stop: threading.Event, started: float, duration: float | None) -> None:
     pids = {i: sup.pid(f"server-{i}") for i in range(len(endpoints))}
-    watched = list(endpoints)  # grows with servers added to the cluster (`zactor kv cluster add`)
+    watched = list(endpoints)  # the members: grows with servers added (`zactor kv cluster add`), shrinks with removals
     book = dict(enumerate(endpoints))
     last = None
+    done: set[int] = set()  # servers of this command that were removed and stopped, or given up on
     for seen in watch(system, watched, stop, started=started, duration=duration):
         now = seen.elapsed
+        left = False
         for i in range(len(endpoints)):
+            if i in done:
+                continue
             pid, status = sup.pid(f"server-{i}"), sup.status(f"server-{i}")
-            if status == "failed":
+            if status == "exited" and sup.exit_code(f"server-{i}") == REMOVED_EXIT:
+                print(f"{now:7.2f}s  server {i} removed from the cluster; its process stopped", flush=True)
+                done.add(i)
+                left = True
+                if endpoints[i] in watched:
+                    watched.remove(endpoints[i])
+            elif status == "failed":
                 print(f"{now:7.2f}s  server {i} keeps failing; the supervisor gave up on it", flush=True)
                 pids[i] = None
+                done.add(i)  # said once
             elif pid is not None and pid != pids[i]:
                 pids[i] = pid
                 print(f"{now:7.2f}s  server {i} restarted (pid {pid}), recovering from its data directory", flush=True)
         top = seen.leader
         view = (top.me, top.term) if top else (None, len(seen.up))
-        if view != last:
+        if view != last or left:
             last = view
-            _follow_members(system, seen.up, book, watched)
+            _follow_members(system, top, seen.up, book, watched)
+            up = sum(1 for s in seen.up if book.get(s.me) in watched)  # a server removed since the view is not counted
             if top:
-                print(f"{now:7.2f}s  leader: server {top.me} ({book.get(top.me, '?')})  term {top.term}  servers up {len(seen.up)}/{len(watched)}", flush=True)
+                print(f"{now:7.2f}s  leader: server {top.me} ({book.get(top.me, '?')})  term {top.term}  servers up {up}/{len(watched)}", flush=True)
             else:
-                print(f"{now:7.2f}s  no leader  servers up {len(seen.up)}/{len(watched)}", flush=True)
+                print(f"{now:7.2f}s  no leader  servers up {up}/{len(watched)}", flush=True)
 
 
-def _follow_members(system: ActorSystem, up: list[PeerStatus], book: dict[int, str], watched: list[str]) -> None:
-    """Add the servers the cluster has taken in since it started to those watched (asked of one that answers)."""
-    for status in up:
+def _follow_members(system: ActorSystem, leader: PeerStatus | None, up: list[PeerStatus], book: dict[int, str], watched: list[str]) -> None:
+    """Make the watched servers the cluster's members: those it has taken in since it started are added, and,
+    when the leader answers, those it no longer has (removed) are dropped. Without a leader, one that answers
+    is asked, and only adds: a lagging server's configuration may still name a server removed since."""
+    for status in ([leader] if leader is not None else []) + up:
         endpoint = book.get(status.me)
         if endpoint is None:
             continue
@@ -153,4 +169,7 @@ def _follow_members(system: ActorSystem, up: list[PeerStatus], book: dict[int, s
             book.setdefault(server, ep)
             if ep not in watched:
                 watched.append(ep)
+        if status is leader:
+            members = {ep for _, ep in info.endpoints}
+            watched[:] = [ep for ep in watched if ep in members]
         return

@@ -9,10 +9,20 @@ are written to ``member.json`` in its data directory, so the same command
 with the same ``--data-dir`` starts it again as the same server (it is never
 added twice). ``replace`` is ``add`` followed by ``remove`` of the old server.
 
-A removed server's process is not stopped from here (it may run on another
-machine); it goes quiet once it learns of its removal, and its operator stops
-it. Clerks need no restart: one that hears of a leader it does not know asks
-the cluster for its members.
+A removed server stops by itself, wherever it runs, as etcd's removed member
+does: once it learns that a committed configuration leaves it out (it applies
+the change, the leader tells it, or, if it was cut off then, the first peer it
+reaches does), it logs one line and its process exits with
+``REMOVED_EXIT``, which its supervisor takes as "done" and does not restart;
+``zactor kv cluster`` and the ``add``/``replace`` command that runs it then
+print "server N removed from the cluster; its process stopped". A server
+merely cut off or behind never stops itself.
+
+Every change is safe to ask again (after a timeout, or by a second
+operator): adding a server that is already a member at the same endpoint,
+promoting a voter, or removing a server that is already out answers with
+the configuration as it is. Clerks need no restart: one that hears of a
+leader it does not know asks the cluster for its members.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from actors import ActorSystem, ChildSpec, RemoteError, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
 from apps.raft.admin import JoinPlan, MembershipError, ask_peer, change_membership, find_leader, plan_join
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
-from apps.raft.peer import MembersInfo, PeerStatus, Status
+from apps.raft.peer import REMOVED_EXIT, MembersInfo, PeerStatus, Status
 from apps.raft.watch import data_root, stop_on_signals
 from transport.private_files import open_private
 
@@ -59,7 +69,8 @@ def add_membership_parsers(cluster: argparse.ArgumentParser, security: Callable[
                        "promote it to voter once it has caught up, and keep it running until Ctrl-C.")
     p.add_argument("--learner", action="store_true", help="leave it a learner (it copies the log but never votes)")
     p = sub.add_parser("remove", parents=[common], help="take a server out of the cluster (by number or endpoint)",
-                       description="Remove a server from the running cluster; its process goes quiet and can then be stopped.")
+                       description="Remove a server from the running cluster; its process stops by itself once it learns of "
+                       "its removal. Asking again for a server already removed succeeds.")
     p.add_argument("server", help="the server's number (see `members`) or endpoint")
     p = sub.add_parser("replace", parents=[common, new], help="add a new server here, then remove an old one",
                        description="Replace a (dead) server: start and add a new one on this machine as `add` does, "
@@ -123,14 +134,16 @@ def _which(info: MembersInfo, server: str) -> int:
     for number, endpoint in book.items():
         if endpoint == server:
             return number
-    raise MembershipError(f"{server} is not a member's endpoint nor a server number (members: {book})")
+    raise MembershipError(f"{server} is not a member's endpoint nor a server number (members: {book}); "
+                          "a server removed already is named by its number")
 
 
 def _remove(system: ActorSystem, endpoints: list[str], server: str, timeout: float) -> int:
     info, _ = find_leader(system, endpoints, timeout=timeout)
     number = _which(info, server)
     info = change_membership(system, endpoints, REMOVE, number, timeout=timeout)
-    print(f"server {number} removed; voters now {list(info.voters)}, leader server {info.leader}", flush=True)
+    print(f"server {number} removed; voters now {list(info.voters)}, leader server {info.leader} "
+          "(its process stops by itself once it learns of it)", flush=True)
     print(f"servers: {','.join(ep for _, ep in info.endpoints)}", flush=True)
     return 0
 
@@ -171,7 +184,7 @@ def _run_new_server(system: ActorSystem, endpoints: list[str], args: argparse.Na
                 print(f"server {plan.me} is a voter; voters now {list(info.voters)}", flush=True)
             if old is not None and old in info.voters + info.learners:
                 info = change_membership(system, [endpoint, *endpoints], REMOVE, old, timeout=args.timeout)
-                print(f"server {old} removed; voters now {list(info.voters)} (stop its process when you like)", flush=True)
+                print(f"server {old} removed; voters now {list(info.voters)} (its process stops by itself)", flush=True)
             print(f"servers: {','.join(ep for _, ep in info.endpoints)}", flush=True)
             _serve_until_stopped(sup, plan.me, stop, started, args.duration)
     print("stopped", flush=True)
@@ -184,6 +197,9 @@ def _serve_until_stopped(sup: Supervisor, me: int, stop: threading.Event, starte
         if duration is not None and time.monotonic() - started > duration:
             return
         now = sup.pid(f"server-{me}")
+        if sup.status(f"server-{me}") == "exited" and sup.exit_code(f"server-{me}") == REMOVED_EXIT:
+            print(f"{time.monotonic() - started:7.2f}s  server {me} removed from the cluster; its process stopped", flush=True)
+            return
         if sup.status(f"server-{me}") == "failed":
             print(f"{time.monotonic() - started:7.2f}s  server {me} keeps failing; the supervisor gave up on it", flush=True)
             return

@@ -55,6 +55,7 @@ from apps.raft.peer import (
     RoleChanged,
     Start,
     TakeSnapshot,
+    exiting_when_removed,
     refusing_damaged_state,
 )
 from apps.raft.storage import RaftStorage
@@ -397,5 +398,5 @@ def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:
         initial=config.initial,
     )
     hosted = Hosted(SERVER_NAME, config.server_class or KVRaftServer, (config,))
-    with refusing_damaged_state(f"kv server {config.me}", expected=config.damage_expected):
+    with exiting_when_removed(peer) as peer, refusing_damaged_state(f"kv server {config.me}", expected=config.damage_expected):
         host(endpoint, [hosted, Hosted(PEER_NAME, RaftPeer, (peer,))], faults=faults)

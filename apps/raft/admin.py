@@ -7,8 +7,11 @@ whoever called it (``zactor kv cluster add``, a test harness) gets back a
 configuration that is in force, or an error that says why not. A refusal that
 is only for now (another change in flight, a learner still catching up, a
 leader not yet settled in its term) is asked again until ``timeout``; one that
-can never succeed (adding a member twice, removing the last voter) is raised
-at once.
+can never succeed (adding a server at another member's number, removing the
+last voter) is raised at once. A change the configuration already shows (a
+retry after a timeout, or a second operator's same change: the same server
+added at the same endpoint, a voter promoted, a removed server removed) is
+answered as accepted by the leader and returns the configuration as it is.
 
 Adding a server is two steps for whoever starts its process: :func:`plan_join`
 gives the number and address book the new server starts with (the
@@ -85,8 +88,12 @@ def find_leader(system: ActorSystem, endpoints: Sequence[str], *, timeout: float
 
 def plan_join(info: MembersInfo, endpoint: str) -> JoinPlan:
     """The number and address book of a new server at ``endpoint`` (from the leader's ``MembersInfo``)."""
-    if any(ep == endpoint for _, ep in info.endpoints):
-        raise MembershipError(f"{endpoint} is already a member's endpoint")
+    for server, ep in info.endpoints:
+        if ep == endpoint:
+            # Not a new number for it: a member started again empty under a new number would be a second
+            # server on one endpoint. The member itself is started again from its own data directory.
+            raise MembershipError(f"{endpoint} is already a member's endpoint (server {server}): it is in the cluster "
+                                  "already; to run that server again, start it from its data directory")
     me = info.fresh_id
     book = [""] * (me + 1)
     for server, ep in info.endpoints:
@@ -116,10 +123,11 @@ def change_membership(
     """Make a one-server change and wait until it has committed; the leader's view of the configuration then.
 
     The change is asked of the leader first, so a change that cannot be made
-    (adding a member, removing a server that is not one) is refused with the
-    leader's reason; one this call got accepted is waited for, and asked
-    again if a new leader's log lost it. ``endpoint``: where a server being
-    added listens.
+    (adding a member at another endpoint, removing a server that never was
+    one) is refused with the leader's reason; one this call got accepted, or
+    that the leader says is made already, is waited for until committed, and
+    asked again if a new leader's log lost it. ``endpoint``: where a server
+    being added listens.
     """
     if op not in (ADD_LEARNER, PROMOTE, REMOVE):
         raise ValueError(f"unknown membership change {op!r} (one of {ADD_LEARNER}, {PROMOTE}, {REMOVE})")
@@ -145,6 +153,7 @@ def change_membership(
                 last = reply.reason
             elif isinstance(reply, ChangeAccepted):
                 proposed = True
-                last = f"proposed at index {reply.index} in term {reply.term}"
+                last = (f"made already (configuration entry {reply.index})" if reply.already
+                        else f"proposed at index {reply.index} in term {reply.term}")
                 continue  # look again at once: a change that shrinks the majority may commit with its append
         time.sleep(_RETRY_EVERY)

@@ -39,7 +39,10 @@ in a minority never confirms a round, so it never yields a read. No leases.
 
 Membership (``apps.raft.membership``): configuration entries take effect
 when appended; voters elect and form every majority, learners only receive.
-``propose_conf_change`` refuses what is unsafe now, with the reason.
+``propose_conf_change`` refuses what is unsafe now, with the reason. A server
+that a committed configuration leaves out for good becomes ``removed`` (it
+applied that configuration, or a peer told it with ``Removed``) and takes
+part in nothing more.
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ from apps.raft.messages import (
     Entry,
     InstallSnapshot,
     InstallSnapshotReply,
+    MemberCheck,
     Message,
     ReadState,
+    Removed,
     RequestVote,
     RequestVoteReply,
 )
@@ -102,6 +107,7 @@ class RaftCore:
         self.log = RaftLog()
         self.snapshot_data = b""
         self.confs = Configurations(Membership.of(n))
+        self._told_removed: Membership | None = None  # the configuration a peer's Removed named
         if restored is not None:
             self.term = restored.hard_state.term
             self.voted_for = restored.hard_state.voted_for
@@ -163,6 +169,31 @@ class RaftCore:
         return self.confs.current
 
     @property
+    def committed_membership(self) -> Membership:
+        """The configuration as of the commit index: the latest one this server knows the cluster committed."""
+        return self.confs.at(min(self.commit_index, self.log.last_index))
+
+    @property
+    def removed_by(self) -> Membership | None:
+        """The committed configuration that leaves this server out for good, once it knows one (it applied it,
+        or a peer named it in ``Removed``); None until then.
+
+        Never set for a server merely cut off or behind: only a committed
+        configuration counts, and only one whose ``fresh_id`` is above this
+        server's number (numbers are never given twice), so it can never be
+        added back.
+        """
+        if self._told_removed is not None:
+            return self._told_removed
+        committed = self.committed_membership
+        return committed if committed.excludes_for_good(self.me) else None
+
+    @property
+    def removed(self) -> bool:
+        """Out of the cluster for good (``removed_by``): the core ignores every message and never campaigns."""
+        return self.removed_by is not None
+
+    @property
     def snapshot_membership(self) -> Membership:
         """The configuration as of the snapshot's last index (the starting one without a snapshot)."""
         return self.confs.base
@@ -170,6 +201,8 @@ class RaftCore:
     # ---- inputs ------------------------------------------------------------------------
 
     def tick(self) -> None:
+        if self.removed:
+            return
         if self.role is Role.LEADER:
             self.heartbeat_elapsed += 1
             if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
@@ -183,6 +216,8 @@ class RaftCore:
         self.election_elapsed += 1
         if self.election_elapsed >= self.election_timeout and self.me in self.membership.voters:
             self._campaign()  # learners, removed servers and servers not yet added never campaign
+        elif self.election_elapsed % self.election_timeout == 0 and self.me < self.membership.fresh_id:
+            self._check_membership()  # a learner, or removed by a change not known here to have committed
 
     def propose(self, command: Any) -> tuple[int, int, bool]:
         """Append ``command`` if this peer leads; returns (index, term, is_leader) at once."""
@@ -255,6 +290,18 @@ class RaftCore:
         if msg.dst != self.me or msg.src < 0 or msg.src == self.me:
             log.warning("peer %d: dropped a misaddressed %s", self.me, type(msg).__name__)
             return
+        if self.removed:
+            return
+        if isinstance(msg, Removed):
+            self._on_removed(msg)
+            return
+        committed = self.committed_membership
+        if committed.excludes_for_good(msg.src):
+            # etcd's answer to a removed member: not taken (not even its term), and told why.
+            self._pending.messages.append(Removed(self.term, self.me, msg.src, committed))
+            return
+        if isinstance(msg, MemberCheck):
+            return  # still a member, or one this server has not heard of yet: its leader is in touch
         if isinstance(msg, RequestVote) and msg.term > self.term and msg.src not in self.membership.voters and self._leader_alive():
             # Thesis §4.2.3, for non-voters only: a server removed while cut off never learns it and keeps
             # asking; while a leader is heard from, its term is not even taken. Voters ask as they always did.
@@ -510,12 +557,30 @@ class RaftCore:
                 self._conf_committed()
 
     def _conf_committed(self) -> None:
-        """The configuration in force is committed: stop sending to those it removed; leave if it removed this leader."""
+        """The configuration in force is committed: tell those it removed, and stop sending to them; leave if it
+        removed this leader."""
         members = self.membership.members
+        for p in self.progress:
+            if p not in members:
+                self._pending.messages.append(Removed(self.term, self.me, p, self.membership))
         self.progress = {p: prog for p, prog in self.progress.items() if p in members}
         if self.me not in self.membership.voters:
             log.info("peer %d: removed from the cluster, steps down as leader of term %d", self.me, self.term)
             self._become_follower(self.term, None)
+
+    def _check_membership(self) -> None:
+        """Ask the voters whether this server is still a member: one that is not is answered ``Removed``."""
+        for voter in self.membership.voters:
+            if voter != self.me:
+                self._pending.messages.append(MemberCheck(self.term, self.me, voter))
+
+    def _on_removed(self, m: Removed) -> None:
+        if not m.membership.excludes_for_good(self.me):
+            log.warning("peer %d: peer %d says it is removed, but the configuration it sent has it: ignored", self.me, m.src)
+            return
+        log.info("peer %d: peer %d says a committed configuration (voters %s) has removed it", self.me, m.src, list(m.membership.voters))
+        self._told_removed = m.membership
+        self._become_follower(self.term, None)
 
     # ---- ReadIndex --------------------------------------------------------------------------
 

@@ -49,12 +49,25 @@ Single-server changes are safe only with two rules, both enforced by
 A leader that removes itself keeps leading (without counting itself) until
 the change commits, then steps down and stops sending; as a non-voter it
 never campaigns again. A leader keeps replicating to a server it removed
-until the removal commits, so the server learns of its own removal and goes
-quiet. One that missed it (it was cut off) still times out and asks for
-votes; thesis §4.2.3, narrowed to non-voters, keeps it from deposing a
-healthy leader: a server that heard from a leader within the minimum
-election timeout ignores a RequestVote from a server that is not a voter in
-its own configuration (the core does this in ``step``). A voter's request is
+until the removal commits, and then tells it so (a ``Removed`` message).
+
+**A removed server learns it is out for good, and stops** (etcd's removed
+member). Only a *committed* configuration that leaves a server out, with its
+number below ``fresh_id`` (:meth:`Membership.excludes_for_good`: numbers are
+never given twice, so it can never come back), makes it ``removed``: one it
+applied itself, or one a peer that committed it names in a ``Removed``
+message. A peer answers any message from such a server with ``Removed``
+instead of taking it, so one removed while cut off finds out with its first
+RequestVote once it can reach anyone; a non-voter that hears from no leader
+for an election timeout asks the voters (``MemberCheck``), so a removed
+server whose notice was lost finds out too. A server merely cut off or
+behind is never told: its peers' committed configurations still hold it.
+A removed core takes part in nothing more; the shell stops its process.
+Until a removed server finds out, thesis §4.2.3, narrowed to non-voters,
+keeps it from deposing a healthy leader: a server that heard from a leader
+within the minimum election timeout ignores a RequestVote from a server
+that is not a voter in its own configuration (the core does this in
+``step``). A voter's request is
 taken as it always was, so a cluster whose membership never changes behaves
 exactly as before; members that lack the removal can still be disturbed
 until they get it (a majority has it: it committed). With no leader heard
@@ -117,6 +130,11 @@ class Membership:
         vote given twice in a term can elect two leaders.
         """
         return max(self.next_id, max(self.members, default=-1) + 1)
+
+    def excludes_for_good(self, server: int) -> bool:
+        """Whether ``server`` can never be a member again from here: it is not one, and its number is below
+        :attr:`fresh_id` (it was removed, or passed over), so no change can ever add it back."""
+        return server not in self.voters and server not in self.learners and server < self.fresh_id
 
 
 @message

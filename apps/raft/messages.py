@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apps.raft.membership import Membership
-from transport.message import message
+from transport.message import members_only, message
 
 
 @message
@@ -82,6 +82,35 @@ class InstallSnapshotReply:
 
 
 @message
+class MemberCheck:
+    """A non-voter that has heard from no leader for an election timeout asks a voter whether it is still a member.
+
+    A server removed while it was cut off (or whose last notice was lost) is
+    sent nothing more by anyone; this is how it finds out. The term is the
+    sender's, for the record only: it is never taken.
+    """
+
+    term: int
+    src: int
+    dst: int
+
+
+@members_only
+@message
+class Removed:
+    """Told to a server that a committed configuration leaves out for good (etcd's "member removed"): the answer to
+    any message it sends a peer that knows this, and a leader's last word to the servers a change removed.
+
+    Members only: it makes its receiver stop for good, so a client-role key may never send one."""
+
+    term: int
+    src: int
+    dst: int
+    membership: Membership
+    """The committed configuration that has no place for ``dst`` (the receiver checks it leaves it out)."""
+
+
+@message
 class ReadState:
     """A confirmed ReadIndex read: answer it once the service has applied ``index``."""
 
@@ -89,7 +118,9 @@ class ReadState:
     index: int
 
 
-Message = RequestVote | RequestVoteReply | AppendEntries | AppendEntriesReply | InstallSnapshot | InstallSnapshotReply
+Message = (
+    RequestVote | RequestVoteReply | AppendEntries | AppendEntriesReply | InstallSnapshot | InstallSnapshotReply | MemberCheck | Removed
+)
 REQUEST_TYPES = ("RequestVote", "AppendEntries", "InstallSnapshot")
 REPLY_TYPES = ("RequestVoteReply", "AppendEntriesReply", "InstallSnapshotReply")
 

@@ -21,30 +21,41 @@ keeps for it (the context of the change that added it), else by its place in
 ``PeerConfig.endpoints`` (the servers a cluster started with), and follows
 every configuration the core takes, appended or truncated. ``Members`` and
 ``ChangeMembers`` asks are how an operator's tool sees and changes it
-(``apps/raft/admin.py``).
+(``apps/raft/admin.py``). A change already made (a retried add, promote or
+remove) is answered as accepted, with nothing appended, so that a retry after
+a timeout, or a second operator making the same change, succeeds.
+
+A peer whose core finds itself removed from the cluster for good
+(``RaftCore.removed``) says so in one line and stops its process, which
+exits with :data:`REMOVED_EXIT` (the supervisor's "done, do not restart"),
+as etcd's removed member does: nobody has to find and kill it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from actors import Actor, CorruptStateError
+from actors import EXIT_DONE, Actor, CorruptStateError
 from actors.host import Hosted, host
 from apps.raft.core import Config, RaftCore, Ready
-from apps.raft.membership import ADD_LEARNER, ConfChange, ConfChangeNotNow, ConfChangeRefused
+from apps.raft.membership import ADD_LEARNER, PROMOTE, ConfChange, ConfChangeNotNow, ConfChangeRefused
 from apps.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
     ApplyMsg,
     InstallSnapshot,
     InstallSnapshotReply,
+    MemberCheck,
     ReadState,
+    Removed,
     RequestVote,
     RequestVoteReply,
 )
@@ -56,7 +67,7 @@ log = logging.getLogger(__name__)
 
 PEER_NAME = "raft"
 _MAX_DEFERRED = 256
-_PROTOCOL = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply, InstallSnapshot, InstallSnapshotReply)
+_PROTOCOL = (RequestVote, RequestVoteReply, AppendEntries, AppendEntriesReply, InstallSnapshot, InstallSnapshotReply, MemberCheck, Removed)
 
 
 @message
@@ -135,6 +146,9 @@ class ChangeMembers:
 class ChangeAccepted:
     index: int
     term: int
+    already: bool = False
+    """The configuration already had this change (a retry, or a second operator): nothing was appended, and
+    ``index`` is that of the latest configuration entry (0: the starting or snapshot's configuration)."""
 
 
 @message
@@ -203,6 +217,9 @@ class PeerConfig:
     initial: int = 0
     """How many servers the cluster started with (0: ``len(endpoints)``). A server added later is given the
     cluster's number, so that its core starts from the configuration the cluster started from, as it is not in."""
+    on_removed: Callable[[], None] | None = field(default=None, compare=False)
+    """Called once the peer finds itself removed from the cluster for good, before it stops its actor system;
+    None: it only goes quiet (the process that hosts it decides; :func:`exiting_when_removed` exits)."""
 
 
 class RaftPeer(Actor):
@@ -218,6 +235,7 @@ class RaftPeer(Actor):
         self.service = self.actor_system.ref(config.apply_to) if config.apply_to else None
         self._deferred = 0
         self._role: tuple[int, bool, int | None, str | None] | None = None
+        self._left = False
 
     def on_start(self) -> None:
         self.schedule_every(self.config.tick, _Tick())
@@ -231,6 +249,10 @@ class RaftPeer(Actor):
         # Every message ends here, so a Ready deferred while others were
         # queued is taken by whichever message empties the mailbox.
         self._process_when_idle()
+        if self.core.removed and not self._left:
+            # Here, not in on_start: a server started again after its removal finds out at its first tick,
+            # once its host has started the node, not while the host is still setting up.
+            self._leave()
         return result
 
     def _handle(self, message: Any) -> Any:
@@ -292,10 +314,27 @@ class RaftPeer(Actor):
             return ChangeRefused("a server is added with the endpoint it listens on")
         try:
             change = ConfChange(req.op, req.server, req.endpoint if req.op == ADD_LEARNER else None)
+            if self.core.is_leader and self._already_made(change):
+                return ChangeAccepted(self.core.confs.last_index, self.core.term, already=True)
             index = self.core.propose_conf_change(change)
         except (ConfChangeRefused, ValueError) as exc:
             return ChangeRefused(str(exc), self.endpoint_of(self.core.leader_hint), isinstance(exc, ConfChangeNotNow))
         return ChangeAccepted(index, self.core.term)
+
+    def _already_made(self, change: ConfChange) -> bool:
+        """Whether this leader's configuration already shows ``change`` (appended, committed or not): an add of
+        the same server at the same endpoint, a promote of a voter, a remove of a server that can never be back.
+
+        The caller waits for the commit as for any change it got accepted
+        (``admin.change_membership``); a change that differs (the server at
+        another endpoint) is refused as before.
+        """
+        m = self.core.membership
+        if change.op == ADD_LEARNER:
+            return change.server in m.members and self.endpoint_of(change.server) == change.context
+        if change.op == PROMOTE:
+            return change.server in m.voters
+        return m.excludes_for_good(change.server)
 
     def _send(self, msg: Any) -> None:
         peer = self.peers.get(msg.dst)
@@ -329,6 +368,19 @@ class RaftPeer(Actor):
             self._role = role
             self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role))
 
+    def _leave(self) -> None:
+        """Removed for good: say so once, and stop this process's actor system if the host asked for that."""
+        self._left = True
+        by = self.core.removed_by
+        log.warning("raft peer %d: removed from the cluster for good (voters now %s); this server stops",
+                    self.core.me, list(by.voters) if by is not None else "?")
+        if self.config.on_removed is None:
+            return
+        self.config.on_removed()
+        assert self.actor_system is not None
+        # Not from this actor's own thread: stopping the system stops this actor and waits for it.
+        threading.Thread(target=self.actor_system.stop, name="zactor-removed", daemon=False).start()
+
 
 def drain_ready(core: RaftCore, storage: RaftStorage, send: Callable[[Any], None], deliver: Callable[[Ready], None]) -> None:
     """The Ready cycle, until the core has nothing more: send, persist, send what needed the disk, hand applies
@@ -360,6 +412,20 @@ def drain_ready(core: RaftCore, storage: RaftStorage, send: Callable[[Any], None
 DAMAGED_STATE_EXIT = 3
 """Exit code of a peer's process that refused its damaged state (a journal with a flipped bit, a torn snapshot)."""
 
+REMOVED_EXIT = EXIT_DONE
+"""Exit code of a peer's process that stopped because the cluster removed it for good: the supervisor's
+"done, do not restart" (a removed server started again would only find out and stop once more)."""
+
+
+@contextmanager
+def exiting_when_removed(config: PeerConfig) -> Iterator[PeerConfig]:
+    """``config`` made to stop its host when the peer is removed; on leaving the block, the process exits with
+    :data:`REMOVED_EXIT` if that is why the host stopped (a child-process target's last step)."""
+    removed = threading.Event()
+    yield dataclasses.replace(config, on_removed=removed.set)
+    if removed.is_set():
+        sys.exit(REMOVED_EXIT)
+
 
 @contextmanager
 def refusing_damaged_state(who: str, *, expected: bool = False) -> Iterator[None]:
@@ -376,5 +442,5 @@ def refusing_damaged_state(who: str, *, expected: bool = False) -> Iterator[None
 
 def serve_peer(config: PeerConfig, faults: list[FaultRule] | None = None) -> None:
     """Child-process target: one Raft peer at ``config.endpoints[config.me]`` until stopped."""
-    with refusing_damaged_state(f"raft peer {config.me}", expected=config.damage_expected):
+    with exiting_when_removed(config) as config, refusing_damaged_state(f"raft peer {config.me}", expected=config.damage_expected):
         host(config.endpoints[config.me], [Hosted(PEER_NAME, RaftPeer, (config,))], faults=faults)

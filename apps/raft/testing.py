@@ -39,7 +39,19 @@ from apps.raft.admin import change_membership, find_leader, plan_join
 from apps.raft.core import Config
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
 from apps.raft.messages import REPLY_TYPES, REQUEST_TYPES
-from apps.raft.peer import PEER_NAME, Applied, GetState, MembersInfo, PeerConfig, PeerStatus, Start, Status, TakeSnapshot, serve_peer
+from apps.raft.peer import (
+    PEER_NAME,
+    REMOVED_EXIT,
+    Applied,
+    GetState,
+    MembersInfo,
+    PeerConfig,
+    PeerStatus,
+    Start,
+    Status,
+    TakeSnapshot,
+    serve_peer,
+)
 from transport import FaultRule
 
 log = logging.getLogger(__name__)
@@ -235,8 +247,9 @@ class Cluster:
         """Cut peer i off and kill its process (SIGKILL): only what it persisted survives."""
         self.connected[i] = False
         if self.running[i]:
-            self._remember_counters(i)
-            self._sup.kill(f"peer-{i}")
+            if self._sup.status(f"peer-{i}") == "running":  # not one that stopped itself (removed from the cluster)
+                self._remember_counters(i)
+                self._sup.kill(f"peer-{i}")
             self._await_exit(i)
             self.running[i] = False
         self._apply_rules()
@@ -295,7 +308,8 @@ class Cluster:
         change_membership(self._system, self.member_endpoints(), PROMOTE, i, timeout=timeout)
 
     def remove_server(self, i: int, timeout: float = 30.0) -> None:
-        """Take server i out of the configuration, then stop its process for good."""
+        """Take server i out of the configuration, then make sure its process is gone (it stops itself once it
+        learns of its removal; one that has not yet is killed)."""
         change_membership(self._system, self.member_endpoints(), REMOVE, i, timeout=timeout)
         self.removed.add(i)
         self.crash(i)
@@ -345,6 +359,13 @@ class Cluster:
                 self.peer(i).get_state()
                 break
             except (AskTimeout, ActorDeadError):
+                if self._sup.status(f"peer-{i}") != "running" and self._sup.exit_code(f"peer-{i}") == REMOVED_EXIT:
+                    # Started again after the cluster removed it (a change that timed out before the harness saw
+                    # it commit): it found out and stopped, as it should. The harness starts it no more.
+                    log.info("harness: peer %d stopped at once: the cluster had removed it", i)
+                    self.removed.add(i)
+                    self.running[i] = self.connected[i] = False
+                    return
                 if time.monotonic() > deadline or self._sup.status(f"peer-{i}") != "running":
                     raise HarnessFailure(f"peer {i} did not start") from None
 
@@ -402,8 +423,16 @@ class Cluster:
 
     def exit_code(self, i: int) -> int | None:
         """The exit code of peer i's last process to exit (-9 after a crash), None if none has."""
-        codes = [e.exitcode for e in self._sup.events if e.child == f"peer-{i}" and e.kind == "exited"]
-        return codes[-1] if codes else None
+        return self._sup.exit_code(f"peer-{i}")
+
+    def wait_for_exit(self, i: int, timeout: float) -> int | None:
+        """Peer i's exit code once its process has ended by itself (a removed server stops), None if it still
+        runs after ``timeout`` seconds (woken by the supervisor's events, not polled)."""
+        name = f"peer-{i}"
+        if not self._sup.wait_for(lambda: self._sup.status(name) != "running", timeout):
+            return None
+        self.running[i] = self.connected[i] = False
+        return self._sup.exit_code(name)
 
     def _remember_counters(self, i: int) -> None:
         try:

@@ -298,7 +298,7 @@ class KVRaftTarget:
             finally:
                 if self.applied is not None:
                     self.applied.grow(c.n)
-        else:  # a second try: what the cluster shows done is not asked again (it would be refused for good)
+        else:  # a second try: what the cluster shows done is not done again (an add is a new process, then the change)
             info = c.members_info(left())
             if r.new not in info.voters and r.new not in info.learners:
                 c.restart(r.new)  # a fresh process (the first may never have come up), from what it holds
