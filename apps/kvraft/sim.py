@@ -234,7 +234,7 @@ class _PeerShell:
     """The peer actor's membership side, run on a simulated server's core: ``RaftPeer``'s own methods.
 
     The sim cannot build the actor (it needs an actor system), so it borrows
-    the three methods that answer ``Members`` and ``ChangeMembers`` and find a
+    the methods that answer ``Members`` and ``ChangeMembers`` and find a
     server's endpoint; they read only ``core``, ``config`` and ``_endpoints``.
     So the changes the simulated operator asks for, and the member lists
     the simulated clerks learn, pass the very code the real peer runs.
@@ -243,6 +243,7 @@ class _PeerShell:
     endpoint_of: Any = RaftPeer.endpoint_of
     members_info: Any = RaftPeer._members_info
     change: Any = RaftPeer._change
+    _already_made: Any = RaftPeer._already_made
 
     def __init__(self, core: RaftCore, config: PeerConfig) -> None:
         self.core, self.config = core, config
