@@ -109,6 +109,7 @@ from transport.probe import PROBE_TIMEOUT, LinkReport, probe
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
 from transport.roles import Roles, refusal
 from transport.timers import Timer, TimerQueue
+from transport.unread import DEFAULT_MAX_UNREAD_BYTES, REPLY_HWM, TRACK_FROM, UnreadReplies
 
 log = logging.getLogger(__name__)
 _notices = OncePerCause(log)  # what a peer can repeat per message is logged once per cause
@@ -136,11 +137,14 @@ class Node:
         max_peers: int = DEFAULT_MAX_PEERS,
         inbound_hwm: int = DEFAULT_INBOUND_HWM,
         peer_idle: float = DEFAULT_PEER_IDLE,
+        max_unread_bytes: int = DEFAULT_MAX_UNREAD_BYTES,
     ) -> None:
         """``keys``: the keyring (default: ``$ZACTOR_KEYS``, else the user's, made on first use).
-        ``secure=False`` turns CURVE off (loopback and ipc:// only; warns once per process)."""
-        if max_peers < 1 or inbound_hwm < 1 or peer_idle <= 0:
-            raise ValueError("max_peers and inbound_hwm must be at least 1, peer_idle positive")
+        ``secure=False`` turns CURVE off (loopback and ipc:// only; warns once per process).
+        ``max_unread_bytes``: large replies one connection may leave unread before the rest are
+        dropped (see :mod:`transport.unread`)."""
+        if max_peers < 1 or inbound_hwm < 1 or peer_idle <= 0 or max_unread_bytes < 1:
+            raise ValueError("max_peers, inbound_hwm and max_unread_bytes must be at least 1, peer_idle positive")
         self.peer_idle = peer_idle
         self.on_message = on_message
         self.describe: Callable[[], list[dict]] = list  # what the layer above hosts (its actors), for STATS
@@ -165,7 +169,10 @@ class Node:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.RCVHWM, inbound_hwm)
-        self._router.setsockopt(zmq.SNDHWM, 100_000)  # replies queued for one asker, as for a DEALER
+        # Replies queued for one asker: at most REPLY_HWM messages, and large ones bounded in bytes too
+        # (transport.unread), whose zero-copy sends must never be copied (a copy's tracker is done at once).
+        self._router.setsockopt(zmq.SNDHWM, REPLY_HWM)
+        self._router.copy_threshold = 0
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot go is counted, not silently lost
         watch_liveness(self._router)
         # A connection that has not logged in within HANDSHAKE_MS is closed: a stranger's idle
@@ -193,6 +200,7 @@ class Node:
             self._admission.label = self.endpoint
         if self._roles is not None:
             self._roles.label = self.endpoint
+        self._unread = UnreadReplies(max_unread_bytes, self.counters, self.endpoint, self._label_of)
         # Every DEALER this node opens names it, once per connection, in its
         # routing id ("z|<endpoint>|<random>", unique per socket); frames on it
         # then leave their src out. An endpoint too long for a routing id
@@ -360,11 +368,19 @@ class Node:
         return len(frame)
 
     def _send_replies(self, route: bytes, frames: list[bytes]) -> None:
-        """On the I/O thread: replies out on the ROUTER to one connection, in one message (a batch) if several."""
+        """On the I/O thread: replies out on the ROUTER to one connection, in one message (a batch) if several.
+
+        A large reply goes through the count of what that connection has not read
+        (:mod:`transport.unread`), which drops it if the connection holds too much.
+        """
         self._router_sent = True
+        frame = frames[0] if len(frames) == 1 else encode_batch(frames)
+        if len(frame) >= TRACK_FROM:
+            self._unread.send(self._router, route, frame)
+            return
         try:
             raw_send(self._router, route, MORE_NOBLOCK)
-            raw_send(self._router, frames[0] if len(frames) == 1 else encode_batch(frames), NOBLOCK)
+            raw_send(self._router, frame, NOBLOCK)
         except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
             self.counters.add("send_failures", len(frames))
 
@@ -599,13 +615,7 @@ class Node:
     def _deliver_or_send(self, dest: str, frame: bytes, route: bytes | None = None) -> None:
         """On the I/O thread: receive a frame for this node, reply on the ROUTER, or send under the lock."""
         if route is not None and route != LOCAL:
-            self._router_sent = True
-            try:
-                router = self._router
-                raw_send(router, route, MORE_NOBLOCK)
-                raw_send(router, frame, NOBLOCK)
-            except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
-                self.counters.add("send_failures")
+            self._send_replies(route, [frame])
             return
         if dest == self.endpoint or route == LOCAL:
             self._receive(frame, LOCAL)
@@ -843,6 +853,10 @@ class Node:
             self._control(env, client=not trusted)
             return
         self._deliver(env)
+
+    def _label_of(self, route: bytes) -> str:
+        """The endpoint a connection's routing id names, "" if none (for logs; any parse is cached)."""
+        return self._route_peers.get(route) or self._peer_of(route)
 
     def _peer_of(self, route: bytes) -> str:
         """The endpoint a connection's routing id names ("" for one that names none: a label only)."""

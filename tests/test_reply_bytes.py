@@ -1,0 +1,171 @@
+"""Replies a peer leaves unread are bounded in bytes per connection (issue 31), on real server processes.
+
+A member that asks a KV server a thousand times for a 1 MiB value and never
+reads the replies once grew the server by 1 GiB: ZeroMQ bounds a
+connection's queue in messages. Now the server holds at most
+``max_unread_bytes`` of large replies per connection; past that, that
+connection's replies are dropped (counted in ``cut_off``, logged once) while
+the server answers everyone else, and the connection is served again once
+it reads. A reader that keeps reading is never cut off, however much it
+asks for at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from actors import ActorSystem
+from actors.testing import Echo
+from apps.kvsrv import Clerk
+from apps.kvsrv.messages import Get
+from tests.helpers import free_port, wait_until
+from tests.processes import Lines, running
+from transport import Envelope, Kind, decode, encode
+from transport.keys import resolve_keyring
+from transport.unread import DEFAULT_MAX_UNREAD_BYTES
+
+MiB = 1024 * 1024
+VALUE = MiB
+ASKS = 1000
+RSS_BOUND = 256 * MiB
+"""Issue 31: a member that never reads cannot grow a server by more than this (it grew by 1 GiB)."""
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _recv(sock: zmq.Socket, timeout_ms: int = 20_000) -> bytes:
+    assert sock.poll(timeout_ms), "no reply on the connection"
+    return sock.recv()
+
+
+@pytest.fixture
+def kv_server() -> Iterator[tuple[str, Lines]]:
+    """``zactor kv serve`` in a process of its own (this machine's keyring: ours is a member key)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with running("kv", "serve", "--endpoint", endpoint) as lines:
+        lines.wait_for("KV server listening on", 30)
+        yield endpoint, lines
+
+
+@pytest.fixture
+def non_reader() -> Iterator[Callable[[str], zmq.Socket]]:
+    """A member's raw DEALER that takes in one message at most until the test reads: a peer that stops reading."""
+    ctx = zmq.Context()
+
+    def connect(endpoint: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 1)  # ZeroMQ here stops reading the connection at once
+        sock.setsockopt(zmq.RCVBUF, 4096)  # and so does the kernel, nearly
+        resolve_keyring().secure_client(sock, endpoint)
+        sock.connect(endpoint)
+        return sock
+
+    yield connect
+    ctx.destroy(linger=0)
+
+
+def _ask(corr: int, body: object, dest: str = "kv") -> bytes:
+    return encode(Envelope(Kind.ASK, dest, "", corr, body))
+
+
+def test_a_member_that_never_reads_cannot_grow_a_server_past_the_bound(
+    system: ActorSystem, kv_server: tuple[str, Lines], non_reader: Callable[[str], zmq.Socket]
+) -> None:
+    endpoint, lines = kv_server
+    value = "x" * VALUE
+    clerk = Clerk(endpoint, system=system)
+    clerk.put("big", value)
+    assert clerk.get("big") == value  # the server has sent one such reply: its allocator is warm
+    control = system.control(endpoint, timeout=10)
+    pid = control.ping()["pid"]
+    before = control.counters()
+    base = peak = _rss(pid)
+    sock = non_reader(endpoint)
+    for corr in range(ASKS):
+        sock.send(_ask(corr, Get("big")))
+
+    def all_answered() -> bool:  # sent or dropped, every reply is counted in ``sent``
+        nonlocal peak
+        peak = max(peak, _rss(pid))
+        return control.counters()["sent"].get("str", 0) - before["sent"].get("str", 0) >= ASKS
+
+    assert wait_until(all_answered, 120, interval=0.05), control.counters()
+    peak = max(peak, _rss(pid))
+    assert peak - base < RSS_BOUND, f"the server grew by {(peak - base) / MiB:.0f} MiB for a peer that does not read"
+    after = control.counters()
+    cut = after["cut_off"] - before["cut_off"]
+    # All but what the bound let through (and about as much again in the kernel's buffers and the reader's):
+    # without the bound nothing is cut off, and the server holds the whole 1 GiB.
+    assert cut >= ASKS - 2 * DEFAULT_MAX_UNREAD_BYTES // VALUE, after
+    assert after["send_failures"] == before["send_failures"], after
+    assert "connection with routing id" in lines.wait_for("max_unread_bytes", 10)
+    # Everyone else is answered meanwhile, the large value included.
+    assert Clerk(endpoint, system=system).get("big") == value
+    # The reader reads again: it gets every reply that was sent, and then its next ask is answered.
+    corrs = [decode(_recv(sock)).corr for _ in range(ASKS - cut)]
+    assert corrs == sorted(corrs) and len(set(corrs)) == len(corrs)
+    sock.send(_ask(ASKS, Get("big")))
+    reply = decode(_recv(sock))
+    assert (reply.kind, reply.corr, len(reply.body)) == (Kind.REPLY, ASKS, VALUE)
+    assert control.counters()["cut_off"] == after["cut_off"]
+    assert not [line for line in lines.pending() if "max_unread_bytes" in line], "the cut-off was logged again"
+
+
+def test_a_pipelining_reader_of_large_replies_is_never_cut_off(system: ActorSystem, kv_server: tuple[str, Lines]) -> None:
+    endpoint, _ = kv_server
+    value = "y" * VALUE
+    Clerk(endpoint, system=system).put("big", value)
+    control = system.control(endpoint, timeout=10)
+    before = control.counters()
+    kv = system.ref(endpoint, "kv")
+    n = 2 * DEFAULT_MAX_UNREAD_BYTES // VALUE  # twice the bound in flight on one connection
+    pending = deque(kv.ask(Get("big"), block=False, timeout=60) for _ in range(n))
+    while pending:
+        assert pending.popleft().get() == value
+    after = control.counters()
+    assert after["cut_off"] == before["cut_off"], after
+    assert after["send_failures"] == before["send_failures"], after
+
+
+def serve_echo_bounded(endpoint: str, max_unread_bytes: int) -> None:
+    with ActorSystem(endpoint, start=False, max_unread_bytes=max_unread_bytes) as system:
+        system.spawn(Echo, name="echo")
+        system.start()
+        system.run_until_stopped()
+
+
+def test_the_bound_is_a_setting_of_the_actor_system(
+    system: ActorSystem, tmp_path: Path, non_reader: Callable[[str], zmq.Socket]
+) -> None:
+    from actors import ChildSpec, Supervisor
+
+    endpoint = f"ipc://{tmp_path}/echo.sock"
+    payload = b"z" * (256 * 1024)
+    with Supervisor() as supervisor:
+        supervisor.start_child(ChildSpec("echo", serve_echo_bounded, (endpoint, 2 * len(payload))))
+        assert system.ref(endpoint, "echo").ask("up?", timeout=20) == "up?"
+        control = system.control(endpoint, timeout=10)
+        sock = non_reader(endpoint)
+        asks = 100
+        for corr in range(asks):
+            sock.send(_ask(corr, payload, "echo"))
+        assert wait_until(lambda: control.counters()["sent"].get("bytes", 0) >= asks, 60), control.counters()
+        cut = control.counters()["cut_off"]
+        # Two replies within the bound, and what the kernel's buffers hold; without the setting, none cut off.
+        assert cut >= asks // 2, control.counters()
+        got = [decode(_recv(sock)).body for _ in range(asks - cut)]
+        assert got == [payload] * (asks - cut)
+        sock.send(_ask(asks, payload, "echo"))
+        assert decode(_recv(sock)).body == payload
