@@ -241,7 +241,7 @@ class ActorSystem:
     ) -> None:
         """``nodes``: node agents' endpoints that ``lookup`` searches (``join`` adds more).
         ``max_unread_bytes``: large replies one connection may leave unread before its further
-        replies are dropped (counted in ``cut_off``; see :mod:`transport.unread`).
+        requests are held back until it reads (see :mod:`transport.unread`).
 
         ``start=False`` binds the endpoint but handles no traffic until ``start()``:
         a process that hosts actors spawns them first, so a message that was

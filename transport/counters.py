@@ -70,8 +70,8 @@ class Counters:
     busy: int = 0
     """Asks answered with MailboxFull because the actor's mailbox was at its bound."""
     cut_off: int = 0
-    """Replies dropped because the connection they were for had left ``max_unread_bytes`` of replies unread
-    (a peer that does not read: see :mod:`transport.unread`)."""
+    """Requests (and replies) dropped because their connection had left ``max_unread_bytes`` of replies unread
+    and as many requests waiting as are held back for it (a peer that does not read: see :mod:`transport.unread`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _shared: Tally = field(default_factory=Tally, repr=False, compare=False)
     """For writers without a tally of their own (counted under the lock)."""

@@ -141,8 +141,8 @@ class Node:
     ) -> None:
         """``keys``: the keyring (default: ``$ZACTOR_KEYS``, else the user's, made on first use).
         ``secure=False`` turns CURVE off (loopback and ipc:// only; warns once per process).
-        ``max_unread_bytes``: large replies one connection may leave unread before the rest are
-        dropped (see :mod:`transport.unread`)."""
+        ``max_unread_bytes``: large replies one connection may leave unread before its requests are
+        held back (see :mod:`transport.unread`)."""
         if max_peers < 1 or inbound_hwm < 1 or peer_idle <= 0 or max_unread_bytes < 1:
             raise ValueError("max_peers, inbound_hwm and max_unread_bytes must be at least 1, peer_idle positive")
         self.peer_idle = peer_idle
@@ -200,7 +200,7 @@ class Node:
             self._admission.label = self.endpoint
         if self._roles is not None:
             self._roles.label = self.endpoint
-        self._unread = UnreadReplies(max_unread_bytes, self.counters, self.endpoint, self._label_of)
+        self._unread = UnreadReplies(max_unread_bytes, self.counters, self.endpoint, self._label_of, self._take, self.call_later)
         # Every DEALER this node opens names it, once per connection, in its
         # routing id ("z|<endpoint>|<random>", unique per socket); frames on it
         # then leave their src out. An endpoint too long for a routing id
@@ -411,6 +411,11 @@ class Node:
     def open_peers(self) -> int:
         """Sending sockets open now (bounded by ``max_peers``)."""
         return len(self._dealers)
+
+    @property
+    def held_back(self) -> int:
+        """Requests held back now, for connections that have left ``max_unread_bytes`` unread (:mod:`transport.unread`)."""
+        return self._unread.waiting
 
     def close(self) -> None:
         """Stop the I/O thread and close every socket; idempotent."""
@@ -727,7 +732,8 @@ class Node:
         reply sent (here, or by the I/O loop, which ``_router_sent`` tells to
         look), and that look is what re-arms its descriptor.
         """
-        router, roles = self._router, self._roles
+        router, roles, unread = self._router, self._roles, self._unread
+        unread_queues = unread.queues  # non-empty only while some connection has large replies in flight
         burst = False
         try:
             for _ in range(10_000):
@@ -751,12 +757,8 @@ class Node:
                         extra += 1
                     self.counters.add("malformed")
                     _notices.warn(("parts", self.endpoint, route), "node %s: dropped a message of %d parts (want 1; more: malformed)", self.endpoint, extra + 1)
-                elif roles is None:
-                    self._receive(frame, route)
-                elif (trust := roles.trust(frame)) is None:
-                    roles.refuse(frame)
-                else:
-                    self._receive(frame.bytes, route, trusted=trust)
+                elif not unread_queues or not unread.hold(route, frame):  # held back: its connection is not reading
+                    self._take(frame, route)
                 if not burst:
                     if not events(router) & POLLIN:
                         self._router_sent = False
@@ -767,6 +769,17 @@ class Node:
             if burst:
                 self._batching = False
                 self._held.flush()
+
+    def _take(self, frame: Any, route: bytes) -> None:
+        """Serve one request read off the ROUTER (a zmq.Frame with security on, bytes without), now or when
+        its connection has drained (:mod:`transport.unread`): its key is looked up then (a revocation meanwhile holds)."""
+        roles = self._roles
+        if roles is None:
+            self._receive(frame, route)
+        elif (trust := roles.trust(frame)) is None:
+            roles.refuse(frame)
+        else:
+            self._receive(frame.bytes, route, trusted=trust)
 
     # ---- what channels use (transport.channel.ChannelHost) -------------------
 
