@@ -17,7 +17,9 @@ The node is built from rooms, each a module of its own: :mod:`transport.ipc`
 count of refused handshakes), :mod:`transport.dealers` (opening sending
 sockets, and the shared ones kept per destination), :mod:`transport.channel`
 (a thread's own connection, read by the thread that waits),
-:mod:`transport.batching` (replies held in a burst), :mod:`transport.control`
+:mod:`transport.batching` (replies held in a burst), :mod:`transport.unread`
+(the bytes of replies each connection has not read, and its requests held
+back while that is too much), :mod:`transport.control`
 (what the control name does) and :mod:`transport.rawzmq` (pyzmq's compiled
 calls for the per-message paths). This module keeps what ties them together:
 the bound ROUTER, the I/O thread's loop, the way in for every frame
@@ -371,7 +373,7 @@ class Node:
         """On the I/O thread: replies out on the ROUTER to one connection, in one message (a batch) if several.
 
         A large reply goes through the count of what that connection has not read
-        (:mod:`transport.unread`), which drops it if the connection holds too much.
+        (:mod:`transport.unread`), which drops it only past twice the bound.
         """
         self._router_sent = True
         frame = frames[0] if len(frames) == 1 else encode_batch(frames)

@@ -72,19 +72,22 @@ LOOK_EVERY = (0.002, 0.1)
 """Seconds between looks at the connections with requests held back: the first, and the longest (doubling
 while none of them drains)."""
 
+SWEEP_EVERY = 1.0
+"""Seconds between looks for connections with nothing held any more, while any has large replies in flight."""
+
 _MiB = 1024 * 1024
 
 
 class UnreadReplies:
     """The bytes of large replies each connection's queue holds; the I/O thread's alone (it owns the ROUTER).
 
-    ``queues`` is non-empty exactly when some connection has large replies in flight or requests held
-    back: the node's read loop asks :meth:`hold` about a request only then (one truth test per request
-    otherwise).
+    ``queues`` is non-empty while some connection has large replies in flight or requests held back
+    (and up to :data:`SWEEP_EVERY` after): the node's read loop asks :meth:`hold` about a request only
+    then (one truth test per request otherwise).
     """
 
     __slots__ = (
-        "_call_later", "_counters", "_held_back", "_label", "_peer", "_serve", "_sweep_at", "_wait", "limit", "queues", "waiting",
+        "_call_later", "_counters", "_held_back", "_label", "_peer", "_serve", "_wait", "limit", "queues", "waiting",
     )
 
     def __init__(
@@ -111,7 +114,6 @@ class UnreadReplies:
         self.waiting = 0
         """Requests held back now, on every connection."""
         self._wait = 0.0  # seconds to the next look at what is held back (0: no look due)
-        self._sweep_at = 64  # forget connections with nothing held once this many are known
 
     def send(self, router: zmq.Socket, route: bytes, frame: bytes) -> None:
         """Send one large reply (``TRACK_FROM`` bytes or more) to ``route``, or drop it if that connection
@@ -134,8 +136,8 @@ class UnreadReplies:
                 queue.waiting_bytes = 0
             return
         if queue is None:
-            if len(self.queues) >= self._sweep_at:
-                self._sweep()
+            if not self.queues:  # the first connection with large replies in flight: sweep until none is left
+                self._call_later(SWEEP_EVERY, self._sweep)
             queue = self.queues[route] = _Queue()
         queue.trackers.append((tracker, len(frame)))
         queue.size += len(frame)
@@ -207,13 +209,15 @@ class UnreadReplies:
         )
 
     def _sweep(self) -> None:
-        """Forget the connections whose replies have all been taken (or dropped with the connection)."""
+        """On a timer: forget the connections whose replies have all been taken (or dropped with the
+        connection), so that ``queues`` empties and requests skip :meth:`hold` again."""
         for route in list(self.queues):
             queue = self.queues[route]
             queue.reclaim()
             if not queue.size and not queue.waiting:
                 del self.queues[route]
-        self._sweep_at = max(64, 2 * len(self.queues))
+        if self.queues:
+            self._call_later(SWEEP_EVERY, self._sweep)
 
 
 class _Queue:
