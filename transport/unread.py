@@ -18,7 +18,8 @@ reply is what weighs), and served as the connection's replies drain
 reader that keeps reading loses nothing, however much it asks for at once
 (a clerk with a hundred asks for 1 MiB in flight, a shuffle's chunks). A
 peer that stops reading fills its held-back requests to their bound
-(:data:`HOLD_MAX` requests or ``limit / 4`` bytes): from then on its
+(:data:`HOLD_MAX` requests or ``limit / 4`` bytes; the first is held back
+whatever its size): from then on its
 requests are dropped, counted in ``cut_off`` and logged once per connection
 (then once a minute with how many more), until it reads again. A reply is
 dropped too (also ``cut_off``) if it would take its connection past twice
@@ -157,21 +158,13 @@ class UnreadReplies:
                 self._wait = LOOK_EVERY[0]
                 self._call_later(self._wait, self._look)
         size = len(frame)
-        if len(queue.waiting) >= HOLD_MAX or queue.waiting_bytes + size > self.limit // 4:
+        if queue.waiting and (len(queue.waiting) >= HOLD_MAX or queue.waiting_bytes + size > self.limit // 4):
             self._cut_off(route, queue.size, "request")
             return True
         queue.waiting.append(frame)
         queue.waiting_bytes += size
         self.waiting += 1
         return True
-
-    def held(self, route: bytes) -> int:
-        """Bytes of large replies to ``route`` that libzmq still holds (for tests and logs)."""
-        queue = self.queues.get(route)
-        if queue is None:
-            return 0
-        queue.reclaim()
-        return queue.size
 
     def _look(self) -> None:
         """On a timer: serve what is held back for the connections that have drained below ``limit``."""
@@ -188,7 +181,10 @@ class UnreadReplies:
                 queue.waiting_bytes -= len(frame)
                 self.waiting -= 1
                 progress = True
-                self._serve(frame, route)  # a reply adds to queue.size
+                try:
+                    self._serve(frame, route)  # a reply adds to queue.size
+                except Exception:  # never fatal to the look, which the rest held back waits for
+                    log.exception("node %s: serving a request held back failed", self._label)
             if not waiting:
                 self._held_back.discard(route)
         if not self._held_back:
