@@ -66,6 +66,7 @@ from actors.wire import NodeControl, Wire
 from transport import Envelope, Keyring, Node, Timer
 from transport.codec import DEFAULT_MAX_FRAME_BYTES
 from transport.probe import PROBE_TIMEOUT, LinkReport
+from transport.unread import DEFAULT_MAX_UNREAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,11 @@ class ActorSystem:
         secure: bool | None = None,
         mailbox_limit: int = DEFAULT_MAILBOX_LIMIT,
         nodes: Sequence[str] = (),
+        max_unread_bytes: int = DEFAULT_MAX_UNREAD_BYTES,
     ) -> None:
         """``nodes``: node agents' endpoints that ``lookup`` searches (``join`` adds more).
+        ``max_unread_bytes``: large replies one connection may leave unread before its further
+        requests are held back until it reads (see :mod:`transport.unread`).
 
         ``start=False`` binds the endpoint but handles no traffic until ``start()``:
         a process that hosts actors spawns them first, so a message that was
@@ -264,6 +268,7 @@ class ActorSystem:
             start=False,
             keys=keys,
             secure=secure,
+            max_unread_bytes=max_unread_bytes,
         )
         self.endpoint = self._node.endpoint
         self._wire = Wire(self._node, ask_timeout=ask_timeout, mailbox_limit=mailbox_limit, lookup=self._lookup, label=repr(self),

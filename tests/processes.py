@@ -121,6 +121,16 @@ class Lines:
             if text in line:
                 return line
 
+    def pending(self) -> list[str]:
+        """The lines printed by now and not yet read, without waiting for more."""
+        got = []
+        while True:
+            try:
+                got.append(self._q.get_nowait())
+            except queue.Empty:
+                self.seen.extend(got)
+                return got
+
 
 @contextmanager
 def running(*args: str) -> Iterator[Lines]:

@@ -55,6 +55,9 @@ class Controlled(Protocol):
     @property
     def open_peers(self) -> int: ...
 
+    @property
+    def held_back(self) -> int: ...
+
     def describe(self) -> list[dict]:
         """What the layer above hosts here (its actors), for a live view."""
 
@@ -82,6 +85,7 @@ def perform(node: Controlled, request: object, *, client: bool = False) -> Any:
     if request.op == ControlOp.COUNTERS:
         result = node.counters.snapshot()
         result["open_peers"] = node.open_peers
+        result["held_back"] = node.held_back
         return result
     if request.op == ControlOp.RESET_COUNTERS:
         node.counters.reset()

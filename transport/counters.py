@@ -69,6 +69,9 @@ class Counters:
     """Tells dropped because the actor's mailbox was at its bound."""
     busy: int = 0
     """Asks answered with MailboxFull because the actor's mailbox was at its bound."""
+    cut_off: int = 0
+    """Requests (and replies) dropped because their connection had left ``max_unread_bytes`` of replies unread
+    and as many requests waiting as are held back for it (a peer that does not read: see :mod:`transport.unread`)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _shared: Tally = field(default_factory=Tally, repr=False, compare=False)
     """For writers without a tally of their own (counted under the lock)."""
@@ -154,6 +157,7 @@ class Counters:
                 "revoked": self.revoked,
                 "dropped_full": self.dropped_full,
                 "busy": self.busy,
+                "cut_off": self.cut_off,
                 "messages_total": sum(sent.values()),
                 "bytes_total": sum(sent_bytes.values()),
             }
@@ -164,7 +168,7 @@ class Counters:
             self.dropped_by_faults = self.malformed = 0
             self.unknown_actor = self.send_failures = self.control = 0
             self.rejected = self.dropped_full = self.busy = 0
-            self.refused = self.revoked = 0
+            self.refused = self.revoked = self.cut_off = 0
 
 
 def _add(into: Tally, t: Tally) -> None:

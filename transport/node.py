@@ -17,7 +17,9 @@ The node is built from rooms, each a module of its own: :mod:`transport.ipc`
 count of refused handshakes), :mod:`transport.dealers` (opening sending
 sockets, and the shared ones kept per destination), :mod:`transport.channel`
 (a thread's own connection, read by the thread that waits),
-:mod:`transport.batching` (replies held in a burst), :mod:`transport.control`
+:mod:`transport.batching` (replies held in a burst), :mod:`transport.unread`
+(the bytes of replies each connection has not read, and its requests held
+back while that is too much), :mod:`transport.control`
 (what the control name does) and :mod:`transport.rawzmq` (pyzmq's compiled
 calls for the per-message paths). This module keeps what ties them together:
 the bound ROUTER, the I/O thread's loop, the way in for every frame
@@ -109,6 +111,7 @@ from transport.probe import PROBE_TIMEOUT, LinkReport, probe
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
 from transport.roles import Roles, refusal
 from transport.timers import Timer, TimerQueue
+from transport.unread import DEFAULT_MAX_UNREAD_BYTES, REPLY_HWM, TRACK_FROM, UnreadReplies
 
 log = logging.getLogger(__name__)
 _notices = OncePerCause(log)  # what a peer can repeat per message is logged once per cause
@@ -136,11 +139,14 @@ class Node:
         max_peers: int = DEFAULT_MAX_PEERS,
         inbound_hwm: int = DEFAULT_INBOUND_HWM,
         peer_idle: float = DEFAULT_PEER_IDLE,
+        max_unread_bytes: int = DEFAULT_MAX_UNREAD_BYTES,
     ) -> None:
         """``keys``: the keyring (default: ``$ZACTOR_KEYS``, else the user's, made on first use).
-        ``secure=False`` turns CURVE off (loopback and ipc:// only; warns once per process)."""
-        if max_peers < 1 or inbound_hwm < 1 or peer_idle <= 0:
-            raise ValueError("max_peers and inbound_hwm must be at least 1, peer_idle positive")
+        ``secure=False`` turns CURVE off (loopback and ipc:// only; warns once per process).
+        ``max_unread_bytes``: large replies one connection may leave unread before its requests are
+        held back (see :mod:`transport.unread`)."""
+        if max_peers < 1 or inbound_hwm < 1 or peer_idle <= 0 or max_unread_bytes < 1:
+            raise ValueError("max_peers, inbound_hwm and max_unread_bytes must be at least 1, peer_idle positive")
         self.peer_idle = peer_idle
         self.on_message = on_message
         self.describe: Callable[[], list[dict]] = list  # what the layer above hosts (its actors), for STATS
@@ -165,7 +171,10 @@ class Node:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.setsockopt(zmq.RCVHWM, inbound_hwm)
-        self._router.setsockopt(zmq.SNDHWM, 100_000)  # replies queued for one asker, as for a DEALER
+        # Replies queued for one asker: at most REPLY_HWM messages, and large ones bounded in bytes too
+        # (transport.unread), whose zero-copy sends must never be copied (a copy's tracker is done at once).
+        self._router.setsockopt(zmq.SNDHWM, REPLY_HWM)
+        self._router.copy_threshold = 0
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot go is counted, not silently lost
         watch_liveness(self._router)
         # A connection that has not logged in within HANDSHAKE_MS is closed: a stranger's idle
@@ -193,6 +202,7 @@ class Node:
             self._admission.label = self.endpoint
         if self._roles is not None:
             self._roles.label = self.endpoint
+        self._unread = UnreadReplies(max_unread_bytes, self.counters, self.endpoint, self._label_of, self._take, self.call_later)
         # Every DEALER this node opens names it, once per connection, in its
         # routing id ("z|<endpoint>|<random>", unique per socket); frames on it
         # then leave their src out. An endpoint too long for a routing id
@@ -360,11 +370,19 @@ class Node:
         return len(frame)
 
     def _send_replies(self, route: bytes, frames: list[bytes]) -> None:
-        """On the I/O thread: replies out on the ROUTER to one connection, in one message (a batch) if several."""
+        """On the I/O thread: replies out on the ROUTER to one connection, in one message (a batch) if several.
+
+        A large reply goes through the count of what that connection has not read
+        (:mod:`transport.unread`), which drops it only past twice the bound.
+        """
         self._router_sent = True
+        frame = frames[0] if len(frames) == 1 else encode_batch(frames)
+        if len(frame) >= TRACK_FROM:
+            self._unread.send(self._router, route, frame)
+            return
         try:
             raw_send(self._router, route, MORE_NOBLOCK)
-            raw_send(self._router, frames[0] if len(frames) == 1 else encode_batch(frames), NOBLOCK)
+            raw_send(self._router, frame, NOBLOCK)
         except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
             self.counters.add("send_failures", len(frames))
 
@@ -395,6 +413,11 @@ class Node:
     def open_peers(self) -> int:
         """Sending sockets open now (bounded by ``max_peers``)."""
         return len(self._dealers)
+
+    @property
+    def held_back(self) -> int:
+        """Requests held back now, for connections that have left ``max_unread_bytes`` unread (:mod:`transport.unread`)."""
+        return self._unread.waiting
 
     def close(self) -> None:
         """Stop the I/O thread and close every socket; idempotent."""
@@ -599,13 +622,7 @@ class Node:
     def _deliver_or_send(self, dest: str, frame: bytes, route: bytes | None = None) -> None:
         """On the I/O thread: receive a frame for this node, reply on the ROUTER, or send under the lock."""
         if route is not None and route != LOCAL:
-            self._router_sent = True
-            try:
-                router = self._router
-                raw_send(router, route, MORE_NOBLOCK)
-                raw_send(router, frame, NOBLOCK)
-            except zmq.ZMQError:  # the asker has gone, or its queue is full (it is not reading)
-                self.counters.add("send_failures")
+            self._send_replies(route, [frame])
             return
         if dest == self.endpoint or route == LOCAL:
             self._receive(frame, LOCAL)
@@ -717,7 +734,8 @@ class Node:
         reply sent (here, or by the I/O loop, which ``_router_sent`` tells to
         look), and that look is what re-arms its descriptor.
         """
-        router, roles = self._router, self._roles
+        router, roles, unread = self._router, self._roles, self._unread
+        unread_queues = unread.queues  # non-empty only while some connection has large replies in flight
         burst = False
         try:
             for _ in range(10_000):
@@ -741,12 +759,8 @@ class Node:
                         extra += 1
                     self.counters.add("malformed")
                     _notices.warn(("parts", self.endpoint, route), "node %s: dropped a message of %d parts (want 1; more: malformed)", self.endpoint, extra + 1)
-                elif roles is None:
-                    self._receive(frame, route)
-                elif (trust := roles.trust(frame)) is None:
-                    roles.refuse(frame)
-                else:
-                    self._receive(frame.bytes, route, trusted=trust)
+                elif not unread_queues or not unread.hold(route, frame):  # held back: its connection is not reading
+                    self._take(frame, route)
                 if not burst:
                     if not events(router) & POLLIN:
                         self._router_sent = False
@@ -757,6 +771,17 @@ class Node:
             if burst:
                 self._batching = False
                 self._held.flush()
+
+    def _take(self, frame: Any, route: bytes) -> None:
+        """Serve one request read off the ROUTER (a zmq.Frame with security on, bytes without), now or when
+        its connection has drained (:mod:`transport.unread`): its key is looked up then (a revocation meanwhile holds)."""
+        roles = self._roles
+        if roles is None:
+            self._receive(frame, route)
+        elif (trust := roles.trust(frame)) is None:
+            roles.refuse(frame)
+        else:
+            self._receive(frame.bytes, route, trusted=trust)
 
     # ---- what channels use (transport.channel.ChannelHost) -------------------
 
@@ -843,6 +868,10 @@ class Node:
             self._control(env, client=not trusted)
             return
         self._deliver(env)
+
+    def _label_of(self, route: bytes) -> str:
+        """The endpoint a connection's routing id names, "" if none (for logs; any parse is cached)."""
+        return self._route_peers.get(route) or self._peer_of(route)
 
     def _peer_of(self, route: bytes) -> str:
         """The endpoint a connection's routing id names ("" for one that names none: a label only)."""
