@@ -31,9 +31,9 @@ Only replies of :data:`TRACK_FROM` bytes or more are tracked: below that a
 copy is cheaper than a tracker (a thread of pyzmq's sets its event), so
 small replies (every batch among them) stay on the fast path, bounded by
 the ROUTER's SNDHWM in messages (:data:`REPLY_HWM`), i.e. less than
-``REPLY_HWM * TRACK_FROM`` (64 MiB) per connection. So a connection that
+``REPLY_HWM * TRACK_FROM`` (80 MiB) per connection. So a connection that
 never reads holds at most about 2 x ``limit`` of large replies, ``limit / 4``
-of requests held back, and 64 MiB of small replies.
+of requests held back, and 80 MiB of small replies.
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ _notices = OncePerCause(log)
 DEFAULT_MAX_UNREAD_BYTES = 32 * 1024 * 1024
 """Bytes of large replies one connection may leave unread before its further requests are held back."""
 
-TRACK_FROM = 64 * 1024
+TRACK_FROM = 8 * 1024
 """Replies this large or larger are counted in bytes until libzmq lets go of them (smaller ones by count)."""
 
-REPLY_HWM = 1000
-"""The ROUTER's SNDHWM: replies queued per connection, in messages (ZeroMQ's default)."""
+REPLY_HWM = 10_000
+"""The ROUTER's SNDHWM: replies queued per connection, in messages. As many as requests may be held back,
+so that a pipelining reader that falls behind for a moment (a window of thousands of small asks) loses none."""
 
 HOLD_MAX = 10_000
 """Requests held back per connection at most (and ``limit / 4`` bytes of them); past that they are dropped."""
