@@ -23,10 +23,23 @@ import zmq
 from actors import ActorSystem, AskTimeout
 from apps.kvraft import Clerk as RaftClerk
 from apps.kvsrv.messages import Append, Get, Put
+from apps.raft.membership import Membership
+from apps.raft.messages import (
+    AppendEntries,
+    AppendEntriesReply,
+    Entry,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    MemberCheck,
+    Removed,
+    RequestVote,
+    RequestVoteReply,
+)
 from apps.raft.peer import ChangeMembers, Members
 from tests.helpers import Evil, free_port, wait_until
 from tests.processes import running, zactor
 from transport import ControlRequest, Envelope, Failure, Kind, decode, encode
+from transport.codec import RefusedFrame
 from transport.control import ControlOp
 from transport.faults import FaultRule
 from transport.keys import Keyring, Member, init_keyring, write_members
@@ -219,6 +232,8 @@ def test_a_client_key_uses_a_replicated_kv_cluster(rings: Rings, tmp_path: Path)
             assert raft.ask(Members(), timeout=10).voters == (0, 1, 2)
             with pytest.raises(PermissionError, match="client-role key may send only registered"):
                 raft.ask(ChangeMembers("remove", 0), timeout=10)
+            with pytest.raises(PermissionError, match="client-role key may send only registered"):  # nor speak Raft
+                raft.ask(AppendEntries(10**6, 0, 0, 0, 0, (), 0), timeout=10)
         # The cluster's own tools (same keyring, a member) read what the client wrote.
         out = zactor("kv", "get", "--servers", endpoints, "--keys", str(rings.server.directory), "greeting")
         assert out.returncode == 0 and out.stdout.strip() == "hello, world", out
@@ -267,3 +282,17 @@ def test_what_clerks_send_and_are_sent_decodes_restricted() -> None:
         back = decode(frame, trusted=False).body
         assert back == body or isinstance(body, Failure), (body, back)
     assert isinstance(decode(encode(Envelope(Kind.ERROR, "", "", 1, failure)), trusted=False).body.to_exception(), KeyError)
+
+
+@pytest.mark.parametrize("body", [
+    RequestVote(9, 0, 1, 0, 0), RequestVoteReply(9, 0, 1, True), AppendEntries(9, 0, 1, 0, 0, (Entry(9, 1, "x"),), 1),
+    AppendEntriesReply(9, 0, 1, True, 1, 0, 0), InstallSnapshot(9, 0, 1, 5, 9, b"state"), InstallSnapshotReply(9, 0, 1, 5),
+    MemberCheck(9, 0, 1), Removed(9, 0, 1, Membership.of(3)),
+], ids=lambda body: type(body).__name__)
+def test_a_client_key_cannot_speak_raft(body: Any) -> None:
+    """Raft's messages decode only from members: a client key's AppendEntries of a high term would depose the
+    leader and write its entries into the followers' logs."""
+    frame = encode(Envelope(Kind.TELL, "raft", "", 1, body))
+    assert decode(frame).body == body  # a member's frame
+    with pytest.raises(RefusedFrame, match=f"{type(body).__name__} is neither a registered message class nor plain data"):
+        decode(frame, trusted=False)

@@ -1,4 +1,9 @@
-"""Raft's messages (Figure 2 of the extended paper, plus InstallSnapshot) and the apply stream."""
+"""Raft's messages (Figure 2 of the extended paper, plus InstallSnapshot) and the apply stream.
+
+Every one is members-only: only the cluster's own servers speak Raft, and a
+client key that could send an AppendEntries of a high term could depose
+leaders and write entries into logs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from apps.raft.membership import Membership
 from transport.message import members_only, message
 
 
+@members_only
 @message
 class Entry:
     term: int
@@ -15,6 +21,7 @@ class Entry:
     command: Any
 
 
+@members_only
 @message
 class RequestVote:
     term: int
@@ -24,6 +31,7 @@ class RequestVote:
     last_log_term: int
 
 
+@members_only
 @message
 class RequestVoteReply:
     term: int
@@ -32,6 +40,7 @@ class RequestVoteReply:
     granted: bool
 
 
+@members_only
 @message
 class AppendEntries:
     term: int
@@ -45,6 +54,7 @@ class AppendEntries:
     """The leader's latest ReadIndex round when it sent this; the reply echoes it."""
 
 
+@members_only
 @message
 class AppendEntriesReply:
     term: int
@@ -61,6 +71,7 @@ class AppendEntriesReply:
     """The read_round of the AppendEntries this answers: the follower still took the sender as leader then."""
 
 
+@members_only
 @message
 class InstallSnapshot:
     term: int
@@ -73,6 +84,7 @@ class InstallSnapshot:
     """The configuration as of last_included_index (a leader always sends it)."""
 
 
+@members_only
 @message
 class InstallSnapshotReply:
     term: int
@@ -81,6 +93,7 @@ class InstallSnapshotReply:
     last_included_index: int
 
 
+@members_only
 @message
 class MemberCheck:
     """A non-voter that has heard from no leader for an election timeout asks a voter whether it is still a member.
@@ -110,6 +123,7 @@ class Removed:
     """The committed configuration that has no place for ``dst`` (the receiver checks it leaves it out)."""
 
 
+@members_only
 @message
 class ReadState:
     """A confirmed ReadIndex read: answer it once the service has applied ``index``."""
@@ -125,6 +139,7 @@ REQUEST_TYPES = ("RequestVote", "AppendEntries", "InstallSnapshot")
 REPLY_TYPES = ("RequestVoteReply", "AppendEntriesReply", "InstallSnapshotReply")
 
 
+@members_only
 @message
 class ApplyMsg:
     """What the service receives, in index order, exactly once each (the lab's fields)."""
