@@ -29,8 +29,10 @@ def test_config_rejects_unsafe_timing() -> None:
 
 def test_follower_that_hears_nothing_becomes_candidate_and_asks_after_persisting() -> None:
     c = core()
-    for _ in range(CFG.election_ticks_max):
+    for _ in range(CFG.election_ticks_max - 1):
         c.tick()
+    assert c.role is Role.FOLLOWER and not c.has_ready()  # a whole timeout first, counted from the start
+    c.tick()
     assert c.role is Role.CANDIDATE and c.term == 1 and c.voted_for == 0
     (rd,) = drain(c)
     assert rd.hard_state == HardState(1, 0) and rd.must_sync
