@@ -305,8 +305,12 @@ class RaftPeer(Actor):
         c = self.core
         m = c.membership
         pending = c.confs.last_index if c.confs.last_index > c.commit_index else 0
-        reachable = tuple((s, ep) for s in m.members if (ep := self.endpoint_of(s) if s != c.me else self.config.endpoints[c.me]))
-        return MembersInfo(c.me, c.term, c.leader_hint, self.endpoint_of(c.leader_hint), m.voters, m.learners, reachable,
+        reachable = []
+        for s in m.members:
+            endpoint = self.config.endpoints[c.me] if s == c.me else self.endpoint_of(s)
+            if endpoint:  # a member whose change carried no endpoint, beyond the starting list: not reachable
+                reachable.append((s, endpoint))
+        return MembersInfo(c.me, c.term, c.leader_hint, self.endpoint_of(c.leader_hint), m.voters, m.learners, tuple(reachable),
                            m.fresh_id, c.n, c.commit_index, pending)
 
     def _change(self, req: ChangeMembers) -> ChangeAccepted | ChangeRefused:
