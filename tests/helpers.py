@@ -40,6 +40,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+
+def rss_bytes(pid: int) -> int:
+    """The resident set of process ``pid`` now, in bytes (Linux's /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
 # --- actors ------------------------------------------------------------
 
 

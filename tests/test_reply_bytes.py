@@ -24,7 +24,7 @@ from actors import ActorSystem
 from actors.testing import Echo
 from apps.kvsrv import Clerk
 from apps.kvsrv.messages import Get
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, rss_bytes, wait_until
 from tests.processes import Lines, running, zactor
 from transport import Envelope, Kind, decode, encode
 from transport.keys import Keyring, Member, init_keyring, resolve_keyring, write_members
@@ -35,14 +35,6 @@ VALUE = MiB
 ASKS = HOLD_MAX + 1000
 RSS_BOUND = 256 * MiB
 """Issue 31: a member that never reads cannot grow a server by more than this (it grew by 1 GiB)."""
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def _recv(sock: zmq.Socket, timeout_ms: int = 20_000) -> bytes:
@@ -93,14 +85,14 @@ def test_a_member_that_never_reads_cannot_grow_a_server_past_the_bound(
     control = system.control(endpoint, timeout=10)
     pid = control.ping()["pid"]
     before = control.counters()
-    base = peak = _rss(pid)
+    base = peak = rss_bytes(pid)
     sock = non_reader(endpoint)
     for corr in range(ASKS):
         sock.send(_ask(corr, Get("big")))
 
     def every_ask_taken() -> bool:  # answered (counted in ``sent``), held back, or dropped; or the bound broken
         nonlocal peak
-        peak = max(peak, _rss(pid))
+        peak = max(peak, rss_bytes(pid))
         now = control.counters()
         answered = now["sent"].get("str", 0) - before["sent"].get("str", 0)
         taken = answered + now.get("held_back", 0) + now.get("cut_off", 0) - before.get("cut_off", 0)
@@ -108,7 +100,7 @@ def test_a_member_that_never_reads_cannot_grow_a_server_past_the_bound(
 
     # Within ZeroMQ's heartbeat timeout (10 s), after which it drops a connection that answers no ping.
     assert wait_until(every_ask_taken, 8, interval=0.05), control.counters()
-    peak = max(peak, _rss(pid))
+    peak = max(peak, rss_bytes(pid))
     assert peak - base < RSS_BOUND, f"the server grew by {(peak - base) / MiB:.0f} MiB for a peer that does not read"
     after = control.counters()
     answered = after["sent"]["str"] - before["sent"]["str"]

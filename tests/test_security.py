@@ -36,7 +36,7 @@ from actors.testing import Echo
 from apps.kvsrv import Clerk
 from apps.kvsrv.server import serve as serve_kv
 from apps.raft.peer import PEER_NAME, PeerConfig, Status, serve_peer
-from tests.helpers import Evil, free_port, wait_until
+from tests.helpers import Evil, free_port, rss_bytes, wait_until
 from tests.users import User, as_user
 from transport import CONTROL_NAME, ControlRequest, Envelope, FaultRule, InsecureBindError, Kind, encode
 from transport.codec import is_batch, split_batch
@@ -233,14 +233,6 @@ def serve_slow(endpoint: str, mailbox_limit: int, release: Any) -> None:
         system.run_until_stopped()
 
 
-def _rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 FLOOD_RSS_BOUND = 64 * 1024 * 1024
 """Growth allowed under the flood: mailbox bound (2,000 x ~1.2 KB) plus ZeroMQ's queues
 (10,000 frames per connection x 1 KB, both sides) plus allocator slack. Unbounded, the
@@ -255,7 +247,7 @@ def test_flood_of_tells_keeps_memory_bounded_and_the_node_answering(
     supervisor.start_child(ChildSpec("slow", serve_slow, (endpoint, 2_000, release)))
     assert wait_until(lambda: _pings(system, endpoint), 20)
     pid = system.control(endpoint).ping()["pid"]
-    base = _rss_bytes(pid)
+    base = rss_bytes(pid)
     flood = encode(Envelope(Kind.TELL, "slow", "ipc:///flooder", 0, b"x" * 1024))
     sock = member_socket(endpoint)
     sock.setsockopt(zmq.SNDHWM, 0)
@@ -276,9 +268,9 @@ def test_flood_of_tells_keeps_memory_bounded_and_the_node_answering(
         for i in range(200_000):
             sock.send(flood)
             if i % 5_000 == 0:
-                peak = max(peak, _rss_bytes(pid))
+                peak = max(peak, rss_bytes(pid))
         assert wait_until(lambda: system.control(endpoint).counters()["dropped_full"] > 0, 20)
-        peak = max(peak, _rss_bytes(pid))
+        peak = max(peak, rss_bytes(pid))
         stop.set()
         thread.join(timeout=10)
         assert peak - base < FLOOD_RSS_BOUND, f"RSS grew {(peak - base) / 2**20:.1f} MiB under the flood"
