@@ -65,6 +65,12 @@ class Counters:
     revoked: int = 0
     """Frames refused undecoded on a live connection whose key is no longer in the keyring (revoked),
     or whose key the node cannot check (see :mod:`transport.roles`)."""
+    closed: int = 0
+    """Live connections closed because a key that had logged in on this node was revoked (all of them: the
+    members reconnect and log in again, the revoked key cannot; see :mod:`transport.auth`)."""
+    accept_failed: int = 0
+    """Connections the operating system would not let the node accept (out of open files, or of memory): while
+    this grows, new clients cannot reach the node (a Raft leader steps down: see :meth:`Node.starved`)."""
     dropped_full: int = 0
     """Tells dropped because the actor's mailbox was at its bound."""
     busy: int = 0
@@ -155,6 +161,8 @@ class Counters:
                 "rejected": self.rejected,
                 "refused": self.refused,
                 "revoked": self.revoked,
+                "closed": self.closed,
+                "accept_failed": self.accept_failed,
                 "dropped_full": self.dropped_full,
                 "busy": self.busy,
                 "cut_off": self.cut_off,
@@ -169,6 +177,7 @@ class Counters:
             self.unknown_actor = self.send_failures = self.control = 0
             self.rejected = self.dropped_full = self.busy = 0
             self.refused = self.revoked = self.cut_off = 0
+            self.closed = self.accept_failed = 0
 
 
 def _add(into: Tally, t: Tally) -> None:

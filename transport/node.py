@@ -202,6 +202,9 @@ class Node:
             self._admission.label = self.endpoint
         if self._roles is not None:
             self._roles.label = self.endpoint
+        if self._admission is not None and self._roles is not None:
+            self._admission.bound = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._roles.on_revoked = self._admission.cut  # a revoked key's live connection is closed, not kept deaf
         self._unread = UnreadReplies(max_unread_bytes, self.counters, self.endpoint, self._label_of, self._take, self.call_later)
         # Every DEALER this node opens names it, once per connection, in its
         # routing id ("z|<endpoint>|<random>", unique per socket); frames on it
@@ -418,6 +421,13 @@ class Node:
     def held_back(self) -> int:
         """Requests held back now, for connections that have left ``max_unread_bytes`` unread (:mod:`transport.unread`)."""
         return self._unread.waiting
+
+    def starved(self, within: float) -> bool:
+        """Whether the operating system refused this node a connection for want of open files (or memory) in
+        the last ``within`` seconds, so new clients cannot reach it: what a Raft leader checks to give up
+        leading (any thread). Known with security on, where the ROUTER is monitored."""
+        at = self._admission.starved_at if self._admission is not None else None
+        return at is not None and time.monotonic() - at < within
 
     def close(self) -> None:
         """Stop the I/O thread and close every socket; idempotent."""

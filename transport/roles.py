@@ -22,10 +22,10 @@ changed), so a revocation reaches live sessions within that time. A members
 file that can no longer be read safely (see :mod:`transport.keys`) leaves
 only this machine's own key trusted, as the ZAP handler then admits no one.
 
-libzmq gives a ROUTER no way to close one peer's connection, so a revoked
-key's connection is not closed here: it stays open but deaf, every frame on
-it refused before a byte of it is unpickled (its queue is bounded by the
-ROUTER's high-water mark), until the peer goes.
+A key that leaves the table is handed to ``on_revoked`` (the node's), which
+closes the connections (:meth:`transport.auth.Admission.cut`): what the
+revoked key sent before that, and anything it sends on a connection not yet
+closed, is refused here, frame by frame, before a byte of it is unpickled.
 
 Cost: reading a frame as a :class:`zmq.Frame` and its ``User-Id`` (about
 0.2 us for the property, 0.7 us for the Frame, alone) came to about 2 us of
@@ -68,6 +68,8 @@ class Roles:
         self._seen: tuple[Member, ...] | None = None
         self._trust: dict[str, bool] = {self._own: True}
         self._logged: set[str] = set()
+        self.on_revoked: Callable[[set[str]], Any] = lambda keys: None
+        """Called (on the I/O thread) with the keys a refresh took out of the table."""
         self.label = "?"
         """The node's endpoint, for logs (set once the ROUTER is bound)."""
         self.refresh()
@@ -88,7 +90,7 @@ class Roles:
         except Exception as exc:  # a members file no longer safe to read: trust no one else
             if self._seen is not None or len(self._trust) != 1:
                 log.error("node %s: refusing every key but this machine's own: %s", self.label, exc)
-            self._seen, self._trust = None, {self._own: True}
+            self._replace(None, {self._own: True})
             return
         if members is self._seen:
             return
@@ -96,8 +98,14 @@ class Roles:
         trust[self._own] = True
         if self._seen is not None:
             log.info("node %s: the keyring's members changed (%d keys); live connections follow", self.label, len(trust))
-        self._seen, self._trust = members, trust
+        self._replace(members, trust)
         self._logged.clear()
+
+    def _replace(self, members: tuple[Member, ...] | None, trust: dict[str, bool]) -> None:
+        gone = self._trust.keys() - trust.keys()
+        self._seen, self._trust = members, trust
+        if gone:
+            self.on_revoked(gone)
 
     def trust(self, frame: zmq.Frame) -> bool | None:
         """True (a member: decode in full), False (a client: decode restricted) or None (refuse it)."""
