@@ -17,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,10 +134,12 @@ class Lines:
 
 
 @contextmanager
-def running(*args: str) -> Iterator[Lines]:
-    """``zactor ARGS`` running for the block, its output read line by line; SIGTERM at the end, then SIGKILL."""
+def running(*args: str, preexec_fn: Callable[[], Any] | None = None) -> Iterator[Lines]:
+    """``zactor ARGS`` running for the block, its output read line by line; SIGTERM at the end, then SIGKILL.
+    ``preexec_fn`` runs in the child before ``zactor`` starts (a resource limit, say)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "apps.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+        [sys.executable, "-m", "apps.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        preexec_fn=preexec_fn,
     )
     try:
         yield Lines(proc)

@@ -14,6 +14,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,8 @@ import pytest
 from actors import ActorSystem
 from apps.kvsrv import Clerk
 from apps.kvsrv.client import KVUnavailable
-from tests.helpers import free_port
-from tests.processes import ROOT, listening
+from tests.helpers import free_port, wait_until
+from tests.processes import ROOT, listening, running, zactor
 from transport.dealers import HANDSHAKE_MS
 
 pytestmark = pytest.mark.slow  # each waits out a handshake time or opens 1,100 connections
@@ -98,3 +99,88 @@ def test_members_get_in_past_1100_idle_strangers_and_a_shell_limit_of_1024(serve
         for s in strangers:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+CLUSTER_FILES = 160
+"""The open-file limit (soft and hard) of the Raft KV cluster below (a server uses about 25 at rest):
+few enough that a crowd of strangers fills it faster than the handshake time empties it."""
+
+
+def _cluster_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (CLUSTER_FILES, CLUSTER_FILES))
+
+
+class _Crowd:
+    """Stranger connections that keep a server's table of open files full: as the server closes those that
+    never log in (after HANDSHAKE_MS), new ones take their place, on a thread of their own until closed."""
+
+    def __init__(self, port: int, size: int) -> None:
+        self.port, self.size = port, size
+        self.socks: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", self.port))  # not waited for: past the backlog the kernel holds it in SYN
+        self.socks.append(s)
+
+    def _keep(self) -> None:
+        for _ in range(self.size):
+            self._open()
+        deadline = time.monotonic() + 120  # bounded, whatever the test does
+        while not self._stop.wait(0.2) and time.monotonic() < deadline:
+            for s in list(self.socks):
+                try:
+                    if s.recv(4096) == b"":  # the server closed it
+                        self.socks.remove(s)
+                        s.close()
+                        self._open()
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:  # refused or reset
+                    self.socks.remove(s)
+                    s.close()
+                    self._open()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for s in self.socks:
+            s.close()
+
+
+def test_a_raft_leader_out_of_open_files_steps_down_and_clients_are_served_by_another(tmp_path: Path) -> None:
+    """Strangers fill the leader's table of open files, so no new client can reach it while its heartbeats
+    (on connections it already has) would keep its leadership: it must give it up, and a new clerk's put
+    must succeed on the leader the others elect, while the crowd is still there."""
+    ports = [free_port() for _ in range(3)]
+    endpoints = [f"tcp://127.0.0.1:{p}" for p in ports]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4 * CLUSTER_FILES), hard))  # the crowd's sockets
+    crowd = None
+    try:
+        with running("kv", "cluster", "--servers", "3", "--endpoints", ",".join(endpoints), "--data-dir", str(tmp_path / "d"),
+                     "--for", "120", preexec_fn=_cluster_files) as lines, ActorSystem() as system:
+            line = lines.wait_for("leader: server", 30)
+            leader = int(line.split("leader: server ")[1].split()[0])
+            control = system.control(endpoints[leader], timeout=10)  # a connection made before the crowd came
+            assert control.counters()["accept_failed"] == 0
+            crowd = _Crowd(ports[leader], 3 * CLUSTER_FILES)
+            assert wait_until(lambda: control.counters()["accept_failed"] > 0, 20), "the crowd never filled the table"
+            line = lines.wait_for("leader: server", 15)
+            assert int(line.split("leader: server ")[1].split()[0]) != leader, line
+            # A clerk that starts now (new connections to every server) is served, the crowd still there.
+            failed_before = control.counters()["accept_failed"]
+            out = zactor("kv", "put", "--servers", ",".join(endpoints), "k", "v", timeout=30)
+            assert out.returncode == 0, out.stderr
+            assert control.counters()["accept_failed"] > failed_before, "the crowd had gone: the put proves nothing"
+            out = zactor("kv", "get", "--servers", ",".join(endpoints), "k", timeout=30)
+            assert out.returncode == 0 and out.stdout.strip() == "v", out
+    finally:
+        if crowd is not None:
+            crowd.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+

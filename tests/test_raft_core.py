@@ -255,3 +255,23 @@ def test_misaddressed_messages_are_ignored() -> None:
     c.step(RequestVote(9, 0, 2, 0, 0))  # for peer 2
     c.step(RequestVote(9, -1, 1, 0, 0))  # from nobody (any number >= 0 may be a server added later)
     assert c.term == 0 and not c.has_ready()
+
+
+def test_a_server_that_may_not_lead_steps_down_and_never_campaigns_until_it_may() -> None:
+    """A host out of open files accepts no clients: its leader gives the leadership up (same term, so its vote
+    stands), it still follows a leader it hears, and it campaigns only once it may lead again."""
+    c = core()
+    elect(c)
+    term = c.term
+    c.tick(may_lead=False)
+    assert c.role is Role.FOLLOWER and (c.term, c.voted_for, c.leader_hint) == (term, 0, None)
+    assert c.propose("x") == (-1, term, False)
+    for _ in range(3 * CFG.election_ticks_max):
+        c.tick(may_lead=False)
+    assert c.role is Role.FOLLOWER and c.term == term  # no campaign however long it waits
+    c.step(AppendEntries(term + 1, 1, 0, 0, 0, (), 0))  # server 1 won the next term: followed as usual
+    assert c.role is Role.FOLLOWER and (c.term, c.leader_hint) == (term + 1, 1)
+    drain(c)
+    for _ in range(CFG.election_ticks_max):
+        c.tick()
+    assert c.role is Role.CANDIDATE and c.term == term + 2  # allowed again, it campaigns when 1 goes quiet

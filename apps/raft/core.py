@@ -200,8 +200,18 @@ class RaftCore:
 
     # ---- inputs ------------------------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self, may_lead: bool = True) -> None:
+        """One tick of the clock. ``may_lead=False``: this server cannot serve clients now (its host is out
+        of open files, so new connections fail): a leader steps down and a follower does not campaign, so
+        the others elect a leader that clients can reach (a leader's heartbeats would otherwise keep it)."""
         if self.removed:
+            return
+        if not may_lead:
+            if self.role is not Role.FOLLOWER:
+                log.warning("peer %d: stepping down in term %d: this server cannot serve clients now", self.me, self.term)
+                self._become_follower(self.term, None)
+                self.election_elapsed = 0
+            self.election_elapsed += 1  # it follows a leader it hears as before, and never campaigns
             return
         if self.role is Role.LEADER:
             self.heartbeat_elapsed += 1

@@ -25,6 +25,12 @@ every configuration the core takes, appended or truncated. ``Members`` and
 remove) is answered as accepted, with nothing appended, so that a retry after
 a timeout, or a second operator making the same change, succeeds.
 
+A peer whose node cannot accept connections for want of open files (a crowd
+of strangers, or a leak) neither leads nor campaigns until :data:`STARVED_FOR`
+seconds after the last refused accept: a leader keeps its peers' connections
+and so its heartbeats, and would otherwise hold a leadership no new client can
+reach.
+
 A peer whose core finds itself removed from the cluster for good
 (``RaftCore.removed``) says so in one line and stops its process, which
 exits with :data:`REMOVED_EXIT` (the supervisor's "done, do not restart"),
@@ -193,6 +199,13 @@ class _Tick:
     pass
 
 
+STARVED_FOR = 5.0
+"""Seconds after its node last failed to accept a connection for want of open files that a peer neither
+leads nor campaigns (``RaftCore.tick(may_lead=False)``): the clients it could not accept go to another
+server. As long as a stranger's unfinished handshake holds a descriptor (``HANDSHAKE_MS``), so a flood
+that keeps the table full keeps the peer out, and one that stops lets it back after that long."""
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     me: int
@@ -236,6 +249,7 @@ class RaftPeer(Actor):
         self._deferred = 0
         self._role: tuple[int, bool, int | None, str | None] | None = None
         self._left = False
+        self._node = self.actor_system.node
 
     def on_start(self) -> None:
         self.schedule_every(self.config.tick, _Tick())
@@ -257,7 +271,7 @@ class RaftPeer(Actor):
 
     def _handle(self, message: Any) -> Any:
         if isinstance(message, _Tick):
-            self.core.tick()
+            self.core.tick(may_lead=not self._node.starved(STARVED_FOR))
         elif isinstance(message, _PROTOCOL):
             self.core.step(message)
         elif isinstance(message, Start):
