@@ -112,3 +112,19 @@ def test_bad_flags_are_usage_errors() -> None:
                           (["--nodes", "ipc:///tmp/x.sock", "--interval", "0"], "--interval must be positive")):
         out = zactor("top", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+
+
+def test_the_refused_metric_adds_every_kind_of_refusal() -> None:
+    """A client key's code, a revoked key's frames and a non-reader's cut-off requests are refusals too."""
+    from apps.top.metrics import NodesCollector
+    from apps.top.sample import NodeLook
+
+    counters = {"received": 9, "rejected": 1, "malformed": 2, "unknown_actor": 4, "dropped_full": 8, "refused": 16,
+                "revoked": 32, "cut_off": 64, "closed": 1000, "accept_failed": 1000}
+
+    class OneNode:
+        def look(self) -> list[NodeLook]:
+            return [NodeLook("tcp://127.0.0.1:1", {"counters": counters, "actors": []})]
+
+    families = {f.name: f for f in NodesCollector(OneNode()).collect()}  # type: ignore[arg-type]
+    assert [s.value for s in families["zactor_node_refused"].samples] == [127]

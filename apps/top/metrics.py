@@ -13,6 +13,9 @@ from typing import Any
 
 from apps.top.sample import Sampler
 
+_REFUSALS = ("rejected", "malformed", "unknown_actor", "dropped_full", "refused", "revoked", "cut_off")
+"""The node counters that ``zactor_node_refused`` adds up: every frame (or handshake) a node would not take."""
+
 
 def _need() -> Any:
     try:
@@ -40,7 +43,8 @@ class NodesCollector:
                                             labels=["node", "actor"])
         received = core.CounterMetricFamily("zactor_node_received_messages", "messages a node has received", labels=["node"])
         refused = core.CounterMetricFamily("zactor_node_refused", "frames a node refused (unauthenticated, malformed, "
-                                           "unknown actor, full queue)", labels=["node"])
+                                           "unknown actor, full queue, a client key's code, a revoked key's, a "
+                                           "connection that does not read its replies)", labels=["node"])
         term = core.GaugeMetricFamily("zactor_raft_term", "a Raft peer's current term", labels=["node"])
         leader = core.GaugeMetricFamily("zactor_raft_is_leader", "1 if the Raft peer leads", labels=["node"])
         commit = core.GaugeMetricFamily("zactor_raft_commit_index", "a Raft peer's commit index", labels=["node"])
@@ -52,7 +56,7 @@ class NodesCollector:
                 continue
             counters = look.stats["counters"]
             received.add_metric([ep], counters["received"])
-            refused.add_metric([ep], counters["rejected"] + counters["malformed"] + counters["unknown_actor"] + counters["dropped_full"])
+            refused.add_metric([ep], sum(counters.get(name, 0) for name in _REFUSALS))
             for a in look.stats["actors"]:
                 labels = [ep, a["name"]]
                 if a["handled"] is not None:
