@@ -41,7 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_TESTS = ("tests/test_raft_core.py", "tests/test_raft_sim.py", "tests/test_raft_read_index.py",
-              "tests/test_raft_membership.py", "tests/test_raft_membership_sim.py")
+              "tests/test_raft_membership.py", "tests/test_raft_membership_sim.py", "tests/test_kvraft_state.py")
 COPIED = ("actors", "transport", "apps", "benchmarks", "tests", "setup.cfg", "pyproject.toml")
 TARGETS = {
     "raft": ("apps/raft/core.py", "apps/raft/storage.py", "apps/raft/peer.py", "apps/raft/membership.py"),
