@@ -17,7 +17,8 @@ import pytest
 from apps.kvraft.testing import KVCluster
 from apps.raft.admin import MembershipError, change_membership
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
-from apps.raft.peer import REMOVED_EXIT, MembersInfo
+from apps.raft.peer import REMOVED_EXIT
+from apps.raft.roster import MembersInfo
 from tests.processes import running, zactor
 
 

@@ -37,7 +37,7 @@ from apps.raft.messages import (
     RequestVote,
     RequestVoteReply,
 )
-from apps.raft.peer import ChangeMembers, Members
+from apps.raft.roster import ChangeMembers, Members
 from tests.helpers import Evil, free_port, wait_until
 from tests.processes import running, zactor
 from transport import ControlRequest, Envelope, Failure, Kind, decode, encode

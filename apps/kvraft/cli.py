@@ -19,7 +19,8 @@ import time
 
 from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
-from apps.raft.peer import PEER_NAME, REMOVED_EXIT, Members, PeerStatus
+from apps.raft.peer import PEER_NAME, REMOVED_EXIT, PeerStatus
+from apps.raft.roster import Members
 from apps.raft.watch import data_root, stop_on_signals, watch
 
 DEFAULT_FIRST_PORT = 7001

@@ -30,7 +30,8 @@ from actors.errors import NoSuchActor
 from apps.kvraft.messages import Append, BadRequest, Get, Put, Reply, Request
 from apps.kvraft.server import SERVER_NAME
 from apps.kvsrv.client import PROBE_EVERY, KeyValueCalls, KVMisdirected, KVUnavailable
-from apps.raft.peer import PEER_NAME, Members, MembersInfo
+from apps.raft.peer import PEER_NAME
+from apps.raft.roster import Members, MembersInfo
 from transport.probe import LinkState
 
 _NOT_SERVING = Reply(0, False, None, None)

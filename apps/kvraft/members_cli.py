@@ -40,7 +40,8 @@ from actors import ActorSystem, ChildSpec, RemoteError, Supervisor
 from apps.kvraft.server import READ_MODES, ServerConfig, serve
 from apps.raft.admin import JoinPlan, MembershipError, ask_peer, change_membership, find_leader, plan_join
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
-from apps.raft.peer import REMOVED_EXIT, MembersInfo, PeerStatus, Status
+from apps.raft.peer import REMOVED_EXIT, PeerStatus, Status
+from apps.raft.roster import MembersInfo
 from apps.raft.watch import data_root, stop_on_signals
 from transport.private_files import open_private
 

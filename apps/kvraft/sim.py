@@ -26,8 +26,8 @@ run takes a fraction of a second:
   one removed: the leader too, a crashed one, or one whose disk is wiped for
   good), grows the cluster (two learners at once now and then) and shrinks
   it. The changes go through the peer actor's own ``ChangeMembers`` and
-  ``Members`` handling (``RaftPeer._change`` and ``_members_info``, borrowed)
-  into the real core. ``hasty_operator`` asks for the next change as soon as
+  ``Members`` handling (``apps.raft.roster.Roster``, which the real peer
+  holds) into the real core. ``hasty_operator`` asks for the next change as soon as
   the last is appended, leaving the one-change-at-a-time rule to the leader;
   ``reused_numbers`` now and then asks to add a server under the number of
   one that left (the leader must refuse); ``membership_cuts`` cuts a leader
@@ -92,18 +92,13 @@ from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE, ConfEntry, Member
 from apps.raft.messages import ApplyMsg, RequestVoteReply
 from apps.raft.peer import (
     Applied,
-    ChangeAccepted,
-    ChangeMembers,
-    ChangeRefused,
-    MembersInfo,
-    PeerConfig,
-    RaftPeer,
     ReadIndex,
     RoleChanged,
     Start,
     TakeSnapshot,
     drain_ready,
 )
+from apps.raft.roster import ChangeAccepted, ChangeMembers, ChangeRefused, MembersInfo, Roster
 from apps.raft.storage import RaftStorage
 from apps.soak.broken import server_fields
 from apps.soak.verdict import check_appends
@@ -230,26 +225,6 @@ class _RaftPort:
         self.sim.tells.setdefault(self.i, []).append(msg)
 
 
-class _PeerShell:
-    """The peer actor's membership side, run on a simulated server's core: ``RaftPeer``'s own methods.
-
-    The sim cannot build the actor (it needs an actor system), so it borrows
-    the methods that answer ``Members`` and ``ChangeMembers`` and find a
-    server's endpoint; they read only ``core``, ``config`` and ``_endpoints``.
-    So the changes the simulated operator asks for, and the member lists
-    the simulated clerks learn, pass the very code the real peer runs.
-    """
-
-    endpoint_of: Any = RaftPeer.endpoint_of
-    members_info: Any = RaftPeer._members_info
-    change: Any = RaftPeer._change
-    _already_made: Any = RaftPeer._already_made
-
-    def __init__(self, core: RaftCore, config: PeerConfig) -> None:
-        self.core, self.config = core, config
-        self._endpoints: dict[int, str] = {}
-
-
 class _Server:
     def __init__(self, sim: KVSim, i: int) -> None:
         self.i = i
@@ -259,7 +234,7 @@ class _Server:
         restored = storage.load()
         self.storage: Any = _CrashAfterSave(sim, storage)
         self.core = RaftCore(i, sim.n, sim.config, random.Random(sim.rng.random()), restored)
-        self.shell = _PeerShell(self.core, PeerConfig(i, endpoints, str(directory), initial=sim.n))
+        self.shell = Roster(self.core, endpoints)  # the real peer's membership answers, on this core
         config = ServerConfig(i, endpoints, str(directory), maxraftstate=sim.maxraftstate, raft=sim.config, initial=sim.n)
         self.kv: KVRaftServer = sim.server_class(config, raft=_RaftPort(sim, i), answer=sim.reply_from(i))
         self.role: tuple[int, bool, int | None] | None = None

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from actors import ActorDeadError, ActorSystem, AskTimeout, MailboxFull
 from actors.errors import NoSuchActor
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE
-from apps.raft.peer import PEER_NAME, ChangeAccepted, ChangeMembers, ChangeRefused, Members, MembersInfo
+from apps.raft.peer import PEER_NAME
+from apps.raft.roster import ChangeAccepted, ChangeMembers, ChangeRefused, Members, MembersInfo
 
 _ASK_TIMEOUT = 1.0
 _RETRY_EVERY = 0.05

@@ -44,7 +44,6 @@ from apps.raft.peer import (
     REMOVED_EXIT,
     Applied,
     GetState,
-    MembersInfo,
     PeerConfig,
     PeerStatus,
     Start,
@@ -52,6 +51,7 @@ from apps.raft.peer import (
     TakeSnapshot,
     serve_peer,
 )
+from apps.raft.roster import MembersInfo
 from transport import FaultRule
 
 log = logging.getLogger(__name__)
