@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_TESTS = ("tests/test_raft_core.py", "tests/test_raft_sim.py", "tests/test_raft_read_index.py",
-              "tests/test_raft_membership.py", "tests/test_raft_membership_sim.py", "tests/test_kvraft_state.py")
+FAST_TESTS = ("tests/test_raft_core.py", "tests/test_raft_read_index.py", "tests/test_raft_membership.py",
+              "tests/test_kvraft_state.py", "tests/test_raft_sim.py", "tests/test_raft_membership_sim.py")
+"""The unit tests first (a second or so each), then the simulators (seeds until the budget): a mutant a unit
+test kills is not left to a simulator that may use up the budget first."""
 COPIED = ("actors", "transport", "apps", "benchmarks", "tests", "setup.cfg", "pyproject.toml")
 TARGETS = {
     "raft": ("apps/raft/core.py", "apps/raft/storage.py", "apps/raft/peer.py", "apps/raft/membership.py"),
