@@ -444,9 +444,23 @@ def test_a_removed_server_learns_it_when_the_removal_commits_or_asks_when_the_wo
     for _ in range(CFG.election_ticks_max):
         gone.tick()
     net.pump(3)
+    # It cannot know whether its removal committed (it may hold the only copy of it: see the test below), so it
+    # campaigns among the voters of its latest configuration; those that committed the removal answer Removed.
+    assert {m.dst for m in net.queue if isinstance(m, RequestVote) and m.src == 3} == {0, 1, 2}
+    net.flow(range(4))
+    assert gone.removed and leader.is_leader
+
+    # A learner, which was never a voter, asks instead (it has no vote to win with).
+    net = cluster(3, learners=[3])
+    leader, learner = net.cores[0], net.cores[3]
+    net.change(0, REMOVE, 3, [0, 1, 2])  # the word to the learner is lost
+    assert not learner.removed
+    for _ in range(CFG.election_ticks_max):
+        learner.tick()
+    net.pump(3)
     assert {m.dst for m in net.queue if isinstance(m, MemberCheck)} == {0, 1, 2}
     net.flow(range(4))
-    assert gone.removed
+    assert learner.removed
 
 
 def test_a_cut_off_or_lagging_server_is_never_told_it_is_removed() -> None:
@@ -657,3 +671,35 @@ def test_a_server_number_is_never_given_twice_not_even_across_a_snapshot_and_res
     with pytest.raises(ConfChangeRefused, match="never reused"):
         apply_change(restarted.membership, ConfChange(ADD_LEARNER, 2 + 1))
     assert Membership.of(3).fresh_id == 3 and Membership((0, 5)).fresh_id == 6
+
+
+def test_a_leader_deposed_right_after_appending_its_own_removal_can_still_finish_it() -> None:
+    """Liveness. Four voters, one down; leader 0 appends its own removal, which reaches no one, and loses its
+    leadership (here to a candidate of a higher term that cannot win). 0's log is now the most up to date,
+    so no one else can win without its vote: it must campaign although its latest, uncommitted
+    configuration leaves it out. A majority of that configuration elects it, it commits the removal and
+    steps down, and the others go on without it."""
+    net = cluster(4)
+    del net.cores[1]  # down: nothing reaches it or comes from it
+    index = net.cores[0].propose_conf_change(ConfChange(REMOVE, 0))
+    net.pump(0)
+    net.queue.clear()  # the removal reached no one
+    net.campaign(2)
+    net.flow([0, 2, 3])
+    assert not net.cores[0].is_leader and not net.cores[2].is_leader  # 0 refused: its log is longer
+    up = [0, 2, 3]
+    for _ in range(20 * CFG.election_ticks_max):  # bounded: a few elections' worth of time
+        for i in up:
+            net.cores[i].tick()
+            net.pump(i)
+        net.flow(up)
+        for c in (net.cores[i] for i in up):
+            if c.is_leader and c.log.last_term < c.term:  # the service proposes: entries of its term commit the rest
+                c.propose("op")
+                net.pump(c.me)
+        if net.cores[0].removed and any(net.cores[i].is_leader and net.cores[i].commit_index >= index for i in (2, 3)):
+            break
+    else:
+        pytest.fail(f"no progress: roles {[(i, net.cores[i].role.value, net.cores[i].term) for i in up]}")
+    leader = next(net.cores[i] for i in (2, 3) if net.cores[i].is_leader)
+    assert leader.commit_index >= index and leader.committed_membership.voters == (1, 2, 3)

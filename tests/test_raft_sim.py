@@ -85,3 +85,38 @@ def test_acknowledging_before_the_write_is_caught_only_with_crashes_between_send
     (crashes only between whole Readys) never see it; with crashes in that window a seed finds it."""
     assert _first_failing_seed() is None
     assert _first_failing_seed(crash_before_write=0.05) is not None
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_servers_that_may_not_lead_for_a_while_keep_raft_safe_and_live(n: int) -> None:
+    """Leaders stepping down within their term (a host out of open files), mixed with every other fault:
+    safe after every step, never leading while they may not, and the cluster still commits once it ends."""
+    stretches = committed = 0
+    for seed in range(60):
+        cluster = SimCluster(n, seed, snapshots=seed % 2 == 1, starved=0.02).run(STEPS)
+        cluster.settle()
+        stretches += cluster.stretches
+        committed += len(cluster.committed)
+    assert stretches > 60 and committed > 60
+
+
+class _ForgetsVoteOnStepDown(RaftCore):
+    """Broken on purpose: a leader that steps down for want of open files also forgets whom it voted for."""
+
+    def tick(self, may_lead: bool = True) -> None:
+        was_leader = self.is_leader
+        super().tick(may_lead)
+        if was_leader and not may_lead:
+            self.voted_for = None
+
+
+def test_a_step_down_that_forgets_its_vote_is_caught() -> None:
+    """Stepping down is not a new term: the vote it cast (for itself) stands, or a rival of the same term
+    could win it too and two leaders would share a term."""
+    for seed in range(300):
+        try:
+            SimCluster(3, seed, core_class=_ForgetsVoteOnStepDown, starved=0.05).run(STEPS).settle()
+        except SimulationFailure as failure:
+            assert "two leaders in term" in str(failure)
+            return
+    pytest.fail("no seed caught a step-down that forgets its vote")

@@ -43,7 +43,11 @@ sent in earlier terms delivered to it again right as it becomes leader, a crash 
 or right after an fsync (before the Ready's messages leave), a leader
 isolated right after it appended a burst of entries (longer than one
 AppendEntries batch), a tiny ``maxraftstate`` so snapshots race with
-InstallSnapshot.
+InstallSnapshot, and (``starved``) servers that may not lead for stretches
+of ticks, as a host out of open files (``RaftCore.tick(may_lead=False)``:
+a leader steps down within its term). ``starved`` is drawn from a side
+generator of its own, so every seed's other switches and faults are what
+they were before it existed.
 
 Checked per seed, each failure naming the seed and the command that replays
 it: election safety (one leader per term, and each leader holds votes granted
@@ -106,8 +110,11 @@ from apps.soak.verdict import check_appends
 REPLAY = "python -m apps.kvraft.sim --seed {seed}"
 SWITCHES = ("long_delays", "duplicates", "crash_after_vote", "crash_after_fsync", "isolate_after_burst", "tiny_snapshots",
             "lossy", "crashes", "partitions", "old_messages", "membership", "hasty_operator", "reused_numbers",
-            "membership_cuts")
-"""The BUGGIFY switches; each seed turns each on or off (the last three act only with ``membership``)."""
+            "membership_cuts", "starved")
+"""The BUGGIFY switches; each seed turns each on or off (``hasty_operator``, ``reused_numbers`` and
+``membership_cuts`` act only with ``membership``)."""
+_SIDE_SWITCHES = ("starved",)
+"""Drawn from ``KVSim.side``, not the seed's main generator (see the module docstring)."""
 
 MAX_VOTERS = 7
 MAX_SERVERS = 16
@@ -258,8 +265,11 @@ class KVSim:
         rng = self.rng
         self.n = opt.servers or rng.choice((3, 5))
         """How many servers the cluster started with (0..n-1); every core is built with it."""
+        self.side = random.Random(seed * 7919 + 1)
+        """The generator of the switches added after the main schedule was fixed, and of their faults."""
         if opt.switches is None:
-            self.on = {s for s in SWITCHES if rng.random() < 0.5}
+            self.on = {s for s in SWITCHES if s not in _SIDE_SWITCHES and rng.random() < 0.5}
+            self.on |= {s for s in _SIDE_SWITCHES if self.side.random() < 0.5}
         else:
             unknown = set(opt.switches) - set(SWITCHES)
             if unknown:
@@ -311,7 +321,9 @@ class KVSim:
         self.corr = 0
         self.heal_at = -1
         self.final_members: list[_Server] = []
-        self.stats = {"crashes": 0, "messages": 0, "elections": 0, "snapshots_applied": 0, "ops": 0,
+        self.unfit: dict[int, int] = {}
+        """With ``starved``: server -> ticks left in which it may not lead."""
+        self.stats = {"starved": 0, "crashes": 0, "messages": 0, "elections": 0, "snapshots_applied": 0, "ops": 0,
                       "conf_changes": 0, "conf_refused": 0, "servers_added": 0, "servers_removed": 0, "leaders_removed": 0,
                       "wiped": 0, "clerk_lists_learned": 0, "voters": self.n}
         try:
@@ -460,6 +472,8 @@ class KVSim:
             if core.role is Role.LEADER and core.term == self.max_term:
                 self._check_matches(s)
             if core.role is Role.LEADER:
+                if self.unfit.get(s.i, 0):
+                    self.fail(f"server {s.i} leads term {core.term} while it may not (its host cannot serve clients)")
                 other = self.leaders.setdefault(core.term, core.me)
                 if other != core.me:
                     self.fail(f"election safety: two leaders in term {core.term}: {other} and {core.me}")
@@ -691,6 +705,12 @@ class KVSim:
                     self.plan = []  # nothing left to do (removed already, say)
             return
         assert isinstance(reply, ChangeAccepted)
+        if step.reused and reply.already:
+            # The number is still a member's: its removal was lost with a leader. "Already made" means that
+            # server is in the cluster, so the operator must not start a new, empty one on its number (a voter
+            # with its disk wiped, outside Raft's fault model); it gives the plan up.
+            self.plan = []
+            return
         if step.op == ADD_LEARNER and not step.proposed:
             self._start_new(step.server, info)
         step.proposed, step.term = True, info.term
@@ -880,7 +900,7 @@ class KVSim:
         for i in list(self.servers):
             s = self.servers[i]
             if s is not None:
-                s.core.tick()
+                s.core.tick(may_lead=self._may_lead(i))
                 self._process(i)
         self._deliver_due()
         for c in self.clerks:
@@ -888,6 +908,19 @@ class KVSim:
         if stopping and "membership" in self.on:
             self._operate(stopping=True)  # the operator sees its plan through; it starts no new one
         self._check_commits()
+
+    def _may_lead(self, i: int) -> bool:
+        """With ``starved``: whether server ``i`` may lead at this tick (stretches of 10 to 200 ticks it may not)."""
+        if "starved" not in self.on:
+            return True
+        left = self.unfit.get(i, 0)
+        if left == 0 and self.side.random() < 0.001:
+            left = self.side.randint(10, 200)
+            self.stats["starved"] += 1
+        if left == 0:
+            return True
+        self.unfit[i] = left - 1
+        return False
 
     def run(self) -> dict[str, Any]:
         """The whole seed: faults and traffic, then heal and settle, then the checks. Raises SimFailure."""
@@ -897,7 +930,8 @@ class KVSim:
                 self._tick(stopping=False)
             self.cut.clear()
             self.split = None
-            self.on -= {"lossy", "long_delays", "duplicates", "old_messages", "crash_after_vote", "crash_after_fsync"}
+            self.on -= {"lossy", "long_delays", "duplicates", "old_messages", "crash_after_vote", "crash_after_fsync", "starved"}
+            self.unfit.clear()
             for i in self.retired:
                 if self.servers.get(i) is not None and i not in self._members_now():
                     self._stop(i)  # a removed server left running is stopped now

@@ -208,7 +208,8 @@ class RaftCore:
             return
         if not may_lead:
             if self.role is not Role.FOLLOWER:
-                log.warning("peer %d: stepping down in term %d: this server cannot serve clients now", self.me, self.term)
+                if self.role is Role.LEADER:
+                    log.warning("peer %d: stepping down in term %d: this server cannot serve clients now", self.me, self.term)
                 self._become_follower(self.term, None)
                 self.election_elapsed = 0
             self.election_elapsed += 1  # it follows a leader it hears as before, and never campaigns
@@ -224,7 +225,7 @@ class RaftCore:
                     self._send_append(peer, heartbeat=True)
             return
         self.election_elapsed += 1
-        if self.election_elapsed >= self.election_timeout and self.me in self.membership.voters:
+        if self.election_elapsed >= self.election_timeout and self._may_campaign():
             self._campaign()  # learners, removed servers and servers not yet added never campaign
         elif self.election_elapsed % self.election_timeout == 0 and self.me < self.membership.fresh_id:
             self._check_membership()  # a learner, or removed by a change not known here to have committed
@@ -385,6 +386,14 @@ class RaftCore:
             self._maybe_commit()
 
     # ---- elections --------------------------------------------------------------------------
+
+    def _may_campaign(self) -> bool:
+        """A voter of its latest configuration, or of the committed one while an uncommitted change (its own
+        removal) leaves it out: its log may be the only one that holds that change, and then no one else can
+        win an election without its vote; a majority of the new configuration elects it, and as leader it
+        commits the removal and steps down (a leader deposed just after appending its removal, else, leaves
+        the cluster with no leader for good)."""
+        return self.me in self.membership.voters or self.me in self.committed_membership.voters
 
     def _random_timeout(self) -> int:
         return self.rng.randint(self.config.election_ticks_min, self.config.election_ticks_max)

@@ -48,7 +48,10 @@ Single-server changes are safe only with two rules, both enforced by
 
 A leader that removes itself keeps leading (without counting itself) until
 the change commits, then steps down and stops sending; as a non-voter it
-never campaigns again. A leader keeps replicating to a server it removed
+never campaigns again. Until it knows the removal committed, a server
+whose own removal is in its log still campaigns (``RaftCore._may_campaign``):
+a leader deposed right after appending it may hold the only copy, and
+without its vote no one else can win. A leader keeps replicating to a server it removed
 until the removal commits, and then tells it so (a ``Removed`` message).
 
 **A removed server learns it is out for good, and stops** (etcd's removed

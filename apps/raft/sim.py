@@ -28,6 +28,11 @@ votes are a majority of the voters of its configuration, a leader the
 committed configuration removed has stepped down, and every committed
 configuration is one server away from the one committed before it.
 
+With ``starved``, a peer now and then cannot serve clients for a stretch of
+its ticks (its host out of open files: ``RaftCore.tick(may_lead=False)``):
+a leader steps down within its term and the peer campaigns only once the
+stretch ends; checked on top: a peer in such a stretch never leads.
+
 With ``storage_dir``, every peer also writes its Readys through the real
 :class:`~apps.raft.storage.RaftStorage` (fsync off), and each restart checks
 that what the journal replays equals what the peer made durable.
@@ -97,10 +102,15 @@ class SimCluster:
         membership: bool = False,
         core_class: type[RaftCore] = RaftCore,
         crash_before_write: float = 0.0,
+        starved: float = 0.0,
     ) -> None:
         """``crash_before_write``: the chance that a peer crashes between sending a Ready's messages and writing
-        it (the real peer sends a leader's appends before its own write); 0 keeps every seed's old schedule."""
+        it (the real peer sends a leader's appends before its own write); ``starved``: the chance, per tick of a
+        peer, that a stretch of ticks it may not lead begins. 0 keeps every seed's old schedule."""
         self.n, self.seed, self.snapshots = n, seed, snapshots
+        self.starved = starved
+        self.unfit: dict[int, int] = {}  # peer -> ticks left in which it may not lead
+        self.stretches = 0
         self.crash_before_write = crash_before_write
         self.crashes_before_write = 0
         self.membership, self.core_class = membership, core_class
@@ -277,7 +287,7 @@ class SimCluster:
         live = [i for i in range(self.created) if self.cores[i] is not None]
         if r < 0.35 and live:
             i = rng.choice(live)
-            self.cores[i].tick()  # type: ignore[union-attr]
+            self.cores[i].tick(may_lead=self._may_lead(i))  # type: ignore[union-attr]
             self._process(i)
         elif r < 0.70 and self.net:
             self._deliver(rng.randrange(len(self.net)))
@@ -319,6 +329,19 @@ class SimCluster:
             self._snapshot(rng.choice(live))
         self.check()
 
+    def _may_lead(self, i: int) -> bool:
+        """Whether peer ``i`` may lead at this tick (always, without ``starved``: no draw is made)."""
+        if not self.starved:
+            return True
+        left = self.unfit.get(i, 0)
+        if left == 0 and self.rng.random() < self.starved:
+            left = self.rng.randint(1, 3 * self.config.election_ticks_max)
+            self.stretches += 1
+        if left == 0:
+            return True
+        self.unfit[i] = left - 1
+        return False
+
     def _may_crash(self, live: list[int]) -> bool:
         if not self.membership:
             return len(live) > self.n // 2 + 1
@@ -332,6 +355,8 @@ class SimCluster:
         new_conf = False
         for core in live:
             if core.role is Role.LEADER:
+                if self.unfit.get(core.me, 0):
+                    self.fail(f"peer {core.me} leads term {core.term} while it may not (its host cannot serve clients)")
                 elected_now = core.term not in self.leaders
                 other = self.leaders.setdefault(core.term, core.me)
                 if other != core.me:
@@ -398,6 +423,7 @@ class SimCluster:
     def settle(self, max_steps: int = 20_000) -> int:
         """Heal everything, restart the dead, deliver reliably; a proposal must commit on every member."""
         self.cut.clear()
+        self.unfit.clear()  # every host may serve clients again
         self.plans = []
         self.crash_before_write = 0.0  # settling is fault-free
         for i in range(self.created):
