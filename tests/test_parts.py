@@ -1,6 +1,6 @@
-"""Messages larger than a wire part (1 MiB): sent as ZeroMQ parts, joined on receipt, bounded as a whole.
+"""Messages larger than a wire part (256 KiB): sent as ZeroMQ parts, joined on receipt, bounded as a whole.
 
-A node's sockets refuse any ZMTP frame over about 1 MiB (what a stranger's
+A node's sockets refuse any ZMTP frame over about 256 KiB (what a stranger's
 handshake command can make it hold), so a larger message crosses in parts
 (:mod:`transport.parts`). What must hold: such messages cross intact, both
 ways and on every path (a thread's channel, the shared connections the I/O
@@ -154,7 +154,7 @@ def pair() -> tuple[zmq.Socket, zmq.Socket]:
         ([PART_BYTES, 100, PART_BYTES], "part 2 has 100 bytes"),
         ([100, 100], "part 1 has 100 bytes"),
         ([PART_BYTES, 0], "an empty last part"),
-        ([PART_BYTES] * 4, "over the frame limit of 3145728 bytes"),
+        ([PART_BYTES] * 4, f"over the frame limit of {3 * PART_BYTES} bytes"),
     ],
     ids=["short-inside", "short-first", "empty-last", "over-limit"],
 )
@@ -166,13 +166,13 @@ def test_parts_not_of_our_shape_are_read_to_their_end_and_refused(
     a.send(b"next")
     first = b.recv()
     with pytest.raises(MalformedFrame, match=fault):
-        read_rest(b, first, 3 * MiB)
+        read_rest(b, first, 3 * PART_BYTES)
     assert b.recv() == b"next" and not b.getsockopt(zmq.RCVMORE)  # the next message starts where it should
 
 
 def test_parts_of_our_shape_join_into_the_message(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
     a, b = pair
-    message = os.urandom(3 * MiB)
+    message = os.urandom(3 * PART_BYTES - 10)
     a.send_multipart(_parts(message))
     first = b.recv(copy=False)
-    assert read_rest(b, first, 3 * MiB) == message
+    assert read_rest(b, first, 3 * PART_BYTES) == message

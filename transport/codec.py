@@ -27,7 +27,7 @@ Every decoding failure is a :class:`MalformedFrame`, which the node logs and
 drops.
 
 "Frame" here means one encoded envelope, which ``max_frame_bytes`` bounds
-whole. On the wire, one of more than 1 MiB travels as several ZeroMQ frames
+whole. On the wire, one of more than 256 KiB travels as several ZeroMQ frames
 (a multipart message, joined before decoding: see :mod:`transport.parts`),
 because libzmq's per-frame limit also bounds what a stranger's handshake
 can make a node hold, and must be small.

@@ -64,7 +64,7 @@ a mailbox); a slow handler stalls the whole node.
 
 A frame that does not decode, or that arrives in parts of the wrong shape or
 summing over ``max_frame_bytes``, is logged and dropped; ZeroMQ itself closes
-a connection that sends bytes that are not ZMTP, or one ZMTP frame over 1 MiB
+a connection that sends bytes that are not ZMTP, or one ZMTP frame over 256 KiB
 (plus framing), handshake commands included: that per-frame limit is what a
 stranger's handshake can make a node hold, so it is small, and a larger
 message comes in parts (:mod:`transport.parts`). Either way the node goes on

@@ -6,7 +6,7 @@ too, which arrive before the peer has proved who it is. With that limit at
 the size of the largest message (64 MiB), a stranger who sent one handshake
 command of nearly 64 MiB on each of 16 connections grew a server by 960 MiB
 until the handshake time closed them. So a node's sockets refuse any frame
-over :func:`wire_frame_limit` (1 MiB and some room for ZMTP's and CURVE's
+over :func:`wire_frame_limit` (256 KiB and some room for ZMTP's and CURVE's
 framing), and a message larger than :data:`PART_BYTES` travels as a multipart
 ZeroMQ message: its encoding cut into parts of exactly ``PART_BYTES`` (the
 last one shorter or equal), which the receiver joins. A node's
@@ -40,9 +40,12 @@ from transport.codec import BATCH_MAX_BYTES, MalformedFrame
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, RCVMORE, raw_get, raw_recv, raw_send
 from transport.roles import USER_ID
 
-PART_BYTES = 1024 * 1024
-"""The largest ZeroMQ frame a node sends. 16 strangers' handshake commands of this size hold 16 MiB of a
-server; a 64 MiB message is 64 parts, and copying it costs the same whether whole or in parts."""
+PART_BYTES = 256 * 1024
+"""The largest ZeroMQ frame a node sends, and about the most a stranger's connection can make a node hold
+before its handshake: 4 MiB for 16 of them, 280 MiB for 1,100 (the open-file limit bounds how many). Much
+larger than the handshake's commands (a few hundred bytes), and large enough that a message's parts cost
+nothing measurable beside copying and encrypting it (a 10 MiB ask round trip: the same with 256 KiB parts,
+1 MiB parts, or whole)."""
 
 FRAMING_BYTES = 4096
 """Room above a part's size for what ZMTP and CURVE add to a frame (a CURVE MESSAGE adds 33 bytes)."""
