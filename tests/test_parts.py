@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import zmq
 
 from actors import Actor, ActorSystem, AskTimeout
 from actors.testing import Collector, Count, Echo, Received, Send
-from tests.helpers import wait_until
-from transport import Envelope, FrameTooLarge, Kind, MalformedFrame, decode, encode
+from apps.kvsrv.messages import Get, Put
+from tests.helpers import Evil, free_port, wait_until
+from tests.processes import running
+from transport import Envelope, Failure, FrameTooLarge, Kind, MalformedFrame, decode, encode
 from transport.codec import DEFAULT_MAX_FRAME_BYTES
+from transport.keys import Keyring, Member, init_keyring, write_members
 from transport.parts import PART_BYTES, read_rest
 
 MiB = 1024 * 1024
@@ -70,6 +74,41 @@ def test_large_messages_cross_on_the_shared_connections_both_ways(system: ActorS
     echo.tell(Send(str(inbox.address), payload))
     assert wait_until(lambda: inbox.ask(Count(), timeout=10) >= 1, 30)
     assert inbox.ask(Received(), timeout=10) == [payload]
+
+
+def test_a_client_keys_request_in_parts_is_decoded_restricted(tmp_path: Path) -> None:
+    """A request in parts keeps its sender's key (its first part's User-Id): a client key's large request is
+    served, and its large code-running pickle refused, by a real ``zactor kv serve``."""
+    server_ring, clerk_ring = (Keyring(init_keyring(tmp_path / name)) for name in ("s", "c"))
+    write_members(server_ring.members_path, [Member("clerk", clerk_ring.public, ("127.0.0.5",), "client")])
+    write_members(clerk_ring.members_path, [Member("server", server_ring.public, ("127.0.0.1",), "member")])
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    marker = tmp_path / "MARKER"
+    value = "v" * (2 * MiB)
+    with running("kv", "serve", "--endpoint", endpoint, "--keys", str(server_ring.directory)) as lines:
+        lines.wait_for("KV server listening on", 30)
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 20_000)
+            clerk_ring.secure_client(sock, endpoint)
+            sock.connect(endpoint)
+
+            def ask(corr: int, body: object) -> Envelope:
+                sock.send_multipart(_parts(encode(Envelope(Kind.ASK, "kv", "", corr, body))))
+                reply = decode(b"".join(sock.recv_multipart()), trusted=False)
+                assert reply.corr == corr, reply
+                return reply
+
+            assert ask(1, Put("big", value, 1, 1)).kind == Kind.REPLY
+            refused = ask(2, [os.urandom(2 * MiB), Evil(marker)])
+            assert refused.kind == Kind.ERROR and isinstance(refused.body, Failure), refused
+            assert refused.body.type_name == "PermissionError", refused.body
+            assert ask(3, Get("big")).body == value
+        finally:
+            ctx.destroy(linger=0)
+    assert not marker.exists(), "a client key's pickle in parts ran code in the server"
 
 
 # ---- what a receiver drops ----------------------------------------------------------
