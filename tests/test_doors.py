@@ -6,7 +6,7 @@ it: the node closes it after ``HANDSHAKE_MS`` (libzmq's default was 30 s),
 and a node raises its soft open-file limit to the hard one at start, so the
 usual 1,024 no longer runs out before the members get in. A handshake command
 is one ZMTP frame, which libzmq reads whole before it looks at it: a node's
-per-frame limit (:data:`transport.parts.WIRE_FRAME_BYTES`) is what bounds it.
+per-frame limit (:func:`transport.parts.wire_frame_limit`) is what bounds it.
 All against a real ``zactor kv serve`` process started with a soft limit of 1,024.
 """
 

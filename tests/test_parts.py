@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from tests.helpers import Evil, free_port, wait_until
 from tests.processes import running
 from transport import Envelope, Failure, FrameTooLarge, Kind, MalformedFrame, decode, encode
 from transport.codec import DEFAULT_MAX_FRAME_BYTES
-from transport.keys import Keyring, Member, init_keyring, write_members
+from transport.keys import Keyring, Member, SecurityWarning, init_keyring, write_members
 from transport.parts import PART_BYTES, read_rest
 
 MiB = 1024 * 1024
@@ -74,6 +75,19 @@ def test_large_messages_cross_on_the_shared_connections_both_ways(system: ActorS
     echo.tell(Send(str(inbox.address), payload))
     assert wait_until(lambda: inbox.ask(Count(), timeout=10) >= 1, 30)
     assert inbox.ask(Received(), timeout=10) == [payload]
+
+
+def test_large_messages_cross_in_parts_without_security_too() -> None:
+    """With CURVE off the ROUTER reads plain bytes, not frames with a User-Id: the join is the same."""
+    payload = os.urandom(5 * MiB)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)
+        with ActorSystem("tcp://127.0.0.1:0", secure=False) as server, ActorSystem(secure=False) as client:
+            server.spawn(Echo, name="echo")
+            echo = client.ref(server.endpoint, "echo")
+            assert echo.ask(payload, timeout=30) == payload
+            assert asyncio.run(echo.ask_async(payload, timeout=30)) == payload
+            assert server.node.counters.malformed == client.node.counters.malformed == 0
 
 
 def test_a_client_keys_request_in_parts_is_decoded_restricted(tmp_path: Path) -> None:
