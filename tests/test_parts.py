@@ -49,8 +49,12 @@ def _parts(frame: bytes) -> list[bytes]:
 # ---- across processes, every path ---------------------------------------------------
 
 
-def test_a_10_mib_ask_and_its_reply_cross_in_parts_between_processes(system: ActorSystem, remote: str) -> None:
-    payload = os.urandom(10 * MiB)
+@pytest.mark.parametrize(
+    "size", [PART_BYTES - 1, PART_BYTES, PART_BYTES + 1, 2 * PART_BYTES, 10 * MiB], ids=["under", "one-part", "over", "two", "10MiB"]
+)
+def test_an_ask_and_its_reply_cross_in_parts_between_processes(system: ActorSystem, remote: str, size: int) -> None:
+    """Asks that encode to ``size`` bytes, and replies of the same size: around the edge of one part, and large."""
+    payload = _body_encoding_to(size)
     assert system.ref(remote, "echo").ask(payload, timeout=30) == payload  # a thread's channel, both ways
 
 
