@@ -72,13 +72,19 @@ def send_parts(sock: zmq.Socket, frame: bytes) -> None:
 
 
 def send_tracked_parts(sock: zmq.Socket, frame: bytes) -> zmq.MessageTracker:
-    """The parts of a large reply on a ROUTER whose routing id was just sent, without copies; one tracker for
-    all of them (done when libzmq has let go of every part, see :mod:`transport.unread`)."""
+    """The parts of a large reply on a ROUTER whose routing id was just sent; the tracker of the last one,
+    which is done when libzmq has let go of every part (it lets go of a message's parts in order).
+
+    Every part but the last is copied into libzmq; the last is its own bytes, sent without a copy and
+    tracked (see :mod:`transport.unread`). So nothing holds the encoded reply once the caller lets go of
+    it: zero-copy parts of it would keep all of it alive until pyzmq's garbage thread had released each
+    (40 releases for a 10 MiB reply), after the reply had long been read.
+    """
     view = memoryview(frame)
     last = (len(frame) - 1) // PART_BYTES * PART_BYTES
-    trackers = [raw_send(sock, view[at : at + PART_BYTES], MORE_NOBLOCK, False, True) for at in range(0, last, PART_BYTES)]
-    trackers.append(raw_send(sock, view[last:], NOBLOCK, False, True))
-    return zmq.MessageTracker(*trackers)
+    for at in range(0, last, PART_BYTES):
+        raw_send(sock, view[at : at + PART_BYTES], MORE_NOBLOCK)
+    return raw_send(sock, frame[last:], NOBLOCK, False, True)
 
 
 def read_rest(sock: zmq.Socket, first: Any, max_bytes: int) -> bytes:
