@@ -1,17 +1,21 @@
 """The doors before login: what a stranger can hold of a server without ever logging in.
 
 A stranger can open TCP connections to a node and never finish the CURVE
-handshake. Each holds one of the server's descriptors until the node closes
+handshake, or start it with one enormous command. Each holds one of the server's descriptors until the node closes
 it: the node closes it after ``HANDSHAKE_MS`` (libzmq's default was 30 s),
 and a node raises its soft open-file limit to the hard one at start, so the
-usual 1,024 no longer runs out before the members get in. Both against a
-real ``zactor kv serve`` process started with a soft limit of 1,024.
+usual 1,024 no longer runs out before the members get in. A handshake command
+is one ZMTP frame, which libzmq reads whole before it looks at it: a node's
+per-frame limit (:func:`transport.parts.wire_frame_limit`) is what bounds it.
+All against a real ``zactor kv serve`` process started with a soft limit of 1,024; and a crowd that fills a
+Raft leader's whole table of open files, against a real ``zactor kv cluster``.
 """
 
 from __future__ import annotations
 
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -24,7 +28,7 @@ import pytest
 from actors import ActorSystem
 from apps.kvsrv import Clerk
 from apps.kvsrv.client import KVUnavailable
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, rss_bytes, wait_until
 from tests.processes import ROOT, listening, running, zactor
 from transport.dealers import HANDSHAKE_MS
 
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.slow  # each waits out a handshake time or opens 1,100 
 SHELL_LIMIT = 1024
 """The soft open-file limit the server starts with, as a login shell commonly gives."""
 STRANGERS = 1100
+_MiB = 1024 * 1024
 
 
 def _shell_limit() -> None:
@@ -99,6 +104,56 @@ def test_members_get_in_past_1100_idle_strangers_and_a_shell_limit_of_1024(serve
         for s in strangers:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _greeting(mechanism: bytes) -> bytes:
+    """A ZMTP 3.0 client greeting: signature, version 3.0, the mechanism's name padded to 20, as-server 0, filler."""
+    return b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + mechanism.ljust(20, b"\x00") + b"\x00" + bytes(31)
+
+
+def _long_command_head(size: int) -> bytes:
+    """A ZMTP long command frame's head (flags 0x06: command, 8-byte size) for a CURVE HELLO of ``size`` bytes."""
+    return b"\x06" + struct.pack("!Q", size) + b"\x05HELLO"
+
+
+HANDSHAKE_COMMAND = 60 * _MiB
+HANDSHAKE_STRANGERS = 16
+
+
+def test_sixteen_strangers_sending_a_60_mib_handshake_command_grow_the_server_by_less_than_100_mib(
+    server: tuple[str, int],
+) -> None:
+    endpoint, pid = server
+    with ActorSystem() as member:
+        clerk = Clerk(endpoint, system=member, give_up_after=5.0)
+        clerk.put("before", "v")  # the server has served a member: its own allocations are made
+        before = rss_bytes(pid)
+        # Each command claims 60 MiB and carries all of it but its last byte: libzmq, which reads a frame
+        # whole before it looks at it, would hold each one until the handshake time ran out.
+        head = _greeting(b"CURVE") + _long_command_head(HANDSHAKE_COMMAND)
+        body = bytes(HANDSHAKE_COMMAND - 1 - 6)  # the size counts the name ("\x05HELLO") too
+        strangers: list[socket.socket] = []
+        peak = before
+        try:
+            for _ in range(HANDSHAKE_STRANGERS):
+                s = socket.create_connection(("127.0.0.1", _port(endpoint)), timeout=10)
+                strangers.append(s)
+                try:
+                    s.sendall(head)
+                    s.sendall(body)
+                except OSError:  # the server refused the frame and closed the connection: what should happen
+                    pass
+                peak = max(peak, rss_bytes(pid))
+            for _ in range(20):  # what is still in flight lands within moments; watch it for 0.5 s
+                time.sleep(0.025)
+                peak = max(peak, rss_bytes(pid))
+        finally:
+            for s in strangers:
+                s.close()
+        grown = (peak - before) / _MiB
+        assert grown < 100, f"the server grew by {grown:.0f} MiB under {HANDSHAKE_STRANGERS} strangers' handshake commands"
+        clerk.put("after", "w")
+        assert clerk.get("after") == "w" and clerk.get("before") == "v"
 
 
 CLUSTER_FILES = 160
@@ -183,4 +238,3 @@ def test_a_raft_leader_out_of_open_files_steps_down_and_clients_are_served_by_an
         if crowd is not None:
             crowd.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-

@@ -38,8 +38,9 @@ RSS_BOUND = 256 * MiB
 
 
 def _recv(sock: zmq.Socket, timeout_ms: int = 20_000) -> bytes:
+    """One message, joined: a reply over 1 MiB comes in parts (transport.parts)."""
     assert sock.poll(timeout_ms), "no reply on the connection"
-    return sock.recv()
+    return b"".join(sock.recv_multipart())
 
 
 @pytest.fixture

@@ -19,12 +19,13 @@ from typing import Any, Protocol
 
 import zmq
 
-from transport.codec import encode_fields, is_batch
+from transport.codec import MalformedFrame, encode_fields, is_batch
 from transport.counters import Counters, Tally
 from transport.envelope import CONTROL_NAME, Envelope
 from transport.faults import DROP, FaultTable
 from transport.once import OncePerCause
-from transport.rawzmq import NOBLOCK, RCVTIMEO, raw_recv, raw_send, raw_set
+from transport.parts import PART_BYTES, read_rest, send_parts
+from transport.rawzmq import NOBLOCK, RCVMORE, RCVTIMEO, raw_get, raw_recv, raw_send, raw_set
 
 log = logging.getLogger(__name__)
 _notices = OncePerCause(log)
@@ -119,7 +120,10 @@ class Channel:
             if not counted:
                 self._tally.count_sent(type(body).__name__, size)
             try:
-                raw_send(self._sock, frame, NOBLOCK)
+                if size <= PART_BYTES:
+                    raw_send(self._sock, frame, NOBLOCK)
+                else:  # a large message goes in parts (transport.parts)
+                    send_parts(self._sock, frame)
             except zmq.Again:
                 host.counters.add("send_failures")
                 _notices.warn(("queue full", host.endpoint, self.dest), "node %s: queue to %s is full; message dropped (more: send_failures)", host.endpoint, self.dest)
@@ -130,7 +134,7 @@ class Channel:
 
         A blocking receive with a timeout (the GIL released while it waits),
         rather than a poll and then a read: one call into ZeroMQ per message,
-        which holds one reply or a batch of them. Empty when nothing came, or
+        which holds one reply or a batch of them (or a large reply's first part, and then its others). Empty when nothing came, or
         what came did not decode or was not a reply (counted and dropped).
         """
         if self.closed:
@@ -144,6 +148,14 @@ class Channel:
             frame = raw_recv(sock, 0)
         except zmq.Again:
             return []
+        if len(frame) == PART_BYTES and raw_get(sock, RCVMORE):  # only such a part begins a message in parts
+            host = self._host
+            try:
+                frame = read_rest(sock, frame, host.max_frame_bytes)
+            except MalformedFrame as exc:
+                host.counters.add("malformed")
+                _notices.warn(("malformed", host.endpoint, self.dest), "node %s: dropped a malformed frame from %s: %s (more: malformed)", host.endpoint, self.dest, exc)
+                return []
         if is_batch(frame):
             return self._host.accept_batch(frame, self.dest, self._tally)
         env = self._host.accept(frame, None, True, self.dest, self._tally)

@@ -26,6 +26,12 @@ output plain ``pickle.loads`` reads, so the receiving side has one decoder.
 Every decoding failure is a :class:`MalformedFrame`, which the node logs and
 drops.
 
+"Frame" here means one encoded envelope, which ``max_frame_bytes`` bounds
+whole. On the wire, one of more than 256 KiB travels as several ZeroMQ frames
+(a multipart message, joined before decoding: see :mod:`transport.parts`),
+because libzmq's per-frame limit also bounds what a stranger's handshake
+can make a node hold, and must be small.
+
 A member key is trusted with code; a *client* key (see ``zactor keys add
 --role``) is not: its frames are decoded with ``trusted=False``, by an
 unpickler that builds only registered message classes
@@ -68,14 +74,16 @@ HEADER_BYTES = _HEADER.size
 _NAMES_AT = _HEAD.size
 """Where the name block (the three lengths, then the names) begins."""
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
-"""Large enough for the KV memory tests' 10 MiB values with room to spare."""
+"""The largest encoded envelope, all its wire parts together (see :mod:`transport.parts`): large enough for
+the KV memory tests' 10 MiB values with room to spare."""
 
 
 BATCH = 5
 """The kind byte of a batch of replies (not a :class:`~transport.envelope.Kind`: never an envelope's)."""
 BATCH_MAX_BYTES = 4096
-"""A batch's largest size. Every node accepts messages of its frame limit plus
-4096 bytes, whatever that limit, so a batch this small is never refused."""
+"""A batch's largest size. Every node's sockets take frames of 4096 bytes more than the
+smaller of its frame limit and a wire part (:func:`transport.parts.wire_frame_limit`),
+whatever that limit, so a batch this small is never refused, nor cut in parts."""
 BATCH_MAX_FRAMES = 64
 """Most replies one batch holds. With the size, it bounds what splitting a batch can cost."""
 _BATCH_NAMES = _LENGTHS.pack(0, 0, 0)
@@ -102,7 +110,7 @@ class RefusedFrame(MalformedFrame):
 
 
 class FrameTooLarge(CodecError):
-    """An envelope whose encoding exceeds the frame size limit."""
+    """An envelope whose encoding exceeds the frame size limit (``max_frame_bytes``: the whole message, all its parts)."""
 
 
 _KINDS = {int(k): k for k in Kind}  # a dict lookup is much cheaper than calling the enum

@@ -21,6 +21,7 @@ from typing import cast
 import zmq
 
 from transport.keys import Keyring, check_dial
+from transport.parts import wire_frame_limit
 
 DEFAULT_MAX_PEERS = 256
 """Open sending sockets (one per destination) kept at most; the least recently used is closed."""
@@ -77,7 +78,7 @@ def open_dealer(
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.RCVHWM, inbound_hwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 4096)
+    sock.setsockopt(zmq.MAXMSGSIZE, wire_frame_limit(max_frame_bytes))  # larger messages come in parts
     # A restarted peer should be reachable again within milliseconds.
     sock.setsockopt(zmq.RECONNECT_IVL, 10)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)

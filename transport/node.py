@@ -62,9 +62,12 @@ other end; see :mod:`transport.codec`).
 name other than the node's control name. It must be quick (hand the message to
 a mailbox); a slow handler stalls the whole node.
 
-A frame that does not decode, or that arrives with the wrong number of parts,
-is logged and dropped; ZeroMQ itself closes a connection that sends a frame
-over the size limit or bytes that are not ZMTP. Either way the node goes on
+A frame that does not decode, or that arrives in parts of the wrong shape or
+summing over ``max_frame_bytes``, is logged and dropped; ZeroMQ itself closes
+a connection that sends bytes that are not ZMTP, or one ZMTP frame over 256 KiB
+(plus framing), handshake commands included: that per-frame limit is what a
+stranger's handshake can make a node hold, so it is small, and a larger
+message comes in parts (:mod:`transport.parts`). Either way the node goes on
 serving. After :meth:`Node.close` nothing touches the node's descriptors:
 a timer comes back cancelled, a task or a reply is dropped, a send fails
 with ConnectionError.
@@ -107,6 +110,7 @@ from transport.ipc import check_ipc_free, default_endpoint
 from transport.keys import Keyring, check_insecure_bind, hold_explicit, release_explicit, resolve_keyring, security_on
 from transport.limits import raise_open_files
 from transport.once import OncePerCause
+from transport.parts import PART_BYTES, Joined, read_rest, send_parts, wire_frame_limit
 from transport.probe import PROBE_TIMEOUT, LinkReport, probe
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, POLLIN, RCVMORE, events, raw_get, raw_recv, raw_send
 from transport.roles import Roles, refusal
@@ -180,9 +184,10 @@ class Node:
         # A connection that has not logged in within HANDSHAKE_MS is closed: a stranger's idle
         # connection holds a descriptor (and whatever it sent) for that long, not libzmq's 30 s.
         self._router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
-        # ZeroMQ refuses (and disconnects) a sender of a larger message, so no
-        # peer can make this process allocate more than that.
-        self._router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes + 4096)
+        # ZeroMQ refuses (and disconnects) a sender of a larger frame, handshake commands included, so
+        # no peer, logged in or not, makes it hold more than that per frame; larger messages come in
+        # parts (transport.parts), their sum bounded by max_frame_bytes.
+        self._router.setsockopt(zmq.MAXMSGSIZE, wire_frame_limit(max_frame_bytes))
         try:
             if self.keyring is not None:
                 # The ZAP handler must exist before the first connection: without
@@ -656,7 +661,10 @@ class Node:
             dealers.by_dest.move_to_end(dest)
         dealers.last_send[dest] = time.monotonic()
         try:
-            sock.send(frame, NOBLOCK)
+            if len(frame) <= PART_BYTES:
+                raw_send(sock, frame, NOBLOCK)
+            else:
+                send_parts(sock, frame)
         except zmq.Again:
             self.counters.add("send_failures")
             _notices.warn(("queue full", self.endpoint, dest), "node %s: queue to %s is full; message dropped (more: send_failures)", self.endpoint, dest)
@@ -724,7 +732,14 @@ class Node:
                 for _ in range(1_000):
                     if not events(sock) & POLLIN:
                         break
-                    frames.extend((part, peer) for part in sock.recv_multipart(NOBLOCK, copy=True))
+                    frame = raw_recv(sock, NOBLOCK)
+                    if len(frame) == PART_BYTES and raw_get(sock, RCVMORE):  # only such a part begins parts
+                        try:
+                            frame = read_rest(sock, frame, self.max_frame_bytes)
+                        except MalformedFrame as exc:
+                            self._drop_parts(peer, exc)
+                            continue
+                    frames.append((frame, peer))
                 else:
                     self._input_waiting = True  # more than a batch: come back after other work
         for frame, peer in frames:
@@ -762,13 +777,15 @@ class Node:
                 # A ROUTER's identity part is always followed by one more; with security on, read as a
                 # zmq.Frame, whose User-Id names the sender's key (see transport.roles).
                 frame: Any = raw_recv(router, NOBLOCK, roles is None)
-                if raw_get(router, RCVMORE):
-                    extra = 1
-                    while raw_get(router, RCVMORE):
-                        raw_recv(router, NOBLOCK)
-                        extra += 1
-                    self.counters.add("malformed")
-                    _notices.warn(("parts", self.endpoint, route), "node %s: dropped a message of %d parts (want 1; more: malformed)", self.endpoint, extra + 1)
+                if raw_get(router, RCVMORE):  # a large message in parts (transport.parts), joined, or dropped whole
+                    try:
+                        joined = read_rest(router, frame, self.max_frame_bytes)
+                    except MalformedFrame as exc:
+                        self._drop_parts(self._label_of(route), exc)
+                    else:
+                        frame = joined if roles is None else Joined(joined, frame)
+                        if not unread_queues or not unread.hold(route, frame):
+                            self._take(frame, route)
                 elif not unread_queues or not unread.hold(route, frame):  # held back: its connection is not reading
                     self._take(frame, route)
                 if not burst:
@@ -781,6 +798,11 @@ class Node:
             if burst:
                 self._batching = False
                 self._held.flush()
+
+    def _drop_parts(self, peer: str, exc: MalformedFrame) -> None:
+        """Count and log a message whose parts were not ours, or summed over the frame limit (dropped undecoded)."""
+        self.counters.add("malformed")
+        _notices.warn(("malformed", self.endpoint, peer), "node %s: dropped a malformed frame from %s: %s (more: malformed)", self.endpoint, peer or "?", exc)
 
     def _take(self, frame: Any, route: bytes) -> None:
         """Serve one request read off the ROUTER (a zmq.Frame with security on, bytes without), now or when

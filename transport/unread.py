@@ -48,6 +48,7 @@ import zmq.utils.garbage  # see below: imported for its exit handler
 
 from transport.counters import Counters
 from transport.once import OncePerCause
+from transport.parts import PART_BYTES, send_tracked_parts
 from transport.rawzmq import MORE_NOBLOCK, NOBLOCK, raw_send
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ DEFAULT_MAX_UNREAD_BYTES = 32 * 1024 * 1024
 """Bytes of large replies one connection may leave unread before its further requests are held back."""
 
 TRACK_FROM = 8 * 1024
-"""Replies this large or larger are counted in bytes until libzmq lets go of them (smaller ones by count)."""
+"""Replies this large or larger are counted in bytes until libzmq lets go of them (smaller ones by count).
+Every reply sent in parts is one of them (its tracker is done when libzmq has let go of all its parts)."""
+assert TRACK_FROM <= PART_BYTES
 
 REPLY_HWM = 10_000
 """The ROUTER's SNDHWM: replies queued per connection, in messages. As many as requests may be held back,
@@ -128,7 +131,10 @@ class UnreadReplies:
                 return
         try:
             raw_send(router, route, MORE_NOBLOCK)
-            tracker = raw_send(router, frame, NOBLOCK, False, True)
+            if len(frame) <= PART_BYTES:
+                tracker = raw_send(router, frame, NOBLOCK, False, True)
+            else:
+                tracker = send_tracked_parts(router, frame)
         except zmq.ZMQError as exc:  # the asker has gone, or its queue is full in messages (it is not reading)
             self._counters.add("send_failures")
             if exc.errno == zmq.EHOSTUNREACH and queue is not None and queue.waiting:  # gone: serve it no more
