@@ -312,9 +312,9 @@ def test_kv_leader_host_cut_off_a_new_leader_takes_acknowledged_writes(kv_hosts:
 def rejoined(clerk: Driver, servers: list[str], limit: float = 60.0) -> dict:
     """The cluster's view once all three servers answer again after a heal (bounded by ``limit``).
 
-    Not at once: a connection that had data in flight during the partition
-    waits for TCP's next retransmission, whose back-off grows with the
-    partition's length (measured: 0.9 s after 5 s cut off, 8.5 s after 20 s).
+    Not at once: a connection that had data in flight during a short cut
+    waits for TCP's next retransmission, and one the heartbeat dropped during
+    a long cut for a redial.
     """
     deadline = time.monotonic() + limit
     while True:
