@@ -128,6 +128,18 @@ def test_follower_truncates_a_conflicting_suffix_and_appends() -> None:
     assert ack.success and ack.match_index == 3
 
 
+def test_an_old_terms_append_is_refused_appending_nothing_and_counted() -> None:
+    """What a healed link delivers late: the old term's entries are refused, and the peer's counters say so."""
+    c = core(me=1, restored=Restored(HardState(3, None), None, (Entry(1, 1, "a"), Entry(3, 2, "b"))))
+    c.step(AppendEntries(2, 0, 1, 1, 1, (Entry(2, 2, "X"),), leader_commit=2))  # the old leader's X, queued
+    c.step(AppendEntries(2, 0, 1, 2, 2, (), leader_commit=2))  # and its heartbeat
+    c.step(RequestVoteReply(1, 2, 1, True))
+    (first, second) = sent(drain(c), AppendEntriesReply)
+    assert not first.success and not second.success and first.term == 3
+    assert [e.command for e in c.log.entries] == ["a", "b"] and c.commit_index == 0 and c.term == 3
+    assert (c.old_term_messages, c.old_term_entries_refused) == (3, 1)
+
+
 def test_leader_counts_its_own_entry_only_once_it_is_durable() -> None:
     c = core()
     elect(c)

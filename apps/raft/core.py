@@ -130,6 +130,11 @@ class RaftCore:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.election_timeout = self._random_timeout()
+        # Messages from an older term (all of them turned away by the term checks below), and of
+        # those the AppendEntries that carried entries: what a healed link delivers late, counted
+        # so that tests on real hosts can see that the late mail arrived and changed nothing.
+        self.old_term_messages = 0
+        self.old_term_entries_refused = 0
         self._pending = _Pending()
         self._hs_dirty = False
         self._unstable_from = self.log.last_index + 1  # entries from here on are not yet durable
@@ -319,6 +324,8 @@ class RaftCore:
             return
         if msg.term > self.term:
             self._become_follower(msg.term, msg.src if isinstance(msg, (AppendEntries, InstallSnapshot)) else None)
+        elif msg.term < self.term:
+            self.old_term_messages += 1
         if isinstance(msg, RequestVote):
             self._on_request_vote(msg)
         elif isinstance(msg, RequestVoteReply):
@@ -495,6 +502,8 @@ class RaftCore:
             # that term by now in a new incarnation whose rounds count from 0 again, so an old
             # round echoed here would confirm a round it has not yet sent (a stale read).
             self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, 0))
+            if m.entries:
+                self.old_term_entries_refused += 1
             return
         if self.role is not Role.FOLLOWER:
             self._become_follower(m.term, m.src)

@@ -129,6 +129,10 @@ class PeerStatus:
     snapshot_size: int
     applied_index: int = 0
     """The last index handed to the service (its state machine is this far)."""
+    old_term_messages: int = 0
+    """Messages from an older term received since this incarnation started (each turned away)."""
+    old_term_entries_refused: int = 0
+    """Of those, AppendEntries that carried entries: refused, their entries not appended."""
 
 
 @message
@@ -232,7 +236,8 @@ class RaftPeer(Actor):
         elif isinstance(message, Status):
             c = self.core
             return PeerStatus(c.me, c.term, c.role.value, c.leader_hint, c.commit_index, c.last_index,
-                              self.storage.raft_state_size, self.storage.snapshot_size, c.last_applied)
+                              self.storage.raft_state_size, self.storage.snapshot_size, c.last_applied,
+                              c.old_term_messages, c.old_term_entries_refused)
         elif isinstance(message, Members):
             return self.roster.members_info()
         elif isinstance(message, ChangeMembers):
