@@ -567,3 +567,14 @@ def test_malformed_group_messages_are_ignored_and_the_servers_go_on(make_cluster
     assert [group.pid(i) for i in range(3)] == pids, "a server process was restarted"
     # Every server goes on to apply the configuration (a follower may be a few entries behind the leader).
     assert wait_until(lambda: all(group.shard_status(i)[0] == num for i in range(3)), 30), [group.shard_status(i) for i in range(3)]
+
+
+def test_the_harness_tells_the_controller_too_that_damage_is_done_on_purpose() -> None:
+    """A soak's disk nemesis damages controller journals as well: their refusals must be reported as expected
+    (one INFO line), as the groups' are, while a broken variant's fields stay the groups' alone."""
+    cluster = ShardCluster(1, 3, server_fields={"damage_expected": True, "apply_log": "/nonexistent"})
+    try:
+        assert cluster.ctrler.server_fields == {"damage_expected": True}
+        assert cluster.server_fields == {"damage_expected": True, "apply_log": "/nonexistent"}
+    finally:
+        cluster.cleanup()

@@ -87,7 +87,10 @@ class ShardCluster:
     ) -> None:
         """``lazy_disk``: every server's writes reach its files only at fsync (as ``KVCluster``'s);
         ``server_fields``: more ``ShardServerConfig`` fields for every group's server (a broken variant's, say)."""
-        self.ctrler = CtrlerCluster(nctrlers, unreliable=unreliable, seed=seed, lazy_disk=lazy_disk)
+        # The controller's servers share only the harness's word on damage done on purpose (a broken variant's
+        # fields are for the groups' servers).
+        expected = {k: v for k, v in (server_fields or {}).items() if k == "damage_expected"}
+        self.ctrler = CtrlerCluster(nctrlers, unreliable=unreliable, seed=seed, lazy_disk=lazy_disk, server_fields=expected)
         self.lazy_disk = lazy_disk
         self.server_fields = dict(server_fields or {})
         self.groups: list[GroupCluster] = []
