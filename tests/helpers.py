@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import socket
 import threading
 import time
@@ -230,3 +231,13 @@ def generic(
             else:
                 assert cluster.max_snapshot_size() == 0, "a snapshot exists although maxraftstate is -1"
         cluster.check_linearizable()
+
+
+def readable(source: Any, timeout: float) -> bool:
+    """Whether ``source`` (a descriptor or a file object) has input within ``timeout`` seconds.
+
+    poll, not select: select refuses descriptors above 1023, and a test that opened many sockets (with the
+    open-file limit raised) can leave this process's next pipes numbered above that."""
+    waiter = select.poll()
+    waiter.register(source, select.POLLIN)
+    return bool(waiter.poll(max(0.0, timeout) * 1000))

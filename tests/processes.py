@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 
 from apps.hosts.netns import state_dir
+from tests.helpers import readable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,9 +79,9 @@ def listening(proc: subprocess.Popen, limit: float = 30.0) -> str:
     while True:
         remaining = deadline - time.monotonic()
         assert remaining > 0, "the coordinator never said where it listens"
-        if select.select([proc.stderr], [], [], remaining)[0]:
+        if readable(proc.stderr, remaining):
             # Unbuffered, a byte at a time: a buffered readline could take the next line out of
-            # the pipe too, where select cannot see it (a warning printed just before the line).
+            # the pipe too, where poll cannot see it (a warning printed just before the line).
             line = proc.stderr.raw.readline().decode()  # type: ignore[attr-defined]
             assert line, "the coordinator exited before it listened"
             found = re.search(r"listening on (\S+://\S+)", line)

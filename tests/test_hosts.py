@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pytest
 
 from apps.hosts import Hosts, available, host_keyring, instances, sweep_stale
 from apps.hosts.probe import delivered
+from tests.helpers import readable
 from tests.processes import leftovers, listening
 from transport.dealers import HEARTBEAT_TIMEOUT_MS
 from transport.keys import KEYS_ENV
@@ -92,8 +92,7 @@ class Driver:
 
     def _read(self, limit: float) -> dict:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], limit)
-        assert ready, f"the driver gave no answer within {limit} s"
+        assert readable(self.proc.stdout, limit), f"the driver gave no answer within {limit} s"
         line = self.proc.stdout.readline()
         assert line, "the driver exited"
         return json.loads(line)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import pickle
 import pwd
-import select
 import subprocess
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from tests.helpers import readable
 
 
 def make_user() -> User:
@@ -72,8 +73,7 @@ def as_user(user: User, step: Callable[..., Any], *args: Any, timeout: float = 3
     chunks = []
     try:
         while True:
-            ready, _, _ = select.select([read_end], [], [], timeout)
-            if not ready:
+            if not readable(read_end, timeout):
                 os.kill(pid, 9)
                 raise AttackerFailed(f"the attacker's step did not finish within {timeout} s")
             chunk = os.read(read_end, 1 << 16)
