@@ -9,7 +9,7 @@ destination host, the sender in the source, each a short process
 from __future__ import annotations
 
 import argparse
-import select
+import selectors
 import socket
 import subprocess
 import sys
@@ -55,16 +55,21 @@ def _recv(addr: str, port: int, count: int) -> int:
         s.bind((addr, port))
         print("ready", flush=True)
         seen: set[int] = set()
-        watching = [s, sys.stdin]
-        deadline = time.monotonic() + 60.0
-        while len(seen) < count and time.monotonic() < deadline:
-            ready, _, _ = select.select(watching, [], [], QUIET if sys.stdin not in watching else 1.0)
-            if not ready and sys.stdin not in watching:
-                break
-            if sys.stdin in ready and not sys.stdin.readline():
-                watching.remove(sys.stdin)
-            if s in ready:
-                seen.add(int(s.recv(64)))
+        # A selector, not select(): select refuses descriptors above 1023.
+        with selectors.DefaultSelector() as sel:
+            sel.register(s, selectors.EVENT_READ)
+            sel.register(sys.stdin, selectors.EVENT_READ)
+            sender_done = False
+            deadline = time.monotonic() + 60.0
+            while len(seen) < count and time.monotonic() < deadline:
+                ready = {key.fileobj for key, _ in sel.select(QUIET if sender_done else 1.0)}
+                if not ready and sender_done:
+                    break
+                if sys.stdin in ready and not sys.stdin.readline():
+                    sel.unregister(sys.stdin)
+                    sender_done = True
+                if s in ready:
+                    seen.add(int(s.recv(64)))
         return len(seen)
 
 
