@@ -130,6 +130,7 @@ class Cluster:
         tick: float = 0.01,
         seed: int | None = None,
         lazy_disk: bool = False,
+        damage_expected: bool = False,
     ) -> None:
         self.n = n
         self.initial = n
@@ -138,6 +139,8 @@ class Cluster:
         """Servers :meth:`remove_server` took out: never started again."""
         self.lazy_disk = lazy_disk
         """Test-only: every peer on the journal's page-cache model (a kill loses what was not fsync'd)."""
+        self.damage_expected = damage_expected
+        """A soak's disk nemesis damages journals on purpose: a peer's refusal to start is then not an ERROR."""
         self.snapshot_mode = snapshot
         self.snapshot_every = snapshot_every
         self.config = config or Config()
@@ -405,6 +408,7 @@ class Cluster:
             raft=self.config,
             tick=self.tick,
             lazy_disk=self.lazy_disk,
+            damage_expected=self.damage_expected,
             initial=self.initial,
         )
         return ChildSpec(f"peer-{i}", serve_peer, (config, self._rules_for(i)), restart="temporary")

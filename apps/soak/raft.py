@@ -51,7 +51,7 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     done = threading.Event()
 
     with raft_cluster(config, config.servers, reliable=True, seed=config.seed, lazy_disk="disk" in config.nemeses,
-                      snapshot=True, snapshot_every=SNAPSHOT_EVERY) as cluster:
+                      damage_expected="disk" in config.nemeses, snapshot=True, snapshot_every=SNAPSHOT_EVERY) as cluster:
         target = KVRaftTarget(cluster, config.seed, findings)  # type: ignore[arg-type]
         majority = config.servers // 2 + 1
         started = time.monotonic()
