@@ -3,10 +3,27 @@
 One sharded cluster (a controller of 3 servers and 3 groups of 3) and one
 lab-4 cluster (3 servers) run on this machine at once. The groups join one
 at a time; after each join, the same client processes
-(``benchmarks.kvdriver``) drive both systems in alternating slices, 16
-clients on keys spread over all shards, so both see the same noise.
-Reported: ops/s, latency, and CPU per operation of all server processes of
-each system (the sharded one's controller and idle groups included).
+(``benchmarks.kvdriver``) drive both systems in alternating slices, on keys
+spread over all shards, so both see the same noise. Reported: ops/s,
+latency, and CPU per operation of all server processes of each system (the
+sharded one's controller and idle groups included), at two loads:
+
+- ``total``: ``--clients`` (16) clients in all, whatever the number of
+  groups. With G groups each leader sees a G-th of them, so each Raft batch
+  (appends, fsync, replies) carries a G-th as many operations: CPU per
+  operation grows with G as lab 4's does with fewer clients. That is Raft's
+  batching, not the sharding layer.
+- ``per_group``: ``--clients-per-group`` (16) clients per group (16, 32, 48),
+  and lab 4's single group beside it at that same 16, so every Raft group,
+  sharded or not, sees the same batches. This is the row set whose
+  G groups : 1 group ratio measures what the sharding layer (and the other
+  groups' processes) cost per operation.
+
+Before each group count's measurements, both systems' servers are left idle
+for ``--idle-seconds`` and their CPU per second is recorded: every server
+process ticks Raft and the groups' leaders poll the controller, so that much
+CPU is spent per second whatever the load; the report gives its share of
+each row's CPU per operation.
 
 On a 2-core machine more groups cannot add CPU, so their throughput cannot
 grow; what the sharding layer costs shows in CPU per operation, and the
@@ -18,7 +35,7 @@ Then the cost of a reconfiguration: ``--move-keys`` keys are written into
 one shard, the shard is moved to another group, and the time until the new
 owner serves it and the bytes of ``ShardData`` sent are measured.
 
-    python -m benchmarks.shardkv [--json] [--clients 16] [--seconds S] [--move-keys N]
+    python -m benchmarks.shardkv [--json] [--clients 16] [--clients-per-group 16] [--seconds S] [--move-keys N]
 """
 
 from __future__ import annotations
@@ -34,7 +51,7 @@ from apps.kvraft.testing import KVCluster
 from apps.shardkv.messages import key2shard
 from apps.shardkv.testing import ShardCluster
 from benchmarks import bench_parser
-from benchmarks.kvdriver import Batch, DriverPool, Target
+from benchmarks.kvdriver import Batch, DriverPool, Target, cpu_seconds
 
 OPS = (("put", 10), ("get", 10))
 
@@ -43,8 +60,64 @@ def _pids(cluster: Any) -> list[int]:
     return [pid for i in range(cluster.n) if (pid := cluster._sup.pid(f"peer-{i}")) is not None]
 
 
+def _idle_cpu(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
+    """Milliseconds of CPU per second each system's servers spend with no client: what every row pays whatever its load."""
+    if seconds <= 0:
+        return {name: 0.0 for name in pids}
+    before = {name: cpu_seconds(p) for name, p in pids.items()}
+    time.sleep(seconds)  # the measuring window itself: nothing is awaited
+    return {name: round((cpu_seconds(p) - before[name]) / seconds * 1e3, 1) for name, p in pids.items()}
+
+
+def _loads(groups: int, clients: int, per_group: int) -> list[tuple[str, int, int]]:
+    """(load, shardkv clients, kvraft clients): ``clients`` in total, then ``per_group`` per group beside lab 4 at ``per_group``."""
+    loads = [("total", clients, clients)]
+    if per_group:
+        loads.append(("per_group", per_group * groups, per_group))
+    return loads
+
+
+def _measure(pool: DriverPool, targets: dict[str, Target], pids: dict[str, list[int]], op: str, size: int,
+             clients: dict[str, int], seconds: float, warmup: float, rounds: int) -> dict[str, Batch]:
+    """Both systems driven in ``rounds`` alternating slices (the order flips each round), so both see the same noise."""
+    batches = {name: Batch() for name in targets}
+    for r in range(rounds):
+        order = list(targets) if r % 2 == 0 else list(reversed(targets))
+        for name in order:
+            batches[name] += pool.measure(targets[name], op, size, clients[name], warmup if r == 0 else 0.0,
+                                          seconds / rounds, pids[name])
+    return batches
+
+
+def _row(groups: int, op: str, size: int, load: str, clients: dict[str, int], batches: dict[str, Batch],
+         idle: dict[str, float], seconds: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"groups": groups, "op": op, "value_bytes": size, "load": load,
+                           "clients": clients["shardkv"], "kvraft_clients": clients["kvraft"]}
+    for name, batch in batches.items():
+        row.update({f"{name}_{k}": v for k, v in batch.summary(seconds).items()})
+        rate = row[f"{name}_ops_per_s"]
+        row[f"{name}_idle_cpu_ms_per_s"] = idle[name]
+        row[f"{name}_idle_us_per_op"] = round(idle[name] * 1e3 / rate, 1) if rate else None
+    cpu1 = row["kvraft_server_cpu_us_per_op"]
+    row["cpu_ratio"] = round(row["shardkv_server_cpu_us_per_op"] / cpu1, 2) if cpu1 else None
+    return row
+
+
+def group_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Per load and op: shardkv CPU per operation with the most groups over that with one group."""
+    out: dict[str, dict[str, float | None]] = {}
+    for r in rows:
+        mine = [x for x in rows if x["load"] == r["load"] and x["op"] == r["op"]]
+        first, last = min(mine, key=lambda x: x["groups"]), max(mine, key=lambda x: x["groups"])
+        base = first["shardkv_server_cpu_us_per_op"]
+        ratio = round(last["shardkv_server_cpu_us_per_op"] / base, 2) if base and last is not first else None
+        out.setdefault(r["load"], {})[r["op"]] = ratio
+    return out
+
+
 def run(clients: int = 16, seconds: float = 2.0, warmup: float = 0.3, rounds: int = 4, procs: int = 4,
-        move_keys: int = 1000, progress: bool = False) -> dict[str, Any]:
+        move_keys: int = 1000, progress: bool = False, clients_per_group: int = 16,
+        idle_seconds: float = 1.0) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="zactor-bench-shardkv-") as tmp, contextlib.ExitStack() as stack:
         single = stack.enter_context(KVCluster(3, data_dir=f"{tmp}/kvraft"))
@@ -57,22 +130,17 @@ def run(clients: int = 16, seconds: float = 2.0, warmup: float = 0.3, rounds: in
             for k in range(g + 1):
                 sharded.wait_caught_up(k)
             pids = {"kvraft": _pids(single), "shardkv": _pids(sharded.ctrler) + [p for grp in sharded.groups for p in _pids(grp)]}
-            for op, size in OPS:
-                batches = {name: Batch() for name in targets}
-                for r in range(rounds):
-                    order = list(targets) if r % 2 == 0 else list(reversed(targets))
-                    for name in order:
-                        batches[name] += pool.measure(targets[name], op, size, clients, warmup if r == 0 else 0.0,
-                                                      seconds / rounds, pids[name])
-                row: dict[str, Any] = {"groups": g + 1, "op": op, "value_bytes": size, "clients": clients}
-                for name, batch in batches.items():
-                    row.update({f"{name}_{k}": v for k, v in batch.summary(seconds).items()})
-                cpu1 = row["kvraft_server_cpu_us_per_op"]
-                row["cpu_ratio"] = round(row["shardkv_server_cpu_us_per_op"] / cpu1, 2) if cpu1 else None
-                rows.append(row)
-                if progress:
-                    print(f"  {g + 1} group(s), {op}: shardkv {row['shardkv_ops_per_s']:.0f}/s, kvraft {row['kvraft_ops_per_s']:.0f}/s",
-                          file=sys.stderr, flush=True)
+            idle = _idle_cpu(pids, idle_seconds)
+            for load, sk_clients, kv_clients in _loads(g + 1, clients, clients_per_group):
+                n = {"shardkv": sk_clients, "kvraft": kv_clients}
+                for op, size in OPS:
+                    batches = _measure(pool, targets, pids, op, size, n, seconds, warmup, rounds)
+                    row = _row(g + 1, op, size, load, n, batches, idle, seconds)
+                    rows.append(row)
+                    if progress:
+                        print(f"  {g + 1} group(s), {load} load, {op}: shardkv {row['shardkv_ops_per_s']:.0f}/s "
+                              f"({sk_clients} clients), kvraft {row['kvraft_ops_per_s']:.0f}/s ({kv_clients})",
+                              file=sys.stderr, flush=True)
         # The cost of moving one shard of move_keys keys.
         ck = sharded.make_clerk(record=False)
         shard = 3
@@ -91,7 +159,8 @@ def run(clients: int = 16, seconds: float = 2.0, warmup: float = 0.3, rounds: in
         moved_in = time.monotonic() - started
         assert ck.get(keys[0]) == "v" * 10
         move = {"keys": move_keys, "value_bytes": 10, "seconds": round(moved_in, 3), "shard_data_bytes": _shard_bytes(src) - before}
-    return {"clients": clients, "seconds": seconds, "rounds": rounds, "rows": rows, "move": move}
+    return {"clients": clients, "clients_per_group": clients_per_group, "seconds": seconds, "rounds": rounds,
+            "idle_seconds": idle_seconds, "rows": rows, "ratios": group_ratios(rows), "move": move}
 
 
 def _shard_bytes(group: Any) -> int:
@@ -102,27 +171,42 @@ def _shard_bytes(group: Any) -> int:
     return total
 
 
+_LOADS = {
+    "total": "{clients} clients in all: with G groups each leader's Raft batches are a G-th as large (Raft's cost, as lab 4's "
+             "with fewer clients)",
+    "per_group": "{per_group} clients per group, lab 4 at {per_group} beside it: every Raft group sees the same batches, so the "
+                 "G groups : 1 group ratio is what the sharding layer and the other groups' processes cost per operation",
+}
+
+
 def report(result: dict[str, Any]) -> str:
-    lines = [f"shardkv: {result['clients']} clients, {result['seconds']} s per system and measurement in {result['rounds']} "
-             "alternating slices; kvraft = lab 4's single group of 3 in the same run",
-             f"  {'groups':>6} {'op':<4}{'shardkv ops/s':>14}{'p50 ms':>8}{'kvraft ops/s':>13}{'p50 ms':>8}"
-             f"{'CPU us/op shardkv':>19}{'kvraft':>8}{'ratio':>7}"]
+    lines = [f"shardkv: {result['seconds']} s per system and measurement in {result['rounds']} alternating slices; "
+             "kvraft = lab 4's single group of 3 in the same run; CPU = all server processes (shardkv: controller and 3 groups)"]
+    for load in dict.fromkeys(r["load"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["load"] == load]
+        lines.append(f"  {load} load: " + _LOADS[load].format(clients=result["clients"], per_group=result.get("clients_per_group")))
+        lines.append(f"  {'groups':>6} {'op':<4}{'clients':>8}{'shardkv ops/s':>14}{'p50 ms':>8}{'kvraft ops/s':>13}{'p50 ms':>8}"
+                     f"{'CPU us/op shardkv':>19}{'(idle)':>7}{'kvraft':>8}{'(idle)':>7}{'ratio':>7}")
+        for r in rows:
+            clients = f"{r['clients']}/{r['kvraft_clients']}"
+            lines.append(f"  {r['groups']:>6} {r['op']:<4}{clients:>8}{r['shardkv_ops_per_s']:>14.0f}{r['shardkv_p50_ms']:>8.2f}"
+                         f"{r['kvraft_ops_per_s']:>13.0f}{r['kvraft_p50_ms']:>8.2f}{r['shardkv_server_cpu_us_per_op']:>19.0f}"
+                         f"{_num(r['shardkv_idle_us_per_op']):>7}{r['kvraft_server_cpu_us_per_op']:>8.0f}"
+                         f"{_num(r['kvraft_idle_us_per_op']):>7}{r['cpu_ratio']!s:>7}")
+        for op, ratio in result["ratios"].get(load, {}).items():
+            if ratio is not None:
+                most = max(r["groups"] for r in rows if r["op"] == op)
+                lines.append(f"  {op}, {load} load: shardkv server CPU per op, {most} groups / 1 group: {ratio:.2f}")
+    idle = {r["groups"]: (r["shardkv_idle_cpu_ms_per_s"], r["kvraft_idle_cpu_ms_per_s"]) for r in result["rows"]}
+    if idle:
+        lines.append("  idle servers (no client), CPU ms per s: " + ", ".join(
+            f"{g} group(s): shardkv {sk:.0f} (12 processes), kvraft {kv:.0f} (3)" for g, (sk, kv) in sorted(idle.items())))
+        lines.append("  (idle) = that idle CPU per s / ops per s: the part of CPU per op that is paid per second, not per operation")
     for r in result["rows"]:
-        lines.append(f"  {r['groups']:>6} {r['op']:<4}{r['shardkv_ops_per_s']:>14.0f}{r['shardkv_p50_ms']:>8.2f}"
-                     f"{r['kvraft_ops_per_s']:>13.0f}{r['kvraft_p50_ms']:>8.2f}{r['shardkv_server_cpu_us_per_op']:>19.0f}"
-                     f"{r['kvraft_server_cpu_us_per_op']:>8.0f}{r['cpu_ratio']!s:>7}")
-    for op, _ in OPS:
-        mine = [r for r in result["rows"] if r["op"] == op]
-        if len(mine) >= 2 and mine[0]["shardkv_server_cpu_us_per_op"]:
-            first, last = mine[0], mine[-1]
-            lines.append(f"  {op}: server CPU per op, {last['groups']} groups / 1 group: "
-                         f"{last['shardkv_server_cpu_us_per_op'] / first['shardkv_server_cpu_us_per_op']:.2f}")
-        for r in mine:
-            cpu = r["shardkv_server_cpu_us_per_op"]
-            if cpu:
-                r_proj = r["groups"] * 3e6 / cpu
-                lines.append(f"    {op}, {r['groups']} group(s): projected {r_proj:.0f} ops/s with one core per server "
-                             "(G x 3 servers x 1e6 / CPU us per op: an upper bound, the leader does more than its share)")
+        cpu = r["shardkv_server_cpu_us_per_op"]
+        if r["load"] == "total" and cpu:
+            lines.append(f"    {r['op']}, {r['groups']} group(s), total load: projected {r['groups'] * 3e6 / cpu:.0f} ops/s with one "
+                         "core per server (G x 3 servers x 1e6 / CPU us per op: an upper bound, the leader does more than its share)")
     lines.append("  this machine has fewer cores than servers: more groups cannot add throughput here; CPU per op is the measure")
     m = result["move"]
     lines.append(f"  moving one shard of {m['keys']} keys ({m['value_bytes']} B values): {m['seconds']:.2f} s until the new owner "
@@ -130,9 +214,17 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("shardkv", __doc__)
     parser.add_argument("--clients", type=int, default=16, help="clients (default 16)")
+    parser.add_argument("--clients-per-group", type=int, default=16,
+                        help="clients per group in the equal-load rows, lab 4 beside them at as many (default 16; 0: no such rows)")
+    parser.add_argument("--idle-seconds", type=float, default=1.0,
+                        help="seconds the servers' idle CPU is measured before each group count (default 1; 0: not measured)")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured load per system and measurement (default 2)")
     parser.add_argument("--rounds", type=int, default=4, help="alternating slices per measurement (default 4)")
     parser.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
@@ -140,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0 or args.rounds < 1 or args.procs < 1 or args.move_keys < 1:
         parser.error("--clients, --seconds, --rounds, --procs and --move-keys must be positive")
+    if args.clients_per_group < 0 or args.idle_seconds < 0:
+        parser.error("--clients-per-group and --idle-seconds must not be negative")
     started = time.monotonic()
-    result = run(args.clients, args.seconds, 0.3, args.rounds, args.procs, args.move_keys, progress=not args.json)
+    result = run(args.clients, args.seconds, 0.3, args.rounds, args.procs, args.move_keys, progress=not args.json,
+                 clients_per_group=args.clients_per_group, idle_seconds=args.idle_seconds)
     print(json.dumps(result) if args.json else report(result))
     if not args.json:
         print(f"  ({time.monotonic() - started:.0f} s)", file=sys.stderr)

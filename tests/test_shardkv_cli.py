@@ -76,13 +76,20 @@ def test_kv_takes_one_kind_of_address() -> None:
 
 
 @pytest.mark.slow
-def test_bench_shardkv_json_measures_every_group_count_beside_lab_4_and_a_move() -> None:
-    out = zactor("bench", "shardkv", "--json", "--clients", "2", "--seconds", "0.3", "--rounds", "1", "--procs", "1",
-                 "--move-keys", "20", timeout=300)
+def test_bench_shardkv_json_measures_every_group_count_at_both_loads_beside_lab_4_and_a_move() -> None:
+    out = zactor("bench", "shardkv", "--json", "--clients", "2", "--clients-per-group", "1", "--idle-seconds", "0.2",
+                 "--seconds", "0.3", "--rounds", "1", "--procs", "1", "--move-keys", "20", timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert {(r["groups"], r["op"]) for r in result["rows"]} == {(g, op) for g in (1, 2, 3) for op in ("put", "get")}
+    assert [(r["load"], r["groups"], r["op"]) for r in result["rows"]] == [
+        (load, g, op) for g in (1, 2, 3) for load in ("total", "per_group") for op in ("put", "get")]
     for row in result["rows"]:
         assert row["shardkv_ops"] > 0 and row["kvraft_ops"] > 0, row
         assert row["shardkv_server_cpu_us_per_op"] > 0 and row["kvraft_server_cpu_us_per_op"] > 0, row
+        assert row["shardkv_idle_cpu_ms_per_s"] > 0 and row["kvraft_idle_cpu_ms_per_s"] > 0, row
+        # Equal load per group: G clients for G groups, lab 4 beside them at one, so every Raft group's batches match.
+        want = (2, 2) if row["load"] == "total" else (row["groups"], 1)
+        assert (row["clients"], row["kvraft_clients"]) == want, row
+    assert set(result["ratios"]) == {"total", "per_group"} and all(
+        ratio > 0 for by_op in result["ratios"].values() for ratio in by_op.values()), result["ratios"]
     assert result["move"]["keys"] == 20 and result["move"]["shard_data_bytes"] > 0
