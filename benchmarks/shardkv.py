@@ -14,10 +14,14 @@ sharded one's controller and idle groups included), at two loads:
   operation grows with G as lab 4's does with fewer clients. That is Raft's
   batching, not the sharding layer.
 - ``per_group``: ``--clients-per-group`` (16) clients per group (16, 32, 48),
-  and lab 4's single group beside it at that same 16, so every Raft group,
-  sharded or not, sees the same batches. This is the row set whose
-  G groups : 1 group ratio measures what the sharding layer (and the other
-  groups' processes) cost per operation.
+  and beside it lab 4 as G independent groups (``kvraft-groups``: 1, 2, 3
+  more clusters of 3, no controller, each key on the group the controller
+  would give its shard) driven by as many clients, so every Raft group,
+  sharded or not, sees the same batches and the machine runs as many busy
+  Raft groups in both. In these rows shardkv / kvraft is what the sharding
+  layer costs per operation (controller, polls, shard checks, idle groups);
+  kvraft's G groups : 1 group ratio is what more Raft groups than cores cost
+  on this machine, and shardkv's is the two together.
 
 Before each group count's measurements, both systems' servers are left idle
 for ``--idle-seconds`` and their CPU per second is recorded: every server
@@ -70,10 +74,11 @@ def _idle_cpu(pids: dict[str, list[int]], seconds: float) -> dict[str, float]:
 
 
 def _loads(groups: int, clients: int, per_group: int) -> list[tuple[str, int, int]]:
-    """(load, shardkv clients, kvraft clients): ``clients`` in total, then ``per_group`` per group beside lab 4 at ``per_group``."""
-    loads = [("total", clients, clients)]
+    """(load, clients of each system, lab-4 groups): ``clients`` in total against lab 4's one group, then
+    ``per_group`` per group against as many lab-4 groups as the sharded service has."""
+    loads = [("total", clients, 1)]
     if per_group:
-        loads.append(("per_group", per_group * groups, per_group))
+        loads.append(("per_group", per_group * groups, groups))
     return loads
 
 
@@ -89,10 +94,10 @@ def _measure(pool: DriverPool, targets: dict[str, Target], pids: dict[str, list[
     return batches
 
 
-def _row(groups: int, op: str, size: int, load: str, clients: dict[str, int], batches: dict[str, Batch],
+def _row(groups: int, op: str, size: int, load: str, clients: dict[str, int], kv_groups: int, batches: dict[str, Batch],
          idle: dict[str, float], seconds: float) -> dict[str, Any]:
     row: dict[str, Any] = {"groups": groups, "op": op, "value_bytes": size, "load": load,
-                           "clients": clients["shardkv"], "kvraft_clients": clients["kvraft"]}
+                           "clients": clients["shardkv"], "kvraft_clients": clients["kvraft"], "kvraft_groups": kv_groups}
     for name, batch in batches.items():
         row.update({f"{name}_{k}": v for k, v in batch.summary(seconds).items()})
         rate = row[f"{name}_ops_per_s"]
@@ -103,15 +108,17 @@ def _row(groups: int, op: str, size: int, load: str, clients: dict[str, int], ba
     return row
 
 
-def group_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Per load and op: shardkv CPU per operation with the most groups over that with one group."""
-    out: dict[str, dict[str, float | None]] = {}
+def group_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per load, op and system: CPU per operation in the row with the most groups over that in the row with one."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
     for r in rows:
         mine = [x for x in rows if x["load"] == r["load"] and x["op"] == r["op"]]
         first, last = min(mine, key=lambda x: x["groups"]), max(mine, key=lambda x: x["groups"])
-        base = first["shardkv_server_cpu_us_per_op"]
-        ratio = round(last["shardkv_server_cpu_us_per_op"] / base, 2) if base and last is not first else None
-        out.setdefault(r["load"], {})[r["op"]] = ratio
+        ratios: dict[str, float | None] = {}
+        for name in ("shardkv", "kvraft"):
+            base = first[f"{name}_server_cpu_us_per_op"]
+            ratios[name] = round(last[f"{name}_server_cpu_us_per_op"] / base, 2) if base and last is not first else None
+        out.setdefault(r["load"], {})[r["op"]] = ratios
     return out
 
 
@@ -120,27 +127,28 @@ def run(clients: int = 16, seconds: float = 2.0, warmup: float = 0.3, rounds: in
         idle_seconds: float = 1.0) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="zactor-bench-shardkv-") as tmp, contextlib.ExitStack() as stack:
-        single = stack.enter_context(KVCluster(3, data_dir=f"{tmp}/kvraft"))
+        singles = [stack.enter_context(KVCluster(3, data_dir=f"{tmp}/kvraft-{i}")) for i in range(3 if clients_per_group else 1)]
         sharded = stack.enter_context(ShardCluster(3, 3))
         pool = stack.enter_context(DriverPool(procs))
-        targets = {"kvraft": Target("kvraft", "zactor", tuple(single.endpoints)),
-                   "shardkv": Target("shardkv", "shardkv", tuple(sharded.ctrler.endpoints))}
+        shardkv = Target("shardkv", "shardkv", tuple(sharded.ctrler.endpoints))
         for g in range(3):
             sharded.join(g)
             for k in range(g + 1):
                 sharded.wait_caught_up(k)
-            pids = {"kvraft": _pids(single), "shardkv": _pids(sharded.ctrler) + [p for grp in sharded.groups for p in _pids(grp)]}
-            idle = _idle_cpu(pids, idle_seconds)
-            for load, sk_clients, kv_clients in _loads(g + 1, clients, clients_per_group):
-                n = {"shardkv": sk_clients, "kvraft": kv_clients}
+            sk_pids = _pids(sharded.ctrler) + [p for grp in sharded.groups for p in _pids(grp)]
+            idle = _idle_cpu({"shardkv": sk_pids, **{f"kvraft-{i}": _pids(c) for i, c in enumerate(singles)}}, idle_seconds)
+            for load, n_clients, kv_groups in _loads(g + 1, clients, clients_per_group):
+                targets = {"kvraft": _kvraft_target(singles[:kv_groups], load), "shardkv": shardkv}
+                pids = {"kvraft": [p for c in singles[:kv_groups] for p in _pids(c)], "shardkv": sk_pids}
+                idle_of = {"shardkv": idle["shardkv"], "kvraft": round(sum(idle[f"kvraft-{i}"] for i in range(kv_groups)), 1)}
+                n = {"shardkv": n_clients, "kvraft": n_clients}
                 for op, size in OPS:
                     batches = _measure(pool, targets, pids, op, size, n, seconds, warmup, rounds)
-                    row = _row(g + 1, op, size, load, n, batches, idle, seconds)
+                    row = _row(g + 1, op, size, load, n, kv_groups, batches, idle_of, seconds)
                     rows.append(row)
                     if progress:
-                        print(f"  {g + 1} group(s), {load} load, {op}: shardkv {row['shardkv_ops_per_s']:.0f}/s "
-                              f"({sk_clients} clients), kvraft {row['kvraft_ops_per_s']:.0f}/s ({kv_clients})",
-                              file=sys.stderr, flush=True)
+                        print(f"  {g + 1} group(s), {load} load, {op}, {n_clients} clients: shardkv {row['shardkv_ops_per_s']:.0f}/s, "
+                              f"kvraft ({kv_groups} group(s)) {row['kvraft_ops_per_s']:.0f}/s", file=sys.stderr, flush=True)
         # The cost of moving one shard of move_keys keys.
         ck = sharded.make_clerk(record=False)
         shard = 3
@@ -163,6 +171,14 @@ def run(clients: int = 16, seconds: float = 2.0, warmup: float = 0.3, rounds: in
             "idle_seconds": idle_seconds, "rows": rows, "ratios": group_ratios(rows), "move": move}
 
 
+def _kvraft_target(clusters: list[KVCluster], load: str) -> Target:
+    """Lab 4 as the clients of this load see it: one group (its own clerk), or G groups with the keys shared as the
+    controller shares the shards."""
+    if load == "total":
+        return Target("kvraft", "zactor", tuple(clusters[0].endpoints))
+    return Target(f"kvraft-{len(clusters)}", "kvraft-groups", tuple(tuple(c.endpoints) for c in clusters))
+
+
 def _shard_bytes(group: Any) -> int:
     total = 0
     for i in range(group.n):
@@ -172,36 +188,39 @@ def _shard_bytes(group: Any) -> int:
 
 
 _LOADS = {
-    "total": "{clients} clients in all: with G groups each leader's Raft batches are a G-th as large (Raft's cost, as lab 4's "
-             "with fewer clients)",
-    "per_group": "{per_group} clients per group, lab 4 at {per_group} beside it: every Raft group sees the same batches, so the "
-                 "G groups : 1 group ratio is what the sharding layer and the other groups' processes cost per operation",
+    "total": "{clients} clients in all, kvraft = lab 4's one group at {clients}: with G groups each shardkv leader's Raft "
+             "batches are a G-th as large, so CPU per op grows with G as lab 4's does with fewer clients (Raft's batching)",
+    "per_group": "{per_group} clients per group, kvraft = as many lab-4 groups (no controller) with as many clients: "
+                 "the same batches and as many busy Raft groups in both, so shardkv / kvraft (ratio) is the sharding "
+                 "layer's cost per op",
 }
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"shardkv: {result['seconds']} s per system and measurement in {result['rounds']} alternating slices; "
-             "kvraft = lab 4's single group of 3 in the same run; CPU = all server processes (shardkv: controller and 3 groups)"]
+    lines = [f"shardkv: {result['seconds']} s per system and measurement in {result['rounds']} alternating slices; CPU = "
+             "all server processes of the system (shardkv: controller and all 3 groups, joined or not)"]
     for load in dict.fromkeys(r["load"] for r in result["rows"]):
         rows = [r for r in result["rows"] if r["load"] == load]
         lines.append(f"  {load} load: " + _LOADS[load].format(clients=result["clients"], per_group=result.get("clients_per_group")))
         lines.append(f"  {'groups':>6} {'op':<4}{'clients':>8}{'shardkv ops/s':>14}{'p50 ms':>8}{'kvraft ops/s':>13}{'p50 ms':>8}"
                      f"{'CPU us/op shardkv':>19}{'(idle)':>7}{'kvraft':>8}{'(idle)':>7}{'ratio':>7}")
         for r in rows:
-            clients = f"{r['clients']}/{r['kvraft_clients']}"
-            lines.append(f"  {r['groups']:>6} {r['op']:<4}{clients:>8}{r['shardkv_ops_per_s']:>14.0f}{r['shardkv_p50_ms']:>8.2f}"
+            lines.append(f"  {r['groups']:>6} {r['op']:<4}{r['clients']:>8}{r['shardkv_ops_per_s']:>14.0f}{r['shardkv_p50_ms']:>8.2f}"
                          f"{r['kvraft_ops_per_s']:>13.0f}{r['kvraft_p50_ms']:>8.2f}{r['shardkv_server_cpu_us_per_op']:>19.0f}"
                          f"{_num(r['shardkv_idle_us_per_op']):>7}{r['kvraft_server_cpu_us_per_op']:>8.0f}"
                          f"{_num(r['kvraft_idle_us_per_op']):>7}{r['cpu_ratio']!s:>7}")
-        for op, ratio in result["ratios"].get(load, {}).items():
-            if ratio is not None:
+        for op, ratios in result["ratios"].get(load, {}).items():
+            if ratios["shardkv"] is not None:
                 most = max(r["groups"] for r in rows if r["op"] == op)
-                lines.append(f"  {op}, {load} load: shardkv server CPU per op, {most} groups / 1 group: {ratio:.2f}")
-    idle = {r["groups"]: (r["shardkv_idle_cpu_ms_per_s"], r["kvraft_idle_cpu_ms_per_s"]) for r in result["rows"]}
-    if idle:
-        lines.append("  idle servers (no client), CPU ms per s: " + ", ".join(
-            f"{g} group(s): shardkv {sk:.0f} (12 processes), kvraft {kv:.0f} (3)" for g, (sk, kv) in sorted(idle.items())))
-        lines.append("  (idle) = that idle CPU per s / ops per s: the part of CPU per op that is paid per second, not per operation")
+                lines.append(f"  {op}, {load} load, CPU per op {most} groups / 1 group: shardkv {ratios['shardkv']:.2f}, "
+                             f"kvraft {ratios['kvraft']:.2f}" + ("" if load == "total" else f" ({most} lab-4 groups / 1)"))
+    idle = {r["groups"]: r["shardkv_idle_cpu_ms_per_s"] for r in result["rows"]}
+    kv_idle = {r["kvraft_groups"]: r["kvraft_idle_cpu_ms_per_s"] for r in result["rows"]}
+    lines.append("  idle servers (no client), CPU ms per s: shardkv (12 processes) " + ", ".join(
+        f"{v:.0f} with {g} joined" for g, v in sorted(idle.items())) + "; kvraft " + ", ".join(
+        f"{v:.0f} for {g} group(s) of 3" for g, v in sorted(kv_idle.items())))
+    lines.append("  (idle) = that idle CPU per s / ops per s: the part of CPU per op paid per second (Raft ticks, polls), "
+                 "not per operation")
     for r in result["rows"]:
         cpu = r["shardkv_server_cpu_us_per_op"]
         if r["load"] == "total" and cpu:
@@ -222,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("shardkv", __doc__)
     parser.add_argument("--clients", type=int, default=16, help="clients (default 16)")
     parser.add_argument("--clients-per-group", type=int, default=16,
-                        help="clients per group in the equal-load rows, lab 4 beside them at as many (default 16; 0: no such rows)")
+                        help="clients per group in the equal-load rows, beside as many lab-4 groups with as many clients "
+                             "(default 16; 0: no such rows)")
     parser.add_argument("--idle-seconds", type=float, default=1.0,
                         help="seconds the servers' idle CPU is measured before each group count (default 1; 0: not measured)")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured load per system and measurement (default 2)")
