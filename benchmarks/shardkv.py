@@ -1,8 +1,8 @@
-"""Sharded KV: ops/s and CPU per operation with 1, 2 and 3 replica groups, beside lab 4's single group; the cost of a move.
+"""Sharded KV: ops/s and CPU per operation with 1, 2 and 3 replica groups, beside lab 4's groups; the cost of a move.
 
-One sharded cluster (a controller of 3 servers and 3 groups of 3) and one
-lab-4 cluster (3 servers) run on this machine at once. The groups join one
-at a time; after each join, the same client processes
+One sharded cluster (a controller of 3 servers and 3 groups of 3) and three
+lab-4 clusters (3 servers each; one with ``--clients-per-group 0``) run on
+this machine at once. The groups join one at a time; after each join, the same client processes
 (``benchmarks.kvdriver``) drive both systems in alternating slices, on keys
 spread over all shards, so both see the same noise. Reported: ops/s,
 latency, and CPU per operation of all server processes of each system (the
@@ -14,14 +14,16 @@ sharded one's controller and idle groups included), at two loads:
   operation grows with G as lab 4's does with fewer clients. That is Raft's
   batching, not the sharding layer.
 - ``per_group``: ``--clients-per-group`` (16) clients per group (16, 32, 48),
-  and beside it lab 4 as G independent groups (``kvraft-groups``: 1, 2, 3
-  more clusters of 3, no controller, each key on the group the controller
-  would give its shard) driven by as many clients, so every Raft group,
+  and beside it lab 4 as G independent groups (``kvraft-groups``: the first
+  G of the lab-4 clusters, no controller, each key on the group the
+  controller would give its shard) driven by as many clients, so every Raft group,
   sharded or not, sees the same batches and the machine runs as many busy
   Raft groups in both. In these rows shardkv / kvraft is what the sharding
   layer costs per operation (controller, polls, shard checks, idle groups);
   kvraft's G groups : 1 group ratio is what more Raft groups than cores cost
-  on this machine, and shardkv's is the two together.
+  on this machine, and shardkv's is the two together. (With G = 1 the rows
+  differ from the total-load rows only by noise: the same clients, the same
+  single lab-4 group.)
 
 Before each group count's measurements, both systems' servers are left idle
 for ``--idle-seconds`` and their CPU per second is recorded: every server
