@@ -30,7 +30,7 @@ _DONE_WAIT = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One system to drive: ``kind`` is ``zactor``, ``shardkv``, ``etcd`` or ``pysyncobj``.
+    """One system to drive: ``kind`` is ``zactor``, ``shardkv``, ``kvraft-groups``, ``etcd`` or ``pysyncobj``.
 
     ``endpoints`` are the servers; ``pin`` is the index of the one etcd and
     PySyncObj clients talk to (a zactor clerk is given them all and finds the
@@ -70,6 +70,10 @@ def connect(target: Target) -> Any:
         from benchmarks.shardkv_client import SpreadClerk
 
         return SpreadClerk(list(target.endpoints))
+    if target.kind == "kvraft-groups":  # endpoints: one tuple of servers per lab-4 group
+        from benchmarks.shardkv_client import StaticGroupsClerk
+
+        return StaticGroupsClerk(target.endpoints)
     if target.kind == "etcd":
         from apps.etcd.cluster import EtcdClient
 

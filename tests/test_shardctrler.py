@@ -323,3 +323,24 @@ def test_rebalance_is_even_minimal_and_independent_of_order() -> None:
         held = [nxt.count(g) for g in groups]
         assert max(held) - min(held) <= 1 and sum(held) == NSHARDS
         shards = nxt
+
+
+def test_a_groups_poll_is_answered_from_memory_by_any_server_that_has_the_configuration() -> None:
+    """``NextConfig(num)``: configuration ``num`` once applied never changes, so a follower answers it as the
+    leader would, without Raft; a server that has not applied it (the usual case: nothing new) says nothing."""
+    from apps.kvraft.messages import Reply
+    from apps.kvraft.server import ServerConfig
+    from apps.shardctrler.messages import Join, NextConfig
+    from apps.shardctrler.server import CtrlerServer
+
+    told: list[tuple[str, Reply]] = []
+    server = CtrlerServer(ServerConfig(0, ("x",), ""), raft=object(), answer=lambda to, reply: told.append((to, reply)))
+    assert not server.leading
+    server.on_receive(NextConfig(1, "tcp://g#kvraft"))
+    assert told == []  # configuration 1 does not exist yet
+    server.state.apply(Join({100: ("tcp://g",)}, 7, 1))
+    server.on_receive(NextConfig(1, "tcp://g#kvraft"))
+    server.on_receive(NextConfig(2, "tcp://g#kvraft"))
+    server.on_receive(NextConfig("1", "tcp://g#kvraft"))  # type: ignore[arg-type]  # malformed: ignored
+    assert [(to, r.ok, r.value) for to, r in told] == [("tcp://g#kvraft", True, server.state.configs[1])]
+    assert told[0][1].value.shards == (100,) * NSHARDS

@@ -76,13 +76,38 @@ def test_kv_takes_one_kind_of_address() -> None:
 
 
 @pytest.mark.slow
-def test_bench_shardkv_json_measures_every_group_count_beside_lab_4_and_a_move() -> None:
-    out = zactor("bench", "shardkv", "--json", "--clients", "2", "--seconds", "0.3", "--rounds", "1", "--procs", "1",
-                 "--move-keys", "20", timeout=300)
+def test_bench_shardkv_json_measures_every_group_count_at_both_loads_beside_lab_4_and_a_move() -> None:
+    out = zactor("bench", "shardkv", "--json", "--clients", "2", "--clients-per-group", "1", "--idle-seconds", "0.2",
+                 "--seconds", "0.3", "--rounds", "1", "--procs", "1", "--move-keys", "20", timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert {(r["groups"], r["op"]) for r in result["rows"]} == {(g, op) for g in (1, 2, 3) for op in ("put", "get")}
+    assert [(r["load"], r["groups"], r["op"]) for r in result["rows"]] == [
+        (load, g, op) for g in (1, 2, 3) for load in ("total", "per_group") for op in ("put", "get")]
     for row in result["rows"]:
         assert row["shardkv_ops"] > 0 and row["kvraft_ops"] > 0, row
         assert row["shardkv_server_cpu_us_per_op"] > 0 and row["kvraft_server_cpu_us_per_op"] > 0, row
+        assert row["shardkv_idle_cpu_ms_per_s"] > 0 and row["kvraft_idle_cpu_ms_per_s"] > 0, row
+        # Equal load per group: G clients on G groups, and as many on as many lab-4 groups, so every Raft group's batches match.
+        want = (2, 2, 1) if row["load"] == "total" else (row["groups"], row["groups"], row["groups"])
+        assert (row["clients"], row["kvraft_clients"], row["kvraft_groups"]) == want, row
+    assert set(result["ratios"]) == {"total", "per_group"} and all(
+        ratio > 0 for by_op in result["ratios"].values() for by_system in by_op.values() for ratio in by_system.values()
+    ), result["ratios"]
     assert result["move"]["keys"] == 20 and result["move"]["shard_data_bytes"] > 0
+
+
+def test_the_benchs_lab_4_groups_share_the_keys_as_the_controller_shares_the_shards() -> None:
+    """The control for the sharded service (``kvraft-groups``) puts each shard on the group that the controller
+    gives it after the groups join one at a time, as the bench joins them: the same load on each group."""
+    from apps.shardctrler.messages import Join
+    from apps.shardctrler.state import CtrlerState
+    from apps.shardkv.messages import key2shard
+    from benchmarks.shardkv_client import StaticGroupsClerk, spread
+
+    state = CtrlerState()
+    for seq, gid in enumerate((1, 2, 3), start=1):
+        state.apply(Join({gid: (f"tcp://g{gid}",)}, 7, seq))
+    clerk = StaticGroupsClerk([["ipc:///tmp/zactor-a"], ["ipc:///tmp/zactor-b"], ["ipc:///tmp/zactor-c"]])
+    assert clerk.owner == state.query(-1).shards
+    assert sorted(clerk.owner.count(g) for g in (1, 2, 3)) == [3, 3, 4]
+    assert {key2shard(spread(f"bench-{w}-{t}")) for w in range(4) for t in range(12)} == set(range(10))

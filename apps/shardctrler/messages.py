@@ -3,6 +3,7 @@
 Join, Leave and Move are writes: they carry the clerk's id and sequence
 number, as lab 4's Put does, so a retried one is applied once. Query is a
 read (a ReadIndex read, answered from the configurations applied so far).
+``NextConfig`` is a replica group's poll, answered without Raft (see there).
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ class Move:
 class Query:
     num: int
     """A configuration number; -1 (or one not reached yet) asks for the latest."""
+
+
+@message
+class NextConfig:
+    """A replica group's leader asking for configuration ``num`` (a tell, to every controller server).
+
+    Any server that has applied configuration ``num`` answers it, leader or
+    not, at once and from memory: a configuration, once applied, is committed
+    and never changes, so a follower's copy is as good as the leader's, and
+    the group uses an answer only if it is exactly the configuration after its
+    own. A server that has not applied it does not answer at all. So a poll
+    while nothing changes (nearly every poll) costs one message in and none
+    out, where a ``Query`` costs a ReadIndex heartbeat round and a reply from
+    every server; a follower that lags only answers later.
+    """
+
+    num: int
+    reply_to: str
+    """Address of the asking server (``endpoint#kvraft``); the answer is a ``Reply`` tell carrying the ``ShardConfig``."""
 
 
 Write = Join | Leave | Move

@@ -3,19 +3,23 @@
 Everything about Raft, waiting requests, leadership changes, duplicate
 detection and snapshots is :class:`apps.kvraft.server.KVRaftServer`'s; this
 class names the operations (Query a read, Join/Leave/Move writes), checks
-them, and applies them to :class:`CtrlerState`.
+them, and applies them to :class:`CtrlerState`; it also answers the groups'
+polls (``NextConfig``) from the configurations applied so far.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
 from apps.kvraft.server import KVRaftServer, ServerConfig
 from apps.kvraft.server import serve as serve_kv
-from apps.shardctrler.messages import NSHARDS, Join, Leave, Move, Query
+from apps.shardctrler.messages import NSHARDS, Join, Leave, Move, NextConfig, Query
 from apps.shardctrler.state import CtrlerState
 from transport import FaultRule
+
+log = logging.getLogger(__name__)
 
 
 class CtrlerServer(KVRaftServer):
@@ -42,6 +46,19 @@ class CtrlerServer(KVRaftServer):
     def _read(self, op: Any) -> Any:
         return self.state.query(op.num)
 
+    def _other(self, message: Any) -> Any:
+        if isinstance(message, NextConfig):
+            self._next_config(message)
+            return None
+        return super()._other(message)
+
+    def _next_config(self, poll: NextConfig) -> None:
+        """Answer a group's poll with configuration ``poll.num`` if it has applied here; say nothing otherwise."""
+        if type(poll.num) is not int or type(poll.reply_to) is not str:
+            log.warning("shard controller %d: ignored a malformed NextConfig", self.config.me)
+            return
+        if 0 < poll.num < len(self.state.configs):
+            self._answer(poll.reply_to, 0, True, self.state.configs[poll.num])
 
 
 def serve(config: ServerConfig, faults: list[FaultRule] | None = None) -> None:

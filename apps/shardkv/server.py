@@ -6,9 +6,11 @@ Requests, Raft, waiting, duplicate detection and snapshots are
 - a write or read is served only if the group serves the key's shard in its
   current configuration (checked at apply time for writes, at answer time
   for reads); otherwise the reply is ``WrongGroup``;
-- every ``poll`` seconds the leader asks the controller for the next
-  configuration (only once every shard is settled: one at a time, in order)
-  and proposes it to its log;
+- every ``poll`` seconds the leader asks the controller's servers for the
+  next configuration (only once every shard is settled: one at a time, in
+  order) and proposes it to its log; the ask is a ``NextConfig`` tell that
+  only a server holding that configuration answers, so polling costs the
+  controller no Raft round and no reply while nothing changes;
 - for each shard it now owns but lacks, it asks the previous owner's
   servers for it; any of them that has applied the same configuration holds
   the final copy (no write to a shard applies after the configuration that
@@ -25,11 +27,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from apps.kvraft.messages import Append, Get, Put, Reply, Request
+from apps.kvraft.messages import Append, Get, Put, Reply
 from apps.kvraft.server import SERVER_NAME, KVRaftServer, ServerConfig
 from apps.kvraft.server import serve as serve_kv
 from apps.raft.peer import Start
-from apps.shardctrler.messages import NSHARDS, Query, ShardConfig
+from apps.shardctrler.messages import NSHARDS, NextConfig, ShardConfig
 from apps.shardkv.messages import (
     DeleteAck,
     DeleteRequest,
@@ -50,8 +52,6 @@ log = logging.getLogger(__name__)
 
 _REPROPOSE = 1.0
 """Seconds before the same configuration, shard data or release is proposed again (if it has not applied)."""
-_POLL_CORR = -1
-"""The corr of this server's own controller queries (clerks' corrs are positive)."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,9 @@ class ShardKVServer(KVRaftServer):
             return
         st = self.state
         if st.settled():
-            query = Request(Query(st.cur.num + 1), self.address, _POLL_CORR)  # type: ignore[arg-type]
+            ask = NextConfig(st.cur.num + 1, self.address)
             for ep in self.config.ctrlers:
-                self._tell(f"{ep}#{SERVER_NAME}", query)
+                self._tell(f"{ep}#{SERVER_NAME}", ask)
         for gid, shards in st.waiting(PULLING).items():
             for ep in st.prev.groups.get(gid, ()):
                 self._tell(f"{ep}#{SERVER_NAME}", PullShards(st.cur.num, tuple(shards), self.address))
