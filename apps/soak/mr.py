@@ -115,12 +115,26 @@ class MRTarget:
             return
         # Every variant cuts one worker off (MapReduce has no majority to split). In place of a leader,
         # leader-isolated cuts off the worker the job most depends on: the one holding the most map output.
-        busiest = self._busiest() if not fault.targets else None
+        busiest = None if fault.targets else self._await_busiest(fault.duration / 2)
         victim = fault.targets[0] % WORKERS if fault.targets else busiest if busiest is not None else self.rng.randrange(WORKERS)
         self.net.cut_off(victim)
         event.targets = [victim]
         event.note = (f"worker {victim}'s host cut off from the coordinator and the other workers"
                       + (" (it held the most map output)" if busiest is not None else ""))
+
+    def _await_busiest(self, within: float) -> int | None:
+        """The worker holding the most map output, waiting up to ``within`` s for one to hold any.
+
+        Between jobs, or before a job's first map is done, a worker cut off holds nothing the job needs: it
+        is merely missing. Waiting (at most half the fault's duration, so the cut still lasts a second or
+        more) makes the cut land mid-job, where its map output must be found lost and made again.
+        Polled: nothing signals a file appearing in a worker's directory."""
+        deadline = time.monotonic() + within
+        while True:
+            found = self._busiest()
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.02)
 
     def _busiest(self) -> int | None:
         """The worker holding map output of the most map tasks in the running job; None if none holds any yet."""
