@@ -124,7 +124,7 @@ def test_an_mr_soak_on_namespace_hosts_with_kills_and_partitions_passes_and_remo
     """Seed 76: six partitions (four cut off the worker then holding the most map output) and two kills in 45 s.
 
     Every job's output must still equal the sequential reference, and the partitions must have cost the
-    coordinator something: maps run again or tasks handed to another worker, in jobs no kill touched."""
+    coordinator something: maps run again or tasks handed to another worker, in jobs no other fault touched."""
     code, summary, err = soak_run(tmp_path / "report", "mr", "--hosts", "netns", "--minutes", "0.75", "--nemesis", "kill,partition",
                                   "--seed", "76", timeout=180)
     assert code == 0, err[-3000:]

@@ -305,7 +305,7 @@ def expected_lines(extra: dict[str, Any]) -> list[str]:
                      f"{corrupt.get('loaded', 0)} loaded, {corrupt.get('skipped', 0)} not flipped (too short)")
     partitioned = extra.get("after_partition")
     if partitioned:
-        lines.append(f"jobs a partition overlapped (and no kill): {partitioned['jobs']}, in which {partitioned['maps_run_again']} "
+        lines.append(f"jobs a partition overlapped (and no other fault): {partitioned['jobs']}, in which {partitioned['maps_run_again']} "
                      f"maps ran again and {partitioned['tasks_reassigned']} tasks went to another worker")
     kinds = extra.get("error_kinds") or {}
     if kinds:

@@ -16,8 +16,9 @@ elsewhere, its map output is declared lost (by the coordinator's pings, a
 reducer's fetch, or the worker giving up on a silent coordinator) and runs
 again, and the output must still equal the reference. ``net`` drops packets
 on, or flaps, every worker's link. The summary's ``after_partition`` counts
-what the coordinator re-ran in the jobs a partition overlapped (and no kill
-did, so the kills' re-runs are not counted as the partitions').
+what the coordinator re-ran in the jobs a partition overlapped and no other
+fault did, so the re-runs of kills (or of lost packets) are not counted as the
+partitions'.
 """
 
 from __future__ import annotations
