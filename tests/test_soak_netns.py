@@ -1,6 +1,7 @@
 """``zactor soak --hosts netns``: the soak on real hosts, its faults as packet filters (issue 26).
 
-A short kvraft run with the partition nemesis passes on namespace hosts, its
+A short kvraft run with the partition nemesis passes on namespace hosts (as do
+etcd's, and MapReduce's with its workers killed and cut off), its
 summary says so and counts the packet-filter changes the partitions made, and
 the run removes every namespace, link, nft table and process it made: after
 a normal end and after Ctrl-C. Where hosts cannot be made (not root, no
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from apps.hosts import available, sweep_stale
-from tests.processes import Soak, leftovers, soak_run
+from tests.processes import Soak, leftovers, soak_cli, soak_run
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +104,41 @@ def test_without_ip_and_nft_hosts_netns_fails_at_once_and_names_what_is_missing(
 
 
 def test_hosts_netns_for_a_system_it_is_not_built_for_is_refused_by_name(tmp_path: Path) -> None:
-    code, _, err = soak_run(tmp_path / "report", "mr", "--hosts", "netns", "--minutes", "1", timeout=60)
-    assert code == 2 and "--hosts netns is not built for mr yet" in err, err
+    code, _, err = soak_run(tmp_path / "report", "shardkv", "--hosts", "netns", "--minutes", "1", timeout=60)
+    assert code == 2 and "--hosts netns is not built for shardkv yet" in err, err
     assert not (tmp_path / "report").exists()
+
+
+def test_mr_takes_partition_and_net_on_namespace_hosts_only() -> None:
+    """Locally mr's workers share one network stack, with no transport-rule partition built: the refusal says where
+    those nemeses are taken; on hosts `all` is kill, partition and net, and the schedule uses them."""
+    local = soak_cli("mr", "--nemesis", "partition")
+    assert local.returncode == 2 and "with --hosts netns also partition, net" in local.stderr, local.stderr
+    hosts = soak_cli("mr", "--hosts", "netns", "--minutes", "2", "--seed", "76", "--schedule-only")
+    assert hosts.returncode == 0, hosts.stderr
+    assert {f["kind"] for f in json.loads(hosts.stdout)} == {"kill", "partition", "net"}
+
+
+@pytest.mark.slow
+def test_an_mr_soak_on_namespace_hosts_with_kills_and_partitions_passes_and_removes_its_hosts(netns_ready: None, tmp_path: Path) -> None:
+    """Seed 76: six partitions (four cut off the worker then holding the most map output) and two kills in 45 s.
+
+    Every job's output must still equal the sequential reference, and the partitions must have cost the
+    coordinator something: maps run again or tasks handed to another worker, in jobs no other fault touched."""
+    code, summary, err = soak_run(tmp_path / "report", "mr", "--hosts", "netns", "--minutes", "0.75", "--nemesis", "kill,partition",
+                                  "--seed", "76", timeout=180)
+    assert code == 0, err[-3000:]
+    assert summary["verdict"] == "pass" and summary["hosts"] == "netns" and "--hosts netns" in summary["replay"]
+    assert summary["jobs"] and all(j["ok"] for j in summary["jobs"]), summary["jobs"]
+    assert not any(e["error"] for e in summary["events"]), summary["events"]
+    partitions = [e for e in summary["events"] if e["kind"] == "partition"]
+    assert partitions and summary["packet_faults"] == {"partition": len(partitions), "heal": len(partitions)}
+    assert summary["worker_kills"] > 0
+    bit = summary["after_partition"]
+    assert bit["jobs"] > 0 and bit["maps_run_again"] + bit["tasks_reassigned"] > 0, (bit, summary["jobs"], partitions)
+    prefix = summary["host_set"]
+    assert prefix and leftovers(prefix) == []
+    assert not [n for n in namespaces() if n.startswith(prefix)]
 
 
 @pytest.mark.slow

@@ -13,6 +13,11 @@ those maps run again. The supervisor's event of a worker's death reaches the
 coordinator at once (``WorkerLost``), so its task goes to another worker and
 its maps run again without waiting for a timeout or a reducer. ``run_job`` returns when every
 reduce output is written, or raises :class:`JobFailed` naming what failed.
+
+By default everything listens on this machine (ipc endpoints). A
+:class:`Placement` puts the coordinator and each worker on a host of its own
+and has them talk over TCP (the soak's ``--hosts netns``: a unix socket would
+reach across network namespaces and no packet filter would see it).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 
@@ -40,6 +45,22 @@ log = logging.getLogger(__name__)
 
 class JobFailed(RuntimeError):
     """The job could not finish: a task failed too often, or every worker gave up."""
+
+
+class Placement(Protocol):
+    """Where a job's processes listen and run, when not all on this machine's local endpoints."""
+
+    def harness_endpoint(self) -> str:
+        """The endpoint the coordinator binds (in the calling process, on the host it is in)."""
+        ...
+
+    def worker_endpoint(self, i: int) -> str:
+        """The endpoint worker ``i`` binds to serve its map output, reachable from the other hosts."""
+        ...
+
+    def child_spec(self, i: int, spec: ChildSpec) -> ChildSpec:
+        """``spec`` changed to run worker ``i`` on its host (the same host after every restart)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -74,11 +95,13 @@ def run_job(
     split_bytes: int = JobConfig.split_bytes,
     fetch_timeout: float = JobConfig.fetch_timeout,
     shared_dir: bool = False,
+    placement: Placement | None = None,
 ) -> JobResult:
     """Run ``app`` over ``files``; returns when ``outdir/mr-out-*`` are complete.
 
     ``shared_dir`` makes every worker write map output into one directory
     that reducers read directly (the lab's layout) instead of fetching it.
+    ``placement``: where the coordinator and the workers listen and run (default: all local).
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -108,7 +131,8 @@ def run_job(
     started = time.monotonic()
     names = [f"worker-{i}" for i in range(workers)]
     try:
-        with ActorSystem() as system, Supervisor(max_restarts=10, within=10.0) as sup:
+        endpoint = placement.harness_endpoint() if placement is not None else None
+        with ActorSystem(endpoint) as system, Supervisor(max_restarts=10, within=10.0) as sup:
             coordinator = start_coordinator(system, config)
 
             def on_event(event: SupervisorEvent) -> None:
@@ -118,9 +142,8 @@ def run_job(
                                                 worker=worker_id(event.pid)))
 
             sup.add_listener(on_event)
-            for name in names:
-                own = None if shared_dir else str(workdir / name)
-                sup.start_child(ChildSpec(name, worker_main, (system.endpoint, blob, 3.0, own), restart="transient"))
+            for i, name in enumerate(names):
+                sup.start_child(_worker_spec(i, name, system.endpoint, blob, None if shared_dir else str(workdir / name), placement))
             while True:
                 status: JobStatus = coordinator.ask(Status(), timeout=10)
                 alive = sum(sup.status(n) == "running" for n in names)
@@ -142,3 +165,11 @@ def run_job(
         raise JobFailed(status.error or "the job failed")
     outputs = sorted(out.glob("mr-out-*"))
     return JobResult(outputs, status, time.monotonic() - started, restarts)
+
+
+def _worker_spec(i: int, name: str, coordinator: str, blob: bytes, own: str | None, placement: Placement | None) -> ChildSpec:
+    """Worker ``i``'s child: local by default; with a placement, on its host and serving on its host's address."""
+    if placement is None:
+        return ChildSpec(name, worker_main, (coordinator, blob, 3.0, own), restart="transient")
+    spec = ChildSpec(name, worker_main, (coordinator, blob, 3.0, own, placement.worker_endpoint(i)), restart="transient")
+    return placement.child_spec(i, spec)

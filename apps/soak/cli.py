@@ -30,6 +30,8 @@ SYSTEMS = {
     "shardkv": ("kill", "pause", "partition", "net", "disk", "reconfig"),
 }
 """Each system and the nemeses it takes."""
+NETNS_ONLY = {"mr": ("partition", "net")}
+"""Nemeses a system takes on namespace hosts only: mr's partitions and lossy links exist only as packet filters."""
 LOCAL_ONLY = ("membership",)
 """Nemeses not built for ``--hosts netns`` (a new server would need a host of its own): ``all`` leaves them out there."""
 MIN_THROUGHPUT = {"kvraft": 100.0, "etcd": 100.0, "raft": 50.0, "mr": 0.0, "shardkv": 50.0}
@@ -50,9 +52,11 @@ nemeses (each on a random schedule from the seed, each healed before the next):
   pause      SIGSTOP of a server or the leader for longer than an election timeout, then SIGCONT
   partition  majority/minority, the leader isolated, a bridge; through the transport's fault rules
   net        the lab's unreliable network, and long reordering
-  (--hosts netns, kvraft, raft and etcd: each server in a network namespace of its own, the clients
+  (--hosts netns, kvraft, raft, etcd and mr: each server in a network namespace of its own, the clients
    in another; partition drops the packets between hosts, net/unreliable drops 10% of every server's
-   packets, net/long-reordering flaps every server's link; the report says `hosts: netns`)
+   packets, net/long-reordering flaps every server's link; the report says `hosts: netns`. mr: each
+   worker on a host, the coordinator on the clients'; partition cuts one worker's host off from the
+   coordinator and the other workers)
   disk       servers on a lazy disk (writes reach the file only at fsync): kills that lose the
              unsynced tail; a flipped bit in a stopped server's journal, which it must refuse
   burst      the leader's AppendEntries held while a burst of writes reaches it, then it is isolated
@@ -75,8 +79,9 @@ nemeses (each on a random schedule from the seed, each healed before the next):
              that fails (no leader in time) is the fault's error, finished at its heal
              (not with --hosts netns, where `all` leaves it out)
   (burst, vote, stale and membership are kvraft's; reconfig is shardkv's; the others are every system's)
-  (mr takes kill only: workers killed every few seconds; etcd takes kill, pause, partition,
-   its partitions through a TCP proxy in front of each member's peer port)
+  (mr takes kill: workers killed every few seconds; with --hosts netns also partition and net;
+   etcd takes kill, pause, partition, its partitions through a TCP proxy in front of each member's
+   peer port)
 
 exit codes: 0 pass, 1 violation, 2 invalid run (too little traffic in the run or in any 10 s of it, or
 no verdict), 130 interrupted (Ctrl-C or SIGTERM: the faults and traffic stop, everything is healed, the
@@ -89,9 +94,15 @@ examples:
   zactor soak kvraft --minutes 10 --out soak-out        every nemesis, ten minutes
   zactor soak kvraft --minutes 1 --nemesis kill,disk --seed 7
   zactor soak mr --minutes 3
+  zactor soak mr --hosts netns --minutes 3              workers on hosts: kill, partition, net
   zactor soak etcd --minutes 3                          the same workloads and verdict against etcd
   zactor soak shardkv --minutes 10                      a controller and 3 groups of 3, every nemesis
 """
+
+
+def nemeses_of(system: str, hosts: str) -> tuple[str, ...]:
+    """The nemeses ``system`` takes where it runs (``--hosts``)."""
+    return SYSTEMS[system] + (NETNS_ONLY.get(system, ()) if hosts == "netns" else ())
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -138,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broken", choices=BREAKS, default="",
                    help="test-only, kvraft (shardkv: dedup-not-moved): run a deliberately broken server variant, to check the checkers catch it")
     p.add_argument("--hosts", choices=("local", "netns"), default="local",
-                   help="kvraft, raft, etcd: where the servers run. local (default): all on this machine, partition and net "
+                   help="kvraft, raft, etcd, mr: where the servers (mr: the workers) run. local (default): all on this machine, partition and net "
                         "faults as the transport's fault rules. netns: each server in a network namespace of its own and "
                         "the clerks in another, partition and net faults as nftables packet filters (needs root, ip, nft)")
     p.add_argument("--schedule-only", action="store_true", help="print the fault schedule as JSON and exit")
@@ -150,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        nemeses = parse_nemeses(args.nemesis, SYSTEMS[args.system])
+        nemeses = parse_nemeses(args.nemesis, nemeses_of(args.system, args.hosts))
     except ValueError as exc:
-        parser.error(str(exc))
+        extra = NETNS_ONLY.get(args.system, ()) if args.hosts != "netns" else ()
+        parser.error(str(exc) + (f"; with --hosts netns also {', '.join(extra)}" if extra else ""))
     if args.hosts == "netns":
         if args.nemesis.strip() == "all":
             nemeses = tuple(n for n in nemeses if n not in LOCAL_ONLY)
@@ -291,6 +303,10 @@ def expected_lines(extra: dict[str, Any]) -> list[str]:
     if any(corrupt.values()):
         lines.append(f"damaged journals: {corrupt.get('refused', 0)} refused at start as they must be (CorruptStateError), "
                      f"{corrupt.get('loaded', 0)} loaded, {corrupt.get('skipped', 0)} not flipped (too short)")
+    partitioned = extra.get("after_partition")
+    if partitioned:
+        lines.append(f"jobs a partition overlapped (and no other fault): {partitioned['jobs']}, in which {partitioned['maps_run_again']} "
+                     f"maps ran again and {partitioned['tasks_reassigned']} tasks went to another worker")
     kinds = extra.get("error_kinds") or {}
     if kinds:
         lines.append(f"calls that gave up during faults: {sum(kinds.values())} (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")

@@ -7,6 +7,18 @@ job's worker processes as the grandchildren of this process (the children
 of the supervisor's fork server) and kills them with SIGKILL: one, or all
 at once. There is nothing to heal by hand: the supervisor's restart is the
 heal, and the report says so.
+
+On namespace hosts (``--hosts netns``, :mod:`apps.soak.netns`) each worker
+runs on a host of its own and the coordinator stays in this process, on the
+clerks' host, all over TCP. There a ``partition`` cuts one worker's host off
+from everyone for the fault's duration: its running task times out and goes
+elsewhere, its map output is declared lost (by the coordinator's pings, a
+reducer's fetch, or the worker giving up on a silent coordinator) and runs
+again, and the output must still equal the reference. ``net`` drops packets
+on, or flaps, every worker's link. The summary's ``after_partition`` counts
+what the coordinator re-ran in the jobs a partition overlapped and no other
+fault did, so the re-runs of kills (or of lost packets) are not counted as the
+partitions'.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.job import JobFailed, run_job
 from apps.mapreduce.sequential import read_output_lines, run_sequential
+from apps.soak.netns import PacketNetwork, mr_network
 from apps.soak.run import FaultEvent, bounded, keep_going, play, status_line
 from apps.soak.schedule import Fault, make_schedule
 from apps.soak.verdict import Findings
@@ -72,11 +85,70 @@ def worker_pids() -> list[int]:
 
 
 class MRTarget:
-    def __init__(self, seed: int) -> None:
+    """Kills workers; given the hosts' network (``--hosts netns``), also cuts a worker's host off, or makes every
+    worker's link lossy or flap."""
+
+    def __init__(self, seed: int, net: PacketNetwork | None = None) -> None:
         self.rng = random.Random(f"zactor-soak-mr-{seed}")
         self.kills = 0
+        self.net = net
+        self.jobdir: Path | None = None
+        """The running job's output directory (its workers' map output is under it)."""
 
     def inflict(self, fault: Fault, event: FaultEvent) -> None:
+        if fault.kind == "kill":
+            self._kill(fault, event)
+        elif fault.kind in ("partition", "net"):
+            self._packet_fault(fault, event)
+        else:
+            raise ValueError(f"mr takes no {fault.kind} fault")
+
+    def _packet_fault(self, fault: Fault, event: FaultEvent) -> None:
+        if self.net is None:
+            raise ValueError(f"{fault.kind} needs --hosts netns for mr")
+        if fault.kind == "net":
+            if fault.variant == "unreliable":
+                self.net.unreliable(True)
+            else:
+                self.net.flapping(True)
+            event.targets = list(range(WORKERS))
+            event.note = f"every worker's link {'drops some packets' if fault.variant == 'unreliable' else 'flaps'}"
+            return
+        # Every variant cuts one worker off (MapReduce has no majority to split). In place of a leader,
+        # leader-isolated cuts off the worker the job most depends on: the one holding the most map output.
+        busiest = None if fault.targets else self._await_busiest(fault.duration / 2)
+        victim = fault.targets[0] % WORKERS if fault.targets else busiest if busiest is not None else self.rng.randrange(WORKERS)
+        self.net.cut_off(victim)
+        event.targets = [victim]
+        event.note = (f"worker {victim}'s host cut off from the coordinator and the other workers"
+                      + (" (it held the most map output)" if busiest is not None else ""))
+
+    def _await_busiest(self, within: float) -> int | None:
+        """The worker holding the most map output, waiting up to ``within`` s for one to hold any.
+
+        Between jobs, or before a job's first map is done, a worker cut off holds nothing the job needs: it
+        is merely missing. Waiting (at most half the fault's duration, so the cut still lasts a second or
+        more) makes the cut land mid-job, where its map output must be found lost and made again.
+        Polled: nothing signals a file appearing in a worker's directory."""
+        deadline = time.monotonic() + within
+        while True:
+            found = self._busiest()
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.02)
+
+    def _busiest(self) -> int | None:
+        """The worker holding map output of the most map tasks in the running job; None if none holds any yet."""
+        if self.jobdir is None:
+            return None
+        try:
+            held = {i: len({f.name.split("-")[1] for f in self.jobdir.glob(f".mr-work-*/worker-{i}/mr-*-*")}) for i in range(WORKERS)}
+        except OSError:  # the job ended and its directory went meanwhile
+            return None
+        best = max(held, key=lambda i: held[i])
+        return best if held[best] else None
+
+    def _kill(self, fault: Fault, event: FaultEvent) -> None:
         pids = worker_pids()
         if not pids:
             event.note = "no worker running (between jobs)"
@@ -92,10 +164,23 @@ class MRTarget:
         event.note = f"SIGKILL of {len(victims)} worker(s) (pids); the supervisor restarts them"
 
     def heal(self, fault: Fault, event: FaultEvent) -> None:
-        """The job's supervisor restarts killed workers by itself."""
+        """The job's supervisor restarts killed workers by itself; a packet fault is taken out of the hosts."""
+        if self.net is None or fault.kind == "kill":
+            return
+        if fault.kind == "partition":
+            self.net.heal()
+        elif fault.variant == "unreliable":
+            self.net.unreliable(False)
+        else:
+            self.net.flapping(False)
 
     def heal_all(self) -> None:
         """Nothing is left broken between jobs."""
+
+
+def _overlapped_by(events: list[FaultEvent], start: float, end: float) -> set[str]:
+    """The kinds of the faults in force at some moment between ``start`` and ``end`` (seconds of the run's clock)."""
+    return {e.fault.kind for e in list(events) if e.started < end and (e.healed is None or e.healed > start)}
 
 
 class _Interrupted(Exception):
@@ -109,11 +194,12 @@ def _unless_interrupted(config: Any) -> None:
 
 def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
     findings = Findings()
-    schedule = make_schedule(config.seed, config.seconds, ("kill",), WORKERS)
+    schedule = make_schedule(config.seed, config.seconds, config.nemeses, WORKERS)
     events: list[FaultEvent] = []
     samples = PerSecond()
     jobs: list[dict[str, Any]] = []
-    target = MRTarget(config.seed)
+    target = MRTarget(config.seed, mr_network(config, config.seed))
+    after_partition = {"jobs": 0, "maps_run_again": 0, "tasks_reassigned": 0}
     stop = threading.Event()
     started = time.monotonic()
 
@@ -133,14 +219,22 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
             while keep_going(config, clock(), findings):
                 n += 1
                 began = time.monotonic()
-                out = Path(tmp) / f"job-{n}"
+                since = clock()
+                out = target.jobdir = Path(tmp) / f"job-{n}"
                 try:
                     result = run_job(app, files, workers=WORKERS, n_reduce=5, outdir=out, task_timeout=3.0, timeout=_JOB_TIMEOUT,
-                                     fetch_timeout=_FETCH_TIMEOUT, progress=lambda _: _unless_interrupted(config))
+                                     fetch_timeout=_FETCH_TIMEOUT, progress=lambda _: _unless_interrupted(config),
+                                     placement=target.net)
                     lines = read_output_lines(result.outputs)
                     ok = lines == reference
                     st = result.status
-                    note = (f"{result.restarts} worker restarts, {st.counters.get('fetch_failures', 0)} fetch failures, "
+                    if _overlapped_by(events, since, clock()) == {"partition"}:
+                        after_partition["jobs"] += 1
+                        after_partition["maps_run_again"] += st.reexecuted
+                        after_partition["tasks_reassigned"] += st.reassigned
+                    phases = st.phase_seconds
+                    note = (f"map {phases.get('map', 0):g} s, reduce {phases.get('reduce', 0):g} s, "
+                            f"{st.workers_seen} workers seen, {result.restarts} worker restarts, {st.counters.get('fetch_failures', 0)} fetch failures, "
                             f"{st.reexecuted} maps run again, {st.reassigned} tasks reassigned, dead workers found by "
                             + ", ".join(f"{how} {st.counters.get(f'workers_lost_{how}', 0)}"
                                         for how in ("supervisor", "probe", "fetch")))
@@ -172,6 +266,7 @@ def run_mr(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
         "samples": samples,
         "jobs": jobs,
         "worker_kills": target.kills,
+        **({"after_partition": after_partition} if "partition" in config.nemeses else {}),
         "windows": [],
     }
     return findings, extra_out

@@ -28,6 +28,11 @@ Faults on hosts:
 - ``net/unreliable``: every server's link drops :data:`LOSS` percent of its
   packets both ways, at random (TCP retransmits: calls slow down, none is
   lost by the network alone).
+- mr (MapReduce: worker i on host h(i+1), the coordinator in the soak
+  process on the clerks' host, everything over TCP on the hosts' addresses):
+  ``partition`` cuts one worker's host off from the coordinator and the
+  other workers for the fault's duration; ``net`` is the same loss or
+  flapping on every worker's link as for the servers above.
 - etcd (which takes ``partition`` but not ``net``): the links between members
   in different groups drop every packet, in place of the TCP proxy in front
   of each member's peer port; members listen on their hosts' addresses.
@@ -62,7 +67,7 @@ from transport.keys import KEYS_ENV, resolve_keyring
 
 HOSTS_KINDS = ("local", "netns")
 """``--hosts``: ``local`` (every server on this machine, faults as transport rules) or ``netns``."""
-SYSTEMS = ("kvraft", "raft", "etcd")
+SYSTEMS = ("kvraft", "raft", "etcd", "mr")
 """The systems that run on namespace hosts so far."""
 SERVER_PORT = 7001
 LOSS = 10
@@ -83,11 +88,12 @@ def describe(config: Any) -> dict[str, Any]:
     if getattr(config, "hosts", "local") != "netns":
         return {"hosts": "transport rules"}
     n = config.servers
+    servers, clerks = ("worker", "the coordinator") if config.system == "mr" else ("server", "clerks")
     return {
         "hosts": "netns",
         "host_set": _active.prefix if _active is not None else None,
         "packet_faults": dict(_applied),
-        "host_layout": f"server i on host h(i+1) (10.213.0.11-{10 + n}, one network namespace each), clerks on h{n + 1}, "
+        "host_layout": f"{servers} i on host h(i+1) (10.213.0.11-{10 + n}, one network namespace each), {clerks} on h{n + 1}, "
                        "one bridge; partition and net faults are nftables rules in the hosts",
     }
 
@@ -184,6 +190,11 @@ class PacketNetwork:
     def harness_endpoint(self) -> str:
         return f"tcp://{self.hosts.address(self.host(self.n))}:0"
 
+    def worker_endpoint(self, i: int) -> str:
+        """Server i's address with a port the kernel picks: a restarted MapReduce worker serves on a new endpoint,
+        so nothing mistakes it for the one that died with its map output."""
+        return f"tcp://{self.hosts.address(self.host(i))}:0"
+
     def child_spec(self, i: int, spec: ChildSpec) -> ChildSpec:
         """``spec`` run in server i's host."""
         return dataclasses.replace(spec, target=run_in_namespace, args=(self.hosts.namespace(self.host(i)), spec.target, *spec.args))
@@ -193,6 +204,14 @@ class PacketNetwork:
         pairs = [(self.host(a), self.host(b)) for a in range(self.n) for b in range(self.n)
                  if a != b and not any(a in g and b in g for g in sets)]
         self.hosts.drop_links(pairs)
+        _applied["partition"] += 1
+
+    def cut_off(self, i: int) -> None:
+        """Server i's host and every other host, the clerks' included, stop hearing each other (mr: a worker
+        cut off from its coordinator as well as from the reducers that fetch from it)."""
+        me = self.host(i)
+        others = [self.host(j) for j in range(self.n + 1) if j != i]
+        self.hosts.drop_links([(me, o) for o in others] + [(o, me) for o in others])
         _applied["partition"] += 1
 
     def heal(self) -> None:
@@ -281,6 +300,14 @@ def raft_cluster(config: Any, n: int, **kwargs: Any) -> Cluster:
     if getattr(config, "hosts", "local") == "netns":
         return NetnsCluster(n, **kwargs)
     return Cluster(n, **kwargs)
+
+
+def mr_network(config: Any, seed: int | None) -> PacketNetwork | None:
+    """Where a MapReduce soak's jobs run: None (all local) or the hosts, which also place each job's processes
+    (a :class:`apps.mapreduce.job.Placement`: the coordinator here on the clerks' host, worker i on h(i+1))."""
+    if getattr(config, "hosts", "local") == "netns":
+        return _network(config.servers, seed)
+    return None
 
 
 ETCD_CLIENT_PORT = 2379

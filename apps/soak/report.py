@@ -99,7 +99,7 @@ CLEAN = {
     "raft": "no violation found: every peer applied the same command at each index, in order, and every "
             "acknowledged command is still at its index on every peer after the final heal",
     "mr": "no violation found: every job's output equal to the sequential word count's, line for line, "
-          "while its workers were being killed",
+          "while its workers were being killed (on namespace hosts, also cut off, or on lossy links)",
 }
 """What a clean run of each system showed, in that system's own terms."""
 
@@ -179,7 +179,7 @@ def _page(config: Any, summary: dict[str, Any], series: dict[str, list[float]], 
                                          "min_throughput_required", "final_reads", "corrupt_journals", "errors", "error_kinds",
                                          "acknowledged", "checked_commands", "final_index", "final_check", "worker_kills",
                                          "replicas", "state_machine_safety", "final_heal", "broken_variant", "stopped_early",
-                                         "started_at", "hosts", "host_layout")}
+                                         "started_at", "hosts", "host_layout", "packet_faults", "after_partition")}
     facts_html = "".join(f"<tr><th>{k}</th><td>{html.escape(_cell(v))}</td></tr>"
                          for k, v in facts.items() if v is not None)
     return f"""<!doctype html>
