@@ -645,8 +645,18 @@ class Cluster:
         return command
 
     def one(self, command: Any, expected_servers: int, retry: bool = False) -> int:
+        return self.one_from(1, command, expected_servers, retry)[0]
+
+    def one_from(self, first: int, command: Any, expected_servers: int, retry: bool = False) -> tuple[int, int]:
+        """The lab's ``one``, offering the command to servers from ``first`` on; returns (index, the server that took it).
+
+        The lab's ``one`` starts at server 1 on every call, so while that
+        server is paused every call waits out an ask timeout on it first. A
+        soak's client passes the server that took its last command, as a
+        clerk remembers its leader, and pays that wait once per leader change.
+        """
         t0 = time.monotonic()
-        starts = 0
+        starts = (first - 1) % self.n
         while time.monotonic() - t0 < 10.0:
             index = -1
             for _ in range(self.n):
@@ -663,10 +673,10 @@ class Cluster:
                     return count > 0 and count >= expected_servers and cmd == command
 
                 if self._wait_applied(agreed, 2.0):
-                    return index
+                    return index, starts
                 if not retry:
                     self._fail(f"one({command!r}) failed to reach agreement")
             else:
                 time.sleep(0.05)
         self._fail(f"one({command!r}) failed to reach agreement")
-        return -1
+        return -1, -1

@@ -61,13 +61,14 @@ def run_raft(config: Any, status: Any) -> tuple[Findings, dict[str, Any]]:
 
         def client(c: int) -> None:
             n = 0
+            leader = 0  # the server that took the last command: offered the next one first
             while not done.is_set():
                 n += 1
                 command = f"c{c}.{n}"
                 began = time.monotonic()
                 ok = False
                 try:
-                    index = cluster.one(command, majority, retry=True)
+                    index, leader = cluster.one_from(leader, command, majority, retry=True)
                     ok = True
                     with lock:
                         acked.append((index, command))
