@@ -87,6 +87,43 @@ class _Disk:
         return Restored(self.hard_state, self.snapshot, self.entries)
 
 
+class Stretches:
+    """Stretches of ticks in which a server may not lead (its host out of open files), one draw per tick.
+
+    Shared by this simulator and the KV simulation so that both starve servers the same way. Per call for
+    a server outside a stretch, one ``rng.random()`` below ``chance`` starts a stretch of ``rng.randint(lo,
+    hi)`` ticks, this one included; a ``chance`` of 0 draws nothing, so a run without starving keeps every
+    seed's schedule.
+    """
+
+    def __init__(self, rng: random.Random, chance: float, lo: int, hi: int) -> None:
+        self.rng, self.chance, self.lo, self.hi = rng, chance, lo, hi
+        self.unfit: dict[int, int] = {}
+        """Server -> ticks left in which it may not lead."""
+        self.count = 0
+        """Stretches begun."""
+
+    def may_lead(self, i: int) -> bool:
+        if not self.chance:
+            return True
+        left = self.unfit.get(i, 0)
+        if left == 0 and self.rng.random() < self.chance:
+            left = self.rng.randint(self.lo, self.hi)
+            self.count += 1
+        if left == 0:
+            return True
+        self.unfit[i] = left - 1
+        return False
+
+    def starved(self, i: int) -> bool:
+        """Whether server ``i`` is inside a stretch now (a leader there breaks the rule)."""
+        return bool(self.unfit.get(i, 0))
+
+    def clear(self) -> None:
+        """Every server may lead again (the faults have stopped); later calls still draw."""
+        self.unfit.clear()
+
+
 class SimCluster:
     change_rate = 0.06
     """With ``membership``: the share of steps that propose a configuration change."""
@@ -109,8 +146,6 @@ class SimCluster:
         peer, that a stretch of ticks it may not lead begins. 0 keeps every seed's old schedule."""
         self.n, self.seed, self.snapshots = n, seed, snapshots
         self.starved = starved
-        self.unfit: dict[int, int] = {}  # peer -> ticks left in which it may not lead
-        self.stretches = 0
         self.crash_before_write = crash_before_write
         self.crashes_before_write = 0
         self.membership, self.core_class = membership, core_class
@@ -119,6 +154,7 @@ class SimCluster:
         self.storages: list[RaftStorage | None] = [None] * slots
         self.rng = random.Random(seed)
         self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=3)
+        self.stretch = Stretches(self.rng, starved, 1, 3 * self.config.election_ticks_max)
         self.disks = [_Disk(HardState(0, None), None, ()) for _ in range(slots)]
         self.applied_upto = [0] * slots
         self.boots = 0
@@ -156,6 +192,11 @@ class SimCluster:
         if replayed != self.disks[i].restored():
             self.fail(f"peer {i}'s journal replays {replayed}, but it made {self.disks[i].restored()} durable")
         return storage
+
+    @property
+    def stretches(self) -> int:
+        """Stretches of not leading begun so far (with ``starved``)."""
+        return self.stretch.count
 
     @property
     def restarts(self) -> int:
@@ -331,16 +372,7 @@ class SimCluster:
 
     def _may_lead(self, i: int) -> bool:
         """Whether peer ``i`` may lead at this tick (always, without ``starved``: no draw is made)."""
-        if not self.starved:
-            return True
-        left = self.unfit.get(i, 0)
-        if left == 0 and self.rng.random() < self.starved:
-            left = self.rng.randint(1, 3 * self.config.election_ticks_max)
-            self.stretches += 1
-        if left == 0:
-            return True
-        self.unfit[i] = left - 1
-        return False
+        return self.stretch.may_lead(i)
 
     def _may_crash(self, live: list[int]) -> bool:
         if not self.membership:
@@ -355,7 +387,7 @@ class SimCluster:
         new_conf = False
         for core in live:
             if core.role is Role.LEADER:
-                if self.unfit.get(core.me, 0):
+                if self.stretch.starved(core.me):
                     self.fail(f"peer {core.me} leads term {core.term} while it may not (its host cannot serve clients)")
                 elected_now = core.term not in self.leaders
                 other = self.leaders.setdefault(core.term, core.me)
@@ -423,7 +455,7 @@ class SimCluster:
     def settle(self, max_steps: int = 20_000) -> int:
         """Heal everything, restart the dead, deliver reliably; a proposal must commit on every member."""
         self.cut.clear()
-        self.unfit.clear()  # every host may serve clients again
+        self.stretch.clear()  # every host may serve clients again
         self.plans = []
         self.crash_before_write = 0.0  # settling is fault-free
         for i in range(self.created):
