@@ -145,3 +145,12 @@ def test_the_command_line_runs_seeds_with_options_of_their_own() -> None:
     assert seed_options(7) == seed_options(7)
     assert len({tuple(sorted(seed_options(s).items())) for s in range(1, 40)}) > 20  # the seeds do mix options
     assert main(["--seeds", "3"]) == 0
+
+
+def test_a_read_confirmed_without_a_majority_hearing_the_leader_since_it_was_asked_is_caught() -> None:
+    cluster = SimCluster(3, 1)
+    cluster.heard[(1, 0)] = (1, 4)  # took leader 0's append of term 1 before the read was asked at step 5
+    with pytest.raises(SimulationFailure, match="confirmed by only 1 of 3 servers"):
+        cluster._check_read_heard(0, 1, 7, asked=5)
+    cluster.heard[(1, 0)] = (1, 6)  # and after it
+    cluster._check_read_heard(0, 1, 7, asked=5)

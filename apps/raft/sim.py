@@ -65,7 +65,7 @@ from typing import Any
 
 from apps.raft.core import Config, HardState, RaftCore, Restored, Role, Snapshot
 from apps.raft.membership import ADD_LEARNER, PROMOTE, REMOVE, ConfChange, ConfChangeRefused, ConfEntry, Membership
-from apps.raft.messages import Entry, Message
+from apps.raft.messages import AppendEntries, Entry, Message
 from apps.raft.storage import RaftStorage
 
 
@@ -214,6 +214,8 @@ class SimCluster:
         self.reads = reads
         self.read_floor: dict[int, int] = {}  # read id -> highest index committed anywhere when it was asked
         self.read_term_floor: dict[int, int] = {}  # read id -> highest term a majority had reached when it was asked
+        self.read_asked: dict[int, int] = {}  # read id -> the step it was asked at
+        self.heard: dict[tuple[int, int], tuple[int, int]] = {}  # (server, leader) -> (term, step) of its last append it took
         self.reads_yielded = 0
 
     def _boot(self, i: int) -> RaftCore:
@@ -271,6 +273,9 @@ class SimCluster:
             for rs in rd.read_states:
                 floor = self.read_floor.pop(rs.request_id)
                 elected = self.read_term_floor.pop(rs.request_id)
+                asked = self.read_asked.pop(rs.request_id)
+                if not self.membership:
+                    self._check_read_heard(i, core.term, rs.request_id, asked)
                 if elected > core.term and not self.membership:
                     self.fail(f"peer {i}, leader of term {core.term}, yielded read {rs.request_id} asked when a majority "
                               f"had reached term {elected}: no majority could have confirmed it in its term since")
@@ -280,6 +285,20 @@ class SimCluster:
                     self.fail(f"peer {i} yielded read {rs.request_id} at {rs.index}, beyond its commit index {core.commit_index}")
                 self.reads_yielded += 1
             core.advance(rd)
+
+    def _check_read_heard(self, leader: int, term: int, rid: int, asked: int) -> None:
+        """A read yielded by the leader of ``term`` must have been confirmed by a majority that took an
+        AppendEntries of that term from it after the read was asked (ReadIndex, Raft thesis §6.4).
+
+        Every round's heartbeats leave after the reads they confirm were asked, and only a server that took
+        one echoes its round; an answer that counts for a read without such a delivery behind it (an echo
+        of an old incarnation's round, say) would let a leader deposed since yield a stale read.
+        """
+        took = sum(1 for v in range(self.n) if v == leader or (self.heard.get((v, leader), (0, -1))[0] == term
+                                                                and self.heard[(v, leader)][1] >= asked))
+        if took * 2 <= self.n:
+            self.fail(f"leader {leader} of term {term} yielded read {rid} confirmed by only {took} of {self.n} servers "
+                      f"that took its appends since the read was asked (step {asked})")
 
     def _majority_term(self) -> int:
         """The highest term a majority of the servers has reached (a crashed one's is on its disk).
@@ -346,6 +365,8 @@ class SimCluster:
         if core is None or frozenset((msg.src, msg.dst)) in self.cut:
             return
         core.step(msg)
+        if isinstance(msg, AppendEntries) and core.term == msg.term:  # taken as from its term's leader, not refused
+            self.heard[(msg.dst, msg.src)] = (msg.term, self.step_no)
         self._process(msg.dst)
 
     def _snapshot(self, i: int) -> None:
@@ -430,6 +451,7 @@ class SimCluster:
                     rid = len(self.read_floor) + self.reads_yielded + self.step_no * 1000
                     self.read_floor[rid] = max(self.committed, default=0)
                     self.read_term_floor[rid] = self._majority_term()
+                    self.read_asked[rid] = self.step_no
                     core.read_index(rid)  # type: ignore[union-attr]
                     self._process(i)
                     break
