@@ -120,12 +120,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- ReadIndex
     Mutant("refusal-echoes-read-round", "linearizable reads (a refusal of an old-term message confirms no round)", CORE,
            "self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, 0))",
-           "self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, m.read_round))",
-           sims_miss="visible to a simulation, but only at the end of a chain too long for 3 minutes: a follower already "
-                     "in a newer term refuses a heartbeat of the leader's, the leader crashes and restarts (its read "
-                     "rounds count from 0 again) and wins that newer term, the refusal reaches it only then, and a read "
-                     "is asked of it once a majority has moved past that term; the KV simulation found it so once (seed "
-                     "184, before the fix), and tests/test_raft_read_index.py checks the refusal itself"),
+           "self._pending.messages.append(AppendEntriesReply(self.term, self.me, m.src, False, 0, 0, 0, m.read_round))"),
     Mutant("readindex-leader-alone-confirms", "linearizable reads (a majority confirms leadership)", CORE,
            "        confirmed = rounds[len(rounds) // 2]", "        confirmed = rounds[0]"),
     Mutant("readindex-before-term-commit", "linearizable reads (a new leader's commit index may be stale)", CORE,
