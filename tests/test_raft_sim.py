@@ -120,3 +120,37 @@ def test_a_step_down_that_forgets_its_vote_is_caught() -> None:
             assert "two leaders in term" in str(failure)
             return
     pytest.fail("no seed caught a step-down that forgets its vote")
+
+
+def test_a_committed_entry_that_a_majority_would_still_overwrite_is_caught() -> None:
+    """Figure 8's state: peer 0 holds index 2 of term 3, the committed index 2 is of term 2 on the other two;
+    peer 0 could win their votes and overwrite it, so the check fails at once, before any such election."""
+    from apps.raft.core import HardState
+    from apps.raft.messages import Entry
+    from apps.raft.sim import _Disk
+
+    cluster = SimCluster(3, 1)
+    cluster.committed = {1: (1, "a"), 2: (2, "b")}
+    cluster.disks[0] = _Disk(HardState(3, 0), None, (Entry(1, 1, "a"), Entry(3, 2, "x")))
+    cluster.disks[1] = cluster.disks[2] = _Disk(HardState(4, 1), None, (Entry(1, 1, "a"), Entry(2, 2, "b")))
+    with pytest.raises(SimulationFailure, match="lacks committed entry 2 yet 3 of 3 servers would vote for it"):
+        cluster._check_commits_stay()
+    cluster.disks[0] = _Disk(HardState(3, 0), None, (Entry(1, 1, "a"),))  # behind, and less up to date: safe
+    cluster._check_commits_stay()
+
+
+def test_the_command_line_runs_seeds_with_options_of_their_own() -> None:
+    from apps.raft.sim import main, seed_options
+
+    assert seed_options(7) == seed_options(7)
+    assert len({tuple(sorted(seed_options(s).items())) for s in range(1, 40)}) > 20  # the seeds do mix options
+    assert main(["--seeds", "3"]) == 0
+
+
+def test_a_read_confirmed_without_a_majority_hearing_the_leader_since_it_was_asked_is_caught() -> None:
+    cluster = SimCluster(3, 1)
+    cluster.heard[(1, 0)] = (1, 4)  # took leader 0's append of term 1 before the read was asked at step 5
+    with pytest.raises(SimulationFailure, match="confirmed by only 1 of 3 servers"):
+        cluster._check_read_heard(0, 1, 7, asked=5)
+    cluster.heard[(1, 0)] = (1, 6)  # and after it
+    cluster._check_read_heard(0, 1, 7, asked=5)

@@ -103,6 +103,7 @@ from apps.raft.peer import (
     drain_ready,
 )
 from apps.raft.roster import ChangeAccepted, ChangeMembers, ChangeRefused, MembersInfo, Roster
+from apps.raft.sim import Stretches
 from apps.raft.storage import RaftStorage
 from apps.soak.broken import server_fields
 from apps.soak.verdict import check_appends
@@ -321,8 +322,8 @@ class KVSim:
         self.corr = 0
         self.heal_at = -1
         self.final_members: list[_Server] = []
-        self.unfit: dict[int, int] = {}
-        """With ``starved``: server -> ticks left in which it may not lead."""
+        self.stretch = Stretches(self.side, 0.001, 10, 200)
+        """With ``starved``: the stretches in which a server may not lead, drawn from the side generator."""
         self.stats = {"starved": 0, "crashes": 0, "messages": 0, "elections": 0, "snapshots_applied": 0, "ops": 0,
                       "conf_changes": 0, "conf_refused": 0, "servers_added": 0, "servers_removed": 0, "leaders_removed": 0,
                       "wiped": 0, "clerk_lists_learned": 0, "voters": self.n}
@@ -472,7 +473,7 @@ class KVSim:
             if core.role is Role.LEADER and core.term == self.max_term:
                 self._check_matches(s)
             if core.role is Role.LEADER:
-                if self.unfit.get(s.i, 0):
+                if self.stretch.starved(s.i):
                     self.fail(f"server {s.i} leads term {core.term} while it may not (its host cannot serve clients)")
                 other = self.leaders.setdefault(core.term, core.me)
                 if other != core.me:
@@ -911,16 +912,7 @@ class KVSim:
 
     def _may_lead(self, i: int) -> bool:
         """With ``starved``: whether server ``i`` may lead at this tick (stretches of 10 to 200 ticks it may not)."""
-        if "starved" not in self.on:
-            return True
-        left = self.unfit.get(i, 0)
-        if left == 0 and self.side.random() < 0.001:
-            left = self.side.randint(10, 200)
-            self.stats["starved"] += 1
-        if left == 0:
-            return True
-        self.unfit[i] = left - 1
-        return False
+        return "starved" not in self.on or self.stretch.may_lead(i)
 
     def run(self) -> dict[str, Any]:
         """The whole seed: faults and traffic, then heal and settle, then the checks. Raises SimFailure."""
@@ -931,7 +923,7 @@ class KVSim:
             self.cut.clear()
             self.split = None
             self.on -= {"lossy", "long_delays", "duplicates", "old_messages", "crash_after_vote", "crash_after_fsync", "starved"}
-            self.unfit.clear()
+            self.stretch.clear()
             for i in self.retired:
                 if self.servers.get(i) is not None and i not in self._members_now():
                     self._stop(i)  # a removed server left running is stopped now
@@ -950,6 +942,7 @@ class KVSim:
         finally:
             self.close()
         self.stats["voters"] = len(self.conf_committed[1].voters)
+        self.stats["starved"] = self.stretch.count
         return {"seed": self.seed, "servers": self.n, "switches": self.switches, **self.stats}
 
     def _members_now(self) -> set[int]:
