@@ -116,3 +116,38 @@ def test_the_simulator_catches_a_planted_membership_bug(bug: type[RaftCore], cau
             assert caught_as in str(failure)
             caught += 1
     assert caught >= 3  # measured: 17 and 9 of these 100 seeds
+
+
+# ---- the 2015 split, as a schedule the simulator plays (split_changes) ------------------------------------
+
+SPLIT_SEED = 214
+"""A seed whose options turn ``split_changes`` on and whose run plays both halves of the split (measured)."""
+
+
+class ChangesBeforeItsTerm(RaftCore):
+    """Planted bug: a leader may change the configuration before anything of its own term has committed."""
+
+    def _committed_own_term(self) -> bool:
+        return True
+
+
+def _split_run(core_class: type[RaftCore]) -> SimCluster:
+    from apps.raft.sim import seed_options
+
+    opts = seed_options(SPLIT_SEED)
+    steps = opts.pop("steps")
+    opts.pop("journal")
+    assert opts["split_changes"] and opts["membership"] and opts["n"] == 4
+    return SimCluster(seed=SPLIT_SEED, core_class=core_class, **opts).run(steps).settle_and_return()
+
+
+def test_a_split_is_played_and_the_next_leader_is_refused_its_early_change() -> None:
+    c = _split_run(RaftCore)
+    assert c.splits >= 1  # a promotion at four voters cut its leader and the promoted server off
+    assert c.split_attempts >= 1  # a leader on the other side asked for a removal at once
+    assert c.split_removals == 0  # and the own-term rule refused it
+
+
+def test_a_split_catches_a_leader_that_changes_the_configuration_before_its_term_commits() -> None:
+    with pytest.raises(SimulationFailure, match="lacks committed entry"):
+        _split_run(ChangesBeforeItsTerm)

@@ -170,6 +170,7 @@ class SimCluster:
         starved: float = 0.0,
         old_messages: float = 0.0,
         crash_after_propose: float = 0.0,
+        split_changes: float = 0.0,
     ) -> None:
         """``crash_before_write``: the chance that a peer crashes between sending a Ready's messages and writing
         it (the real peer sends a leader's appends before its own write); ``starved``: the chance, per tick of a
@@ -177,8 +178,12 @@ class SimCluster:
         handed again, right as it wins, the messages it was sent in earlier terms (late replies to its
         appends and votes of an earlier term as leader or candidate); ``crash_after_propose``: the chance that a
         leader crashes right after it wrote a command it was given, its appends still in its send queue, and
-        restarts at once: an entry of its term left on its disk alone, as Figure 8 of the paper needs. 0 keeps
-        every seed's old schedule."""
+        restarts at once: an entry of its term left on its disk alone, as Figure 8 of the paper needs;
+        ``split_changes`` (with ``membership``): the chance that a leader of an even number of voters which has
+        just appended a promotion is cut off from everyone but the promoted server, and that the next leader on
+        the other side then proposes a removal at once, cut off from the server it removes (see
+        :meth:`_split_first_act`; while it plays, no other cut is made and no server crashes). 0 keeps every
+        seed's old schedule."""
         self.n, self.seed, self.snapshots = n, seed, snapshots
         self.starved = starved
         self.crash_before_write = crash_before_write
@@ -196,6 +201,11 @@ class SimCluster:
         self.old_delivered = 0
         self.crash_after_propose = crash_after_propose
         self.restarts_after_propose = 0
+        self.split_changes = split_changes
+        self.split: tuple[int, int, int] | None = None  # (changer, promoted server, its term) while a split is on
+        self.split_cut: set[frozenset[int]] = set()  # the split's cuts: the random heals leave them be
+        self.split_ends = 0  # the step at which the split's cuts are healed
+        self.splits = self.split_attempts = self.split_removals = 0
         self.disks = [_Disk(HardState(0, None), None, ()) for _ in range(slots)]
         self.applied_upto = [0] * slots
         self.boots = 0
@@ -362,7 +372,7 @@ class SimCluster:
     def _deliver(self, k: int) -> None:
         msg = self.net.pop(k)
         core = self.cores[msg.dst]
-        if core is None or frozenset((msg.src, msg.dst)) in self.cut:
+        if core is None or frozenset((msg.src, msg.dst)) in self.cut or frozenset((msg.src, msg.dst)) in self.split_cut:
             return
         core.step(msg)
         if isinstance(msg, AppendEntries) and core.term == msg.term:  # taken as from its term's leader, not refused
@@ -410,6 +420,9 @@ class SimCluster:
                 change = ConfChange(REMOVE, rng.choice(m.members))
         if change is None:
             return
+        if (self.split_changes and change.op == PROMOTE and len(m.voters) % 2 == 0
+                and not self._voters_know(m.voters, leader.me)):
+            return  # a split's promotion waits until the next leader could change the configuration at once
         self.conf_proposed += 1
         try:
             leader.propose_conf_change(change)
@@ -423,7 +436,73 @@ class SimCluster:
         if change.op == ADD_LEARNER and change.server == self.created:
             self.cores[self.created] = self._boot(self.created)  # a new, empty server starts
             self.created += 1
+        sent = len(self.net)
         self._process(leader.me)
+        if (change.op == PROMOTE and self.split is None and len(m.voters) % 2 == 0 and self.split_changes
+                and self._voters_know(m.voters, leader.me) and rng.random() < self.split_changes):
+            self._split_first_act(leader, change.server, sent)
+
+    # ---- the 2015 single-server split -----------------------------------------------------------------
+
+    def _split_first_act(self, leader: RaftCore, promoted: int, sent: int) -> None:
+        """Cut ``leader`` and ``promoted`` off from every other server, the promotion's appends to them lost.
+
+        The first half of the schedule that breaks single-server changes without the rule that a leader
+        commits an entry of its own term before it changes the configuration (Ongaro, raft-dev, 2015): with
+        an even number of voters, the promotion's configuration and a removal's that the other side may
+        commit next have majorities that need not meet. :meth:`_split_second_act` plays the other half.
+        """
+        me = leader.me
+        self.net[sent:] = [msg for msg in self.net[sent:] if msg.dst == promoted]
+        self.split_cut = {frozenset((x, j)) for x in (me, promoted) for j in range(self.created) if j not in (me, promoted)}
+        self.cut.clear()  # the other side must be able to elect a leader (every one of its voters is needed)
+        self.split = (me, promoted, leader.term)
+        self.split_ends = self.step_no + 1500
+        self.splits += 1
+
+    def _voters_know(self, voters: Sequence[int], leader: int) -> bool:
+        """Whether every live one of ``voters`` but ``leader`` knows its latest configuration committed: a
+        leader elected among them may then change the configuration at once (one change at a time)."""
+        cores = [self.cores[v] for v in voters if v != leader]
+        return all(c.commit_index >= c.confs.last_index for c in cores if c is not None)
+
+    def _split_second_act(self) -> None:
+        """A leader elected on the other side of the split proposes a removal at once (before anything of its
+        term has committed), and the removed server is cut off from its side and put back in touch with the
+        first leader and the promoted server, whose promotion it never saw: the two configurations'
+        majorities are now disjoint."""
+        assert self.split is not None
+        first, promoted, term = self.split
+        if self.step_no >= self.split_ends:
+            self.split, self.split_cut = None, set()
+            return
+        for core in self.cores:
+            if core is None or not core.is_leader or core.me in (first, promoted) or core.term <= term:
+                continue
+            if self.leaders.get(core.term) != core.me:
+                continue  # elected this step: the checks see it win with the configuration it counted votes in
+            if promoted in core.membership.voters:
+                return  # the promotion reached this side after all: no split
+            others = [v for v in core.membership.voters if v not in (core.me, first, promoted)]
+            self.split = (first, promoted, core.term)  # once per leader
+            if not others:
+                return
+            removed = self.rng.choice(others)
+            self.split_attempts += 1
+            try:
+                core.propose_conf_change(ConfChange(REMOVE, removed))
+            except ConfChangeRefused:
+                return  # the rule this schedule exists for
+            self.split_removals += 1
+            # The removed server hears from no one on this side (nor that it was removed) and is back in
+            # touch with the first leader and the promoted server.
+            self.split_cut |= {frozenset((removed, j)) for j in range(self.created) if j not in (removed, first, promoted)}
+            self.split_cut.discard(frozenset((first, removed)))
+            self.split_cut.discard(frozenset((promoted, removed)))
+            sent = len(self.net)
+            self._process(core.me)
+            self.net[sent:] = [msg for msg in self.net[sent:] if msg.dst != removed]
+            return
 
     def step(self) -> None:
         self.step_no += 1
@@ -468,10 +547,11 @@ class SimCluster:
                     break
         elif r < 0.89:
             a, b = rng.sample(range(self.created), 2)
-            self.cut.add(frozenset((a, b)))
+            if self.split is None:  # while a split plays, its cuts are the only ones
+                self.cut.add(frozenset((a, b)))
         elif r < 0.93:
             self.cut.clear()
-        elif r < 0.95 and self._may_crash(live):
+        elif r < 0.95 and self.split is None and self._may_crash(live):
             self.cores[rng.choice(live)] = None  # crash: only the disk survives
         elif r < 0.98:
             dead = [i for i in range(self.created) if self.cores[i] is None]
@@ -483,6 +563,8 @@ class SimCluster:
             self._snapshot(rng.choice(live))
         if self.old_messages:
             self._greet_new_leaders()
+        if self.split is not None:
+            self._split_second_act()
         self.check()
 
     def _restart_after_propose(self, i: int, sent: int) -> None:
@@ -605,13 +687,17 @@ class SimCluster:
     # ---- driving ------------------------------------------------------------------------------------
 
     def run(self, steps: int) -> SimCluster:
+        """``steps`` steps, and then as many as a split still playing needs to end (``split_changes``)."""
         for _ in range(steps):
+            self.step()
+        while self.split is not None:
             self.step()
         return self
 
     def settle(self, max_steps: int = 20_000) -> int:
         """Heal everything, restart the dead, deliver reliably; a proposal must commit on every member."""
         self.cut.clear()
+        self.split, self.split_cut = None, set()
         self.stretch.clear()  # every host may serve clients again
         self.plans = []
         self.crash_before_write = 0.0  # settling is fault-free
@@ -661,7 +747,7 @@ def seed_options(seed: int) -> dict[str, Any]:
     """The options seed ``seed`` runs with, drawn from a generator of their own (not the run's)."""
     rng = random.Random(seed * 7919 + 3)
     membership = rng.random() < 0.5
-    return {
+    options = {
         "n": rng.choice((3, 5)),
         "snapshots": rng.random() < 0.5,
         "reads": rng.random() < 0.5,
@@ -673,7 +759,12 @@ def seed_options(seed: int) -> dict[str, Any]:
         "journal": rng.random() < 0.25,
         # Short runs see many starts; long ones the chains of elections a Figure 8 or a stale answer needs.
         "steps": rng.choice((300, 1500)),
+        # Drawn last, so the options above stay what each seed had before this one existed.
+        "split_changes": 1.0 if membership and rng.random() < 0.5 else 0.0,
     }
+    if options["split_changes"]:
+        options["n"] = 4  # the split needs an even number of voters, which changes from 3 or 5 rarely leave
+    return options
 
 
 def run_seed(seed: int, scratch: str | None = None) -> SimCluster:
