@@ -316,3 +316,16 @@ def test_a_client_key_cannot_speak_raft(body: Any) -> None:
     assert decode(frame).body == body  # a member's frame
     with pytest.raises(RefusedFrame, match=f"{type(body).__name__} is neither a registered message class nor plain data"):
         decode(frame, trusted=False)
+
+
+def test_a_client_key_cannot_poll_the_controller_for_someone_else() -> None:
+    """A group's configuration poll is answered by every controller server with a tell to the address it
+    names: from a client key that would be a way to have the controller send to anyone, so it is refused
+    before anything in it is built."""
+    from apps.shardctrler.messages import NextConfig
+
+    body = NextConfig(4, "tcp://127.0.0.9:9#kvraft")
+    frame = encode(Envelope(Kind.TELL, "shardctrler", "", 1, body))
+    assert decode(frame).body == body  # a member's (a group server's) poll
+    with pytest.raises(RefusedFrame, match="NextConfig is neither a registered message class nor plain data"):
+        decode(frame, trusted=False)

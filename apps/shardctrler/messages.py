@@ -8,7 +8,7 @@ read (a ReadIndex read, answered from the configurations applied so far).
 
 from __future__ import annotations
 
-from transport.message import message
+from transport.message import members_only, message
 
 NSHARDS = 10
 """Shards of the key space, as in the lab."""
@@ -59,9 +59,13 @@ class Query:
     """A configuration number; -1 (or one not reached yet) asks for the latest."""
 
 
+@members_only
 @message
 class NextConfig:
     """A replica group's leader asking for configuration ``num`` (a tell, to every controller server).
+
+    Members only: every controller server answers it with a tell to ``reply_to``, whatever address that
+    names, so from a client key it would turn the controller into a reflector of its traffic.
 
     Any server that has applied configuration ``num`` answers it, leader or
     not, at once and from memory: a configuration, once applied, is committed
