@@ -121,7 +121,7 @@ def test_the_simulator_catches_a_planted_membership_bug(bug: type[RaftCore], cau
 # ---- the 2015 split, as a schedule the simulator plays (split_changes) ------------------------------------
 
 SPLIT_SEED = 214
-"""A seed whose options turn ``split_changes`` on and whose run plays both halves of the split (measured)."""
+"""A seed whose options ask for a split run, which plays both halves of the split (measured)."""
 
 
 class ChangesBeforeItsTerm(RaftCore):
@@ -132,12 +132,13 @@ class ChangesBeforeItsTerm(RaftCore):
 
 
 def _split_run(core_class: type[RaftCore]) -> SimCluster:
-    from apps.raft.sim import seed_options
+    from apps.raft.sim import SPLIT_SERVERS, seed_options
 
     opts = seed_options(SPLIT_SEED)
     steps = opts.pop("steps")
     opts.pop("journal")
-    assert opts["split_changes"] and opts["membership"] and opts["n"] == 4
+    assert opts.pop("split") and opts["membership"]
+    opts.update(n=SPLIT_SERVERS, split_changes=1.0)
     return SimCluster(seed=SPLIT_SEED, core_class=core_class, **opts).run(steps).settle_and_return()
 
 

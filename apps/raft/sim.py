@@ -747,7 +747,7 @@ def seed_options(seed: int) -> dict[str, Any]:
     """The options seed ``seed`` runs with, drawn from a generator of their own (not the run's)."""
     rng = random.Random(seed * 7919 + 3)
     membership = rng.random() < 0.5
-    options = {
+    return {
         "n": rng.choice((3, 5)),
         "snapshots": rng.random() < 0.5,
         "reads": rng.random() < 0.5,
@@ -760,17 +760,33 @@ def seed_options(seed: int) -> dict[str, Any]:
         # Short runs see many starts; long ones the chains of elections a Figure 8 or a stale answer needs.
         "steps": rng.choice((300, 1500)),
         # Drawn last, so the options above stay what each seed had before this one existed.
-        "split_changes": 1.0 if membership and rng.random() < 0.5 else 0.0,
+        "split": membership and rng.random() < 0.5,
     }
-    if options["split_changes"]:
-        options["n"] = 4  # the split needs an even number of voters, which changes from 3 or 5 rarely leave
-    return options
+
+
+SPLIT_SERVERS = 4
+"""The size of a seed's second run with ``split``: the 2015 split needs an even number of voters, which the
+changes from 3 or 5 rarely leave."""
 
 
 def run_seed(seed: int, scratch: str | None = None) -> SimCluster:
-    """One seed's run and settling, with its own options; raises SimulationFailure (or the core's own error)."""
+    """One seed's run and settling, with its own options; raises SimulationFailure (or the core's own error).
+
+    A seed with ``split`` then runs a second time, with four servers and ``split_changes``: a run of its own,
+    so that the first one stays what the seed ran before the split existed.
+    """
     opts = seed_options(seed)
-    steps, journal = opts.pop("steps"), opts.pop("journal")
+    steps, journal, split = opts.pop("steps"), opts.pop("journal"), opts.pop("split")
+    cluster = _run_one(seed, steps, journal, scratch, opts)
+    if split:
+        try:
+            cluster = _run_one(seed, steps, journal, scratch, {**opts, "n": SPLIT_SERVERS, "split_changes": 1.0})
+        except SimulationFailure as failure:
+            raise SimulationFailure(f"{failure} (its run with the split)") from None
+    return cluster
+
+
+def _run_one(seed: int, steps: int, journal: bool, scratch: str | None, opts: dict[str, Any]) -> SimCluster:
     if not journal:
         return SimCluster(seed=seed, **opts).run(steps).settle_and_return()
     with tempfile.TemporaryDirectory(prefix="zactor-raftsim-", dir=scratch) as tmp:
