@@ -126,6 +126,8 @@ LOCAL = b""
 DEFAULT_INBOUND_HWM = 10_000
 """Frames ZeroMQ queues per connection before it stops reading that peer (TCP back-pressure)."""
 
+_NONE_SENT = (0, 0)
+
 
 class Node:
     """One process's presence on the network; see the module docstring."""
@@ -371,8 +373,10 @@ class Node:
                 self._send_replies(route, [frame])
             if control:
                 self.counters.add("control")
-            else:
-                self._io_tally.count_sent(type(body).__name__, len(frame))
+            else:  # Tally.count_sent, inline: every inline actor's reply comes this way
+                by_type, mtype = self._io_tally.by_type, type(body).__name__
+                n, nbytes = by_type.get(mtype, _NONE_SENT)
+                by_type[mtype] = (n + 1, nbytes + len(frame))
             return len(frame)
         self._enqueue((request.src, type(body).__name__, True, control, frame, LOCAL if local else route))
         return len(frame)
