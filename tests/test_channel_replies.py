@@ -9,13 +9,18 @@ counted malformed, and an "in" fault rule still drops a reply.
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 
+import transport.channel as channel_module
+from actors import ActorSystem
 from transport import FaultRule, Node
 from transport.codec import encode_fields
 from transport.envelope import KIND_ASK, KIND_REPLY
@@ -88,3 +93,27 @@ def test_an_in_rule_still_drops_a_reply_on_a_channel(pair: tuple[Node, zmq.Socke
     router.send_multipart([route, encode_fields(KIND_REPLY, "", "", "echo", 7, "again")])
     [env] = _receive_one(node, dest)
     assert env.body == "again"
+
+
+def test_a_sequential_ask_costs_one_send_and_one_receive_on_its_channel(
+    system: ActorSystem, remote: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The protocol bound of the ask path: per ask, one call into ZeroMQ to send and one to read the
+    reply (a blocking read with a timeout, no poll first), no socket option read or set."""
+    calls: Counter[str] = Counter()
+    me = threading.get_ident()
+    for name in ("raw_send", "raw_recv", "raw_get", "raw_set"):
+        real = getattr(channel_module, name)
+
+        def counted(*args: Any, _name: str = name, _real: Any = real) -> Any:
+            if threading.get_ident() == me:
+                calls[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(channel_module, name, counted)
+    echo = system.ref(remote, "echo")
+    echo.ask("warm", timeout=10.0)  # the connection made and its receive timeout set
+    calls.clear()
+    for i in range(20):
+        assert echo.ask(i, timeout=10.0) == i
+    assert calls == Counter(raw_send=20, raw_recv=20)
