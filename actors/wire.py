@@ -65,8 +65,8 @@ class WireReply:
         if wire is not None:
             try:  # Wire.reply's usual case without its call: every answer to a remote ask comes this way
                 wire._node.reply(self._request, value, Kind.REPLY)
-            except Exception:  # unpicklable or oversized: Wire.reply tries again and tells the asker why
-                wire.reply(self._request, value, False)
+            except Exception as exc:  # an unpicklable or oversized result: tell the asker why
+                wire.reply(self._request, Failure.from_exception(exc), True)
 
     def set_exception(self, exc_info: Any = None) -> None:
         wire, self._wire = self._wire, None

@@ -827,7 +827,7 @@ class Node:
         # The usual request (no fault rules, a well-formed frame): ``_receive`` and ``accept``
         # without their calls. Anything else takes their way, which decodes it again to count,
         # log, refuse or answer it as every frame is.
-        peer = self._route_peers.get(route) or self._peer_of(route)
+        peer = (self._route_peers.get(route) or self._peer_of(route)) if route else self.endpoint
         try:
             env = decode(data, route, peer, trusted=trusted)
         except (MalformedFrame, RefusedFrame):
