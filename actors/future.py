@@ -133,7 +133,7 @@ class ReplyFuture(pykka.Future):
             now = time.monotonic()
             end = self.deadline if timeout is None else min(self.deadline, now + max(0.0, timeout))
             if channel is not None:
-                self._drive(channel, end)
+                self._drive(channel, end, now)
             elif math.isinf(end):
                 self._lock.acquire()
                 self._lock.release()
@@ -148,13 +148,15 @@ class ReplyFuture(pykka.Future):
                 raise AskTimeout(f"no reply to {self.describe} within {waited:.3f} s")
         raise self._error
 
-    def _drive(self, ch: Channel, end: float) -> None:
-        """Read the channel this ask's reply comes back on until it is here or ``end``."""
+    def _drive(self, ch: Channel, end: float, now: float) -> None:
+        """Read the channel this ask's reply comes back on until it is here or ``end``.
+
+        ``now``: the caller's clock reading, so the usual ask, answered on the first read, reads the clock no more."""
         assert self._owner is not None
         resolve = self._owner.resolve
         lock = ch.lock
+        remaining = end - now
         while self._value is _UNSET and self._error is None:
-            remaining = end - time.monotonic()
             if remaining <= 0:
                 return
             if ch.closed:  # the node is closing: the system completes every pending future
@@ -163,15 +165,15 @@ class ReplyFuture(pykka.Future):
                 return
             # Uncontended (the usual case: this thread alone waits on its channel), the
             # non-blocking attempt is the cheap one; else wait a slice for the lock.
-            if not lock.acquire(False) and not lock.acquire(timeout=min(remaining, _POLL_SLICE)):
-                continue
-            try:
-                if self._value is not _UNSET or self._error is not None:
-                    return
-                for env in ch.receive(remaining if remaining < _POLL_SLICE else _POLL_SLICE):
-                    resolve(env)
-            finally:
-                lock.release()
+            if lock.acquire(False) or lock.acquire(timeout=min(remaining, _POLL_SLICE)):
+                try:
+                    if self._value is not _UNSET or self._error is not None:
+                        return
+                    for env in ch.receive(remaining if remaining < _POLL_SLICE else _POLL_SLICE):
+                        resolve(env)
+                finally:
+                    lock.release()
+            remaining = end - time.monotonic()
 
     def set(self, value: Any = None) -> None:
         if self._value is not _UNSET or self._error is not None:

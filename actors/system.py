@@ -218,8 +218,10 @@ class RemoteRef:
 
         The one way out of every ask of a remote ref, so a subclass (``ProcessRef``) wraps it once.
         """
-        self._system._check_running()
-        return self._system._wire.ask(self.address, message, timeout, shared=shared)
+        system = self._system
+        if system._stopped.is_set():  # _check_running, inline: every remote ask comes this way
+            raise SystemStopped(f"{system} is stopped")
+        return system._wire.ask(self.address, message, timeout, shared=shared)
 
 
 class ActorSystem:

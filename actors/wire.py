@@ -63,7 +63,10 @@ class WireReply:
     def set(self, value: Any = None) -> None:
         wire, self._wire = self._wire, None
         if wire is not None:
-            wire.reply(self._request, value, False)
+            try:  # Wire.reply's usual case without its call: every answer to a remote ask comes this way
+                wire._node.reply(self._request, value, Kind.REPLY)
+            except Exception as exc:  # an unpicklable or oversized result: tell the asker why
+                wire.reply(self._request, Failure.from_exception(exc), True)
 
     def set_exception(self, exc_info: Any = None) -> None:
         wire, self._wire = self._wire, None

@@ -11,8 +11,6 @@ where no poll has just said what it would.
 
 from __future__ import annotations
 
-from typing import cast
-
 import zmq
 
 EVENTS = int(zmq.EVENTS)
@@ -30,4 +28,4 @@ raw_set = zmq.backend.Socket.set
 
 def events(sock: zmq.Socket) -> int:
     """The socket's ZMQ_EVENTS bits."""
-    return cast(int, raw_get(sock, EVENTS))
+    return raw_get(sock, EVENTS)  # type: ignore[return-value]  # an int for EVENTS; no typing.cast, a Python call per request
