@@ -120,8 +120,16 @@ def test_the_simulator_catches_a_planted_membership_bug(bug: type[RaftCore], cau
 
 # ---- the 2015 split, as a schedule the simulator plays (split_changes) ------------------------------------
 
-SPLIT_SEED = 214
-"""A seed whose options ask for a split run, which plays both halves of the split (measured)."""
+def _split_run(seed: int, core_class: type[RaftCore], steps: int) -> SimCluster:
+    """Seed ``seed``'s run with the split (as ``run_seed`` makes it), for ``steps`` steps and the settling."""
+    from apps.raft.sim import SPLIT_SERVERS, seed_options
+
+    opts = seed_options(seed)
+    opts.pop("steps")
+    opts.pop("journal")
+    assert opts.pop("split") and opts["membership"]
+    opts.update(n=SPLIT_SERVERS, split_changes=1.0)
+    return SimCluster(seed=seed, core_class=core_class, **opts).run(steps).settle_and_return()
 
 
 class ChangesBeforeItsTerm(RaftCore):
@@ -131,24 +139,15 @@ class ChangesBeforeItsTerm(RaftCore):
         return True
 
 
-def _split_run(core_class: type[RaftCore]) -> SimCluster:
-    from apps.raft.sim import SPLIT_SERVERS, seed_options
-
-    opts = seed_options(SPLIT_SEED)
-    steps = opts.pop("steps")
-    opts.pop("journal")
-    assert opts.pop("split") and opts["membership"]
-    opts.update(n=SPLIT_SERVERS, split_changes=1.0)
-    return SimCluster(seed=SPLIT_SEED, core_class=core_class, **opts).run(steps).settle_and_return()
-
-
 def test_a_split_is_played_and_the_next_leader_is_refused_its_early_change() -> None:
-    c = _split_run(RaftCore)
+    c = _split_run(15, RaftCore, 1500)  # a seed whose split plays in 1500 steps (measured)
     assert c.splits >= 1  # a promotion at four voters cut its leader and the promoted server off
     assert c.split_attempts >= 1  # a leader on the other side asked for a removal at once
     assert c.split_removals == 0  # and the own-term rule refused it
 
 
 def test_a_split_catches_a_leader_that_changes_the_configuration_before_its_term_commits() -> None:
+    from apps.raft.sim import SPLIT_STEPS
+
     with pytest.raises(SimulationFailure, match="lacks committed entry"):
-        _split_run(ChangesBeforeItsTerm)
+        _split_run(587, ChangesBeforeItsTerm, SPLIT_STEPS)  # the seed that fails the mutant first (measured)

@@ -212,6 +212,8 @@ class SimCluster:
         self.cores: list[RaftCore | None] = [self._boot(i) for i in range(n)] + [None] * (slots - n)
         self.created = n  # servers 0..created-1 exist (the rest were never added)
         self.plans: list[ConfChange] = []  # the rest of a replacement in progress
+        if split_changes and membership:  # a learner to promote, first thing: the split's first act
+            self.plans = [ConfChange(ADD_LEARNER, n), ConfChange(PROMOTE, n)]
         self.conf_proposed = self.conf_refused = 0
         self.confs: dict[int, Membership] = {}  # index -> configuration, as committed anywhere
         self.net: list[Message] = []
@@ -767,6 +769,8 @@ def seed_options(seed: int) -> dict[str, Any]:
 SPLIT_SERVERS = 4
 """The size of a seed's second run with ``split``: the 2015 split needs an even number of voters, which the
 changes from 3 or 5 rarely leave."""
+SPLIT_STEPS = 300
+"""The steps of a seed's second run with ``split``, before the split (if it plays) runs on to its end."""
 
 
 def run_seed(seed: int, scratch: str | None = None) -> SimCluster:
@@ -780,7 +784,9 @@ def run_seed(seed: int, scratch: str | None = None) -> SimCluster:
     cluster = _run_one(seed, steps, journal, scratch, opts)
     if split:
         try:
-            cluster = _run_one(seed, steps, journal, scratch, {**opts, "n": SPLIT_SERVERS, "split_changes": 1.0})
+            # Short: the split comes early (a learner is added and promoted first thing), and the run goes
+            # on for as long as it plays.
+            cluster = _run_one(seed, SPLIT_STEPS, journal, scratch, {**opts, "n": SPLIT_SERVERS, "split_changes": 1.0})
         except SimulationFailure as failure:
             raise SimulationFailure(f"{failure} (its run with the split)") from None
     return cluster
