@@ -6,8 +6,9 @@ trip instead of two). So each (thread, destination) gets a DEALER of its own:
 the thread sends on it and, holding the channel's lock, reads the replies off
 it. The node makes channels (:meth:`~transport.node.Node.channel`) and closes
 them; what a channel needs back from its node is :class:`ChannelHost`: how to
-frame and count what it sends, the fault decisions, and the node's one way in
-for a frame that arrives (decode, count, "in" fault rules).
+frame and count what it sends, the fault decisions, and the node's way in
+for a frame that arrives (decode, count, "in" fault rules); a well-formed
+reply with no fault rules set is decoded here without it.
 """
 
 from __future__ import annotations

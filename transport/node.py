@@ -858,9 +858,12 @@ class Node:
     ) -> Envelope | None:
         """Decode one frame that came in, count it, and pass it through the "in" fault rules.
 
-        The one way in for every frame: the ROUTER's requests, the shared
-        DEALERs' replies and a channel's replies (``replies_only``: a request
-        that comes back on a sending connection is refused). None when the
+        The way in for every frame but the usual one (the ROUTER's requests, the
+        shared DEALERs' replies and a channel's replies; ``replies_only``: a
+        request that comes back on a sending connection is refused). With no
+        fault rules, ``_take`` and ``Channel.receive`` decode a well-formed frame
+        themselves and send anything else here, which decodes it again to
+        count, log, refuse or answer it. None when the
         frame is dropped, or held back (delivered later through ``on_message``).
         Any thread: the fault table is shared, so its decision is taken under
         the send lock (only when there are rules, which is never on the fast path).
