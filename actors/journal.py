@@ -18,6 +18,15 @@ starting from a state that lost acknowledged records.
 ``rewrite`` replaces the whole file atomically; owners use it to drop records
 that no longer matter (after a snapshot, say), so the file stays bounded.
 
+Space is reserved ahead of the records (``RESERVE`` bytes of zeros at a
+time, by ``posix_fallocate``), and an append writes into it at its offset.
+An append that grows the file makes its fdatasync commit the file's new size
+to the filesystem's journal as well; one inside the reserve writes data
+only. On ext4 that halves the CPU of a small append's fdatasync and cuts its
+wall time by a third (figures in the commit that brought it). So the file ends in zeros, and ``load`` reads
+zeros after the last record as the reserve, not as damage: no valid record
+is all zeros (its header holds a CRC that is never zero for an empty one).
+
 Test-only: ``Journal(path, lazy=True)`` (the soak tool's ``disk`` nemesis and
 the KV simulation pass it in, through the storage they give the servers)
 keeps appended bytes in process memory until the fsync, and writes and syncs
@@ -29,17 +38,21 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from actors.errors import CorruptStateError
-from actors.persister import replace_atomically, write_all
+from actors.persister import replace_atomically
 
 _FILE_HEADER = b"ZJL\x01"  # magic and format version
 _RECORD = struct.Struct(">II")  # payload length, crc32 of (length bytes + payload)
 _MAX_RECORD = 1 << 31
+_NON_ZERO = re.compile(rb"[^\x00]")
+RESERVE = 1 << 20
+"""Bytes of zeros reserved past the records each time an append reaches the end of the file."""
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +78,10 @@ class Journal:
         self.path = Path(path)
         self.fsync = fsync
         self.cut_bytes = 0
-        """Bytes of torn tail the last ``load`` cut off (0 if the file was clean)."""
+        """Bytes of torn tail the last ``load`` cut off, up to its last non-zero byte (0 if none)."""
         self._fd: int | None = None
-        self._size = 0
+        self._size: int | None = None  # where the records end (None: not read yet)
+        self._allocated = 0  # the file's length: the records, then zeros reserved for appends
         self.lazy = lazy
         """Test-only page-cache model: unsynced appends live in ``_unsynced`` until :meth:`sync`."""
         self._unsynced = bytearray()
@@ -85,7 +99,7 @@ class Journal:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            self._size = 0
+            self._size = self._allocated = 0
             return []
         if len(raw) < len(_FILE_HEADER):
             if _FILE_HEADER.startswith(raw):  # the first write itself was torn
@@ -106,20 +120,22 @@ class Journal:
                 break
             records.append(payload)
             pos += _RECORD.size + len(payload)
-        if pos < len(raw):
-            following = _next_valid_record(raw, pos + 1)
+        end = len(raw.rstrip(b"\0")) if pos < len(raw) else pos  # past it only the reserve's zeros
+        if end > pos:
+            following = _next_valid_record(raw, pos + 1, end)
             if following is not None:
                 raise CorruptStateError(
                     f"journal {self.path} is damaged at byte {pos} (record {len(records) + 1}), "
                     f"and a valid record follows at byte {following}: this is not a torn append; "
                     "refusing to start from a state that lost acknowledged records"
                 )
-            self.cut_bytes = len(raw) - pos
+            self.cut_bytes = end - pos
             with open(self.path, "r+b") as f:
                 f.truncate(pos)
                 if self.fsync:
                     os.fsync(f.fileno())
-        self._size = pos
+            raw = raw[:pos]
+        self._size, self._allocated = pos, len(raw)
         return records
 
     def append(self, records: Iterable[bytes]) -> None:
@@ -128,24 +144,14 @@ class Journal:
         if not data:
             return
         fd = self._open()
+        assert self._size is not None  # _open reads the file first
         if self.lazy:
             self._unsynced += data
             self._size += len(data)
             if self.fsync:
                 self.sync()
             return
-        try:
-            write_all(fd, data)
-            if self.fsync:
-                os.fdatasync(fd)
-        except BaseException:
-            # A failed append (a full disk, say) must not stay behind as a
-            # bad record that later appends would bury in the middle.
-            try:
-                os.ftruncate(fd, self._size)
-            except OSError:
-                pass
-            raise
+        self._write(fd, self._size, data, self.fsync)
         self._size += len(data)
 
     def sync(self) -> None:
@@ -153,17 +159,34 @@ class Journal:
         if not self._unsynced:
             return
         fd = self._open()
-        durable = self._size - len(self._unsynced)
-        try:
-            write_all(fd, bytes(self._unsynced))
-            os.fdatasync(fd)
-        except BaseException:
+        assert self._size is not None
+        self._write(fd, self._size - len(self._unsynced), bytes(self._unsynced), True)
+        self._unsynced.clear()
+
+    def _write(self, fd: int, offset: int, data: bytes, sync: bool) -> None:
+        """Write ``data`` at ``offset`` (the end of the records), into the reserve, growing it first if short."""
+        if offset + len(data) > self._allocated:
             try:
-                os.ftruncate(fd, durable)
+                os.posix_fallocate(fd, self._allocated, offset + len(data) + RESERVE - self._allocated)
+                self._allocated = offset + len(data) + RESERVE
+            except OSError:  # a filesystem that cannot reserve (or a full one): the write grows the file
+                pass
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.pwrite(fd, view, offset + len(data) - len(view)) :]
+            if sync:
+                os.fdatasync(fd)
+        except BaseException:
+            # A failed append (a full disk, say) must not stay behind as a
+            # bad record that later appends would bury in the middle.
+            try:
+                os.ftruncate(fd, offset)
+                self._allocated = offset
             except OSError:
                 pass
             raise
-        self._unsynced.clear()
+        self._allocated = max(self._allocated, offset + len(data))
 
     def rewrite(self, records: Iterable[bytes]) -> None:
         """Replace the whole journal with ``records``, atomically."""
@@ -171,10 +194,13 @@ class Journal:
         self._unsynced.clear()
         data = _FILE_HEADER + _encode(records)
         replace_atomically(self.path, data, fsync=self.fsync)
-        self._size = len(data)
+        self._size = self._allocated = len(data)
 
     def size(self) -> int:
-        """Bytes in the file, header included."""
+        """Bytes of the records, header included (the file also holds the reserve's zeros)."""
+        if self._size is None:
+            self.load()
+        assert self._size is not None
         return self._size
 
     def close(self) -> None:
@@ -183,11 +209,13 @@ class Journal:
             self._fd = None
 
     def _open(self) -> int:
+        """The file open for writing; read first if it was not (appends go where the records end)."""
         if self._fd is None:
+            if self._size is None:
+                self.load()
             if not self.path.exists():
                 self.rewrite([])
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            self._size = os.fstat(self._fd).st_size
+            self._fd = os.open(self.path, os.O_WRONLY)
         return self._fd
 
 
@@ -203,9 +231,22 @@ def _record_at(raw: bytes, pos: int) -> bytes | None:
     return payload if _crc(length, payload) == crc else None
 
 
-def _next_valid_record(raw: bytes, start: int) -> int | None:
-    """Where the first valid record at or after ``start`` begins, if any (a scan of the damaged tail)."""
-    for pos in range(start, len(raw) - _RECORD.size + 1):
-        if _record_at(raw, pos) is not None:
-            return pos
+def _next_valid_record(raw: bytes, start: int, end: int) -> int | None:
+    """Where the first valid record at or after ``start`` begins, if any (a scan of the damaged tail).
+
+    Only starts before ``end``, the last non-zero byte, are tried, and runs of
+    zeros are jumped (a C search finds the next non-zero byte): every valid
+    record's header holds a non-zero byte, so a record starts at most a
+    header's length before one. The reserve's zeros thus cost no Python loop.
+    """
+    pos = start
+    while pos < end:
+        found = _NON_ZERO.search(raw, pos, end)
+        if found is None:
+            return None
+        nonzero = found.start()
+        for candidate in range(max(pos, nonzero - _RECORD.size + 1), nonzero + 1):
+            if _record_at(raw, candidate) is not None:
+                return candidate
+        pos = nonzero + 1
     return None

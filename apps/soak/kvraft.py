@@ -330,9 +330,10 @@ class KVRaftTarget:
             return
         first_len = int.from_bytes(raw[header : header + 4], "big")
         first_end = header + 8 + first_len
-        if first_len == 0 or first_end >= len(raw):
-            # One record only: damage to it would look like a torn last append,
-            # which is cut by design. Not a test of refusal; skip it.
+        if first_len == 0 or not raw[first_end:].strip(b"\0"):
+            # One record only (after it, at most the zeros the journal reserves):
+            # damage to it would look like a torn last append, which is cut by
+            # design. Not a test of refusal; skip it.
             self.corruptions["skipped"] += 1
             event.note = "journal has one record: skipped"
             return
