@@ -181,6 +181,53 @@ def test_proposals_between_readies_share_one_write_and_one_append() -> None:
     assert sum(len(m.entries) for m in to_1) == 5 and len(to_1) <= CFG.max_inflight
 
 
+def _leader_with(cfg: Config) -> RaftCore:
+    """A leader of three under ``cfg`` whose follower 1 has answered: its next AppendEntries carries entries."""
+    c = RaftCore(0, 3, cfg, random.Random(0))
+    for _ in range(cfg.election_ticks_max):
+        c.tick()
+    drain(c)
+    for peer in (1, 2):
+        c.step(RequestVoteReply(c.term, peer, 0, True))
+    drain(c)
+    c.step(AppendEntriesReply(c.term, 1, 0, True, 0, 0, 0))
+    drain(c)
+    return c
+
+
+def _batches_to_1(c: RaftCore) -> list[list[str]]:
+    return [[e.command for e in m.entries] for m in sent(drain(c), AppendEntries) if m.dst == 1 and m.entries]
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_partial_batch_waits_for_the_answer_in_flight_unless_partial_batches_are_pipelined(pipelined: bool) -> None:
+    cfg = Config(election_ticks_min=10, election_ticks_max=10, heartbeat_ticks=2, max_batch=4, pipeline_partial_batches=pipelined)
+    c = _leader_with(cfg)
+    c.propose("a")
+    assert _batches_to_1(c) == [["a"]]
+    c.propose("b")
+    c.propose("c")
+    if pipelined:
+        assert _batches_to_1(c) == [["b", "c"]]
+        return
+    assert _batches_to_1(c) == []  # "a" is unanswered: the new entries wait
+    c.propose("d")
+    c.step(AppendEntriesReply(c.term, 1, 0, True, 1, 0, 0))
+    assert _batches_to_1(c) == [["b", "c", "d"]]  # and go together once it is answered
+
+
+def test_a_follower_behind_by_a_full_batch_still_gets_batches_pipelined() -> None:
+    cfg = Config(election_ticks_min=10, election_ticks_max=10, heartbeat_ticks=2, max_batch=4)
+    c = _leader_with(cfg)
+    c.propose("a")
+    assert _batches_to_1(c) == [["a"]]
+    for command in "bcdefghi":
+        c.propose(command)
+    assert _batches_to_1(c) == [["b", "c", "d", "e"]]  # a full batch goes while "a" is unanswered (catch-up speed)
+    c.step(AppendEntriesReply(c.term, 1, 0, True, 1, 0, 0))
+    assert _batches_to_1(c) == [["f", "g", "h", "i"]]
+
+
 def test_service_snapshot_compacts_and_a_lagging_follower_gets_it() -> None:
     c = core()
     elect(c)

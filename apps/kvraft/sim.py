@@ -278,7 +278,7 @@ class KVSim:
             self.on = set(opt.switches)
         self.switches = sorted(self.on)
         self.config = Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, max_batch=4, max_inflight=2,
-                             catch_up_entries=4)
+                             catch_up_entries=4, pipeline_partial_batches=True)
         self.maxraftstate = rng.choice((600, 1200)) if "tiny_snapshots" in self.on else rng.choice((-1, 6000))
         fields = server_fields(opt.broken)
         self.storage_class: Callable[..., RaftStorage] = fields.get("storage", RaftStorage)

@@ -21,7 +21,8 @@ Divergences from Figure 2, all standard: fast backtracking (a rejecting
 follower names the conflicting term and its first index, so the leader
 skips a term per round trip); a leader sends every entry a follower lacks in
 one AppendEntries (up to ``max_batch``) with at most ``max_inflight``
-unanswered ones per follower, and retransmits on each heartbeat; no no-op
+unanswered ones per follower (a second only when a full batch waits, unless
+``pipeline_partial_batches``), and retransmits on each heartbeat; no no-op
 entry at the start of a term (the lab's tests expect commands at exact
 indexes), so a new leader commits older entries with its first command.
 
@@ -484,6 +485,9 @@ class RaftCore:
         has_new = prog.next_index <= self.log.last_index
         if not heartbeat and (not has_new or prog.inflight >= self.config.max_inflight):
             return
+        if (not heartbeat and prog.inflight and not self.config.pipeline_partial_batches
+                and self.log.last_index - prog.next_index + 1 < self.config.max_batch):
+            return  # a partial batch waits for the answer in flight, and grows meanwhile
         prev = prog.next_index - 1
         prev_term = self.log.term_at(prev)
         if prev_term is None:

@@ -193,7 +193,8 @@ class SimCluster:
         self.storage_dir = storage_dir
         self.storages: list[RaftStorage | None] = [None] * slots
         self.rng = random.Random(seed)
-        self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=3)
+        self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=3,
+                                       pipeline_partial_batches=True)
         self.stretch = Stretches(self.rng, starved, 1, 3 * self.config.election_ticks_max)
         self.old_messages = old_messages
         self.sent_to: dict[int, list[Message]] = {}  # with old_messages: the latest messages sent to each server
