@@ -502,12 +502,15 @@ def _old_leader_returns(net: Net) -> Net:
 
 def _change_or_rule(net: Net, leader: int, op: str, server: int, among: list[int], noop_to: list[int]) -> None:
     """The new leader's change: at once if the core allows it; else what the rule makes it do first (commit a
-    no-op of its term, on ``noop_to``, a majority of the old voters), then the same change."""
+    no-op of its term, on ``noop_to``, a majority of the old voters), then the same change. A server of
+    ``among`` left out of ``noop_to`` lost the no-op's append; the leader's next heartbeat sends it again
+    (a partial batch waits for the lost one's answer until then, see ``Config.pipeline_partial_batches``)."""
     try:
         net.change(leader, op, server, among)
     except ConfChangeRefused as refused:
         assert "own term" in str(refused)
         net.commit(leader, "no-op", noop_to)
+        net.heartbeat(leader, among)
         net.change(leader, op, server, among)
     assert net.cores[leader].commit_index >= net.cores[leader].confs.last_index  # the change committed
 
