@@ -92,8 +92,8 @@ class Evil:
 CFG = Config(election_ticks_min=10, election_ticks_max=10, heartbeat_ticks=2)
 
 
-def core(me: int = 0, n: int = 3, restored: Restored | None = None) -> RaftCore:
-    return RaftCore(me, n, CFG, random.Random(me), restored)
+def core(me: int = 0, n: int = 3, restored: Restored | None = None, config: Config = CFG) -> RaftCore:
+    return RaftCore(me, n, config, random.Random(me), restored)
 
 
 def drain(c: RaftCore) -> list[Ready]:
@@ -116,7 +116,7 @@ def sent(readies: list[Ready], kind: type, after: bool | None = None) -> list:
 
 
 def elect(c: RaftCore) -> None:
-    for _ in range(CFG.election_ticks_max):
+    for _ in range(c.config.election_ticks_max):
         c.tick()
     drain(c)
     for peer in range(c.n):

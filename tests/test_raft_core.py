@@ -183,13 +183,8 @@ def test_proposals_between_readies_share_one_write_and_one_append() -> None:
 
 def _leader_with(cfg: Config) -> RaftCore:
     """A leader of three under ``cfg`` whose follower 1 has answered: its next AppendEntries carries entries."""
-    c = RaftCore(0, 3, cfg, random.Random(0))
-    for _ in range(cfg.election_ticks_max):
-        c.tick()
-    drain(c)
-    for peer in (1, 2):
-        c.step(RequestVoteReply(c.term, peer, 0, True))
-    drain(c)
+    c = core(config=cfg)
+    elect(c)
     c.step(AppendEntriesReply(c.term, 1, 0, True, 0, 0, 0))
     drain(c)
     return c
