@@ -22,10 +22,11 @@ Space is reserved ahead of the records (``RESERVE`` bytes of zeros at a
 time, by ``posix_fallocate``), and an append writes into it at its offset.
 An append that grows the file makes its fdatasync commit the file's new size
 to the filesystem's journal as well; one inside the reserve writes data
-only. On ext4 that halves the CPU of a small append's fdatasync and cuts its
-wall time by a third (figures in the commit that brought it). So the file ends in zeros, and ``load`` reads
-zeros after the last record as the reserve, not as damage: no valid record
-is all zeros (its header holds a CRC that is never zero for an empty one).
+only. On ext4 that halves the CPU of a small append's fdatasync and cuts
+its wall time by a third (figures in the commit that brought it). So the
+file ends in zeros, and ``load`` reads zeros after the last record as the
+reserve, not as damage: no valid record is all zeros (its header holds a
+CRC that is never zero for an empty one).
 
 Test-only: ``Journal(path, lazy=True)`` (the soak tool's ``disk`` nemesis and
 the KV simulation pass it in, through the storage they give the servers)
@@ -197,11 +198,9 @@ class Journal:
         self._size = self._allocated = len(data)
 
     def size(self) -> int:
-        """Bytes of the records, header included (the file also holds the reserve's zeros)."""
-        if self._size is None:
-            self.load()
-        assert self._size is not None
-        return self._size
+        """Bytes of the records, header included (the file also holds the reserve's zeros); 0 before
+        the journal is read (by ``load``, or by the first append), as before the reserve existed."""
+        return self._size or 0
 
     def close(self) -> None:
         if self._fd is not None:
