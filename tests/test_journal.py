@@ -14,7 +14,7 @@ import pytest
 
 from actors import CorruptStateError, Journal
 from actors import journal as journal_module
-from actors.journal import RESERVE
+from actors.journal import RESERVE, record_spans
 
 
 def test_appends_read_back_in_order(tmp_path: Path) -> None:
@@ -178,3 +178,33 @@ def test_a_failed_append_leaves_no_partial_record_behind(tmp_path: Path, monkeyp
     monkeypatch.setattr(os, "pwrite", real_pwrite)
     j.append([b"after"])
     assert Journal(tmp_path / "j").load() == [b"before", b"after"]
+
+
+def test_record_spans_name_each_valid_record_and_stop_at_damage(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    assert record_spans(path) == []  # no file
+    j = Journal(path, fsync=False)
+    j.append([b"a", b"", b"ccc"])  # inside the reserve: zeros follow the records
+    assert record_spans(path) == [(4, 13), (13, 21), (21, 32)]
+    raw = bytearray(path.read_bytes())
+    raw[14] ^= 0x01  # the second record's length field
+    path.write_bytes(bytes(raw))
+    assert record_spans(path) == [(4, 13)]
+    assert path.read_bytes() == bytes(raw)  # read-only: nothing cut
+    path.write_bytes(b"not a journal at all")
+    assert record_spans(path) == []
+
+
+def test_a_flip_anywhere_in_a_record_that_a_valid_one_follows_is_refused(tmp_path: Path) -> None:
+    """The soak's bit-flip nemesis picks any bit of the first record's span: every such flip must fail the load."""
+    path = tmp_path / "j"
+    Journal(path, fsync=False).append([b"first", b"second record"])
+    raw = path.read_bytes()
+    start, end = record_spans(path)[0]
+    for pos in range(start, end):
+        for bit in range(8):
+            damaged = bytearray(raw)
+            damaged[pos] ^= 1 << bit
+            path.write_bytes(bytes(damaged))
+            with pytest.raises(CorruptStateError, match="damaged at byte 4"):
+                Journal(path, fsync=False).load()

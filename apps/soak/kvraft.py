@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import ActorDeadError, ActorSystem, AskTimeout
+from actors.journal import record_spans
 from apps.kvraft.client import Clerk
 from apps.kvraft.messages import StateDigest
 from apps.kvraft.server import SERVER_NAME
@@ -322,24 +323,17 @@ class KVRaftTarget:
         c = self.cluster
         c.crash(i)
         path = Path(c.data_dir(i)) / JOURNAL_NAME
-        raw = path.read_bytes() if path.exists() else b""
-        header = 4
-        if len(raw) < header + 8:
+        spans = record_spans(path)
+        if len(spans) < 2:
+            # With one record (or none), damage to it would look like a torn
+            # last append, which is cut by design: not a test of refusal.
             self.corruptions["skipped"] += 1
-            event.note = "journal empty: nothing to flip"
+            event.note = f"journal has {len(spans)} record(s): skipped"
             return
-        first_len = int.from_bytes(raw[header : header + 4], "big")
-        first_end = header + 8 + first_len
-        if first_len == 0 or not raw[first_end:].strip(b"\0"):
-            # One record only (after it, at most the zeros the journal reserves):
-            # damage to it would look like a torn last append, which is cut by
-            # design. Not a test of refusal; skip it.
-            self.corruptions["skipped"] += 1
-            event.note = "journal has one record: skipped"
-            return
+        raw = path.read_bytes()
         backup = path.with_name(path.name + ".soak-backup")
         shutil.copyfile(path, backup)
-        pos = self.rng.randrange(header + 8, first_end)
+        pos = self.rng.randrange(*spans[0])  # in the first record, header or payload: a valid one follows
         bit = self.rng.randrange(8)
         damaged = bytearray(raw)
         damaged[pos] ^= 1 << bit
