@@ -154,3 +154,14 @@ def test_a_read_confirmed_without_a_majority_hearing_the_leader_since_it_was_ask
         cluster._check_read_heard(0, 1, 7, asked=5)
     cluster.heard[(1, 0)] = (1, 6)  # and after it
     cluster._check_read_heard(0, 1, 7, asked=5)
+
+
+@pytest.mark.parametrize("module", ["apps.raft.sim", "apps.kvraft.sim"])
+def test_a_scratch_directory_that_does_not_exist_is_a_usage_error_not_a_failed_seed(module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(["--seeds", "1", "--scratch", str(missing)])
+    assert exc.value.code == 2
+    assert f"--scratch {missing}: not a directory" in capsys.readouterr().err

@@ -1049,6 +1049,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broken", default="", help="test-only: a broken variant of apps/soak/broken.py (the checks must catch it)")
     p.add_argument("--scratch", default=None, help="directory for the simulated disks (default /dev/shm, else the temp directory)")
     args = p.parse_args(argv)
+    if args.scratch is not None and not os.path.isdir(args.scratch):
+        p.error(f"--scratch {args.scratch}: not a directory")
     global SCRATCH
     SCRATCH = args.scratch
     options = SimOptions(ticks=args.ticks, broken=args.broken)

@@ -482,12 +482,12 @@ class RaftCore:
                     self.term, self.me, peer, self.log.snapshot_index, self.log.snapshot_term, self.snapshot_data, self.confs.base
                 ))
             return
-        has_new = prog.next_index <= self.log.last_index
-        if not heartbeat and (not has_new or prog.inflight >= self.config.max_inflight):
-            return
-        if (not heartbeat and prog.inflight and not self.config.pipeline_partial_batches
-                and self.log.last_index - prog.next_index + 1 < self.config.max_batch):
-            return  # a partial batch waits for the answer in flight, and grows meanwhile
+        if not heartbeat:  # a heartbeat always goes; new entries only while the pipeline has room
+            backlog = self.log.last_index - prog.next_index + 1
+            if backlog <= 0 or prog.inflight >= self.config.max_inflight:
+                return
+            if prog.inflight and backlog < self.config.max_batch and not self.config.pipeline_partial_batches:
+                return  # a partial batch waits for the answer in flight, and grows meanwhile
         prev = prog.next_index - 1
         prev_term = self.log.term_at(prev)
         if prev_term is None:

@@ -53,6 +53,7 @@ simulation does (the mutation campaign's ``raft-sim`` killer)::
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import random
 import sys
@@ -827,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-going", action="store_true", help="run every seed even after a failure")
     p.add_argument("--scratch", default=None, help="directory for the journals of seeds that write one (default: temp)")
     args = p.parse_args(argv)
+    if args.scratch is not None and not os.path.isdir(args.scratch):
+        p.error(f"--scratch {args.scratch}: not a directory")
     if args.seed is not None:
         passed, failures = run_seeds(range(args.seed, args.seed + 1), args.scratch)
         print(f"seed {args.seed}: {seed_options(args.seed)}", "ok" if passed else "")
