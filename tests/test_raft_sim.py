@@ -165,3 +165,44 @@ def test_a_scratch_directory_that_does_not_exist_is_a_usage_error_not_a_failed_s
         importlib.import_module(module).main(["--seeds", "1", "--scratch", str(missing)])
     assert exc.value.code == 2
     assert f"--scratch {missing}: not a directory" in capsys.readouterr().err
+
+
+def test_seeds_with_steady_also_run_the_servers_batching_rule_and_both_of_its_sides_play(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers hold a partial batch while one is unanswered (``pipeline_partial_batches`` off); the
+    simulation's main runs pipeline every batch, so a quarter of the seeds run once more under the servers' rule."""
+    from apps.raft import sim
+
+    assert not sim.STEADY_CONFIG.pipeline_partial_batches and sim.SIM_CONFIG.pipeline_partial_batches
+    steady = [s for s in range(1, 200) if sim.seed_options(s)["steady"]]
+    assert 25 < len(steady) < 75
+    held = pipelined = 0
+    send = RaftCore._send_append
+
+    def counting(self: RaftCore, peer: int, heartbeat: bool = False) -> None:
+        """Counts, under the servers' rule, each chance of a second batch: held back or sent."""
+        nonlocal held, pipelined
+        prog = self.progress.get(peer)
+        chance = (self.config is sim.STEADY_CONFIG and not heartbeat and prog is not None and prog.inflight > 0
+                  and prog.next_index > self.log.snapshot_index
+                  and prog.inflight < self.config.max_inflight and prog.next_index <= self.log.last_index)
+        before = len(self._pending.messages)
+        send(self, peer, heartbeat)
+        if chance:
+            if len(self._pending.messages) == before:
+                held += 1
+            else:
+                pipelined += 1
+
+    configs = []
+    run_one = sim._run_one
+
+    def recording(seed: int, steps: int, journal: bool, scratch: str | None, opts: dict) -> sim.SimCluster:
+        configs.append(opts.get("config"))
+        return run_one(seed, steps, journal, scratch, opts)
+
+    monkeypatch.setattr(RaftCore, "_send_append", counting)
+    monkeypatch.setattr(sim, "_run_one", recording)
+    for seed in steady[:20]:
+        sim.run_seed(seed)
+    assert configs.count(sim.STEADY_CONFIG) == 20
+    assert held > 0 and pipelined > 0  # partial batches held back, full ones pipelined

@@ -42,7 +42,8 @@ A violation raises ``SimulationFailure`` naming the seed and step;
 
 From the command line, each seed also picks its own options (size, snapshots,
 reads, membership changes, crashes between send and write, starving, a real
-journal) from a generator of its own, so one command covers every mix the
+journal, and runs of its own with the 2015 split or the servers' batching
+rule) from a generator of its own, so one command covers every mix the
 tests run one by one; it stops at the first failing seed, as the KV
 simulation does (the mutation campaign's ``raft-sim`` killer)::
 
@@ -53,6 +54,7 @@ simulation does (the mutation campaign's ``raft-sim`` killer)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import random
@@ -153,6 +155,15 @@ class Stretches:
         self.unfit.clear()
 
 
+SIM_CONFIG = Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=3,
+                    pipeline_partial_batches=True)
+"""The simulations' timing, with every interleaving of pipelined batches allowed (see ``STEADY_CONFIG``)."""
+
+STEADY_CONFIG = dataclasses.replace(SIM_CONFIG, max_batch=3, pipeline_partial_batches=False)
+"""The batching rule servers run with (a partial batch waits for the answer in flight), at a batch size the
+simulated load reaches, so both sides of the rule play: a seed's run with ``steady`` uses it."""
+
+
 class SimCluster:
     change_rate = 0.06
     """With ``membership``: the share of steps that propose a configuration change."""
@@ -194,8 +205,7 @@ class SimCluster:
         self.storage_dir = storage_dir
         self.storages: list[RaftStorage | None] = [None] * slots
         self.rng = random.Random(seed)
-        self.config = config or Config(election_ticks_min=10, election_ticks_max=20, heartbeat_ticks=3, catch_up_entries=3,
-                                       pipeline_partial_batches=True)
+        self.config = config or SIM_CONFIG
         self.stretch = Stretches(self.rng, starved, 1, 3 * self.config.election_ticks_max)
         self.old_messages = old_messages
         self.sent_to: dict[int, list[Message]] = {}  # with old_messages: the latest messages sent to each server
@@ -763,8 +773,9 @@ def seed_options(seed: int) -> dict[str, Any]:
         "journal": rng.random() < 0.25,
         # Short runs see many starts; long ones the chains of elections a Figure 8 or a stale answer needs.
         "steps": rng.choice((300, 1500)),
-        # Drawn last, so the options above stay what each seed had before this one existed.
+        # Drawn last, so the options above stay what each seed had before these existed.
         "split": membership and rng.random() < 0.5,
+        "steady": rng.random() < 0.25,
     }
 
 
@@ -773,17 +784,25 @@ SPLIT_SERVERS = 4
 changes from 3 or 5 rarely leave."""
 SPLIT_STEPS = 300
 """The steps of a seed's second run with ``split``, before the split (if it plays) runs on to its end."""
+STEADY_STEPS = 300
+"""The steps of a seed's run with ``steady`` (the servers' own batching rule, :data:`STEADY_CONFIG`)."""
 
 
 def run_seed(seed: int, scratch: str | None = None) -> SimCluster:
     """One seed's run and settling, with its own options; raises SimulationFailure (or the core's own error).
 
     A seed with ``split`` then runs a second time, with four servers and ``split_changes``: a run of its own,
-    so that the first one stays what the seed ran before the split existed.
+    so that the first one stays what the seed ran before the split existed. Likewise a seed with ``steady``
+    runs once more with the batching rule the servers use (:data:`STEADY_CONFIG`), its other options the same.
     """
     opts = seed_options(seed)
-    steps, journal, split = opts.pop("steps"), opts.pop("journal"), opts.pop("split")
+    steps, journal, split, steady = opts.pop("steps"), opts.pop("journal"), opts.pop("split"), opts.pop("steady")
     cluster = _run_one(seed, steps, journal, scratch, opts)
+    if steady:
+        try:
+            _run_one(seed, STEADY_STEPS, journal, scratch, {**opts, "config": STEADY_CONFIG})
+        except SimulationFailure as failure:
+            raise SimulationFailure(f"{failure} (its run with the servers' batching)") from None
     if split:
         try:
             # Short: the split comes early (a learner is added and promoted first thing), and the run goes
