@@ -127,6 +127,7 @@ def _split_run(seed: int, core_class: type[RaftCore], steps: int) -> SimCluster:
     opts = seed_options(seed)
     opts.pop("steps")
     opts.pop("journal")
+    opts.pop("steady")  # a run of its own, not an option of this one
     assert opts.pop("split") and opts["membership"]
     opts.update(n=SPLIT_SERVERS, split_changes=1.0)
     return SimCluster(seed=seed, core_class=core_class, **opts).run(steps).settle_and_return()
