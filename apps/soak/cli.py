@@ -302,7 +302,7 @@ def expected_lines(extra: dict[str, Any]) -> list[str]:
     corrupt = extra.get("corrupt_journals") or {}
     if any(corrupt.values()):
         lines.append(f"damaged journals: {corrupt.get('refused', 0)} refused at start as they must be (CorruptStateError), "
-                     f"{corrupt.get('loaded', 0)} loaded, {corrupt.get('skipped', 0)} not flipped (too short)")
+                     f"{corrupt.get('loaded', 0)} loaded, {corrupt.get('skipped', 0)} not flipped (under two records)")
     partitioned = extra.get("after_partition")
     if partitioned:
         lines.append(f"jobs a partition overlapped (and no other fault): {partitioned['jobs']}, in which {partitioned['maps_run_again']} "
