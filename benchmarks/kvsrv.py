@@ -148,7 +148,7 @@ def report(result: dict[str, Any]) -> str:
             f"  {r['clients']:>8}{r['kv_ops_per_s']:>11.0f}{r['echo_ops_per_s']:>12.0f}{r['ratio']:>7.2f}"
             f"{r['kv_p50_us']:>11.0f}{r['kv_p99_us']:>11.0f}{r['echo_p50_us']:>10.0f}{r['echo_p99_us']:>10.0f}"
         )
-    lines.append("  target: ratio >= 0.60 at 16 clients")
+    lines.append("  target: ratio >= 0.80 at 16 clients")
     return "\n".join(lines)
 
 

@@ -287,7 +287,7 @@ def report(result: dict[str, Any]) -> str:
         f"  {'Python wake-ups per rtt':26}" + "".join(f"{result[c + '_wakeups_per_rtt']:>{w}.2f}" for c, w in zip(cols, (12, 13, 12, 13), strict=True)),
         f"  {'alloc peak bytes per rtt':26}" + "".join(f"{result[c + '_alloc_peak_bytes']:>{w}}" for c, w in zip(cols, (12, 13, 12, 13), strict=True)),
         "  ratios, median of trials [quartiles]:",
-        f"    actor/raw round trip, CURVE   {fmt(result['rtt_ratio_actor_raw_curve'])}   target <= 1.30",
+        f"    actor/raw round trip, CURVE   {fmt(result['rtt_ratio_actor_raw_curve'])}   target <= 1.15",
         f"    actor/raw round trip, plain   {fmt(result['rtt_ratio_actor_raw_plain'])}",
         f"    cost of CURVE, actor ask      {fmt(result['rtt_cost_of_curve_actor'])}",
         f"    cost of CURVE, raw pyzmq      {fmt(result['rtt_cost_of_curve_raw'])}",
