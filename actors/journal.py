@@ -215,18 +215,14 @@ class Journal:
         return self._fd
 
 
-def record_spans(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
-    """Where each valid record lies in the file at ``path``: (first byte of its header, byte after its
-    payload), in order, up to the first that does not check out; [] for a missing or foreign file.
+def record_spans(raw: bytes) -> list[tuple[int, int]]:
+    """Where each valid record lies in a journal file's bytes ``raw``: (first byte of its header, byte after
+    its payload), in order, up to the first that does not check out; [] for bytes that are not a journal.
 
-    Read-only (nothing is cut): for a tool that damages a journal on purpose
-    and must know where the records are (the soak's bit-flip nemesis), so
-    that only this module knows the format.
+    For a tool that damages a journal on purpose and must know where the
+    records are (the soak's bit-flip nemesis), so that only this module knows
+    the format; it takes the bytes the tool read, so the file is read once.
     """
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
     if raw[: len(_FILE_HEADER)] != _FILE_HEADER:
         return []
     return [(pos, pos + _RECORD.size + len(payload)) for pos, payload in _valid_records(raw)]

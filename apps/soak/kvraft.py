@@ -323,14 +323,14 @@ class KVRaftTarget:
         c = self.cluster
         c.crash(i)
         path = Path(c.data_dir(i)) / JOURNAL_NAME
-        spans = record_spans(path)
+        raw = path.read_bytes() if path.exists() else b""
+        spans = record_spans(raw)
         if len(spans) < 2:
             # With one record (or none), damage to it would look like a torn
             # last append, which is cut by design: not a test of refusal.
             self.corruptions["skipped"] += 1
             event.note = f"journal has {len(spans)} record(s): skipped"
             return
-        raw = path.read_bytes()
         backup = path.with_name(path.name + ".soak-backup")
         shutil.copyfile(path, backup)
         pos = self.rng.randrange(*spans[0])  # in the first record, header or payload: a valid one follows
