@@ -164,7 +164,7 @@ def test_a_scratch_directory_that_does_not_exist_is_a_usage_error_not_a_failed_s
     with pytest.raises(SystemExit) as exc:
         importlib.import_module(module).main(["--seeds", "1", "--scratch", str(missing)])
     assert exc.value.code == 2
-    assert f"--scratch {missing}: not a directory" in capsys.readouterr().err
+    assert f"argument --scratch: {missing}: not a directory" in capsys.readouterr().err
 
 
 def test_seeds_with_steady_also_run_the_servers_batching_rule_and_both_of_its_sides_play(monkeypatch: pytest.MonkeyPatch) -> None:

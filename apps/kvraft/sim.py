@@ -103,7 +103,7 @@ from apps.raft.peer import (
     drain_ready,
 )
 from apps.raft.roster import ChangeAccepted, ChangeMembers, ChangeRefused, MembersInfo, Roster
-from apps.raft.sim import Stretches
+from apps.raft.sim import Stretches, scratch_dir
 from apps.raft.storage import RaftStorage
 from apps.soak.broken import server_fields
 from apps.soak.verdict import check_appends
@@ -1047,10 +1047,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ticks", type=int, default=SimOptions.ticks, help=f"simulated ticks of faults per seed (default {SimOptions.ticks})")
     p.add_argument("--keep-going", action="store_true", help="run every seed even after a failure")
     p.add_argument("--broken", default="", help="test-only: a broken variant of apps/soak/broken.py (the checks must catch it)")
-    p.add_argument("--scratch", default=None, help="directory for the simulated disks (default /dev/shm, else the temp directory)")
+    p.add_argument("--scratch", type=scratch_dir, default=None, help="directory for the simulated disks (default /dev/shm, else the temp directory)")
     args = p.parse_args(argv)
-    if args.scratch is not None and not os.path.isdir(args.scratch):
-        p.error(f"--scratch {args.scratch}: not a directory")
     global SCRATCH
     SCRATCH = args.scratch
     options = SimOptions(ticks=args.ticks, broken=args.broken)

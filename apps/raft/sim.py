@@ -757,6 +757,14 @@ class SimCluster:
 REPLAY = "python -m apps.raft.sim --seed {seed}"
 
 
+def scratch_dir(value: str) -> str:
+    """argparse type of both simulations' ``--scratch``: a directory that exists (else a usage error, not
+    every seed failing on a missing path)."""
+    if not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value}: not a directory")
+    return value
+
+
 def seed_options(seed: int) -> dict[str, Any]:
     """The options seed ``seed`` runs with, drawn from a generator of their own (not the run's)."""
     rng = random.Random(seed * 7919 + 3)
@@ -845,10 +853,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=200, help="run seeds FIRST..FIRST+N-1 (default 200)")
     p.add_argument("--first", type=int, default=1, help="first seed of --seeds (default 1)")
     p.add_argument("--keep-going", action="store_true", help="run every seed even after a failure")
-    p.add_argument("--scratch", default=None, help="directory for the journals of seeds that write one (default: temp)")
+    p.add_argument("--scratch", type=scratch_dir, default=None, help="directory for the journals of seeds that write one (default: temp)")
     args = p.parse_args(argv)
-    if args.scratch is not None and not os.path.isdir(args.scratch):
-        p.error(f"--scratch {args.scratch}: not a directory")
     if args.seed is not None:
         passed, failures = run_seeds(range(args.seed, args.seed + 1), args.scratch)
         print(f"seed {args.seed}: {seed_options(args.seed)}", "ok" if passed else "")
