@@ -162,7 +162,14 @@ class LocalRef:
             return False
 
     def tell(self, message: Any) -> None:
-        self._current().tell(message)
+        try:
+            self._current().tell(message)
+        except ActorDeadError:
+            if not self._system.stopped:
+                raise
+            # Its system is stopping and has stopped that actor already. A tell it had queued would be
+            # dropped by its stop; one that comes a moment later is dropped too, and the sender goes on.
+            log.debug("%s: stopped with its system; a %s to it dropped", self.address, type(message).__name__)
 
     def _ask(self, message: Any, timeout: float | None) -> ReplyFuture:
         ref = self._current()
@@ -260,6 +267,9 @@ class ActorSystem:
         self._names = itertools.count(1)
         self._stopped = threading.Event()
         self._closing = False  # stop() has begun (it sets _stopped once extensions are closed)
+        self._stop_asked = threading.Event()
+        """What ``run_until_stopped`` waits for: ``stop()`` or a stop signal. Not ``_stopped``, which says the
+        actors are being stopped: a signal that set it would leave them running, their ``on_stop`` never called."""
         self.nodes: list[str] = list(nodes)
         self._extensions: dict[Callable[[ActorSystem], Extension], Extension] = {}  # see extension()
         self._node = Node(
@@ -329,18 +339,23 @@ class ActorSystem:
         the process layer stops what it placed on node agents.
         """
         with self._lock:
-            if self._closing or self._stopped.is_set():  # set alone by run_until_stopped's signal handler
+            if self._closing:
                 return
             self._closing = True
             extensions = list(self._extensions.values())
+        self._stop_asked.set()
         for extension in extensions:
             extension.close()
         self._stopped.set()
+        self._wire.stopping = True
+        # The actors stay listed while they stop, one after another: a tell from one still running to
+        # a sibling not yet stopped is delivered as ever (to one stopped already, dropped: LocalRef.tell).
         with self._lock:
             refs = [h.ref for h in self._hosted.values() if h.ref is not None]
-            self._hosted.clear()
         for ref in refs:
             self._stop_ref(ref, timeout)
+        with self._lock:
+            self._hosted.clear()
         self._wire.fail_all(SystemStopped(f"{self} stopped"))
         self._node.close()
 
@@ -361,8 +376,8 @@ class ActorSystem:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 if signal.getsignal(sig) is not signal.SIG_IGN:  # a supervised child leaves Ctrl-C to its supervisor
-                    signal.signal(sig, setting(self._stopped))
-        while not self._stopped.wait(0.5):
+                    signal.signal(sig, setting(self._stop_asked))
+        while not self._stop_asked.wait(0.5):
             pass
         self.stop()
 

@@ -101,6 +101,9 @@ class Wire:
         # (same endpoint, before a restart) matches nothing and is dropped.
         self._corr = itertools.count(random.getrandbits(48) << 16)
         self._stopped = False
+        self.stopping = False
+        """Set by the system as it begins to stop its actors: a message for one of them from then on is
+        expected (its senders do not know yet), so it is counted and logged at debug, not warned of."""
         self.on_io_thread = node.on_io_thread
         """Whether the calling thread is the node's I/O thread (which must never wait on a reply)."""
 
@@ -204,11 +207,14 @@ class Wire:
     def _dead(self, env: Envelope) -> None:
         self._node.counters.add("unknown_actor")
         answered = "answered with NoSuchActor" if env.kind == Kind.ASK else "dropped"
-        self._notices.warn(
-            ("unknown actor", env.dest),
-            "%s: a %s for actor %r, which this node does not host (%s; further ones counted in unknown_actor)",
-            self._label, type(env.body).__name__, env.dest, answered,
-        )
+        if self.stopping:
+            log.debug("%s: stopping; a %s for actor %r %s", self._label, type(env.body).__name__, env.dest, answered)
+        else:
+            self._notices.warn(
+                ("unknown actor", env.dest),
+                "%s: a %s for actor %r, which this node does not host (%s; further ones counted in unknown_actor)",
+                self._label, type(env.body).__name__, env.dest, answered,
+            )
         if env.kind == Kind.ASK:
             self.reply(env, Failure.from_exception(NoSuchActor(env.dest, self._node.endpoint, tuple(self._names()))), True)
 

@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors import EXIT_DONE, Actor, ActorDeadError, CorruptStateError
+from actors import EXIT_DONE, Actor, CorruptStateError
 from actors.host import Hosted, host
 from apps.raft.core import Config, RaftCore, Ready
 from apps.raft.messages import (
@@ -272,7 +272,7 @@ class RaftPeer(Actor):
 
         def deliver(rd: Ready) -> None:
             if service is not None:
-                self._tell_service(Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size))
+                service.tell(Applied(self.config.me, self.config.incarnation, rd.apply, rd.read_states, self.storage.raft_state_size))
 
         drain_ready(core, self.storage, self._send, deliver)
         # The leader's endpoint is part of it: a lagging follower may hear from a leader its log does not
@@ -280,26 +280,14 @@ class RaftPeer(Actor):
         role = (core.term, core.is_leader, core.leader_hint, self.endpoint_of(core.leader_hint))
         if role != self._role and self.service is not None:
             self._role = role
-            self._tell_service(RoleChanged(self.config.me, self.config.incarnation, *role))
-
-    def _tell_service(self, message: Applied | RoleChanged) -> None:
-        """Tell the service what Raft decided. Once this server is removed for good its process stops,
-        and the service may stop before this peer has taken its last Ready: what it would have been
-        told then no longer matters, so that is not an error (before the removal it is, as ever)."""
-        assert self.service is not None
-        try:
-            self.service.tell(message)
-        except ActorDeadError:
-            if not self._left:
-                raise
-            log.debug("raft peer %d: removed and stopping; the service has stopped already", self.config.me)
+            self.service.tell(RoleChanged(self.config.me, self.config.incarnation, *role))
 
     def _leave(self) -> None:
         """Removed for good: say so once, and stop this process's actor system if the host asked for that."""
         self._left = True
         by = self.core.removed_by
-        log.warning("raft peer %d: removed from the cluster for good (voters now %s); this server stops",
-                    self.core.me, list(by.voters) if by is not None else "?")
+        log.info("raft peer %d: removed from the cluster for good (voters now %s); this server stops",
+                 self.core.me, list(by.voters) if by is not None else "?")
         if self.config.on_removed is None:
             return
         self.config.on_removed()
