@@ -77,6 +77,18 @@ class Held(Actor):
         return message
 
 
+class OnStop(Actor):
+    """Runs ``then(system)`` in its ``on_stop``. A system stops its actors in the order they were spawned,
+    so one hosted between others acts while those before it have stopped and those after it still run."""
+
+    def __init__(self, then: Callable[[Any], None]) -> None:
+        super().__init__()
+        self.then = then
+
+    def on_stop(self) -> None:
+        self.then(self.actor_system)
+
+
 class Evil:
     """Unpickling this runs a shell command: what a stranger would send."""
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from actors import Actor, ActorSystem, CorruptStateError
+from actors import ActorSystem, CorruptStateError
+from actors.testing import Collector
 from apps.raft.core import RaftCore, Ready
 from apps.raft.peer import PEER_NAME, GetState, PeerConfig, RaftPeer, Start, Status
 from apps.raft.storage import RaftStorage
-from tests.helpers import wait_until
+from tests.helpers import OnStop, wait_until
 
 
 def test_proposals_queued_during_an_fsync_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,28 +65,6 @@ def test_a_data_directory_of_the_older_format_is_refused_by_name(tmp_path: Path)
         RaftStorage(tmp_path).load()
 
 
-class _Service(Actor):
-    """Takes what the peer tells its service, and nothing more."""
-
-    def on_receive(self, message: Any) -> None:
-        return None
-
-
-class _Gate(Actor):
-    """Hosted between the service and the peer, so stopped between them: its ``on_stop`` has the peer
-    take a proposal while the service is stopped already and the peer is not yet."""
-
-    def __init__(self, peer: str, applied: list[bool]) -> None:
-        super().__init__()
-        self.peer, self.applied = peer, applied
-
-    def on_stop(self) -> None:
-        assert self.actor_system is not None
-        peer = self.actor_system.ref(self.peer)
-        peer.tell(Start("while the process stops"))
-        self.applied.append(wait_until(lambda: peer.ask(Status()).applied_index == 1, 10))
-
-
 def test_a_peer_whose_service_stopped_first_takes_its_last_readys_without_failing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -95,10 +74,16 @@ def test_a_peer_whose_service_stopped_first_takes_its_last_readys_without_failin
     applies the entry and logs no error."""
     endpoint = f"ipc://{tmp_path}/peer.sock"
     applied: list[bool] = []
+
+    def propose_while_the_service_is_stopped(system: ActorSystem) -> None:
+        peer = system.ref(endpoint, PEER_NAME)
+        peer.tell(Start("while the process stops"))
+        applied.append(wait_until(lambda: peer.ask(Status()).applied_index == 1, 10))
+
     system = ActorSystem(endpoint, ask_timeout=10.0)
     try:
-        system.spawn(_Service, name="svc")
-        system.spawn(_Gate, f"{endpoint}#{PEER_NAME}", applied, name="gate")
+        system.spawn(Collector, name="svc")  # the service: takes what the peer tells it
+        system.spawn(OnStop, propose_while_the_service_is_stopped, name="gate")  # stopped after it, before the peer
         system.spawn(RaftPeer, PeerConfig(0, (endpoint,), str(tmp_path / "data"), apply_to=f"{endpoint}#svc"), name=PEER_NAME)
         peer = system.ref(endpoint, PEER_NAME)
         assert wait_until(lambda: peer.ask(GetState())[1], 10)

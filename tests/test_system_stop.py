@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from actors import Actor, ActorSystem
 from actors.host import Hosted, host
-from tests.helpers import wait_until
+from tests.helpers import OnStop, wait_until
 
 
 class _Marks(Actor):
@@ -45,7 +46,8 @@ def test_a_stop_signal_stops_the_hosted_actors_so_their_on_stop_runs(tmp_path: P
     proc = multiprocessing.get_context("spawn").Process(target=_host_marks, args=(f"ipc://{tmp_path}/h.sock", str(tmp_path)))
     proc.start()
     try:
-        assert wait_until(lambda: (tmp_path / "started").exists(), 30), "the hosted actor never started"
+        assert wait_until(lambda: (tmp_path / "started").exists() or not proc.is_alive(), 30)
+        assert (tmp_path / "started").exists(), f"the hosted actor never started (child exit code {proc.exitcode})"
         assert proc.pid is not None
         os.kill(proc.pid, signum)
         proc.join(30)
@@ -67,29 +69,16 @@ class _Recorder(Actor):
 
 
 class _Teller(Actor):
-    """On ``go``, tells ``to``; records that its handler ran to the end."""
+    """Tells ``to`` what it is told, then sets ``handled``: its handler ran to the end."""
 
-    def __init__(self, to: str, done: list[str]) -> None:
+    def __init__(self, to: str, handled: threading.Event) -> None:
         super().__init__()
-        self.to, self.done = to, done
+        self.to, self.handled = to, handled
 
     def on_receive(self, message: Any) -> None:
         assert self.actor_system is not None
         self.actor_system.ref(self.to).tell(f"from {message}")
-        self.done.append(message)
-
-
-class _Gate(Actor):
-    """Hosted between others, so stopped between them: its ``on_stop`` has ``teller`` handle ``go`` then."""
-
-    def __init__(self, teller: str, done: list[str]) -> None:
-        super().__init__()
-        self.teller, self.done = teller, done
-
-    def on_stop(self) -> None:
-        assert self.actor_system is not None
-        self.actor_system.ref(self.teller).tell("go")
-        wait_until(lambda: "go" in self.done, 10)
+        self.handled.set()
 
 
 @pytest.mark.parametrize("recorder_first", [False, True], ids=["to-a-running-sibling", "to-a-stopped-sibling"])
@@ -101,31 +90,24 @@ def test_a_tell_to_a_sibling_while_the_system_stops_is_delivered_or_dropped_neve
     dropped if it has stopped (as a tell it had queued is), and either way the sender's handler goes on."""
     endpoint = f"ipc://{tmp_path}/s.sock"
     got: list[Any] = []
-    done: list[str] = []
+    handled = threading.Event()
+
+    def have_the_teller_tell(system: ActorSystem) -> None:
+        system.ref(endpoint, "teller").tell("go")
+        handled.wait(10)
+
     system = ActorSystem(endpoint)
     if recorder_first:
         system.spawn(_Recorder, got, name="recorder")
-    system.spawn(_Gate, f"{endpoint}#teller", done, name="gate")
-    system.spawn(_Teller, f"{endpoint}#recorder", done, name="teller")
+    system.spawn(OnStop, have_the_teller_tell, name="gate")
+    system.spawn(_Teller, f"{endpoint}#recorder", handled, name="teller")
     if not recorder_first:
         system.spawn(_Recorder, got, name="recorder")
     with caplog.at_level(logging.WARNING):
         system.stop()
-    assert done == ["go"], "the teller's handler did not run to its end"
+    assert handled.is_set(), "the teller's handler did not run to its end"
     assert got == ([] if recorder_first else ["from go"])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
-
-
-class _TellsFromAfar(Actor):
-    """Its ``on_stop`` has another node tell the actor ``gone`` (stopped already) and waits until it came."""
-
-    def __init__(self, other: ActorSystem, me: ActorSystem) -> None:
-        super().__init__()
-        self.other, self.me = other, me
-
-    def on_stop(self) -> None:
-        self.other.ref(self.me.endpoint, "gone").tell("late")
-        wait_until(lambda: self.me.node.counters.unknown_actor >= 1, 10)
 
 
 def test_a_message_from_another_node_for_an_actor_stopped_with_its_system_is_counted_not_warned_of(
@@ -137,9 +119,14 @@ def test_a_message_from_another_node_for_an_actor_stopped_with_its_system_is_cou
     does not host' as its process stopped)."""
     other = ActorSystem(f"ipc://{tmp_path}/other.sock")
     system = ActorSystem(f"ipc://{tmp_path}/s.sock")
+
+    def tell_it_from_the_other_node(me: ActorSystem) -> None:
+        other.ref(me.endpoint, "gone").tell("late")
+        wait_until(lambda: me.node.counters.unknown_actor >= 1, 10)  # no event: it lands on the I/O thread
+
     try:
         system.spawn(_Recorder, [], name="gone")
-        system.spawn(_TellsFromAfar, other, system, name="afar")
+        system.spawn(OnStop, tell_it_from_the_other_node, name="afar")  # stopped after "gone"
         with caplog.at_level(logging.WARNING):
             system.stop()
         assert system.node.counters.unknown_actor == 1
