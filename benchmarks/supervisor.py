@@ -20,7 +20,9 @@ median and quartiles.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -48,10 +50,23 @@ def _await_answer(ref: Any, expect: int, limit: float = 10.0) -> float:
     raise RuntimeError(f"no answer within {limit} s of the kill")
 
 
+@contextlib.contextmanager
+def _kills_expected() -> Any:
+    """The supervisor warns of every crash it restarts; here each is a kill of the bench's own, and
+    twenty such lines would bury the report. Errors (a child given up on) still show."""
+    logger = logging.getLogger("actors.supervisor")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def _measure_supervisor(system: ActorSystem, tmp: str, restarts: int) -> list[float]:
     endpoint = f"ipc://{tmp}/sup.sock"
     # No back-off and a generous limit: this measures the restart itself.
-    with Supervisor(max_restarts=restarts + 5, within=3600.0, backoff_step=0.0) as sup:
+    with _kills_expected(), Supervisor(max_restarts=restarts + 5, within=3600.0, backoff_step=0.0) as sup:
         sup.start_child(ChildSpec("counter", serve_counter, (endpoint, f"{tmp}/sup.state")))
         ref = system.ref(endpoint, "counter")
         expect = ref.ask(Incr(7), timeout=10.0)
