@@ -43,7 +43,7 @@ import pykka.messages
 
 # pykka internals this module relies on (hence pykka<5 in setup.cfg): this class (a queued message
 # with its reply target), the hooks Actor overrides (_create_actor_inbox, _start_actor_loop,
-# _handle_receive) and the loop steps it calls (_actor_loop_setup, _actor_loop_teardown, _stop, _handle_failure).
+# _actor_loop_running, _handle_receive) and the loop steps it calls (_actor_loop_setup, _actor_loop_teardown, _stop, _handle_failure).
 from pykka._envelope import Envelope as _PykkaEnvelope
 
 from actors.errors import SystemStopped
@@ -225,16 +225,35 @@ class Actor(pykka.ThreadingActor):
             return
         super()._start_actor_loop()
 
+    def _actor_loop_running(self) -> None:
+        # pykka's loop, each turn taken by _serve_one as an inline actor's is: the one place that knows
+        # whether the message being handled is an ask, which decides what a handler's error becomes.
+        inbox, stopped = self.actor_inbox, self.actor_stopped
+        while not stopped.is_set():
+            envelope = inbox.get()
+            try:
+                self._serve_one(envelope.message, envelope.reply_to)
+            except BaseException:  # a handler's SystemExit or KeyboardInterrupt: as pykka, stop them all
+                log.debug("%s: %r in a handler; stopping all actors", self, sys.exc_info()[1])
+                self._stop()
+                pykka.ActorRegistry.stop_all()
+
     def _serve_one(self, message: Any, reply_to: Any) -> None:
-        """One turn of pykka's actor loop, for an inline actor (same semantics, no thread)."""
+        """One turn of the actor loop, for a threaded actor and an inline one alike (pykka's semantics)."""
         self._zactor_reply = reply_to
         try:
             response = self._handle_receive(message)
             if self._zactor_reply is not None:  # None: a tell, or the handler answers later
                 reply_to.set(response)
-        except Exception:
+        except Exception as exc:
             if reply_to is not None:
-                reply_to.set_exception()  # one-shot targets: a later answer from the handler is ignored
+                # One-shot targets: a later answer from the handler is ignored. A SystemStopped goes
+                # to the asker as it is: its question was not answered, and None would say it was.
+                reply_to.set_exception()
+            elif isinstance(exc, SystemStopped) and self.actor_system is not None and self.actor_system.stopped:
+                # A tell or ask made while this actor's own system stops (its process got SIGTERM, say):
+                # the process is going away, not failing. Raised on, it was a traceback and a failure.
+                log.debug("%s: its system stopped during a %s", self, type(message).__name__)
             else:
                 self._handle_failure(*sys.exc_info())
                 try:
@@ -297,13 +316,6 @@ class Actor(pykka.ThreadingActor):
         start = time.perf_counter()
         try:
             return self.on_receive(message)  # the rest, as pykka would after four isinstance checks
-        except SystemStopped:
-            # A tell or ask made while this actor's own system stops (its process got SIGTERM, say): the
-            # process is going away, not failing. Raised on, it was a traceback in the log and a failure.
-            if self.actor_system is not None and self.actor_system.stopped:
-                log.debug("%s: its system stopped during a %s", self, type(message).__name__)
-                return None
-            raise
         finally:
             self._zactor_took[self._zactor_handled % _TOOK_RING] = time.perf_counter() - start
             self._zactor_handled += 1

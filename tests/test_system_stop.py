@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from actors import Actor, ActorSystem
+from actors import Actor, ActorSystem, SystemStopped
 from actors.host import Hosted, host
 from tests.helpers import OnStop, wait_until
 
@@ -131,6 +131,48 @@ def test_a_message_from_another_node_for_an_actor_stopped_with_its_system_is_cou
             system.stop()
         assert system.node.counters.unknown_actor == 1
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    finally:
+        system.stop()
+        other.stop()
+
+
+class _AsksAfterStop(Actor):
+    """Answers an ask only after telling another node something, which it first waits to be unable to do."""
+
+    def __init__(self, started: threading.Event) -> None:
+        super().__init__()
+        self.started = started
+
+    def on_receive(self, message: Any) -> str:
+        system = self.actor_system
+        assert system is not None
+        self.started.set()
+        wait_until(lambda: system.stopped, 10)  # stop() has begun: it waits for this handler
+        system.ref("ipc:///tmp/zactor-nobody-here.sock", "x").tell("hello")  # raises SystemStopped
+        return "answered"
+
+
+@pytest.mark.parametrize("asker", ["local", "remote"])
+def test_an_ask_cut_short_by_its_systems_stop_is_answered_with_the_stop_not_with_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, asker: str
+) -> None:
+    """A handler whose system stops under it is not a failure, but its asker still has no answer: it used
+    to get None (the handler's error swallowed as if a tell's), which a client would take for a value."""
+    other = ActorSystem(f"ipc://{tmp_path}/other.sock")
+    system = ActorSystem(f"ipc://{tmp_path}/s.sock")
+    started = threading.Event()
+    try:
+        system.spawn(_AsksAfterStop, started, name="relay")
+        ref = (system if asker == "local" else other).ref(system.endpoint, "relay")
+        future = ref.ask("question", block=False, timeout=20)
+        assert started.wait(10)
+        with caplog.at_level(logging.ERROR):
+            system.stop()
+        with pytest.raises(Exception, match="stopped") as raised:
+            answer = future.get(timeout=10)
+            pytest.fail(f"the asker was answered {answer!r}")
+        assert "SystemStopped" in repr(raised.value) or isinstance(raised.value, SystemStopped)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     finally:
         system.stop()
         other.stop()

@@ -269,6 +269,29 @@ def test_an_endpoint_crosses_once_per_connection_and_every_envelope_still_names_
         b.close()
 
 
+def test_a_reply_given_just_before_close_still_reaches_its_asker() -> None:
+    """A threaded actor answering as its system stops hands the reply to the I/O thread, and close()
+    follows at once: the I/O thread used to end without sending what was queued (and the ROUTER,
+    closed without linger, dropped what it had not written), so the asker waited out its timeout.
+    Twenty nodes in turn: the race went the wrong way in most of them."""
+    answers: queue.Queue[Envelope] = queue.Queue()
+    client = Node("tcp://127.0.0.1:0", on_message=answers.put)
+    try:
+        for corr in range(1, 21):
+            requests: queue.Queue[Envelope] = queue.Queue()
+            server = Node("tcp://127.0.0.1:0", on_message=requests.put)
+            try:
+                client.send(server.endpoint, Envelope(Kind.ASK, "x", client.endpoint, corr, "last question"))
+                request = requests.get(timeout=10)
+                server.reply(request, f"last words {corr}")  # from this thread, not the I/O thread
+            finally:
+                server.close()
+            answer = answers.get(timeout=10)
+            assert (answer.corr, answer.body) == (corr, f"last words {corr}")
+    finally:
+        client.close()
+
+
 def test_a_reply_that_eats_a_request_signal_does_not_strand_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     """ZMQ_FD is edge-triggered and a send may process the socket's commands, eating the
     signal of a request that has just arrived. A reply the I/O thread sends outside its read

@@ -126,6 +126,10 @@ LOCAL = b""
 DEFAULT_INBOUND_HWM = 10_000
 """Frames ZeroMQ queues per connection before it stops reading that peer (TCP back-pressure)."""
 
+CLOSING_LINGER_MS = 200
+"""How long a closing node's last replies may wait in ZeroMQ to be written out; only a reply whose
+asker is connected but not reading can make ``close()`` take that long."""
+
 _NONE_SENT = (0, 0)
 
 
@@ -472,6 +476,7 @@ class Node:
             self._destroyed = True
             if self._admission is not None:
                 self._admission.close()
+            self._router.close()  # with its own linger: 0, or CLOSING_LINGER_MS once the I/O thread ended
             self._ctx.destroy(linger=0)
 
     def _enqueue(self, item: tuple) -> None:
@@ -592,6 +597,11 @@ class Node:
                         dealer = dealer_fds.get(fd)
                         if dealer is not None:
                             ready.append(dealer)
+            # Closing: what was queued to go before close() still goes (a reply an actor gave as its
+            # system stopped), then lingers briefly in the ROUTER so ZeroMQ can write it out.
+            if self._outbox:
+                self._drain_outbox()
+            self._router.setsockopt(zmq.LINGER, CLOSING_LINGER_MS)
         except Exception:
             log.exception("node %s: I/O thread failed", self.endpoint)
         finally:
