@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -92,3 +92,29 @@ def test_a_peer_whose_service_stopped_first_takes_its_last_readys_without_failin
             system.stop()
     assert applied == [True]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+class _WhereServed(RaftPeer):
+    """Notes, for every message, whether its node's I/O thread handled it."""
+
+    on_io: ClassVar[list[bool]] = []
+
+    def on_receive(self, message: Any) -> Any:
+        assert self.actor_system is not None
+        self.on_io.append(self.actor_system.node.on_io_thread())
+        return super().on_receive(message)
+
+
+def test_the_peer_is_served_on_its_nodes_io_thread_as_the_kv_server_is(tmp_path: Path) -> None:
+    """A put went I/O thread (the KV server) -> peer thread (Start) -> I/O thread (Applied): two
+    crossings per put on the leader, one per message on every server. Inline, a message is handled
+    where it was read (measured: +14% puts/s at 16 clients; ARCHITECTURE, issue 29)."""
+    endpoint = f"ipc://{tmp_path}/peer.sock"
+    _WhereServed.on_io = []
+    with ActorSystem(endpoint, ask_timeout=10.0) as system:
+        system.spawn(_WhereServed, PeerConfig(0, (endpoint,), str(tmp_path / "data")), name=PEER_NAME)
+        peer = system.ref(endpoint, PEER_NAME)
+        assert wait_until(lambda: peer.ask(GetState())[1], 10)
+        peer.tell(Start("x"))
+        assert wait_until(lambda: peer.ask(Status()).commit_index == 1, 10)
+    assert len(_WhereServed.on_io) >= 3 and all(_WhereServed.on_io), _WhereServed.on_io

