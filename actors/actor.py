@@ -8,8 +8,8 @@ stops the actor and calls ``on_failure``; ours tells the host, which builds a
 fresh instance from the same factory and arguments under the same name and
 hands it the messages still queued), and *inline* serving.
 
-An actor whose handlers never block (no sleeps, no fsync, no blocking ask)
-may set ``inline = True``: it keeps its pykka mailbox and its one-at-a-time
+An actor whose handlers never block (no sleeps, no blocking ask; a short
+disk sync is the one deliberate exception, the Raft peer's) may set ``inline = True``: it keeps its pykka mailbox and its one-at-a-time
 semantics, but its mailbox is drained by the node's I/O thread right after
 the frames that filled it were read, so a remote ask wakes one thread on
 this side (as a raw pyzmq echo server does) instead of two. A handler that
@@ -268,8 +268,8 @@ class Actor(pykka.ThreadingActor):
         value is then not sent, and whoever holds the target answers once with ``set(value)``.
 
         For inline actors only: their handlers run where the ask's connection
-        is served, so holding the target costs nothing; a threaded actor
-        would need its own loop to offer this, and raises instead.
+        is served, so holding the target costs nothing; a threaded actor's
+        answer would go back through the I/O thread all the same, so it raises instead.
         """
         if not type(self).inline:
             raise RuntimeError(f"{type(self).__name__} is not inline: only an inline actor can answer an ask later")

@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from actors import ActorDeadError, ActorSystem, AskTimeout, ChildSpec, Supervisor
@@ -51,7 +52,7 @@ def _await_answer(ref: Any, expect: int, limit: float = 10.0) -> float:
 
 
 @contextlib.contextmanager
-def _kills_expected() -> Any:
+def _kills_expected() -> Iterator[None]:
     """The supervisor warns of every crash it restarts; here each is a kill of the bench's own, and
     twenty such lines would bury the report. Errors (a child given up on) still show."""
     logger = logging.getLogger("actors.supervisor")

@@ -134,7 +134,7 @@ class KVRaftServer(Actor):
     """``raft`` and ``answer`` default to the peer beside it and replies over the actor runtime;
     the KV simulation (``apps/kvraft/sim.py``) passes its own, and runs this very class."""
 
-    inline = True  # only computes and tells (Raft's fsync is the peer's): served on the I/O thread
+    inline = True  # only computes and tells: served on the I/O thread, as its peer is (whose fsync runs there)
 
     state_class: Any = KVState
     """The replicated state: ``restore(blob)`` and ``snapshot()``; a subclass serves another."""

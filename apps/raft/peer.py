@@ -5,7 +5,9 @@ append of every Ready that changes durable state, before any of that Ready's
 messages leave), sending to the other peers, and delivering apply messages,
 in order, to the service (an actor, told ``Applied`` batches). A Ready is
 taken only once the mailbox is empty, or every ``_MAX_DEFERRED`` messages, so
-requests that arrive together share one fsync: group commit. The service
+requests that arrive together share one fsync: group commit. The peer is
+inline (see ``RaftPeer.inline``): a message told by an actor of its own
+process queues, one from the network is served as it is read. The service
 talks to it with ``Start``, ``GetState`` and ``TakeSnapshot`` asks, the lab's
 ``Start()``, ``GetState()`` and ``Snapshot()``.
 
