@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -97,7 +97,9 @@ def test_a_peer_whose_service_stopped_first_takes_its_last_readys_without_failin
 class _WhereServed(RaftPeer):
     """Notes, for every message, whether its node's I/O thread handled it."""
 
-    on_io: ClassVar[list[bool]] = []
+    def __init__(self, config: PeerConfig, on_io: list[bool]) -> None:
+        super().__init__(config)
+        self.on_io = on_io
 
     def on_receive(self, message: Any) -> Any:
         assert self.actor_system is not None
@@ -110,11 +112,11 @@ def test_the_peer_is_served_on_its_nodes_io_thread_as_the_kv_server_is(tmp_path:
     crossings per put on the leader, one per message on every server. Inline, a message is handled
     where it was read (measured: +14% puts/s at 16 clients; ARCHITECTURE, issue 29)."""
     endpoint = f"ipc://{tmp_path}/peer.sock"
-    _WhereServed.on_io = []
+    on_io: list[bool] = []
     with ActorSystem(endpoint, ask_timeout=10.0) as system:
-        system.spawn(_WhereServed, PeerConfig(0, (endpoint,), str(tmp_path / "data")), name=PEER_NAME)
+        system.spawn(_WhereServed, PeerConfig(0, (endpoint,), str(tmp_path / "data")), on_io, name=PEER_NAME)
         peer = system.ref(endpoint, PEER_NAME)
         assert wait_until(lambda: peer.ask(GetState())[1], 10)
         peer.tell(Start("x"))
         assert wait_until(lambda: peer.ask(Status()).commit_index == 1, 10)
-    assert len(_WhereServed.on_io) >= 3 and all(_WhereServed.on_io), _WhereServed.on_io
+    assert len(on_io) >= 3 and all(on_io), on_io

@@ -273,7 +273,7 @@ def test_a_reply_given_just_before_close_still_reaches_its_asker() -> None:
     """A threaded actor answering as its system stops hands the reply to the I/O thread, and close()
     follows at once: the I/O thread used to end without sending what was queued (and the ROUTER,
     closed without linger, dropped what it had not written), so the asker waited out its timeout.
-    Twenty nodes in turn: the race went the wrong way in most of them."""
+    Twenty nodes in turn, as one try could go the right way by luck (the old node lost a reply within them)."""
     answers: queue.Queue[Envelope] = queue.Queue()
     client = Node("tcp://127.0.0.1:0", on_message=answers.put)
     try:
