@@ -559,6 +559,58 @@ def test_the_coordinator_counts_a_death_once_reassigns_at_once_and_ignores_bad_r
         assert (st.phase, st.reexecuted, st.counters["workers_lost_supervisor"]) == ("done", 1, 2)
 
 
+def test_an_idle_workers_request_waits_at_the_coordinator_until_there_is_work(tmp_path: Path) -> None:
+    # Before: an idle worker got Wait(0.1) at once and polled, so a reduce started up to 0.1 s after the
+    # last map, and a job's end waited on polls. The tick is made long here: only a change may answer.
+    from actors import ActorSystem
+    from apps.mapreduce.coordinator import JobConfig, start_coordinator
+    from apps.mapreduce.protocol import MapTask, ReduceTask, Release, RequestTask, Status, TaskDone, Wait
+
+    (tmp_path / "a.txt").write_text("a")
+    config = JobConfig((str(tmp_path / "a.txt"),), n_reduce=1, workdir=str(tmp_path), outdir=str(tmp_path),
+                       task_timeout=600, probe_every=0, hold_reduces=True, tick=600)
+    with ActorSystem() as system:
+        coord = start_coordinator(system, config)
+        task = coord.ask(RequestTask("w1"), timeout=5)
+        assert isinstance(task, MapTask)
+        coord.ask(TaskDone("w1", "map", task.id, task.attempt), timeout=5)
+        before = coord.ask(Status(), timeout=5)
+        assert (before.phase, before.held) == ("reduce", True)
+        follower = coord.ask(Status(newer_than=before.version), block=False, timeout=30)
+        first = coord.ask(RequestTask("w1"), block=False, timeout=30)
+        second = coord.ask(RequestTask("w1"), block=False, timeout=30)  # the first one's asker gave up
+        coord.ask(Status(), timeout=5)  # handled after the three above: had they been answered, it shows
+        assert first.get(timeout=5) == Wait(0.0), "a worker's earlier request was kept after it asked again"
+        assert not second.done and not follower.done, "answered with nothing changed (a poll)"
+        coord.ask(Release(), timeout=5)
+        assert second.get(timeout=5) == Wait(0.0)
+        after = follower.get(timeout=5)
+        assert after.version > before.version and not after.held
+        assert isinstance(coord.ask(RequestTask("w1"), timeout=5), ReduceTask)
+
+
+def test_the_coordinator_answers_a_waiting_request_at_its_tick_with_nothing_changed(tmp_path: Path) -> None:
+    # A worker's ask times out after 1 s: a request held longer would hand work to nobody.
+    from actors import ActorSystem
+    from apps.mapreduce.coordinator import JobConfig, start_coordinator
+    from apps.mapreduce.protocol import MapTask, RequestTask, Status, Wait
+
+    (tmp_path / "a.txt").write_text("a")
+    config = JobConfig((str(tmp_path / "a.txt"),), n_reduce=1, workdir=str(tmp_path), outdir=str(tmp_path),
+                       task_timeout=600, probe_every=0, tick=0.05)
+    with ActorSystem() as system:
+        coord = start_coordinator(system, config)
+        assert isinstance(coord.ask(RequestTask("w1"), timeout=5), MapTask)
+        version = coord.ask(Status(), timeout=5).version
+        idle = coord.ask(RequestTask("w2"), block=False, timeout=30)  # the only map is running: nothing to do
+        assert idle.get(timeout=5) == Wait(0.0)
+        now = coord.ask(Status(), timeout=5).version
+        assert now == version + 1, "a worker joining is a change"
+        assert coord.ask(Status(newer_than=now), timeout=5).version == now  # answered at the tick all the same
+        with pytest.raises(ValueError, match="tick"):
+            JobConfig(("a",), tick=0)
+
+
 def test_the_coordinators_pings_wait_their_own_probe_timeout_not_the_fetch_timeout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -222,11 +222,12 @@ def _coordinator(args: argparse.Namespace) -> int:
         coordinator = start_coordinator(system, config)
         # The bound endpoint (a :0 port is resolved here), so a script can start workers against it.
         print(f"zactor mr coordinator: listening on {system.endpoint}", file=sys.stderr, flush=True)
-        while True:
-            status: JobStatus = coordinator.ask(Status(), timeout=10)
+        version = -1
+        while True:  # answered at each change of the job, or at the coordinator's tick
+            status: JobStatus = coordinator.ask(Status(newer_than=version), timeout=10)
+            version = status.version
             if status.phase in ("done", "failed"):
                 break
-            time.sleep(0.1)
         time.sleep(config.linger)  # keep answering Exit so the workers leave promptly
     if status.phase == "failed":
         print(f"zactor mr coordinator: job failed: {status.error}", file=sys.stderr)

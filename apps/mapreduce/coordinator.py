@@ -32,6 +32,15 @@ nothing is left to hand out, an idle worker gets a copy of the task that has
 been running longest, so one slow machine does not set the job's finishing
 time.
 
+An idle worker's request waits at the coordinator instead of polling: with
+nothing to hand out, the coordinator keeps the request (it is an inline
+actor, so it can answer later) and answers ``Wait(0)`` as soon as anything
+changes (a task done or failed, a worker lost or joined) or at its next
+tick, and the worker asks again at once. With ``Wait(0.1)`` polls, a worker
+idle at the end of the maps started its reduce up to 0.1 s late, and the
+job's end waited for the polls too. ``Status(newer_than=v)`` waits the same
+way, for whoever follows the job.
+
 A user function that raises fails that attempt; after ``max_attempts``
 failures of one task the job fails with a message naming the task, its input
 and the traceback.
@@ -46,7 +55,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors import Actor, ActorSystem, LocalRef
+from actors import Actor, ActorSystem, LocalRef, ReplyTarget
 from actors.future import ReplyFuture
 from apps.mapreduce.files import Split, make_splits
 from apps.mapreduce.protocol import (
@@ -142,6 +151,9 @@ class JobConfig:
     """Seconds a liveness check waits for a worker's ping reply before asking once more (two silent
     pings: gone). Its own, not ``fetch_timeout``: a short fetch timeout (the soak's 1 s) on a loaded
     machine would call slow live workers dead, and each false call re-runs their maps."""
+    tick: float = 0.25
+    """Seconds between the coordinator's rounds of checks (timed-out tasks, liveness); also the
+    longest it holds an idle worker's request or a ``Status`` wait with nothing changing."""
 
     def __post_init__(self) -> None:
         if self.n_reduce < 1:
@@ -154,6 +166,8 @@ class JobConfig:
             raise ValueError(f"probe_every must be 0 (off) or positive, got {self.probe_every}")
         if self.probe_timeout <= 0:
             raise ValueError(f"probe_timeout must be positive, got {self.probe_timeout}")
+        if self.tick <= 0:
+            raise ValueError(f"tick must be positive, got {self.tick}")
 
 
 COUNTERS = (
@@ -174,9 +188,18 @@ def start_coordinator(system: ActorSystem, config: JobConfig) -> LocalRef:
 
 
 class Coordinator(Actor):
+    inline = True
+    """Its handlers only count and decide (no file or network waits), and inline it can answer a
+    request later: an idle worker's request waits here for work instead of polling."""
+
     def __init__(self, config: JobConfig) -> None:
         super().__init__()
         self.config = config
+        self.parked: dict[str, ReplyTarget] = {}
+        """Idle workers' requests, by worker: answered ``Wait(0)`` at the next change or tick."""
+        self.watchers: list[ReplyTarget] = []
+        """``Status`` asks waiting for the next change or tick."""
+        self.version = 0
         self.splits: list[Split] = make_splits(config.files, config.split_bytes)
         self.maps = [_Task("map", i) for i in range(len(self.splits))]
         self.reduces = [_Task("reduce", i) for i in range(config.n_reduce)]
@@ -204,14 +227,35 @@ class Coordinator(Actor):
         self.finished_at: float | None = None
 
     def on_start(self) -> None:
-        self.schedule_every(0.25, Tick())
+        self.schedule_every(self.config.tick, Tick())
 
     # ---- the protocol ---------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Status):
+            if message.newer_than != self.version:
+                return self.status()
+            target = self.reply_later()
+            if target is not None:
+                self.watchers.append(target)
+            return None
         if isinstance(message, RequestTask):
+            joined = message.worker not in self.workers
             self.workers.add(message.worker)
-            return self._hand_out(message.worker)
+            if joined:
+                self._changed()  # min_workers may be reached now
+            answer = self._hand_out(message.worker)
+            return self._park(message.worker) if isinstance(answer, Wait) else answer
+        if isinstance(message, Tick):
+            self._reclaim_timed_out()
+            self._check_liveness()
+            self._answer_waiting()  # nobody waits longer than a tick, whatever happens
+            return None
+        answer = self._update(message)
+        self._changed()
+        return answer
+
+    def _update(self, message: Any) -> Any:
         if isinstance(message, TaskDone):
             self._done(message)
             return True
@@ -231,14 +275,33 @@ class Coordinator(Actor):
         if isinstance(message, Release):
             self.held = False
             return True
-        if isinstance(message, Status):
-            return self.status()
-        if isinstance(message, Tick):
-            self._reclaim_timed_out()
-            self._check_liveness()
-            return None
         log.warning("coordinator: ignored a %s", type(message).__name__)
         return None
+
+    def _park(self, worker: str) -> None:
+        """Keep an idle worker's request to answer later (a tell has nobody to answer)."""
+        target = self.reply_later()
+        if target is None:
+            return
+        earlier = self.parked.pop(worker, None)
+        if earlier is not None:  # its asker gave up on it (a timeout) and asked again
+            earlier.set(Wait(0.0))
+        self.parked[worker] = target
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._answer_waiting()
+
+    def _answer_waiting(self) -> None:
+        """Idle workers ask again now; those following the job get its status."""
+        parked, self.parked = self.parked, {}
+        for target in parked.values():
+            target.set(Wait(0.0))
+        if self.watchers:
+            status = self.status()
+            watchers, self.watchers = self.watchers, []
+            for target in watchers:
+                target.set(status)
 
     @property
     def phase(self) -> str:
@@ -269,6 +332,7 @@ class Coordinator(Actor):
                       **{f"workers_lost_{how}": n for how, n in self.lost.items()}},
             worker_peak_rss=dict(self.peak_rss),
             phase_seconds=self._phase_seconds(),
+            version=self.version,
         )
 
     def _phase_seconds(self) -> dict[str, float]:

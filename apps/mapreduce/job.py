@@ -144,8 +144,10 @@ def run_job(
             sup.add_listener(on_event)
             for i, name in enumerate(names):
                 sup.start_child(_worker_spec(i, name, system.endpoint, blob, None if shared_dir else str(workdir / name), placement))
-            while True:
-                status: JobStatus = coordinator.ask(Status(), timeout=10)
+            version = -1
+            while True:  # each answer comes at a change of the job or within the coordinator's 0.25 s tick
+                status: JobStatus = coordinator.ask(Status(newer_than=version), timeout=10)
+                version = status.version
                 alive = sum(sup.status(n) == "running" for n in names)
                 restarts = sum(sup.restarts(n) for n in names)
                 if progress is not None:
@@ -156,7 +158,6 @@ def run_job(
                     raise JobFailed(f"every worker crashed too often and was given up (phase {status.phase})")
                 if timeout is not None and time.monotonic() - started > timeout:
                     raise JobFailed(f"the job did not finish within {timeout} s (phase {status.phase})")
-                time.sleep(0.05)
             # Workers hear Exit on their next request and leave on their own.
             sup.wait_for(lambda: all(sup.status(n) != "running" for n in names), config.linger + 2.0)
     finally:

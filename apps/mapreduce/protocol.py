@@ -38,7 +38,7 @@ class ReduceTask:
 
 @message
 class Wait:
-    """Nothing to hand out now (every task is running); ask again after ``seconds``."""
+    """Nothing to hand out now (every task is running); ask again after ``seconds`` (0: at once)."""
 
     seconds: float
 
@@ -122,7 +122,11 @@ class Release:
 
 @message
 class Status:
-    pass
+    """Ask for the job's ``JobStatus``. With ``newer_than`` set to the ``version`` of the last one seen,
+    the answer waits until the job changes or the coordinator's next tick (``JobConfig.tick``), so a caller that
+    follows a job waits on its events instead of polling."""
+
+    newer_than: int = -1
 
 
 @message
@@ -157,3 +161,5 @@ class JobStatus:
     counters: dict[str, int] = field(default_factory=dict)
     worker_peak_rss: dict[str, int] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    version: int = 0
+    """Counts the coordinator's changes (tasks done or failed, workers lost or joined); see ``Status``."""

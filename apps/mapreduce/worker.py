@@ -129,7 +129,10 @@ class Worker(Actor):
             self._leave("coordinator unreachable" if not isinstance(task, Exit) else task.reason)
             return
         if isinstance(task, Wait):
-            self.schedule(task.seconds, _Next())
+            if task.seconds > 0:
+                self.schedule(task.seconds, _Next())
+            else:  # the coordinator held the request until something changed: ask again now
+                self.actor_ref.tell(_Next())
             return
         if isinstance(task, MapTask):
             report = self._map(task)
