@@ -56,6 +56,7 @@ def host(
         private_dirs(workdir)
         os.chdir(workdir)
     with ActorSystem(endpoint, start=False, **system_options) as system:
+        system.catch_stop_signals()  # before any actor starts: a stop signal from then on stops them
         if faults:
             system.node.set_faults(faults)
         for actor in actors:

@@ -368,15 +368,25 @@ class ActorSystem:
         except (pykka.Timeout, ActorDeadError):
             pass
 
-    def run_until_stopped(self) -> None:
-        """Block until ``stop()`` is called or the process gets SIGTERM or SIGINT.
+    def catch_stop_signals(self) -> None:
+        """From now on SIGTERM and SIGINT ask this system to stop (``run_until_stopped`` returns) instead
+        of ending the process at once. From the main thread only; elsewhere it does nothing.
 
-        What a child process that only hosts actors does with its main thread.
+        A hosting process calls it before its actors start: a SIGTERM that came
+        after an actor's ``on_start`` but before the wait began killed the
+        process, and that actor's ``on_stop`` never ran.
         """
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 if signal.getsignal(sig) is not signal.SIG_IGN:  # a supervised child leaves Ctrl-C to its supervisor
                     signal.signal(sig, setting(self._stop_asked))
+
+    def run_until_stopped(self) -> None:
+        """Block until ``stop()`` is called or the process gets SIGTERM or SIGINT.
+
+        What a child process that only hosts actors does with its main thread.
+        """
+        self.catch_stop_signals()
         while not self._stop_asked.wait(0.5):
             pass
         self.stop()

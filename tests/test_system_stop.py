@@ -39,6 +39,34 @@ def _host_marks(endpoint: str, directory: str) -> None:
     host(endpoint, [Hosted("marks", _Marks, (directory,))])
 
 
+class _SignalledWhileMade(_Marks):
+    """Its process gets SIGTERM while this actor is being made: before the host began to wait for signals."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(directory)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _host_signalled(endpoint: str, directory: str) -> None:
+    host(endpoint, [Hosted("marks", _SignalledWhileMade, (directory,))])
+
+
+def test_a_stop_signal_that_comes_while_the_actors_start_still_stops_them(tmp_path: Path) -> None:
+    """The host caught stop signals only once it waited for them: a SIGTERM just after an actor had
+    started killed the process (exit -15) and the actor's on_stop never ran (1 run in 40 of the test
+    below failed so)."""
+    proc = multiprocessing.get_context("spawn").Process(target=_host_signalled, args=(f"ipc://{tmp_path}/h.sock", str(tmp_path)))
+    proc.start()
+    try:
+        proc.join(30)
+        assert proc.exitcode == 0
+        assert (tmp_path / "started").exists() and (tmp_path / "stopped").exists()
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_the_hosted_actors_so_their_on_stop_runs(tmp_path: Path, signum: int) -> None:
     """The signal used to mark the system stopped before ``stop()`` ran, which then took its work as done:
@@ -147,7 +175,7 @@ class _AsksAfterStop(Actor):
         system = self.actor_system
         assert system is not None
         self.started.set()
-        wait_until(lambda: system.stopped, 10)  # stop() has begun: it waits for this handler
+        assert system._stopped.wait(10)  # stop() has begun (it waits for this handler); the event, not a poll
         system.ref("ipc:///tmp/zactor-nobody-here.sock", "x").tell("hello")  # raises SystemStopped
         return "answered"
 
