@@ -120,3 +120,51 @@ def test_the_peer_is_served_on_its_nodes_io_thread_as_the_kv_server_is(tmp_path:
         peer.tell(Start("x"))
         assert wait_until(lambda: peer.ask(Status()).commit_index == 1, 10)
     assert len(on_io) >= 3 and all(on_io), on_io
+
+
+class _SlowDisk:
+    """The peer's storage seam: counts its saves, and can hold one as a long fsync would (``hold``)."""
+
+    def __init__(self) -> None:
+        self.saves = 0
+        self.hold = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def storage(self, data_dir: str, **options: Any) -> RaftStorage:
+        disk = self
+
+        class Counted(RaftStorage):
+            def save(self, rd: Ready, core: RaftCore) -> None:
+                disk.saves += 1
+                if disk.hold.is_set():
+                    disk.hold.clear()
+                    disk.held.set()
+                    disk.release.wait(10)
+                super().save(rd, core)
+
+        return Counted(data_dir, **options)
+
+
+def test_a_burst_of_starts_read_off_the_network_shares_a_sync(tmp_path: Path) -> None:
+    """Inline, a message read off the network is served at once, and each took a Ready of its own: 200
+    Starts that waited in ZeroMQ through one long fsync then cost 200 more (the lab harness's Starts;
+    AppendEntries that reach a follower during its fsync). Now the first of a burst takes one, and the
+    rest queue behind a marker and share the next."""
+    endpoint = f"ipc://{tmp_path}/peer.sock"
+    disk = _SlowDisk()
+    config = PeerConfig(0, (endpoint,), str(tmp_path / "data"), storage=disk.storage)
+    with ActorSystem(endpoint, ask_timeout=10.0) as system, ActorSystem(f"ipc://{tmp_path}/client.sock") as client:
+        system.spawn(RaftPeer, config, name=PEER_NAME)
+        peer = client.ref(endpoint, PEER_NAME)
+        assert wait_until(lambda: peer.ask(GetState())[1], 10)
+        disk.hold.set()
+        peer.tell(Start("first"))
+        assert disk.held.wait(10)  # the node's I/O thread is in that save: what comes now waits in ZeroMQ
+        before = disk.saves
+        for i in range(200):
+            peer.tell(Start(i))
+        disk.release.set()
+        assert wait_until(lambda: peer.ask(Status()).commit_index == 201, 20)
+        saves = disk.saves - before
+    assert saves <= 10, f"{saves} saves for a burst of 200 Starts"

@@ -435,6 +435,13 @@ class Node:
         """Requests held back now, for connections that have left ``max_unread_bytes`` unread (:mod:`transport.unread`)."""
         return self._unread.waiting
 
+    @property
+    def reading_burst(self) -> bool:
+        """Whether the I/O thread is reading a burst off the ROUTER: requests were known to wait behind the
+        one being served (the first of a burst is served before that is known). An inline actor whose work
+        per state change is costly (the Raft peer's fsync) can leave it to the burst's end. I/O thread only."""
+        return self._batching
+
     def starved(self, within: float) -> bool:
         """Whether the operating system refused this node a connection for want of open files (or memory) in
         the last ``within`` seconds, so new clients cannot reach it: what a Raft leader checks to give up
