@@ -245,7 +245,7 @@ class Coordinator(Actor):
             if joined:
                 self._changed()  # min_workers may be reached now
             answer = self._hand_out(message.worker)
-            return self._park(message.worker) if isinstance(answer, Wait) else answer
+            return self._park(message.worker) if answer is None else answer
         if isinstance(message, Tick):
             self._reclaim_timed_out()
             self._check_liveness()
@@ -341,12 +341,13 @@ class Coordinator(Actor):
         return {"map": round(maps_end - self.started_at, 3), "reduce": round(end - maps_end, 3) if self.maps_done_at else 0.0,
                 "total": round(end - self.started_at, 3)}
 
-    def _hand_out(self, worker: str) -> MapTask | ReduceTask | Wait | Exit:
+    def _hand_out(self, worker: str) -> MapTask | ReduceTask | Exit | None:
+        """What ``worker`` does next; None when there is nothing for it now (its request then waits)."""
         phase = self.phase
         if phase in ("done", "failed"):
             return Exit("job failed" if phase == "failed" else "job done")
         if (phase == "reduce" and self.held) or len(self.workers) < self.config.min_workers:
-            return Wait(0.1)
+            return None
         pool = self.maps if phase == "map" else self.reduces
         task = next((t for t in pool if not t.done and not t.started), None)
         if task is None and self.config.backup_tasks:
@@ -356,7 +357,7 @@ class Coordinator(Actor):
                 self.backups += 1
                 log.info("coordinator: backup attempt of %s task %d", task.kind, task.id)
         if task is None:
-            return Wait(0.1)
+            return None
         task.attempts += 1
         task.started.append(_Attempt(time.monotonic(), worker))
         cfg = self.config
