@@ -6,15 +6,15 @@ import argparse
 import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from actors import ActorSystem
 from apps.keys_cli import add_security_options, apply_security_options
 from apps.mapreduce.app import AppError, load_app
-from apps.mapreduce.coordinator import JobConfig, start_coordinator
+from apps.mapreduce.coordinator import JobConfig, follow, start_coordinator
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.job import JobFailed, Progress, run_job
-from apps.mapreduce.protocol import JobStatus, Status
 from apps.mapreduce.report import job_report
 from apps.mapreduce.worker import worker_main
 from transport.ipc import ipc_directory, ipc_directory_path
@@ -222,12 +222,7 @@ def _coordinator(args: argparse.Namespace) -> int:
         coordinator = start_coordinator(system, config)
         # The bound endpoint (a :0 port is resolved here), so a script can start workers against it.
         print(f"zactor mr coordinator: listening on {system.endpoint}", file=sys.stderr, flush=True)
-        version = -1
-        while True:  # answered at each change of the job, or at the coordinator's tick
-            status: JobStatus = coordinator.ask(Status(newer_than=version), timeout=10)
-            version = status.version
-            if status.phase in ("done", "failed"):
-                break
+        status = deque(follow(coordinator), maxlen=1).pop()  # the last one: the job done or failed
         time.sleep(config.linger)  # keep answering Exit so the workers leave promptly
     if status.phase == "failed":
         print(f"zactor mr coordinator: job failed: {status.error}", file=sys.stderr)

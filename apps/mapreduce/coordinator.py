@@ -52,6 +52,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +186,21 @@ def start_coordinator(system: ActorSystem, config: JobConfig) -> LocalRef:
     if config.probe_every > 0:
         system.spawn(Prober, name=PROBER_NAME)
     return system.spawn(Coordinator, config, name="coordinator")
+
+
+def follow(coordinator: Any, timeout: float = 10.0) -> Iterator[JobStatus]:
+    """The job's status at each change of it (at least once a tick), the last one done or failed.
+
+    Each ask names the version seen last, so the coordinator answers when
+    the job changes: whoever follows the job waits on its events, not on a poll.
+    """
+    version = -1
+    while True:
+        status: JobStatus = coordinator.ask(Status(newer_than=version), timeout=timeout)
+        yield status
+        if status.phase in ("done", "failed"):
+            return
+        version = status.version
 
 
 class Coordinator(Actor):

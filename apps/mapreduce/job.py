@@ -35,8 +35,8 @@ import cloudpickle
 
 from actors import ActorSystem, ChildSpec, EventKind, Supervisor, SupervisorEvent
 from apps.mapreduce.app import App, load_app
-from apps.mapreduce.coordinator import JobConfig, start_coordinator
-from apps.mapreduce.protocol import JobStatus, Status, WorkerLost
+from apps.mapreduce.coordinator import JobConfig, follow, start_coordinator
+from apps.mapreduce.protocol import JobStatus, WorkerLost
 from apps.mapreduce.worker import worker_id, worker_main
 from transport.private_files import private_dirs
 
@@ -144,10 +144,7 @@ def run_job(
             sup.add_listener(on_event)
             for i, name in enumerate(names):
                 sup.start_child(_worker_spec(i, name, system.endpoint, blob, None if shared_dir else str(workdir / name), placement))
-            version = -1
-            while True:  # each answer comes at a change of the job or within the coordinator's 0.25 s tick
-                status: JobStatus = coordinator.ask(Status(newer_than=version), timeout=10)
-                version = status.version
+            for status in follow(coordinator):
                 alive = sum(sup.status(n) == "running" for n in names)
                 restarts = sum(sup.restarts(n) for n in names)
                 if progress is not None:
