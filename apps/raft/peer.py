@@ -7,7 +7,8 @@ in order, to the service (an actor, told ``Applied`` batches). A Ready is
 taken only once the mailbox is empty, or every ``_MAX_DEFERRED`` messages, so
 requests that arrive together share one fsync: group commit. The peer is
 inline (see ``RaftPeer.inline``): a message told by an actor of its own
-process queues, one from the network is served as it is read. The service
+process queues, one from the network is served as it is read (a burst of
+them queues behind a marker and shares one Ready, ``_BurstRead``). The service
 talks to it with ``Start``, ``GetState`` and ``TakeSnapshot`` asks, the lab's
 ``Start()``, ``GetState()`` and ``Snapshot()``.
 
