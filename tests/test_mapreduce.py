@@ -589,6 +589,31 @@ def test_an_idle_workers_request_waits_at_the_coordinator_until_there_is_work(tm
         assert isinstance(coord.ask(RequestTask("w1"), timeout=5), ReduceTask)
 
 
+def test_a_message_the_coordinator_ignores_is_not_a_change(tmp_path: Path) -> None:
+    # Before: anything that was not a request bumped the version, so a stray or malformed tell
+    # woke every held request and every follower of the job for nothing.
+    from actors import ActorSystem
+    from apps.mapreduce.coordinator import JobConfig, start_coordinator
+    from apps.mapreduce.protocol import MapTask, Release, RequestTask, Status, Wait, WorkerLost
+
+    (tmp_path / "a.txt").write_text("a")
+    config = JobConfig((str(tmp_path / "a.txt"),), n_reduce=1, workdir=str(tmp_path), outdir=str(tmp_path),
+                       task_timeout=600, probe_every=0, tick=600)
+    with ActorSystem() as system:
+        coord = start_coordinator(system, config)
+        assert isinstance(coord.ask(RequestTask("w1"), timeout=5), MapTask)
+        held = coord.ask(RequestTask("w1"), block=False, timeout=30)  # the only map is running
+        version = coord.ask(Status(), timeout=5).version
+        follower = coord.ask(Status(newer_than=version), block=False, timeout=30)
+        assert coord.ask("what is this?", timeout=5) is None
+        assert coord.ask(WorkerLost("nobody-knows-this", "boom", worker="w1"), timeout=5) is False
+        assert coord.ask(Status(), timeout=5).version == version
+        assert not held.done and not follower.done, "an ignored message woke the waiters"
+        assert coord.ask(Release(), timeout=5) is True
+        assert held.get(timeout=5) == Wait(0.0)
+        assert follower.get(timeout=5).version == version + 1
+
+
 def test_the_coordinator_answers_a_waiting_request_at_its_tick_with_nothing_changed(tmp_path: Path) -> None:
     # A worker's ask times out after 1 s: a request held longer would hand work to nobody.
     from actors import ActorSystem

@@ -268,7 +268,8 @@ class Coordinator(Actor):
             self._answer_waiting()  # nobody waits longer than a tick, whatever happens
             return None
         answer = self._update(message)
-        self._changed()
+        if answer is True:  # what it ignored (unknown, malformed) wakes nobody
+            self._changed()
         return answer
 
     def _update(self, message: Any) -> Any:
