@@ -11,7 +11,12 @@ per-round ratios to the Pool (``--repeats`` rounds), with their spread:
 - ``zactor`` (``wordcount`` app): N worker processes, R reduce tasks, Map
   returns a Counter per split (the framework's fast path);
 - ``zactor wc`` (the lab's ``wc``): one (word, "1") pair per word plus a
-  combiner, the pair path.
+  combiner, the pair path;
+- ``pool map`` (with the pair path): the same Pool running only the lab
+  ``wc``'s own Map function over each split and dropping its pairs. No
+  system that calls that function can be faster, so its ratio to the Pool
+  is the floor under the pair path's ratio (the Pool baseline counts with
+  ``Counter``, which needs no pairs at all).
 
 Also reported: each zactor worker's peak RSS (the largest over the run,
 against ``--rss-bound``) and a job on a tiny input (the fixed cost of a job).
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.mapreduce import run_job
+from apps.mapreduce.app import load_app
 from apps.mapreduce.corpus import generate_corpus
 from apps.mapreduce.files import Split, local_reader, make_splits, read_split
 from apps.mapreduce.sequential import read_output_lines
@@ -57,6 +63,20 @@ def _pool(files: list[str], workers: int) -> Counter:
     return total
 
 
+def _wc_map_split(split: Split) -> int:
+    read_at, close = local_reader(split.filename)
+    try:
+        text = read_split(split, read_at).decode("utf-8", errors="replace")
+    finally:
+        close()
+    return len(load_app("wc").map(split.filename, text))
+
+
+def _pool_map(files: list[str], workers: int) -> int:
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        return sum(pool.imap_unordered(_wc_map_split, make_splits(files, SPLIT_BYTES)))
+
+
 def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
     result = fn(*args)
@@ -80,7 +100,7 @@ def run(
             say(f"generating {mb:g} MB corpus ...")
             files = [str(p) for p in generate_corpus(Path(tmp) / "in", total_bytes=int(mb * 1e6), n_files=max(8, 4 * workers), seed=1)]
         size_mb = sum(Path(f).stat().st_size for f in files) / 1e6
-        systems = ["pool", "zactor"] + (["zactor_wc"] if pair_path else [])
+        systems = ["pool", "zactor"] + (["zactor_wc", "pool_map"] if pair_path else [])
         times: dict[str, list[float]] = {s: [] for s in systems}
         rss: dict[str, int] = {}
         reference: Counter | None = None
@@ -94,6 +114,10 @@ def run(
                     if reference is not None and counts != reference:
                         raise AssertionError("the Pool's counts changed between rounds")
                     reference = counts
+                elif name == "pool_map":
+                    seconds, n_pairs = _timed(_pool_map, files, workers)
+                    if reference is not None and n_pairs != reference.total():
+                        raise AssertionError(f"the wc Map made {n_pairs} pairs for {reference.total()} words")
                 else:
                     app = "wordcount" if name == "zactor" else "wc"
                     out = Path(tmp) / f"out-{name}"
@@ -132,6 +156,9 @@ def run(
     if pair_path:
         result["zactor_wc_s"] = round(med["zactor_wc"], 2)
         result["zactor_wc_vs_pool"] = round(statistics.median(ratios["zactor_wc"]), 3)
+        result["zactor_wc_vs_pool_spread"] = [round(min(ratios["zactor_wc"]), 3), round(max(ratios["zactor_wc"]), 3)]
+        result["pool_map_s"] = round(med["pool_map"], 2)
+        result["wc_map_floor_vs_pool"] = round(statistics.median(ratios["pool_map"]), 3)
     return result
 
 
@@ -145,6 +172,8 @@ def report(result: dict[str, Any], rss_bound_mb: float = 300.0) -> str:
     ]
     if "zactor_wc_s" in result:
         lines.append(f"  {'zactor (lab wc, pairs)':26}{result['zactor_wc_s']:>8.2f} s   {result['zactor_wc_vs_pool']:.2f}x the Pool (target <= 1.25)")
+        lines.append(f"  {'Pool, wc Map alone':26}{result['pool_map_s']:>8.2f} s   {result['wc_map_floor_vs_pool']:.2f}x the Pool "
+                     "(the floor under the pair path: its own Map function, nothing else)")
     lines.append(f"  {'zactor, tiny job':26}{result['tiny_job_s']:>8.2f} s   (target < 1 s)")
     peak = result["max_worker_peak_rss_mb"]
     lines.append(f"  worker peak RSS (MB): {result['worker_peak_rss_mb']}  max {peak} "

@@ -61,6 +61,31 @@ def test_bench_supervisor_json_reports_restart_latency() -> None:
 
 
 @pytest.mark.slow
+def test_bench_mr_json_reports_the_pair_paths_floor() -> None:
+    # the Pool running the lab wc's own Map alone: what no pair-path system can beat, next to the pair path's ratio
+    out = zactor("bench", "mr", "--json", "--mb", "2", "--repeats", "1")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("pool_s", "zactor_s", "zactor_wc_s", "pool_map_s", "zactor_vs_pool", "zactor_wc_vs_pool", "wc_map_floor_vs_pool"):
+        assert result[key] > 0, key
+    assert set(result["all_times_s"]) == {"pool", "zactor", "zactor_wc", "pool_map"}
+    assert "pool_map_s" not in json.loads(zactor("bench", "mr", "--json", "--mb", "1", "--repeats", "1", "--no-pairs").stdout)
+
+
+@pytest.mark.slow
+def test_bench_kv_json_has_all_three_sides_at_each_client_count() -> None:
+    # frames (a bare socket sending the clerk's own frames) is what splits the kv/echo gap into its two halves
+    out = zactor("bench", "kv", "--json", "--clients", "1,2", "--seconds", "0.3", "--trials", "2")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [r["clients"] for r in result["runs"]] == [1, 2] and result["trials"] == 2
+    for run in result["runs"]:
+        for key in ("kv_ops_per_s", "frames_ops_per_s", "echo_ops_per_s", "ratio", "frames_ratio", "kv_p50_us", "frames_p50_us"):
+            assert run[key] > 0, key
+        assert len(run["trial_ratios"]) == len(run["frames_trial_ratios"]) == 2
+
+
+@pytest.mark.slow
 def test_bench_raft_json_has_both_systems_at_each_size() -> None:
     out = zactor("bench", "raft", "--json", "--seconds", "0.5", "--window", "200", "--sizes", "10,1000", "--trials", "2")
     assert out.returncode == 0, out.stderr
