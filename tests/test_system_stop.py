@@ -3,6 +3,7 @@ its actors and other nodes still send meanwhile is delivered or dropped quietly,
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -36,7 +37,17 @@ class _Marks(Actor):
 
 
 def _host_marks(endpoint: str, directory: str) -> None:
-    host(endpoint, [Hosted("marks", _Marks, (directory,))])
+    with open(Path(directory) / "stacks.txt", "w") as stacks:  # where SIGUSR1 writes every thread's stack
+        faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+        host(endpoint, [Hosted("marks", _Marks, (directory,))])
+
+
+def _stacks_of(proc: Any, directory: Path) -> str:
+    """Every thread's stack in a ``_host_marks`` process that has not ended: what it hangs in."""
+    os.kill(proc.pid, signal.SIGUSR1)
+    stacks = directory / "stacks.txt"
+    wait_until(lambda: "most recent call first" in stacks.read_text(), 10)
+    return stacks.read_text()
 
 
 class _SignalledWhileMade(_Marks):
@@ -79,6 +90,9 @@ def test_a_stop_signal_stops_the_hosted_actors_so_their_on_stop_runs(tmp_path: P
         assert proc.pid is not None
         os.kill(proc.pid, signum)
         proc.join(30)
+        if proc.is_alive():  # seen once in a loaded CI run (SIGINT): say where it hangs
+            stopped = (tmp_path / "stopped").exists()
+            pytest.fail(f"still running 30 s after signal {signum} (actor stopped: {stopped}); its threads:\n{_stacks_of(proc, tmp_path)}")
         assert proc.exitcode == 0
         assert (tmp_path / "stopped").exists(), "the signal ended the process without stopping its actor"
     finally:
