@@ -43,11 +43,17 @@ def _host_marks(endpoint: str, directory: str) -> None:
 
 
 def _stacks_of(proc: Any, directory: Path) -> str:
-    """Every thread's stack in a ``_host_marks`` process that has not ended: what it hangs in."""
+    """A ``_host_marks`` process that has not ended: its signal masks (blocked, ignored, pending: was
+    the stop signal ever delivered?) and every thread's stack (what it hangs in)."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            masks = "".join(line for line in status if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
+    except OSError as exc:
+        masks = f"(no /proc status: {exc})\n"
     os.kill(proc.pid, signal.SIGUSR1)
     stacks = directory / "stacks.txt"
     wait_until(lambda: "most recent call first" in stacks.read_text(), 10)
-    return stacks.read_text()
+    return masks + stacks.read_text()
 
 
 class _SignalledWhileMade(_Marks):
